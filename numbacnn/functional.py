@@ -35,15 +35,35 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # backend dispatch
 
 
+def _is_device_array(a):
+    return hasattr(a, "__cuda_array_interface__") and not isinstance(a, np.ndarray)
+
+
 def _backend(x):
-    """The kernel package for the array's device: NumPy arrays run on the CPU kernels."""
+    """The kernel package for the array's device.
+
+    NumPy arrays run on ``numbacnn.kernels.cpu``; numba.cuda device arrays on
+    ``numbacnn.kernels.cuda``. Both packages expose the same kernel names plus the
+    allocation helpers ``empty``, ``full``, ``ascontiguous``, ``is_contiguous``, ``to_host``.
+    """
     if isinstance(x, np.ndarray):
         from .kernels import cpu
         return cpu
-    if hasattr(x, "__cuda_array_interface__"):
-        raise NotImplementedError(
-            "numbacnn.functional: CUDA device arrays are not supported yet; pass NumPy arrays")
-    raise TypeError(f"expected a numpy.ndarray, got {type(x).__name__}")
+    if _is_device_array(x):
+        from .kernels import cuda
+        return cuda
+    raise TypeError(f"expected a numpy.ndarray or a numba.cuda device array, got {type(x).__name__}")
+
+
+def _empty(like, shape=None, dtype=None):
+    """An uninitialised array on the device of `like` (default: like's shape and dtype)."""
+    return _backend(like).empty(like.shape if shape is None else tuple(shape),
+                                like.dtype if dtype is None else np.dtype(dtype))
+
+
+def _full(like, shape, value):
+    """An array of `value` with like's dtype, on like's device."""
+    return _backend(like).full(tuple(shape), value, like.dtype)
 
 
 # ----------------------------------------------------------------------------------------
@@ -51,8 +71,8 @@ def _backend(x):
 
 
 def _float_array(op, name, a, ndims):
-    """Check that `a` is a float32/float64 ndarray with ndim in `ndims`; return it C-contiguous."""
-    if not isinstance(a, np.ndarray):
+    """Check that `a` is a float32/float64 array with ndim in `ndims`; return it C-contiguous."""
+    if not (isinstance(a, np.ndarray) or _is_device_array(a)):
         raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(a).__name__}")
     if a.dtype not in _FLOATS:
         raise TypeError(f"{op}: {name} must be float32 or float64, got dtype {a.dtype} "
@@ -60,16 +80,19 @@ def _float_array(op, name, a, ndims):
     if a.ndim not in ndims:
         want = " or ".join(f"{d}-D" for d in ndims)
         raise ValueError(f"{op}: {name} must be {want}, got {a.ndim}-D {name}.shape={a.shape}")
-    return np.ascontiguousarray(a)
+    return _backend(a).ascontiguous(a)
 
 
 def _same_dtype(op, **arrays):
-    """All given (non-None) arrays share one dtype; mixed precision is a user error."""
+    """All given (non-None) arrays share one dtype and one device; mixing is a user error."""
     items = [(k, v) for k, v in arrays.items() if v is not None]
-    dtypes = {v.dtype for _, v in items}
-    if len(dtypes) > 1:
+    if len({v.dtype for _, v in items}) > 1:
         desc = ", ".join(f"{k}: {v.dtype} {v.shape}" for k, v in items)
         raise TypeError(f"{op}: arguments must share one dtype, got {desc}")
+    if len({_is_device_array(v) for _, v in items}) > 1:
+        desc = ", ".join(f"{k}: {'cuda' if _is_device_array(v) else 'numpy'} {v.shape}"
+                         for k, v in items)
+        raise TypeError(f"{op}: arguments must all be on one device, got {desc}")
 
 
 def _same_shape(op, name, a, shape, why=""):
@@ -136,10 +159,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         op, x, weight, stride, padding, dilation, groups)
     C_out = weight.shape[0]
     if bias is None:
-        bias = np.zeros(C_out, dtype=x.dtype)
+        bias = _full(x, (C_out,), 0.0)
     else:
         _same_shape(op, "bias", bias, (C_out,), f" (weight.shape={weight.shape})")
-    y = np.empty((x.shape[0], C_out, H_out, W_out), dtype=x.dtype)
+    y = _empty(x, (x.shape[0], C_out, H_out, W_out))
     _backend(x).conv.conv2d_forward(x, weight, bias, y, sh, sw, pt, pl, dh, dw, groups)
     return y
 
@@ -156,9 +179,9 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1):
     _same_shape(op, "dy", dy, (x.shape[0], weight.shape[0], H_out, W_out),
                 f" (the conv2d output for x.shape={x.shape}, weight.shape={weight.shape})")
     k = _backend(x).conv
-    dx = np.empty_like(x)
-    dweight = np.empty_like(weight)
-    dbias = np.empty(weight.shape[0], dtype=x.dtype)
+    dx = _empty(x)
+    dweight = _empty(weight)
+    dbias = _empty(x, (weight.shape[0],))
     k.conv2d_backward_input(dy, weight, dx, sh, sw, pt, pl, dh, dw, groups)
     k.conv2d_backward_weight(dy, x, dweight, sh, sw, pt, pl, dh, dw, groups)
     k.conv2d_backward_bias(dy, dbias)
@@ -189,7 +212,7 @@ def _pool_geometry(op, x, kernel_size, stride, padding):
 def _pool_forward(op, kernel_name, x, kernel_size, stride, padding):
     x = _float_array(op, "x", x, (4,))
     kh, kw, sh, sw, ph, pw, H_out, W_out = _pool_geometry(op, x, kernel_size, stride, padding)
-    y = np.empty(x.shape[:2] + (H_out, W_out), dtype=x.dtype)
+    y = _empty(x, x.shape[:2] + (H_out, W_out))
     getattr(_backend(x).pool, kernel_name)(x, y, kh, kw, sh, sw, ph, pw)
     return y
 
@@ -212,7 +235,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
 def max_pool2d_backward(dy, x, kernel_size, stride=None, padding=0):
     """Gradient of max pooling: each dy goes to the first maximum of its window."""
     dy, x, geo = _pool_backward_args("max_pool2d_backward", dy, x, kernel_size, stride, padding)
-    dx = np.empty_like(x)
+    dx = _empty(x)
     _backend(x).pool.max_pool2d_backward(dy, x, dx, *geo)
     return dx
 
@@ -225,7 +248,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0):
 def avg_pool2d_backward(dy, x, kernel_size, stride=None, padding=0):
     """Gradient of average pooling: each dy spread evenly (1/(kH*kW)) over its window."""
     dy, x, geo = _pool_backward_args("avg_pool2d_backward", dy, x, kernel_size, stride, padding)
-    dx = np.empty_like(x)
+    dx = _empty(x)
     _backend(x).pool.avg_pool2d_backward(dy, dx, *geo)
     return dx
 
@@ -243,7 +266,7 @@ def _bn_view(op, x):
 
 def _bn_param(op, name, a, C, x, fill):
     if a is None:
-        return np.full(C, fill, dtype=x.dtype)
+        return _full(x, (C,), fill)
     a = _float_array(op, name, a, (1,))
     _same_shape(op, name, a, (C,), f" (one per channel of x.shape={x.shape})")
     return a
@@ -251,12 +274,13 @@ def _bn_param(op, name, a, C, x, fill):
 
 def _bn_running(op, name, a, C, x):
     """Running statistics are updated in place: they must be contiguous arrays of x's dtype."""
-    if not isinstance(a, np.ndarray) or a.dtype != x.dtype or a.ndim != 1:
+    if not (isinstance(a, np.ndarray) or _is_device_array(a)) or a.dtype != x.dtype or a.ndim != 1:
         got = f"{type(a).__name__} {getattr(a, 'dtype', '')} {getattr(a, 'shape', '')}"
         raise TypeError(f"{op}: {name} must be a 1-D numpy array of dtype {x.dtype} "
                         f"(x.shape={x.shape}), got {got}")
     _same_shape(op, name, a, (C,), f" (one per channel of x.shape={x.shape})")
-    if not a.flags.c_contiguous or not a.flags.writeable:
+    _same_dtype(op, x=x, **{name: a})
+    if not _backend(a).is_contiguous(a):
         raise ValueError(f"{op}: {name} is updated in place and must be a contiguous, writeable array")
     return a
 
@@ -277,7 +301,7 @@ def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.
     if not eps > 0:
         raise ValueError(f"{op}: eps must be > 0, got {eps!r}")
     k = _backend(x).batchnorm
-    y = np.empty_like(x)
+    y = _empty(x)
     y3 = y.reshape(N, C, L)
     if training:
         if N * L <= 1:
@@ -287,8 +311,8 @@ def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.
             raise ValueError(f"{op}: momentum must be in [0, 1], got {momentum!r}")
         if running_mean is None or running_var is None:
             # No running statistics tracked: update throw-away buffers.
-            running_mean = np.zeros(C, dtype=x.dtype)
-            running_var = np.ones(C, dtype=x.dtype)
+            running_mean = _full(x, (C,), 0.0)
+            running_var = _full(x, (C,), 1.0)
         else:
             running_mean = _bn_running(op, "running_mean", running_mean, C, x)
             running_var = _bn_running(op, "running_var", running_var, C, x)
@@ -312,9 +336,9 @@ def batch_norm_backward(dy, x, weight, eps=1e-5):
     N, C, L = x3.shape
     weight = _bn_param(op, "weight", weight, C, x, 1.0)
     _same_dtype(op, dy=dy, x=x, weight=weight)
-    dx = np.empty_like(x)
-    dweight = np.empty(C, dtype=x.dtype)
-    dbias = np.empty(C, dtype=x.dtype)
+    dx = _empty(x)
+    dweight = _empty(x, (C,))
+    dbias = _empty(x, (C,))
     _backend(x).batchnorm.batch_norm_backward(dy.reshape(N, C, L), x3, weight, float(eps),
                                               dx.reshape(N, C, L), dweight, dbias)
     return dx, dweight, dbias
@@ -337,10 +361,10 @@ def linear(x, weight, bias=None):
                          f"(x.shape={x.shape}, weight.shape={weight.shape})")
     OUT = weight.shape[0]
     if bias is None:
-        bias = np.zeros(OUT, dtype=x.dtype)
+        bias = _full(x, (OUT,), 0.0)
     else:
         _same_shape(op, "bias", bias, (OUT,), f" (weight.shape={weight.shape})")
-    y = np.empty((x.shape[0], OUT), dtype=x.dtype)
+    y = _empty(x, (x.shape[0], OUT))
     _backend(x).dense.linear_forward(x, weight, bias, y)
     return y
 
@@ -358,9 +382,9 @@ def linear_backward(dy, x, weight):
     _same_shape(op, "dy", dy, (x.shape[0], weight.shape[0]),
                 f" (x.shape={x.shape}, weight.shape={weight.shape})")
     k = _backend(x).dense
-    dx = np.empty_like(x)
-    dweight = np.empty_like(weight)
-    dbias = np.empty(weight.shape[0], dtype=x.dtype)
+    dx = _empty(x)
+    dweight = _empty(weight)
+    dbias = _empty(x, (weight.shape[0],))
     k.linear_backward_input(dy, weight, dx)
     k.linear_backward_weight(dy, x, dweight)
     k.linear_backward_bias(dy, dbias)
@@ -385,7 +409,7 @@ def _elementwise(op, kernel_name, **arrays):
                              f"{name}.shape={a.shape}, {first[0]}.shape={first[1].shape}")
         flat.append(a)
     _same_dtype(op, **dict(zip(names, flat)))
-    out = np.empty_like(flat[0])
+    out = _empty(flat[0])
     getattr(_backend(flat[0]).activation, kernel_name)(*(a.reshape(-1) for a in flat),
                                                        out.reshape(-1))
     return out
@@ -450,8 +474,8 @@ def dropout(x, p=0.5, training=True, seed=None):
         return x, None
     if seed is None:
         seed = int(_random.rng().integers(0, 2**62))
-    y = np.empty_like(x)
-    mask = np.empty(x.shape, dtype=np.uint8)
+    y = _empty(x)
+    mask = _empty(x, x.shape, np.uint8)
     _backend(x).activation.dropout_forward(x.reshape(-1), y.reshape(-1), mask.reshape(-1),
                                            p, int(seed))
     return y, mask
@@ -464,12 +488,12 @@ def dropout_backward(dy, mask, p):
     p = _check_p(op, p)
     if mask is None:
         return dy
-    if not isinstance(mask, np.ndarray) or mask.dtype != np.uint8 or mask.shape != dy.shape:
+    if not hasattr(mask, "dtype") or mask.dtype != np.uint8 or mask.shape != dy.shape:
         raise ValueError(f"{op}: mask must be the uint8 mask returned by dropout with dy's shape "
                          f"{dy.shape}, got {getattr(mask, 'dtype', type(mask).__name__)} "
                          f"{getattr(mask, 'shape', '')}")
-    mask = np.ascontiguousarray(mask)
-    dx = np.empty_like(dy)
+    mask = _backend(mask).ascontiguous(mask)
+    dx = _empty(dy)
     _backend(dy).activation.dropout_backward(dy.reshape(-1), mask.reshape(-1), p, dx.reshape(-1))
     return dx
 
@@ -480,7 +504,7 @@ def dropout_backward(dy, mask, p):
 
 def _ce_args(op, logits, labels):
     logits = _float_array(op, "logits", logits, (2,))
-    if not isinstance(labels, np.ndarray):
+    if not (isinstance(labels, np.ndarray) or _is_device_array(labels)):
         labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise TypeError(f"{op}: labels must be integers, got dtype {labels.dtype} "
@@ -491,11 +515,14 @@ def _ce_args(op, logits, labels):
                          f"{logits.shape}, got labels.shape={labels.shape}")
     if N == 0:
         raise ValueError(f"{op}: empty batch (logits.shape={logits.shape})")
-    lo, hi = int(labels.min()), int(labels.max())
+    host_labels = _backend(labels).to_host(labels)
+    lo, hi = int(host_labels.min()), int(host_labels.max())
     if lo < 0 or hi >= K:
         raise ValueError(f"{op}: labels must be in [0, {K - 1}] for logits.shape={logits.shape}, "
                          f"got values in [{lo}, {hi}]")
-    return logits, np.ascontiguousarray(labels, dtype=np.int64)
+    if _is_device_array(labels) != _is_device_array(logits):
+        raise TypeError(f"{op}: logits and labels must be on one device")
+    return logits, _backend(logits).as_int64(labels)
 
 
 def cross_entropy(logits, labels):
@@ -507,6 +534,6 @@ def cross_entropy(logits, labels):
 def cross_entropy_backward(logits, labels):
     """d loss / d logits = (softmax(logits) - onehot(labels)) / N."""
     logits, labels = _ce_args("cross_entropy_backward", logits, labels)
-    dlogits = np.empty_like(logits)
+    dlogits = _empty(logits)
     _backend(logits).loss.cross_entropy_backward(logits, labels, dlogits)
     return dlogits
