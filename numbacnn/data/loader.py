@@ -1,0 +1,114 @@
+"""A minimal, reproducible mini-batch loader over in-memory arrays.
+
+Reproducibility contract: for a given (seed, epoch) the sequence of batches -- the
+sample order *and* every random augmentation -- is a pure function of (seed, epoch),
+independent of anything else (the global RNG, earlier epochs, how far a previous
+iteration got). Concretely, each ``iter(loader)`` does::
+
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(N) if shuffle else arange(N)
+    batch_seeds = rng.integers(2**63, size=len(loader))
+    # batch b: transform(x[order[b*B:(b+1)*B]], rng=np.random.default_rng(batch_seeds[b]))
+
+so batch b's augmentation does not depend on how many numbers the transform drew for
+earlier batches. Call ``loader.set_epoch(e)`` before each epoch to get a new order; the
+epoch is *not* advanced automatically (iterating twice without `set_epoch` repeats
+the same batches).
+"""
+import numpy as np
+
+__all__ = ["DataLoader"]
+
+
+class DataLoader:
+    """Iterate over (x, y) in mini-batches.
+
+    Args:
+        x: (N, C, H, W) array (or (N, H, W), given a channel axis of 1). Batches are
+            float32 (converted per batch, so uint8 storage is fine but is *not*
+            normalised -- use `numbacnn.data.mnist.preprocess` first for MNIST).
+        y: (N,) integer labels; batches are int64.
+        batch_size: samples per batch (the last batch may be smaller unless `drop_last`).
+        shuffle: draw a new random order each epoch (from (seed, epoch)).
+        seed: non-negative int; together with the epoch it fixes order and augmentation.
+        transform: optional callable ``transform(xb, rng=rng) -> xb`` applied to each
+            float32 batch (see `numbacnn.data.augment`).
+        drop_last: drop the final incomplete batch.
+
+    Yields ``(xb, yb)``: xb float32 (B, C, H, W) C-contiguous, yb int64 (B,).
+    """
+
+    def __init__(self, x, y, batch_size, shuffle=False, seed=0, transform=None, drop_last=False):
+        x = np.asarray(x)
+        y = np.asarray(y)
+        if x.ndim == 3:
+            x = x[:, None]  # (N, H, W) -> (N, 1, H, W)
+        if x.ndim != 4:
+            raise ValueError(f"DataLoader: x must be (N, C, H, W) or (N, H, W), got shape {x.shape}")
+        if y.ndim != 1 or y.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"DataLoader: y must be (N,) with N = x.shape[0]; got x.shape={x.shape}, y.shape={y.shape}"
+            )
+        if not np.issubdtype(y.dtype, np.integer):
+            raise TypeError(f"DataLoader: y must hold integer labels, got dtype {y.dtype}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"DataLoader: seed must be a non-negative int, got {seed!r}")
+        if transform is not None and not callable(transform):
+            raise TypeError(f"DataLoader: transform must be callable, got {type(transform).__name__}")
+        self.x = x
+        self.y = y
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.transform = transform
+        self.drop_last = bool(drop_last)
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        """Select the epoch whose order/augmentation the next iteration uses."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"DataLoader.set_epoch: epoch must be a non-negative int, got {epoch!r}")
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        n = self.x.shape[0]
+        if self.drop_last:
+            return n // self.batch_size
+        return -(-n // self.batch_size)
+
+    @property
+    def num_samples(self):
+        """Samples yielded per epoch (N, or fewer with `drop_last`)."""
+        return len(self) * self.batch_size if self.drop_last else self.x.shape[0]
+
+    def order(self, epoch=None):
+        """The sample order of `epoch` (default: the current one), int64 (N,)."""
+        rng = np.random.default_rng([self.seed, self.epoch if epoch is None else int(epoch)])
+        return self._order(rng)
+
+    def _order(self, rng):
+        n = self.x.shape[0]
+        return rng.permutation(n) if self.shuffle else np.arange(n)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = self._order(rng)
+        nb = len(self)
+        batch_seeds = rng.integers(2**63, size=nb)
+        bs = self.batch_size
+        for b in range(nb):
+            idx = order[b * bs : (b + 1) * bs]
+            xb = np.ascontiguousarray(self.x[idx], dtype=np.float32)  # (B, C, H, W)
+            yb = self.y[idx].astype(np.int64)  # (B,)
+            if self.transform is not None:
+                xb = self.transform(xb, rng=np.random.default_rng(batch_seeds[b]))
+                xb = np.ascontiguousarray(xb, dtype=np.float32)
+            yield xb, yb
+
+    def __repr__(self):
+        return (
+            f"DataLoader(N={self.x.shape[0]}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
+            f"seed={self.seed}, epoch={self.epoch}, transform={self.transform!r}, drop_last={self.drop_last})"
+        )
