@@ -1,0 +1,209 @@
+"""Checkpoints: one ``.npz`` file of plain arrays, no pickle, written atomically.
+
+Layout of the archive (every member a numeric/bool/bytes array, never an object array)::
+
+    __numbacnn_format__   uint8 bytes of b"numbacnn-checkpoint"   (our marker)
+    __numbacnn_version__  int64 scalar, FORMAT_VERSION
+    __meta__              uint8 bytes of a UTF-8 JSON document (epoch, args, rng state, metrics...)
+    model/<name>          model.state_dict() entries, e.g. model/conv1.weight
+    optim/<name>          optimizer (and schedule) state entries
+
+``save`` writes to a temporary file in the target directory, flushes and fsyncs it, then
+``os.replace``s it over the target: a crash or Ctrl-C at any moment leaves either the old
+complete checkpoint or the new complete one, never a torn file.
+
+``load`` reads with ``np.load(allow_pickle=False)`` and turns every way a file can be wrong
+(not a zip, truncated, foreign archive, object arrays, bad JSON) into ``CheckpointError``.
+"""
+import json
+import os
+import tempfile
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["CheckpointError", "Checkpoint", "save", "load", "load_model_state",
+           "FORMAT_MARKER", "FORMAT_VERSION"]
+
+FORMAT_MARKER = b"numbacnn-checkpoint"
+FORMAT_VERSION = 1
+_MARKER_KEY = "__numbacnn_format__"
+_VERSION_KEY = "__numbacnn_version__"
+_META_KEY = "__meta__"
+_MODEL = "model/"
+_OPTIM = "optim/"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read, or does not fit the model it is loaded into."""
+
+
+class Checkpoint(NamedTuple):
+    model_state: dict
+    optim_state: dict
+    meta: dict
+
+
+def _bytes_array(b):
+    return np.frombuffer(bytes(b), dtype=np.uint8).copy()
+
+
+def _plain_array(section, name, value):
+    arr = np.asarray(value)
+    if arr.dtype.hasobject:
+        raise TypeError(f"checkpoint.save: {section} entry {name!r} has dtype=object; "
+                        "only numeric/bool arrays can be stored (no pickle)")
+    return arr
+
+
+def _fsync_dir(dirname):
+    try:
+        fd = os.open(dirname, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path, write):
+    """Call ``write(fileobj)`` on a temp file next to ``path``, fsync it, then rename it
+    over ``path``. On any exception (KeyboardInterrupt included) the temp file is removed
+    and ``path`` is left untouched."""
+    path = os.fspath(path)
+    dirname = os.path.dirname(os.path.abspath(path))
+    os.makedirs(dirname, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                               dir=dirname)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_dir(dirname)
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def save(path, model_state, optim_state=None, meta=None):
+    """Write ``{model_state, optim_state, meta}`` to ``path`` (one .npz, atomically).
+
+    model_state / optim_state: ``{name: array}``; meta: a JSON-serialisable dict.
+    """
+    arrays = {
+        _MARKER_KEY: _bytes_array(FORMAT_MARKER),
+        _VERSION_KEY: np.array(FORMAT_VERSION, dtype=np.int64),
+        _META_KEY: _bytes_array(json.dumps(meta or {}, sort_keys=True).encode("utf-8")),
+    }
+    for name, value in (model_state or {}).items():
+        arrays[_MODEL + name] = _plain_array("model_state", name, value)
+    for name, value in (optim_state or {}).items():
+        arrays[_OPTIM + name] = _plain_array("optim_state", name, value)
+
+    def write(f):
+        np.savez(f, **arrays)
+
+    atomic_write(path, write)
+
+
+def load(path):
+    """Read a checkpoint written by ``save``; returns ``Checkpoint(model_state, optim_state,
+    meta)``. Raises ``CheckpointError`` with the reason for anything that is not one."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint path is a directory, not a file: {path}")
+    try:
+        obj = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        # np.load falls back to unpickling for anything that is neither .npy nor .npz;
+        # allow_pickle=False makes that a ValueError instead of running pickle.
+        raise CheckpointError(f"{path} is not a numbacnn checkpoint (not an .npz archive; "
+                              f"pickled data is never loaded): {e}") from None
+    except Exception as e:  # zipfile.BadZipFile, EOFError, OSError, ...
+        raise CheckpointError(f"{path} is corrupt or truncated, not a readable checkpoint: "
+                              f"{type(e).__name__}: {e}") from None
+    if not isinstance(obj, np.lib.npyio.NpzFile):
+        raise CheckpointError(f"{path} holds a single .npy array, not a numbacnn checkpoint "
+                              "(.npz archive)")
+    try:
+        # Read every member eagerly: NpzFile is lazy, and a truncated or corrupted member
+        # only fails when it is read.
+        with obj as npz:
+            data = {key: npz[key] for key in npz.files}
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise CheckpointError(f"{path} is not a numbacnn checkpoint: it holds object "
+                                  f"(pickled) arrays, which are never loaded ({e})") from None
+        raise CheckpointError(f"{path} is corrupt, not a readable checkpoint: {e}") from None
+    except Exception as e:
+        raise CheckpointError(f"{path} is corrupt or truncated, not a readable checkpoint: "
+                              f"{type(e).__name__}: {e}") from None
+
+    marker = data.get(_MARKER_KEY)
+    if marker is None or marker.dtype != np.uint8 or marker.tobytes() != FORMAT_MARKER:
+        raise CheckpointError(f"{path} is an .npz archive but not a numbacnn checkpoint "
+                              f"(no {_MARKER_KEY!r} marker; keys: {sorted(data)[:8]})")
+    version = data.get(_VERSION_KEY)
+    if version is None or version.shape != () or int(version) != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: unsupported numbacnn checkpoint version "
+                              f"{None if version is None else version.tolist()} "
+                              f"(this numbacnn reads version {FORMAT_VERSION})")
+    raw_meta = data.get(_META_KEY)
+    try:
+        meta = json.loads(raw_meta.tobytes().decode("utf-8")) if raw_meta is not None else {}
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path}: the {_META_KEY!r} entry is not valid JSON ({e})") from None
+    model_state, optim_state = {}, {}
+    for key, value in data.items():
+        if key.startswith(_MODEL):
+            model_state[key[len(_MODEL):]] = value
+        elif key.startswith(_OPTIM):
+            optim_state[key[len(_OPTIM):]] = value
+    return Checkpoint(model_state, optim_state, meta)
+
+
+def check_state(expected, state, what="model"):
+    """Raise CheckpointError unless ``state`` has exactly the names and shapes of
+    ``expected`` (both ``{name: array}``)."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected}")
+        raise CheckpointError(f"checkpoint does not fit the {what}: " + "; ".join(parts))
+    for k, v in expected.items():
+        got = np.shape(state[k])
+        if got != np.shape(v):
+            raise CheckpointError(
+                f"checkpoint does not fit the {what}: {k!r} has shape {got} in the checkpoint "
+                f"but {np.shape(v)} in the {what}")
+
+
+def load_model_state(model, state):
+    """Check names/shapes against ``model.state_dict()``, then load (cast to the model's
+    dtypes)."""
+    expected = model.state_dict()
+    check_state(expected, state)
+    model.load_state_dict({k: np.asarray(state[k], dtype=np.asarray(expected[k]).dtype)
+                           for k in expected})

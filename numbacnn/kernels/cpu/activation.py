@@ -1,0 +1,216 @@
+"""Element-wise layers: ReLU, tanh, sigmoid, dropout, add. CPU kernels (explicit Numba loops).
+
+Formulas (lecture: "ReLU Activation", "Dropout Layer"; PyTorch semantics)
+-------------------------------------------------------------------------
+    ReLU(x)    = max(x, 0)             dReLU:    dx = dy if x > 0 else 0   (x from the forward input;
+                                                  NaN propagates as in PyTorch)
+    tanh(x)                            dtanh:    dx = dy * (1 - y^2)       (y = tanh(x), the forward OUTPUT)
+    sigmoid(x) = 1 / (1 + exp(-x))     dsigmoid: dx = dy * y * (1 - y)     (y = sigmoid(x), the forward OUTPUT)
+
+    dropout:   x'_i = 0 with probability p, x_i / (1-p) otherwise (inverted dropout)
+               mask_i = 1 if u(seed, i) >= p else 0,  y_i = x_i * mask_i / (1-p)   (p == 1: y = 0)
+               dx_i   = dy_i * mask_i / (1-p)
+    add:       y = a + b                (backward: (dy, dy), nothing to compute)
+
+u(seed, i) is a uniform number in [0, 1) from a counter-based generator: the 64-bit
+splitmix64 finaliser applied to key(seed) + (i + 1) * golden, keeping the top 53 bits
+(key(seed) is itself splitmix64 of the seed, so nearby seeds give unrelated streams).
+It is a pure function of (seed, i): no generator state, so the mask is reproducible,
+independent of the thread count, and every element can be drawn in parallel.
+
+Loop nest (every kernel; arrays are flat 1-D views of any shape)
+----------------------------------------------------------------
+    for c in prange(ceil(n / CHUNK)):      # contiguous chunks of CHUNK elements <- parallel axis
+        xs = x[c*CHUNK : min((c+1)*CHUNK, n)]   # 1-D views of the chunk
+        ys = y[c*CHUNK : min((c+1)*CHUNK, n)]
+        for i in range(len(xs)):
+            ys[i] = f(xs[i])
+
+Optimisation contract
+---------------------
+* Parallel over fixed-size contiguous chunks: a thread writes only its chunk of y / dx /
+  mask (no races, no false sharing except at chunk edges).  The inner loop runs from 0 over
+  1-D chunk views, the form LLVM vectorises (indexing x[i] over range(i0, i1) measured
+  several times slower).
+* Arithmetic stays in the array dtype: constants are made with x.dtype.type(...), so a
+  float32 array is never promoted to float64.
+* Outputs are fully overwritten (np.empty outputs are fine).
+"""
+import numpy as np
+from numba import njit, prange
+
+_CHUNK = 16384       # elements per parallel task (64 KiB of float32)
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+@njit(cache=True)
+def _mix64(z):
+    """The splitmix64 finaliser: a bijective avalanche of a uint64."""
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True)
+def _uniform(key, i):
+    """u(seed, i) in [0, 1): top 53 bits of mix64(key + (i+1)*golden), key = mix64(seed)."""
+    z = _mix64(key + (np.uint64(i) + np.uint64(1)) * _GOLDEN)
+    return np.float64(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)   # 2**-53
+
+
+# ----------------------------------------------------------------------------------- ReLU
+@njit(parallel=True, cache=True)
+def relu_forward(x, y):
+    """y = max(x, 0)  (NaN stays NaN, as PyTorch)."""
+    # x, y: (n,)
+    n = x.shape[0]
+    zero = x.dtype.type(0)
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        i0 = c * _CHUNK
+        i1 = min(i0 + _CHUNK, n)
+        xs = x[i0:i1]                       # xs, ys: (i1-i0,) chunk views
+        ys = y[i0:i1]
+        for i in range(i1 - i0):
+            v = xs[i]
+            ys[i] = zero if v <= zero else v
+
+
+@njit(parallel=True, cache=True)
+def relu_backward(dy, x, dx):
+    """dx = dy where x > 0, else 0  (x is the forward INPUT)."""
+    # dy, x, dx: (n,)
+    n = x.shape[0]
+    zero = x.dtype.type(0)
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        i0 = c * _CHUNK
+        i1 = min(i0 + _CHUNK, n)
+        gs = dy[i0:i1]
+        xs = x[i0:i1]
+        ds = dx[i0:i1]
+        for i in range(i1 - i0):
+            ds[i] = zero if xs[i] <= zero else gs[i]
+
+
+# ----------------------------------------------------------------------------------- tanh
+@njit(parallel=True, cache=True)
+def tanh_forward(x, y):
+    """y = tanh(x)."""
+    # x, y: (n,)
+    n = x.shape[0]
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        i0 = c * _CHUNK
+        i1 = min(i0 + _CHUNK, n)
+        xs = x[i0:i1]
+        ys = y[i0:i1]
+        for i in range(i1 - i0):
+            ys[i] = np.tanh(xs[i])
+
+
+@njit(parallel=True, cache=True)
+def tanh_backward(dy, y, dx):
+    """dx = dy * (1 - y^2)  (y is the forward OUTPUT)."""
+    # dy, y, dx: (n,)
+    n = y.shape[0]
+    one = y.dtype.type(1)
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        i0 = c * _CHUNK
+        i1 = min(i0 + _CHUNK, n)
+        gs = dy[i0:i1]
+        ys = y[i0:i1]
+        ds = dx[i0:i1]
+        for i in range(i1 - i0):
+            v = ys[i]
+            ds[i] = gs[i] * (one - v * v)
+
+
+# -------------------------------------------------------------------------------- sigmoid
+@njit(parallel=True, cache=True)
+def sigmoid_forward(x, y):
+    """y = 1 / (1 + exp(-x))  (exp overflow gives 1/inf = 0, the right limit)."""
+    # x, y: (n,)
+    n = x.shape[0]
+    one = x.dtype.type(1)
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        i0 = c * _CHUNK
+        i1 = min(i0 + _CHUNK, n)
+        xs = x[i0:i1]
+        ys = y[i0:i1]
+        for i in range(i1 - i0):
+            ys[i] = one / (one + np.exp(-xs[i]))
+
+
+@njit(parallel=True, cache=True)
+def sigmoid_backward(dy, y, dx):
+    """dx = dy * y * (1 - y)  (y is the forward OUTPUT)."""
+    # dy, y, dx: (n,)
+    n = y.shape[0]
+    one = y.dtype.type(1)
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        i0 = c * _CHUNK
+        i1 = min(i0 + _CHUNK, n)
+        gs = dy[i0:i1]
+        ys = y[i0:i1]
+        ds = dx[i0:i1]
+        for i in range(i1 - i0):
+            v = ys[i]
+            ds[i] = gs[i] * v * (one - v)
+
+
+# -------------------------------------------------------------------------------- dropout
+@njit(parallel=True, cache=True)
+def dropout_forward(x, y, mask, p, seed):
+    """mask[i] = u(seed, i) >= p;  y = x * mask / (1-p)  (p == 1: mask = 0, y = x*0)."""
+    # x, y: (n,)   mask: (n,) uint8
+    n = x.shape[0]
+    key = _mix64(np.uint64(seed))
+    scale = x.dtype.type(1.0 / (1.0 - p)) if p < 1.0 else x.dtype.type(0)
+    zero = x.dtype.type(0)
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        i0 = c * _CHUNK
+        i1 = min(i0 + _CHUNK, n)
+        xs = x[i0:i1]
+        ys = y[i0:i1]
+        ms = mask[i0:i1]
+        for i in range(i1 - i0):
+            if _uniform(key, i0 + i) >= p:  # the hash sees the GLOBAL flat index
+                ms[i] = 1
+                ys[i] = xs[i] * scale
+            else:
+                ms[i] = 0
+                ys[i] = xs[i] * zero        # x*0, not 0: inf/NaN give NaN, as PyTorch
+
+
+@njit(parallel=True, cache=True)
+def dropout_backward(dy, mask, p, dx):
+    """dx = dy * mask / (1-p)."""
+    # dy, dx: (n,)   mask: (n,) uint8
+    n = dy.shape[0]
+    scale = dy.dtype.type(1.0 / (1.0 - p)) if p < 1.0 else dy.dtype.type(0)
+    zero = dy.dtype.type(0)
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        i0 = c * _CHUNK
+        i1 = min(i0 + _CHUNK, n)
+        gs = dy[i0:i1]
+        ms = mask[i0:i1]
+        ds = dx[i0:i1]
+        for i in range(i1 - i0):
+            ds[i] = gs[i] * (scale if ms[i] != 0 else zero)
+
+
+# ------------------------------------------------------------------------------------ add
+@njit(parallel=True, cache=True)
+def add_forward(a, b, y):
+    """y = a + b  (the residual connection; its backward just passes dy to both inputs)."""
+    # a, b, y: (n,)
+    n = a.shape[0]
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        i0 = c * _CHUNK
+        i1 = min(i0 + _CHUNK, n)
+        as_ = a[i0:i1]
+        bs = b[i0:i1]
+        ys = y[i0:i1]
+        for i in range(i1 - i0):
+            ys[i] = as_[i] + bs[i]

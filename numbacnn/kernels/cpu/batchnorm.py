@@ -1,0 +1,146 @@
+"""Batch normalisation: CPU kernels (explicit Numba loop nests).
+
+Formula (lecture, "Batch Normalization"; PyTorch semantics)
+-----------------------------------------------------------
+The input is viewed as x3 (N, C, L): L = H*W for a (N, C, H, W) tensor, L = 1 for (N, C).
+Per channel c the batch B is the n = N*L values x3[:, c, :]:
+
+    mu_B      = 1/n * sum_{i in B} x_i
+    sigma_B^2 = 1/n * sum_{i in B} (x_i - mu_B)^2                  (biased variance)
+    xhat_i    = (x_i - mu_B) / sqrt(sigma_B^2 + eps)
+    y_i       = gamma * xhat_i + beta
+
+(the slide folds eps into sigma_B^2; here, as in PyTorch, eps sits under the square root).
+
+Training also updates the running statistics IN PLACE (momentum m, PyTorch convention):
+
+    running_mean = (1-m) * running_mean + m * mu_B
+    running_var  = (1-m) * running_var  + m * sigma_B^2 * n/(n-1)   (unbiased; n == 1: sigma_B^2)
+
+Evaluation normalises with running_mean / running_var instead of the batch statistics.
+
+Backward (training mode: the batch statistics depend on x), with s = 1/sqrt(sigma_B^2 + eps):
+
+    dbeta  = sum_i dy_i
+    dgamma = sum_i dy_i * xhat_i
+    dx_i   = gamma * s * (dy_i - dbeta/n - xhat_i * dgamma/n)
+
+Loop nest (all three kernels)
+-----------------------------
+    for c in prange(C):                     # one channel per iteration  <- parallel axis
+        for n in range(N):                  # pass 1: mean           (pass 2: variance,
+            for l in range(L):              #          pass 3: y or dx)
+                ...
+
+Optimisation contract
+---------------------
+* Parallel over channels: a channel's statistics, its running_mean[c]/running_var[c],
+  dgamma[c], dbeta[c] and its slice y3[:, c, :] / dx3[:, c, :] belong to one thread, so
+  nothing is shared and no reduction crosses threads.  The innermost loop runs over the
+  contiguous L axis through a 1-D row view x3[n, c] (the form LLVM vectorises best).
+* Statistics and gradient sums are accumulated in float64 whatever the array dtype
+  (two passes: mean, then centred variance, which avoids the cancellation of E[x^2]-E[x]^2);
+  results are cast to the array dtype on store.
+* The channel sums are compiled with fastmath={'reassoc', 'contract'} so LLVM can split
+  them over SIMD lanes; only the (float64) summation order changes, NaN/inf are kept.
+* The per-element work is folded into one multiply-add: y = x*scale + shift with
+  scale = gamma*s and shift = beta - mu*scale computed once per channel.
+* Backward recomputes mu_B and sigma_B^2 from x (nothing cached by the forward), so the
+  contract is (dy, x, gamma) -> (dx, dgamma, dbeta).
+* y3, dx3, dgamma, dbeta are fully overwritten (np.empty outputs are fine).
+"""
+import math
+
+from numba import njit, prange
+
+_FAST = {'reassoc', 'contract'}     # lets LLVM vectorise the float64 sums (order changes only)
+
+
+@njit(cache=True, fastmath=_FAST)
+def _channel_mean_var(x3, c):
+    """Mean and biased variance of x3[:, c, :] in float64 (two passes)."""
+    # x3: (N, C, L)
+    N, _, L = x3.shape
+    s = 0.0
+    for n in range(N):
+        xr = x3[n, c]                       # xr: (L,) contiguous row view
+        for l in range(L):
+            s += xr[l]
+    mean = s / (N * L)
+    q = 0.0
+    for n in range(N):
+        xr = x3[n, c]
+        for l in range(L):
+            d = xr[l] - mean
+            q += d * d
+    return mean, q / (N * L)
+
+
+# ------------------------------------------------------------------------------- forward
+@njit(parallel=True, cache=True)
+def batch_norm_forward_train(x3, gamma, beta, running_mean, running_var, momentum, eps, y3):
+    """y3 = gamma * (x3 - mu_B)/sqrt(var_B + eps) + beta; updates the running stats in place."""
+    # x3: (N, C, L)   gamma, beta, running_mean, running_var: (C,)   y3: (N, C, L)
+    N, C, L = x3.shape
+    cnt = N * L
+    for c in prange(C):
+        mean, var = _channel_mean_var(x3, c)
+        scale = gamma[c] / math.sqrt(var + eps)       # float64
+        shift = beta[c] - mean * scale
+        for n in range(N):
+            xr = x3[n, c]                   # xr, yr: (L,)
+            yr = y3[n, c]
+            for l in range(L):
+                yr[l] = xr[l] * scale + shift
+        unbiased = var * cnt / (cnt - 1) if cnt > 1 else var
+        running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mean
+        running_var[c] = (1.0 - momentum) * running_var[c] + momentum * unbiased
+
+
+@njit(parallel=True, cache=True)
+def batch_norm_forward_eval(x3, gamma, beta, running_mean, running_var, eps, y3):
+    """y3 = gamma * (x3 - running_mean)/sqrt(running_var + eps) + beta."""
+    # x3: (N, C, L)   gamma, beta, running_mean, running_var: (C,)   y3: (N, C, L)
+    N, C, L = x3.shape
+    for c in prange(C):
+        scale = gamma[c] / math.sqrt(running_var[c] + eps)
+        shift = beta[c] - running_mean[c] * scale
+        for n in range(N):
+            xr = x3[n, c]                   # xr, yr: (L,)
+            yr = y3[n, c]
+            for l in range(L):
+                yr[l] = xr[l] * scale + shift
+
+
+# ------------------------------------------------------------------------------ backward
+@njit(parallel=True, cache=True, fastmath=_FAST)
+def batch_norm_backward(dy3, x3, gamma, eps, dx3, dgamma, dbeta):
+    """Training-mode gradient: dx3, dgamma = sum dy*xhat, dbeta = sum dy (batch stats recomputed)."""
+    # dy3, x3, dx3: (N, C, L)   gamma, dgamma, dbeta: (C,)
+    N, C, L = x3.shape
+    cnt = N * L
+    for c in prange(C):
+        mean, var = _channel_mean_var(x3, c)
+        s = 1.0 / math.sqrt(var + eps)
+        sum_dy = 0.0
+        sum_dy_xc = 0.0                                 # sum dy * (x - mean)
+        for n in range(N):
+            gr = dy3[n, c]                  # gr, xr: (L,)
+            xr = x3[n, c]
+            for l in range(L):
+                g = gr[l]
+                sum_dy += g
+                sum_dy_xc += g * (xr[l] - mean)
+        sum_dy_xhat = sum_dy_xc * s
+        dbeta[c] = sum_dy
+        dgamma[c] = sum_dy_xhat
+        # dx = gamma*s*(dy - sum_dy/n - xhat*sum_dy_xhat/n), xhat = (x-mean)*s
+        k = gamma[c] * s
+        mean_dy = sum_dy / cnt
+        coef = s * sum_dy_xhat / cnt                    # xhat * coef = (x-mean) * s*s*sum/n
+        for n in range(N):
+            gr = dy3[n, c]                  # gr, xr, dr: (L,)
+            xr = x3[n, c]
+            dr = dx3[n, c]
+            for l in range(L):
+                dr[l] = k * (gr[l] - mean_dy - (xr[l] - mean) * coef)

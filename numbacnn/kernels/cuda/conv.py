@@ -1,0 +1,281 @@
+"""2-D convolution (cross-correlation, PyTorch semantics): CUDA kernels (numba.cuda).
+
+Formula (same as numbacnn.kernels.cpu.conv)
+-------------------------------------------
+Input x (N, C_in, H, W), weight w (C_out, C_in/G, kH, kW), bias b (C_out,), G groups;
+output channel co is in group g = co // (C_out/G) and sees input channels
+ci = g*(C_in/G) + ci_l.  Stride (sh, sw), top/left padding (pt, pl), dilation (dh, dw):
+
+    y[n,co,oh,ow] = b[co] + sum_{ci_l, kh, kw} w[co,ci_l,kh,kw] * x[n, ci, ih, iw]
+                    ih = oh*sh - pt + kh*dh,   iw = ow*sw - pl + kw*dw
+
+x outside [0, H) x [0, W) counts as 0 (implicit padding, never materialised); the output
+size (and with it the bottom/right padding) is fixed by the caller's y.
+
+    dx[n,ci,ih,iw]    = sum_{co in group(ci), kh, kw : oh = (ih + pt - kh*dh)/sh and
+                                                       ow = (iw + pl - kw*dw)/sw are
+                                                       integers inside the output}
+                            w[co,ci_l,kh,kw] * dy[n,co,oh,ow]
+    dw[co,ci_l,kh,kw] = sum_{n, oh, ow} dy[n,co,oh,ow] * x[n,ci,ih,iw]
+    db[co]            = sum_{n, oh, ow} dy[n,co,oh,ow]
+
+Thread mapping (who owns which output element)
+----------------------------------------------
+    conv2d_forward            one thread per y[n,co,oh,ow] (flat C index of y); it loops over
+                              (ci_l, kh, kw), skipping taps in the padding.
+    conv2d_forward_shared     one block per (n, co, 16x16 output tile): the block stages
+                              w[co] in shared memory once, then each thread computes its
+                              y element as above reading the weights from shared memory.
+    conv2d_backward_input     one thread per dx[n,ci,ih,iw]: a GATHER over the (co, kh, kw)
+                              whose window covers (ih, iw) (the CPU scatter turned around), so
+                              no two threads write the same element: no atomics.
+    conv2d_backward_weight    one thread per dw[co,ci_l,kh,kw], looping over (n, oh, ow).
+    conv2d_backward_bias      one block per co: RED_TPB threads stride over (n, oh, ow) and
+                              combine their float64 partial sums in shared memory.
+
+Optimisation contract
+---------------------
+* Every output element is written by exactly one thread, exactly once: outputs may be
+  uninitialised (cuda.device_array), there are no atomics and no races, and every sum is
+  taken in a fixed order (results do not depend on timing or the launch geometry).
+* Arithmetic and accumulation in the array dtype (float32 or float64), as the CPU kernels
+  (the bias gradient accumulates in float64 and is cast on store).  Typed constants (the
+  zero an accumulator starts from) are passed in by the host function in the array dtype,
+  because a Python literal would promote float32 arithmetic to float64 inside the kernel.
+* Consecutive threads own consecutive ow (the fastest index of y / dx), so the loads of
+  x[n,ci,ih,iw] and dy[...] by a warp are (for stride 1) contiguous, i.e. coalesced; the
+  weight loads are the same address for the whole warp (a broadcast).
+* conv2d_forward_shared: the same sums in the same order as conv2d_forward; the change is
+  that each weight is read from global memory once per block instead of once per thread.
+  Needs C_in/G*kH*kW*itemsize bytes of dynamic shared memory (checked: <= 48 KiB, else it
+  falls back to conv2d_forward).
+"""
+from numba import cuda, float64
+
+from ._launch import RED_TPB, TPB, block_sum, blocks_for, fill_kernel, stride_blocks
+
+_TILE = 16              # conv2d_forward_shared: output tile edge (a block is TILE x TILE threads)
+_SHARED_LIMIT = 48 * 1024
+
+
+# ============================================================================== forward
+@cuda.jit
+def _conv2d_forward_kernel(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
+    # x: (N, C_in, H, W)   w: (C_out, C_in_g, kH, kW)   b: (C_out,)   y: (N, C_out, Ho, Wo)
+    N, C_in, H, W = x.shape
+    C_out, C_in_g, kH, kW = w.shape
+    Ho = y.shape[2]
+    Wo = y.shape[3]
+    t = cuda.grid(1)                                   # owns y[n, co, oh, ow]
+    if t >= N * C_out * Ho * Wo:
+        return
+    ow = t % Wo
+    r = t // Wo
+    oh = r % Ho
+    r = r // Ho
+    co = r % C_out
+    n = r // C_out
+    g = co // (C_out // groups)
+    ih0 = oh * stride_h - pad_top
+    iw0 = ow * stride_w - pad_left
+    acc = b[co]
+    for ci_l in range(C_in_g):
+        ci = g * C_in_g + ci_l
+        for kh in range(kH):
+            ih = ih0 + kh * dil_h
+            if 0 <= ih < H:
+                for kw in range(kW):
+                    iw = iw0 + kw * dil_w
+                    if 0 <= iw < W:
+                        acc += w[co, ci_l, kh, kw] * x[n, ci, ih, iw]
+    y[n, co, oh, ow] = acc
+
+
+def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
+    """y = conv2d(x, w) + b: one thread per output element."""
+    total = y.size
+    if total == 0:
+        return
+    _conv2d_forward_kernel[blocks_for(total), TPB](
+        x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups)
+
+
+# ------------------------------------------------------------- forward, shared-memory weights
+@cuda.jit
+def _conv2d_forward_shared_kernel(x, w, b, y, stride_h, stride_w, pad_top, pad_left,
+                                  dil_h, dil_w, groups, tiles_w):
+    # x: (N, C_in, H, W)   w: (C_out, C_in_g, kH, kW)   b: (C_out,)   y: (N, C_out, Ho, Wo)
+    # grid: (tiles_h * tiles_w, C_out, N), block: (TILE, TILE)
+    N, C_in, H, W = x.shape
+    C_out, C_in_g, kH, kW = w.shape
+    Ho = y.shape[2]
+    Wo = y.shape[3]
+    co = cuda.blockIdx.y
+    n = cuda.blockIdx.z
+    tile = cuda.blockIdx.x
+    oh = (tile // tiles_w) * _TILE + cuda.threadIdx.y   # owns y[n, co, oh, ow]
+    ow = (tile % tiles_w) * _TILE + cuda.threadIdx.x
+    ws = cuda.shared.array(0, dtype=w.dtype)           # ws: (C_in_g*kH*kW,) = w[co] (dynamic)
+    K = C_in_g * kH * kW
+    lin = cuda.threadIdx.y * _TILE + cuda.threadIdx.x
+    for k in range(lin, K, _TILE * _TILE):             # cooperative, coalesced load of w[co]
+        kw = k % kW
+        r = k // kW
+        kh = r % kH
+        ci_l = r // kH
+        ws[k] = w[co, ci_l, kh, kw]
+    cuda.syncthreads()
+    if oh >= Ho or ow >= Wo:
+        return
+    g = co // (C_out // groups)
+    ih0 = oh * stride_h - pad_top
+    iw0 = ow * stride_w - pad_left
+    acc = b[co]
+    for ci_l in range(C_in_g):
+        ci = g * C_in_g + ci_l
+        for kh in range(kH):
+            ih = ih0 + kh * dil_h
+            if 0 <= ih < H:
+                base = (ci_l * kH + kh) * kW
+                for kw in range(kW):
+                    iw = iw0 + kw * dil_w
+                    if 0 <= iw < W:
+                        acc += ws[base + kw] * x[n, ci, ih, iw]
+    y[n, co, oh, ow] = acc
+
+
+def conv2d_forward_shared(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
+    """y = conv2d(x, w) + b: one block per (n, co, output tile), w[co] staged in shared memory."""
+    N, C_out, Ho, Wo = y.shape
+    if y.size == 0:
+        return
+    nbytes = w.shape[1] * w.shape[2] * w.shape[3] * w.dtype.itemsize
+    if nbytes > _SHARED_LIMIT:
+        return conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left,
+                              dil_h, dil_w, groups)
+    tiles_h = (Ho + _TILE - 1) // _TILE
+    tiles_w = (Wo + _TILE - 1) // _TILE
+    kern = _conv2d_forward_shared_kernel[(tiles_h * tiles_w, C_out, N), (_TILE, _TILE), 0, nbytes]
+    kern(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, tiles_w)
+
+
+# ============================================================================= backward
+@cuda.jit
+def _conv2d_backward_input_kernel(dy, w, dx, stride_h, stride_w, pad_top, pad_left,
+                                  dil_h, dil_w, groups, zero):
+    # dy: (N, C_out, Ho, Wo)   w: (C_out, C_in_g, kH, kW)   dx: (N, C_in, H, W)
+    N, C_out, Ho, Wo = dy.shape
+    C_in_g = w.shape[1]
+    kH = w.shape[2]
+    kW = w.shape[3]
+    C_in = dx.shape[1]
+    H = dx.shape[2]
+    W = dx.shape[3]
+    t = cuda.grid(1)                                   # owns dx[n, ci, ih, iw]
+    if t >= N * C_in * H * W:
+        return
+    iw = t % W
+    r = t // W
+    ih = r % H
+    r = r // H
+    ci = r % C_in
+    n = r // C_in
+    g = ci // C_in_g
+    ci_l = ci - g * C_in_g
+    C_out_g = C_out // groups
+    acc = zero
+    for co in range(g * C_out_g, (g + 1) * C_out_g):
+        for kh in range(kH):
+            th = ih + pad_top - kh * dil_h             # = oh * stride_h if tap kh hits ih
+            if th < 0 or th % stride_h != 0:
+                continue
+            oh = th // stride_h
+            if oh >= Ho:
+                continue
+            for kw in range(kW):
+                tw = iw + pad_left - kw * dil_w
+                if tw < 0 or tw % stride_w != 0:
+                    continue
+                ow = tw // stride_w
+                if ow < Wo:
+                    acc += w[co, ci_l, kh, kw] * dy[n, co, oh, ow]
+    dx[n, ci, ih, iw] = acc
+
+
+def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
+    """dx = transposed conv of dy: one thread per dx element, gathering (no atomics)."""
+    total = dx.size
+    if total == 0:
+        return
+    _conv2d_backward_input_kernel[blocks_for(total), TPB](
+        dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, dx.dtype.type(0))
+
+
+@cuda.jit
+def _conv2d_backward_weight_kernel(dy, x, dw, stride_h, stride_w, pad_top, pad_left,
+                                   dil_h, dil_w, groups, zero):
+    # dy: (N, C_out, Ho, Wo)   x: (N, C_in, H, W)   dw: (C_out, C_in_g, kH, kW)
+    N, C_out, Ho, Wo = dy.shape
+    H = x.shape[2]
+    W = x.shape[3]
+    C_in_g = dw.shape[1]
+    kH = dw.shape[2]
+    kW = dw.shape[3]
+    t = cuda.grid(1)                                   # owns dw[co, ci_l, kh, kw]
+    if t >= C_out * C_in_g * kH * kW:
+        return
+    kw = t % kW
+    r = t // kW
+    kh = r % kH
+    r = r // kH
+    ci_l = r % C_in_g
+    co = r // C_in_g
+    g = co // (C_out // groups)
+    ci = g * C_in_g + ci_l
+    acc = zero
+    for n in range(N):
+        for oh in range(Ho):
+            ih = oh * stride_h - pad_top + kh * dil_h
+            if 0 <= ih < H:
+                for ow in range(Wo):
+                    iw = ow * stride_w - pad_left + kw * dil_w
+                    if 0 <= iw < W:
+                        acc += dy[n, co, oh, ow] * x[n, ci, ih, iw]
+    dw[co, ci_l, kh, kw] = acc
+
+
+def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
+    """dw = correlation of x with dy: one thread per dw element, looping over (n, oh, ow)."""
+    total = dw.size
+    if total == 0:
+        return
+    _conv2d_backward_weight_kernel[blocks_for(total), TPB](
+        dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, dw.dtype.type(0))
+
+
+@cuda.jit
+def _conv2d_backward_bias_kernel(dy, db):
+    # dy: (N, C_out, Ho, Wo)   db: (C_out,)
+    N, C_out, Ho, Wo = dy.shape
+    co = cuda.blockIdx.x                               # block owns db[co]
+    L = Ho * Wo
+    buf = cuda.shared.array(RED_TPB, float64)          # buf: (RED_TPB,) partial sums
+    s = float64(0.0)
+    for j in range(cuda.threadIdx.x, N * L, RED_TPB):
+        n = j // L
+        l = j - n * L
+        s += dy[n, co, l // Wo, l % Wo]
+    total = block_sum(buf, s)
+    if cuda.threadIdx.x == 0:
+        db[co] = total
+
+
+def conv2d_backward_bias(dy, db):
+    """db[co] = sum of dy[:, co]: one block per channel, shared-memory reduction."""
+    C_out = db.shape[0]
+    if C_out == 0:
+        return
+    if dy.size == 0:
+        fill_kernel[stride_blocks(C_out), TPB](db, db.dtype.type(0))
+        return
+    _conv2d_backward_bias_kernel[C_out, RED_TPB](dy, db)

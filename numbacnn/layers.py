@@ -1,0 +1,657 @@
+"""Layers: objects that hold parameters and caches, and call `numbacnn.functional` only.
+
+Every layer follows one small protocol (the model API of docs/CONTRACT.md, section 3):
+
+    y  = layer(x)            forward; caches what backward needs (in training AND eval mode)
+    dx = layer.backward(dy)  returns the input gradient and ACCUMULATES (+=) into each
+                             parameter's `.grad`, exactly like PyTorch's autograd. Call
+                             `zero_grad()` before each backward pass (the optimizer step
+                             consumes the sum of everything since the last zero_grad).
+    layer.output_shape(input_shape) -> output shape     (shape inference, no arrays made)
+    layer.macs(input_shape)         -> multiply-accumulates of one forward pass
+
+Shapes include the batch axis: (N, C, H, W) for images, (N, F) for features.
+A layer with two inputs (Add) has `num_inputs = 2`: it is called as `layer(a, b)`, its
+`output_shape` takes two shapes, and its `backward` returns a tuple (da, db).
+
+A layer instance caches the inputs of its LAST forward call, so it can appear only once in
+a model (the Graph enforces that); use a fresh ReLU() per position.
+
+Argument names, defaults and initialisation follow torch.nn:
+  Conv2d / Linear weight: kaiming_uniform_(a=sqrt(5))  ==  U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+  Conv2d / Linear bias:   U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+  BatchNorm weight 1, bias 0, running_mean 0, running_var 1, num_batches_tracked 0
+All random draws come from `numbacnn.random.rng()`, parameters are float32 (use
+`Module.astype(np.float64)` for gradient checks).
+
+MACs count the multiply-accumulates of convolution and linear layers only (the lecture's
+"FLOP" column counts exactly these); pooling, normalisation, activations and additions
+count as 0, and bias additions are not counted.
+"""
+import math
+
+import numpy as np
+
+from numbacnn import functional as F
+from numbacnn import random as nrandom
+from numbacnn.shapes import conv_output_size, conv_padding, pair
+
+
+# --------------------------------------------------------------------------------------
+# Parameter and Module
+# --------------------------------------------------------------------------------------
+class Parameter:
+    """A trainable array `data` and its gradient `grad` (same shape and dtype).
+
+    `grad` starts at zero and is accumulated (+=) by every backward pass.
+    """
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data):
+        self.data = np.ascontiguousarray(data)
+        self.grad = np.zeros_like(self.data)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def size(self):
+        return self.data.size
+
+    def zero_grad(self):
+        self.grad[...] = 0
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Module:
+    """Base class: registers Parameters, buffers and child Modules in assignment order.
+
+    As in torch.nn.Module, assigning a Parameter or a Module to an attribute registers it,
+    and `parameters()` walks own parameters first, then children in registration order.
+    Buffers (e.g. BatchNorm running statistics) are registered with `register_buffer` and
+    appear in `state_dict()` but not in `parameters()`.
+    """
+
+    num_inputs = 1
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", {})
+        object.__setattr__(self, "_buffers", {})
+        object.__setattr__(self, "_modules", {})
+        object.__setattr__(self, "training", True)
+
+    # ---- registration -----------------------------------------------------------------
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__}: call Module.__init__() before assigning attributes")
+        # Re-assigning keeps the registration position (as torch); assigning a plain value
+        # to a registered name (e.g. `self.bias = None`) unregisters it.
+        if isinstance(value, Parameter):
+            self._modules.pop(name, None)
+            self.__dict__.pop(name, None)
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._parameters.pop(name, None)
+            self.__dict__.pop(name, None)
+            self._modules[name] = value
+        elif name in self._buffers:
+            self._buffers[name] = value
+        else:
+            self._parameters.pop(name, None)
+            self._modules.pop(name, None)
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        # Only called when normal lookup fails: look in the registries.
+        for store in ("_parameters", "_buffers", "_modules"):
+            d = self.__dict__.get(store)
+            if d is not None and name in d:
+                return d[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def register_buffer(self, name, array):
+        """A non-trainable array saved in state_dict (e.g. running_mean)."""
+        self._buffers[name] = array
+
+    # ---- traversal ----------------------------------------------------------------------
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def named_parameters(self, prefix=""):
+        """(dotted name, Parameter) in torch.nn.Module.parameters() order."""
+        for mod_prefix, mod in self.named_modules(prefix):
+            for name, p in mod._parameters.items():
+                yield (f"{mod_prefix}.{name}" if mod_prefix else name), p
+
+    def parameters(self):
+        """List of Parameters in torch.nn.Module.parameters() order."""
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self, prefix=""):
+        for mod_prefix, mod in self.named_modules(prefix):
+            for name, b in mod._buffers.items():
+                yield (f"{mod_prefix}.{name}" if mod_prefix else name), b
+
+    def num_parameters(self):
+        return sum(p.size for p in self.parameters())
+
+    # ---- modes and gradients -------------------------------------------------------------
+    def train(self, mode=True):
+        """Training mode (BatchNorm uses batch statistics, Dropout drops). Returns self."""
+        for _, mod in self.named_modules():
+            object.__setattr__(mod, "training", bool(mode))
+        return self
+
+    def eval(self):
+        """Evaluation mode (BatchNorm uses running statistics, Dropout is the identity)."""
+        return self.train(False)
+
+    def zero_grad(self):
+        """Set every parameter gradient to 0 (backward ACCUMULATES into .grad)."""
+        for p in self.parameters():
+            p.zero_grad()
+
+    def astype(self, dtype):
+        """Cast parameters (and zero their grads) and float buffers to `dtype`, in place."""
+        dtype = np.dtype(dtype)
+        for mod_prefix, mod in self.named_modules():
+            for p in mod._parameters.values():
+                p.data = p.data.astype(dtype)
+                p.grad = np.zeros_like(p.data)
+            for name, b in list(mod._buffers.items()):
+                if np.issubdtype(b.dtype, np.floating):
+                    mod._buffers[name] = b.astype(dtype)
+        return self
+
+    # ---- state dict -------------------------------------------------------------------------
+    def state_dict(self):
+        """{torch-style name: copy of the array}: parameters and buffers, in torch's order.
+
+        Buffers include BatchNorm's running_mean, running_var and num_batches_tracked (an
+        int64 0-d array), exactly the keys of the equivalent torch model's state_dict().
+        """
+        out = {}
+        for mod_prefix, mod in self.named_modules():
+            for name, p in mod._parameters.items():
+                out[f"{mod_prefix}.{name}" if mod_prefix else name] = p.data.copy()
+            for name, b in mod._buffers.items():
+                out[f"{mod_prefix}.{name}" if mod_prefix else name] = np.array(b, copy=True)
+        return out
+
+    def load_state_dict(self, state, strict=True):
+        """Copy arrays from `state` (name -> array-like, e.g. from state_dict() or a torch
+        model's state_dict()) into this model, in place, casting to each entry's dtype.
+
+        Raises ValueError listing missing/unexpected names (when strict) and any shape
+        mismatch (always), before anything is modified.
+        """
+        targets = {}
+        for mod_prefix, mod in self.named_modules():
+            for name in list(mod._parameters) + list(mod._buffers):
+                targets[f"{mod_prefix}.{name}" if mod_prefix else name] = (mod, name)
+        arrays = {}
+        for k, v in state.items():
+            if hasattr(v, "detach"):  # a torch tensor
+                v = v.detach().cpu().numpy()
+            arrays[k] = np.asarray(v)
+        missing = [k for k in targets if k not in arrays]
+        unexpected = [k for k in arrays if k not in targets]
+        problems = []
+        if strict and missing:
+            problems.append(f"missing keys: {missing}")
+        if strict and unexpected:
+            problems.append(f"unexpected keys: {unexpected}")
+        for k, (mod, name) in targets.items():
+            if k not in arrays:
+                continue
+            current = mod._parameters[name].data if name in mod._parameters else mod._buffers[name]
+            if arrays[k].shape != current.shape:
+                problems.append(f"{k}: shape {arrays[k].shape} in state dict, {current.shape} in model")
+        if problems:
+            raise ValueError(f"load_state_dict({type(self).__name__}): " + "; ".join(problems))
+        for k, (mod, name) in targets.items():
+            if k not in arrays:
+                continue
+            if name in mod._parameters:
+                p = mod._parameters[name]
+                np.copyto(p.data, arrays[k].astype(p.data.dtype, copy=False))
+            else:
+                np.copyto(mod._buffers[name], arrays[k].astype(mod._buffers[name].dtype, copy=False))
+
+    # ---- the layer protocol -----------------------------------------------------------------
+    def __call__(self, *inputs):
+        return self.forward(*inputs)
+
+    def forward(self, *inputs):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def output_shape(self, input_shape):
+        """Default: shape-preserving (activations, normalisation, dropout)."""
+        return tuple(input_shape)
+
+    def macs(self, *input_shapes):
+        return 0
+
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def _fail(self, msg):
+        """A shape error that names the layer."""
+        raise ValueError(f"{self!r}: {msg}")
+
+
+# --------------------------------------------------------------------------------------
+# Initialisation helpers (torch.nn defaults)
+# --------------------------------------------------------------------------------------
+def _uniform(shape, bound, dtype=np.float32):
+    return nrandom.rng().uniform(-bound, bound, size=shape).astype(dtype)
+
+
+def kaiming_uniform(shape, fan_in, a=math.sqrt(5)):
+    """torch.nn.init.kaiming_uniform_(w, a): U(-b, b), b = gain * sqrt(3 / fan_in),
+    gain = sqrt(2 / (1 + a^2)). With a = sqrt(5) (torch's default) b = 1 / sqrt(fan_in)."""
+    gain = math.sqrt(2.0 / (1.0 + a * a))
+    return _uniform(shape, gain * math.sqrt(3.0 / fan_in))
+
+
+def kaiming_normal_fan_out(shape):
+    """torch.nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu") for a conv
+    weight (C_out, C_in/g, kH, kW): N(0, 2 / fan_out), fan_out = C_out * kH * kW."""
+    fan_out = shape[0] * int(np.prod(shape[2:]))
+    return (nrandom.rng().standard_normal(shape) * math.sqrt(2.0 / fan_out)).astype(np.float32)
+
+
+def _check_rank(layer, shape, ranks):
+    if len(shape) not in ranks:
+        want = " or ".join(f"{r}-D" for r in ranks)
+        layer._fail(f"expects a {want} input, got shape {tuple(shape)}")
+
+
+# --------------------------------------------------------------------------------------
+# Convolution and dense layers
+# --------------------------------------------------------------------------------------
+class Conv2d(Module):
+    """2-D convolution: y[n, o] = b[o] + sum_{c, i, j} w[o, c, i, j] x[n, c, s*h + d*i, s*w + d*j].
+
+    weight (out_channels, in_channels // groups, kH, kW), bias (out_channels,).
+    padding: int, pair, "valid" or "same" (odd remainder on top/left, as in the lecture).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 dilation=1, groups=1, bias=True):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"Conv2d: in_channels={in_channels} and out_channels={out_channels} "
+                             f"must be divisible by groups={groups}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = pair(kernel_size, "kernel_size", "Conv2d")
+        self.stride = pair(stride, "stride", "Conv2d")
+        self.padding = padding if isinstance(padding, str) else pair(padding, "padding", "Conv2d")
+        self.dilation = pair(dilation, "dilation", "Conv2d")
+        self.groups = groups
+        kh, kw = self.kernel_size
+        fan_in = in_channels // groups * kh * kw
+        self.weight = Parameter(kaiming_uniform((out_channels, in_channels // groups, kh, kw), fan_in))
+        if bias:
+            self.bias = Parameter(_uniform((out_channels,), 1.0 / math.sqrt(fan_in)))
+        else:
+            self.bias = None  # a plain attribute: no parameter registered
+        self._x = None
+
+    def _args(self):
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+
+    def forward(self, x):
+        self._x = x  # (N, C_in, H, W)
+        b = self.bias.data if self.bias is not None else None
+        return F.conv2d(x, self.weight.data, b, **self._args())  # (N, C_out, H_out, W_out)
+
+    def backward(self, dy):
+        dx, dw, db = F.conv2d_backward(dy, self._x, self.weight.data, **self._args())
+        self.weight.grad += dw
+        if self.bias is not None:
+            self.bias.grad += db
+        return dx
+
+    def output_shape(self, input_shape):
+        _check_rank(self, input_shape, (4,))
+        n, c, h, w = input_shape
+        if c != self.in_channels:
+            self._fail(f"expects {self.in_channels} input channels, got shape {tuple(input_shape)}")
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        pt, pb, pl, pr = conv_padding(self.padding, (kh, kw), (dh, dw), op="Conv2d")
+        ho = conv_output_size(h, kh, sh, pt + pb, dh)
+        wo = conv_output_size(w, kw, sw, pl + pr, dw)
+        if ho < 1 or wo < 1:
+            self._fail(f"input {h}x{w} is too small for the kernel (output would be {ho}x{wo})")
+        return (n, self.out_channels, ho, wo)
+
+    def macs(self, input_shape):
+        n, co, ho, wo = self.output_shape(input_shape)
+        kh, kw = self.kernel_size
+        return n * co * ho * wo * (self.in_channels // self.groups) * kh * kw
+
+    def extra_repr(self):
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={_fmt(self.kernel_size)}"
+        if self.stride != (1, 1):
+            s += f", stride={_fmt(self.stride)}"
+        if self.padding not in ((0, 0), "valid"):
+            s += f", padding={_fmt(self.padding)}"
+        if self.dilation != (1, 1):
+            s += f", dilation={_fmt(self.dilation)}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s
+
+
+class Linear(Module):
+    """y = x W^T + b; x (N, in_features), weight (out_features, in_features)."""
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = Parameter(kaiming_uniform((out_features, in_features), in_features))
+        if bias:
+            self.bias = Parameter(_uniform((out_features,), 1.0 / math.sqrt(in_features)))
+        else:
+            self.bias = None
+        self._x = None
+
+    def forward(self, x):
+        self._x = x  # (N, in_features)
+        b = self.bias.data if self.bias is not None else None
+        return F.linear(x, self.weight.data, b)  # (N, out_features)
+
+    def backward(self, dy):
+        dx, dw, db = F.linear_backward(dy, self._x, self.weight.data)
+        self.weight.grad += dw
+        if self.bias is not None:
+            self.bias.grad += db
+        return dx
+
+    def output_shape(self, input_shape):
+        _check_rank(self, input_shape, (2,))
+        if input_shape[1] != self.in_features:
+            self._fail(f"expects {self.in_features} input features, got shape {tuple(input_shape)}")
+        return (input_shape[0], self.out_features)
+
+    def macs(self, input_shape):
+        return self.output_shape(input_shape)[0] * self.in_features * self.out_features
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}" + ("" if self.bias is not None else ", bias=False")
+
+
+# --------------------------------------------------------------------------------------
+# Pooling
+# --------------------------------------------------------------------------------------
+class _Pool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        name = type(self).__name__
+        self.kernel_size = pair(kernel_size, "kernel_size", name)
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride", name)
+        self.padding = pair(padding, "padding", name)
+        self._x = None
+
+    def output_shape(self, input_shape):
+        _check_rank(self, input_shape, (4,))
+        n, c, h, w = input_shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        ho, wo = conv_output_size(h, kh, sh, 2 * ph), conv_output_size(w, kw, sw, 2 * pw)
+        if ho < 1 or wo < 1:
+            self._fail(f"input {h}x{w} is too small for the window (output would be {ho}x{wo})")
+        return (n, c, ho, wo)
+
+    def extra_repr(self):
+        s = f"kernel_size={_fmt(self.kernel_size)}, stride={_fmt(self.stride)}"
+        return s + (f", padding={_fmt(self.padding)}" if self.padding != (0, 0) else "")
+
+
+class MaxPool2d(_Pool2d):
+    """Max over each window (padding counts as -inf); gradient goes to the first max."""
+
+    def forward(self, x):
+        self._x = x
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+    def backward(self, dy):
+        return F.max_pool2d_backward(dy, self._x, self.kernel_size, self.stride, self.padding)
+
+
+class AvgPool2d(_Pool2d):
+    """Mean over each window (divisor kH*kW, padding included, as torch's default)."""
+
+    def forward(self, x):
+        self._x = x
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+    def backward(self, dy):
+        return F.avg_pool2d_backward(dy, self._x, self.kernel_size, self.stride, self.padding)
+
+
+class GlobalAvgPool2d(Module):
+    """Mean over all of H x W: (N, C, H, W) -> (N, C, 1, 1), == nn.AdaptiveAvgPool2d(1).
+
+    Implemented as avg_pool2d with kernel_size = (H, W)."""
+
+    def __init__(self):
+        super().__init__()
+        self._x = None
+
+    def forward(self, x):
+        self._x = x
+        return F.avg_pool2d(x, tuple(x.shape[2:]))
+
+    def backward(self, dy):
+        return F.avg_pool2d_backward(dy, self._x, tuple(self._x.shape[2:]))
+
+    def output_shape(self, input_shape):
+        _check_rank(self, input_shape, (4,))
+        return (input_shape[0], input_shape[1], 1, 1)
+
+
+# --------------------------------------------------------------------------------------
+# Batch normalisation
+# --------------------------------------------------------------------------------------
+class _BatchNorm(Module):
+    """y = gamma * (x - mean) / sqrt(var + eps) + beta, per channel.
+
+    Training mode: batch statistics (biased variance), and the running statistics are
+    updated in place: r = (1 - momentum) r + momentum * batch_stat (unbiased variance for
+    running_var), num_batches_tracked += 1. Eval mode: running statistics.
+    """
+
+    ranks = (4,)
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.weight = Parameter(np.ones(num_features, np.float32))
+        self.bias = Parameter(np.zeros(num_features, np.float32))
+        self.register_buffer("running_mean", np.zeros(num_features, np.float32))
+        self.register_buffer("running_var", np.ones(num_features, np.float32))
+        self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
+        self._x = None
+        self._trained = None  # mode of the last forward (decides the backward formula)
+
+    def _as_functional(self, x):
+        return x  # (N, C, H, W) or (N, C)
+
+    def forward(self, x):
+        xf = self._as_functional(x)
+        self._x, self._trained = xf, self.training
+        y = F.batch_norm(xf, self.weight.data, self.bias.data, self.running_mean, self.running_var,
+                         self.training, self.momentum, self.eps)
+        if self.training:
+            self.num_batches_tracked += 1  # 0-d array, updated in place
+        return y.reshape(x.shape)
+
+    def backward(self, dy):
+        shape = dy.shape
+        dy = self._as_functional(dy)
+        if self._trained:
+            dx, dgamma, dbeta = F.batch_norm_backward(dy, self._x, self.weight.data, self.eps)
+        else:
+            # Eval mode is a fixed per-channel affine map y = a x + c, a = gamma / sqrt(rv + eps):
+            # dx = a dy, dgamma = sum dy * xhat, dbeta = sum dy (plain NumPy: no kernel needed).
+            axes = (0,) + tuple(range(2, dy.ndim))
+            bshape = (1, -1) + (1,) * (dy.ndim - 2)
+            inv_std = 1.0 / np.sqrt(self.running_var + self.eps)
+            xhat = (self._x - self.running_mean.reshape(bshape)) * inv_std.reshape(bshape)
+            dx = (dy * (self.weight.data * inv_std).reshape(bshape)).astype(dy.dtype)
+            dgamma = (dy * xhat).sum(axis=axes)
+            dbeta = dy.sum(axis=axes)
+        self.weight.grad += dgamma
+        self.bias.grad += dbeta
+        return dx.reshape(shape)
+
+    def output_shape(self, input_shape):
+        _check_rank(self, input_shape, self.ranks)
+        if input_shape[1] != self.num_features:
+            self._fail(f"expects {self.num_features} channels, got shape {tuple(input_shape)}")
+        return tuple(input_shape)
+
+    def extra_repr(self):
+        return f"{self.num_features}"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation over (N, H, W) for each channel of an (N, C, H, W) input."""
+
+    ranks = (4,)
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of (N, C) features (or (N, C, L), normalised over N and L)."""
+
+    ranks = (2, 3)
+
+    def _as_functional(self, x):
+        return x.reshape(x.shape + (1,)) if x.ndim == 3 else x
+
+
+# --------------------------------------------------------------------------------------
+# Activations, dropout, reshaping, joins
+# --------------------------------------------------------------------------------------
+class ReLU(Module):
+    """max(x, 0)."""
+
+    def forward(self, x):
+        self._x = x
+        return F.relu(x)
+
+    def backward(self, dy):
+        return F.relu_backward(dy, self._x)
+
+
+class Tanh(Module):
+    """tanh(x); the backward uses the cached output: dx = dy (1 - y^2)."""
+
+    def forward(self, x):
+        self._y = F.tanh(x)
+        return self._y
+
+    def backward(self, dy):
+        return F.tanh_backward(dy, self._y)
+
+
+class Sigmoid(Module):
+    """1 / (1 + exp(-x)); the backward uses the cached output: dx = dy y (1 - y)."""
+
+    def forward(self, x):
+        self._y = F.sigmoid(x)
+        return self._y
+
+    def backward(self, dy):
+        return F.sigmoid_backward(dy, self._y)
+
+
+class Dropout(Module):
+    """Inverted dropout: in training, zero each element with probability p and scale the
+    rest by 1/(1-p); identity in eval mode. Each call draws its seed from
+    numbacnn.random.rng() (kept in `last_seed`), so a seeded run is reproducible."""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        self.p = p
+        self._mask = None
+        self.last_seed = None
+
+    def forward(self, x):
+        if self.training and self.p > 0:
+            self.last_seed = int(nrandom.rng().integers(0, 2**31 - 1))
+            y, self._mask = F.dropout(x, self.p, True, seed=self.last_seed)
+            return y
+        self._mask = None
+        return x
+
+    def backward(self, dy):
+        return F.dropout_backward(dy, self._mask, self.p)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class Flatten(Module):
+    """(N, d1, d2, ...) -> (N, d1*d2*...) (torch.nn.Flatten with start_dim=1)."""
+
+    def forward(self, x):
+        self._shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(self._shape)
+
+    def output_shape(self, input_shape):
+        return (input_shape[0], int(np.prod(input_shape[1:])))
+
+
+class Identity(Module):
+    """y = x."""
+
+    def forward(self, x):
+        return x
+
+    def backward(self, dy):
+        return dy
+
+
+class Add(Module):
+    """The residual join: y = a + b (two inputs, same shape); backward -> (dy, dy)."""
+
+    num_inputs = 2
+
+    def forward(self, a, b):
+        return F.add(a, b)
+
+    def backward(self, dy):
+        return F.add_backward(dy)
+
+    def output_shape(self, a_shape, b_shape):
+        if tuple(a_shape) != tuple(b_shape):
+            self._fail(f"inputs must have the same shape, got {tuple(a_shape)} and {tuple(b_shape)}")
+        return tuple(a_shape)
+
+
+def _fmt(v):
+    """(3, 3) -> 3, (1, 2) -> (1, 2), for compact reprs."""
+    if isinstance(v, tuple) and len(v) == 2 and v[0] == v[1]:
+        return v[0]
+    return v

@@ -1,0 +1,225 @@
+"""Stochastic gradient descent and learning-rate schedules.
+
+The lecture's SGD step is ``theta = theta - eta * g`` with ``g`` the mini-batch mean gradient
+(our losses already average over the batch). On top of it we implement exactly PyTorch's
+``torch.optim.SGD`` rule (dampening 0), so runs can be compared number for number::
+
+    g   = grad + weight_decay * p                 # L2 penalty folded into the gradient
+    buf = g                      (first step)
+    buf = momentum * buf + g     (later steps)    # heavy-ball velocity
+    g   = g + momentum * buf     if nesterov else buf
+    p  -= lr * g
+
+Everything is done in place on ``Parameter.data`` with NumPy, in the parameter's dtype.
+
+Schedules are pure functions of the epoch (their whole state is the epoch counter), so a
+resumed run recomputes exactly the same learning rate:
+
+    StepLR:   lr(e) = base_lr * gamma ** (e // step_size)
+    CosineLR: lr(e) = eta_min + (base_lr - eta_min) * (1 + cos(pi * e / T_max)) / 2
+"""
+import math
+
+import numpy as np
+
+__all__ = ["SGD", "ConstantLR", "StepLR", "CosineLR", "build_schedule"]
+
+
+class SGD:
+    """SGD with momentum, weight decay and Nesterov momentum (PyTorch semantics).
+
+    params: an iterable of objects with ``.data`` (ndarray, updated in place) and ``.grad``
+    (ndarray of the same shape, or None: such a parameter is skipped, as in PyTorch).
+    """
+
+    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("SGD: params is empty (the model has no parameters?)")
+        lr, momentum, weight_decay = float(lr), float(momentum), float(weight_decay)
+        if not lr >= 0.0:
+            raise ValueError(f"SGD: lr must be >= 0, got {lr}")
+        if not momentum >= 0.0:
+            raise ValueError(f"SGD: momentum must be >= 0, got {momentum}")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"SGD: weight_decay must be >= 0, got {weight_decay}")
+        if nesterov and momentum <= 0.0:
+            raise ValueError("SGD: nesterov momentum requires momentum > 0")
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.nesterov = bool(nesterov)
+        self.buffers = [None] * len(self.params)  # momentum buffers, created on first step
+        self.step_count = 0
+
+    def zero_grad(self):
+        """Set every parameter's gradient to zero (in place when it exists)."""
+        for p in self.params:
+            if p.grad is not None:
+                p.grad[...] = 0
+
+    def step(self):
+        """One update of every parameter from its current ``.grad``."""
+        lr, mu, wd = self.lr, self.momentum, self.weight_decay
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            g = p.grad
+            if g.shape != p.data.shape:
+                raise ValueError(
+                    f"SGD: parameter {i} has grad.shape={g.shape} but data.shape={p.data.shape}")
+            if wd != 0.0:
+                g = g + p.data.dtype.type(wd) * p.data
+            if mu != 0.0:
+                buf = self.buffers[i]
+                if buf is None:
+                    buf = np.array(g, dtype=p.data.dtype, copy=True)
+                    self.buffers[i] = buf
+                else:
+                    buf *= p.data.dtype.type(mu)
+                    buf += g
+                if self.nesterov:
+                    g = g + p.data.dtype.type(mu) * buf
+                else:
+                    g = buf
+            p.data -= p.data.dtype.type(lr) * g
+        self.step_count += 1
+
+    # --- state (plain arrays, so a checkpoint can store it without pickle) -------------
+    def state_dict(self):
+        """Flat ``{name: ndarray}``: hyper-parameters as 0-d arrays, momentum buffers as
+        ``momentum_buffer.<i>`` (i = index in params; absent before the first step)."""
+        state = {
+            "lr": np.array(self.lr, dtype=np.float64),
+            "momentum": np.array(self.momentum, dtype=np.float64),
+            "weight_decay": np.array(self.weight_decay, dtype=np.float64),
+            "nesterov": np.array(self.nesterov, dtype=np.bool_),
+            "step_count": np.array(self.step_count, dtype=np.int64),
+        }
+        for i, buf in enumerate(self.buffers):
+            if buf is not None:
+                state[f"momentum_buffer.{i}"] = buf.copy()
+        return state
+
+    def load_state_dict(self, state):
+        """Restore a ``state_dict()``; buffers are checked against the parameter shapes."""
+        state = dict(state)
+        for key in ("lr", "momentum", "weight_decay", "nesterov", "step_count"):
+            if key not in state:
+                raise ValueError(f"SGD.load_state_dict: missing key {key!r}")
+        buffers = [None] * len(self.params)
+        for key, value in state.items():
+            if not key.startswith("momentum_buffer."):
+                continue
+            try:
+                i = int(key[len("momentum_buffer."):])
+            except ValueError:
+                raise ValueError(f"SGD.load_state_dict: bad key {key!r}") from None
+            if not 0 <= i < len(self.params):
+                raise ValueError(
+                    f"SGD.load_state_dict: {key!r} but the optimizer has {len(self.params)} params")
+            p = self.params[i]
+            value = np.asarray(value)
+            if value.shape != p.data.shape:
+                raise ValueError(
+                    f"SGD.load_state_dict: {key!r} has shape {value.shape} but parameter {i} "
+                    f"has shape {p.data.shape}")
+            buffers[i] = np.array(value, dtype=p.data.dtype, copy=True)
+        self.lr = float(state["lr"])
+        self.momentum = float(state["momentum"])
+        self.weight_decay = float(state["weight_decay"])
+        self.nesterov = bool(state["nesterov"])
+        self.step_count = int(state["step_count"])
+        self.buffers = buffers
+
+
+# --- learning-rate schedules -------------------------------------------------------------
+class _Schedule:
+    """Base: ``lr_at(epoch)`` is a pure function; ``step()`` advances the epoch counter and
+    writes the new rate into the optimizer. Usage (as with torch): after each epoch call
+    ``schedule.step()``; ``schedule.epoch`` is the number of completed epochs."""
+
+    name = "none"
+
+    def __init__(self, optimizer, base_lr=None):
+        self.optimizer = optimizer
+        self.base_lr = float(optimizer.lr if base_lr is None else base_lr)
+        self.epoch = 0
+        self.optimizer.lr = self.lr_at(0)
+
+    def lr_at(self, epoch):
+        raise NotImplementedError
+
+    @property
+    def lr(self):
+        return self.lr_at(self.epoch)
+
+    def step(self):
+        self.epoch += 1
+        self.optimizer.lr = self.lr_at(self.epoch)
+
+    def state_dict(self):
+        return {"epoch": np.array(self.epoch, dtype=np.int64),
+                "base_lr": np.array(self.base_lr, dtype=np.float64)}
+
+    def load_state_dict(self, state):
+        self.epoch = int(state["epoch"])
+        self.base_lr = float(state["base_lr"])
+        self.optimizer.lr = self.lr_at(self.epoch)
+
+
+class ConstantLR(_Schedule):
+    """No schedule: lr(e) = base_lr."""
+
+    name = "none"
+
+    def lr_at(self, epoch):
+        return self.base_lr
+
+
+class StepLR(_Schedule):
+    """lr(e) = base_lr * gamma ** (e // step_size)  (torch.optim.lr_scheduler.StepLR)."""
+
+    name = "step"
+
+    def __init__(self, optimizer, step_size, gamma=0.1, base_lr=None):
+        if int(step_size) < 1:
+            raise ValueError(f"StepLR: step_size must be >= 1, got {step_size}")
+        self.step_size = int(step_size)
+        self.gamma = float(gamma)
+        super().__init__(optimizer, base_lr)
+
+    def lr_at(self, epoch):
+        return self.base_lr * self.gamma ** (int(epoch) // self.step_size)
+
+
+class CosineLR(_Schedule):
+    """lr(e) = eta_min + (base_lr - eta_min) * (1 + cos(pi * e / T_max)) / 2
+    (the closed form of torch.optim.lr_scheduler.CosineAnnealingLR)."""
+
+    name = "cosine"
+
+    def __init__(self, optimizer, T_max, eta_min=0.0, base_lr=None):
+        if int(T_max) < 1:
+            raise ValueError(f"CosineLR: T_max must be >= 1, got {T_max}")
+        self.T_max = int(T_max)
+        self.eta_min = float(eta_min)
+        super().__init__(optimizer, base_lr)
+
+    def lr_at(self, epoch):
+        return self.eta_min + (self.base_lr - self.eta_min) * (
+            1.0 + math.cos(math.pi * int(epoch) / self.T_max)) / 2.0
+
+
+def build_schedule(name, optimizer, epochs, step_size=None, gamma=0.1, eta_min=0.0):
+    """The schedule the CLI names: "none", "step" (default step_size: a third of the
+    epochs, at least 1) or "cosine" (T_max = epochs)."""
+    if name in (None, "none", "constant"):
+        return ConstantLR(optimizer)
+    if name == "step":
+        if step_size is None:
+            step_size = max(1, int(epochs) // 3)
+        return StepLR(optimizer, step_size=step_size, gamma=gamma)
+    if name == "cosine":
+        return CosineLR(optimizer, T_max=max(1, int(epochs)), eta_min=eta_min)
+    raise ValueError(f"unknown schedule {name!r} (choose none, step or cosine)")

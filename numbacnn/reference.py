@@ -1,0 +1,490 @@
+"""numbacnn.reference: the readable oracle.
+
+Every function of ``numbacnn.functional`` (docs/CONTRACT.md, section 1) with the same name
+and signature, written as plain Python/NumPy loops straight from the lecture's formulas
+(Lecture 6, "Convolutional Neural Networks"). No JIT, no cleverness: it is meant to be read
+next to the slides and to be obviously right, and it is only used on small inputs by the
+tests. It does not validate its arguments.
+
+Conventions (as in ``functional``): NCHW arrays, float32 or float64; the output has the
+input's dtype, but sums are accumulated in float64 so that the oracle is at least as
+accurate as the kernels it checks.
+
+The padding arithmetic is written out here again (not imported from ``numbacnn.shapes``) so
+that the oracle stays independent of the code it checks.
+"""
+import math
+
+import numpy as np
+
+__all__ = [
+    "conv2d", "conv2d_backward",
+    "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
+    "batch_norm", "batch_norm_backward",
+    "linear", "linear_backward",
+    "relu", "relu_backward", "tanh", "tanh_backward", "sigmoid", "sigmoid_backward",
+    "dropout", "dropout_backward",
+    "cross_entropy", "cross_entropy_backward",
+    "add", "add_backward",
+]
+
+
+# ----------------------------------------------------------------------------------------
+# shape arithmetic (lecture: "Padding", "Stride")
+
+
+def _pair(v):
+    """An int or a pair -> (h, w)."""
+    if isinstance(v, (tuple, list)):
+        return int(v[0]), int(v[1])
+    return int(v), int(v)
+
+
+def _conv_pads(padding, kh, kw, dh, dw):
+    """(top, bottom, left, right) padding.
+
+    Lecture, "Padding": a common choice is p_h = k_h - 1 in total; for odd k_h pad p_h/2 on
+    both sides, for even k_h pad ceil(p_h/2) on top and floor(p_h/2) on bottom. With dilation
+    d the kernel covers d*(k-1)+1 pixels, so "same" pads d*(k-1) in total.
+    """
+    if padding == "valid":
+        return 0, 0, 0, 0
+    if padding == "same":
+        ph, pw = dh * (kh - 1), dw * (kw - 1)
+        return math.ceil(ph / 2), ph // 2, math.ceil(pw / 2), pw // 2
+    ph, pw = _pair(padding)
+    return ph, ph, pw, pw
+
+
+def _out_size(n, k, pad_total, s, d=1):
+    """Lecture, "Stride": floor((n - k + p + s) / s), with k the dilated extent d*(k-1)+1."""
+    k_eff = d * (k - 1) + 1
+    return (n - k_eff + pad_total + s) // s
+
+
+def _zero_pad(x, top, bottom, left, right, value=0.0):
+    """Lecture, "Padding adds rows/columns around input" (of zeros; -inf for max pooling)."""
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)),
+                  mode="constant", constant_values=value)
+
+
+# ----------------------------------------------------------------------------------------
+# convolution
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D cross-correlation, lecture "2-D Convolution Layer" / "Multiple Input/Output Channels".
+
+        y[n, o, i, j] = b[o] + sum_c sum_a sum_b  w[o, c, a, b] * xpad[n, g*C_g + c, i*s_h + a*d_h, j*s_w + b*d_w]
+
+    i.e. Y = X (star) W + b with the kernel summed over the input channels of its group
+    (g = o // (C_out / groups), C_g = C_in / groups), strides s, dilation d, and the input
+    padded with zeros (xpad). Output size floor((n - k + p + s) / s) per axis.
+    """
+    N, C_in, H, W = x.shape
+    C_out, C_g, kh, kw = weight.shape
+    sh, sw = _pair(stride)
+    dh, dw = _pair(dilation)
+    pt, pb, pl, pr = _conv_pads(padding, kh, kw, dh, dw)
+    H_out = _out_size(H, kh, pt + pb, sh, dh)
+    W_out = _out_size(W, kw, pl + pr, sw, dw)
+    xpad = _zero_pad(x.astype(np.float64), pt, pb, pl, pr)
+    w = weight.astype(np.float64)
+    out_per_group = C_out // groups
+    y = np.zeros((N, C_out, H_out, W_out), dtype=np.float64)
+    for n in range(N):
+        for o in range(C_out):
+            g = o // out_per_group
+            for i in range(H_out):
+                for j in range(W_out):
+                    acc = 0.0 if bias is None else float(bias[o])
+                    for c in range(C_g):
+                        for a in range(kh):
+                            for b in range(kw):
+                                acc += (w[o, c, a, b]
+                                        * xpad[n, g * C_g + c, i * sh + a * dh, j * sw + b * dw])
+                    y[n, o, i, j] = acc
+    return y.astype(x.dtype)
+
+
+def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1):
+    """Gradients of conv2d by the chain rule (lecture, "Backward Pass"), written as a scatter.
+
+    Every term  w[o,c,a,b] * xpad[n, gC_g+c, i s_h + a d_h, j s_w + b d_w]  of y[n,o,i,j]
+    sends  dy[n,o,i,j] * w[o,c,a,b]  to dxpad at that input position and
+    dy[n,o,i,j] * xpad[...]  to dw[o,c,a,b]; db[o] = sum_{n,i,j} dy[n,o,i,j].
+    dx is dxpad with the padding cut off. Returns (dx, dweight, dbias).
+    """
+    N, C_in, H, W = x.shape
+    C_out, C_g, kh, kw = weight.shape
+    sh, sw = _pair(stride)
+    dh, dw_ = _pair(dilation)
+    pt, pb, pl, pr = _conv_pads(padding, kh, kw, dh, dw_)
+    _, _, H_out, W_out = dy.shape
+    xpad = _zero_pad(x.astype(np.float64), pt, pb, pl, pr)
+    w = weight.astype(np.float64)
+    g_dy = dy.astype(np.float64)
+    dxpad = np.zeros_like(xpad)
+    dweight = np.zeros_like(w)
+    out_per_group = C_out // groups
+    for n in range(N):
+        for o in range(C_out):
+            g = o // out_per_group
+            for i in range(H_out):
+                for j in range(W_out):
+                    d = g_dy[n, o, i, j]
+                    for c in range(C_g):
+                        for a in range(kh):
+                            for b in range(kw):
+                                r, s = i * sh + a * dh, j * sw + b * dw_
+                                dxpad[n, g * C_g + c, r, s] += d * w[o, c, a, b]
+                                dweight[o, c, a, b] += d * xpad[n, g * C_g + c, r, s]
+    dx = dxpad[:, :, pt:pt + H, pl:pl + W]
+    dbias = g_dy.sum(axis=(0, 2, 3))
+    return dx.astype(x.dtype), dweight.astype(x.dtype), dbias.astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# pooling (lecture, "Pooling Layer": same padding and stride as conv, one output channel
+# per input channel, no parameters)
+
+
+def _pool_setup(x, kernel_size, stride, padding):
+    kh, kw = _pair(kernel_size)
+    sh, sw = (kh, kw) if stride is None else _pair(stride)
+    ph, pw = _pair(padding)
+    H_out = _out_size(x.shape[2], kh, 2 * ph, sh)
+    W_out = _out_size(x.shape[3], kw, 2 * pw, sw)
+    return kh, kw, sh, sw, ph, pw, H_out, W_out
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0):
+    """2-D max pooling (lecture, "2-D Max Pooling": the maximal value in the sliding window).
+
+        y[n, c, i, j] = max_{a, b} xpad[n, c, i*s_h + a, j*s_w + b],  xpad padded with -inf.
+    stride=None means stride = kernel_size.
+    """
+    kh, kw, sh, sw, ph, pw, H_out, W_out = _pool_setup(x, kernel_size, stride, padding)
+    N, C = x.shape[:2]
+    xpad = _zero_pad(x, ph, ph, pw, pw, value=-np.inf)
+    y = np.empty((N, C, H_out, W_out), dtype=x.dtype)
+    for n in range(N):
+        for c in range(C):
+            for i in range(H_out):
+                for j in range(W_out):
+                    window = xpad[n, c, i * sh:i * sh + kh, j * sw:j * sw + kw]
+                    y[n, c, i, j] = window.max()
+    return y
+
+
+def max_pool2d_backward(dy, x, kernel_size, stride=None, padding=0):
+    """Gradient of max pooling: dy[n,c,i,j] goes to the FIRST maximum of its window in
+    row-major order (PyTorch's CPU tie-break); overlapping windows accumulate.
+
+    The window is scanned over its input positions (padding never receives gradient) with
+    PyTorch's test `v > best or isnan(v)`: ties keep the first maximum, a NaN wins (the
+    last NaN), and an all -inf window sends its gradient to its first input position.
+    """
+    kh, kw, sh, sw, ph, pw, H_out, W_out = _pool_setup(x, kernel_size, stride, padding)
+    N, C, H, W = x.shape
+    dx = np.zeros((N, C, H, W), dtype=np.float64)
+    for n in range(N):
+        for c in range(C):
+            for i in range(H_out):
+                for j in range(W_out):
+                    best, where = -np.inf, None
+                    for a in range(kh):
+                        for b in range(kw):
+                            r, s = i * sh - ph + a, j * sw - pw + b
+                            if not (0 <= r < H and 0 <= s < W):
+                                continue  # padding
+                            v = float(x[n, c, r, s])
+                            if where is None:
+                                where = (r, s)
+                            if v > best or math.isnan(v):
+                                best, where = v, (r, s)
+                    dx[n, c, where[0], where[1]] += dy[n, c, i, j]
+    return dx.astype(x.dtype)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0):
+    """2-D average pooling (lecture, "Average Pooling": replace max with mean).
+
+        y[n, c, i, j] = (1 / (k_h k_w)) sum_{a, b} xpad[n, c, i*s_h + a, j*s_w + b]
+    with zero padding counted in the divisor (PyTorch's count_include_pad=True).
+    """
+    kh, kw, sh, sw, ph, pw, H_out, W_out = _pool_setup(x, kernel_size, stride, padding)
+    N, C = x.shape[:2]
+    xpad = _zero_pad(x.astype(np.float64), ph, ph, pw, pw)
+    y = np.empty((N, C, H_out, W_out), dtype=np.float64)
+    for n in range(N):
+        for c in range(C):
+            for i in range(H_out):
+                for j in range(W_out):
+                    window = xpad[n, c, i * sh:i * sh + kh, j * sw:j * sw + kw]
+                    y[n, c, i, j] = window.sum() / (kh * kw)
+    return y.astype(x.dtype)
+
+
+def avg_pool2d_backward(dy, x, kernel_size, stride=None, padding=0):
+    """Gradient of average pooling: each dy[n,c,i,j] / (k_h k_w) to every cell of its window."""
+    kh, kw, sh, sw, ph, pw, H_out, W_out = _pool_setup(x, kernel_size, stride, padding)
+    N, C, H, W = x.shape
+    dxpad = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=np.float64)
+    for n in range(N):
+        for c in range(C):
+            for i in range(H_out):
+                for j in range(W_out):
+                    dxpad[n, c, i * sh:i * sh + kh, j * sw:j * sw + kw] += dy[n, c, i, j] / (kh * kw)
+    return dxpad[:, :, ph:ph + H, pw:pw + W].astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# batch normalisation (lecture, "Batch Normalization")
+
+
+def _channel_values(x, c):
+    """All values of channel c, over the batch (and space): the lecture's set B."""
+    return x[:, c].reshape(-1).astype(np.float64)
+
+
+def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+    """Lecture, "Batch Normalization", per channel c over B = all (n, h, w):
+
+        mu_B = (1/|B|) sum_i x_i,   sigma_B^2 = (1/|B|) sum_i (x_i - mu_B)^2
+        y_i = gamma (x_i - mu_B) / sqrt(sigma_B^2 + eps) + beta
+
+    (the lecture folds eps into sigma_B^2.) In training mode, the running statistics are
+    updated in place: r <- (1 - momentum) r + momentum * stat, with the UNBIASED variance
+    sigma_B^2 |B| / (|B| - 1) for running_var (PyTorch). In eval mode, mu and sigma^2 are
+    the running statistics. weight/bias None mean gamma = 1, beta = 0.
+    """
+    C = x.shape[1]
+    y = np.empty(x.shape, dtype=np.float64)
+    for c in range(C):
+        gamma = 1.0 if weight is None else float(weight[c])
+        beta = 0.0 if bias is None else float(bias[c])
+        if training:
+            values = _channel_values(x, c)
+            m = values.size
+            mu = values.sum() / m
+            var = ((values - mu) ** 2).sum() / m
+            if running_mean is not None and running_var is not None:
+                running_mean[c] = (1 - momentum) * running_mean[c] + momentum * mu
+                running_var[c] = (1 - momentum) * running_var[c] + momentum * var * m / (m - 1)
+        else:
+            mu, var = float(running_mean[c]), float(running_var[c])
+        y[:, c] = gamma * (x[:, c].astype(np.float64) - mu) / math.sqrt(var + eps) + beta
+    return y.astype(x.dtype)
+
+
+def batch_norm_backward(dy, x, weight, eps=1e-5):
+    """Training-mode gradient of batch_norm (mu_B and sigma_B depend on x), per channel over
+    the m = |B| values, with xhat = (x - mu_B) / sqrt(sigma_B^2 + eps):
+
+        dbeta  = sum_i dy_i
+        dgamma = sum_i dy_i xhat_i
+        dx_i   = gamma / sqrt(sigma_B^2 + eps) * (dy_i - dbeta/m - xhat_i * dgamma/m)
+
+    Returns (dx, dweight, dbias).
+    """
+    C = x.shape[1]
+    dx = np.empty(x.shape, dtype=np.float64)
+    dweight = np.empty(C, dtype=np.float64)
+    dbias = np.empty(C, dtype=np.float64)
+    for c in range(C):
+        gamma = 1.0 if weight is None else float(weight[c])
+        xc = x[:, c].astype(np.float64)
+        dyc = dy[:, c].astype(np.float64)
+        m = xc.size
+        mu = xc.sum() / m
+        var = ((xc - mu) ** 2).sum() / m
+        inv_std = 1.0 / math.sqrt(var + eps)
+        xhat = (xc - mu) * inv_std
+        dbias[c] = dyc.sum()
+        dweight[c] = (dyc * xhat).sum()
+        dx[:, c] = gamma * inv_std * (dyc - dbias[c] / m - xhat * dweight[c] / m)
+    return dx.astype(x.dtype), dweight.astype(x.dtype), dbias.astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# dense (lecture, "Forward Pass" / "Backward Pass" of the FFN)
+
+
+def linear(x, weight, bias=None):
+    """Lecture, "Forward Pass": z_j = sum_i w_{j,i} y_i + b_j for every row of x.
+    x (N, IN), weight (OUT, IN), bias (OUT,) -> (N, OUT)."""
+    N, IN = x.shape
+    OUT = weight.shape[0]
+    y = np.empty((N, OUT), dtype=np.float64)
+    for n in range(N):
+        for j in range(OUT):
+            acc = 0.0 if bias is None else float(bias[j])
+            for i in range(IN):
+                acc += float(weight[j, i]) * float(x[n, i])
+            y[n, j] = acc
+    return y.astype(x.dtype)
+
+
+def linear_backward(dy, x, weight):
+    """Lecture, "Backward Pass":  dl/dy_i = sum_j w_{j,i} dl/dz_j,  dl/dw_{j,i} = y_i dl/dz_j
+    (summed over the batch), dl/db_j = sum_n dl/dz_j. Returns (dx, dweight, dbias)."""
+    N, IN = x.shape
+    OUT = weight.shape[0]
+    dx = np.zeros((N, IN), dtype=np.float64)
+    dweight = np.zeros((OUT, IN), dtype=np.float64)
+    dbias = np.zeros(OUT, dtype=np.float64)
+    for n in range(N):
+        for j in range(OUT):
+            d = float(dy[n, j])
+            dbias[j] += d
+            for i in range(IN):
+                dx[n, i] += float(weight[j, i]) * d
+                dweight[j, i] += float(x[n, i]) * d
+    return dx.astype(x.dtype), dweight.astype(x.dtype), dbias.astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# element-wise
+
+
+def _map(f, *arrays):
+    """Apply the scalar function f element by element."""
+    out = np.empty(arrays[0].shape, dtype=arrays[0].dtype)
+    flat = [a.reshape(-1) for a in arrays]
+    out_flat = out.reshape(-1)
+    for k in range(out_flat.size):
+        out_flat[k] = f(*(float(a[k]) for a in flat))
+    return out
+
+
+def relu(x):
+    """Lecture, "ReLU Activation": ReLU(x) = max(x, 0)."""
+    return _map(lambda v: max(v, 0.0), np.ascontiguousarray(x))
+
+
+def relu_backward(dy, x):
+    """d ReLU / dx = 1 for x > 0, else 0 (0 at x = 0, as PyTorch)."""
+    return _map(lambda d, v: d if v > 0 else 0.0, np.ascontiguousarray(dy), np.ascontiguousarray(x))
+
+
+def tanh(x):
+    """tanh(x) (LeNet's activation)."""
+    return _map(math.tanh, np.ascontiguousarray(x))
+
+
+def tanh_backward(dy, y):
+    """d tanh / dx = 1 - tanh(x)^2 = 1 - y^2, with y the forward output."""
+    return _map(lambda d, v: d * (1.0 - v * v), np.ascontiguousarray(dy), np.ascontiguousarray(y))
+
+
+def _sigmoid_scalar(v):
+    """1 / (1 + exp(-v)), written so that neither branch overflows."""
+    if v >= 0:
+        return 1.0 / (1.0 + math.exp(-v))
+    e = math.exp(v)
+    return e / (1.0 + e)
+
+
+def sigmoid(x):
+    """sigmoid(x) = 1 / (1 + exp(-x))."""
+    return _map(_sigmoid_scalar, np.ascontiguousarray(x))
+
+
+def sigmoid_backward(dy, y):
+    """d sigmoid / dx = sigmoid(x) (1 - sigmoid(x)) = y (1 - y), with y the forward output."""
+    return _map(lambda d, v: d * v * (1.0 - v), np.ascontiguousarray(dy), np.ascontiguousarray(y))
+
+
+def add(a, b):
+    """a + b (the residual join f(x) = x + g(x), lecture "Residual Networks")."""
+    return _map(lambda u, v: u + v, np.ascontiguousarray(a), np.ascontiguousarray(b))
+
+
+def add_backward(dy):
+    """Both summands receive dy."""
+    return dy, dy
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(z):
+    """The splitmix64 finaliser on a 64-bit integer (plain Python ints, wrapped to 64 bits)."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def _uniform_hash(seed, index):
+    """The counter-based uniform number u(seed, i) in [0, 1) documented by the dropout
+    kernel: key = mix64(seed), u = top 53 bits of mix64(key + (i + 1) * golden) / 2^53,
+    golden = 0x9E3779B97F4A7C15. A pure function of (seed, i), so the mask is reproducible."""
+    key = _mix64(int(seed) & _MASK64)
+    z = _mix64((key + (index + 1) * 0x9E3779B97F4A7C15) & _MASK64)
+    return (z >> 11) / float(1 << 53)
+
+
+def dropout(x, p=0.5, training=True, seed=None):
+    """Lecture, "Dropout Layer" (inverted dropout):
+
+        x'_i = 0 with probability p, x_i / (1 - p) otherwise.
+
+    Returns (y, mask), mask uint8 (1 = kept) a pure function of (seed, flat index).
+    seed=None draws a seed from numbacnn.random.rng(). training=False -> (x, None).
+    """
+    if not training:
+        return x, None
+    if seed is None:
+        from . import random as _random
+        seed = int(_random.rng().integers(0, 2**62))
+    x = np.ascontiguousarray(x)
+    mask = np.empty(x.shape, dtype=np.uint8)
+    mflat = mask.reshape(-1)
+    for k in range(mflat.size):
+        mflat[k] = 1 if _uniform_hash(int(seed), k) >= p else 0
+    y = dropout_backward(x, mask, p)
+    return y, mask
+
+
+def dropout_backward(dy, mask, p):
+    """dx_i = dy_i * mask_i / (1 - p) (0 where dropped; p = 1 drops everything); mask None -> dy."""
+    if mask is None:
+        return dy
+    scale = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
+    return _map(lambda d, m: d * m * scale, np.ascontiguousarray(dy),
+                np.ascontiguousarray(mask).astype(np.float64))
+
+
+# ----------------------------------------------------------------------------------------
+# loss
+
+
+def cross_entropy(logits, labels):
+    """Mean softmax cross-entropy over the batch, with the stable log-sum-exp:
+
+        loss_n = log sum_k exp(z_nk) - z_{n, y_n} = m_n + log sum_k exp(z_nk - m_n) - z_{n, y_n},
+        m_n = max_k z_nk;   loss = (1/N) sum_n loss_n.    Returns a Python float.
+    """
+    N, K = logits.shape
+    total = 0.0
+    for n in range(N):
+        z = [float(v) for v in logits[n]]
+        m = max(z)
+        lse = m + math.log(sum(math.exp(v - m) for v in z))
+        total += lse - z[int(labels[n])]
+    return total / N
+
+
+def cross_entropy_backward(logits, labels):
+    """d loss / d z_nk = (softmax(z_n)_k - [k == y_n]) / N."""
+    N, K = logits.shape
+    d = np.empty((N, K), dtype=np.float64)
+    for n in range(N):
+        z = [float(v) for v in logits[n]]
+        m = max(z)
+        e = [math.exp(v - m) for v in z]
+        s = sum(e)
+        for k in range(K):
+            d[n, k] = (e[k] / s - (1.0 if k == int(labels[n]) else 0.0)) / N
+    return d.astype(logits.dtype)

@@ -1,0 +1,301 @@
+"""CUDA backend == CPU backend, op by op, through numbacnn.functional.
+
+Every functional op (forward and backward) runs twice: on NumPy arrays (CPU kernels) and on
+numba.cuda device arrays (CUDA kernels, numbacnn.kernels.cuda), with the same inputs; the
+results must agree to rtol 1e-5 (float32) / 1e-12 (float64).  The dropout mask must be
+identical (same counter-based hash).
+
+Runs on a real GPU, or anywhere under Numba's CUDA simulator:
+
+    NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/cuda
+
+Without either it skips at import (a plain `pytest` run has neither).  The simulator runs
+each CUDA thread as a Python thread: shapes are tiny on purpose.
+"""
+import os
+
+import numpy as np
+import pytest
+
+_SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+if _SIM:
+    from numba import config as _config
+    if not _config.ENABLE_CUDASIM:
+        pytest.skip("NUMBA_ENABLE_CUDASIM=1 was set after numba was imported; set it in the "
+                    "environment before starting pytest", allow_module_level=True)
+else:
+    try:
+        from numba import cuda as _cuda
+        _gpu = _cuda.is_available()
+    except Exception:  # pragma: no cover
+        _gpu = False
+    if not _gpu:
+        pytest.skip("no CUDA GPU and the CUDA simulator is off (run with "
+                    "NUMBA_ENABLE_CUDASIM=1 to test the CUDA kernels without a GPU)",
+                    allow_module_level=True)
+
+from numba import cuda  # noqa: E402
+
+import numbacnn.functional as F  # noqa: E402
+import numbacnn.kernels.cuda as K  # noqa: E402
+
+# The simulator evaluates the dropout hash with NumPy uint64 scalars, whose intended
+# wrap-around multiplication warns "overflow encountered".
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+
+DTYPES = [np.float32, np.float64]
+IDS = ["f32", "f64"]
+RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+
+
+# ----------------------------------------------------------------------------- helpers
+def dev(a):
+    return cuda.to_device(np.ascontiguousarray(a))
+
+
+def host(a):
+    return a if isinstance(a, np.ndarray) else a.copy_to_host()
+
+
+def assert_close(got, want, dtype=None, name=""):
+    assert K.is_device_array(got), f"{name}: expected a device array, got {type(got).__name__}"
+    got = host(got)
+    want = np.asarray(want)
+    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
+    assert got.dtype == want.dtype, f"{name}: dtype {got.dtype} != {want.dtype}"
+    rtol = RTOL[np.dtype(dtype or want.dtype)]
+    scale = max(1.0, float(np.max(np.abs(want)))) if want.size else 1.0
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale, err_msg=name)
+
+
+def both(fn, *arrays, **kw):
+    """fn on the NumPy arrays and on device copies of them: (cpu_result, cuda_result)."""
+    cpu_res = fn(*arrays, **kw)
+    gpu_res = fn(*(dev(a) if isinstance(a, np.ndarray) else a for a in arrays), **kw)
+    return cpu_res, gpu_res
+
+
+def randn(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+# ----------------------------------------------------------------------- the helpers
+def test_allocation_helpers():
+    a = K.full((2, 3), 1.5, np.float32)
+    assert host(a).dtype == np.float32 and np.all(host(a) == 1.5)
+    assert K.empty((4,), np.uint8).shape == (4,)
+    x = np.arange(2 * 3 * 4 * 5, dtype=np.float64).reshape(2, 3, 4, 5)
+    d = dev(x)
+    assert K.is_contiguous(d)
+    for view, ref in [(d[:, :, :, ::2], x[:, :, :, ::2]), (d[:, 1], x[:, 1]),
+                      (d[::2, :, 1:3], x[::2, :, 1:3]), (d[0, 0, :, 1], x[0, 0, :, 1])]:
+        assert not K.is_contiguous(view) or view.ndim == 1
+        c = K.ascontiguous(view)
+        assert K.is_contiguous(c)
+        np.testing.assert_array_equal(K.to_host(c), ref)
+    lab = K.as_int64(dev(np.array([2, 0, 1], np.int32)))
+    assert host(lab).dtype == np.int64 and list(host(lab)) == [2, 0, 1]
+    assert K.is_device_array(d) and not K.is_device_array(x)
+
+
+# -------------------------------------------------------------------------------- conv
+CONV_CASES = [
+    # (N, C_in, H, W), (C_out, kH, kW), kwargs
+    ((2, 3, 6, 6), (4, 3, 3), dict()),
+    ((2, 3, 7, 6), (4, 3, 2), dict(stride=2, padding=1)),
+    ((1, 2, 6, 5), (3, 2, 2), dict(padding="same")),                 # even kernel: asymmetric
+    ((1, 2, 7, 7), (2, 3, 3), dict(padding="same", stride=2)),
+    ((1, 2, 7, 7), (2, 3, 3), dict(dilation=2, padding=1)),
+    ((2, 4, 5, 5), (6, 3, 3), dict(groups=2, padding=(1, 0), stride=(1, 2))),
+    ((1, 3, 5, 5), (3, 3, 3), dict(groups=3, padding=1)),           # depthwise
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("case", range(len(CONV_CASES)))
+def test_conv2d(case, dtype, rng):
+    xs, (co, kh, kw), kw_ = CONV_CASES[case]
+    groups = kw_.get("groups", 1)
+    x = randn(rng, xs, dtype)
+    w = randn(rng, (co, xs[1] // groups, kh, kw), dtype)
+    b = randn(rng, (co,), dtype)
+    y_cpu, y_gpu = both(F.conv2d, x, w, b, **kw_)
+    assert_close(y_gpu, y_cpu, name="y")
+    dy = randn(rng, y_cpu.shape, dtype)
+    g_cpu, g_gpu = both(F.conv2d_backward, dy, x, w, **kw_)
+    for name, a, c in zip(("dx", "dw", "db"), g_gpu, g_cpu):
+        assert_close(a, c, name=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_conv2d_no_bias_and_noncontiguous_input(dtype, rng):
+    big = randn(rng, (2, 3, 6, 12), dtype)
+    x = big[:, :, :, ::2]                                 # non-contiguous, on both sides
+    w = randn(rng, (2, 3, 3, 3), dtype)
+    y_cpu = F.conv2d(x, w, None, padding=1)
+    y_gpu = F.conv2d(dev(big)[:, :, :, ::2], dev(w), None, padding=1)
+    assert_close(y_gpu, y_cpu)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_conv2d_forward_shared_matches_naive(dtype, rng):
+    """The shared-memory forward gives the same sums as the one-thread-per-output forward."""
+    from numbacnn.kernels.cuda import conv
+    x = randn(rng, (1, 4, 6, 5), dtype)
+    w = randn(rng, (3, 2, 3, 2), dtype)
+    b = randn(rng, (3,), dtype)
+    geo = (2, 1, 1, 0, 1, 2, 2)        # stride (2,1), pad (1,0), dilation (1,2), groups 2
+    W = np.concatenate([w, randn(rng, (1, 2, 3, 2), dtype)])          # (4, 2, 3, 2): 2 groups
+    B = np.concatenate([b, randn(rng, (1,), dtype)])
+    y_cpu = F.conv2d(x, W, B, stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2)
+    y_sh = K.empty(y_cpu.shape, dtype)
+    conv.conv2d_forward_shared(dev(x), dev(W), dev(B), y_sh, *geo)
+    assert_close(y_sh, y_cpu)
+
+
+# -------------------------------------------------------------------------------- pool
+POOL_CASES = [
+    dict(kernel_size=2),
+    dict(kernel_size=3, stride=2, padding=1),
+    dict(kernel_size=(3, 2), stride=(1, 2), padding=(1, 0)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("case", range(len(POOL_CASES)))
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_pool(kind, case, dtype, rng):
+    kw_ = POOL_CASES[case]
+    fwd = F.max_pool2d if kind == "max" else F.avg_pool2d
+    bwd = F.max_pool2d_backward if kind == "max" else F.avg_pool2d_backward
+    # integers in a small range: many ties, so the first-max rule is exercised
+    x = rng.integers(-2, 3, size=(2, 2, 6, 5)).astype(dtype)
+    if kind == "max":
+        x[0, 0, 0, :] = -np.inf                           # an all -inf window on the border
+    y_cpu, y_gpu = both(fwd, x, **kw_)
+    assert_close(y_gpu, y_cpu, name="y")
+    dy = randn(rng, y_cpu.shape, dtype)
+    dx_cpu, dx_gpu = both(bwd, dy, x, **kw_)
+    assert_close(dx_gpu, dx_cpu, name="dx")
+
+
+# --------------------------------------------------------------------------- batch norm
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("shape", [(3, 2, 3, 4), (5, 3)], ids=["4d", "2d"])
+def test_batch_norm(shape, dtype, rng):
+    C = shape[1]
+    x = (randn(rng, shape, dtype) * 2 + 1).astype(dtype)
+    g = randn(rng, (C,), dtype)
+    b = randn(rng, (C,), dtype)
+    rm = randn(rng, (C,), dtype)
+    rv = rng.uniform(0.5, 2, C).astype(dtype)
+    # training: output and the in-place running-statistics update
+    rm_c, rv_c = rm.copy(), rv.copy()
+    rm_g, rv_g = dev(rm), dev(rv)
+    y_cpu = F.batch_norm(x, g, b, rm_c, rv_c, True, momentum=0.3)
+    y_gpu = F.batch_norm(dev(x), dev(g), dev(b), rm_g, rv_g, True, momentum=0.3)
+    assert_close(y_gpu, y_cpu, name="y train")
+    assert_close(rm_g, rm_c, name="running_mean")
+    assert_close(rv_g, rv_c, name="running_var")
+    # eval
+    y_cpu = F.batch_norm(x, g, b, rm_c, rv_c, False)
+    y_gpu = F.batch_norm(dev(x), dev(g), dev(b), rm_g, rv_g, False)
+    assert_close(y_gpu, y_cpu, name="y eval")
+    # no affine parameters, no running stats
+    y_cpu, y_gpu = both(F.batch_norm, x, None, None, None, None, True)
+    assert_close(y_gpu, y_cpu, name="y plain")
+    # backward
+    dy = randn(rng, shape, dtype)
+    g_cpu, g_gpu = both(F.batch_norm_backward, dy, x, g)
+    for name, a, c in zip(("dx", "dgamma", "dbeta"), g_gpu, g_cpu):
+        assert_close(a, c, name=name)
+
+
+# ------------------------------------------------------------------------------- linear
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_linear(dtype, rng):
+    x = randn(rng, (3, 20), dtype)                         # IN = 20: two 16-wide tiles
+    w = randn(rng, (5, 20), dtype)
+    b = randn(rng, (5,), dtype)
+    y_cpu, y_gpu = both(F.linear, x, w, b)
+    assert_close(y_gpu, y_cpu, name="y")
+    y_cpu, y_gpu = both(F.linear, x, w)
+    assert_close(y_gpu, y_cpu, name="y no bias")
+    y_naive = K.empty(y_cpu.shape, dtype)
+    K.dense.linear_forward_naive(dev(x), dev(w), K.full((5,), 0.0, dtype), y_naive)
+    assert_close(y_naive, y_cpu, name="y naive")
+    dy = randn(rng, (3, 5), dtype)
+    g_cpu, g_gpu = both(F.linear_backward, dy, x, w)
+    for name, a, c in zip(("dx", "dw", "db"), g_gpu, g_cpu):
+        assert_close(a, c, name=name)
+
+
+# ------------------------------------------------------------------- element-wise ops
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid"])
+def test_activations(act, dtype, rng):
+    x = randn(rng, (2, 3, 5), dtype) * 3
+    x[0, 0, :3] = [0.0, -0.0, 40.0]
+    fwd = getattr(F, act)
+    bwd = getattr(F, act + "_backward")
+    y_cpu, y_gpu = both(fwd, x)
+    assert_close(y_gpu, y_cpu, name="y")
+    dy = randn(rng, x.shape, dtype)
+    # relu's backward takes the forward input, tanh's and sigmoid's the forward output
+    second = x if act == "relu" else y_cpu
+    dx_cpu, dx_gpu = both(bwd, dy, second)
+    assert_close(dx_gpu, dx_cpu, name="dx")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
+def test_dropout(p, dtype, rng):
+    x = randn(rng, (2, 3, 4, 5), dtype)
+    seed = 987654321987
+    y_cpu, m_cpu = F.dropout(x, p, True, seed=seed)
+    y_gpu, m_gpu = F.dropout(dev(x), p, True, seed=seed)
+    np.testing.assert_array_equal(host(m_gpu), m_cpu)     # the same mask, bit for bit
+    assert host(m_gpu).dtype == np.uint8
+    assert_close(y_gpu, y_cpu, name="y")
+    dy = randn(rng, x.shape, dtype)
+    dx_cpu = F.dropout_backward(dy, m_cpu, p)
+    dx_gpu = F.dropout_backward(dev(dy), m_gpu, p)
+    assert_close(dx_gpu, dx_cpu, name="dx")
+    # eval mode passes x through untouched
+    xd = dev(x)
+    y, m = F.dropout(xd, p, False)
+    assert m is None and np.array_equal(host(y), x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_add(dtype, rng):
+    a = randn(rng, (2, 3, 4), dtype)
+    b = randn(rng, (2, 3, 4), dtype)
+    y_cpu, y_gpu = both(F.add, a, b)
+    assert_close(y_gpu, y_cpu)
+    dy = dev(a)
+    da, db = F.add_backward(dy)
+    assert host(da) is not None and np.array_equal(host(da), a) and np.array_equal(host(db), a)
+
+
+# --------------------------------------------------------------------------------- loss
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("label_dtype", [np.int64, np.int32])
+def test_cross_entropy(label_dtype, dtype, rng):
+    z = randn(rng, (4, 5), dtype) * 3
+    z[1] += 1e4                                            # the log-sum-exp must stay stable
+    t = np.array([0, 4, 2, 2], label_dtype)
+    l_cpu = F.cross_entropy(z, t)
+    l_gpu = F.cross_entropy(dev(z), dev(t))
+    assert isinstance(l_gpu, float)
+    assert l_gpu == pytest.approx(l_cpu, rel=RTOL[np.dtype(dtype)], abs=1e-12)
+    d_cpu = F.cross_entropy_backward(z, t)
+    d_gpu = F.cross_entropy_backward(dev(z), dev(t))
+    assert_close(d_gpu, d_cpu)
+
+
+def test_float64_accumulation_of_large_batch_norm_offset(rng):
+    """Statistics accumulate in float64 for float32 input, as on the CPU (big offset)."""
+    x = (rng.standard_normal((4, 2, 3, 3)) + 1000).astype(np.float32)
+    y_cpu, y_gpu = both(F.batch_norm, x, None, None, None, None, True)
+    assert_close(y_gpu, y_cpu, dtype=np.float32)

@@ -1,0 +1,120 @@
+"""batch_norm / batch_norm_backward: the oracle, finite differences and PyTorch
+(running statistics use the UNBIASED batch variance, normalisation the biased one)."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+from numbacnn import functional as F
+from numbacnn import reference as R
+
+SHAPES = [(4, 3, 5, 6), (3, 2, 1, 1), (6, 4), (1, 2, 3, 3)]
+BIG_SHAPES = [(3, 5, 33, 35), (257, 3)]
+
+
+def assert_close(actual, expected, dtype, what=""):
+    tol = 1e-10 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol, err_msg=what)
+
+
+def _case(shape, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    C = shape[1]
+    x = (rng.standard_normal(shape) * 2.0 + 0.5).astype(dtype)
+    gamma = rng.uniform(0.5, 1.5, C).astype(dtype)
+    beta = rng.standard_normal(C).astype(dtype)
+    rm = rng.standard_normal(C).astype(dtype)
+    rv = rng.uniform(0.5, 2.0, C).astype(dtype)
+    return x, gamma, beta, rm, rv
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES + BIG_SHAPES, ids=str)
+def test_batch_norm_train_matches_reference_and_torch(shape, dtype):
+    x, gamma, beta, rm, rv = _case(shape, dtype)
+    rm_ours, rv_ours = rm.copy(), rv.copy()
+    rm_ref, rv_ref = rm.copy(), rv.copy()
+    y = F.batch_norm(x, gamma, beta, rm_ours, rv_ours, True, momentum=0.2, eps=1e-4)
+    y_ref = R.batch_norm(x, gamma, beta, rm_ref, rv_ref, True, momentum=0.2, eps=1e-4)
+    assert y.dtype == dtype and y.shape == x.shape
+    assert_close(y, y_ref, dtype, "y vs reference")
+    assert_close(rm_ours, rm_ref, dtype, "running_mean vs reference")
+    assert_close(rv_ours, rv_ref, dtype, "running_var vs reference")
+    rm_t, rv_t = torch.tensor(rm), torch.tensor(rv)
+    yt = TF.batch_norm(torch.tensor(x), rm_t, rv_t, torch.tensor(gamma), torch.tensor(beta),
+                       training=True, momentum=0.2, eps=1e-4)
+    assert_close(y, yt.numpy(), dtype, "y vs torch")
+    assert_close(rm_ours, rm_t.numpy(), dtype, "running_mean vs torch")
+    assert_close(rv_ours, rv_t.numpy(), dtype, "running_var vs torch (unbiased)")
+
+
+def test_batch_norm_running_var_uses_unbiased_batch_variance():
+    x, gamma, beta, rm, rv = _case((3, 2, 2, 2), np.float64)
+    rm0, rv0 = rm.copy(), rv.copy()
+    F.batch_norm(x, gamma, beta, rm, rv, True, momentum=0.1)
+    n = 3 * 2 * 2
+    per_channel = x.transpose(1, 0, 2, 3).reshape(2, -1)
+    np.testing.assert_allclose(rm, 0.9 * rm0 + 0.1 * per_channel.mean(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(rv, 0.9 * rv0 + 0.1 * per_channel.var(axis=1) * n / (n - 1), rtol=1e-12)
+    # while the output is normalised with the biased variance
+    y = F.batch_norm(x, None, None, rm.copy(), rv.copy(), True, eps=0.0 + 1e-12)
+    yc = y.transpose(1, 0, 2, 3).reshape(2, -1)
+    np.testing.assert_allclose(yc.var(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(yc.mean(axis=1), 0.0, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_batch_norm_eval_uses_running_stats_and_leaves_them(shape, dtype):
+    x, gamma, beta, rm, rv = _case(shape, dtype, seed=3)
+    rm0, rv0 = rm.copy(), rv.copy()
+    y = F.batch_norm(x, gamma, beta, rm, rv, False, eps=1e-5)
+    np.testing.assert_array_equal(rm, rm0)
+    np.testing.assert_array_equal(rv, rv0)
+    assert_close(y, R.batch_norm(x, gamma, beta, rm0, rv0, False), dtype, "vs reference")
+    yt = TF.batch_norm(torch.tensor(x), torch.tensor(rm0), torch.tensor(rv0), torch.tensor(gamma),
+                       torch.tensor(beta), training=False, eps=1e-5)
+    assert_close(y, yt.numpy(), dtype, "vs torch")
+
+
+def test_batch_norm_weight_bias_none_mean_identity_affine():
+    x, gamma, beta, rm, rv = _case((2, 3, 4, 4), np.float64)
+    ones, zeros = np.ones(3), np.zeros(3)
+    np.testing.assert_allclose(F.batch_norm(x, None, None, rm.copy(), rv.copy(), True),
+                               F.batch_norm(x, ones, zeros, rm.copy(), rv.copy(), True), rtol=1e-14)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_batch_norm_backward_matches_finite_differences(shape, gradcheck):
+    x, gamma, beta, rm, rv = _case(shape, np.float64, seed=5)
+    eps = 1e-5
+    y = F.batch_norm(x, gamma, beta, rm.copy(), rv.copy(), True, eps=eps)
+    Rm = np.random.default_rng(6).standard_normal(y.shape)
+
+    def L():
+        # fresh copies: the running statistics must not drift between evaluations
+        return np.sum(F.batch_norm(x, gamma, beta, rm.copy(), rv.copy(), True, eps=eps) * Rm)
+
+    dx, dgamma, dbeta = F.batch_norm_backward(Rm, x, gamma, eps=eps)
+    assert dx.shape == x.shape and dgamma.shape == gamma.shape and dbeta.shape == beta.shape
+    gradcheck.check(L, x, dx, "batch_norm dx")
+    gradcheck.check(L, gamma, dgamma, "batch_norm dweight")
+    gradcheck.check(L, beta, dbeta, "batch_norm dbias")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES + BIG_SHAPES, ids=str)
+def test_batch_norm_backward_matches_reference_and_torch(shape, dtype):
+    x, gamma, beta, rm, rv = _case(shape, dtype, seed=9)
+    dy = np.random.default_rng(10).standard_normal(x.shape).astype(dtype)
+    got = F.batch_norm_backward(dy, x, gamma, eps=1e-3)
+    want = R.batch_norm_backward(dy, x, gamma, eps=1e-3)
+    xt = torch.tensor(x, requires_grad=True)
+    gt = torch.tensor(gamma, requires_grad=True)
+    bt = torch.tensor(beta, requires_grad=True)
+    yt = TF.batch_norm(xt, None, None, gt, bt, training=True, eps=1e-3)
+    yt.backward(torch.tensor(dy))
+    for g, r, t, name in zip(got, want, (xt.grad, gt.grad, bt.grad), ("dx", "dweight", "dbias")):
+        assert g.dtype == dtype, name
+        assert_close(g, r, dtype, name + " vs reference")
+        assert_close(g, t.numpy(), dtype, name + " vs torch")

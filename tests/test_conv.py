@@ -1,0 +1,364 @@
+"""conv2d / conv2d_backward: against scipy.signal.correlate (hypothesis), finite differences,
+the readable oracle (numbacnn.reference) and PyTorch.
+
+The scipy oracle is built independently of numbacnn: the input is padded explicitly with
+np.pad (asymmetrically for "same" with an even kernel: the extra row/column on top/left, as
+in the lecture), the kernel is dilated by inserting zeros, each group's channels are sliced
+out, the 'valid' correlation is taken, and it is subsampled for the stride.
+"""
+
+import numpy as np
+import pytest
+import scipy.signal
+import torch
+import torch.nn.functional as TF
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from numbacnn import functional as F
+from numbacnn import reference as R
+
+
+# ----------------------------------------------------------------------------------------
+# an independent oracle: scipy.signal.correlate
+
+
+def _pads(padding, kh, kw, dh, dw):
+    """(top, bottom, left, right); "same" pads d*(k-1), the odd one on top/left (lecture)."""
+    if padding == "valid":
+        return 0, 0, 0, 0
+    if padding == "same":
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        return th - th // 2, th // 2, tw - tw // 2, tw // 2
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    return ph, ph, pw, pw
+
+
+def scipy_conv2d(x, w, b, stride, padding, dilation, groups):
+    """conv2d in float64 via scipy.signal.correlate(mode='valid')."""
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
+    N, C_in = x.shape[:2]
+    C_out, C_g, kh, kw = w.shape
+    pt, pb, pl, pr = _pads(padding, kh, kw, dh, dw)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    wd = np.zeros((C_out, C_g, dh * (kh - 1) + 1, dw * (kw - 1) + 1))
+    wd[:, :, ::dh, ::dw] = w  # dilation: zeros inserted between the taps
+    out_g = C_out // groups
+    ys = []
+    for n in range(N):
+        rows = []
+        for o in range(C_out):
+            g = o // out_g
+            xg = xp[n, g * C_g:(g + 1) * C_g]  # this group's input channels
+            full = scipy.signal.correlate(xg, wd[o], mode="valid", method="direct")[0]
+            rows.append(full[::sh, ::sw] + (0.0 if b is None else float(b[o])))
+        ys.append(rows)
+    return np.array(ys)
+
+
+def tol_for(dtype):
+    return 1e-10 if dtype == np.float64 else 1e-4
+
+
+def assert_close(actual, expected, dtype, what=""):
+    tol = tol_for(dtype)
+    scale = max(1.0, float(np.max(np.abs(expected))) if np.size(expected) else 1.0)
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, err_msg=what)
+
+
+# ----------------------------------------------------------------------------------------
+# hypothesis strategy for a valid conv2d call (built valid: no filtering needed)
+
+PADDINGS = st.one_of(
+    st.integers(0, 2),
+    st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    st.just("valid"),
+    st.just("same"),
+)
+
+
+def _int_or_pair(draw, lo, hi):
+    """Draw an int or a pair; return (argument as passed, (h, w))."""
+    a = draw(st.integers(lo, hi))
+    if draw(st.booleans()):
+        return a, (a, a)
+    b = draw(st.integers(lo, hi))
+    return (a, b), (a, b)
+
+
+@st.composite
+def conv_cases(draw, small=False, dtypes=(np.float32, np.float64)):
+    if draw(st.booleans()):  # depthwise: one input channel per group
+        groups = draw(st.integers(1, 3 if small else 4))
+        c_in_g, c_out_g = 1, draw(st.integers(1, 2))
+    else:
+        groups = draw(st.sampled_from([1, 2] if small else [1, 1, 2, 3]))
+        c_in_g = draw(st.integers(1, 2 if small else 3))
+        c_out_g = draw(st.integers(1, 2 if small else 3))
+    N = draw(st.integers(1, 1 if small else 2))
+    kh, kw = draw(st.integers(1, 3 if small else 4)), draw(st.integers(1, 3 if small else 4))
+    dilation, (dh, dw) = _int_or_pair(draw, 1, 2 if small else 3)
+    stride, _ = _int_or_pair(draw, 1, 3)
+    padding = draw(PADDINGS)
+    pt, pb, pl, pr = _pads(padding, kh, kw, dh, dw)
+    # smallest input such that the dilated kernel fits the padded input; drawing exactly that
+    # size gives "kernel = (padded) input size" cases, which hypothesis then hits often.
+    min_h = max(1, dh * (kh - 1) + 1 - pt - pb)
+    min_w = max(1, dw * (kw - 1) + 1 - pl - pr)
+    extra = 2 if small else 5
+    H = draw(st.one_of(st.just(min_h), st.integers(min_h, min_h + extra)))
+    W = draw(st.one_of(st.just(min_w), st.integers(min_w, min_w + extra)))
+    dtype = draw(st.sampled_from(dtypes))
+    with_bias = draw(st.booleans())
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, groups * c_in_g, H, W)).astype(dtype)
+    w = rng.standard_normal((groups * c_out_g, c_in_g, kh, kw)).astype(dtype)
+    b = rng.standard_normal(groups * c_out_g).astype(dtype) if with_bias else None
+    return dict(x=x, weight=w, bias=b, stride=stride, padding=padding, dilation=dilation,
+                groups=groups)
+
+
+# ----------------------------------------------------------------------------------------
+# forward against scipy: at least 200 examples per run
+
+_FORWARD_EXAMPLES = [0]
+
+
+@settings(max_examples=250)
+@given(case=conv_cases())
+def _conv2d_forward_matches_scipy(case):
+    x, w, b = case["x"], case["weight"], case["bias"]
+    kw = {k: case[k] for k in ("stride", "padding", "dilation", "groups")}
+    y = F.conv2d(x, w, b, **kw)
+    expected = scipy_conv2d(x, w, b, **kw)
+    assert y.dtype == x.dtype
+    assert y.shape == expected.shape, (y.shape, expected.shape, case)
+    assert_close(y, expected, x.dtype, what=str(kw))
+    _FORWARD_EXAMPLES[0] += 1
+
+
+def test_conv2d_forward_matches_scipy_correlate_250_examples():
+    before = _FORWARD_EXAMPLES[0]
+    _conv2d_forward_matches_scipy()
+    ran = _FORWARD_EXAMPLES[0] - before
+    assert ran >= 200, f"only {ran} conv2d examples ran"
+
+
+def test_conv2d_strategy_covers_the_interesting_cases():
+    """The strategy is built valid (no filtering) and reaches every named corner."""
+    seen = set()
+
+    @settings(max_examples=300, derandomize=True, database=None)
+    @given(case=conv_cases())
+    def collect(case):
+        x, w = case["x"], case["weight"]
+        kh, kw = w.shape[2:]
+        if kh == kw == 1:
+            seen.add("1x1")
+        if kh != kw:
+            seen.add("non-square")
+        if case["groups"] > 1 and w.shape[1] == 1 and x.shape[1] == case["groups"]:
+            seen.add("depthwise")
+        if case["padding"] in ("valid", 0, (0, 0)) and (kh, kw) == x.shape[2:] \
+                and case["dilation"] in (1, (1, 1)):
+            seen.add("kernel=input")
+        if case["padding"] == "same":
+            seen.add("same")
+            if case["stride"] not in (1, (1, 1)):
+                seen.add("same+stride")
+        if isinstance(case["padding"], tuple):
+            seen.add("pair padding")
+        if case["dilation"] not in (1, (1, 1)):
+            seen.add("dilation")
+
+    collect()
+    assert seen >= {"1x1", "non-square", "depthwise", "kernel=input", "same", "same+stride",
+                    "pair padding", "dilation"}, seen
+
+
+# ----------------------------------------------------------------------------------------
+# backward against central finite differences (float64, every element)
+
+BACKWARD_CONFIGS = [
+    # (N, C_in, C_out, H, W, kH, kW, stride, padding, dilation, groups)
+    (2, 2, 3, 4, 5, 3, 3, 1, 0, 1, 1),
+    (1, 2, 2, 5, 6, 3, 2, 2, 1, 1, 1),            # stride 2, non-square kernel, pad 1
+    (1, 1, 2, 6, 6, 2, 2, 1, (1, 2), 2, 1),       # dilation 2, pair padding
+    (2, 4, 4, 4, 4, 2, 2, 1, "same", 1, 2),       # groups 2, "same" with an even kernel
+    (1, 3, 6, 5, 4, 3, 3, (2, 1), "same", (1, 2), 3),  # depthwise x2, "same" + stride + dilation
+    (2, 3, 2, 5, 5, 1, 1, 2, 0, 1, 1),            # 1x1 kernel, stride 2
+    (2, 2, 2, 3, 4, 3, 4, 1, "valid", 1, 1),      # kernel = input size -> 1x1 output
+    (1, 2, 2, 7, 6, 2, 3, 3, "valid", 1, 2),      # stride 3 leaves rows/cols unused
+]
+
+
+def _conv_case(cfg, dtype=np.float64, seed=0):
+    N, C_in, C_out, H, W, kh, kw, stride, padding, dilation, groups = cfg
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C_in, H, W)).astype(dtype)
+    w = rng.standard_normal((C_out, C_in // groups, kh, kw)).astype(dtype)
+    b = rng.standard_normal(C_out).astype(dtype)
+    return x, w, b, dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+def _fd_check_conv(gradcheck, x, w, b, kw, seed=1):
+    y = F.conv2d(x, w, b, **kw)
+    Rm = np.random.default_rng(seed).standard_normal(y.shape)
+
+    def L():
+        return np.sum(F.conv2d(x, w, b, **kw) * Rm)
+
+    dx, dw, db = F.conv2d_backward(Rm, x, w, **kw)
+    assert dx.shape == x.shape and dw.shape == w.shape and db.shape == b.shape
+    gradcheck.check(L, x, dx, "conv2d dx")
+    gradcheck.check(L, w, dw, "conv2d dweight")
+    gradcheck.check(L, b, db, "conv2d dbias")
+
+
+@pytest.mark.parametrize("cfg", BACKWARD_CONFIGS, ids=[str(i) for i in range(len(BACKWARD_CONFIGS))])
+def test_conv2d_backward_matches_finite_differences(cfg, gradcheck):
+    x, w, b, kw = _conv_case(cfg)
+    _fd_check_conv(gradcheck, x, w, b, kw)
+
+
+@settings(max_examples=20)
+@given(case=conv_cases(small=True, dtypes=(np.float64,)))
+def test_conv2d_backward_matches_finite_differences_hypothesis(case, gradcheck):
+    b = case["bias"]
+    if b is None:
+        b = np.zeros(case["weight"].shape[0])
+    kw = {k: case[k] for k in ("stride", "padding", "dilation", "groups")}
+    _fd_check_conv(gradcheck, case["x"], case["weight"], b, kw)
+
+
+# ----------------------------------------------------------------------------------------
+# against the readable oracle (numbacnn.reference), float32 and float64
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cfg", BACKWARD_CONFIGS[:6], ids=[str(i) for i in range(6)])
+def test_conv2d_forward_backward_match_reference(cfg, dtype):
+    x, w, b, kw = _conv_case(cfg, dtype, seed=7)
+    y = F.conv2d(x, w, b, **kw)
+    assert y.dtype == dtype
+    assert_close(y, R.conv2d(x, w, b, **kw), dtype)
+    dy = np.random.default_rng(8).standard_normal(y.shape).astype(dtype)
+    got = F.conv2d_backward(dy, x, w, **kw)
+    want = R.conv2d_backward(dy, x, w, **kw)
+    for g, r, name in zip(got, want, ("dx", "dweight", "dbias")):
+        assert g.dtype == dtype, name
+        assert_close(g, r, dtype, what=name)
+
+
+def test_conv2d_bias_none_equals_zero_bias_and_dbias_always_returned():
+    x, w, b, kw = _conv_case(BACKWARD_CONFIGS[1])
+    np.testing.assert_array_equal(F.conv2d(x, w, None, **kw), F.conv2d(x, w, np.zeros_like(b), **kw))
+    y = F.conv2d(x, w, None, **kw)
+    dy = np.ones_like(y)
+    _, _, db = F.conv2d_backward(dy, x, w, **kw)
+    np.testing.assert_allclose(db, np.full(w.shape[0], y.shape[0] * y.shape[2] * y.shape[3]))
+
+
+# ----------------------------------------------------------------------------------------
+# against PyTorch (CPU)
+
+TORCH_CONFIGS = BACKWARD_CONFIGS + [
+    (2, 6, 4, 9, 8, 3, 3, 2, 1, 1, 2),
+    (1, 4, 4, 8, 8, 3, 3, 1, 2, 2, 4),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cfg", TORCH_CONFIGS, ids=[str(i) for i in range(len(TORCH_CONFIGS))])
+def test_conv2d_matches_torch_forward_and_autograd(cfg, dtype):
+    x, w, b, kw = _conv_case(cfg, dtype, seed=3)
+    pt, pb, pl, pr = _pads(kw["padding"], w.shape[2], w.shape[3],
+                           *((kw["dilation"],) * 2 if isinstance(kw["dilation"], int) else kw["dilation"]))
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(w, requires_grad=True)
+    bt = torch.tensor(b, requires_grad=True)
+    # explicit (possibly asymmetric) padding, then an unpadded torch convolution
+    yt = TF.conv2d(TF.pad(xt, (pl, pr, pt, pb)), wt, bt, stride=kw["stride"],
+                   dilation=kw["dilation"], groups=kw["groups"])
+    y = F.conv2d(x, w, b, **kw)
+    assert_close(y, yt.detach().numpy(), dtype)
+    dy = np.random.default_rng(4).standard_normal(y.shape).astype(dtype)
+    yt.backward(torch.tensor(dy))
+    dx, dw, db = F.conv2d_backward(dy, x, w, **kw)
+    assert_close(dx, xt.grad.numpy(), dtype, "dx")
+    assert_close(dw, wt.grad.numpy(), dtype, "dweight")
+    assert_close(db, bt.grad.numpy(), dtype, "dbias")
+
+
+@pytest.mark.parametrize("k,dilation", [(3, 1), (5, 1), (3, 2), ((3, 5), (2, 1))])
+def test_conv2d_same_odd_kernel_matches_torch_same(k, dilation):
+    rng = np.random.default_rng(0)
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x = rng.standard_normal((2, 3, 7, 6))
+    w = rng.standard_normal((4, 3, kh, kw))
+    y = F.conv2d(x, w, padding="same", dilation=dilation)
+    yt = TF.conv2d(torch.tensor(x), torch.tensor(w), padding="same", dilation=dilation).numpy()
+    assert y.shape == x.shape[:1] + (4,) + x.shape[2:]
+    assert_close(y, yt, np.float64)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+def test_conv2d_same_even_kernel_differs_from_torch_on_purpose():
+    """Documented difference: for an even kernel "same" pads d*(k-1) (odd) in total; numbacnn
+    follows the lecture (ceil on top/left, floor on bottom/right) while PyTorch's
+    padding="same" puts the extra row/column bottom/right. Same shape, shifted window."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 2, 6, 5))
+    w = rng.standard_normal((3, 2, 2, 4))  # kH=2 -> total 1 (top 1, bottom 0); kW=4 -> 3 (2, 1)
+    y = F.conv2d(x, w, padding="same")
+    xt, wt = torch.tensor(x), torch.tensor(w)
+    ours = TF.conv2d(TF.pad(xt, (2, 1, 1, 0)), wt).numpy()   # (left, right, top, bottom)
+    torch_same = TF.conv2d(xt, wt, padding="same").numpy()
+    torch_side = TF.conv2d(TF.pad(xt, (1, 2, 0, 1)), wt).numpy()
+    assert y.shape == torch_same.shape == (1, 3, 6, 5)
+    assert_close(y, ours, np.float64)
+    assert_close(torch_same, torch_side, np.float64)  # PyTorch: extra on bottom/right
+    assert not np.allclose(y, torch_same)
+    # the two differ by a one-pixel shift: our row i is PyTorch's row i-1 (interior rows)
+    np.testing.assert_allclose(y[:, :, 1:, 1:-1], torch_same[:, :, :-1, :-2], rtol=1e-12, atol=1e-12)
+
+
+def test_conv2d_same_with_stride_output_size():
+    """'same' with stride s gives floor((n + s - 1) / s) outputs (lecture, "Stride")."""
+    rng = np.random.default_rng(0)
+    for n in range(1, 10):
+        for s in range(1, 4):
+            for k in range(1, 5):
+                x = rng.standard_normal((1, 1, n, n + 1))
+                w = rng.standard_normal((1, 1, k, k))
+                y = F.conv2d(x, w, padding="same", stride=s)
+                assert y.shape[2:] == ((n + s - 1) // s, (n + 1 + s - 1) // s), (n, s, k)
+                assert_close(y, scipy_conv2d(x, w, None, s, "same", 1, 1), np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cfg", [
+    (2, 3, 19, 9, 11, 3, 3, 1, 1, 1, 1),     # 19 output channels: two full blocks of 8 + 3
+    (1, 4, 22, 8, 7, 3, 2, 2, "same", 1, 2),  # 11 per group
+    (2, 16, 120, 5, 5, 5, 5, 1, 0, 1, 1),    # LeNet's C5: 1x1 output, many channels
+    (1, 9, 27, 10, 9, 3, 3, 1, 1, (2, 1), 9),  # depthwise x3 multiplier, dilated
+], ids=["co19", "groups2x11", "lenet_c5", "depthwise27"])
+def test_conv2d_channel_blocks_match_torch(cfg, dtype):
+    """Larger channel counts than the hypothesis cases, so every channel block (and its
+    remainder) of the kernels is exercised."""
+    x, w, b, kw = _conv_case(cfg, dtype, seed=11)
+    dh, dw = (kw["dilation"],) * 2 if isinstance(kw["dilation"], int) else kw["dilation"]
+    pt, pb, pl, pr = _pads(kw["padding"], w.shape[2], w.shape[3], dh, dw)
+    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    yt = TF.conv2d(TF.pad(xt, (pl, pr, pt, pb)), wt, bt, stride=kw["stride"],
+                   dilation=kw["dilation"], groups=kw["groups"])
+    y = F.conv2d(x, w, b, **kw)
+    assert_close(y, yt.detach().numpy(), dtype)
+    dy = np.random.default_rng(12).standard_normal(y.shape).astype(dtype)
+    yt.backward(torch.tensor(dy))
+    dx, dw_, db = F.conv2d_backward(dy, x, w, **kw)
+    assert_close(dx, xt.grad.numpy(), dtype, "dx")
+    assert_close(dw_, wt.grad.numpy(), dtype, "dweight")
+    assert_close(db, bt.grad.numpy(), dtype, "dbias")

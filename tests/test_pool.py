@@ -1,0 +1,198 @@
+"""max_pool2d / avg_pool2d and their backwards: the oracle, finite differences, PyTorch."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from numbacnn import functional as F
+from numbacnn import reference as R
+
+
+def assert_close(actual, expected, dtype, what=""):
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol, err_msg=what)
+
+
+@st.composite
+def pool_cases(draw, dtypes=(np.float32, np.float64)):
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    kernel_size = kh if draw(st.booleans()) and kh == kw else (kh, kw)
+    stride = draw(st.one_of(st.none(), st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3))))
+    ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+    padding = ph if ph == pw and draw(st.booleans()) else (ph, pw)
+    N, C = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    H = draw(st.integers(max(1, kh - 2 * ph), 7))
+    W = draw(st.integers(max(1, kw - 2 * pw), 7))
+    dtype = draw(st.sampled_from(dtypes))
+    ties = draw(st.booleans())
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if ties:  # few distinct values: many ties inside windows
+        x = rng.integers(-2, 3, size=(N, C, H, W)).astype(dtype)
+    else:
+        x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    return x, dict(kernel_size=kernel_size, stride=stride, padding=padding)
+
+
+def _torch_kw(kw):
+    k = kw["kernel_size"]
+    return dict(kernel_size=k, stride=k if kw["stride"] is None else kw["stride"],
+                padding=kw["padding"])
+
+
+# ----------------------------------------------------------------------------------------
+# against the oracle and PyTorch, random configs (ties included)
+
+
+@settings(max_examples=40)
+@given(case=pool_cases())
+def test_max_pool2d_matches_reference_and_torch(case):
+    x, kw = case
+    y = F.max_pool2d(x, **kw)
+    assert y.dtype == x.dtype
+    np.testing.assert_array_equal(y, R.max_pool2d(x, **kw))  # a max is exact
+    xt = torch.tensor(x, requires_grad=True)
+    yt = TF.max_pool2d(xt, **_torch_kw(kw))
+    np.testing.assert_array_equal(y, yt.detach().numpy())
+    dy = np.random.default_rng(1).standard_normal(y.shape).astype(x.dtype)
+    dx = F.max_pool2d_backward(dy, x, **kw)
+    assert dx.dtype == x.dtype
+    assert_close(dx, R.max_pool2d_backward(dy, x, **kw), x.dtype, "vs reference")
+    yt.backward(torch.tensor(dy))
+    # with ties, both send the gradient to the FIRST maximum of the window (row-major)
+    assert_close(dx, xt.grad.numpy(), x.dtype, "vs torch")
+
+
+@settings(max_examples=40)
+@given(case=pool_cases())
+def test_avg_pool2d_matches_reference_and_torch_count_include_pad(case):
+    x, kw = case
+    y = F.avg_pool2d(x, **kw)
+    assert y.dtype == x.dtype
+    assert_close(y, R.avg_pool2d(x, **kw), x.dtype)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = TF.avg_pool2d(xt, **_torch_kw(kw), count_include_pad=True)
+    assert_close(y, yt.detach().numpy(), x.dtype, "vs torch")
+    dy = np.random.default_rng(1).standard_normal(y.shape).astype(x.dtype)
+    dx = F.avg_pool2d_backward(dy, x, **kw)
+    assert dx.dtype == x.dtype
+    assert_close(dx, R.avg_pool2d_backward(dy, x, **kw), x.dtype, "vs reference")
+    yt.backward(torch.tensor(dy))
+    assert_close(dx, xt.grad.numpy(), x.dtype, "vs torch")
+
+
+def test_max_pool2d_ties_go_to_first_max_like_torch():
+    """A window full of equal values sends all of dy to its top-left element."""
+    x = np.ones((1, 1, 4, 4))
+    dy = np.arange(1.0, 5.0).reshape(1, 1, 2, 2)
+    dx = F.max_pool2d_backward(dy, x, 2)
+    expected = np.zeros((1, 1, 4, 4))
+    expected[0, 0, ::2, ::2] = dy[0, 0]
+    np.testing.assert_array_equal(dx, expected)
+    xt = torch.tensor(x, requires_grad=True)
+    TF.max_pool2d(xt, 2).backward(torch.tensor(dy))
+    np.testing.assert_array_equal(dx, xt.grad.numpy())
+    # overlapping windows (stride 1) with a tie: gradients accumulate on the first max
+    x = np.array([[[[5.0, 5.0, 5.0], [1.0, 5.0, 0.0]]]])
+    dy = np.array([[[[1.0, 10.0]]]])
+    dx = F.max_pool2d_backward(dy, x, 2, stride=1)
+    np.testing.assert_array_equal(dx, [[[[1.0, 10.0, 0.0], [0.0, 0.0, 0.0]]]])
+
+
+def test_max_pool2d_padding_is_minus_infinity():
+    """Padding never wins a max: an all-negative input gives negative outputs."""
+    x = -1.0 - np.arange(16.0).reshape(1, 1, 4, 4)
+    y = F.max_pool2d(x, 3, stride=2, padding=1)
+    assert (y < 0).all()
+    np.testing.assert_array_equal(y, TF.max_pool2d(torch.tensor(x), 3, 2, 1).numpy())
+
+
+def test_avg_pool2d_divisor_counts_padding():
+    x = np.ones((1, 1, 2, 2))
+    y = F.avg_pool2d(x, 2, stride=1, padding=1)
+    # corner windows see one real 1 and three zero pads: 1/4; the centre sees all four
+    np.testing.assert_allclose(y[0, 0], [[0.25, 0.5, 0.25], [0.5, 1.0, 0.5], [0.25, 0.5, 0.25]])
+
+
+def test_pool_default_stride_is_kernel_size():
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 9))
+    for fn in (F.max_pool2d, F.avg_pool2d):
+        np.testing.assert_array_equal(fn(x, (2, 3)), fn(x, (2, 3), stride=(2, 3)))
+        assert fn(x, (2, 3)).shape == (2, 3, 3, 3)
+
+
+# ----------------------------------------------------------------------------------------
+# backward against central finite differences (float64, every element)
+
+POOL_CONFIGS = [
+    dict(kernel_size=2),                                  # the LeNet/VGG pool
+    dict(kernel_size=3, stride=2, padding=1),             # overlapping, padded
+    dict(kernel_size=(2, 3), stride=1),                   # non-square, stride 1
+    dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 0)),
+    dict(kernel_size=3, stride=3),                        # stride leaves the last rows unused
+]
+
+
+def _distinct_input(shape, seed=0):
+    """A random permutation of distinct values 0.05 apart: no ties, so max is differentiable."""
+    rng = np.random.default_rng(seed)
+    n = int(np.prod(shape))
+    return (rng.permutation(n).astype(np.float64) * 0.05 - n * 0.025).reshape(shape)
+
+
+@pytest.mark.parametrize("kw", POOL_CONFIGS, ids=[str(i) for i in range(len(POOL_CONFIGS))])
+def test_max_pool2d_backward_matches_finite_differences(kw, gradcheck):
+    x = _distinct_input((2, 2, 5, 7))
+    y = F.max_pool2d(x, **kw)
+    Rm = np.random.default_rng(1).standard_normal(y.shape)
+    dx = F.max_pool2d_backward(Rm, x, **kw)
+    gradcheck.check(lambda: np.sum(F.max_pool2d(x, **kw) * Rm), x, dx, "max_pool2d dx")
+
+
+@pytest.mark.parametrize("kw", POOL_CONFIGS, ids=[str(i) for i in range(len(POOL_CONFIGS))])
+def test_avg_pool2d_backward_matches_finite_differences(kw, gradcheck):
+    x = np.random.default_rng(0).standard_normal((2, 2, 5, 7))
+    y = F.avg_pool2d(x, **kw)
+    Rm = np.random.default_rng(1).standard_normal(y.shape)
+    dx = F.avg_pool2d_backward(Rm, x, **kw)
+    gradcheck.check(lambda: np.sum(F.avg_pool2d(x, **kw) * Rm), x, dx, "avg_pool2d dx")
+
+
+# ----------------------------------------------------------------------------------------
+# edge values and larger planes
+
+
+def test_max_pool2d_nan_and_all_minus_inf_windows_like_torch():
+    """A NaN wins its window (forward NaN; gradient to the last NaN, as PyTorch's
+    `v > max || isnan(v)`); an all -inf window sends its gradient to its first input cell."""
+    cases = [
+        (np.array([[[[1.0, np.nan], [np.nan, 2.0]]]]), dict(kernel_size=2)),
+        (np.full((1, 1, 3, 3), -np.inf), dict(kernel_size=2, stride=2, padding=1)),
+    ]
+    for x, kw in cases:
+        y = F.max_pool2d(x, **kw)
+        xt = torch.tensor(x, requires_grad=True)
+        yt = TF.max_pool2d(xt, **_torch_kw(dict(stride=None, padding=0) | kw))
+        np.testing.assert_array_equal(y, yt.detach().numpy())
+        dy = np.arange(1.0, y.size + 1).reshape(y.shape)
+        yt.backward(torch.tensor(dy))
+        dx = F.max_pool2d_backward(dy, x, **kw)
+        np.testing.assert_array_equal(dx, xt.grad.numpy())
+        np.testing.assert_array_equal(dx, R.max_pool2d_backward(dy, x, **kw))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pools_on_larger_planes_match_torch(dtype):
+    x = np.random.default_rng(0).standard_normal((3, 5, 17, 23)).astype(dtype)
+    for kw in (dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
+               dict(kernel_size=(3, 2), stride=(1, 2), padding=(1, 0))):
+        for ours, bwd, theirs in ((F.max_pool2d, F.max_pool2d_backward, TF.max_pool2d),
+                                  (F.avg_pool2d, F.avg_pool2d_backward, TF.avg_pool2d)):
+            xt = torch.tensor(x, requires_grad=True)
+            yt = theirs(xt, **_torch_kw(dict(stride=None, padding=0) | kw))
+            y = ours(x, **kw)
+            assert_close(y, yt.detach().numpy(), dtype, ours.__name__)
+            dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+            yt.backward(torch.tensor(dy))
+            assert_close(bwd(dy, x, **kw), xt.grad.numpy(), dtype, bwd.__name__)
