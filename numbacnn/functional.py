@@ -476,8 +476,9 @@ def dropout(x, p=0.5, training=True, seed=None):
         seed = int(_random.rng().integers(0, 2**62))
     y = _empty(x)
     mask = _empty(x, x.shape, np.uint8)
+    seed = int(seed) % 2**63  # the kernel hashes a signed 64-bit counter
     _backend(x).activation.dropout_forward(x.reshape(-1), y.reshape(-1), mask.reshape(-1),
-                                           p, int(seed))
+                                           p, seed)
     return y, mask
 
 
