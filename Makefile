@@ -24,6 +24,7 @@ filters: install
 
 test: install
 	$(PY) -m pytest -q -m "not slow"
+	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q tests/cuda
 
 test-slow: install
 	$(PY) -m pytest -q -m slow

@@ -36,7 +36,10 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _is_device_array(a):
-    return hasattr(a, "__cuda_array_interface__") and not isinstance(a, np.ndarray)
+    """numba.cuda device arrays (and the CUDA simulator's, which set only __cuda_ndarray__)."""
+    if isinstance(a, np.ndarray):
+        return False
+    return bool(getattr(a, "__cuda_ndarray__", False)) or hasattr(a, "__cuda_array_interface__")
 
 
 def _backend(x):
@@ -73,7 +76,8 @@ def _full(like, shape, value):
 def _float_array(op, name, a, ndims):
     """Check that `a` is a float32/float64 array with ndim in `ndims`; return it C-contiguous."""
     if not (isinstance(a, np.ndarray) or _is_device_array(a)):
-        raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(a).__name__}")
+        raise TypeError(f"{op}: {name} must be a numpy.ndarray (or a numba.cuda device array), "
+                        f"got {type(a).__name__}")
     if a.dtype not in _FLOATS:
         raise TypeError(f"{op}: {name} must be float32 or float64, got dtype {a.dtype} "
                         f"({name}.shape={a.shape})")

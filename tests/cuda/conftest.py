@@ -14,10 +14,6 @@ wrap-around multiplication emits "overflow encountered" RuntimeWarnings: test_cu
 silences them (pytestmark).
 """
 import os
-import warnings
-
-import numpy as np
-import pytest
 
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
@@ -41,31 +37,3 @@ def cuda_usable():
     return False, ("no CUDA GPU and the CUDA simulator is off: run "
                    "`NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda` to test the CUDA "
                    "kernels without a GPU")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _functional_sees_device_arrays():
-    """numbacnn.functional dispatches device arrays on `__cuda_array_interface__`, which the
-    simulator's FakeCUDAArray lacks.  Until functional also accepts `__cuda_ndarray__` (what
-    numba sets on both real and simulated device arrays; see
-    numbacnn.kernels.cuda.is_device_array), route its check through that helper, loudly."""
-    ok, _ = cuda_usable()
-    if not ok:
-        yield
-        return
-    from numba import cuda
-
-    import numbacnn.functional as F
-    from numbacnn.kernels.cuda import is_device_array
-
-    probe = cuda.to_device(np.zeros(1))
-    if F._is_device_array(probe):
-        yield
-        return
-    warnings.warn("numbacnn.functional._is_device_array does not recognise "
-                  f"{type(probe).__name__}; tests/cuda patches it with "
-                  "numbacnn.kernels.cuda.is_device_array", UserWarning)
-    mp = pytest.MonkeyPatch()
-    mp.setattr(F, "_is_device_array", is_device_array)
-    yield
-    mp.undo()

@@ -278,6 +278,17 @@ def test_add(dtype, rng):
     assert host(da) is not None and np.array_equal(host(da), a) and np.array_equal(host(db), a)
 
 
+def test_grid_stride_loops_cover_more_than_one_grid(rng):
+    """Element-wise kernels use a capped grid: arrays larger than the grid must be covered."""
+    from numbacnn.kernels.cuda._launch import MAX_BLOCKS, TPB
+    n = MAX_BLOCKS * TPB * 2 + 37
+    x = randn(rng, (n,), np.float32)
+    y_cpu, y_gpu = both(F.relu, x)
+    assert_close(y_gpu, y_cpu)
+    f = K.full((n,), 2.5, np.float64)
+    assert np.all(host(f) == 2.5)
+
+
 # --------------------------------------------------------------------------------- loss
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("label_dtype", [np.int64, np.int32])

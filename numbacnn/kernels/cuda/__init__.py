@@ -8,7 +8,7 @@ types (float32 and float64 both work).  Module by module:
     conv.py  pool.py  batchnorm.py  dense.py  activation.py  loss.py
 
 This package also provides the allocation helpers numbacnn.functional uses for device
-arrays (the CPU package has the same five plus as_int64):
+arrays (the same six as numbacnn.kernels.cpu), plus is_device_array(a):
 
     empty(shape, dtype)        uninitialised device array
     full(shape, value, dtype)  device array filled by a kernel
