@@ -4,8 +4,8 @@ Hypothesis profiles (select with HYPOTHESIS_PROFILE=<name>; "ci" is loaded by de
 
 * ``ci``  -- no deadline (the first call of a kernel pays its JIT compile), random
   (not derandomized) search, and the reproduction blob printed on failure.
-* ``dev`` -- the same but derandomized and verbose about failures, for a quick,
-  repeatable local loop.
+* ``dev`` -- the same but derandomized, so a local edit-run loop sees the same examples
+  every time.
 
 Tests that need a fixed number of examples (e.g. the 250-example conv2d property test)
 set ``max_examples`` themselves, so both profiles run them in full.
@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Verbosity, settings
+from hypothesis import HealthCheck, settings
 
 settings.register_profile(
     "ci",
@@ -31,7 +31,6 @@ settings.register_profile(
     deadline=None,
     derandomize=True,
     print_blob=True,
-    verbosity=Verbosity.normal,
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

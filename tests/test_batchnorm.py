@@ -118,3 +118,17 @@ def test_batch_norm_backward_matches_reference_and_torch(shape, dtype):
         assert g.dtype == dtype, name
         assert_close(g, r, dtype, name + " vs reference")
         assert_close(g, t.numpy(), dtype, name + " vs torch")
+
+
+def test_batch_norm_float32_large_mean_has_no_cancellation():
+    """float32 input far from zero (mean 1000, std 1): the variance must not be computed as
+    E[x^2] - E[x]^2 in float32 (that would lose every digit); compare with the float64 oracle."""
+    rng = np.random.default_rng(0)
+    x = (1000.0 + rng.standard_normal((8, 3, 16, 16))).astype(np.float32)
+    g, b = np.ones(3, np.float32), np.zeros(3, np.float32)
+    y = F.batch_norm(x, g, b, np.zeros(3, np.float32), np.ones(3, np.float32), True)
+    y_ref = R.batch_norm(x, g, b, np.zeros(3, np.float32), np.ones(3, np.float32), True)
+    np.testing.assert_allclose(y, y_ref, atol=1e-4)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    for got, want in zip(F.batch_norm_backward(dy, x, g), R.batch_norm_backward(dy, x, g)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
