@@ -27,32 +27,42 @@ back through the window that produced it.)
 
 File layout
 -----------
-1. Helpers (the valid-index-range arithmetic that replaces per-element bounds tests).
-2. The NAIVE kernels `conv2d_forward_naive`, `conv2d_backward_input_naive`,
+1. The NAIVE kernels `conv2d_forward_naive`, `conv2d_backward_input_naive`,
    `conv2d_backward_weight_naive`: the formulas above written out literally, one
    output element at a time, with a bounds test on every tap.  Read these first.
-3. The FAST kernels, exported under the contract names `conv2d_forward`,
-   `conv2d_backward_input`, `conv2d_backward_weight`, `conv2d_backward_bias`.
-   They compute the same sums; each one's docstring says what it changes relative
-   to its naive twin.
+2. The FAST kernels `_conv2d_*_direct`, each documented against its naive twin, and the
+   contract names `conv2d_forward`, `conv2d_backward_input`, `conv2d_backward_weight`
+   (thin Python dispatchers: a conv whose 1x1 output sees the whole unpadded input, e.g.
+   LeNet's C5, goes to the dense kernels of dense.py; everything else to the direct
+   kernels) and `conv2d_backward_bias`.
 
 Loop nests and parallel axes (fast kernels; the naive ones use the same parallel axes)
 --------------------------------------------------------------------------------------
+The fast kernels work on FLATTENED, ZERO-PADDED planes (see the block comment before
+`_padded_extent`): tap (kh, kw) is an offset o = kh*dh*Wp + kw*dw, output (oh, ow) a
+position j = oh*Wp + ow, and for stride 1 a whole output plane is one loop over j.
+
     forward          for (n, g, co-block) in prange:          # owns y[n, co0:co0+cb]
-                         for oh:  acc[cb, Wo] = b
-                             for ci_l, kh (valid rows), kw, co in block:
-                                 for ow in valid cols of kw:  acc[co, ow] += w * x[row][ow*sw + off]
-                             y[n, co0:co0+cb, oh] = acc
+                         xp[ci_l] = padded x[n, ci]            (Hp*Wp each)
+                         acc[cb, Ho*Wp] = b
+                         for ci_l, kh, kw, co in block:
+                             for j:  acc[co, j] += w[co, ci_l, kh, kw] * xp[ci_l, j + o]
+                         y[n, co0:co0+cb] = acc at the real positions
     backward_input   for (n, ci) in prange:                   # owns the plane dx[n, ci]
-                         dx[n, ci] = 0
-                         for co in group, oh, kh (valid), kw:
-                             for ow in valid cols of kw:  dx[row][ow*sw + off] += w * dy[n,co,oh,ow]
-    backward_weight  for co in prange:                        # owns dw[co]
-                         buf[ci_l, kh, kw, Wo] = 0
-                         for n, ci_l, oh, kh (valid), kw:
-                             for ow in valid cols of kw:  buf[ci_l,kh,kw,ow] += dy[n,co,oh,ow] * x[row][ow*sw + off]
-                         dw[co] = buf summed over its last axis
+                         dxp[Hp*Wp] = 0
+                         for co in group:  dyg = dy[n, co] on the grid (0 in garbage columns)
+                             for kh, kw:
+                                 for j:  dxp[j + o] += w[co, ci_l, kh, kw] * dyg[j]
+                         dx[n, ci] = interior of dxp
+    backward_weight  (pre-passes in prange: xp[n, ci] padded, dyg[n, co] on the grid)
+                     for co in prange:                        # owns dw[co]
+                         for ci_l, kh, kw:
+                             buf[Ho*Wp] = 0
+                             for n:  for j:  buf[j] += dyg[n, co, j] * xp[n, ci, j + o]
+                             dw[co, ci_l, kh, kw] = sum of buf over the real positions
     backward_bias    for co in prange:  db[co] = sum of dy[:, co]   (row buffer, then one sum)
+For stride > 1 the j loops run one segment per output row instead (ow in [0, Wo), input
+position oh*sh*Wp + ow*sw + o).
 
 Every output element is written by exactly one thread: no atomics, no races, and the
 result does not depend on the number of threads (each sum is taken in a fixed order).
@@ -61,19 +71,28 @@ Optimisation contract
 ---------------------
 * Outputs are fully overwritten (never accumulated into): the caller may pass np.empty.
 * All arrays C-contiguous and of one dtype (float32 or float64); arithmetic and
-  accumulation happen in that dtype.  No BLAS, no np.dot: every FLOP is in these loops.
+  accumulation happen in that dtype.  No BLAS, no np.dot: every FLOP is in these loops
+  (the dense path too: dense.py is our own loops).
 * fastmath=False: LLVM may not reorder a floating-point sum, so a sum written as a scalar
   running total (`s += a*b` over a loop) cannot be vectorised and is bound by the add
   latency.  The fast kernels therefore keep the innermost loop ELEMENTWISE: it runs over
-  the contiguous output width `ow` and accumulates into a small buffer indexed by `ow`
-  (acc / buf), which LLVM vectorises with SIMD without changing any rounding order.
-  The only true reductions (over ow at the very end of backward_weight/bias) are short.
-* No bounds test inside a loop: the valid kernel rows kh for an output row, and the
-  valid output columns ow for a kernel column kw, are computed once (`_valid_range`),
-  so the padding costs nothing.
-* forward blocks CO_BLOCK output channels per task: one loaded input row serves cb
-  channels from L1, and for tiny outputs (Wo = 1, e.g. LeNet's C5) the cb running sums
-  are independent, so they overlap in the pipeline instead of waiting on each other.
+  the contiguous flattened output positions j and accumulates into a buffer indexed by j
+  (acc / dxp / buf), which LLVM vectorises with SIMD without changing any rounding order.
+  The only true reductions (over j, once per tap in backward_weight, and in bias) use
+  8 interleaved partial sums in a fixed order.
+* Flattening matters for small images: LeNet's C3 has 10-wide output rows, but a
+  140-long flattened plane; short inner loops are dominated by loop/alias-check overhead.
+  The price is computing Wp - Wo garbage columns per row (40% for C3, 14% for C1).
+* No bounds test anywhere: the padding is materialised once per task (or per call, for
+  backward_weight) in a thread-local zero-padded copy.
+* Innermost indices are cast to unsigned (`u(...)`, see its comment): a signed index
+  makes Numba test for negative (wrap-around) indices on every access, which blocks SIMD.
+* forward blocks CO_BLOCK output channels per task: the padded input planes are built
+  once and serve cb channels, and consecutive updates go to different acc rows (no
+  store-to-load dependency between them).
+* Non-finite values: a garbage column computes with zeros; a finite weight times 0 adds
+  exactly 0, but an inf/NaN WEIGHT can spread NaN into dx positions that PyTorch leaves
+  finite (backward_input only).  x/dy NaN/inf propagate as in PyTorch.
 """
 import numpy as np
 from numba import njit, prange
@@ -86,42 +105,8 @@ CO_BLOCK = 8
 # Index cast for the innermost loops.  Numba supports Python's negative indices, so an
 # index of a signed type costs a test `if i < 0: i += len` on every access, and that
 # branch stops LLVM from vectorising the loop (measured: ~10x slower).  Our indices are
-# never negative (the valid ranges guarantee it), so we say so by making them unsigned.
+# never negative (the padded planes guarantee it), so we say so by making them unsigned.
 u = np.uint64
-
-
-# =========================================================================== helpers
-@njit(cache=True)
-def _valid_range(count, stride, offset, size):
-    """Indices i in [0, count) with 0 <= i*stride + offset < size, as a range [lo, hi).
-
-    Used for the kernel rows of an output row (i = kh, stride = dil_h, offset = oh*sh - pt)
-    and for the output columns of a kernel column (i = ow, stride = sw, offset = kw*dw - pl).
-    stride >= 1.  Returns lo >= hi (an empty range) when no index is valid.
-    """
-    # i*stride + offset >= 0      <=>  i >= ceil(-offset / stride)
-    # i*stride + offset <= size-1 <=>  i <= floor((size - 1 - offset) / stride)
-    lo = -((offset) // stride)          # ceil(-offset/stride) via floor division
-    hi = (size - 1 - offset) // stride + 1
-    if lo < 0:
-        lo = 0
-    if hi > count:
-        hi = count
-    if hi < lo:
-        hi = lo
-    return lo, hi
-
-
-@njit(cache=True)
-def _col_ranges(Wo, W, stride_w, pad_left, dil_w, kW):
-    """Per kernel column kw: the valid output columns [ow_lo[kw], ow_hi[kw])."""
-    ow_lo = np.empty(kW, np.int64)
-    ow_hi = np.empty(kW, np.int64)
-    for kw in range(kW):
-        lo, hi = _valid_range(Wo, stride_w, kw * dil_w - pad_left, W)
-        ow_lo[kw] = lo
-        ow_hi[kw] = hi
-    return ow_lo, ow_hi
 
 
 # =========================================================================== naive kernels
@@ -377,7 +362,8 @@ def _conv2d_backward_weight_direct(dy, x, dw, stride_h, stride_w, pad_top, pad_l
     * the naive scalar running sum per tap (latency-bound, and not vectorisable without
       fastmath) becomes a buffer buf[j] with one partial sum per grid position: the
       innermost loop  buf[j] += dyg[n, co, j] * xp[n, ci, j + o]  is elementwise -> SIMD;
-      the partial sums of the real output positions are added up once per tap at the end.
+      the partial sums of the real output positions are added up once per tap at the end
+      (garbage columns zeroed first; 8 interleaved running sums, `_sum8`).
     """
     # dy: (N, C_out, Ho, Wo)   x: (N, C_in, H, W)   dw: (C_out, C_in_g, kH, kW)
     N, C_out, Ho, Wo = dy.shape
@@ -420,11 +406,37 @@ def _conv2d_backward_weight_direct(dy, x, dw, stride_h, stride_w, pad_top, pad_l
                             xb = s * stride_h * Wp + o
                             for j in range(seg_len):
                                 buf[u(gb + j)] += dgl[u(gb + j)] * xpl[u(xb + j * stride_w)]
-                    acc = dw.dtype.type(0.0)
-                    for oh in range(Ho):              # only real outputs: garbage never enters
-                        for ow in range(Wo):
-                            acc += buf[oh * Wp + ow]
-                    dw[co, ci_l, kh, kw] = acc
+                    for oh in range(Ho):              # drop the garbage columns (exactly)
+                        for ow in range(Wo, Wp):
+                            buf[oh * Wp + ow] = 0.0
+                    dw[co, ci_l, kh, kw] = _sum8(buf)
+
+
+@njit(cache=True)
+def _sum8(a):
+    """sum(a) with 8 interleaved partial sums (fixed order, so still deterministic).
+
+    A single running sum waits ~4 cycles per add; 8 independent ones keep the adder busy.
+    Used for the long per-tap reductions of backward_weight (Ho*Wp terms per tap).
+    """
+    # a: (L,)
+    L = a.shape[0]
+    z = a.dtype.type(0.0)
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = z
+    nb = L // 8
+    for i in range(nb):
+        j = u(8 * i)
+        s0 += a[j]
+        s1 += a[j + u(1)]
+        s2 += a[j + u(2)]
+        s3 += a[j + u(3)]
+        s4 += a[j + u(4)]
+        s5 += a[j + u(5)]
+        s6 += a[j + u(6)]
+        s7 += a[j + u(7)]
+    for j in range(8 * nb, L):
+        s0 += a[j]
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
 # --------------------------------------------------------------------------- dispatch
