@@ -16,8 +16,8 @@ The scheduler in three lines (micrograd spirit):
   * forward: for each node in `order`, y[node] = layer(*[y[i] for i in node.inputs]);
   * backward: for each node in reversed(`order`), dxs = layer.backward(grad[node]) and each
     dx is ADDED to grad[input]: a value that fans out (x above) receives the sum of the
-    gradients of all its consumers. The sum is out of place, because two dxs may be the
-    same array (Add.backward returns (dy, dy)).
+    gradients of all its consumers. The sum is `functional.add` (out of place, because two
+    dxs may be the same array: Add.backward returns (dy, dy); and backend-agnostic).
 
 A Graph is itself a Module with one input, so blocks (e.g. a ResNet BasicBlock) are Graphs
 nested in Graphs. Node names are the torch-style names of parameters: a node "layer1"
@@ -32,7 +32,7 @@ Validation, every message naming the node: duplicate names and wrong input count
 """
 import heapq
 
-import numpy as np
+from numbacnn import functional as F
 
 from numbacnn.layers import Module
 
@@ -181,7 +181,9 @@ class Graph(Module):
             if layer.num_inputs == 1:
                 dxs = (dxs,)
             for i, dx in zip(self._inputs[name], dxs):
-                grads[i] = grads[i] + dx if i in grads else dx  # out of place: dxs may alias
+                grads[i] = F.add(grads[i], dx) if i in grads else dx  # out of place: dxs may alias
+        if self.input_name not in grads:
+            raise GraphError(str(self.output), f"the output does not depend on the graph input '{self.input_name}'")
         return grads[self.input_name]
 
     # ---- shape inference and summary --------------------------------------------------------

@@ -50,7 +50,7 @@ class Parameter:
 
     def __init__(self, data):
         self.data = np.ascontiguousarray(data)
-        self.grad = np.zeros_like(self.data)
+        self.grad = np.zeros(self.data.shape, self.data.dtype)
 
     @property
     def shape(self):
@@ -163,7 +163,7 @@ class Module:
         for mod_prefix, mod in self.named_modules():
             for p in mod._parameters.values():
                 p.data = p.data.astype(dtype)
-                p.grad = np.zeros_like(p.data)
+                p.grad = np.zeros(p.data.shape, dtype)
             for name, b in list(mod._buffers.items()):
                 if np.issubdtype(b.dtype, np.floating):
                     mod._buffers[name] = b.astype(dtype)
@@ -255,8 +255,12 @@ class Module:
 # --------------------------------------------------------------------------------------
 # Initialisation helpers (torch.nn defaults)
 # --------------------------------------------------------------------------------------
-def _uniform(shape, bound, dtype=np.float32):
-    return nrandom.rng().uniform(-bound, bound, size=shape).astype(dtype)
+def _uniform(shape, bound):
+    """U(-bound, bound) in float32, drawn directly in float32 (no float64 temporary)."""
+    u = nrandom.rng().random(shape, dtype=np.float32)  # [0, 1)
+    u *= np.float32(2 * bound)
+    u -= np.float32(bound)
+    return u
 
 
 def kaiming_uniform(shape, fan_in, a=math.sqrt(5)):
@@ -270,7 +274,9 @@ def kaiming_normal_fan_out(shape):
     """torch.nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu") for a conv
     weight (C_out, C_in/g, kH, kW): N(0, 2 / fan_out), fan_out = C_out * kH * kW."""
     fan_out = shape[0] * int(np.prod(shape[2:]))
-    return (nrandom.rng().standard_normal(shape) * math.sqrt(2.0 / fan_out)).astype(np.float32)
+    w = nrandom.rng().standard_normal(shape, dtype=np.float32)
+    w *= np.float32(math.sqrt(2.0 / fan_out))
+    return w
 
 
 def _check_rank(layer, shape, ranks):
