@@ -202,20 +202,41 @@ def test_resnet18_parity():
     check(compare(model, tmodel, x, labels))
 
 
+def _flat_grads(params):
+    return np.concatenate([np.ravel(p.grad.detach().numpy() if hasattr(p.grad, "detach") else p.grad)
+                           for p in params])
+
+
 def test_resnet50_parity():
-    """float32: logits, running statistics and eval logits. Gradients in float64: at this
-    size (batch 2, BatchNorm over 2 x 2 x 2 values in layer4) ResNet-50's parameter
-    gradients are ill-conditioned in float32 -- torch's own float32 gradients differ from
-    its float64 ones by ~10-40% -- so float32 gradients of two correct implementations
-    need not agree; in float64 they must agree tightly."""
+    """float32: logits, loss, running statistics and eval logits within 1e-3 of torch.
+
+    Gradients: an untrained ResNet-50 in float32 is ill-conditioned in its parameter
+    gradients -- torch's OWN float32 gradients differ from its float64 ones by ~20% in the
+    worst tensors (max-norm) and ~2% overall, at every batch/size we tried (2x64^2 ...
+    32x32^2) -- so no two correct float32 implementations can agree to 1e-3 there. We
+    therefore check (a) in float64 everything agrees with torch to 1e-6, and (b) in float32
+    our gradients are as close to the float64 truth as torch's float32 gradients are
+    (global relative norm, within a factor 2)."""
     nrandom.seed(2)
     model, tmodel = resnet50(num_classes=10), TorchResNet(TorchBottleneck, [3, 4, 6, 3], num_classes=10)
     copy_parameters(model, tmodel)
+    t64 = TorchResNet(TorchBottleneck, [3, 4, 6, 3], num_classes=10).double()
+    t64.load_state_dict(tmodel.state_dict())
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 3, 40, 40)).astype(np.float32)  # layer4: 2 x 2
     labels = np.array([1, 8], np.int64)
-    check(compare(model, tmodel, x, labels, backward=False))
+    errors = compare(model, tmodel, x, labels)
+    grads_f32_ours, grads_f32_torch = _flat_grads(model.parameters()), _flat_grads(tmodel.parameters())
+    check({k: v for k, v in errors.items() if k not in ("grads", "dx")})
+
+    # (a) float64: everything, tightly
     model.astype(np.float64)
-    tmodel.double()
-    model.load_state_dict(tmodel.state_dict())  # same running statistics to start from
-    check(compare(model, tmodel, x.astype(np.float64), labels), tol=1e-6)
+    model.load_state_dict(t64.state_dict())  # same starting running statistics
+    check(compare(model, t64, x.astype(np.float64), labels), tol=1e-6)
+
+    # (b) float32 gradients are as accurate as torch's float32 gradients
+    truth = _flat_grads(t64.parameters())
+    err_ours = np.linalg.norm(grads_f32_ours - truth) / np.linalg.norm(truth)
+    err_torch = np.linalg.norm(grads_f32_torch - truth) / np.linalg.norm(truth)
+    print(f"float32 gradient error vs float64 truth: numbacnn {err_ours:.1e}, torch {err_torch:.1e}")
+    assert err_ours <= 2 * err_torch + 1e-6
