@@ -361,3 +361,14 @@ def test_console_script_subprocess(tmp_path):
     r = subprocess.run(cmd + ["evaluate", "--checkpoint", str(junk)], capture_output=True,
                        text=True, env=env, timeout=120)
     assert r.returncode == 1 and "bad checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+
+@needs_mnist
+def test_feature_maps_example_draws_filters_and_maps(two_epochs, tmp_path):
+    """examples/feature_maps.py on a trained checkpoint writes its two PNGs."""
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "feature_maps.py"),
+                          str(two_epochs / "checkpoint.npz"), "--out", str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    for name in ("filters.png", "feature_maps.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
