@@ -97,16 +97,30 @@ def relu_backward(dy, x, dx):
 # ----------------------------------------------------------------------------------- tanh
 @njit(parallel=True, cache=True)
 def tanh_forward(x, y):
-    """y = tanh(x)."""
+    """y = tanh(x), through exp: tanh|x| = (1 - e) / (1 + e) with e = exp(-2|x|).
+
+    For |x| < 1/2 the numerator 1 - e cancels, so there it is -expm1(-2|x|) and the
+    denominator 2 + expm1(-2|x|): full relative accuracy everywhere (as np.tanh, within
+    1 ulp), about 2x faster than calling libm's tanh per element (benchmarks/bench_kernels.py).
+    """
     # x, y: (n,)
     n = x.shape[0]
+    one, two, half = x.dtype.type(1), x.dtype.type(2), x.dtype.type(0.5)
     for c in prange((n + _CHUNK - 1) // _CHUNK):
         i0 = c * _CHUNK
         i1 = min(i0 + _CHUNK, n)
         xs = x[i0:i1]
         ys = y[i0:i1]
         for i in range(i1 - i0):
-            ys[i] = np.tanh(xs[i])
+            v = xs[i]
+            a = abs(v)
+            if a < half:
+                em = np.expm1(-two * a)
+                t = -em / (two + em)
+            else:
+                e = np.exp(-two * a)
+                t = (one - e) / (one + e)
+            ys[i] = np.copysign(t, v)
 
 
 @njit(parallel=True, cache=True)
