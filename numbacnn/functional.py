@@ -331,8 +331,13 @@ def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.
     return y
 
 
-def batch_norm_backward(dy, x, weight, eps=1e-5):
-    """Training-mode gradient of batch_norm (batch statistics): -> (dx, dweight, dbias)."""
+def batch_norm_backward(dy, x, weight, eps=1e-5, running_mean=None, running_var=None):
+    """Gradient of batch_norm: -> (dx, dweight, dbias).
+
+    By default the training-mode gradient (batch statistics recomputed from x, including
+    their dependence on x). Given running_mean and running_var, the eval-mode gradient of the
+    fixed affine map: dx = weight * dy / sqrt(running_var + eps).
+    """
     op = "batch_norm_backward"
     x, x3 = _bn_view(op, x)
     dy = _float_array(op, "dy", dy, (2, 4))
@@ -343,8 +348,17 @@ def batch_norm_backward(dy, x, weight, eps=1e-5):
     dx = _empty(x)
     dweight = _empty(x, (C,))
     dbias = _empty(x, (C,))
-    _backend(x).batchnorm.batch_norm_backward(dy.reshape(N, C, L), x3, weight, float(eps),
-                                              dx.reshape(N, C, L), dweight, dbias)
+    k = _backend(x).batchnorm
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{op}: give both running_mean and running_var (eval mode) or neither")
+    if running_mean is None:
+        k.batch_norm_backward(dy.reshape(N, C, L), x3, weight, float(eps),
+                              dx.reshape(N, C, L), dweight, dbias)
+    else:
+        running_mean = _bn_running(op, "running_mean", running_mean, C, x)
+        running_var = _bn_running(op, "running_var", running_var, C, x)
+        k.batch_norm_backward_eval(dy.reshape(N, C, L), x3, weight, running_mean, running_var,
+                                   float(eps), dx.reshape(N, C, L), dweight, dbias)
     return dx, dweight, dbias
 
 

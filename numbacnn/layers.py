@@ -512,16 +512,9 @@ class _BatchNorm(Module):
         dy = self._as_functional(dy)
         if self._trained:
             dx, dgamma, dbeta = F.batch_norm_backward(dy, self._x, self.weight.data, self.eps)
-        else:
-            # Eval mode is a fixed per-channel affine map y = a x + c, a = gamma / sqrt(rv + eps):
-            # dx = a dy, dgamma = sum dy * xhat, dbeta = sum dy (plain NumPy: no kernel needed).
-            axes = (0,) + tuple(range(2, dy.ndim))
-            bshape = (1, -1) + (1,) * (dy.ndim - 2)
-            inv_std = 1.0 / np.sqrt(self.running_var + self.eps)
-            xhat = (self._x - self.running_mean.reshape(bshape)) * inv_std.reshape(bshape)
-            dx = (dy * (self.weight.data * inv_std).reshape(bshape)).astype(dy.dtype)
-            dgamma = (dy * xhat).sum(axis=axes)
-            dbeta = dy.sum(axis=axes)
+        else:  # eval mode: the fixed affine map of the running statistics
+            dx, dgamma, dbeta = F.batch_norm_backward(dy, self._x, self.weight.data, self.eps,
+                                                      self.running_mean, self.running_var)
         self.weight.grad += dgamma
         self.bias.grad += dbeta
         return dx.reshape(shape)

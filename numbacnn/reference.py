@@ -278,14 +278,17 @@ def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.
     return y.astype(x.dtype)
 
 
-def batch_norm_backward(dy, x, weight, eps=1e-5):
-    """Training-mode gradient of batch_norm (mu_B and sigma_B depend on x), per channel over
-    the m = |B| values, with xhat = (x - mu_B) / sqrt(sigma_B^2 + eps):
+def batch_norm_backward(dy, x, weight, eps=1e-5, running_mean=None, running_var=None):
+    """Gradient of batch_norm, per channel over the m = |B| values.
+
+    Training mode (mu_B and sigma_B depend on x), xhat = (x - mu_B) / sqrt(sigma_B^2 + eps):
 
         dbeta  = sum_i dy_i
         dgamma = sum_i dy_i xhat_i
         dx_i   = gamma / sqrt(sigma_B^2 + eps) * (dy_i - dbeta/m - xhat_i * dgamma/m)
 
+    Eval mode (running_mean and running_var given, fixed): the same dbeta and dgamma with
+    xhat = (x - running_mean) / sqrt(running_var + eps), and dx_i = gamma dy_i / sqrt(running_var + eps).
     Returns (dx, dweight, dbias).
     """
     C = x.shape[1]
@@ -297,13 +300,19 @@ def batch_norm_backward(dy, x, weight, eps=1e-5):
         xc = x[:, c].astype(np.float64)
         dyc = dy[:, c].astype(np.float64)
         m = xc.size
-        mu = xc.sum() / m
-        var = ((xc - mu) ** 2).sum() / m
+        if running_mean is None:
+            mu = xc.sum() / m
+            var = ((xc - mu) ** 2).sum() / m
+        else:
+            mu, var = float(running_mean[c]), float(running_var[c])
         inv_std = 1.0 / math.sqrt(var + eps)
         xhat = (xc - mu) * inv_std
         dbias[c] = dyc.sum()
         dweight[c] = (dyc * xhat).sum()
-        dx[:, c] = gamma * inv_std * (dyc - dbias[c] / m - xhat * dweight[c] / m)
+        if running_mean is None:
+            dx[:, c] = gamma * inv_std * (dyc - dbias[c] / m - xhat * dweight[c] / m)
+        else:
+            dx[:, c] = gamma * inv_std * dyc
     return dx.astype(x.dtype), dweight.astype(x.dtype), dbias.astype(x.dtype)
 
 

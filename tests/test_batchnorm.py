@@ -132,3 +132,42 @@ def test_batch_norm_float32_large_mean_has_no_cancellation():
     dy = rng.standard_normal(x.shape).astype(np.float32)
     for got, want in zip(F.batch_norm_backward(dy, x, g), R.batch_norm_backward(dy, x, g)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_batch_norm_eval_backward_matches_finite_differences(shape, gradcheck):
+    x, gamma, beta, rm, rv = _case(shape, np.float64, seed=15)
+    eps = 1e-5
+    Rm = np.random.default_rng(16).standard_normal(x.shape)
+
+    def L():
+        return np.sum(F.batch_norm(x, gamma, beta, rm, rv, False, eps=eps) * Rm)
+
+    dx, dgamma, dbeta = F.batch_norm_backward(Rm, x, gamma, eps=eps, running_mean=rm, running_var=rv)
+    gradcheck.check(L, x, dx, "eval batch_norm dx")
+    gradcheck.check(L, gamma, dgamma, "eval batch_norm dweight")
+    gradcheck.check(L, beta, dbeta, "eval batch_norm dbias")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES + BIG_SHAPES, ids=str)
+def test_batch_norm_eval_backward_matches_reference_and_torch(shape, dtype):
+    x, gamma, beta, rm, rv = _case(shape, dtype, seed=19)
+    dy = np.random.default_rng(20).standard_normal(x.shape).astype(dtype)
+    got = F.batch_norm_backward(dy, x, gamma, eps=1e-3, running_mean=rm, running_var=rv)
+    want = R.batch_norm_backward(dy, x, gamma, eps=1e-3, running_mean=rm, running_var=rv)
+    xt = torch.tensor(x, requires_grad=True)
+    gt = torch.tensor(gamma, requires_grad=True)
+    bt = torch.tensor(beta, requires_grad=True)
+    yt = TF.batch_norm(xt, torch.tensor(rm), torch.tensor(rv), gt, bt, training=False, eps=1e-3)
+    yt.backward(torch.tensor(dy))
+    for g, r, t, name in zip(got, want, (xt.grad, gt.grad, bt.grad), ("dx", "dweight", "dbias")):
+        assert g.dtype == dtype, name
+        assert_close(g, r, dtype, name + " vs reference")
+        assert_close(g, t.numpy(), dtype, name + " vs torch")
+
+
+def test_batch_norm_backward_needs_both_running_stats():
+    x, gamma, beta, rm, rv = _case((2, 3, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="running_mean and running_var"):
+        F.batch_norm_backward(x, x, gamma, running_mean=rm)

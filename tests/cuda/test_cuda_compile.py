@@ -55,6 +55,7 @@ def _signatures(dt):
         (batchnorm._bn_forward_train_kernel, (a3, a1, a1, a1, a1, f64, f64, a3)),
         (batchnorm._bn_forward_eval_kernel, (a3, a1, a1, a1, a1, f64, a3)),
         (batchnorm._bn_backward_kernel, (a3, a3, a1, f64, a3, a1, a1)),
+        (batchnorm._bn_backward_eval_kernel, (a3, a3, a1, a1, a1, f64, a3, a1, a1)),
         (dense._linear_forward_naive_kernel, (a2, a2, a1, a2, f)),
         (dense._TILED[np.dtype(dt)], (a2, a2, a1, a2, f)),
         (dense._linear_backward_input_kernel, (a2, a2, a2, f)),

@@ -209,6 +209,11 @@ def test_batch_norm(shape, dtype, rng):
     g_cpu, g_gpu = both(F.batch_norm_backward, dy, x, g)
     for name, a, c in zip(("dx", "dgamma", "dbeta"), g_gpu, g_cpu):
         assert_close(a, c, name=name)
+    # eval-mode backward (fixed running statistics)
+    g_cpu = F.batch_norm_backward(dy, x, g, running_mean=rm_c, running_var=rv_c)
+    g_gpu = F.batch_norm_backward(dev(dy), dev(x), dev(g), running_mean=rm_g, running_var=rv_g)
+    for name, a, c in zip(("eval dx", "eval dgamma", "eval dbeta"), g_gpu, g_cpu):
+        assert_close(a, c, name=name)
 
 
 # ------------------------------------------------------------------------------- linear

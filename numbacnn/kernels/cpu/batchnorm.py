@@ -144,3 +144,29 @@ def batch_norm_backward(dy3, x3, gamma, eps, dx3, dgamma, dbeta):
             dr = dx3[n, c]
             for l in range(L):
                 dr[l] = k * (gr[l] - mean_dy - (xr[l] - mean) * coef)
+
+
+@njit(parallel=True, cache=True, fastmath=_FAST)
+def batch_norm_backward_eval(dy3, x3, gamma, running_mean, running_var, eps, dx3, dgamma, dbeta):
+    """Eval-mode gradient: y = gamma * xhat + beta with xhat = (x - running_mean) * s and the
+    FIXED s = 1/sqrt(running_var + eps), so dx = gamma * s * dy, dgamma = sum dy * xhat,
+    dbeta = sum dy (no batch-statistics terms)."""
+    # dy3, x3, dx3: (N, C, L)   gamma, running_mean, running_var, dgamma, dbeta: (C,)
+    N, C, L = x3.shape
+    for c in prange(C):
+        s = 1.0 / math.sqrt(running_var[c] + eps)
+        mean = running_mean[c]
+        k = gamma[c] * s
+        sum_dy = 0.0
+        sum_dy_xc = 0.0                                 # sum dy * (x - running_mean)
+        for n in range(N):
+            gr = dy3[n, c]                  # gr, xr, dr: (L,)
+            xr = x3[n, c]
+            dr = dx3[n, c]
+            for l in range(L):
+                g = gr[l]
+                sum_dy += g
+                sum_dy_xc += g * (xr[l] - mean)
+                dr[l] = k * g
+        dbeta[c] = sum_dy
+        dgamma[c] = sum_dy_xc * s

@@ -159,3 +159,39 @@ def batch_norm_backward(dy3, x3, gamma, eps, dx3, dgamma, dbeta):
     if C == 0:
         return
     _bn_backward_kernel[C, RED_TPB](dy3, x3, gamma, float(eps), dx3, dgamma, dbeta)
+
+
+@cuda.jit
+def _bn_backward_eval_kernel(dy3, x3, gamma, running_mean, running_var, eps, dx3, dgamma, dbeta):
+    # dy3, x3, dx3: (N, C, L)   gamma, running_mean, running_var, dgamma, dbeta: (C,)
+    N, C, L = x3.shape
+    c = cuda.blockIdx.x                                # block owns channel c
+    tid = cuda.threadIdx.x
+    cnt = N * L
+    buf = cuda.shared.array(RED_TPB, float64)          # buf: (RED_TPB,) partial sums
+    sd = 1.0 / math.sqrt(float64(running_var[c]) + eps)
+    mean = float64(running_mean[c])
+    k = float64(gamma[c]) * sd
+    a = float64(0.0)                                   # sum dy
+    b = float64(0.0)                                   # sum dy * (x - running_mean)
+    for j in range(tid, cnt, RED_TPB):
+        n = j // L
+        l = j - n * L
+        g = dy3[n, c, l]
+        a += g
+        b += g * (x3[n, c, l] - mean)
+        dx3[n, c, l] = k * g
+    sum_dy = block_sum(buf, a)
+    sum_dy_xc = block_sum(buf, b)
+    if tid == 0:
+        dbeta[c] = sum_dy
+        dgamma[c] = sum_dy_xc * sd
+
+
+def batch_norm_backward_eval(dy3, x3, gamma, running_mean, running_var, eps, dx3, dgamma, dbeta):
+    """Eval-mode gradient (fixed running statistics): one block per channel."""
+    C = x3.shape[1]
+    if C == 0:
+        return
+    _bn_backward_eval_kernel[C, RED_TPB](dy3, x3, gamma, running_mean, running_var, float(eps),
+                                         dx3, dgamma, dbeta)
