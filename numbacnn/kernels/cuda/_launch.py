@@ -33,6 +33,17 @@ def stride_blocks(total, tpb=TPB):
 
 
 @cuda.jit(device=True)
+def unravel4(t, D1, D2, D3):
+    """The 4-D index (i0, i1, i2, i3) of flat row-major position t in a (D0, D1, D2, D3) array:
+    the output element that one-thread-per-element kernels assign to thread t."""
+    i3 = t % D3
+    r = t // D3
+    i2 = r % D2
+    r = r // D2
+    return r // D1, r % D1, i2, i3
+
+
+@cuda.jit(device=True)
 def block_sum(buf, v):
     """Sum of `v` over the RED_TPB threads of the block (every thread gets the total).
 

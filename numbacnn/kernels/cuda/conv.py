@@ -52,7 +52,7 @@ Optimisation contract
 """
 from numba import cuda, float64
 
-from ._launch import RED_TPB, TPB, block_sum, blocks_for, fill_kernel, stride_blocks
+from ._launch import RED_TPB, TPB, block_sum, blocks_for, fill_kernel, stride_blocks, unravel4
 
 _TILE = 16              # conv2d_forward_shared: output tile edge (a block is TILE x TILE threads)
 _SHARED_LIMIT = 48 * 1024
@@ -69,12 +69,7 @@ def _conv2d_forward_kernel(x, w, b, y, stride_h, stride_w, pad_top, pad_left, di
     t = cuda.grid(1)                                   # owns y[n, co, oh, ow]
     if t >= N * C_out * Ho * Wo:
         return
-    ow = t % Wo
-    r = t // Wo
-    oh = r % Ho
-    r = r // Ho
-    co = r % C_out
-    n = r // C_out
+    n, co, oh, ow = unravel4(t, C_out, Ho, Wo)
     g = co // (C_out // groups)
     ih0 = oh * stride_h - pad_top
     iw0 = ow * stride_w - pad_left
@@ -174,12 +169,7 @@ def _conv2d_backward_input_kernel(dy, w, dx, stride_h, stride_w, pad_top, pad_le
     t = cuda.grid(1)                                   # owns dx[n, ci, ih, iw]
     if t >= N * C_in * H * W:
         return
-    iw = t % W
-    r = t // W
-    ih = r % H
-    r = r // H
-    ci = r % C_in
-    n = r // C_in
+    n, ci, ih, iw = unravel4(t, C_in, H, W)
     g = ci // C_in_g
     ci_l = ci - g * C_in_g
     C_out_g = C_out // groups
@@ -224,12 +214,7 @@ def _conv2d_backward_weight_kernel(dy, x, dw, stride_h, stride_w, pad_top, pad_l
     t = cuda.grid(1)                                   # owns dw[co, ci_l, kh, kw]
     if t >= C_out * C_in_g * kH * kW:
         return
-    kw = t % kW
-    r = t // kW
-    kh = r % kH
-    r = r // kH
-    ci_l = r % C_in_g
-    co = r // C_in_g
+    co, ci_l, kh, kw = unravel4(t, C_in_g, kH, kW)
     g = co // (C_out // groups)
     ci = g * C_in_g + ci_l
     acc = zero

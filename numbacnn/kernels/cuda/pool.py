@@ -38,7 +38,7 @@ Optimisation contract
 """
 from numba import cuda
 
-from ._launch import TPB, blocks_for
+from ._launch import TPB, blocks_for, unravel4
 
 
 # ================================================================================ forward
@@ -51,12 +51,7 @@ def _max_pool2d_forward_kernel(x, y, kh, kw, sh, sw, ph, pw, neg_inf):
     t = cuda.grid(1)                                   # owns y[n, c, oh, ow]
     if t >= N * C * Ho * Wo:
         return
-    ow = t % Wo
-    r = t // Wo
-    oh = r % Ho
-    r = r // Ho
-    c = r % C
-    n = r // C
+    n, c, oh, ow = unravel4(t, C, Ho, Wo)
     h0 = oh * sh - ph
     w0 = ow * sw - pw
     i_lo = max(0, -h0)
@@ -90,12 +85,7 @@ def _avg_pool2d_forward_kernel(x, y, kh, kw, sh, sw, ph, pw, inv, zero):
     t = cuda.grid(1)                                   # owns y[n, c, oh, ow]
     if t >= N * C * Ho * Wo:
         return
-    ow = t % Wo
-    r = t // Wo
-    oh = r % Ho
-    r = r // Ho
-    c = r % C
-    n = r // C
+    n, c, oh, ow = unravel4(t, C, Ho, Wo)
     h0 = oh * sh - ph
     w0 = ow * sw - pw
     i_lo = max(0, -h0)
@@ -141,12 +131,7 @@ def _max_pool2d_backward_kernel(dy, x, dx, kh, kw, sh, sw, ph, pw, neg_inf, zero
     t = cuda.grid(1)                                   # owns dx[n, c, h, w]
     if t >= N * C * H * W:
         return
-    w = t % W
-    r = t // W
-    h = r % H
-    r = r // H
-    c = r % C
-    n = r // C
+    n, c, h, w = unravel4(t, C, H, W)
     oh_lo, oh_hi = _covering(h, ph, kh, sh, Ho)
     ow_lo, ow_hi = _covering(w, pw, kw, sw, Wo)
     acc = zero
@@ -192,12 +177,7 @@ def _avg_pool2d_backward_kernel(dy, dx, kh, kw, sh, sw, ph, pw, inv, zero):
     t = cuda.grid(1)                                   # owns dx[n, c, h, w]
     if t >= N * C * H * W:
         return
-    w = t % W
-    r = t // W
-    h = r % H
-    r = r // H
-    c = r % C
-    n = r // C
+    n, c, h, w = unravel4(t, C, H, W)
     oh_lo, oh_hi = _covering(h, ph, kh, sh, Ho)
     ow_lo, ow_hi = _covering(w, pw, kw, sw, Wo)
     acc = zero
