@@ -132,11 +132,12 @@ def load(path):
         raise CheckpointError(f"checkpoint path is a directory, not a file: {path}")
     try:
         obj = np.load(path, allow_pickle=False)
-    except ValueError as e:
+    except ValueError:
         # np.load falls back to unpickling for anything that is neither .npy nor .npz;
-        # allow_pickle=False makes that a ValueError instead of running pickle.
-        raise CheckpointError(f"{path} is not a numbacnn checkpoint (not an .npz archive; "
-                              f"pickled data is never loaded): {e}") from None
+        # allow_pickle=False makes that a ValueError instead of running pickle. (numpy's own
+        # message invites loading it with pickle, which a checkpoint never needs: drop it.)
+        raise CheckpointError(f"{path} is not a numbacnn checkpoint: not an .npz archive "
+                              "(and pickled data is never loaded)") from None
     except Exception as e:  # zipfile.BadZipFile, EOFError, OSError, ...
         raise CheckpointError(f"{path} is corrupt or truncated, not a readable checkpoint: "
                               f"{type(e).__name__}: {e}") from None
