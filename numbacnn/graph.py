@@ -161,6 +161,7 @@ class Graph(Module):
 
     def forward(self, x):
         """Run every node in topological order; return the output node's value."""
+        self._ran_forward = True
         values = {self.input_name: x}
         for name in self.order:
             layer = self._modules[name]
@@ -172,12 +173,18 @@ class Graph(Module):
 
     def backward(self, dy):
         """Reverse order; gradients of a value consumed by several nodes are summed."""
+        if not getattr(self, "_ran_forward", False):
+            raise GraphError(str(self.output), "backward() called before forward(): run y = model(x) "
+                                               "first (each layer keeps what its backward needs)")
         grads = {self.output: dy}
         for name in reversed(self.order):
             if name not in grads:
                 continue  # the output does not depend on this node
             layer = self._modules[name]
-            dxs = layer.backward(grads.pop(name))
+            try:
+                dxs = layer.backward(grads.pop(name))
+            except (ValueError, TypeError) as e:
+                raise _with_node(e, name, layer) from e
             if layer.num_inputs == 1:
                 dxs = (dxs,)
             for i, dx in zip(self._inputs[name], dxs):
@@ -320,7 +327,7 @@ def _with_batch(shape):
 
 
 def _with_node(e, name, layer):
-    """Re-raise a forward-time error with the node's path in front of the message."""
+    """Re-raise a forward- or backward-time error with the node's path in front of the message."""
     path = f"{name}.{e.node_path}" if hasattr(e, "node_path") else name
     detail = getattr(e, "node_detail", str(e))
     cls = ValueError if isinstance(e, ValueError) else TypeError

@@ -315,3 +315,13 @@ def test_residual_blocks_match_finite_differences_float64():
     r = rng.standard_normal((3, 8, 2, 2))
     errors = check_grads(net, x, r, tol=1e-6)
     assert len(errors) == 1 + len(net.parameters()) == 1 + 9 + 6 + 12
+
+
+def test_backward_before_forward_and_wrong_dy_shape_name_the_node():
+    from numbacnn.models import lenet5
+    model = lenet5()
+    with pytest.raises(ValueError, match=r"node 'fc2'.*backward\(\) called before forward\(\)"):
+        model.backward(np.zeros((2, 10), np.float32))
+    model(np.zeros((2, 1, 32, 32), np.float32))
+    with pytest.raises(ValueError, match=r"node 'fc2' \(Linear\).*dy must have shape \(2, 10\).*\(3, 10\)"):
+        model.backward(np.zeros((3, 10), np.float32))
