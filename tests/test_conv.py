@@ -362,3 +362,47 @@ def test_conv2d_channel_blocks_match_torch(cfg, dtype):
     assert_close(dx, xt.grad.numpy(), dtype, "dx")
     assert_close(dw_, wt.grad.numpy(), dtype, "dweight")
     assert_close(db, bt.grad.numpy(), dtype, "dbias")
+
+
+# Strided convolutions run through the polyphase decomposition (a sum of stride-1 convs);
+# these cases stress it: kernel smaller than the stride (phases with no taps, input rows no
+# window reaches), AlexNet's 11x11/4, uneven strides, groups, truncated bottom/right rows.
+STRIDED = [  # (N, C_in, C_out, H, W, kH, kW, stride, padding, groups)
+    (2, 3, 4, 19, 17, 11, 11, 4, 2, 1),
+    (2, 4, 6, 9, 8, 1, 1, 2, 0, 2),
+    (1, 2, 3, 10, 11, 2, 2, 3, (1, 0), 1),
+    (2, 6, 6, 12, 9, 3, 3, (2, 3), 1, 6),
+    (3, 4, 8, 15, 15, 3, 5, 2, (1, 2), 2),
+    (2, 3, 5, 7, 7, 4, 4, 3, 0, 1),
+]
+
+
+@pytest.mark.parametrize("cfg", STRIDED, ids=str)
+def test_strided_conv_forward_and_backward_match_torch(cfg):
+    import torch
+    N, C_in, C_out, H, W, kH, kW, stride, padding, groups = cfg
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((N, C_in, H, W))
+    w = rng.standard_normal((C_out, C_in // groups, kH, kW))
+    b = rng.standard_normal(C_out)
+    y = F.conv2d(x, w, b, stride=stride, padding=padding, groups=groups)
+    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    yt = torch.nn.functional.conv2d(xt, wt, bt, stride=stride, padding=padding, groups=groups)
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-10)
+    dy = rng.standard_normal(y.shape)
+    yt.backward(torch.tensor(dy))
+    dx, dw, db = F.conv2d_backward(dy, x, w, stride=stride, padding=padding, groups=groups)
+    for got, want in ((dx, xt.grad), (dw, wt.grad), (db, bt.grad)):
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-10, atol=1e-10)
+
+
+def test_strided_same_padding_matches_reference():
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 3, 9, 10))
+    w = rng.standard_normal((4, 3, 4, 3))
+    y = F.conv2d(x, w, stride=2, padding="same")
+    np.testing.assert_allclose(y, R.conv2d(x, w, stride=2, padding="same"), rtol=1e-10, atol=1e-10)
+    dy = rng.standard_normal(y.shape)
+    for got, want in zip(F.conv2d_backward(dy, x, w, stride=2, padding="same"),
+                         R.conv2d_backward(dy, x, w, stride=2, padding="same")):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)

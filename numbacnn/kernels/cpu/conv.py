@@ -34,8 +34,9 @@ File layout
    contract names `conv2d_forward`, `conv2d_backward_input`, `conv2d_backward_weight`
    (thin Python dispatchers: a conv whose 1x1 output sees the whole unpadded input, e.g.
    LeNet's C5, goes to the dense kernels of dense.py; a stride-1 backward_input to the
-   forward kernel (gather form); everything else to the direct kernels) and
-   `conv2d_backward_bias`.
+   forward kernel (gather form); a STRIDED conv (dilation 1) to the stride-1 kernels
+   through its polyphase decomposition (see `_polyphase`); everything else to the direct
+   kernels) and `conv2d_backward_bias`.
 
 Loop nests and parallel axes (fast kernels; the naive ones use the same parallel axes,
 except backward_weight: naive over co, fast over (co, ci_l))
@@ -686,6 +687,106 @@ def _sum8(a):
 # Its output grid has one position, so the flat loops above would be 1 element long;
 # the dense kernels (kernels/cpu/dense.py) tile over (n, co) instead and are ~10x faster.
 
+# ------------------------------------------------------------------ strided: polyphase
+# A stride-s convolution is a SUM OF s_h*s_w STRIDE-1 CONVOLUTIONS. Write each tap as
+# kh = a + s_h*i (a = kh mod s_h, the phase) and likewise kw = b + s_w*j. With xp the
+# zero-padded input,
+#     y[n, co, oh, ow] = sum_{a, b} sum_{ci, i, j} w[co, ci, a + s_h i, b + s_w j]
+#                                              * xp[n, ci, s_h (oh + i) + a, s_w (ow + j) + b]
+#                      = sum_{a, b} conv_stride1(x_ab, w_ab)[n, co, oh, ow]
+# with the phase input x_ab = xp[:, :, a::s_h, b::s_w] and phase kernel w_ab = w[:, :, a::s_h, b::s_w]
+# (ceil((kH - a)/s_h) x ceil((kW - b)/s_w) taps). Every MAC of the strided conv appears in
+# exactly one phase, so the work is the same, but it runs on the fast stride-1 kernels. The
+# gradients decompose the same way: dw[:, :, a::s_h, b::s_w] is the stride-1 weight gradient
+# of phase (a, b), and d(xp)[:, :, a::s_h, b::s_w] its stride-1 input gradient (the phases
+# own disjoint positions of xp, so nothing overlaps). Only data movement (padding, phase
+# slices) happens outside the kernels.
+
+
+@njit(cache=True, parallel=True, fastmath=False)
+def _accumulate(dst, src):
+    """dst += src (same shape, flat views): sums the phases' outputs in phase order."""
+    # dst, src: (n,)
+    n = dst.shape[0]
+    for c in prange((n + 4095) // 4096):
+        for i in range(c * 4096, min(n, c * 4096 + 4096)):
+            dst[u(i)] += src[u(i)]
+
+
+def _polyphase(x_shape, w_shape, y_shape, stride_h, stride_w):
+    """The phases (a, b, taps_h, taps_w) and the padded-input extent (Hp, Wp) they need."""
+    kH, kW = w_shape[2], w_shape[3]
+    Ho, Wo = y_shape[2], y_shape[3]
+    phases = [(a, b, -(-(kH - a) // stride_h), -(-(kW - b) // stride_w))
+              for a in range(min(stride_h, kH)) for b in range(min(stride_w, kW))]
+    Hp = stride_h * (Ho - 1 + -(-kH // stride_h))
+    Wp = stride_w * (Wo - 1 + -(-kW // stride_w))
+    return phases, Hp, Wp
+
+
+def _padded(x, Hp, Wp, pad_top, pad_left):
+    """xp: (N, C, Hp, Wp) = x placed at (pad_top, pad_left) in zeros, cropped to Hp x Wp."""
+    N, C, H, W = x.shape
+    xp = np.zeros((N, C, Hp, Wp), x.dtype)
+    h1, w1 = min(H, Hp - pad_top), min(W, Wp - pad_left)
+    xp[:, :, pad_top:pad_top + h1, pad_left:pad_left + w1] = x[:, :, :h1, :w1]
+    return xp
+
+
+def _phase_input(xp, a, b, stride_h, stride_w, rows, cols):
+    """x_ab: (N, C, rows, cols), the contiguous phase (a, b) of the padded input."""
+    return np.ascontiguousarray(xp[:, :, a::stride_h, b::stride_w][:, :, :rows, :cols])
+
+
+def _use_polyphase(stride_h, stride_w, dil_h, dil_w):
+    return (stride_h > 1 or stride_w > 1) and dil_h == 1 and dil_w == 1
+
+
+def _forward_polyphase(x, w, b, y, stride_h, stride_w, pad_top, pad_left, groups):
+    # x: (N, C_in, H, W)   w: (C_out, C_in_g, kH, kW)   b: (C_out,)   y: (N, C_out, Ho, Wo)
+    phases, Hp, Wp = _polyphase(x.shape, w.shape, y.shape, stride_h, stride_w)
+    xp = _padded(x, Hp, Wp, pad_top, pad_left)                 # xp: (N, C_in, Hp, Wp)
+    Ho, Wo = y.shape[2], y.shape[3]
+    part = np.empty_like(y) if len(phases) > 1 else y           # part: (N, C_out, Ho, Wo)
+    zero_b = np.zeros_like(b)
+    for p, (a, bb, th, tw) in enumerate(phases):
+        x_ab = _phase_input(xp, a, bb, stride_h, stride_w, Ho + th - 1, Wo + tw - 1)
+        w_ab = np.ascontiguousarray(w[:, :, a::stride_h, bb::stride_w])   # (C_out, C_in_g, th, tw)
+        _conv2d_forward_direct(x_ab, w_ab, b if p == 0 else zero_b, y if p == 0 else part,
+                               1, 1, 0, 0, 1, 1, groups)
+        if p > 0:
+            _accumulate(y.reshape(-1), part.reshape(-1))
+
+
+def _backward_weight_polyphase(dy, x, dw, stride_h, stride_w, pad_top, pad_left, groups):
+    # dy: (N, C_out, Ho, Wo)   x: (N, C_in, H, W)   dw: (C_out, C_in_g, kH, kW)
+    phases, Hp, Wp = _polyphase(x.shape, dw.shape, dy.shape, stride_h, stride_w)
+    xp = _padded(x, Hp, Wp, pad_top, pad_left)                 # xp: (N, C_in, Hp, Wp)
+    Ho, Wo = dy.shape[2], dy.shape[3]
+    for a, b, th, tw in phases:
+        x_ab = _phase_input(xp, a, b, stride_h, stride_w, Ho + th - 1, Wo + tw - 1)
+        dw_ab = np.empty(dw.shape[:2] + (th, tw), dw.dtype)    # dw_ab: (C_out, C_in_g, th, tw)
+        _conv2d_backward_weight_direct(dy, x_ab, dw_ab, 1, 1, 0, 0, 1, 1, groups)
+        dw[:, :, a::stride_h, b::stride_w] = dw_ab
+
+
+def _backward_input_polyphase(dy, w, dx, stride_h, stride_w, pad_top, pad_left, groups):
+    # dy: (N, C_out, Ho, Wo)   w: (C_out, C_in_g, kH, kW)   dx: (N, C_in, H, W)
+    phases, Hp, Wp = _polyphase(dx.shape, w.shape, dy.shape, stride_h, stride_w)
+    N, C_in, H, W = dx.shape
+    Ho, Wo = dy.shape[2], dy.shape[3]
+    dxp = np.zeros((N, C_in, Hp, Wp), dx.dtype)                # dxp: (N, C_in, Hp, Wp)
+    for a, b, th, tw in phases:
+        w_ab = np.ascontiguousarray(w[:, :, a::stride_h, b::stride_w])   # (C_out, C_in_g, th, tw)
+        dx_ab = np.empty((N, C_in, Ho + th - 1, Wo + tw - 1), dx.dtype)
+        conv2d_backward_input(dy, w_ab, dx_ab, 1, 1, 0, 0, 1, 1, groups)
+        dxp[:, :, a::stride_h, b::stride_w][:, :, :Ho + th - 1, :Wo + tw - 1] = dx_ab
+    dx[...] = 0                                    # input rows/cols no window reaches get 0
+    h1, w1 = min(H, Hp - pad_top), min(W, Wp - pad_left)
+    dx[:, :, :h1, :w1] = dxp[:, :, pad_top:pad_top + h1, pad_left:pad_left + w1]
+
+
+# ------------------------------------------------------------------ the contract names
 def _is_dense(x_shape, w_shape, y_shape, pad_top, pad_left, dil_h, dil_w, groups):
     return (groups == 1 and y_shape[2] == 1 and y_shape[3] == 1 and pad_top == 0
             and pad_left == 0 and dil_h == 1 and dil_w == 1
@@ -699,6 +800,9 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
         N, C_out = y.shape[0], y.shape[1]
         _dense.linear_forward(x.reshape(N, -1), w.reshape(C_out, -1), b, y.reshape(N, C_out))
         return
+    if _use_polyphase(stride_h, stride_w, dil_h, dil_w):
+        _forward_polyphase(x, w, b, y, stride_h, stride_w, pad_top, pad_left, groups)
+        return
     _conv2d_forward_direct(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups)
 
 
@@ -708,6 +812,9 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_
     if _is_dense(dx.shape, w.shape, dy.shape, pad_top, pad_left, dil_h, dil_w, groups):
         N, C_out = dy.shape[0], dy.shape[1]
         _dense.linear_backward_input(dy.reshape(N, C_out), w.reshape(C_out, -1), dx.reshape(N, -1))
+        return
+    if _use_polyphase(stride_h, stride_w, dil_h, dil_w):
+        _backward_input_polyphase(dy, w, dx, stride_h, stride_w, pad_top, pad_left, groups)
         return
     C_out, C_in_g, kH, kW = w.shape
     # GATHER form (stride 1): with kh' = kH-1-kh, kw' = kW-1-kw,
@@ -736,6 +843,9 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
     if _is_dense(x.shape, dw.shape, dy.shape, pad_top, pad_left, dil_h, dil_w, groups):
         N, C_out = dy.shape[0], dy.shape[1]
         _dense.linear_backward_weight(dy.reshape(N, C_out), x.reshape(N, -1), dw.reshape(C_out, -1))
+        return
+    if _use_polyphase(stride_h, stride_w, dil_h, dil_w):
+        _backward_weight_polyphase(dy, x, dw, stride_h, stride_w, pad_top, pad_left, groups)
         return
     _conv2d_backward_weight_direct(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups)
 
