@@ -52,6 +52,14 @@ import numpy as np
 from numba import njit, prange
 
 
+@njit(cache=True)
+def _window(o, s, p, k, n):
+    """The window of output o starts at input index o*s - p; return that start and the
+    in-range tap range [lo, hi) (taps outside [0, n) are padding)."""
+    start = o * s - p
+    return start, max(0, -start), min(k, n - start)
+
+
 # --------------------------------------------------------------------------- max pooling
 @njit(parallel=True, cache=True)
 def max_pool2d_forward(x, y, kh, kw, sh, sw, ph, pw):
@@ -67,13 +75,9 @@ def max_pool2d_forward(x, y, kh, kw, sh, sw, ph, pw):
         xp = x[n, c]                        # xp: (H, W) plane view
         yp = y[n, c]                        # yp: (Ho, Wo)
         for oh in range(Ho):
-            h0 = oh * sh - ph
-            i_lo = max(0, -h0)              # window rows clipped to the input
-            i_hi = min(kh, H - h0)
+            h0, i_lo, i_hi = _window(oh, sh, ph, kh, H)   # window rows clipped to the input
             for ow in range(Wo):
-                w0 = ow * sw - pw
-                j_lo = max(0, -w0)
-                j_hi = min(kw, W - w0)
+                w0, j_lo, j_hi = _window(ow, sw, pw, kw, W)
                 best = neg_inf
                 for i in range(i_lo, i_hi):
                     xr = xp[h0 + i]             # xr: (W,) input row
@@ -101,13 +105,9 @@ def max_pool2d_backward(dy, x, dx, kh, kw, sh, sw, ph, pw):
         dyp = dy[n, c]                      # dyp: (Ho, Wo)
         dxp[:, :] = 0
         for oh in range(Ho):
-            h0 = oh * sh - ph
-            i_lo = max(0, -h0)
-            i_hi = min(kh, H - h0)
+            h0, i_lo, i_hi = _window(oh, sh, ph, kh, H)
             for ow in range(Wo):
-                w0 = ow * sw - pw
-                j_lo = max(0, -w0)
-                j_hi = min(kw, W - w0)
+                w0, j_lo, j_hi = _window(ow, sw, pw, kw, W)
                 best = neg_inf
                 bh = h0 + i_lo                  # first in-range position (PyTorch's
                 bw = w0 + j_lo                  # choice when every value is -inf)
@@ -137,13 +137,9 @@ def avg_pool2d_forward(x, y, kh, kw, sh, sw, ph, pw):
         xp = x[n, c]                        # xp: (H, W) plane view
         yp = y[n, c]                        # yp: (Ho, Wo)
         for oh in range(Ho):
-            h0 = oh * sh - ph
-            i_lo = max(0, -h0)
-            i_hi = min(kh, H - h0)
+            h0, i_lo, i_hi = _window(oh, sh, ph, kh, H)
             for ow in range(Wo):
-                w0 = ow * sw - pw
-                j_lo = max(0, -w0)
-                j_hi = min(kw, W - w0)
+                w0, j_lo, j_hi = _window(ow, sw, pw, kw, W)
                 s = x.dtype.type(0)
                 for i in range(i_lo, i_hi):
                     for j in range(j_lo, j_hi):
@@ -166,13 +162,9 @@ def avg_pool2d_backward(dy, dx, kh, kw, sh, sw, ph, pw):
         dyp = dy[n, c]                      # dyp: (Ho, Wo)
         dxp[:, :] = 0
         for oh in range(Ho):
-            h0 = oh * sh - ph
-            i_lo = max(0, -h0)
-            i_hi = min(kh, H - h0)
+            h0, i_lo, i_hi = _window(oh, sh, ph, kh, H)
             for ow in range(Wo):
-                w0 = ow * sw - pw
-                j_lo = max(0, -w0)
-                j_hi = min(kw, W - w0)
+                w0, j_lo, j_hi = _window(ow, sw, pw, kw, W)
                 g = dyp[oh, ow] * inv
                 for i in range(i_lo, i_hi):
                     for j in range(j_lo, j_hi):

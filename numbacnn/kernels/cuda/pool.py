@@ -41,6 +41,14 @@ from numba import cuda
 from ._launch import TPB, blocks_for, unravel4
 
 
+@cuda.jit(device=True)
+def _window(o, s, p, k, n):
+    """The window of output o starts at input index o*s - p; return that start and the
+    in-range tap range [lo, hi) (taps outside [0, n) are padding)."""
+    start = o * s - p
+    return start, max(0, -start), min(k, n - start)
+
+
 # ================================================================================ forward
 @cuda.jit
 def _max_pool2d_forward_kernel(x, y, kh, kw, sh, sw, ph, pw, neg_inf):
@@ -52,12 +60,8 @@ def _max_pool2d_forward_kernel(x, y, kh, kw, sh, sw, ph, pw, neg_inf):
     if t >= N * C * Ho * Wo:
         return
     n, c, oh, ow = unravel4(t, C, Ho, Wo)
-    h0 = oh * sh - ph
-    w0 = ow * sw - pw
-    i_lo = max(0, -h0)
-    i_hi = min(kh, H - h0)
-    j_lo = max(0, -w0)
-    j_hi = min(kw, W - w0)
+    h0, i_lo, i_hi = _window(oh, sh, ph, kh, H)
+    w0, j_lo, j_hi = _window(ow, sw, pw, kw, W)
     best = neg_inf
     for i in range(i_lo, i_hi):
         for j in range(j_lo, j_hi):
@@ -86,12 +90,8 @@ def _avg_pool2d_forward_kernel(x, y, kh, kw, sh, sw, ph, pw, inv, zero):
     if t >= N * C * Ho * Wo:
         return
     n, c, oh, ow = unravel4(t, C, Ho, Wo)
-    h0 = oh * sh - ph
-    w0 = ow * sw - pw
-    i_lo = max(0, -h0)
-    i_hi = min(kh, H - h0)
-    j_lo = max(0, -w0)
-    j_hi = min(kw, W - w0)
+    h0, i_lo, i_hi = _window(oh, sh, ph, kh, H)
+    w0, j_lo, j_hi = _window(ow, sw, pw, kw, W)
     s = zero
     for i in range(i_lo, i_hi):
         for j in range(j_lo, j_hi):
@@ -136,13 +136,9 @@ def _max_pool2d_backward_kernel(dy, x, dx, kh, kw, sh, sw, ph, pw, neg_inf, zero
     ow_lo, ow_hi = _covering(w, pw, kw, sw, Wo)
     acc = zero
     for oh in range(oh_lo, oh_hi):
-        h0 = oh * sh - ph
-        i_lo = max(0, -h0)
-        i_hi = min(kh, H - h0)
+        h0, i_lo, i_hi = _window(oh, sh, ph, kh, H)
         for ow in range(ow_lo, ow_hi):
-            w0 = ow * sw - pw
-            j_lo = max(0, -w0)
-            j_hi = min(kw, W - w0)
+            w0, j_lo, j_hi = _window(ow, sw, pw, kw, W)
             best = neg_inf                             # the CPU kernel's first-argmax test
             bh = h0 + i_lo
             bw = w0 + j_lo
