@@ -263,3 +263,17 @@ def test_cross_entropy_accepts_int32_labels():
     a = F.cross_entropy(logits, np.array([1, 2, 3], dtype=np.int64))
     b = F.cross_entropy(logits, np.array([1, 2, 3], dtype=np.int32))
     assert a == b
+
+
+def test_tanh_float32_rational_kernel_is_within_8_ulp_everywhere():
+    """float32 tanh runs a rational approximation: check it on a dense grid, tiny values,
+    the clamp region and the special values."""
+    x = np.concatenate([np.linspace(-12, 12, 400_001), np.geomspace(1e-30, 12, 20_000),
+                        -np.geomspace(1e-30, 12, 20_000)]).astype(np.float32)
+    y = F.tanh(x)
+    ref = np.tanh(x.astype(np.float64))
+    ulp = np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(y - ref) / ulp) <= 8
+    special = F.tanh(np.array([np.nan, np.inf, -np.inf, -0.0, 0.0], np.float32))
+    assert np.isnan(special[0]) and list(special[1:3]) == [1.0, -1.0]
+    assert np.signbit(special[3]) and not np.signbit(special[4])

@@ -95,8 +95,18 @@ def relu_backward(dy, x, dx):
 
 
 # ----------------------------------------------------------------------------------- tanh
-@njit(parallel=True, cache=True)
 def tanh_forward(x, y):
+    """y = tanh(x). float32: the branch-free rational kernel (vectorised, ~30x faster than a
+    libm call per element, within 7 ulp); float64: the exact exp/expm1 kernel."""
+    # x, y: (n,)
+    if x.dtype == np.float32:
+        _tanh_forward_rational_f32(x, y)
+    else:
+        _tanh_forward_exp(x, y)
+
+
+@njit(parallel=True, cache=True)
+def _tanh_forward_exp(x, y):
     """y = tanh(x), through exp: tanh|x| = (1 - e) / (1 + e) with e = exp(-2|x|).
 
     For |x| < 1/2 the numerator 1 - e cancels, so there it is -expm1(-2|x|) and the
@@ -121,6 +131,37 @@ def tanh_forward(x, y):
                 e = np.exp(-two * a)
                 t = (one - e) / (one + e)
             ys[i] = np.copysign(t, v)
+
+
+@njit(parallel=True, cache=True)
+def _tanh_forward_rational_f32(x, y):
+    """y = tanh(x) for float32 as p(z)/q(z), z = x clamped to +-7.9053 (where tanh rounds to
+    +-1 in float32): p odd of degree 13, q even of degree 6, the minimax coefficients of
+    Eigen's float32 tanh (generic_fast_tanh_float). |x| < 4e-4 returns x (tanh x = x to
+    float32 precision). No branch and no libm call in the loop, so LLVM vectorises it.
+    Measured against float64 tanh over [-10, 10] and 1e-30..10: at most 6.6 ulp (4e-7 relative).
+    NaN stays NaN, -0.0 stays -0.0."""
+    # x, y: (n,)
+    f = np.float32
+    a1, a3, a5 = f(4.89352455891786e-03), f(6.37261928875436e-04), f(1.48572235717979e-05)
+    a7, a9 = f(5.12229709037114e-08), f(-8.60467152213735e-11)
+    a11, a13 = f(2.00018790482477e-13), f(-2.76076847742355e-16)
+    b0, b2 = f(4.89352518554385e-03), f(2.26843463243900e-03)
+    b4, b6 = f(1.18534705686654e-04), f(1.19825839466702e-06)
+    clamp, tiny = f(7.90531110763549805), f(0.0004)
+    n = x.shape[0]
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        i0 = c * _CHUNK
+        i1 = min(i0 + _CHUNK, n)
+        xs = x[i0:i1]
+        ys = y[i0:i1]
+        for i in range(i1 - i0):
+            v = xs[i]
+            z = min(max(v, -clamp), clamp)
+            z2 = z * z
+            p = z * (a1 + z2 * (a3 + z2 * (a5 + z2 * (a7 + z2 * (a9 + z2 * (a11 + z2 * a13))))))
+            q = b0 + z2 * (b2 + z2 * (b4 + z2 * b6))
+            ys[i] = v if abs(v) < tiny else p / q
 
 
 @njit(parallel=True, cache=True)
