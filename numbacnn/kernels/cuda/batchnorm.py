@@ -46,14 +46,13 @@ from numba import cuda, float64
 from ._launch import RED_TPB, TPB, block_sum, blocks_for
 
 
-@cuda.jit
-def _bn_forward_train_kernel(x3, gamma, beta, running_mean, running_var, momentum, eps, y3):
-    # x3, y3: (N, C, L)   gamma, beta, running_mean, running_var: (C,)
+@cuda.jit(device=True)
+def _channel_mean_var(x3, c, tid, buf):
+    """Batch mean and biased variance of channel c (two passes, float64), computed by the
+    whole block: each thread strides over the N*L values, block_sum combines the partials."""
+    # x3: (N, C, L)   buf: (RED_TPB,) shared scratch
     N, C, L = x3.shape
-    c = cuda.blockIdx.x                                # block owns channel c
-    tid = cuda.threadIdx.x
     cnt = N * L
-    buf = cuda.shared.array(RED_TPB, float64)          # buf: (RED_TPB,) partial sums
     s = float64(0.0)
     for j in range(tid, cnt, RED_TPB):
         n = j // L
@@ -64,7 +63,18 @@ def _bn_forward_train_kernel(x3, gamma, beta, running_mean, running_var, momentu
         n = j // L
         d = x3[n, c, j - n * L] - mean
         q += d * d
-    var = block_sum(buf, q) / cnt
+    return mean, block_sum(buf, q) / cnt
+
+
+@cuda.jit
+def _bn_forward_train_kernel(x3, gamma, beta, running_mean, running_var, momentum, eps, y3):
+    # x3, y3: (N, C, L)   gamma, beta, running_mean, running_var: (C,)
+    N, C, L = x3.shape
+    c = cuda.blockIdx.x                                # block owns channel c
+    tid = cuda.threadIdx.x
+    cnt = N * L
+    buf = cuda.shared.array(RED_TPB, float64)          # buf: (RED_TPB,) partial sums
+    mean, var = _channel_mean_var(x3, c, tid, buf)
     scale = float64(gamma[c]) / math.sqrt(var + eps)   # float64 (explicit casts: see contract)
     shift = float64(beta[c]) - mean * scale
     for j in range(tid, cnt, RED_TPB):
@@ -119,17 +129,7 @@ def _bn_backward_kernel(dy3, x3, gamma, eps, dx3, dgamma, dbeta):
     tid = cuda.threadIdx.x
     cnt = N * L
     buf = cuda.shared.array(RED_TPB, float64)          # buf: (RED_TPB,) partial sums
-    s = float64(0.0)
-    for j in range(tid, cnt, RED_TPB):
-        n = j // L
-        s += x3[n, c, j - n * L]
-    mean = block_sum(buf, s) / cnt
-    q = float64(0.0)
-    for j in range(tid, cnt, RED_TPB):
-        n = j // L
-        d = x3[n, c, j - n * L] - mean
-        q += d * d
-    var = block_sum(buf, q) / cnt
+    mean, var = _channel_mean_var(x3, c, tid, buf)
     sd = 1.0 / math.sqrt(var + eps)
     a = float64(0.0)                                   # sum dy
     b = float64(0.0)                                   # sum dy * (x - mean)
