@@ -8,19 +8,19 @@ Layout of the archive (every member a numeric/bool/bytes array, never an object 
     model/<name>          model.state_dict() entries, e.g. model/conv1.weight
     optim/<name>          optimizer (and schedule) state entries
 
-``save`` writes to a temporary file in the target directory, flushes and fsyncs it, then
-``os.replace``s it over the target: a crash or Ctrl-C at any moment leaves either the old
-complete checkpoint or the new complete one, never a torn file.
+``save`` writes through ``numbacnn._io.atomic_write``: a crash or Ctrl-C at any moment
+leaves either the old complete checkpoint or the new complete one, never a torn file.
 
 ``load`` reads with ``np.load(allow_pickle=False)`` and turns every way a file can be wrong
 (not a zip, truncated, foreign archive, object arrays, bad JSON) into ``CheckpointError``.
 """
 import json
 import os
-import tempfile
 from typing import NamedTuple
 
 import numpy as np
+
+from ._io import atomic_write
 
 __all__ = ["CheckpointError", "Checkpoint", "save", "load", "load_model_state",
            "FORMAT_MARKER", "FORMAT_VERSION"]
@@ -54,51 +54,6 @@ def _plain_array(section, name, value):
         raise TypeError(f"checkpoint.save: {section} entry {name!r} has dtype=object; "
                         "only numeric/bool arrays can be stored (no pickle)")
     return arr
-
-
-def _fsync_dir(dirname):
-    try:
-        fd = os.open(dirname, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask():
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path, write):
-    """Call ``write(fileobj)`` on a temp file next to ``path``, fsync it, then rename it
-    over ``path``. On any exception (KeyboardInterrupt included) the temp file is removed
-    and ``path`` is left untouched."""
-    path = os.fspath(path)
-    dirname = os.path.dirname(os.path.abspath(path))
-    os.makedirs(dirname, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=dirname)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_dir(dirname)
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def save(path, model_state, optim_state=None, meta=None):

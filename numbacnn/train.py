@@ -32,6 +32,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from . import functional as F
 from . import random as nrandom
+from ._io import atomic_write
 
 __all__ = ["fit", "evaluate", "TrainingInterrupted", "write_metrics", "plot_curves",
            "METRIC_KEYS", "CHECKPOINT_NAME", "METRICS_NAME", "CURVES_NAME"]
@@ -83,7 +84,7 @@ def evaluate(model, loader):
 
 
 def _atomic_text(path, text):
-    ckpt.atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def write_metrics(path, metrics):
@@ -120,7 +121,7 @@ def plot_curves(path, metrics, title=None):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    ckpt.atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
 
 
 def _optim_state(optimizer, schedule):

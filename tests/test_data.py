@@ -9,6 +9,7 @@ import struct
 import numpy as np
 import pytest
 
+from numbacnn._io import atomic_write
 from numbacnn.data import mnist
 from numbacnn.data.augment import (
     Compose,
@@ -166,10 +167,10 @@ def test_atomic_write_failure_leaves_old_file(tmp_path):
         raise RuntimeError("disk on fire")
 
     with pytest.raises(RuntimeError, match="disk on fire"):
-        mnist._atomic_write(target, boom)
+        atomic_write(target, boom)
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
-    mnist._atomic_write(target, lambda f: f.write(b"new"))
+    atomic_write(target, lambda f: f.write(b"new"))
     assert target.read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
 

@@ -15,8 +15,8 @@ Whatever the source, the decoded arrays are checked against the SHA-256 of the
 canonical *uncompressed* idx files (`RAW_SHA256`), so the CSV route, the download route
 and the cache are all proven to hold the exact bytes of LeCun's MNIST. Downloads are
 additionally checked against the SHA-256 of the ``.gz`` files (`SHA256`) before they
-are kept. Every file this module writes is written atomically: a temporary file in the
-same directory, flushed and fsynced, then ``os.replace``.
+are kept. Every file this module writes goes through ``numbacnn._io.atomic_write`` (temporary
+file, fsync, ``os.replace``, directory fsync).
 
 The cache directory is the ``cache_dir`` argument, else ``$NUMBACNN_CACHE``, else
 ``~/.cache/numbacnn``.
@@ -26,11 +26,12 @@ import hashlib
 import importlib.util
 import os
 import struct
-import tempfile
 import urllib.request
 import warnings
 
 import numpy as np
+
+from .._io import atomic_write
 
 __all__ = [
     "MNISTNotFoundError",
@@ -146,38 +147,6 @@ def _package_csv_paths():
         if os.path.isfile(train) and os.path.isfile(test):
             return train, test
     return None
-
-
-# --------------------------------------------------------------------------- atomic IO
-
-
-def _atomic_write(path, write_fn):
-    """Write a file atomically: `write_fn(fileobj)` into a temp file next to `path`,
-    fsync, then ``os.replace``. On any error the temp file is removed and `path` is
-    untouched (no partial file is ever visible under the final name)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # mkstemp creates 0600; give the final file the usual umask-based mode
-            os.chmod(tmp, 0o666 & ~_umask())
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _sha256_file(path):
@@ -343,7 +312,7 @@ def download_mnist(raw_dir, mirror=None, force=False):
                     f"expected {expected}; the file was not kept"
                 )
 
-        _atomic_write(path, fetch)
+        atomic_write(path, fetch)
         paths[key] = path
     return paths
 
@@ -383,7 +352,7 @@ def _validate(d, source):
 
 
 def _save_cache(path, d):
-    _atomic_write(path, lambda f: np.savez(f, **d))
+    atomic_write(path, lambda f: np.savez(f, **d))
 
 
 def _load_cache(path):

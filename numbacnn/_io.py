@@ -1,0 +1,71 @@
+"""Atomic file writes: nothing a user saved is ever left half-written.
+
+``atomic_write(path, write)`` is the one way numbacnn writes a file that matters
+(checkpoints, metrics, curves, the MNIST cache and downloads):
+
+1. ``write(f)`` fills a temporary file created next to ``path`` (same directory, so the
+   final rename cannot cross file systems);
+2. the file is flushed and ``fsync``-ed, then ``os.replace``-d over ``path`` (atomic on
+   POSIX and Windows);
+3. the directory is ``fsync``-ed, so the rename itself survives a power cut.
+
+A crash, an exception or Ctrl-C at any moment leaves either the old complete file or the
+new complete one under ``path``, never a torn one, and no temporary file behind.
+"""
+
+import os
+import tempfile
+
+__all__ = ["atomic_write"]
+
+
+def _umask():
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(dirname):
+    """fsync a directory so a rename inside it is durable (best effort: some file systems
+    and platforms cannot open or fsync a directory)."""
+    try:
+        fd = os.open(dirname, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, write):
+    """Call ``write(fileobj)`` on a temp file next to ``path``, fsync it, rename it over
+    ``path``, then fsync the directory.
+
+    path: str or os.PathLike; its directory is created if missing. write: a function of
+    one binary file object. On any exception (KeyboardInterrupt included) the temp file
+    is removed, ``path`` is left untouched, and the exception propagates. The new file
+    gets the usual umask-based mode (mkstemp's 0600 is widened to 0666 & ~umask).
+    """
+    path = os.fspath(path)
+    dirname = os.path.dirname(os.path.abspath(path))
+    os.makedirs(dirname, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=dirname)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_dir(dirname)
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
