@@ -174,8 +174,6 @@ def main(argv=None):
                 t_conv = t_bwd = None
             bench(label, "conv2d_forward", lambda: conv.conv2d_forward(x, w, b, y, *geo),
                   t_conv, y, t_conv)
-            bench(label, "conv2d_forward_shared",
-                  lambda: conv.conv2d_forward_shared(x, w, b, y, *geo), t_conv, y, t_conv)
             bench(label, "conv2d_backward_input",
                   lambda: conv.conv2d_backward_input(dy, w, dx, *geo),
                   t_bwd([True, False, False]) if torch else None)

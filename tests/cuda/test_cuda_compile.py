@@ -44,7 +44,6 @@ def _signatures(dt):
     pool_geo = (I,) * 6
     return [
         (conv._conv2d_forward_kernel, (a4, a4, a1, a4) + conv_geo),
-        (conv._conv2d_forward_shared_kernel, (a4, a4, a1, a4) + conv_geo + (I,)),
         (conv._conv2d_backward_input_kernel, (a4, a4, a4) + conv_geo + (f,)),
         (conv._conv2d_backward_weight_kernel, (a4, a4, a4) + conv_geo + (f,)),
         (conv._conv2d_backward_bias_kernel, (a4, a1)),
@@ -117,7 +116,7 @@ def test_every_kernel_compiles(dtype, no_driver_ok):
 
 # Kernels whose float32 instance must not contain any double-precision addition.
 _F32_PURE = {
-    "_conv2d_forward_kernel", "_conv2d_forward_shared_kernel", "_conv2d_backward_input_kernel",
+    "_conv2d_forward_kernel", "_conv2d_backward_input_kernel",
     "_conv2d_backward_weight_kernel", "_max_pool2d_forward_kernel", "_avg_pool2d_forward_kernel",
     "_max_pool2d_backward_kernel", "_avg_pool2d_backward_kernel", "_linear_forward_naive_kernel",
     "kernel", "_linear_backward_input_kernel", "_linear_backward_weight_kernel",

@@ -137,22 +137,6 @@ def test_conv2d_no_bias_and_noncontiguous_input(dtype, rng):
     assert_close(y_gpu, y_cpu)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
-def test_conv2d_forward_shared_matches_naive(dtype, rng):
-    """The shared-memory forward gives the same sums as the one-thread-per-output forward."""
-    from numbacnn.kernels.cuda import conv
-    x = randn(rng, (1, 4, 6, 5), dtype)
-    w = randn(rng, (3, 2, 3, 2), dtype)
-    b = randn(rng, (3,), dtype)
-    geo = (2, 1, 1, 0, 1, 2, 2)        # stride (2,1), pad (1,0), dilation (1,2), groups 2
-    W = np.concatenate([w, randn(rng, (1, 2, 3, 2), dtype)])          # (4, 2, 3, 2): 2 groups
-    B = np.concatenate([b, randn(rng, (1,), dtype)])
-    y_cpu = F.conv2d(x, W, B, stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2)
-    y_sh = K.empty(y_cpu.shape, dtype)
-    conv.conv2d_forward_shared(dev(x), dev(W), dev(B), y_sh, *geo)
-    assert_close(y_sh, y_cpu)
-
-
 # -------------------------------------------------------------------------------- pool
 POOL_CASES = [
     dict(kernel_size=2),

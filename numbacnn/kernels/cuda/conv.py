@@ -23,9 +23,6 @@ Thread mapping (who owns which output element)
 ----------------------------------------------
     conv2d_forward            one thread per y[n,co,oh,ow] (flat C index of y); it loops over
                               (ci_l, kh, kw), skipping taps in the padding.
-    conv2d_forward_shared     one block per (n, co, 16x16 output tile): the block stages
-                              w[co] in shared memory once, then each thread computes its
-                              y element as above reading the weights from shared memory.
     conv2d_backward_input     one thread per dx[n,ci,ih,iw]: a GATHER over the (co, kh, kw)
                               whose window covers (ih, iw) (the CPU scatter turned around), so
                               no two threads write the same element: no atomics.
@@ -45,17 +42,10 @@ Optimisation contract
 * Consecutive threads own consecutive ow (the fastest index of y / dx), so the loads of
   x[n,ci,ih,iw] and dy[...] by a warp are (for stride 1) contiguous, i.e. coalesced; the
   weight loads are the same address for the whole warp (a broadcast).
-* conv2d_forward_shared: the same sums in the same order as conv2d_forward; the change is
-  that each weight is read from global memory once per block instead of once per thread.
-  Needs C_in/G*kH*kW*itemsize bytes of dynamic shared memory (checked: <= 48 KiB, else it
-  falls back to conv2d_forward).
 """
 from numba import cuda, float64
 
 from ._launch import RED_TPB, TPB, block_sum, blocks_for, fill_kernel, stride_blocks, unravel4
-
-_TILE = 16              # conv2d_forward_shared: output tile edge (a block is TILE x TILE threads)
-_SHARED_LIMIT = 48 * 1024
 
 
 # ============================================================================== forward
@@ -93,65 +83,6 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
         return
     _conv2d_forward_kernel[blocks_for(total), TPB](
         x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups)
-
-
-# ------------------------------------------------------------- forward, shared-memory weights
-@cuda.jit
-def _conv2d_forward_shared_kernel(x, w, b, y, stride_h, stride_w, pad_top, pad_left,
-                                  dil_h, dil_w, groups, tiles_w):
-    # x: (N, C_in, H, W)   w: (C_out, C_in_g, kH, kW)   b: (C_out,)   y: (N, C_out, Ho, Wo)
-    # grid: (tiles_h * tiles_w, C_out, N), block: (TILE, TILE)
-    N, C_in, H, W = x.shape
-    C_out, C_in_g, kH, kW = w.shape
-    Ho = y.shape[2]
-    Wo = y.shape[3]
-    co = cuda.blockIdx.y
-    n = cuda.blockIdx.z
-    tile = cuda.blockIdx.x
-    oh = (tile // tiles_w) * _TILE + cuda.threadIdx.y   # owns y[n, co, oh, ow]
-    ow = (tile % tiles_w) * _TILE + cuda.threadIdx.x
-    ws = cuda.shared.array(0, dtype=w.dtype)           # ws: (C_in_g*kH*kW,) = w[co] (dynamic)
-    K = C_in_g * kH * kW
-    lin = cuda.threadIdx.y * _TILE + cuda.threadIdx.x
-    for k in range(lin, K, _TILE * _TILE):             # cooperative, coalesced load of w[co]
-        kw = k % kW
-        r = k // kW
-        kh = r % kH
-        ci_l = r // kH
-        ws[k] = w[co, ci_l, kh, kw]
-    cuda.syncthreads()
-    if oh >= Ho or ow >= Wo:
-        return
-    g = co // (C_out // groups)
-    ih0 = oh * stride_h - pad_top
-    iw0 = ow * stride_w - pad_left
-    acc = b[co]
-    for ci_l in range(C_in_g):
-        ci = g * C_in_g + ci_l
-        for kh in range(kH):
-            ih = ih0 + kh * dil_h
-            if 0 <= ih < H:
-                base = (ci_l * kH + kh) * kW
-                for kw in range(kW):
-                    iw = iw0 + kw * dil_w
-                    if 0 <= iw < W:
-                        acc += ws[base + kw] * x[n, ci, ih, iw]
-    y[n, co, oh, ow] = acc
-
-
-def conv2d_forward_shared(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
-    """y = conv2d(x, w) + b: one block per (n, co, output tile), w[co] staged in shared memory."""
-    N, C_out, Ho, Wo = y.shape
-    if y.size == 0:
-        return
-    nbytes = w.shape[1] * w.shape[2] * w.shape[3] * w.dtype.itemsize
-    if nbytes > _SHARED_LIMIT:
-        return conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left,
-                              dil_h, dil_w, groups)
-    tiles_h = (Ho + _TILE - 1) // _TILE
-    tiles_w = (Wo + _TILE - 1) // _TILE
-    kern = _conv2d_forward_shared_kernel[(tiles_h * tiles_w, C_out, N), (_TILE, _TILE), 0, nbytes]
-    kern(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, tiles_w)
 
 
 # ============================================================================= backward
