@@ -1,0 +1,112 @@
+"""2-D convolution (cross-correlation, PyTorch semantics): the CPU kernels' contract names
+and the dispatch between strategies.
+
+    y[n,co,oh,ow] = b[co] + sum_{ci_l, kh, kw} w[co,ci_l,kh,kw] * x[n, ci, ih, iw]
+    ih = oh*stride_h - pad_top + kh*dil_h,   iw = ow*stride_w - pad_left + kw*dil_w,
+    ci = g*C_in_g + ci_l for output channel co of group g;  x outside the input counts as 0.
+
+Read the strategies in this order:
+
+    naive.py      the formulas written out literally, a bounds test per tap (the "before")
+    planes.py     the flattened, zero-padded plane layout the fast kernels work on
+    direct.py     the fast stride-1 (and strided, dilated) kernels on those planes
+    polyphase.py  a strided conv as a sum of stride-1 convs, on direct.py's kernels
+
+docs/kernels/conv_cpu.md explains the layout, the register blocking and the measurements.
+
+Dispatch (the contract names below; functional.conv2d* call them, validated and allocated):
+
+    dense      the single output of each plane sees the whole unpadded input (LeNet's C5):
+               a fully connected layer on the flattened input -> kernels/cpu/dense.py
+    polyphase  stride > 1, dilation 1 -> polyphase.py
+    gather     backward_input with stride 1 and padding no wider than the kernel's reach:
+               a forward conv of dy with the flipped weights -> direct.conv2d_backward_input_gather
+    direct     everything else -> direct.py
+
+Every kernel fully overwrites its output (np.empty is fine), writes each element from one
+thread (no atomics, no races) and sums in a fixed order, so results do not depend on the
+number of threads.  The forward and the gather input gradient add the taps in the naive
+order (ci_l, kh, kw), bit for bit, except on the dense path (the dense kernels' tiled sums)
+and for strided convs (the phases are summed one after another); the weight gradient sums
+in its own fixed order.  No BLAS and no np.dot: every multiply-add is in these loops.
+"""
+
+from .. import dense as _dense
+from . import direct, naive, polyphase
+
+__all__ = [
+    "conv2d_forward",
+    "conv2d_backward_input",
+    "conv2d_backward_weight",
+    "conv2d_backward_bias",
+    "conv2d_forward_naive",
+    "conv2d_backward_input_naive",
+    "conv2d_backward_weight_naive",
+    "conv2d_backward_bias_naive",
+]
+
+# The naive kernels under their historical names (benchmarks and examples use these).
+conv2d_forward_naive = naive.conv2d_forward
+conv2d_backward_input_naive = naive.conv2d_backward_input
+conv2d_backward_weight_naive = naive.conv2d_backward_weight
+conv2d_backward_bias_naive = naive.conv2d_backward_bias
+
+
+def _is_dense(x_shape, w_shape, y_shape, pad_top, pad_left, dil_h, dil_w, groups):
+    """A conv whose 1x1 output plane sees the whole unpadded input, e.g. LeNet's C5 (16x5x5 ->
+    120x1x1): y[n, co] = b[co] + sum_k w[co, k] * x[n, k] with k = (ci, kh, kw) flattened."""
+    return (
+        groups == 1
+        and y_shape[2] == 1
+        and y_shape[3] == 1
+        and pad_top == 0
+        and pad_left == 0
+        and dil_h == 1
+        and dil_w == 1
+        and w_shape[2] == x_shape[2]
+        and w_shape[3] == x_shape[3]
+    )
+
+
+def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
+    """y = conv2d(x, w) + b (fully overwrites y)."""
+    # x: (N, C_in, H, W)   w: (C_out, C_in_g, kH, kW)   b: (C_out,)   y: (N, C_out, H_out, W_out)
+    if _is_dense(x.shape, w.shape, y.shape, pad_top, pad_left, dil_h, dil_w, groups):
+        N, C_out = y.shape[0], y.shape[1]
+        _dense.linear_forward(x.reshape(N, -1), w.reshape(C_out, -1), b, y.reshape(N, C_out))
+    elif polyphase.use_polyphase(stride_h, stride_w, dil_h, dil_w):
+        polyphase.conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, groups)
+    else:
+        direct.conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups)
+
+
+def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
+    """dx = dL/dx (fully overwrites dx)."""
+    # dy: (N, C_out, H_out, W_out)   w: (C_out, C_in_g, kH, kW)   dx: (N, C_in, H, W)
+    if _is_dense(dx.shape, w.shape, dy.shape, pad_top, pad_left, dil_h, dil_w, groups):
+        N, C_out = dy.shape[0], dy.shape[1]
+        _dense.linear_backward_input(dy.reshape(N, C_out), w.reshape(C_out, -1), dx.reshape(N, -1))
+    elif polyphase.use_polyphase(stride_h, stride_w, dil_h, dil_w):
+        polyphase.conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, groups)
+    elif direct.can_gather(w.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
+        direct.conv2d_backward_input_gather(dy, w, dx, pad_top, pad_left, dil_h, dil_w, groups)
+    else:
+        direct.conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups)
+
+
+def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
+    """dw = dL/dw (fully overwrites dw)."""
+    # dy: (N, C_out, H_out, W_out)   x: (N, C_in, H, W)   dw: (C_out, C_in_g, kH, kW)
+    if _is_dense(x.shape, dw.shape, dy.shape, pad_top, pad_left, dil_h, dil_w, groups):
+        N, C_out = dy.shape[0], dy.shape[1]
+        _dense.linear_backward_weight(dy.reshape(N, C_out), x.reshape(N, -1), dw.reshape(C_out, -1))
+    elif polyphase.use_polyphase(stride_h, stride_w, dil_h, dil_w):
+        polyphase.conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, groups)
+    else:
+        direct.conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups)
+
+
+def conv2d_backward_bias(dy, db):
+    """db = dL/db = dy summed over the batch and every output position (fully overwrites db)."""
+    # dy: (N, C_out, H_out, W_out)   db: (C_out,)
+    direct.conv2d_backward_bias(dy, db)

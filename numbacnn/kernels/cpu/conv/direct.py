@@ -1,0 +1,449 @@
+"""2-D convolution, DIRECT CPU kernels on flattened, zero-padded planes (the fast path).
+
+Formula: as in `naive.py` (y[n,co,oh,ow] = b[co] + sum_{ci_l,kh,kw} w[co,ci_l,kh,kw] * x[n,ci,ih,iw],
+ih = oh*stride_h - pad_top + kh*dil_h, iw = ow*stride_w - pad_left + kw*dil_w), computed the
+same way but laid out for SIMD.  The long explanation, with figures, is
+docs/kernels/conv_cpu.md; the short version:
+
+The flattened plane.  The input plane is copied into a zero-padded plane xp of Hp x Wp and
+flattened; a tap (ci_l, kh, kw) is then an offset o = ci_l*Hp*Wp + kh*dil_h*Wp + kw*dil_w and
+an output (oh, ow) a grid position j = oh*Wp + ow.  For stride 1 the input that output j sees
+through tap o is xp[j + o], so a whole output plane is ONE contiguous loop over j:
+
+    y_grid[j] += w[o] * xp[j + o]          (the Wp - W_out columns past a row's end are
+                                            garbage: computed, never read back)
+
+For stride > 1 the same loop runs one segment per output row (`_segments`).
+
+Loop nests (who owns what; every output element has exactly one writer)
+
+    conv2d_forward           for (n, group, block of CO_BLOCK channels) in prange:
+                                 xp = padded x[n, group's channels]; acc[cb, H_out*Wp] = b
+                                 for 4 channels, for 4 taps (in order): for j: acc[c, j] += w*xp[j+o]
+                                 y[n, co0:co0+cb] = acc at the real positions
+    conv2d_backward_input    stride 1: gather = conv2d_forward on dy with flipped weights
+                             (`conv2d_backward_input_gather`); else a scatter per (n, ci) plane
+    conv2d_backward_weight   for (co, ci_l) in prange:  buf[kH*kW, chunk] = 0
+                                 for chunk of rows, 4 samples n, 4 taps t: for j: buf[t, j] += dy*xp
+                                 dw[co, ci_l, t] = sum over buf[t]'s real positions
+    conv2d_backward_bias     for co in prange:  db[co] = sum of dy[:, co]
+
+Optimisations (each measured; see the doc):
+    [x] innermost loop elementwise over contiguous j (SIMD without fastmath reordering a sum)
+    [x] 4 x 4 register blocks (channels x taps, or taps x samples): fewer loads per multiply-add
+    [x] padding materialised once per task: no bounds test in any loop
+    [x] unsigned indices (`uidx`) in the inner loops: no negative-index wrap-around test
+    [x] long reductions in 8 interleaved partial sums (`_sum8`), in a fixed order
+    [x] CO_BLOCK output channels per forward task share one padded copy of the input
+    [ ] (open) the weight gradient on small planes with many channels is still slow
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from .planes import from_grid, pad_plane, padded_extent, segments, tap_offsets, to_grid, uidx
+
+# Output channels computed together by one forward task (they share its padded input).
+CO_BLOCK = 8
+
+# Output positions per chunk of the weight gradient's buffer (keeps buf in L1).
+DW_CHUNK = 512
+
+# --------------------------------------------------------------------------- forward
+# Register blocking: the one-tap update acc[j] += w*xp[j+o] loads acc[j] and xp[j+o] and
+# stores acc[j] for ONE multiply-add (bound by the load/store ports).  The micro-kernels do a
+# 4 channels x 4 taps block per pass over j: 8 loads + 4 stores per 16 multiply-adds, the
+# 4-tap partial sum in a register, still added in the naive order acc + t0 + t1 + t2 + t3.
+@njit(cache=True)
+def _taps_4ch(a0, a1, a2, a3, w0, w1, w2, w3, xp, offs, n_seg, seg_len, Wp, stride_h, stride_w):
+    """a_c[grid j] += sum over taps t (in order) of w_c[t] * xp[input(j) + offs[t]], 4 channels.
+
+    4 taps per pass (the 4 x 4 register block above), then the T % 4 leftover taps singly.
+    """
+    # a0..a3: (H_out*Wp,) output grids   w0..w3: (T,) weights   xp: padded planes   offs: (T,)
+    T = offs.shape[0]
+    t = 0
+    while t + 4 <= T:
+        o0 = offs[t]
+        o1 = offs[t + 1]
+        o2 = offs[t + 2]
+        o3 = offs[t + 3]
+        w00, w01, w02, w03 = w0[t], w0[t + 1], w0[t + 2], w0[t + 3]
+        w10, w11, w12, w13 = w1[t], w1[t + 1], w1[t + 2], w1[t + 3]
+        w20, w21, w22, w23 = w2[t], w2[t + 1], w2[t + 2], w2[t + 3]
+        w30, w31, w32, w33 = w3[t], w3[t + 1], w3[t + 2], w3[t + 3]
+        for s in range(n_seg):
+            gb = s * Wp
+            xb = s * stride_h * Wp
+            for j in range(seg_len):
+                g = uidx(gb + j)
+                xi = xb + j * stride_w
+                x0 = xp[uidx(xi + o0)]
+                x1 = xp[uidx(xi + o1)]
+                x2 = xp[uidx(xi + o2)]
+                x3 = xp[uidx(xi + o3)]
+                a0[g] = a0[g] + w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
+                a1[g] = a1[g] + w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
+                a2[g] = a2[g] + w20 * x0 + w21 * x1 + w22 * x2 + w23 * x3
+                a3[g] = a3[g] + w30 * x0 + w31 * x1 + w32 * x2 + w33 * x3
+        t += 4
+    while t < T:
+        o0 = offs[t]
+        w00, w10, w20, w30 = w0[t], w1[t], w2[t], w3[t]
+        for s in range(n_seg):
+            gb = s * Wp
+            xb = s * stride_h * Wp + o0
+            for j in range(seg_len):
+                g = uidx(gb + j)
+                x0 = xp[uidx(xb + j * stride_w)]
+                a0[g] += w00 * x0
+                a1[g] += w10 * x0
+                a2[g] += w20 * x0
+                a3[g] += w30 * x0
+        t += 1
+
+
+@njit(cache=True)
+def _taps_1ch(a0, w0, xp, offs, n_seg, seg_len, Wp, stride_h, stride_w):
+    """_taps_4ch for a single channel (the C_out % 4 leftover ones): 4 taps per pass."""
+    # a0: (H_out*Wp,) output grid   w0: (T,) weights   xp: padded planes   offs: (T,)
+    T = offs.shape[0]
+    t = 0
+    while t + 4 <= T:
+        o0 = offs[t]
+        o1 = offs[t + 1]
+        o2 = offs[t + 2]
+        o3 = offs[t + 3]
+        w00, w01, w02, w03 = w0[t], w0[t + 1], w0[t + 2], w0[t + 3]
+        for s in range(n_seg):
+            gb = s * Wp
+            xb = s * stride_h * Wp
+            for j in range(seg_len):
+                g = uidx(gb + j)
+                xi = xb + j * stride_w
+                a0[g] = (a0[g] + w00 * xp[uidx(xi + o0)] + w01 * xp[uidx(xi + o1)]
+                         + w02 * xp[uidx(xi + o2)] + w03 * xp[uidx(xi + o3)])
+        t += 4
+    while t < T:
+        o0 = offs[t]
+        w00 = w0[t]
+        for s in range(n_seg):
+            gb = s * Wp
+            xb = s * stride_h * Wp + o0
+            for j in range(seg_len):
+                a0[uidx(gb + j)] += w00 * xp[uidx(xb + j * stride_w)]
+        t += 1
+
+
+@njit(cache=True, parallel=True, fastmath=False)
+def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
+    """y = conv2d(x, w) + b on flattened padded planes.
+
+    Against naive.conv2d_forward: a task is (n, group, block of up to CO_BLOCK output
+    channels), whose padded input planes are built once and serve cb channels; no bounds
+    test (taps in the padding read xp's zeros); the innermost loop runs over the contiguous
+    grid positions j into the accumulators acc[c] (SIMD, no sum reordered); channels 4 at a
+    time x taps 4 at a time (`_taps_4ch`), leftover channels singly (`_taps_1ch`).  Each y
+    element is b + the taps in the naive order (ci_l, kh, kw), so results equal the naive
+    kernel's bit for bit.
+    """
+    # x: (N, C_in, H, W)   w: (C_out, C_in_g, kH, kW)   b: (C_out,)   y: (N, C_out, H_out, W_out)
+    N, C_in, H, W = x.shape
+    C_out, C_in_g, kH, kW = w.shape
+    H_out = y.shape[2]
+    W_out = y.shape[3]
+    C_out_g = C_out // groups
+    Hp, Wp = padded_extent(H, W, H_out, W_out, kH, kW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
+    n_seg, seg_len = segments(H_out, W_out, Wp, stride_h, stride_w)
+    P = Hp * Wp
+    offs = tap_offsets(C_in_g, kH, kW, P, Wp, dil_h, dil_w)   # offs: (T,)
+    wt = w.reshape(C_out, C_in_g * kH * kW)           # wt: (C_out, T) weights in tap order
+    n_blk = (C_out_g + CO_BLOCK - 1) // CO_BLOCK     # channel blocks per group
+    tasks_per_n = groups * n_blk
+    for t in prange(N * tasks_per_n):                 # parallel over (n, g, block): owns y[n, co0:co0+cb]
+        n = t // tasks_per_n
+        r = t - n * tasks_per_n
+        g = r // n_blk
+        co0 = g * C_out_g + (r - g * n_blk) * CO_BLOCK
+        cb = min(CO_BLOCK, (g + 1) * C_out_g - co0)   # channels in this block
+        xp = np.empty(C_in_g * P, x.dtype)            # xp: (C_in_g*Hp*Wp,) padded input planes
+        for ci_l in range(C_in_g):
+            pad_plane(x[n, g * C_in_g + ci_l], xp[ci_l * P:(ci_l + 1) * P], pad_top, pad_left, Wp)
+        acc = np.empty((cb, H_out * Wp), y.dtype)        # acc: (cb, H_out*Wp) output grids
+        for c in range(cb):
+            arow = acc[c]                             # arow: (H_out*Wp,)
+            bc = b[co0 + c]
+            for j in range(H_out * Wp):
+                arow[uidx(j)] = bc
+        c = 0
+        while c + 4 <= cb:
+            _taps_4ch(acc[c], acc[c + 1], acc[c + 2], acc[c + 3],
+                      wt[co0 + c], wt[co0 + c + 1], wt[co0 + c + 2], wt[co0 + c + 3],
+                      xp, offs, n_seg, seg_len, Wp, stride_h, stride_w)
+            c += 4
+        while c < cb:
+            _taps_1ch(acc[c], wt[co0 + c], xp, offs, n_seg, seg_len, Wp, stride_h, stride_w)
+            c += 1
+        for c in range(cb):
+            from_grid(acc[c], 0, Wp, y[n, co0 + c])
+
+
+# --------------------------------------------------------------------------- backward
+def conv2d_backward_input_gather(dy, w, dx, pad_top, pad_left, dil_h, dil_w, groups):
+    """dx for a STRIDE-1 conv as a forward conv of dy (GATHER form): each dx element is
+    written once instead of being scattered into C_out_g*kH*kW times.
+
+    With kh' = kH-1-kh and kw' = kW-1-kw,
+
+        dx[n, ci, ih, iw] = sum_{co, kh', kw'} w[co, ci_l, kH-1-kh', kW-1-kw']
+                                   * dy[n, co, ih - pad_top' + kh'*dil_h, iw - pad_left' + kw'*dil_w]
+
+    with pad_top' = (kH-1)*dil_h - pad_top and pad_left' = (kW-1)*dil_w - pad_left: the forward
+    conv of dy (C_out input channels, same groups) with the flipped, in/out-swapped weights
+    w_flip (C_in, C_out_g, kH, kW).  Needs pad_top' >= 0 and pad_left' >= 0 (a padding no wider
+    than the kernel's reach); `can_gather` says whether it applies.
+    """
+    # dy: (N, C_out, H_out, W_out)   w: (C_out, C_in_g, kH, kW)   dx: (N, C_in, H, W)
+    C_out, C_in_g, kH, kW = w.shape
+    C_in = dx.shape[1]
+    C_out_g = C_out // groups
+    w_flip = np.ascontiguousarray(  # w_flip: (C_in, C_out_g, kH, kW)
+        w.reshape(groups, C_out_g, C_in_g, kH, kW).transpose(0, 2, 1, 3, 4)[:, :, :, ::-1, ::-1]
+    ).reshape(C_in, C_out_g, kH, kW)
+    pad_top_flip = (kH - 1) * dil_h - pad_top
+    pad_left_flip = (kW - 1) * dil_w - pad_left
+    conv2d_forward(dy, w_flip, np.zeros(C_in, dx.dtype), dx, 1, 1, pad_top_flip, pad_left_flip,
+                   dil_h, dil_w, groups)
+
+
+def can_gather(w_shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
+    """True when `conv2d_backward_input_gather` applies: stride 1 and a padding no wider than
+    the kernel's reach ((kH-1)*dil_h >= pad_top, likewise for the width)."""
+    kH, kW = w_shape[2], w_shape[3]
+    return (stride_h == 1 and stride_w == 1
+            and (kH - 1) * dil_h - pad_top >= 0 and (kW - 1) * dil_w - pad_left >= 0)
+
+
+@njit(cache=True, parallel=True, fastmath=False)
+def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
+    """dx = transposed conv of dy on a flattened padded plane (SCATTER form).
+
+    Used where the gather form (`conv2d_backward_input_gather`) does not apply.  Against
+    naive.conv2d_backward_input (same scatter, same parallel axis (n, ci)): the task scatters
+    into a thread-local zero-padded flat plane dxp, then copies its interior to dx[n, ci];
+    dy[n, co] is first laid out on the output grid (zeros in the garbage columns), so one tap
+    is one contiguous loop  dxp[j + o] += w[co, ci_l, kh, kw] * dy_grid[j]  (SIMD).
+    """
+    # dy: (N, C_out, H_out, W_out)   w: (C_out, C_in_g, kH, kW)   dx: (N, C_in, H, W)
+    N, C_out, H_out, W_out = dy.shape
+    C_in_g = w.shape[1]
+    kH = w.shape[2]
+    kW = w.shape[3]
+    C_in = dx.shape[1]
+    H = dx.shape[2]
+    W = dx.shape[3]
+    C_out_g = C_out // groups
+    Hp, Wp = padded_extent(H, W, H_out, W_out, kH, kW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
+    n_seg, seg_len = segments(H_out, W_out, Wp, stride_h, stride_w)
+    for t in prange(N * C_in):                        # parallel over (n, ci): owns dx[n, ci]
+        n = t // C_in
+        ci = t - n * C_in
+        g = ci // C_in_g
+        ci_l = ci - g * C_in_g
+        dxp = np.zeros(Hp * Wp, dx.dtype)             # dxp: (Hp*Wp,) padded gradient plane
+        dyg = np.empty(H_out * Wp, dx.dtype)             # dyg: (H_out*Wp,) dy[n, co] on the output grid
+        for co in range(g * C_out_g, (g + 1) * C_out_g):
+            to_grid(dy[n, co], dyg, Wp)              # garbage columns 0
+            for kh in range(kH):
+                for kw in range(kW):
+                    o = kh * dil_h * Wp + kw * dil_w
+                    wv = w[co, ci_l, kh, kw]
+                    for s in range(n_seg):
+                        gb = s * Wp
+                        xb = s * stride_h * Wp + o
+                        for j in range(seg_len):
+                            dxp[uidx(xb + j * stride_w)] += wv * dyg[uidx(gb + j)]
+        from_grid(dxp, pad_top * Wp + pad_left, Wp, dx[n, ci])
+
+
+# The weight gradient is a reduction over (n, oh, ow) into ONE number per tap, which
+# fastmath=False will not vectorise; buf[t, j] keeps one partial sum per grid position (the
+# SIMD lanes) and is summed once at the end.  Register block: 4 taps x 4 samples per pass,
+# 4 + 16 + 4 loads and 4 stores per 16 multiply-adds.
+@njit(cache=True)
+def _dw_taps_4n(buf, d0, d1, d2, d3, x0, x1, x2, x3, offs, n_seg, seg_len, gb0, xb0, Wp, stride_h, stride_w):
+    """buf[t, b(j)] += sum_i d_i[grid j] * x_i[input(j) + offs[t]] over 4 samples i, all taps t.
+
+    One chunk: segment s covers grid positions gb0 + s*Wp + [0, seg_len), buffer positions
+    s*Wp + [0, seg_len) and input positions xb0 + s*sh*Wp + [0, seg_len)*sw (+ tap offset).
+    """
+    # buf: (K, rows*Wp)   d0..d3: (H_out*Wp,) dy grids   x0..x3: (Hp*Wp,) padded planes   offs: (K,)
+    K = offs.shape[0]
+    t = 0
+    while t + 4 <= K:
+        b0 = buf[t]                                   # b0..b3: (rows*Wp,)
+        b1 = buf[t + 1]
+        b2 = buf[t + 2]
+        b3 = buf[t + 3]
+        o0 = offs[t]
+        o1 = offs[t + 1]
+        o2 = offs[t + 2]
+        o3 = offs[t + 3]
+        for s in range(n_seg):
+            gb = gb0 + s * Wp
+            bb = s * Wp
+            xb = xb0 + s * stride_h * Wp
+            for j in range(seg_len):
+                g = uidx(gb + j)
+                k = uidx(bb + j)
+                xi = xb + j * stride_w
+                e0 = d0[g]
+                e1 = d1[g]
+                e2 = d2[g]
+                e3 = d3[g]
+                b0[k] = b0[k] + e0 * x0[uidx(xi + o0)] + e1 * x1[uidx(xi + o0)] + e2 * x2[uidx(xi + o0)] + e3 * x3[uidx(xi + o0)]
+                b1[k] = b1[k] + e0 * x0[uidx(xi + o1)] + e1 * x1[uidx(xi + o1)] + e2 * x2[uidx(xi + o1)] + e3 * x3[uidx(xi + o1)]
+                b2[k] = b2[k] + e0 * x0[uidx(xi + o2)] + e1 * x1[uidx(xi + o2)] + e2 * x2[uidx(xi + o2)] + e3 * x3[uidx(xi + o2)]
+                b3[k] = b3[k] + e0 * x0[uidx(xi + o3)] + e1 * x1[uidx(xi + o3)] + e2 * x2[uidx(xi + o3)] + e3 * x3[uidx(xi + o3)]
+        t += 4
+    while t < K:
+        b0 = buf[t]
+        o0 = offs[t]
+        for s in range(n_seg):
+            gb = gb0 + s * Wp
+            bb = s * Wp
+            xb = xb0 + s * stride_h * Wp + o0
+            for j in range(seg_len):
+                g = uidx(gb + j)
+                k = uidx(bb + j)
+                xi = uidx(xb + j * stride_w)
+                b0[k] = b0[k] + d0[g] * x0[xi] + d1[g] * x1[xi] + d2[g] * x2[xi] + d3[g] * x3[xi]
+        t += 1
+
+
+@njit(cache=True)
+def _dw_taps_1n(buf, d0, x0, offs, n_seg, seg_len, gb0, xb0, Wp, stride_h, stride_w):
+    """_dw_taps_4n for one sample (the N % 4 leftover ones), one tap per pass."""
+    # buf: (K, rows*Wp)   d0: (H_out*Wp,) dy grid   x0: (Hp*Wp,) padded plane   offs: (K,)
+    for t in range(offs.shape[0]):
+        b0 = buf[t]                                   # b0: (rows*Wp,)
+        o0 = offs[t]
+        for s in range(n_seg):
+            gb = gb0 + s * Wp
+            bb = s * Wp
+            xb = xb0 + s * stride_h * Wp + o0
+            for j in range(seg_len):
+                b0[uidx(bb + j)] += d0[uidx(gb + j)] * x0[uidx(xb + j * stride_w)]
+
+
+@njit(cache=True, parallel=True, fastmath=False)
+def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
+    """dw = correlation of x with dy on flattened padded planes.
+
+    Against naive.conv2d_backward_weight (parallel over co alone): two parallel pre-passes
+    lay out every padded input plane xp[n, ci] and every dy[n, co] on the output grid; a task
+    is (co, ci_l) and owns dw[co, ci_l] (C_out*C_in_g tasks); the scalar running sum per tap
+    becomes a buffer buf[t, j] of partial sums, one per grid position (SIMD), 4 taps x 4
+    samples per pass (`_dw_taps_4n`), the output rows folded onto buf in chunks of about
+    DW_CHUNK positions; the garbage columns of buf are zeroed and each buf[t] summed with
+    `_sum8`.  Every sum is in a fixed order, whatever the number of threads (but not the
+    naive order: results agree to rounding).
+    """
+    # dy: (N, C_out, H_out, W_out)   x: (N, C_in, H, W)   dw: (C_out, C_in_g, kH, kW)
+    N, C_out, H_out, W_out = dy.shape
+    C_in = x.shape[1]
+    H = x.shape[2]
+    W = x.shape[3]
+    C_in_g = dw.shape[1]
+    kH = dw.shape[2]
+    kW = dw.shape[3]
+    C_out_g = C_out // groups
+    Hp, Wp = padded_extent(H, W, H_out, W_out, kH, kW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
+    K = kH * kW
+    offs = tap_offsets(1, kH, kW, Hp * Wp, Wp, dil_h, dil_w)   # offs: (K,) taps of one plane
+    rows = max(1, min(H_out, DW_CHUNK // Wp))            # output rows per chunk
+    xp = np.empty((N, C_in, Hp * Wp), x.dtype)        # xp: (N, C_in, Hp*Wp) padded input planes
+    for t in prange(N * C_in):
+        n = t // C_in
+        ci = t - n * C_in
+        pad_plane(x[n, ci], xp[n, ci], pad_top, pad_left, Wp)
+    dyg = np.empty((N, C_out, H_out * Wp), dy.dtype)     # dyg: (N, C_out, H_out*Wp) dy on the output grid
+    for t in prange(N * C_out):
+        n = t // C_out
+        co = t - n * C_out
+        to_grid(dy[n, co], dyg[n, co], Wp)
+    for t in prange(C_out * C_in_g):                  # parallel over (co, ci_l): owns dw[co, ci_l]
+        co = t // C_in_g
+        ci_l = t - co * C_in_g
+        ci = (co // C_out_g) * C_in_g + ci_l
+        buf = np.zeros((K, rows * Wp), dw.dtype)      # buf: (K, rows*Wp) partial sums per position
+        for r0 in range(0, H_out, rows):                 # chunk of output rows [r0, r1)
+            r1 = min(H_out, r0 + rows)
+            if stride_h == 1 and stride_w == 1:
+                n_seg, seg_len = 1, (r1 - r0 - 1) * Wp + W_out
+            else:
+                n_seg, seg_len = r1 - r0, W_out
+            gb0 = r0 * Wp                             # first grid position of the chunk
+            xb0 = r0 * stride_h * Wp                  # its input position (tap 0)
+            n = 0
+            while n + 4 <= N:
+                _dw_taps_4n(buf, dyg[n, co], dyg[n + 1, co], dyg[n + 2, co], dyg[n + 3, co],
+                            xp[n, ci], xp[n + 1, ci], xp[n + 2, ci], xp[n + 3, ci],
+                            offs, n_seg, seg_len, gb0, xb0, Wp, stride_h, stride_w)
+                n += 4
+            while n < N:
+                _dw_taps_1n(buf, dyg[n, co], xp[n, ci], offs, n_seg, seg_len, gb0, xb0, Wp,
+                            stride_h, stride_w)
+                n += 1
+        for k in range(K):
+            bk = buf[k]                               # bk: (rows*Wp,)
+            for r in range(rows):                     # drop the garbage columns (exactly)
+                for ow in range(W_out, Wp):
+                    bk[r * Wp + ow] = 0.0
+            kh = k // kW
+            dw[co, ci_l, kh, k - kh * kW] = _sum8(bk)
+
+
+@njit(cache=True)
+def _sum8(a):
+    """sum(a) with 8 interleaved partial sums (fixed order, so still deterministic).
+
+    A single running sum waits ~4 cycles per add; 8 independent ones keep the adder busy.
+    Used for the long per-tap reductions of backward_weight (H_out*Wp terms per tap).
+    """
+    # a: (L,)
+    L = a.shape[0]
+    z = a.dtype.type(0.0)
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = z
+    nb = L // 8
+    for i in range(nb):
+        j = uidx(8 * i)
+        s0 += a[j]
+        s1 += a[j + uidx(1)]
+        s2 += a[j + uidx(2)]
+        s3 += a[j + uidx(3)]
+        s4 += a[j + uidx(4)]
+        s5 += a[j + uidx(5)]
+        s6 += a[j + uidx(6)]
+        s7 += a[j + uidx(7)]
+    for j in range(8 * nb, L):
+        s0 += a[j]
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+@njit(cache=True, parallel=True, fastmath=False)
+def conv2d_backward_bias(dy, db):
+    """db[co] = sum of dy[:, co]: a row buffer per channel (SIMD), then one short sum."""
+    # dy: (N, C_out, H_out, W_out)   db: (C_out,)
+    N, C_out, H_out, W_out = dy.shape
+    for co in prange(C_out):                          # parallel over co: owns db[co]
+        buf = np.zeros(W_out, dtype=db.dtype)            # buf: (W_out,) one partial sum per column
+        for n in range(N):
+            for oh in range(H_out):
+                dyrow = dy[n, co, oh]                 # dyrow: (W_out,)
+                for ow in range(W_out):
+                    buf[uidx(ow)] += dyrow[uidx(ow)]
+        s = db.dtype.type(0.0)
+        for ow in range(W_out):
+            s += buf[ow]
+        db[co] = s

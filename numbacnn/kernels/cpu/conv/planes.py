@@ -1,0 +1,87 @@
+"""Flattened, zero-padded planes: the data layout of the direct conv kernels (direct.py).
+
+A plane x[n, ci] (H, W) is copied into a zero-padded plane of Hp x Wp, flattened to 1-D, and
+laid end to end with the other channels of its group (channel ci_l at offset ci_l*Hp*Wp).
+A tap (ci_l, kh, kw) is then one offset o = ci_l*Hp*Wp + kh*dil_h*Wp + kw*dil_w, and an output
+(oh, ow) a position j = oh*Wp + ow of the "output grid" (H_out rows of width Wp; the Wp - W_out
+columns past each row's end are garbage, computed and never read back).  For stride 1 the
+input output j sees through tap o is xp[j + o]: a whole plane is one contiguous loop over j.
+See docs/kernels/conv_cpu.md.
+"""
+
+import numpy as np
+from numba import njit
+
+# Index cast for the innermost loops.  Numba supports Python's negative indices, so an index
+# of a signed type costs a test `if i < 0: i += len` on every access, and that branch stops
+# LLVM from vectorising the loop.  Our indices are never negative (the
+# padded planes guarantee it), so we say so by making them unsigned.
+uidx = np.uint64
+
+
+@njit(cache=True)
+def padded_extent(H, W, H_out, W_out, kH, kW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
+    """Size (Hp, Wp) of the zero-padded plane: holds the input at (pad_top, pad_left) and
+    every position any tap of any output (incl. the garbage grid columns) reads."""
+    Hp = max(H + pad_top, (H_out - 1) * stride_h + (kH - 1) * dil_h + 1)
+    Wp = max(W + pad_left, (W_out - 1) * stride_w + (kW - 1) * dil_w + 1)
+    return Hp, Wp
+
+
+@njit(cache=True)
+def segments(H_out, W_out, Wp, stride_h, stride_w):
+    """(n_seg, seg_len): one flat segment for stride 1, else one segment per output row."""
+    if stride_h == 1 and stride_w == 1:
+        return 1, (H_out - 1) * Wp + W_out
+    return H_out, W_out
+
+
+@njit(cache=True)
+def tap_offsets(C_in_g, kH, kW, P, Wp, dil_h, dil_w):
+    """Offset of every tap (ci_l, kh, kw), in that order, into C_in_g padded planes of P."""
+    offs = np.empty(C_in_g * kH * kW, np.int64)       # offs: (C_in_g*kH*kW,)
+    t = 0
+    for ci_l in range(C_in_g):
+        for kh in range(kH):
+            for kw in range(kW):
+                offs[t] = ci_l * P + kh * dil_h * Wp + kw * dil_w
+                t += 1
+    return offs
+
+
+@njit(cache=True)
+def pad_plane(src, dst, pad_top, pad_left, Wp):
+    """dst[:] = 0, then src (H, W) copied into the flat padded plane dst (>= Hp*Wp,)."""
+    # (unsigned indices here too: these copies are ~10% of a LeNet layer otherwise)
+    for i in range(dst.shape[0]):
+        dst[uidx(i)] = 0.0
+    H, W = src.shape
+    for ih in range(H):
+        base = (ih + pad_top) * Wp + pad_left
+        srow = src[ih]                                # srow: (W,)
+        for iw in range(W):
+            dst[uidx(base + iw)] = srow[uidx(iw)]
+
+
+@njit(cache=True)
+def to_grid(src, dst, Wp):
+    """dst (H_out*Wp,) = src (H_out, W_out) laid out on the output grid, 0 in the garbage columns."""
+    for i in range(dst.shape[0]):
+        dst[uidx(i)] = 0.0
+    H_out, W_out = src.shape
+    for oh in range(H_out):
+        srow = src[oh]                                # srow: (W_out,)
+        for ow in range(W_out):
+            dst[uidx(oh * Wp + ow)] = srow[uidx(ow)]
+
+
+@njit(cache=True)
+def from_grid(src, base, Wp, dst):
+    """dst (R, C) = the R x C window of the flat plane src whose top-left is src[base]."""
+    R, C = dst.shape
+    for r in range(R):
+        drow = dst[r]                                 # drow: (C,)
+        for c in range(C):
+            drow[uidx(c)] = src[uidx(base + r * Wp + c)]
+
+

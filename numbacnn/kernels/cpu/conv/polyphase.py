@@ -1,0 +1,121 @@
+"""2-D convolution with stride > 1 as a sum of stride-1 convolutions (its polyphase
+decomposition), run on the fast stride-1 kernels of direct.py.
+
+Formula.  Write each tap as kh = a + stride_h*i (a = kh mod stride_h, the phase) and likewise
+kw = b + stride_w*j.  With xp the zero-padded input,
+
+    y[n, co, oh, ow] = sum_{a, b} sum_{ci_l, i, j} w[co, ci_l, a + stride_h*i, b + stride_w*j]
+                                                 * xp[n, ci, stride_h*(oh + i) + a, stride_w*(ow + j) + b]
+                     = sum_{a, b} conv_stride1(x_ab, w_ab)[n, co, oh, ow]
+
+with the phase input  x_ab = xp[:, :, a::stride_h, b::stride_w]  and the phase kernel
+w_ab = w[:, :, a::stride_h, b::stride_w]  (ceil((kH - a)/stride_h) x ceil((kW - b)/stride_w)
+taps).  Every multiply-add of the strided conv is in exactly one phase, so the work is the
+same, but it runs on the stride-1 kernels (the README's table and benchmarks/bench_conv.py
+measure the gain).  The gradients decompose the same way:
+dw[:, :, a::stride_h, b::stride_w] is the stride-1 weight gradient of phase (a, b), and
+dxp[:, :, a::stride_h, b::stride_w] its stride-1 input gradient (the phases own disjoint
+positions of xp, so nothing overlaps).
+
+Loop nest: for each phase (a, b) in order: one stride-1 kernel call over the whole batch
+(parallel inside); the forward adds the phases' outputs in phase order (`_accumulate`).
+Only data movement (padding, phase slices) happens here in NumPy; every multiply-add is in
+the kernels.  Dilation 1 only (`use_polyphase`).
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from . import direct
+from .planes import uidx
+
+
+@njit(cache=True, parallel=True, fastmath=False)
+def _accumulate(dst, src):
+    """dst += src (same shape, flat views): sums the phases' outputs in phase order."""
+    # dst, src: (size,)
+    size = dst.shape[0]
+    for c in prange((size + 4095) // 4096):
+        for i in range(c * 4096, min(size, c * 4096 + 4096)):
+            dst[uidx(i)] += src[uidx(i)]
+
+
+def use_polyphase(stride_h, stride_w, dil_h, dil_w):
+    """Strided, undilated convolutions go through the polyphase decomposition."""
+    return (stride_h > 1 or stride_w > 1) and dil_h == 1 and dil_w == 1
+
+
+def _phases(x_shape, w_shape, y_shape, stride_h, stride_w):
+    """The phases (a, b, taps_h, taps_w) and the padded-input extent (Hp, Wp) they need."""
+    kH, kW = w_shape[2], w_shape[3]
+    H_out, W_out = y_shape[2], y_shape[3]
+    phases = [
+        (a, b, -(-(kH - a) // stride_h), -(-(kW - b) // stride_w))
+        for a in range(min(stride_h, kH))
+        for b in range(min(stride_w, kW))
+    ]
+    Hp = stride_h * (H_out - 1 + -(-kH // stride_h))
+    Wp = stride_w * (W_out - 1 + -(-kW // stride_w))
+    return phases, Hp, Wp
+
+
+def _padded(x, Hp, Wp, pad_top, pad_left):
+    """xp: (N, C, Hp, Wp) = x placed at (pad_top, pad_left) in zeros, cropped to Hp x Wp."""
+    N, C, H, W = x.shape
+    xp = np.zeros((N, C, Hp, Wp), x.dtype)
+    h1, w1 = min(H, Hp - pad_top), min(W, Wp - pad_left)
+    xp[:, :, pad_top : pad_top + h1, pad_left : pad_left + w1] = x[:, :, :h1, :w1]
+    return xp
+
+
+def _phase_input(xp, a, b, stride_h, stride_w, rows, cols):
+    """x_ab: (N, C, rows, cols), the contiguous phase (a, b) of the padded input."""
+    return np.ascontiguousarray(xp[:, :, a::stride_h, b::stride_w][:, :, :rows, :cols])
+
+
+def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, groups):
+    """y = strided conv2d(x, w) + b, as the sum over phases of stride-1 convolutions."""
+    # x: (N, C_in, H, W)   w: (C_out, C_in_g, kH, kW)   b: (C_out,)   y: (N, C_out, H_out, W_out)
+    phases, Hp, Wp = _phases(x.shape, w.shape, y.shape, stride_h, stride_w)
+    xp = _padded(x, Hp, Wp, pad_top, pad_left)  # xp: (N, C_in, Hp, Wp)
+    H_out, W_out = y.shape[2], y.shape[3]
+    part = np.empty_like(y) if len(phases) > 1 else y  # part: (N, C_out, H_out, W_out)
+    zero_b = np.zeros_like(b)
+    for p, (a, bb, taps_h, taps_w) in enumerate(phases):
+        x_ab = _phase_input(xp, a, bb, stride_h, stride_w, H_out + taps_h - 1, W_out + taps_w - 1)
+        w_ab = np.ascontiguousarray(w[:, :, a::stride_h, bb::stride_w])  # (C_out, C_in_g, taps_h, taps_w)
+        direct.conv2d_forward(x_ab, w_ab, b if p == 0 else zero_b, y if p == 0 else part, 1, 1, 0, 0, 1, 1, groups)
+        if p > 0:
+            _accumulate(y.reshape(-1), part.reshape(-1))
+
+
+def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, groups):
+    """dw of a strided conv: phase (a, b)'s stride-1 weight gradient fills dw[:, :, a::s_h, b::s_w]."""
+    # dy: (N, C_out, H_out, W_out)   x: (N, C_in, H, W)   dw: (C_out, C_in_g, kH, kW)
+    phases, Hp, Wp = _phases(x.shape, dw.shape, dy.shape, stride_h, stride_w)
+    xp = _padded(x, Hp, Wp, pad_top, pad_left)  # xp: (N, C_in, Hp, Wp)
+    H_out, W_out = dy.shape[2], dy.shape[3]
+    for a, b, taps_h, taps_w in phases:
+        x_ab = _phase_input(xp, a, b, stride_h, stride_w, H_out + taps_h - 1, W_out + taps_w - 1)
+        dw_ab = np.empty(dw.shape[:2] + (taps_h, taps_w), dw.dtype)  # dw_ab: (C_out, C_in_g, taps_h, taps_w)
+        direct.conv2d_backward_weight(dy, x_ab, dw_ab, 1, 1, 0, 0, 1, 1, groups)
+        dw[:, :, a::stride_h, b::stride_w] = dw_ab
+
+
+def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, groups):
+    """dx of a strided conv: phase (a, b)'s stride-1 input gradient (gather form) fills
+    dxp[:, :, a::s_h, b::s_w]; dx is the interior of dxp."""
+    # dy: (N, C_out, H_out, W_out)   w: (C_out, C_in_g, kH, kW)   dx: (N, C_in, H, W)
+    phases, Hp, Wp = _phases(dx.shape, w.shape, dy.shape, stride_h, stride_w)
+    N, C_in, H, W = dx.shape
+    H_out, W_out = dy.shape[2], dy.shape[3]
+    dxp = np.zeros((N, C_in, Hp, Wp), dx.dtype)  # dxp: (N, C_in, Hp, Wp)
+    for a, b, taps_h, taps_w in phases:
+        w_ab = np.ascontiguousarray(w[:, :, a::stride_h, b::stride_w])  # (C_out, C_in_g, taps_h, taps_w)
+        dx_ab = np.empty((N, C_in, H_out + taps_h - 1, W_out + taps_w - 1), dx.dtype)
+        # an unpadded stride-1 phase always has the gather form (padding 0 <= the kernel's reach)
+        direct.conv2d_backward_input_gather(dy, w_ab, dx_ab, 0, 0, 1, 1, groups)
+        dxp[:, :, a::stride_h, b::stride_w][:, :, : H_out + taps_h - 1, : W_out + taps_w - 1] = dx_ab
+    dx[...] = 0  # input rows/cols no window reaches get 0
+    h1, w1 = min(H, Hp - pad_top), min(W, Wp - pad_left)
+    dx[:, :, :h1, :w1] = dxp[:, :, pad_top : pad_top + h1, pad_left : pad_left + w1]

@@ -1,0 +1,162 @@
+"""The naive CPU conv kernels (kernels/cpu/conv/naive.py), which the docs tell students to
+read first, against the readable oracle (numbacnn.reference), and every fast strategy
+(direct, gather, polyphase, dense, and the dispatch) against the naive kernels.
+
+The strategies are called directly with the kernel interface (outputs preallocated, top/left
+padding only), so each one is tested on every configuration it accepts, not only on the
+ones the dispatch happens to send it.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from numbacnn import reference as R
+from numbacnn.kernels.cpu import conv
+from numbacnn.kernels.cpu.conv import direct, naive, polyphase
+
+TOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-11}
+
+
+def close(actual, expected, what):
+    """rtol = tol, atol = tol * max(1, max|expected|): sums of many terms of either sign."""
+    tol = TOL[actual.dtype]
+    scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, err_msg=what)
+
+
+@st.composite
+def kernel_cases(draw):
+    """A valid kernel-level conv: arrays and (stride_h, stride_w, pad_top, pad_left, dil_h,
+    dil_w, groups) with the output size implied by a bottom/right padding of its own."""
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    C_in_g, C_out_g = draw(st.integers(1, 3)), draw(st.integers(1, 5))
+    N = draw(st.integers(1, 5))
+    kH, kW = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    stride_h, stride_w = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dil_h, dil_w = draw(st.sampled_from([1, 1, 2])), draw(st.sampled_from([1, 1, 2]))
+    # paddings up to one wider than the kernel's reach (exercises the scatter fallback)
+    pad_top, pad_bottom = draw(st.integers(0, (kH - 1) * dil_h + 1)), draw(st.integers(0, 2))
+    pad_left, pad_right = draw(st.integers(0, (kW - 1) * dil_w + 1)), draw(st.integers(0, 2))
+    reach_h, reach_w = (kH - 1) * dil_h + 1, (kW - 1) * dil_w + 1
+    H = draw(st.integers(max(1, reach_h - pad_top - pad_bottom), 9))
+    W = draw(st.integers(max(1, reach_w - pad_left - pad_right), 9))
+    H_out = (H + pad_top + pad_bottom - reach_h) // stride_h + 1
+    W_out = (W + pad_left + pad_right - reach_w) // stride_w + 1
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.standard_normal((N, groups * C_in_g, H, W)).astype(dtype)  # x: (N, C_in, H, W)
+    w = rng.standard_normal((groups * C_out_g, C_in_g, kH, kW)).astype(dtype)
+    b = rng.standard_normal(groups * C_out_g).astype(dtype)  # b: (C_out,)
+    dy = rng.standard_normal((N, groups * C_out_g, H_out, W_out)).astype(dtype)
+    geo = (stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups)
+    pads = (pad_top, pad_bottom, pad_left, pad_right)
+    return x, w, b, dy, geo, pads
+
+
+def _naive(x, w, b, dy, geo):
+    """(y, dx, dw, db) from the naive kernels."""
+    y, dx, dw, db = np.empty_like(dy), np.empty_like(x), np.empty_like(w), np.empty_like(b)
+    naive.conv2d_forward(x, w, b, y, *geo)
+    naive.conv2d_backward_input(dy, w, dx, *geo)
+    naive.conv2d_backward_weight(dy, x, dw, *geo)
+    naive.conv2d_backward_bias(dy, db)
+    return y, dx, dw, db
+
+
+def _reference(x, w, b, dy, geo, pads):
+    """The same four arrays from numbacnn.reference (which pads symmetrically: pad the input
+    by hand for the asymmetric part, then cut the gradient back)."""
+    stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups = geo
+    pad_top, pad_bottom, pad_left, pad_right = pads
+    xp = np.pad(x, ((0, 0), (0, 0), (pad_top, pad_bottom), (pad_left, pad_right)))
+    kw = dict(stride=(stride_h, stride_w), padding=0, dilation=(dil_h, dil_w), groups=groups)
+    y = R.conv2d(xp, w, b, **kw)
+    dxp, dw, db = R.conv2d_backward(dy, xp, w, **kw)
+    H, W = x.shape[2:]
+    return y, dxp[:, :, pad_top : pad_top + H, pad_left : pad_left + W], dw, db
+
+
+@settings(max_examples=60)
+@given(case=kernel_cases())
+def test_naive_kernels_match_reference(case):
+    x, w, b, dy, geo, pads = case
+    for name, got, want in zip(("y", "dx", "dw", "db"), _naive(x, w, b, dy, geo), _reference(*case)):
+        close(got, want, f"naive {name}, geometry {geo}, pads {pads}")
+
+
+@settings(max_examples=60)
+@given(case=kernel_cases())
+def test_every_fast_strategy_matches_naive(case):
+    x, w, b, dy, geo, pads = case
+    stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups = geo
+    y0, dx0, dw0, db0 = _naive(x, w, b, dy, geo)
+    out = np.empty_like
+    checks = []
+
+    y = out(y0)
+    direct.conv2d_forward(x, w, b, y, *geo)
+    checks.append(("direct forward", y, y0))
+    dx = out(dx0)
+    direct.conv2d_backward_input(dy, w, dx, *geo)
+    checks.append(("direct (scatter) backward_input", dx, dx0))
+    dw = out(dw0)
+    direct.conv2d_backward_weight(dy, x, dw, *geo)
+    checks.append(("direct backward_weight", dw, dw0))
+    db = out(db0)
+    direct.conv2d_backward_bias(dy, db)
+    checks.append(("direct backward_bias", db, db0))
+    if direct.can_gather(w.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
+        dx = out(dx0)
+        direct.conv2d_backward_input_gather(dy, w, dx, pad_top, pad_left, dil_h, dil_w, groups)
+        checks.append(("gather backward_input", dx, dx0))
+    if polyphase.use_polyphase(stride_h, stride_w, dil_h, dil_w):
+        y, dx, dw = out(y0), out(dx0), out(dw0)
+        polyphase.conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, groups)
+        polyphase.conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, groups)
+        polyphase.conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, groups)
+        checks += [("polyphase forward", y, y0), ("polyphase backward_input", dx, dx0),
+                   ("polyphase backward_weight", dw, dw0)]
+    y, dx, dw, db = out(y0), out(dx0), out(dw0), out(db0)
+    conv.conv2d_forward(x, w, b, y, *geo)
+    conv.conv2d_backward_input(dy, w, dx, *geo)
+    conv.conv2d_backward_weight(dy, x, dw, *geo)
+    conv.conv2d_backward_bias(dy, db)
+    checks += [("dispatch forward", y, y0), ("dispatch backward_input", dx, dx0),
+               ("dispatch backward_weight", dw, dw0), ("dispatch backward_bias", db, db0)]
+    for what, got, want in checks:
+        close(got, want, f"{what}, geometry {geo}, pads {pads}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_direct_forward_is_the_naive_order_bit_for_bit(dtype):
+    """The direct forward adds the taps in the naive order (ci_l, kh, kw): identical bits."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 6, 11, 10)).astype(dtype)
+    w = rng.standard_normal((16, 6, 5, 5)).astype(dtype)  # LeNet's C3 shape
+    b = rng.standard_normal(16).astype(dtype)
+    geo = (1, 1, 2, 2, 1, 1, 1)
+    y_naive, y_direct = np.empty((3, 16, 11, 10), dtype), np.empty((3, 16, 11, 10), dtype)
+    naive.conv2d_forward(x, w, b, y_naive, *geo)
+    direct.conv2d_forward(x, w, b, y_direct, *geo)
+    np.testing.assert_array_equal(y_direct, y_naive)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dense_path_matches_naive(dtype):
+    """LeNet's C5 (16x5x5 -> 120x1x1) runs on the dense kernels; same values as naive."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((7, 16, 5, 5)).astype(dtype)
+    w = rng.standard_normal((120, 16, 5, 5)).astype(dtype)
+    b = rng.standard_normal(120).astype(dtype)
+    dy = rng.standard_normal((7, 120, 1, 1)).astype(dtype)
+    geo = (1, 1, 0, 0, 1, 1, 1)
+    assert conv._is_dense(x.shape, w.shape, dy.shape, 0, 0, 1, 1, 1)
+    y0, dx0, dw0, db0 = _naive(x, w, b, dy, geo)
+    y, dx, dw = np.empty_like(y0), np.empty_like(dx0), np.empty_like(dw0)
+    conv.conv2d_forward(x, w, b, y, *geo)
+    conv.conv2d_backward_input(dy, w, dx, *geo)
+    conv.conv2d_backward_weight(dy, x, dw, *geo)
+    for what, got, want in (("y", y, y0), ("dx", dx, dx0), ("dw", dw, dw0)):
+        close(got, want, f"dense {what}")
