@@ -1,40 +1,45 @@
-"""Graph and Sequential: named nodes, ONE topological order, forward in that order,
-backward in the reversed order. This is the only home of backprop order.
+"""Graph and Sequential: the one scheduler. Backprop order lives here and nowhere else.
+
+The whole idea, in three lines (micrograd's `backward`):
+
+    order = topological_sort(nodes)                                   # inputs before consumers
+    for node in order:           y[node] = node.layer(*[y[i] for i in node.inputs])
+    for node in reversed(order): for i, dx in zip(node.inputs, node.layer.backward(grad[node])):
+                                     grad[i] += dx                    # fan-out sums its gradients
+
+Why the code is longer than that:
+
+* The sort is Kahn's algorithm with ties broken by insertion order (a heap of insertion
+  indices), not a depth-first search: a graph written in execution order then runs in exactly
+  that order, so the forward and backward are the order a reader wrote (and the order
+  torch's modules run), and a cycle or an unknown input is found with the name of the node
+  that closes it. The order is computed once and cached.
+* `grad[i] += dx` is `functional.add`, out of place: two dxs may be the same array
+  (`Add.backward` returns (dy, dy)) and the sum must run on the arrays' own backend.
+* Errors name the node: duplicate names and wrong input counts at `add`; unknown inputs and
+  cycles when the order is computed (first forward, `check` or `summary`); shape mismatches
+  by shape inference in `check(input_shape)`, with the dotted path of the failing node;
+  forward- and backward-time errors are re-raised with the node's path in front.
 
     g = Graph(input_name="x")
     g.add("conv1", Conv2d(3, 8, 3, padding=1))            # inputs default to the last node
     g.add("relu1", ReLU())
     g.add("conv2", Conv2d(8, 8, 3, padding=1))
     g.add("sum", Add(), inputs=["conv2", "x"])           # x fans out: residual shortcut
-    g.output = "sum"                                     # default: the last node added
-
     y = g(x); dx = g.backward(dy)
 
-The scheduler in three lines (micrograd spirit):
-  * `order` is a topological sort of the nodes (Kahn's algorithm, ties broken by insertion
-    order, so a graph written in execution order runs in exactly that order); computed once;
-  * forward: for each node in `order`, y[node] = layer(*[y[i] for i in node.inputs]);
-  * backward: for each node in reversed(`order`), dxs = layer.backward(grad[node]) and each
-    dx is ADDED to grad[input]: a value that fans out (x above) receives the sum of the
-    gradients of all its consumers. The sum is `functional.add` (out of place, because two
-    dxs may be the same array: Add.backward returns (dy, dy); and backend-agnostic).
-
-A Graph is itself a Module with one input, so blocks (e.g. a ResNet BasicBlock) are Graphs
-nested in Graphs. Node names are the torch-style names of parameters: a node "layer1"
-holding a Sequential whose node "0" holds a block whose node "conv1" holds a Conv2d gives
-"layer1.0.conv1.weight". Parameters come out in node insertion order (torch's registration
-order), which is what the models rely on for parity with torch.
-
-Validation, every message naming the node: duplicate names and wrong input counts at
-`add`; unknown inputs and cycles when the order is computed (first forward, `check`, or
-`summary`); shape mismatches by shape inference in `check(input_shape)` (also run by
-`summary`), reported with the dotted path of the failing node.
+A Graph is itself a Module with one input, so blocks (a ResNet BasicBlock) are Graphs nested
+in Graphs. Node names are the torch-style names of parameters: node "layer1" holding a
+Sequential whose node "0" holds a block whose node "conv1" holds a Conv2d gives
+"layer1.0.conv1.weight"; parameters come out in node insertion order (torch's registration
+order). The summary table is numbacnn.summary.
 """
+
 import heapq
 
 from numbacnn import functional as F
-
-from numbacnn.layers import Module
+from numbacnn.module import Module
+from numbacnn.summary import Summary, format_shape, human  # noqa: F401  (re-exported)
 
 
 class GraphError(ValueError):
@@ -266,59 +271,6 @@ class Sequential(Graph):
 
     def append(self, layer, name=None):
         return self.add(str(len(self)) if name is None else name, layer)
-
-
-class Summary:
-    """The table returned by Graph.summary: `rows` (dicts with name, layer, output_shape,
-    params, macs), `total_params`, `total_macs`, and the printed `text`."""
-
-    def __init__(self, input_shape, rows):
-        self.input_shape, self.rows = tuple(input_shape), rows
-        self.total_params = sum(r["params"] for r in rows)
-        self.total_macs = sum(r["macs"] for r in rows)
-        self.text = self._format()
-
-    def row(self, name):
-        return next(r for r in self.rows if r["name"] == name)
-
-    def _format(self):
-        head = ("name", "layer", "output (H x W x C)", "#params", "MACs")
-        body = [("input", "", format_shape(self.input_shape), "", "")]
-        body += [(r["name"], r["layer"], format_shape(r["output_shape"]),
-                  f"{r['params']:,}", f"{r['macs']:,}") for r in self.rows]
-        total = ("total", "", "", f"{self.total_params:,}", f"{self.total_macs:,}")
-        widths = [max(len(line[k]) for line in [head, total] + body) for k in range(5)]
-
-        def fmt(line):
-            return "  ".join(c.ljust(w) if k < 3 else c.rjust(w) for k, (c, w) in enumerate(zip(line, widths)))
-
-        rule = "-" * len(fmt(head))
-        lines = [fmt(head), rule] + [fmt(b) for b in body] + [rule, fmt(total)]
-        lines.append(f"params: {human(self.total_params)}   MACs: {human(self.total_macs)} "
-                     f"(batch {self.input_shape[0]}; the lecture's 'FLOP' column counts MACs)")
-        return "\n".join(lines)
-
-    def __str__(self):
-        return self.text
-
-    __repr__ = __str__
-
-
-def format_shape(shape):
-    """Per-sample shape as the lecture writes it: (N, C, H, W) -> "H x W x C", (N, F) -> "F"."""
-    shape = tuple(shape)[1:]
-    if len(shape) == 3:
-        c, h, w = shape
-        shape = (h, w, c)
-    return " x ".join(str(d) for d in shape)
-
-
-def human(n):
-    """46_787_978 -> '46.8M'."""
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return str(n)
 
 
 def _with_batch(shape):

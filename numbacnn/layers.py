@@ -1,4 +1,6 @@
 """Layers: objects that hold parameters and caches, and call `numbacnn.functional` only.
+(Parameter, Module and the state-dict plumbing are in numbacnn.module; the initialisers in
+numbacnn.init; both are re-exported here.)
 
 Every layer follows one small protocol (the model API of docs/CONTRACT.md, section 3):
 
@@ -33,250 +35,17 @@ import math
 import numpy as np
 
 from numbacnn import functional as F
+from numbacnn import init
 from numbacnn import random as nrandom
+from numbacnn.init import kaiming_normal_fan_out, kaiming_uniform
+from numbacnn.module import Module, Parameter
 from numbacnn.shapes import conv_output_size, conv_padding, pair
 
-
-# --------------------------------------------------------------------------------------
-# Parameter and Module
-# --------------------------------------------------------------------------------------
-class Parameter:
-    """A trainable array `data` and its gradient `grad` (same shape and dtype).
-
-    `grad` starts at zero and is accumulated (+=) by every backward pass.
-    """
-
-    __slots__ = ("data", "grad")
-
-    def __init__(self, data):
-        self.data = np.ascontiguousarray(data)
-        self.grad = np.zeros(self.data.shape, self.data.dtype)
-
-    @property
-    def shape(self):
-        return self.data.shape
-
-    @property
-    def size(self):
-        return self.data.size
-
-    def zero_grad(self):
-        self.grad[...] = 0
-
-    def __repr__(self):
-        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
-
-
-class Module:
-    """Base class: registers Parameters, buffers and child Modules in assignment order.
-
-    As in torch.nn.Module, assigning a Parameter or a Module to an attribute registers it,
-    and `parameters()` walks own parameters first, then children in registration order.
-    Buffers (e.g. BatchNorm running statistics) are registered with `register_buffer` and
-    appear in `state_dict()` but not in `parameters()`.
-    """
-
-    num_inputs = 1
-
-    def __init__(self):
-        object.__setattr__(self, "_parameters", {})
-        object.__setattr__(self, "_buffers", {})
-        object.__setattr__(self, "_modules", {})
-        object.__setattr__(self, "training", True)
-
-    # ---- registration -----------------------------------------------------------------
-    def __setattr__(self, name, value):
-        if "_parameters" not in self.__dict__:
-            raise AttributeError(f"{type(self).__name__}: call Module.__init__() before assigning attributes")
-        # Re-assigning keeps the registration position (as torch); assigning a plain value
-        # to a registered name (e.g. `self.bias = None`) unregisters it.
-        if isinstance(value, Parameter):
-            self._modules.pop(name, None)
-            self.__dict__.pop(name, None)
-            self._parameters[name] = value
-        elif isinstance(value, Module):
-            self._parameters.pop(name, None)
-            self.__dict__.pop(name, None)
-            self._modules[name] = value
-        elif name in self._buffers:
-            self._buffers[name] = value
-        else:
-            self._parameters.pop(name, None)
-            self._modules.pop(name, None)
-            object.__setattr__(self, name, value)
-
-    def __getattr__(self, name):
-        # Only called when normal lookup fails: look in the registries.
-        for store in ("_parameters", "_buffers", "_modules"):
-            d = self.__dict__.get(store)
-            if d is not None and name in d:
-                return d[name]
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    def register_buffer(self, name, array):
-        """A non-trainable array saved in state_dict (e.g. running_mean)."""
-        self._buffers[name] = array
-
-    # ---- traversal ----------------------------------------------------------------------
-    def named_modules(self, prefix=""):
-        yield prefix, self
-        for name, child in self._modules.items():
-            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
-
-    def named_parameters(self, prefix=""):
-        """(dotted name, Parameter) in torch.nn.Module.parameters() order."""
-        for mod_prefix, mod in self.named_modules(prefix):
-            for name, p in mod._parameters.items():
-                yield (f"{mod_prefix}.{name}" if mod_prefix else name), p
-
-    def parameters(self):
-        """List of Parameters in torch.nn.Module.parameters() order."""
-        return [p for _, p in self.named_parameters()]
-
-    def named_buffers(self, prefix=""):
-        for mod_prefix, mod in self.named_modules(prefix):
-            for name, b in mod._buffers.items():
-                yield (f"{mod_prefix}.{name}" if mod_prefix else name), b
-
-    def num_parameters(self):
-        return sum(p.size for p in self.parameters())
-
-    # ---- modes and gradients -------------------------------------------------------------
-    def train(self, mode=True):
-        """Training mode (BatchNorm uses batch statistics, Dropout drops). Returns self."""
-        for _, mod in self.named_modules():
-            object.__setattr__(mod, "training", bool(mode))
-        return self
-
-    def eval(self):
-        """Evaluation mode (BatchNorm uses running statistics, Dropout is the identity)."""
-        return self.train(False)
-
-    def zero_grad(self):
-        """Set every parameter gradient to 0 (backward ACCUMULATES into .grad)."""
-        for p in self.parameters():
-            p.zero_grad()
-
-    def astype(self, dtype):
-        """Cast parameters (and zero their grads) and float buffers to `dtype`, in place."""
-        dtype = np.dtype(dtype)
-        for mod_prefix, mod in self.named_modules():
-            for p in mod._parameters.values():
-                p.data = p.data.astype(dtype)
-                p.grad = np.zeros(p.data.shape, dtype)
-            for name, b in list(mod._buffers.items()):
-                if np.issubdtype(b.dtype, np.floating):
-                    mod._buffers[name] = b.astype(dtype)
-        return self
-
-    # ---- state dict -------------------------------------------------------------------------
-    def state_dict(self):
-        """{torch-style name: copy of the array}: parameters and buffers, in torch's order.
-
-        Buffers include BatchNorm's running_mean, running_var and num_batches_tracked (an
-        int64 0-d array), exactly the keys of the equivalent torch model's state_dict().
-        """
-        out = {}
-        for mod_prefix, mod in self.named_modules():
-            for name, p in mod._parameters.items():
-                out[f"{mod_prefix}.{name}" if mod_prefix else name] = p.data.copy()
-            for name, b in mod._buffers.items():
-                out[f"{mod_prefix}.{name}" if mod_prefix else name] = np.array(b, copy=True)
-        return out
-
-    def load_state_dict(self, state, strict=True):
-        """Copy arrays from `state` (name -> array-like, e.g. from state_dict() or a torch
-        model's state_dict()) into this model, in place, casting to each entry's dtype.
-
-        Raises ValueError listing missing/unexpected names (when strict) and any shape
-        mismatch (always), before anything is modified.
-        """
-        targets = {}
-        for mod_prefix, mod in self.named_modules():
-            for name in list(mod._parameters) + list(mod._buffers):
-                targets[f"{mod_prefix}.{name}" if mod_prefix else name] = (mod, name)
-        arrays = {}
-        for k, v in state.items():
-            if hasattr(v, "detach"):  # a torch tensor
-                v = v.detach().cpu().numpy()
-            arrays[k] = np.asarray(v)
-        missing = [k for k in targets if k not in arrays]
-        unexpected = [k for k in arrays if k not in targets]
-        problems = []
-        if strict and missing:
-            problems.append(f"missing keys: {missing}")
-        if strict and unexpected:
-            problems.append(f"unexpected keys: {unexpected}")
-        for k, (mod, name) in targets.items():
-            if k not in arrays:
-                continue
-            current = mod._parameters[name].data if name in mod._parameters else mod._buffers[name]
-            if arrays[k].shape != current.shape:
-                problems.append(f"{k}: shape {arrays[k].shape} in state dict, {current.shape} in model")
-        if problems:
-            raise ValueError(f"load_state_dict({type(self).__name__}): " + "; ".join(problems))
-        for k, (mod, name) in targets.items():
-            if k not in arrays:
-                continue
-            if name in mod._parameters:
-                p = mod._parameters[name]
-                np.copyto(p.data, arrays[k].astype(p.data.dtype, copy=False))
-            else:
-                np.copyto(mod._buffers[name], arrays[k].astype(mod._buffers[name].dtype, copy=False))
-
-    # ---- the layer protocol -----------------------------------------------------------------
-    def __call__(self, *inputs):
-        return self.forward(*inputs)
-
-    def forward(self, *inputs):
-        raise NotImplementedError
-
-    def backward(self, dy):
-        raise NotImplementedError
-
-    def output_shape(self, input_shape):
-        """Default: shape-preserving (activations, normalisation, dropout)."""
-        return tuple(input_shape)
-
-    def macs(self, *input_shapes):
-        return 0
-
-    def extra_repr(self):
-        return ""
-
-    def __repr__(self):
-        return f"{type(self).__name__}({self.extra_repr()})"
-
-    def _fail(self, msg):
-        """A shape error that names the layer."""
-        raise ValueError(f"{self!r}: {msg}")
-
-
-# --------------------------------------------------------------------------------------
-# Initialisation helpers (torch.nn defaults)
-# --------------------------------------------------------------------------------------
-def _uniform(shape, bound):
-    """U(-bound, bound) in float32, drawn directly in float32 (no float64 temporary)."""
-    u = nrandom.rng().random(shape, dtype=np.float32)  # [0, 1)
-    u *= np.float32(2 * bound)
-    u -= np.float32(bound)
-    return u
-
-
-def kaiming_uniform(shape, fan_in, a=math.sqrt(5)):
-    """torch.nn.init.kaiming_uniform_(w, a): U(-b, b), b = gain * sqrt(3 / fan_in),
-    gain = sqrt(2 / (1 + a^2)). With a = sqrt(5) (torch's default) b = 1 / sqrt(fan_in)."""
-    gain = math.sqrt(2.0 / (1.0 + a * a))
-    return _uniform(shape, gain * math.sqrt(3.0 / fan_in))
-
-
-def kaiming_normal_fan_out(shape):
-    """torch.nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu") for a conv
-    weight (C_out, C_in/g, kH, kW): N(0, 2 / fan_out), fan_out = C_out * kH * kW."""
-    fan_out = shape[0] * int(np.prod(shape[2:]))
-    w = nrandom.rng().standard_normal(shape, dtype=np.float32)
-    w *= np.float32(math.sqrt(2.0 / fan_out))
-    return w
+__all__ = [
+    "Parameter", "Module", "kaiming_uniform", "kaiming_normal_fan_out",
+    "Conv2d", "Linear", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
+    "BatchNorm1d", "BatchNorm2d", "ReLU", "Tanh", "Sigmoid", "Dropout", "Flatten", "Identity", "Add",
+]
 
 
 def _check_rank(layer, shape, ranks):
@@ -311,7 +80,7 @@ class Conv2d(Module):
         fan_in = in_channels // groups * kh * kw
         self.weight = Parameter(kaiming_uniform((out_channels, in_channels // groups, kh, kw), fan_in))
         if bias:
-            self.bias = Parameter(_uniform((out_channels,), 1.0 / math.sqrt(fan_in)))
+            self.bias = Parameter(init.uniform((out_channels,), 1.0 / math.sqrt(fan_in)))
         else:
             self.bias = None  # a plain attribute: no parameter registered
         self._x = None
@@ -372,7 +141,7 @@ class Linear(Module):
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(kaiming_uniform((out_features, in_features), in_features))
         if bias:
-            self.bias = Parameter(_uniform((out_features,), 1.0 / math.sqrt(in_features)))
+            self.bias = Parameter(init.uniform((out_features,), 1.0 / math.sqrt(in_features)))
         else:
             self.bias = None
         self._x = None
