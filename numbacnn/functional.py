@@ -15,7 +15,12 @@ The readable oracle for every function is ``numbacnn.reference`` (same names, pl
 import numpy as np
 
 from . import random as _random
-from .shapes import conv_output_size, conv_padding, pair
+from ._checks import float_array as _float_array
+from ._checks import same_dtype as _same_dtype
+from ._checks import same_shape as _same_shape
+from .kernels import backend as _backend
+from .kernels import is_device_array as _is_device_array
+from .shapes import conv2d_geometry, pool2d_geometry
 
 __all__ = [
     "conv2d", "conv2d_backward",
@@ -27,35 +32,6 @@ __all__ = [
     "cross_entropy", "cross_entropy_backward",
     "add", "add_backward",
 ]
-
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-# ----------------------------------------------------------------------------------------
-# backend dispatch
-
-
-def _is_device_array(a):
-    """numba.cuda device arrays (and the CUDA simulator's, which set only __cuda_ndarray__)."""
-    if isinstance(a, np.ndarray):
-        return False
-    return bool(getattr(a, "__cuda_ndarray__", False)) or hasattr(a, "__cuda_array_interface__")
-
-
-def _backend(x):
-    """The kernel package for the array's device.
-
-    NumPy arrays run on ``numbacnn.kernels.cpu``; numba.cuda device arrays on
-    ``numbacnn.kernels.cuda``. Both packages expose the same kernel names plus the
-    allocation helpers ``empty``, ``full``, ``ascontiguous``, ``is_contiguous``, ``to_host``.
-    """
-    if isinstance(x, np.ndarray):
-        from .kernels import cpu
-        return cpu
-    if _is_device_array(x):
-        from .kernels import cuda
-        return cuda
-    raise TypeError(f"expected a numpy.ndarray or a numba.cuda device array, got {type(x).__name__}")
 
 
 def _empty(like, shape=None, dtype=None):
@@ -70,88 +46,18 @@ def _full(like, shape, value):
 
 
 # ----------------------------------------------------------------------------------------
-# argument validation
-
-
-def _float_array(op, name, a, ndims):
-    """Check that `a` is a float32/float64 array with ndim in `ndims`; return it C-contiguous."""
-    if not (isinstance(a, np.ndarray) or _is_device_array(a)):
-        raise TypeError(f"{op}: {name} must be a numpy.ndarray (or a numba.cuda device array), "
-                        f"got {type(a).__name__}")
-    if a.dtype not in _FLOATS:
-        raise TypeError(f"{op}: {name} must be float32 or float64, got dtype {a.dtype} "
-                        f"({name}.shape={a.shape})")
-    if a.ndim not in ndims:
-        want = " or ".join(f"{d}-D" for d in ndims)
-        raise ValueError(f"{op}: {name} must be {want}, got {a.ndim}-D {name}.shape={a.shape}")
-    return _backend(a).ascontiguous(a)
-
-
-def _same_dtype(op, **arrays):
-    """All given (non-None) arrays share one dtype and one device; mixing is a user error."""
-    items = [(k, v) for k, v in arrays.items() if v is not None]
-    if len({v.dtype for _, v in items}) > 1:
-        desc = ", ".join(f"{k}: {v.dtype} {v.shape}" for k, v in items)
-        raise TypeError(f"{op}: arguments must share one dtype, got {desc}")
-    if len({_is_device_array(v) for _, v in items}) > 1:
-        desc = ", ".join(f"{k}: {'cuda' if _is_device_array(v) else 'numpy'} {v.shape}"
-                         for k, v in items)
-        raise TypeError(f"{op}: arguments must all be on one device, got {desc}")
-
-
-def _same_shape(op, name, a, shape, why=""):
-    if tuple(a.shape) != tuple(shape):
-        raise ValueError(f"{op}: {name} must have shape {tuple(shape)}{why}, "
-                         f"got {name}.shape={a.shape}")
-
-
-def _positive_pair(value, name, op):
-    a, b = pair(value, name, op)
-    if a <= 0 or b <= 0:
-        raise ValueError(f"{op}: {name} must be > 0, got {value!r}")
-    return a, b
-
-
-# ----------------------------------------------------------------------------------------
 # convolution
 
 
-def _conv_geometry(op, x, weight, stride, padding, dilation, groups):
-    """Validate a conv2d call; return (sh, sw, pt, pl, dh, dw, groups, H_out, W_out)."""
-    N, C_in, H, W = x.shape
-    C_out, C_in_g, kH, kW = weight.shape
-    sh, sw = _positive_pair(stride, "stride", op)
-    dh, dw = _positive_pair(dilation, "dilation", op)
-    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups <= 0:
-        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
-    groups = int(groups)
-    if C_in % groups or C_out % groups:
-        raise ValueError(f"{op}: groups={groups} must divide both in_channels and out_channels "
-                         f"(x.shape={x.shape}, weight.shape={weight.shape})")
-    if C_in_g != C_in // groups:
-        raise ValueError(f"{op}: weight has C_in/groups={C_in_g} but x has C_in={C_in} with "
-                         f"groups={groups} (x.shape={x.shape}, weight.shape={weight.shape})")
-    if kH == 0 or kW == 0 or C_out == 0:
-        raise ValueError(f"{op}: weight must be non-empty, got weight.shape={weight.shape}")
-    pt, pb, pl, pr = conv_padding(padding, (kH, kW), (dh, dw), op)
-    ext_h, ext_w = dh * (kH - 1) + 1, dw * (kW - 1) + 1
-    if H + pt + pb < ext_h or W + pl + pr < ext_w:
-        raise ValueError(
-            f"{op}: kernel (extent {ext_h}x{ext_w} with dilation {(dh, dw)}) is larger than the "
-            f"padded input {H + pt + pb}x{W + pl + pr} (x.shape={x.shape}, "
-            f"weight.shape={weight.shape}, padding={padding!r})")
-    H_out = conv_output_size(H, kH, sh, pt + pb, dh)
-    W_out = conv_output_size(W, kW, sw, pl + pr, dw)
-    return sh, sw, pt, pl, dh, dw, groups, H_out, W_out
-
-
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """2-D convolution (cross-correlation), PyTorch semantics.
+    """2-D convolution (cross-correlation), PyTorch's torch.nn.functional.conv2d semantics.
 
     x: (N, C_in, H, W), weight: (C_out, C_in/groups, kH, kW), bias: (C_out,) or None
-    -> y: (N, C_out, H_out, W_out), H_out = floor((H + p - d(kH-1) - 1)/s) + 1.
-    padding is an int, a pair, "valid" or "same" (extra row/column of an even kernel goes on
-    top/left, as in the lecture; PyTorch puts it bottom/right).
+    -> y: (N, C_out, H_out, W_out), H_out = floor((H + pad_top + pad_bottom - dil_h*(kH-1) - 1)
+    / stride_h) + 1 (lecture, "Padding" and "Stride"). stride, dilation: int or pair; padding:
+    int, pair, "valid" or "same" (the extra row/column of an even kernel goes on top/left, as
+    in the lecture; PyTorch puts it bottom/right). Raises TypeError (dtypes, types) or
+    ValueError (shapes, values) naming the argument and the shapes.
     """
     op = "conv2d"
     x = _float_array(op, "x", x, (4,))
@@ -159,36 +65,36 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if bias is not None:
         bias = _float_array(op, "bias", bias, (1,))
     _same_dtype(op, x=x, weight=weight, bias=bias)
-    sh, sw, pt, pl, dh, dw, groups, H_out, W_out = _conv_geometry(
-        op, x, weight, stride, padding, dilation, groups)
+    geo = conv2d_geometry(op, x.shape, weight.shape, stride, padding, dilation, groups)
     C_out = weight.shape[0]
     if bias is None:
         bias = _full(x, (C_out,), 0.0)
     else:
         _same_shape(op, "bias", bias, (C_out,), f" (weight.shape={weight.shape})")
-    y = _empty(x, (x.shape[0], C_out, H_out, W_out))
-    _backend(x).conv.conv2d_forward(x, weight, bias, y, sh, sw, pt, pl, dh, dw, groups)
+    y = _empty(x, (x.shape[0], C_out, geo.H_out, geo.W_out))
+    _backend(x).conv.conv2d_forward(x, weight, bias, y, *geo.kernel_args)
     return y
 
 
 def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1):
-    """Gradients of conv2d: dy (N, C_out, H_out, W_out) -> (dx, dweight, dbias)."""
+    """Gradients of conv2d: dy (N, C_out, H_out, W_out) -> (dx, dweight, dbias) with the
+    shapes of x, weight and (C_out,). dbias is always returned (dy summed over N, H_out,
+    W_out). The chain rule of the lecture's "Backward Pass"; PyTorch's convolution_backward."""
     op = "conv2d_backward"
     dy = _float_array(op, "dy", dy, (4,))
     x = _float_array(op, "x", x, (4,))
     weight = _float_array(op, "weight", weight, (4,))
     _same_dtype(op, dy=dy, x=x, weight=weight)
-    sh, sw, pt, pl, dh, dw, groups, H_out, W_out = _conv_geometry(
-        op, x, weight, stride, padding, dilation, groups)
-    _same_shape(op, "dy", dy, (x.shape[0], weight.shape[0], H_out, W_out),
+    geo = conv2d_geometry(op, x.shape, weight.shape, stride, padding, dilation, groups)
+    _same_shape(op, "dy", dy, (x.shape[0], weight.shape[0], geo.H_out, geo.W_out),
                 f" (the conv2d output for x.shape={x.shape}, weight.shape={weight.shape})")
-    k = _backend(x).conv
+    conv = _backend(x).conv
     dx = _empty(x)
     dweight = _empty(weight)
     dbias = _empty(x, (weight.shape[0],))
-    k.conv2d_backward_input(dy, weight, dx, sh, sw, pt, pl, dh, dw, groups)
-    k.conv2d_backward_weight(dy, x, dweight, sh, sw, pt, pl, dh, dw, groups)
-    k.conv2d_backward_bias(dy, dbias)
+    conv.conv2d_backward_input(dy, weight, dx, *geo.kernel_args)
+    conv.conv2d_backward_weight(dy, x, dweight, *geo.kernel_args)
+    conv.conv2d_backward_bias(dy, dbias)
     return dx, dweight, dbias
 
 
@@ -196,64 +102,53 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1):
 # pooling
 
 
-def _pool_geometry(op, x, kernel_size, stride, padding):
-    """Validate a pooling call; return (kh, kw, sh, sw, ph, pw, H_out, W_out)."""
-    kh, kw = _positive_pair(kernel_size, "kernel_size", op)
-    sh, sw = (kh, kw) if stride is None else _positive_pair(stride, "stride", op)
-    ph, pw = pair(padding, "padding", op)
-    if ph < 0 or pw < 0 or 2 * ph > kh or 2 * pw > kw:
-        raise ValueError(f"{op}: padding must be >= 0 and at most half the kernel_size, got "
-                         f"padding={padding!r}, kernel_size={kernel_size!r}")
-    H, W = x.shape[2], x.shape[3]
-    if H + 2 * ph < kh or W + 2 * pw < kw:
-        raise ValueError(f"{op}: kernel_size {(kh, kw)} is larger than the padded input "
-                         f"{H + 2 * ph}x{W + 2 * pw} (x.shape={x.shape}, padding={padding!r})")
-    H_out = conv_output_size(H, kh, sh, 2 * ph)
-    W_out = conv_output_size(W, kw, sw, 2 * pw)
-    return kh, kw, sh, sw, ph, pw, H_out, W_out
-
-
-def _pool_forward(op, kernel_name, x, kernel_size, stride, padding):
-    x = _float_array(op, "x", x, (4,))
-    kh, kw, sh, sw, ph, pw, H_out, W_out = _pool_geometry(op, x, kernel_size, stride, padding)
-    y = _empty(x, x.shape[:2] + (H_out, W_out))
-    getattr(_backend(x).pool, kernel_name)(x, y, kh, kw, sh, sw, ph, pw)
-    return y
-
-
 def _pool_backward_args(op, dy, x, kernel_size, stride, padding):
     dy = _float_array(op, "dy", dy, (4,))
     x = _float_array(op, "x", x, (4,))
     _same_dtype(op, dy=dy, x=x)
-    kh, kw, sh, sw, ph, pw, H_out, W_out = _pool_geometry(op, x, kernel_size, stride, padding)
-    _same_shape(op, "dy", dy, x.shape[:2] + (H_out, W_out),
+    geo = pool2d_geometry(op, x.shape, kernel_size, stride, padding)
+    _same_shape(op, "dy", dy, x.shape[:2] + (geo.H_out, geo.W_out),
                 f" (the pooling output for x.shape={x.shape})")
-    return dy, x, (kh, kw, sh, sw, ph, pw)
+    return dy, x, geo
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):
-    """Max pooling: x (N, C, H, W) -> (N, C, H_out, W_out); padding counts as -inf."""
-    return _pool_forward("max_pool2d", "max_pool2d_forward", x, kernel_size, stride, padding)
+    """Max pooling (lecture, "2-D Max Pooling"; torch.nn.functional.max_pool2d): x (N, C, H, W)
+    -> (N, C, H_out, W_out); stride defaults to kernel_size; padding (at most half the
+    window) counts as -inf."""
+    op = "max_pool2d"
+    x = _float_array(op, "x", x, (4,))
+    geo = pool2d_geometry(op, x.shape, kernel_size, stride, padding)
+    y = _empty(x, x.shape[:2] + (geo.H_out, geo.W_out))
+    _backend(x).pool.max_pool2d_forward(x, y, *geo.kernel_args)
+    return y
 
 
 def max_pool2d_backward(dy, x, kernel_size, stride=None, padding=0):
-    """Gradient of max pooling: each dy goes to the first maximum of its window."""
+    """Gradient of max pooling: dy (N, C, H_out, W_out) -> dx (N, C, H, W); each dy goes to
+    the first maximum of its window (row-major; a NaN wins, as PyTorch)."""
     dy, x, geo = _pool_backward_args("max_pool2d_backward", dy, x, kernel_size, stride, padding)
     dx = _empty(x)
-    _backend(x).pool.max_pool2d_backward(dy, x, dx, *geo)
+    _backend(x).pool.max_pool2d_backward(dy, x, dx, *geo.kernel_args)
     return dx
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0):
-    """Average pooling: x (N, C, H, W) -> (N, C, H_out, W_out); divisor kH*kW (padding counts)."""
-    return _pool_forward("avg_pool2d", "avg_pool2d_forward", x, kernel_size, stride, padding)
+    """Average pooling (lecture, "Average Pooling"; torch.nn.functional.avg_pool2d with
+    count_include_pad=True): x (N, C, H, W) -> (N, C, H_out, W_out), divisor kH*kW."""
+    op = "avg_pool2d"
+    x = _float_array(op, "x", x, (4,))
+    geo = pool2d_geometry(op, x.shape, kernel_size, stride, padding)
+    y = _empty(x, x.shape[:2] + (geo.H_out, geo.W_out))
+    _backend(x).pool.avg_pool2d_forward(x, y, *geo.kernel_args)
+    return y
 
 
 def avg_pool2d_backward(dy, x, kernel_size, stride=None, padding=0):
     """Gradient of average pooling: each dy spread evenly (1/(kH*kW)) over its window."""
     dy, x, geo = _pool_backward_args("avg_pool2d_backward", dy, x, kernel_size, stride, padding)
     dx = _empty(x)
-    _backend(x).pool.avg_pool2d_backward(dy, dx, *geo)
+    _backend(x).pool.avg_pool2d_backward(dy, dx, *geo.kernel_args)
     return dx
 
 
@@ -413,59 +308,70 @@ def linear_backward(dy, x, weight):
 # element-wise: activations, dropout, add (kernels see flat 1-D views)
 
 
-def _elementwise(op, kernel_name, **arrays):
-    """Validate same-shape, same-dtype arrays, run a flat kernel, return the output."""
-    names = list(arrays)
-    flat = []
-    first = None
-    for name in names:
-        a = _float_array(op, name, arrays[name], range(0, 33))
+def _elementwise(op, **arrays):
+    """Validate same-shape, same-dtype arrays; return their flat 1-D views and a flat output
+    (the activation kernels see flat views of any shape)."""
+    flat, first = [], None
+    for name, a in arrays.items():
+        a = _float_array(op, name, a, range(0, 33))
         if first is None:
             first = (name, a)
         elif a.shape != first[1].shape:
             raise ValueError(f"{op}: {name} must have the same shape as {first[0]}, got "
                              f"{name}.shape={a.shape}, {first[0]}.shape={first[1].shape}")
         flat.append(a)
-    _same_dtype(op, **dict(zip(names, flat)))
+    _same_dtype(op, **dict(zip(arrays, flat)))
     out = _empty(flat[0])
-    getattr(_backend(flat[0]).activation, kernel_name)(*(a.reshape(-1) for a in flat),
-                                                       out.reshape(-1))
-    return out
+    return [a.reshape(-1) for a in flat], out
 
 
 def relu(x):
-    """max(x, 0)."""
-    return _elementwise("relu", "relu_forward", x=x)
+    """max(x, 0) elementwise (lecture, "ReLU Activation"); NaN stays NaN, as PyTorch."""
+    (x1,), y = _elementwise("relu", x=x)
+    _backend(x1).activation.relu_forward(x1, y.reshape(-1))
+    return y
 
 
 def relu_backward(dy, x):
-    """dy where x > 0, else 0."""
-    return _elementwise("relu_backward", "relu_backward", dy=dy, x=x)
+    """dy where x > 0, else 0 (x is the forward INPUT)."""
+    (dy1, x1), dx = _elementwise("relu_backward", dy=dy, x=x)
+    _backend(x1).activation.relu_backward(dy1, x1, dx.reshape(-1))
+    return dx
 
 
 def tanh(x):
-    """tanh(x)."""
-    return _elementwise("tanh", "tanh_forward", x=x)
+    """tanh(x) elementwise."""
+    (x1,), y = _elementwise("tanh", x=x)
+    _backend(x1).activation.tanh_forward(x1, y.reshape(-1))
+    return y
 
 
 def tanh_backward(dy, y):
-    """dy * (1 - y^2), with y = tanh(x) the forward output."""
-    return _elementwise("tanh_backward", "tanh_backward", dy=dy, y=y)
+    """dy * (1 - y^2), with y = tanh(x) the forward OUTPUT."""
+    (dy1, y1), dx = _elementwise("tanh_backward", dy=dy, y=y)
+    _backend(y1).activation.tanh_backward(dy1, y1, dx.reshape(-1))
+    return dx
 
 
 def sigmoid(x):
-    """1 / (1 + exp(-x))."""
-    return _elementwise("sigmoid", "sigmoid_forward", x=x)
+    """1 / (1 + exp(-x)) elementwise."""
+    (x1,), y = _elementwise("sigmoid", x=x)
+    _backend(x1).activation.sigmoid_forward(x1, y.reshape(-1))
+    return y
 
 
 def sigmoid_backward(dy, y):
-    """dy * y (1 - y), with y = sigmoid(x) the forward output."""
-    return _elementwise("sigmoid_backward", "sigmoid_backward", dy=dy, y=y)
+    """dy * y (1 - y), with y = sigmoid(x) the forward OUTPUT."""
+    (dy1, y1), dx = _elementwise("sigmoid_backward", dy=dy, y=y)
+    _backend(y1).activation.sigmoid_backward(dy1, y1, dx.reshape(-1))
+    return dx
 
 
 def add(a, b):
-    """a + b (the residual join)."""
-    return _elementwise("add", "add_forward", a=a, b=b)
+    """a + b elementwise (the residual join; same shape and dtype)."""
+    (a1, b1), y = _elementwise("add", a=a, b=b)
+    _backend(a1).activation.add_forward(a1, b1, y.reshape(-1))
+    return y
 
 
 def add_backward(dy):

@@ -39,7 +39,7 @@ from numbacnn import init
 from numbacnn import random as nrandom
 from numbacnn.init import kaiming_normal_fan_out, kaiming_uniform
 from numbacnn.module import Module, Parameter
-from numbacnn.shapes import conv_output_size, conv_padding, pair
+from numbacnn.shapes import conv2d_geometry, pair, pool2d_geometry
 
 __all__ = [
     "Parameter", "Module", "kaiming_uniform", "kaiming_normal_fan_out",
@@ -102,21 +102,16 @@ class Conv2d(Module):
 
     def output_shape(self, input_shape):
         _check_rank(self, input_shape, (4,))
-        n, c, h, w = input_shape
-        if c != self.in_channels:
+        if input_shape[1] != self.in_channels:
             self._fail(f"expects {self.in_channels} input channels, got shape {tuple(input_shape)}")
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        pt, pb, pl, pr = conv_padding(self.padding, (kh, kw), (dh, dw), op="Conv2d")
-        ho = conv_output_size(h, kh, sh, pt + pb, dh)
-        wo = conv_output_size(w, kw, sw, pl + pr, dw)
-        if ho < 1 or wo < 1:
-            self._fail(f"input {h}x{w} is too small for the kernel (output would be {ho}x{wo})")
-        return (n, self.out_channels, ho, wo)
+        weight_shape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
+        geo = conv2d_geometry(repr(self), input_shape, weight_shape, **self._args())  # as F.conv2d
+        return (input_shape[0], self.out_channels, geo.H_out, geo.W_out)
 
     def macs(self, input_shape):
-        n, co, ho, wo = self.output_shape(input_shape)
-        kh, kw = self.kernel_size
-        return n * co * ho * wo * (self.in_channels // self.groups) * kh * kw
+        N, C_out, H_out, W_out = self.output_shape(input_shape)
+        kH, kW = self.kernel_size
+        return N * C_out * H_out * W_out * (self.in_channels // self.groups) * kH * kW
 
     def extra_repr(self):
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={_fmt(self.kernel_size)}"
@@ -185,12 +180,8 @@ class _Pool2d(Module):
 
     def output_shape(self, input_shape):
         _check_rank(self, input_shape, (4,))
-        n, c, h, w = input_shape
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        ho, wo = conv_output_size(h, kh, sh, 2 * ph), conv_output_size(w, kw, sw, 2 * pw)
-        if ho < 1 or wo < 1:
-            self._fail(f"input {h}x{w} is too small for the window (output would be {ho}x{wo})")
-        return (n, c, ho, wo)
+        geo = pool2d_geometry(repr(self), input_shape, self.kernel_size, self.stride, self.padding)
+        return (input_shape[0], input_shape[1], geo.H_out, geo.W_out)
 
     def extra_repr(self):
         s = f"kernel_size={_fmt(self.kernel_size)}, stride={_fmt(self.stride)}"
@@ -237,7 +228,8 @@ class GlobalAvgPool2d(Module):
 
     def output_shape(self, input_shape):
         _check_rank(self, input_shape, (4,))
-        return (input_shape[0], input_shape[1], 1, 1)
+        geo = pool2d_geometry(repr(self), input_shape, tuple(input_shape[2:]))  # as forward
+        return (input_shape[0], input_shape[1], geo.H_out, geo.W_out)
 
 
 # --------------------------------------------------------------------------------------

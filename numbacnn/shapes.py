@@ -1,9 +1,13 @@
-"""Output-shape arithmetic from the lecture: padding, "same", stride, dilation.
+"""Output shapes and their validation: the lecture's arithmetic, written once.
+
+`numbacnn.functional` (before it allocates an output) and the layers' `output_shape` (shape
+inference for `Graph.check` and `summary`) both call these functions, so shape inference and
+the forward pass can never disagree: they accept the same arguments and raise the same errors.
 
 The lecture's formula for one spatial axis, with input size n, kernel k, total padding p
-and stride s, is
+and stride s (lecture, "Stride"):
 
-    out = floor((n - k + p + s) / s)                       (lecture, "Stride")
+    out = floor((n - k + p + s) / s)
 
 With dilation d the kernel covers an effective extent d*(k-1)+1, which gives the general
 form used by PyTorch and here:
@@ -15,41 +19,36 @@ out = floor((n + s - 1) / s): equal to n for s = 1, and n / s when s divides n.
 For an even kernel p is odd: the lecture puts ceil(p/2) on top/left and floor(p/2) on
 bottom/right. (PyTorch's padding="same" puts the extra row/column bottom/right instead.)
 """
-import numpy as np
 
+from typing import NamedTuple
 
-def pair(value, name, op):
-    """Turn an int or a pair of ints into a (h, w) tuple, with a clear error otherwise."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
-        a, b = value
-    else:
-        a = b = value
-    for v in (a, b):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
-    return int(a), int(b)
+from ._checks import check_int, pair, positive_pair
+
+__all__ = [
+    "pair", "conv_padding", "conv_output_size",
+    "ConvGeometry", "conv2d_geometry", "PoolGeometry", "pool2d_geometry",
+]
 
 
 def conv_padding(padding, kernel, dilation, op="conv2d"):
-    """Padding as (top, bottom, left, right).
+    """Padding as (pad_top, pad_bottom, pad_left, pad_right).
 
-    padding: int, (ph, pw), "valid" (no padding) or "same" (total d*(k-1) per axis, the
-    extra row/column on top/left, as in the lecture).
+    padding: int, (pad_h, pad_w), "valid" (no padding) or "same" (total d*(k-1) per axis,
+    the extra row/column on top/left, as in the lecture). kernel = (kH, kW), dilation =
+    (dil_h, dil_w). Raises ValueError for a negative padding or an unknown string.
     """
-    (kh, kw), (dh, dw) = kernel, dilation
+    (kH, kW), (dil_h, dil_w) = kernel, dilation
     if isinstance(padding, str):
         if padding == "valid":
             return 0, 0, 0, 0
         if padding == "same":
-            th, tw = dh * (kh - 1), dw * (kw - 1)
-            return (th + 1) // 2, th // 2, (tw + 1) // 2, tw // 2
+            total_h, total_w = dil_h * (kH - 1), dil_w * (kW - 1)
+            return (total_h + 1) // 2, total_h // 2, (total_w + 1) // 2, total_w // 2
         raise ValueError(f"{op}: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
-    ph, pw = pair(padding, "padding", op)
-    if ph < 0 or pw < 0:
+    pad_h, pad_w = pair(padding, "padding", op)
+    if pad_h < 0 or pad_w < 0:
         raise ValueError(f"{op}: padding must be >= 0, got {padding!r}")
-    return ph, ph, pw, pw
+    return pad_h, pad_h, pad_w, pad_w
 
 
 def conv_output_size(n, k, stride, pad_total, dilation=1):
@@ -57,6 +56,106 @@ def conv_output_size(n, k, stride, pad_total, dilation=1):
     return (n + pad_total - dilation * (k - 1) - 1) // stride + 1
 
 
-def lecture_output_size(n, k, pad_total, stride):
-    """The lecture's own form: floor((n - k + p + s) / s) (dilation 1)."""
-    return (n - k + pad_total + stride) // stride
+class ConvGeometry(NamedTuple):
+    """A validated conv2d call: the kernels' integer arguments and the output size."""
+
+    stride_h: int
+    stride_w: int
+    pad_top: int
+    pad_left: int
+    dil_h: int
+    dil_w: int
+    groups: int
+    H_out: int
+    W_out: int
+
+    @property
+    def kernel_args(self):
+        """(stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups): the trailing
+        arguments of every conv kernel (docs/CONTRACT.md, "CPU kernel interface")."""
+        return self[:7]
+
+
+def conv2d_geometry(op, x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1):
+    """Validate a conv2d call given the SHAPES x_shape (N, C_in, H, W) and w_shape (C_out,
+    C_in/groups, kH, kW); return its ConvGeometry (PyTorch's conv2d rules).
+
+    Raises TypeError for non-int stride/dilation/groups/padding entries, ValueError for
+    non-positive ones, groups that do not divide both channel counts, a weight whose
+    C_in/groups disagrees with x, an empty weight, or a dilated kernel larger than the
+    padded input. Every message names the argument and both shapes.
+    """
+    x_shape, w_shape = tuple(x_shape), tuple(w_shape)
+    N, C_in, H, W = x_shape
+    C_out, C_in_g, kH, kW = w_shape
+    shapes = f"x.shape={x_shape}, weight.shape={w_shape}"
+    stride_h, stride_w = positive_pair(stride, "stride", op)
+    dil_h, dil_w = positive_pair(dilation, "dilation", op)
+    groups = check_int(op, "groups", groups)
+    if groups <= 0:
+        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
+    if C_in % groups or C_out % groups:
+        raise ValueError(f"{op}: groups={groups} must divide both in_channels and out_channels ({shapes})")
+    if C_in_g != C_in // groups:
+        raise ValueError(
+            f"{op}: weight has C_in/groups={C_in_g} but x has C_in={C_in} with groups={groups} ({shapes})"
+        )
+    if kH == 0 or kW == 0 or C_out == 0:
+        raise ValueError(f"{op}: weight must be non-empty, got weight.shape={w_shape}")
+    pad_top, pad_bottom, pad_left, pad_right = conv_padding(padding, (kH, kW), (dil_h, dil_w), op)
+    reach_h, reach_w = dil_h * (kH - 1) + 1, dil_w * (kW - 1) + 1
+    padded_h, padded_w = H + pad_top + pad_bottom, W + pad_left + pad_right
+    if padded_h < reach_h or padded_w < reach_w:
+        raise ValueError(
+            f"{op}: kernel (extent {reach_h}x{reach_w} with dilation {(dil_h, dil_w)}) is larger than the "
+            f"padded input {padded_h}x{padded_w}: the input is too small ({shapes}, padding={padding!r})"
+        )
+    H_out = conv_output_size(H, kH, stride_h, pad_top + pad_bottom, dil_h)
+    W_out = conv_output_size(W, kW, stride_w, pad_left + pad_right, dil_w)
+    return ConvGeometry(stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, H_out, W_out)
+
+
+class PoolGeometry(NamedTuple):
+    """A validated pooling call: the kernels' integer arguments and the output size."""
+
+    kH: int
+    kW: int
+    stride_h: int
+    stride_w: int
+    pad_top: int
+    pad_left: int
+    H_out: int
+    W_out: int
+
+    @property
+    def kernel_args(self):
+        """(kH, kW, stride_h, stride_w, pad_top, pad_left): the trailing arguments of every
+        pooling kernel. Pooling pads symmetrically: pad_top is also the bottom padding."""
+        return self[:6]
+
+
+def pool2d_geometry(op, x_shape, kernel_size, stride=None, padding=0):
+    """Validate a max/avg pooling call given x_shape (N, C, H, W); return its PoolGeometry
+    (PyTorch's rules: stride defaults to kernel_size, padding at most half the window).
+
+    Raises TypeError for non-int entries, ValueError for a non-positive kernel_size or
+    stride, a negative padding or one wider than half the window, or a window larger than
+    the padded input.
+    """
+    kH, kW = positive_pair(kernel_size, "kernel_size", op)
+    stride_h, stride_w = (kH, kW) if stride is None else positive_pair(stride, "stride", op)
+    pad_h, pad_w = pair(padding, "padding", op)
+    if pad_h < 0 or pad_w < 0 or 2 * pad_h > kH or 2 * pad_w > kW:
+        raise ValueError(
+            f"{op}: padding must be >= 0 and at most half the kernel_size, got "
+            f"padding={padding!r}, kernel_size={kernel_size!r}"
+        )
+    H, W = x_shape[2], x_shape[3]
+    if H + 2 * pad_h < kH or W + 2 * pad_w < kW:
+        raise ValueError(
+            f"{op}: kernel_size {(kH, kW)} is larger than the padded input {H + 2 * pad_h}x{W + 2 * pad_w}: "
+            f"the input is too small (x.shape={tuple(x_shape)}, padding={padding!r})"
+        )
+    H_out = conv_output_size(H, kH, stride_h, 2 * pad_h)
+    W_out = conv_output_size(W, kW, stride_w, 2 * pad_w)
+    return PoolGeometry(kH, kW, stride_h, stride_w, pad_h, pad_w, H_out, W_out)

@@ -1,1 +1,40 @@
-"""Kernel backends. `cpu` holds Numba @njit loop nests; each op family is one module."""
+"""Kernel backends: `cpu` (Numba @njit loop nests) and `cuda` (numba.cuda twins with the same
+module and function names).  Each op family is one module in each: conv, pool, batchnorm,
+dense, activation, loss.
+
+`backend(x)` picks the package for an array: NumPy arrays run on `numbacnn.kernels.cpu`,
+numba.cuda device arrays (and other objects exporting __cuda_array_interface__, e.g. CuPy or
+PyTorch CUDA tensors) on `numbacnn.kernels.cuda`.  Both packages also provide the allocation
+helpers numbacnn.functional uses: empty, full, ascontiguous, is_contiguous, to_host, as_int64.
+
+This module imports neither numba.cuda nor the kernels themselves: `backend` imports the
+package it returns on first use, so CPU-only code never loads numba.cuda.
+"""
+
+import numpy as np
+
+__all__ = ["is_device_array", "backend"]
+
+
+def is_device_array(a):
+    """True for numba.cuda device arrays (real, or the CUDA simulator's FakeCUDAArray, which
+    sets only __cuda_ndarray__) and for other objects exporting __cuda_array_interface__."""
+    if isinstance(a, np.ndarray):
+        return False
+    return bool(getattr(a, "__cuda_ndarray__", False)) or hasattr(a, "__cuda_array_interface__")
+
+
+def backend(x):
+    """The kernel package for x's device: numbacnn.kernels.cpu or numbacnn.kernels.cuda.
+
+    Raises TypeError if x is neither a numpy.ndarray nor a device array.
+    """
+    if isinstance(x, np.ndarray):
+        from . import cpu
+
+        return cpu
+    if is_device_array(x):
+        from . import cuda
+
+        return cuda
+    raise TypeError(f"expected a numpy.ndarray or a numba.cuda device array, got {type(x).__name__}")

@@ -12,11 +12,12 @@ Formulas (lecture: "ReLU Activation", "Dropout Layer"; PyTorch semantics)
                dx_i   = dy_i * mask_i / (1-p)
     add:       y = a + b                (backward: (dy, dy), nothing to compute)
 
-u(seed, i) is a uniform number in [0, 1) from a counter-based generator: the 64-bit
-splitmix64 finaliser applied to key(seed) + (i + 1) * golden, keeping the top 53 bits
-(key(seed) is itself splitmix64 of the seed, so nearby seeds give unrelated streams).
+u(seed, i) is a uniform number in [0, 1) from a counter-based generator (kernels/common.py):
+the 64-bit splitmix64 finaliser applied to key(seed) + (i + 1) * golden, keeping the top 53
+bits (key(seed) is itself splitmix64 of the seed, so nearby seeds give unrelated streams).
 It is a pure function of (seed, i): no generator state, so the mask is reproducible,
-independent of the thread count, and every element can be drawn in parallel.
+independent of the thread count, the same on the GPU, and every element can be drawn in
+parallel.
 
 Loop nest (every kernel; arrays are flat 1-D views of any shape)
 ----------------------------------------------------------------
@@ -39,26 +40,14 @@ Optimisation contract
 import numpy as np
 from numba import njit, prange
 
+from .. import common
+
 _CHUNK = 16384       # elements per parallel task (64 KiB of float32)
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-
-
-@njit(cache=True)
-def _mix64(z):
-    """The splitmix64 finaliser: a bijective avalanche of a uint64."""
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
-
-
-@njit(cache=True)
-def _uniform(key, i):
-    """u(seed, i) in [0, 1): top 53 bits of mix64(key + (i+1)*golden), key = mix64(seed)."""
-    z = _mix64(key + (np.uint64(i) + np.uint64(1)) * _GOLDEN)
-    return np.float64(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)   # 2**-53
+# The dropout hash (written once, in kernels/common.py): u(seed, i) =
+# unit_uniform(mix64(mix64(seed) + (i + 1) * GOLDEN)).
+mix64 = njit(inline="always")(common.mix64)
+unit_uniform = njit(inline="always")(common.unit_uniform)
 
 
 # ----------------------------------------------------------------------------------- ReLU
@@ -220,7 +209,7 @@ def dropout_forward(x, y, mask, p, seed):
     """mask[i] = u(seed, i) >= p;  y = x * mask / (1-p)  (p == 1: mask = 0, y = x*0)."""
     # x, y: (n,)   mask: (n,) uint8
     n = x.shape[0]
-    key = _mix64(np.uint64(seed))
+    key = mix64(np.uint64(seed))
     scale = x.dtype.type(1.0 / (1.0 - p)) if p < 1.0 else x.dtype.type(0)
     zero = x.dtype.type(0)
     for c in prange((n + _CHUNK - 1) // _CHUNK):
@@ -230,7 +219,8 @@ def dropout_forward(x, y, mask, p, seed):
         ys = y[i0:i1]
         ms = mask[i0:i1]
         for i in range(i1 - i0):
-            if _uniform(key, i0 + i) >= p:  # the hash sees the GLOBAL flat index
+            u = unit_uniform(mix64(key + (np.uint64(i0 + i) + np.uint64(1)) * common.GOLDEN))
+            if u >= p:  # the hash sees the GLOBAL flat index
                 ms[i] = 1
                 ys[i] = xs[i] * scale
             else:

@@ -34,21 +34,11 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .. import common
 
-@njit(cache=True)
-def _row_max_logsumexp(logits, n):
-    """(m, log sum_k exp(z[n,k] - m)) for row n, in float64."""
-    # logits: (N, K)
-    K = logits.shape[1]
-    m = -np.inf
-    for k in range(K):
-        v = np.float64(logits[n, k])
-        if v > m or v != v:
-            m = v
-    s = 0.0
-    for k in range(K):
-        s += math.exp(logits[n, k] - m)
-    return m, math.log(s)
+
+# (m, log sum_k exp(z[n,k] - m)) of one row, in float64 (written once, in kernels/common.py).
+row_max_logsumexp = njit(inline="always")(common.row_max_logsumexp)
 
 
 # ------------------------------------------------------------------------------- forward
@@ -61,7 +51,7 @@ def cross_entropy_forward(logits, labels):
         return np.nan
     row = np.empty(N, np.float64)                   # row: (N,) per-sample losses
     for n in prange(N):
-        m, lse = _row_max_logsumexp(logits, n)
+        m, lse = row_max_logsumexp(logits, n)
         row[n] = (m + lse) - np.float64(logits[n, labels[n]])
     total = 0.0
     for n in range(N):                              # serial: a deterministic sum
@@ -76,7 +66,7 @@ def cross_entropy_backward(logits, labels, dlogits):
     # logits, dlogits: (N, K)   labels: (N,) int64
     N, K = logits.shape
     for n in prange(N):
-        m, lse = _row_max_logsumexp(logits, n)
+        m, lse = row_max_logsumexp(logits, n)
         shift = m + lse                             # softmax_k = exp(z_k - m - lse)
         t = labels[n]
         for k in range(K):

@@ -24,18 +24,11 @@ import numpy as np
 from numba import cuda
 
 from . import activation, batchnorm, conv, dense, loss, pool  # noqa: F401
+from .. import is_device_array  # noqa: F401  (re-exported: one definition, in numbacnn.kernels)
 from ._launch import TPB, blocks_for, fill_kernel, stride_blocks
 
 __all__ = ["empty", "full", "ascontiguous", "is_contiguous", "to_host", "as_int64",
            "is_device_array", "activation", "batchnorm", "conv", "dense", "loss", "pool"]
-
-
-def is_device_array(a):
-    """True for numba.cuda device arrays (real, or the simulator's FakeCUDAArray) and for
-    other objects exporting __cuda_array_interface__ (CuPy, PyTorch CUDA tensors)."""
-    if isinstance(a, np.ndarray):
-        return False
-    return bool(getattr(a, "__cuda_ndarray__", False)) or hasattr(a, "__cuda_array_interface__")
 
 
 def _as_numba(a):

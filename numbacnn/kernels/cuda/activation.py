@@ -9,9 +9,9 @@ Formulas (same as numbacnn.kernels.cpu.activation)
               backward: dx_i = dy_i * mask_i / (1-p)
     add:      y = a + b
 
-u(seed, i) is the CPU kernel's counter-based generator, bit for bit: splitmix64's finaliser
-of key + (i+1)*golden (uint64 wrap-around), top 53 bits, with key = mix64(seed) computed once
-on the host.  So the CUDA mask equals the CPU mask for the same seed.
+u(seed, i) is the CPU kernel's counter-based generator, compiled from the same source
+(kernels/common.py): splitmix64's finaliser of key + (i+1)*golden (uint64 wrap-around), top
+53 bits, with key = mix64(seed).  So the CUDA mask equals the CPU mask for the same seed.
 
 Thread mapping
 --------------
@@ -33,36 +33,13 @@ import math
 import numpy as np
 from numba import cuda
 
+from .. import common
 from ._launch import TPB, stride_blocks
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_MASK64 = (1 << 64) - 1
-
-
-# ------------------------------------------------------------------------------ the hash
-def _mix64_host(z):
-    """splitmix64's finaliser on a Python int (mod 2**64): the host twin of _mix64."""
-    z &= _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
-
-
-@cuda.jit(device=True)
-def _mix64(z):
-    """splitmix64's finaliser: a bijective avalanche of a uint64 (wraps mod 2**64)."""
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
-
-
-@cuda.jit(device=True)
-def _uniform(key, i):
-    """u(seed, i) in [0, 1): top 53 bits of mix64(key + (i+1)*golden), as a float64."""
-    z = _mix64(key + (np.uint64(i) + np.uint64(1)) * _GOLDEN)
-    return np.float64(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)   # 2**-53
+# The dropout hash (written once, in kernels/common.py): u(seed, i) =
+# unit_uniform(mix64(mix64(seed) + (i + 1) * GOLDEN)), bit for bit the CPU kernel's.
+mix64 = cuda.jit(device=True)(common.mix64)
+unit_uniform = cuda.jit(device=True)(common.unit_uniform)
 
 
 def _launch(kernel, n, *args):
@@ -150,10 +127,11 @@ def sigmoid_backward(dy, y, dx):
 
 # -------------------------------------------------------------------------------- dropout
 @cuda.jit
-def _dropout_forward_kernel(x, y, mask, p, key, scale, zero):
+def _dropout_forward_kernel(x, y, mask, p, seed, scale, zero):
     # x, y: (n,)   mask: (n,) uint8
+    key = mix64(np.uint64(seed))
     for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):   # owns y[i], mask[i]
-        if _uniform(key, i) >= p:
+        if unit_uniform(mix64(key + (np.uint64(i) + np.uint64(1)) * common.GOLDEN)) >= p:
             mask[i] = 1
             y[i] = x[i] * scale
         else:
@@ -175,9 +153,7 @@ def _scale(p, dt):
 def dropout_forward(x, y, mask, p, seed):
     """mask[i] = u(seed, i) >= p;  y = x * mask / (1-p)  (the CPU kernel's mask, bit for bit)."""
     dt = x.dtype.type
-    key = np.uint64(_mix64_host(int(seed)))
-    _launch(_dropout_forward_kernel, x.shape[0], x, y, mask, float(p), key,
-            _scale(p, dt), dt(0))
+    _launch(_dropout_forward_kernel, x.shape[0], x, y, mask, float(p), int(seed), _scale(p, dt), dt(0))
 
 
 def dropout_backward(dy, mask, p, dx):

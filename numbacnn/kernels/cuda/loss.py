@@ -29,23 +29,12 @@ import math
 import numpy as np
 from numba import cuda, float64
 
+from .. import common
 from ._launch import RED_TPB, TPB, blocks_for, sum_rows_kernel
 
 
-@cuda.jit(device=True)
-def _row_max_logsumexp(logits, n):
-    """(m, log sum_k exp(z[n,k] - m)) for row n, in float64."""
-    # logits: (N, K)
-    K = logits.shape[1]
-    m = -math.inf
-    for k in range(K):
-        v = float64(logits[n, k])
-        if v > m or v != v:
-            m = v
-    s = float64(0.0)
-    for k in range(K):
-        s += math.exp(float64(logits[n, k]) - m)
-    return m, math.log(s)
+# (m, log sum_k exp(z[n,k] - m)) of one row, in float64 (written once, in kernels/common.py).
+row_max_logsumexp = cuda.jit(device=True)(common.row_max_logsumexp)
 
 
 @cuda.jit
@@ -54,7 +43,7 @@ def _ce_rows_kernel(logits, labels, rows):
     n = cuda.grid(1)                                   # owns rows[n]
     if n >= logits.shape[0]:
         return
-    m, lse = _row_max_logsumexp(logits, n)
+    m, lse = row_max_logsumexp(logits, n)
     rows[n] = (m + lse) - float64(logits[n, labels[n]])
 
 
@@ -77,7 +66,7 @@ def _ce_backward_kernel(logits, labels, dlogits):
     n = cuda.grid(1)                                   # owns dlogits[n, :]
     if n >= N:
         return
-    m, lse = _row_max_logsumexp(logits, n)
+    m, lse = row_max_logsumexp(logits, n)
     shift = m + lse
     t = labels[n]
     for k in range(K):

@@ -1,0 +1,89 @@
+"""Argument checks shared by functional, shapes, the layers and the data API: one
+implementation of each, so every user mistake gets the same kind of message.
+
+Conventions (docs/CONTRACT.md): a wrong TYPE raises TypeError, a wrong VALUE or SHAPE raises
+ValueError, and the message starts with the operation (`op`), names the argument and shows
+the value, shapes or dtypes involved.  `bool` is not an int here (Python says it is).
+"""
+
+import numpy as np
+
+from .kernels import backend, is_device_array
+
+__all__ = [
+    "is_int", "check_int", "pair", "positive_pair",
+    "float_array", "same_dtype", "same_shape", "FLOAT_DTYPES",
+]
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def is_int(value):
+    """True for Python and NumPy integers, False for bool / np.bool_ and everything else."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_int(op, name, value, minimum=None):
+    """`value` as a Python int; TypeError unless it is an integer (not a bool), ValueError if
+    it is below `minimum`."""
+    if not is_int(value):
+        raise TypeError(f"{op}: {name} must be an int, got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def pair(value, name, op):
+    """An int or a pair of ints as an (h, w) tuple of Python ints.
+
+    Raises ValueError for a tuple/list of another length, TypeError for anything else that
+    is not an int (floats, strings, bools)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+        a, b = value
+    else:
+        a = b = value
+    if not (is_int(a) and is_int(b)):
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+    return int(a), int(b)
+
+
+def positive_pair(value, name, op):
+    """`pair`, and both entries > 0 (ValueError otherwise)."""
+    a, b = pair(value, name, op)
+    if a <= 0 or b <= 0:
+        raise ValueError(f"{op}: {name} must be > 0, got {value!r}")
+    return a, b
+
+
+def float_array(op, name, a, ndims):
+    """Check that `a` is a float32/float64 NumPy or numba.cuda array whose ndim is in
+    `ndims`; return it C-contiguous (copied on its own device if it was not)."""
+    if not (isinstance(a, np.ndarray) or is_device_array(a)):
+        raise TypeError(
+            f"{op}: {name} must be a numpy.ndarray (or a numba.cuda device array), got {type(a).__name__}"
+        )
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: {name} must be float32 or float64, got dtype {a.dtype} ({name}.shape={a.shape})")
+    if a.ndim not in ndims:
+        want = " or ".join(f"{d}-D" for d in ndims)
+        raise ValueError(f"{op}: {name} must be {want}, got {a.ndim}-D {name}.shape={a.shape}")
+    return backend(a).ascontiguous(a)
+
+
+def same_dtype(op, **arrays):
+    """All given (non-None) arrays share one dtype (TypeError) and one device (TypeError)."""
+    items = [(k, v) for k, v in arrays.items() if v is not None]
+    if len({v.dtype for _, v in items}) > 1:
+        desc = ", ".join(f"{k}: {v.dtype} {v.shape}" for k, v in items)
+        raise TypeError(f"{op}: arguments must share one dtype, got {desc}")
+    if len({is_device_array(v) for _, v in items}) > 1:
+        desc = ", ".join(f"{k}: {'cuda' if is_device_array(v) else 'numpy'} {v.shape}" for k, v in items)
+        raise TypeError(f"{op}: arguments must all be on one device, got {desc}")
+
+
+def same_shape(op, name, a, shape, why=""):
+    """ValueError unless a.shape == shape; `why` explains where `shape` comes from."""
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{op}: {name} must have shape {tuple(shape)}{why}, got {name}.shape={a.shape}")

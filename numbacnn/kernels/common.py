@@ -1,0 +1,73 @@
+"""Helpers that both backends compile: written once here as plain Python, compiled per target.
+
+    kernels/cpu:   window = njit(inline="always")(common.window)
+    kernels/cuda:  window = cuda.jit(device=True)(common.window)
+
+(MiniTorch's `to_index` pattern.)  Each helper is a leaf: it calls no other helper of this
+module, because a function compiled for one target cannot call a plain-Python one.  Typed
+arithmetic only: np.uint64 for the hash, float64 for the log-sum-exp, plain ints for indices,
+so the same source means the same thing on both targets (and under the CUDA simulator).
+
+numbacnn.reference keeps its own copies of the dropout hash and the log-sum-exp on purpose:
+the oracle must not share code with what it checks.
+"""
+
+import math
+
+import numpy as np
+
+__all__ = ["window", "GOLDEN", "mix64", "unit_uniform", "row_max_logsumexp"]
+
+
+# ------------------------------------------------------------------------------- pooling
+def window(o, stride, pad, k, n):
+    """The window of output index o along one axis (window size k, input size n) starts at
+    input index o*stride - pad; return that start and the in-range tap range [lo, hi) (taps
+    outside [0, n) are padding)."""
+    start = o * stride - pad
+    return start, max(0, -start), min(k, n - start)
+
+
+# ------------------------------------------------------------------------- dropout hash
+# u(seed, i), the uniform number in [0, 1) that decides whether element i is kept, is a
+# counter-based generator: no state, a pure function of (seed, i), so the mask is
+# reproducible, independent of the thread count, and the same on CPU and GPU:
+#
+#     key      = mix64(seed)                                (nearby seeds: unrelated streams)
+#     u(seed, i) = unit_uniform(mix64(key + (i + 1) * GOLDEN))
+#
+# mix64 is the splitmix64 finaliser, GOLDEN the 64-bit golden ratio (splitmix64's step).
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def mix64(z):
+    """The splitmix64 finaliser: a bijective avalanche of a uint64 (wraps mod 2**64)."""
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def unit_uniform(z):
+    """A uint64 hash -> a float64 in [0, 1): its top 53 bits times 2**-53."""
+    return np.float64(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+# ---------------------------------------------------------------------------- loss
+def row_max_logsumexp(logits, n):
+    """(m, log sum_k exp(logits[n, k] - m)) for row n, m = max_k logits[n, k], in float64.
+
+    Subtracting the row maximum makes every exponent <= 0: exp never overflows and one term
+    of the sum is exactly 1 (no log(0)).  A NaN in the row wins the max, as in PyTorch."""
+    # logits: (N, K)
+    K = logits.shape[1]
+    m = -math.inf
+    for k in range(K):
+        v = np.float64(logits[n, k])
+        if v > m or v != v:
+            m = v
+    s = 0.0
+    for k in range(K):
+        s += math.exp(np.float64(logits[n, k]) - m)
+    return m, math.log(s)
