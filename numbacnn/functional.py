@@ -157,10 +157,10 @@ def avg_pool2d_backward(dy, x, kernel_size, stride=None, padding=0):
 
 
 def _bn_view(op, x):
-    """x: (N, C, H, W) or (N, C) -> x3: (N, C, L) view."""
+    """x: (N, C, H, W) or (N, C) -> (x, x3) with x3: (N, C, L) a view, L = H*W or 1."""
     x = _float_array(op, "x", x, (2, 4))
     N, C = x.shape[:2]
-    return x, x.reshape(N, C, -1)
+    return x, x.reshape(N, C, int(np.prod(x.shape[2:], dtype=np.int64)))
 
 
 def _bn_param(op, name, a, C, x, fill):

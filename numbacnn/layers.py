@@ -260,6 +260,7 @@ class _BatchNorm(Module):
         return x  # (N, C, H, W) or (N, C)
 
     def forward(self, x):
+        self.output_shape(x.shape)  # rank and channels, as torch (BatchNorm2d rejects 2-D input)
         xf = self._as_functional(x)
         self._x, self._trained = xf, self.training
         y = F.batch_norm(xf, self.weight.data, self.bias.data, self.running_mean, self.running_var,
@@ -374,7 +375,7 @@ class Flatten(Module):
 
     def forward(self, x):
         self._shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], int(np.prod(x.shape[1:], dtype=np.int64)))  # N = 0 too
 
     def backward(self, dy):
         return dy.reshape(self._shape)
