@@ -4,16 +4,17 @@ Formula (same as numbacnn.kernels.cpu.conv)
 -------------------------------------------
 Input x (N, C_in, H, W), weight w (C_out, C_in/G, kH, kW), bias b (C_out,), G groups;
 output channel co is in group g = co // (C_out/G) and sees input channels
-ci = g*(C_in/G) + ci_l.  Stride (sh, sw), top/left padding (pt, pl), dilation (dh, dw):
+ci = g*(C_in/G) + ci_l.  Stride (stride_h, stride_w), top/left padding (pad_top, pad_left),
+dilation (dil_h, dil_w):
 
     y[n,co,oh,ow] = b[co] + sum_{ci_l, kh, kw} w[co,ci_l,kh,kw] * x[n, ci, ih, iw]
-                    ih = oh*sh - pt + kh*dh,   iw = ow*sw - pl + kw*dw
+                    ih = oh*stride_h - pad_top + kh*dil_h,   iw = ow*stride_w - pad_left + kw*dil_w
 
 x outside [0, H) x [0, W) counts as 0 (implicit padding, never materialised); the output
 size (and with it the bottom/right padding) is fixed by the caller's y.
 
-    dx[n,ci,ih,iw]    = sum_{co in group(ci), kh, kw : oh = (ih + pt - kh*dh)/sh and
-                                                       ow = (iw + pl - kw*dw)/sw are
+    dx[n,ci,ih,iw]    = sum_{co in group(ci), kh, kw : oh = (ih + pad_top - kh*dil_h)/stride_h and
+                                                       ow = (iw + pad_left - kw*dil_w)/stride_w are
                                                        integers inside the output}
                             w[co,ci_l,kh,kw] * dy[n,co,oh,ow]
     dw[co,ci_l,kh,kw] = sum_{n, oh, ow} dy[n,co,oh,ow] * x[n,ci,ih,iw]
@@ -51,15 +52,15 @@ from ._launch import RED_TPB, TPB, block_sum, blocks_for, fill_kernel, stride_bl
 # ============================================================================== forward
 @cuda.jit
 def _conv2d_forward_kernel(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
-    # x: (N, C_in, H, W)   w: (C_out, C_in_g, kH, kW)   b: (C_out,)   y: (N, C_out, Ho, Wo)
+    # x: (N, C_in, H, W)   w: (C_out, C_in_g, kH, kW)   b: (C_out,)   y: (N, C_out, H_out, W_out)
     N, C_in, H, W = x.shape
     C_out, C_in_g, kH, kW = w.shape
-    Ho = y.shape[2]
-    Wo = y.shape[3]
+    H_out = y.shape[2]
+    W_out = y.shape[3]
     t = cuda.grid(1)                                   # owns y[n, co, oh, ow]
-    if t >= N * C_out * Ho * Wo:
+    if t >= N * C_out * H_out * W_out:
         return
-    n, co, oh, ow = unravel4(t, C_out, Ho, Wo)
+    n, co, oh, ow = unravel4(t, C_out, H_out, W_out)
     g = co // (C_out // groups)
     ih0 = oh * stride_h - pad_top
     iw0 = ow * stride_w - pad_left
@@ -89,8 +90,8 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
 @cuda.jit
 def _conv2d_backward_input_kernel(dy, w, dx, stride_h, stride_w, pad_top, pad_left,
                                   dil_h, dil_w, groups, zero):
-    # dy: (N, C_out, Ho, Wo)   w: (C_out, C_in_g, kH, kW)   dx: (N, C_in, H, W)
-    N, C_out, Ho, Wo = dy.shape
+    # dy: (N, C_out, H_out, W_out)   w: (C_out, C_in_g, kH, kW)   dx: (N, C_in, H, W)
+    N, C_out, H_out, W_out = dy.shape
     C_in_g = w.shape[1]
     kH = w.shape[2]
     kW = w.shape[3]
@@ -111,14 +112,14 @@ def _conv2d_backward_input_kernel(dy, w, dx, stride_h, stride_w, pad_top, pad_le
             if th < 0 or th % stride_h != 0:
                 continue
             oh = th // stride_h
-            if oh >= Ho:
+            if oh >= H_out:
                 continue
             for kw in range(kW):
                 tw = iw + pad_left - kw * dil_w
                 if tw < 0 or tw % stride_w != 0:
                     continue
                 ow = tw // stride_w
-                if ow < Wo:
+                if ow < W_out:
                     acc += w[co, ci_l, kh, kw] * dy[n, co, oh, ow]
     dx[n, ci, ih, iw] = acc
 
@@ -135,8 +136,8 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_
 @cuda.jit
 def _conv2d_backward_weight_kernel(dy, x, dw, stride_h, stride_w, pad_top, pad_left,
                                    dil_h, dil_w, groups, zero):
-    # dy: (N, C_out, Ho, Wo)   x: (N, C_in, H, W)   dw: (C_out, C_in_g, kH, kW)
-    N, C_out, Ho, Wo = dy.shape
+    # dy: (N, C_out, H_out, W_out)   x: (N, C_in, H, W)   dw: (C_out, C_in_g, kH, kW)
+    N, C_out, H_out, W_out = dy.shape
     H = x.shape[2]
     W = x.shape[3]
     C_in_g = dw.shape[1]
@@ -150,10 +151,10 @@ def _conv2d_backward_weight_kernel(dy, x, dw, stride_h, stride_w, pad_top, pad_l
     ci = g * C_in_g + ci_l
     acc = zero
     for n in range(N):
-        for oh in range(Ho):
+        for oh in range(H_out):
             ih = oh * stride_h - pad_top + kh * dil_h
             if 0 <= ih < H:
-                for ow in range(Wo):
+                for ow in range(W_out):
                     iw = ow * stride_w - pad_left + kw * dil_w
                     if 0 <= iw < W:
                         acc += dy[n, co, oh, ow] * x[n, ci, ih, iw]
@@ -171,16 +172,16 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
 
 @cuda.jit
 def _conv2d_backward_bias_kernel(dy, db):
-    # dy: (N, C_out, Ho, Wo)   db: (C_out,)
-    N, C_out, Ho, Wo = dy.shape
+    # dy: (N, C_out, H_out, W_out)   db: (C_out,)
+    N, C_out, H_out, W_out = dy.shape
     co = cuda.blockIdx.x                               # block owns db[co]
-    L = Ho * Wo
+    L = H_out * W_out
     buf = cuda.shared.array(RED_TPB, float64)          # buf: (RED_TPB,) partial sums
     s = float64(0.0)
     for j in range(cuda.threadIdx.x, N * L, RED_TPB):
         n = j // L
         l = j - n * L
-        s += dy[n, co, l // Wo, l % Wo]
+        s += dy[n, co, l // W_out, l % W_out]
     total = block_sum(buf, s)
     if cuda.threadIdx.x == 0:
         db[co] = total

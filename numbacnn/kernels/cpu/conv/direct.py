@@ -275,7 +275,7 @@ def _dw_taps_4n(buf, d0, d1, d2, d3, x0, x1, x2, x3, offs, n_seg, seg_len, gb0, 
     """buf[t, b(j)] += sum_i d_i[grid j] * x_i[input(j) + offs[t]] over 4 samples i, all taps t.
 
     One chunk: segment s covers grid positions gb0 + s*Wp + [0, seg_len), buffer positions
-    s*Wp + [0, seg_len) and input positions xb0 + s*sh*Wp + [0, seg_len)*sw (+ tap offset).
+    s*Wp + [0, seg_len) and input positions xb0 + s*stride_h*Wp + [0, seg_len)*stride_w (+ tap offset).
     """
     # buf: (K, rows*Wp)   d0..d3: (H_out*Wp,) dy grids   x0..x3: (Hp*Wp,) padded planes   offs: (K,)
     K = offs.shape[0]
