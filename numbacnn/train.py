@@ -28,6 +28,7 @@ import sys
 import time
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import functional as F
@@ -53,14 +54,6 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(checkpoint, epoch)
         self.checkpoint = checkpoint
         self.epoch = epoch
-
-
-def _tqdm():
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return None
-    return tqdm
 
 
 def evaluate(model, loader):
@@ -185,7 +178,6 @@ def fit(model, optimizer, train_loader, test_loader, epochs, out_dir, schedule=N
     last_complete = ckpt_path if resume else None
     saved_epoch = done
 
-    tqdm = _tqdm() if progress else None
     epoch = done
     try:
         for epoch in range(done + 1, epochs + 1):
@@ -196,7 +188,7 @@ def fit(model, optimizer, train_loader, test_loader, epochs, out_dir, schedule=N
             total_loss, correct, seen = 0.0, 0, 0
             bar = None
             batches = train_loader
-            if tqdm is not None:
+            if progress:
                 bar = tqdm(train_loader, total=len(train_loader), desc=f"epoch {epoch}/{epochs}",
                            unit="batch", leave=True, dynamic_ncols=True, file=sys.stderr)
                 batches = bar

@@ -5,7 +5,7 @@ import pytest
 
 import numbacnn.random as nrandom
 from numbacnn.graph import format_shape
-from numbacnn.models import MODELS, build_model
+from numbacnn.models import MODELS, ModelInfo, build_model, model_info
 from numbacnn.models import alexnet, lenet5, resnet18, resnet34, resnet50, vgg11, vgg16, vgg19
 
 
@@ -97,6 +97,9 @@ def test_registry_builds_every_model_with_the_right_output_shape():
         model = build_model(name, num_classes=7, in_channels=1)
         side = sizes.get(name, 224 if name.startswith("vgg") else 64)
         assert model.output_shape((2, 1, side, side)) == (2, 7), name
+        info = model_info(name)       # the registry's facts are true: it takes both sides
+        for side in (info.side, info.min_side):
+            assert model.output_shape((2, 1, side, side)) == (2, 7), (name, side)
     with pytest.raises(ValueError, match="unknown model 'lenet'"):
         build_model("lenet")
 
@@ -120,3 +123,19 @@ def test_resnet_cifar_is_resnet20():
     convs = [r for r in table.rows if r["layer"].startswith("Conv2d") and "downsample" not in r["name"]]
     assert len(convs) + 1 == 20  # 19 convolutions + fc
     assert table.rows[-1]["output_shape"] == (1, 10)
+
+
+def test_registry_holds_the_input_facts_of_every_model():
+    """Every model's facts sit next to its builder (that the model takes them is checked
+    in test_registry_builds_every_model_with_the_right_output_shape)."""
+    for name in MODELS:
+        info = model_info(name)
+        assert isinstance(info, ModelInfo) and info.builder is MODELS[name]
+        assert 1 <= info.min_side <= info.side, name
+    assert [model_info(n).side for n in ("alexnet", "vgg11", "vgg19", "resnet18", "resnet50")] \
+        == [224] * 5
+    assert [model_info(n).side for n in ("lenet5", "vgg_small", "resnet_cifar")] == [32] * 3
+    assert [model_info(n).min_side for n in ("lenet5", "vgg_small", "resnet18", "resnet_cifar")] \
+        == [32] * 4
+    with pytest.raises(ValueError, match="unknown model 'lenet'"):
+        model_info("lenet")

@@ -1,5 +1,7 @@
-"""End-to-end: the `numbacnn` CLI and numbacnn.train on a small slice of real MNIST,
-exact resume, Ctrl-C safety, and the checkpoint format (no pickle, clear errors)."""
+"""End-to-end: the `numbacnn` CLI, numbacnn.recipe and numbacnn.train on a small slice of
+real MNIST, exact resume (with the stored settings), Ctrl-C safety, and the checkpoint
+format (no pickle, clear errors)."""
+import dataclasses
 import io
 import json
 import os
@@ -13,7 +15,9 @@ import pytest
 
 from numbacnn import checkpoint as ckpt
 from numbacnn.checkpoint import CheckpointError
-from numbacnn.cli import main
+from numbacnn.cli import build_parser, input_pad, main
+from numbacnn.models import MODELS
+from numbacnn.recipe import ConfigError, TrainConfig, resume_config, run
 from numbacnn.train import METRIC_KEYS, TrainingInterrupted
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -372,3 +376,178 @@ def test_feature_maps_example_draws_filters_and_maps(two_epochs, tmp_path):
     assert res.returncode == 0, res.stderr
     for name in ("filters.png", "feature_maps.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- the recipe
+RUN_ACTIONS = {"command", "func", "resume", "overwrite", "progress"}
+
+
+def test_train_config_defaults_are_the_cli_defaults(capsys):
+    """One source of truth: the train parser leaves every untyped setting to TrainConfig,
+    every TrainConfig field is a train option, and the help shows TrainConfig's defaults."""
+    parser = build_parser()
+    bare = vars(parser.parse_args(["train"]))
+    assert set(bare) == RUN_ACTIONS                           # nothing but the run actions
+    assert TrainConfig.from_dict(bare) == TrainConfig()
+    spelled_out = ["train", "--model", "lenet5", "--dataset", "mnist", "--epochs", "3",
+                   "--batch-size", "64", "--eval-batch-size", "1000", "--lr", "0.05",
+                   "--momentum", "0.9", "--weight-decay", "0", "--schedule", "cosine",
+                   "--gamma", "0.1", "--augment", "none", "--seed", "0"]
+    assert TrainConfig.from_dict(vars(parser.parse_args(spelled_out))) == TrainConfig()
+
+    every = vars(parser.parse_args(spelled_out + [
+        "--nesterov", "--step-size", "2", "--out", "o", "--limit-train", "5",
+        "--limit-test", "6", "--cache-dir", "c", "--download"]))
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(every) - RUN_ACTIONS == fields
+    config = TrainConfig.from_dict(every)
+    assert (config.nesterov, config.step_size, config.out, config.limit_train,
+            config.limit_test, config.cache_dir, config.download) == (True, 2, "o", 5, 6, "c", True)
+
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    d = TrainConfig()
+    for value in (d.model, d.epochs, d.batch_size, d.eval_batch_size, d.lr, d.momentum,
+                  d.weight_decay, d.gamma, d.seed):
+        assert f"(default: {value})" in help_text, value
+    assert TrainConfig().out_dir == os.path.join("runs", "lenet5")
+    assert TrainConfig(model="vgg_small").out_dir == os.path.join("runs", "vgg_small")
+
+
+@pytest.mark.parametrize("field, value, error", [
+    ("model", "lenet7", ConfigError), ("dataset", "cifar10", ConfigError),
+    ("epochs", 0, ConfigError), ("batch_size", -1, ConfigError),
+    ("eval_batch_size", 0, ConfigError), ("lr", -0.1, ConfigError),
+    ("lr", float("nan"), ConfigError), ("momentum", -1, ConfigError),
+    ("weight_decay", float("inf"), ConfigError), ("schedule", "linear", ConfigError),
+    ("step_size", 0, ConfigError), ("gamma", -0.5, ConfigError),
+    ("augment", ["crop", "rotate"], ConfigError), ("seed", -1, ConfigError),
+    ("limit_train", 0, ConfigError), ("limit_test", 0, ConfigError), ("out", "", ConfigError),
+    ("epochs", "3", TypeError), ("lr", "0.05", TypeError), ("nesterov", 1, TypeError),
+    ("epochs", True, TypeError), ("augment", 3, TypeError), ("cache_dir", 1, TypeError),
+])
+def test_invalid_train_config_names_the_field(field, value, error):
+    with pytest.raises(error, match=rf"^{field}\b"):
+        TrainConfig(**{field: value})
+
+
+def test_train_config_checks_fields_together():
+    assert issubclass(ConfigError, ValueError)
+    with pytest.raises(ConfigError, match="nesterov=True needs momentum > 0"):
+        TrainConfig(nesterov=True, momentum=0)
+
+
+def test_train_config_normalises_and_round_trips(tmp_path):
+    c = TrainConfig(augment="none,crop , flip", lr=1, out=tmp_path, epochs=np.int64(2))
+    assert c.augment == ("crop", "flip") and c.lr == 1.0 and isinstance(c.lr, float)
+    assert c.out == str(tmp_path) and type(c.epochs) is int
+    assert TrainConfig(augment=[]).augment == ("none",)
+    d = c.to_dict()
+    assert json.loads(json.dumps(d)) == d and d["augment"] == ["crop", "flip"]
+    assert TrainConfig.from_dict(d) == c
+    # an older checkpoint's config: extra keys (run actions, derived facts) are ignored,
+    # missing fields take the defaults
+    old = {"model": "lenet5", "lr": 0.01, "pad": 2, "input_shape": [1, 32, 32],
+           "resume": False, "overwrite": False, "progress": True, "command": "train"}
+    assert TrainConfig.from_dict(old) == TrainConfig(lr=0.01)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.lr = 0.1
+
+
+@needs_mnist
+def test_run_from_python_stores_a_config_that_round_trips(tmp_path):
+    config = TrainConfig(epochs=1, batch_size=128, lr=0.02, augment=["flip"], seed=4,
+                         limit_train=256, limit_test=128, out=tmp_path / "py")
+    lines = []
+    metrics = run(config, progress=False, log=lambda *a: lines.append(" ".join(a)))
+    assert [m["epoch"] for m in metrics] == [1] and metrics[0]["lr"] == 0.02
+    assert lines[0].startswith("training lenet5 on mnist: 256 train / 128 test images")
+    meta = ckpt.load(tmp_path / "py" / "checkpoint.npz").meta
+    assert TrainConfig.from_dict(meta["config"]) == config
+    assert meta["config"]["pad"] == 2 and meta["config"]["input_shape"] == [1, 32, 32]
+    assert meta["metrics"] == metrics
+    with pytest.raises(ConfigError, match="already exists"):
+        run(config, progress=False)
+    with pytest.raises(ConfigError, match="cannot resume: .* was trained with model 'lenet5'"):
+        run(dataclasses.replace(config, model="vgg_small"), resume=True, progress=False)
+
+
+@needs_mnist
+def test_resume_takes_the_stored_settings(tmp_path):
+    """Train vgg_small with a non-default lr, batch size, augmentation and seed; resume with
+    only --out and --epochs: the resumed run uses the stored settings (its stored config
+    says so) and is bit-identical to training those settings straight."""
+    settings = ["--model", "vgg_small", "--lr", "0.02", "--batch-size", "16",
+                "--augment", "flip", "--seed", "5", "--limit-train", "32",
+                "--limit-test", "32", "--no-progress"]
+    resumed, straight = tmp_path / "resumed", tmp_path / "straight"
+    assert main(["train", *settings, "--epochs", "1", "--out", str(resumed)]) == 0
+    assert resume_config(resumed, epochs=2, lr=0.1).lr == 0.1            # typed wins
+    assert main(["train", "--out", str(resumed), "--resume", "--epochs", "2",
+                 "--no-progress"]) == 0
+    assert main(["train", *settings, "--epochs", "2", "--out", str(straight)]) == 0
+
+    a, b = ckpt.load(resumed / "checkpoint.npz"), ckpt.load(straight / "checkpoint.npz")
+    expected = TrainConfig(model="vgg_small", lr=0.02, batch_size=16, augment=("flip",),
+                           seed=5, limit_train=32, limit_test=32, epochs=2, out=str(resumed))
+    assert TrainConfig.from_dict(a.meta["config"]) == expected
+    assert [m["lr"] for m in a.meta["metrics"]] == [0.02, 0.01]          # cosine from 0.02
+    _assert_same_state(a.model_state, b.model_state)
+    _assert_same_state(a.optim_state, b.optim_state)
+    assert a.meta["metrics"][1]["train_loss"] == b.meta["metrics"][1]["train_loss"]
+
+
+@needs_mnist
+def test_resume_of_an_old_checkpoint_config(two_epochs, three_straight, tmp_path):
+    """A checkpoint written before TrainConfig (meta["config"] = the CLI's vars(args) plus
+    augment/pad/input_shape, here also lacking some fields) resumes with its stored
+    settings and still matches the straight run bit for bit."""
+    out = tmp_path / "old"
+    shutil.copytree(two_epochs, out)
+    path = out / "checkpoint.npz"
+    ck = ckpt.load(path)
+    old_config = {"model": "lenet5", "dataset": "mnist", "epochs": 2, "batch_size": 64,
+                  "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4, "nesterov": True,
+                  "schedule": "step", "step_size": 1, "gamma": 0.5, "augment": ["crop"],
+                  "seed": 3, "out": "somewhere/else", "resume": False, "overwrite": False,
+                  "limit_train": 512, "limit_test": 256, "progress": False, "pad": 2,
+                  "input_shape": [1, 32, 32]}    # no eval_batch_size, cache_dir, download
+    ckpt.save(path, ck.model_state, ck.optim_state, dict(ck.meta, config=old_config))
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "3", "--no-progress"]) == 0
+    a, b = ckpt.load(path), ckpt.load(three_straight / "checkpoint.npz")
+    _assert_same_state(a.model_state, b.model_state)
+    _assert_same_state(a.optim_state, b.optim_state)
+    assert a.meta["config"]["out"] == str(out) and a.meta["config"]["eval_batch_size"] == 1000
+
+
+@needs_mnist
+def test_resume_with_another_model_is_one_line(two_epochs, tmp_path, capsys):
+    out = tmp_path / "other"
+    shutil.copytree(two_epochs, out)
+    assert main(["train", "--out", str(out), "--resume", "--model", "vgg_small",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("numbacnn: error: cannot resume:") and err.count("\n") == 1
+    assert "'lenet5'" in err and "'vgg_small'" in err and "Traceback" not in err
+
+
+def test_model_facts_come_from_the_registry(capsys):
+    """MNIST is padded to 32 for the models meant for 32 x 32 and up; alexnet and the big
+    VGGs get no padding (and cannot take MNIST); summary uses the built-for side."""
+    pad2 = {"lenet5", "resnet_cifar", "vgg_small", "resnet18", "resnet34", "resnet50"}
+    assert {m: input_pad(m, "mnist") for m in MODELS} == {m: 2 if m in pad2 else 0
+                                                          for m in MODELS}
+    assert main(["summary", "alexnet"]) == 0
+    out = capsys.readouterr().out
+    assert "224 x 224 x 1" in out and "54 x 54 x 96" in out
+    assert main(["summary", "resnet_cifar"]) == 0
+    assert "32 x 32 x 1" in capsys.readouterr().out
+
+
+def test_a_model_too_big_for_mnist_is_one_line(tmp_path, capsys):
+    assert main(["train", "--model", "alexnet", "--out", str(tmp_path / "a"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("numbacnn: error: alexnet cannot take mnist's 28x28 images")
+    assert "lenet5" in err and err.count("\n") == 1
