@@ -10,8 +10,9 @@ Conventions (as in ``functional``): NCHW arrays, float32 or float64; the output 
 input's dtype, but sums are accumulated in float64 so that the oracle is at least as
 accurate as the kernels it checks.
 
-The padding arithmetic is written out here again (not imported from ``numbacnn.shapes``) so
-that the oracle stays independent of the code it checks.
+The padding arithmetic, the dropout hash and the log-sum-exp are written out here again (not
+imported from ``numbacnn.shapes`` or ``numbacnn.kernels.common``) on purpose: the oracle must
+stay independent of the code it checks. Names follow the index legend of docs/CONTRACT.md.
 """
 import math
 
@@ -40,8 +41,8 @@ def _pair(v):
     return int(v), int(v)
 
 
-def _conv_pads(padding, kh, kw, dh, dw):
-    """(top, bottom, left, right) padding.
+def _conv_pads(padding, kH, kW, dil_h, dil_w):
+    """(pad_top, pad_bottom, pad_left, pad_right).
 
     Lecture, "Padding": a common choice is p_h = k_h - 1 in total; for odd k_h pad p_h/2 on
     both sides, for even k_h pad ceil(p_h/2) on top and floor(p_h/2) on bottom. With dilation
@@ -50,16 +51,16 @@ def _conv_pads(padding, kh, kw, dh, dw):
     if padding == "valid":
         return 0, 0, 0, 0
     if padding == "same":
-        ph, pw = dh * (kh - 1), dw * (kw - 1)
-        return math.ceil(ph / 2), ph // 2, math.ceil(pw / 2), pw // 2
-    ph, pw = _pair(padding)
-    return ph, ph, pw, pw
+        total_h, total_w = dil_h * (kH - 1), dil_w * (kW - 1)
+        return math.ceil(total_h / 2), total_h // 2, math.ceil(total_w / 2), total_w // 2
+    pad_h, pad_w = _pair(padding)
+    return pad_h, pad_h, pad_w, pad_w
 
 
-def _out_size(n, k, pad_total, s, d=1):
+def _out_size(n, k, pad_total, stride, dil=1):
     """Lecture, "Stride": floor((n - k + p + s) / s), with k the dilated extent d*(k-1)+1."""
-    k_eff = d * (k - 1) + 1
-    return (n - k_eff + pad_total + s) // s
+    k_eff = dil * (k - 1) + 1
+    return (n - k_eff + pad_total + stride) // stride
 
 
 def _zero_pad(x, top, bottom, left, right, value=0.0):
@@ -75,71 +76,76 @@ def _zero_pad(x, top, bottom, left, right, value=0.0):
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D cross-correlation, lecture "2-D Convolution Layer" / "Multiple Input/Output Channels".
 
-        y[n, o, i, j] = b[o] + sum_c sum_a sum_b  w[o, c, a, b] * xpad[n, g*C_g + c, i*s_h + a*d_h, j*s_w + b*d_w]
+        y[n, co, oh, ow] = b[co] + sum_{ci_l, kh, kw} w[co, ci_l, kh, kw]
+                                   * xpad[n, g*C_in_g + ci_l, oh*stride_h + kh*dil_h, ow*stride_w + kw*dil_w]
 
     i.e. Y = X (star) W + b with the kernel summed over the input channels of its group
-    (g = o // (C_out / groups), C_g = C_in / groups), strides s, dilation d, and the input
-    padded with zeros (xpad). Output size floor((n - k + p + s) / s) per axis.
+    (g = co // C_out_g, C_in_g = C_in / groups), and the input padded with zeros (xpad).
+    Output size floor((n - k + p + s) / s) per axis.
     """
     N, C_in, H, W = x.shape
-    C_out, C_g, kh, kw = weight.shape
-    sh, sw = _pair(stride)
-    dh, dw = _pair(dilation)
-    pt, pb, pl, pr = _conv_pads(padding, kh, kw, dh, dw)
-    H_out = _out_size(H, kh, pt + pb, sh, dh)
-    W_out = _out_size(W, kw, pl + pr, sw, dw)
-    xpad = _zero_pad(x.astype(np.float64), pt, pb, pl, pr)
+    C_out, C_in_g, kH, kW = weight.shape
+    stride_h, stride_w = _pair(stride)
+    dil_h, dil_w = _pair(dilation)
+    pad_top, pad_bottom, pad_left, pad_right = _conv_pads(padding, kH, kW, dil_h, dil_w)
+    H_out = _out_size(H, kH, pad_top + pad_bottom, stride_h, dil_h)
+    W_out = _out_size(W, kW, pad_left + pad_right, stride_w, dil_w)
+    xpad = _zero_pad(x.astype(np.float64), pad_top, pad_bottom, pad_left, pad_right)
     w = weight.astype(np.float64)
-    out_per_group = C_out // groups
+    C_out_g = C_out // groups
     y = np.zeros((N, C_out, H_out, W_out), dtype=np.float64)
     for n in range(N):
-        for o in range(C_out):
-            g = o // out_per_group
-            for i in range(H_out):
-                for j in range(W_out):
-                    acc = 0.0 if bias is None else float(bias[o])
-                    for c in range(C_g):
-                        for a in range(kh):
-                            for b in range(kw):
-                                acc += (w[o, c, a, b]
-                                        * xpad[n, g * C_g + c, i * sh + a * dh, j * sw + b * dw])
-                    y[n, o, i, j] = acc
+        for co in range(C_out):
+            g = co // C_out_g
+            for oh in range(H_out):
+                for ow in range(W_out):
+                    acc = 0.0 if bias is None else float(bias[co])
+                    for ci_l in range(C_in_g):
+                        for kh in range(kH):
+                            for kw in range(kW):
+                                acc += (w[co, ci_l, kh, kw]
+                                        * xpad[n, g * C_in_g + ci_l, oh * stride_h + kh * dil_h,
+                                               ow * stride_w + kw * dil_w])
+                    y[n, co, oh, ow] = acc
     return y.astype(x.dtype)
 
 
 def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1):
     """Gradients of conv2d by the chain rule (lecture, "Backward Pass"), written as a scatter.
 
-    Every term  w[o,c,a,b] * xpad[n, gC_g+c, i s_h + a d_h, j s_w + b d_w]  of y[n,o,i,j]
-    sends  dy[n,o,i,j] * w[o,c,a,b]  to dxpad at that input position and
-    dy[n,o,i,j] * xpad[...]  to dw[o,c,a,b]; db[o] = sum_{n,i,j} dy[n,o,i,j].
-    dx is dxpad with the padding cut off. Returns (dx, dweight, dbias).
+    Every term  w[co, ci_l, kh, kw] * xpad[n, ci, ih, iw]  of y[n, co, oh, ow] (ih = oh*stride_h
+    + kh*dil_h, iw = ow*stride_w + kw*dil_w in the padded input) sends
+    dy[n, co, oh, ow] * w[co, ci_l, kh, kw]  to dxpad[n, ci, ih, iw] and
+    dy[n, co, oh, ow] * xpad[n, ci, ih, iw]  to dw[co, ci_l, kh, kw];
+    db[co] = sum_{n, oh, ow} dy[n, co, oh, ow]. dx is dxpad with the padding cut off.
+    Returns (dx, dweight, dbias).
     """
     N, C_in, H, W = x.shape
-    C_out, C_g, kh, kw = weight.shape
-    sh, sw = _pair(stride)
-    dh, dw_ = _pair(dilation)
-    pt, pb, pl, pr = _conv_pads(padding, kh, kw, dh, dw_)
+    C_out, C_in_g, kH, kW = weight.shape
+    stride_h, stride_w = _pair(stride)
+    dil_h, dil_w = _pair(dilation)
+    pad_top, pad_bottom, pad_left, pad_right = _conv_pads(padding, kH, kW, dil_h, dil_w)
     _, _, H_out, W_out = dy.shape
-    xpad = _zero_pad(x.astype(np.float64), pt, pb, pl, pr)
+    xpad = _zero_pad(x.astype(np.float64), pad_top, pad_bottom, pad_left, pad_right)
     w = weight.astype(np.float64)
     g_dy = dy.astype(np.float64)
     dxpad = np.zeros_like(xpad)
     dweight = np.zeros_like(w)
-    out_per_group = C_out // groups
+    C_out_g = C_out // groups
     for n in range(N):
-        for o in range(C_out):
-            g = o // out_per_group
-            for i in range(H_out):
-                for j in range(W_out):
-                    d = g_dy[n, o, i, j]
-                    for c in range(C_g):
-                        for a in range(kh):
-                            for b in range(kw):
-                                r, s = i * sh + a * dh, j * sw + b * dw_
-                                dxpad[n, g * C_g + c, r, s] += d * w[o, c, a, b]
-                                dweight[o, c, a, b] += d * xpad[n, g * C_g + c, r, s]
-    dx = dxpad[:, :, pt:pt + H, pl:pl + W]
+        for co in range(C_out):
+            g = co // C_out_g
+            for oh in range(H_out):
+                for ow in range(W_out):
+                    d = g_dy[n, co, oh, ow]
+                    for ci_l in range(C_in_g):
+                        ci = g * C_in_g + ci_l
+                        for kh in range(kH):
+                            for kw in range(kW):
+                                ih, iw = oh * stride_h + kh * dil_h, ow * stride_w + kw * dil_w
+                                dxpad[n, ci, ih, iw] += d * w[co, ci_l, kh, kw]
+                                dweight[co, ci_l, kh, kw] += d * xpad[n, ci, ih, iw]
+    dx = dxpad[:, :, pad_top:pad_top + H, pad_left:pad_left + W]
     dbias = g_dy.sum(axis=(0, 2, 3))
     return dx.astype(x.dtype), dweight.astype(x.dtype), dbias.astype(x.dtype)
 
@@ -150,93 +156,94 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1):
 
 
 def _pool_setup(x, kernel_size, stride, padding):
-    kh, kw = _pair(kernel_size)
-    sh, sw = (kh, kw) if stride is None else _pair(stride)
-    ph, pw = _pair(padding)
-    H_out = _out_size(x.shape[2], kh, 2 * ph, sh)
-    W_out = _out_size(x.shape[3], kw, 2 * pw, sw)
-    return kh, kw, sh, sw, ph, pw, H_out, W_out
+    kH, kW = _pair(kernel_size)
+    stride_h, stride_w = (kH, kW) if stride is None else _pair(stride)
+    pad_h, pad_w = _pair(padding)
+    H_out = _out_size(x.shape[2], kH, 2 * pad_h, stride_h)
+    W_out = _out_size(x.shape[3], kW, 2 * pad_w, stride_w)
+    return kH, kW, stride_h, stride_w, pad_h, pad_w, H_out, W_out
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):
     """2-D max pooling (lecture, "2-D Max Pooling": the maximal value in the sliding window).
 
-        y[n, c, i, j] = max_{a, b} xpad[n, c, i*s_h + a, j*s_w + b],  xpad padded with -inf.
-    stride=None means stride = kernel_size.
+        y[n, c, oh, ow] = max_{kh, kw} xpad[n, c, oh*stride_h + kh, ow*stride_w + kw],
+    xpad padded with -inf. stride=None means stride = kernel_size.
     """
-    kh, kw, sh, sw, ph, pw, H_out, W_out = _pool_setup(x, kernel_size, stride, padding)
+    kH, kW, stride_h, stride_w, pad_h, pad_w, H_out, W_out = _pool_setup(x, kernel_size, stride, padding)
     N, C = x.shape[:2]
-    xpad = _zero_pad(x, ph, ph, pw, pw, value=-np.inf)
+    xpad = _zero_pad(x, pad_h, pad_h, pad_w, pad_w, value=-np.inf)
     y = np.empty((N, C, H_out, W_out), dtype=x.dtype)
     for n in range(N):
         for c in range(C):
-            for i in range(H_out):
-                for j in range(W_out):
-                    window = xpad[n, c, i * sh:i * sh + kh, j * sw:j * sw + kw]
-                    y[n, c, i, j] = window.max()
+            for oh in range(H_out):
+                for ow in range(W_out):
+                    h0, w0 = oh * stride_h, ow * stride_w
+                    y[n, c, oh, ow] = xpad[n, c, h0:h0 + kH, w0:w0 + kW].max()
     return y
 
 
 def max_pool2d_backward(dy, x, kernel_size, stride=None, padding=0):
-    """Gradient of max pooling: dy[n,c,i,j] goes to the FIRST maximum of its window in
+    """Gradient of max pooling: dy[n, c, oh, ow] goes to the FIRST maximum of its window in
     row-major order (PyTorch's CPU tie-break); overlapping windows accumulate.
 
     The window is scanned over its input positions (padding never receives gradient) with
     PyTorch's test `v > best or isnan(v)`: ties keep the first maximum, a NaN wins (the
     last NaN), and an all -inf window sends its gradient to its first input position.
     """
-    kh, kw, sh, sw, ph, pw, H_out, W_out = _pool_setup(x, kernel_size, stride, padding)
+    kH, kW, stride_h, stride_w, pad_h, pad_w, H_out, W_out = _pool_setup(x, kernel_size, stride, padding)
     N, C, H, W = x.shape
     dx = np.zeros((N, C, H, W), dtype=np.float64)
     for n in range(N):
         for c in range(C):
-            for i in range(H_out):
-                for j in range(W_out):
+            for oh in range(H_out):
+                for ow in range(W_out):
                     best, where = -np.inf, None
-                    for a in range(kh):
-                        for b in range(kw):
-                            r, s = i * sh - ph + a, j * sw - pw + b
-                            if not (0 <= r < H and 0 <= s < W):
+                    for kh in range(kH):
+                        for kw in range(kW):
+                            ih, iw = oh * stride_h - pad_h + kh, ow * stride_w - pad_w + kw
+                            if not (0 <= ih < H and 0 <= iw < W):
                                 continue  # padding
-                            v = float(x[n, c, r, s])
+                            v = float(x[n, c, ih, iw])
                             if where is None:
-                                where = (r, s)
+                                where = (ih, iw)
                             if v > best or math.isnan(v):
-                                best, where = v, (r, s)
-                    dx[n, c, where[0], where[1]] += dy[n, c, i, j]
+                                best, where = v, (ih, iw)
+                    dx[n, c, where[0], where[1]] += dy[n, c, oh, ow]
     return dx.astype(x.dtype)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0):
     """2-D average pooling (lecture, "Average Pooling": replace max with mean).
 
-        y[n, c, i, j] = (1 / (k_h k_w)) sum_{a, b} xpad[n, c, i*s_h + a, j*s_w + b]
+        y[n, c, oh, ow] = (1 / (kH kW)) sum_{kh, kw} xpad[n, c, oh*stride_h + kh, ow*stride_w + kw]
     with zero padding counted in the divisor (PyTorch's count_include_pad=True).
     """
-    kh, kw, sh, sw, ph, pw, H_out, W_out = _pool_setup(x, kernel_size, stride, padding)
+    kH, kW, stride_h, stride_w, pad_h, pad_w, H_out, W_out = _pool_setup(x, kernel_size, stride, padding)
     N, C = x.shape[:2]
-    xpad = _zero_pad(x.astype(np.float64), ph, ph, pw, pw)
+    xpad = _zero_pad(x.astype(np.float64), pad_h, pad_h, pad_w, pad_w)
     y = np.empty((N, C, H_out, W_out), dtype=np.float64)
     for n in range(N):
         for c in range(C):
-            for i in range(H_out):
-                for j in range(W_out):
-                    window = xpad[n, c, i * sh:i * sh + kh, j * sw:j * sw + kw]
-                    y[n, c, i, j] = window.sum() / (kh * kw)
+            for oh in range(H_out):
+                for ow in range(W_out):
+                    h0, w0 = oh * stride_h, ow * stride_w
+                    y[n, c, oh, ow] = xpad[n, c, h0:h0 + kH, w0:w0 + kW].sum() / (kH * kW)
     return y.astype(x.dtype)
 
 
 def avg_pool2d_backward(dy, x, kernel_size, stride=None, padding=0):
-    """Gradient of average pooling: each dy[n,c,i,j] / (k_h k_w) to every cell of its window."""
-    kh, kw, sh, sw, ph, pw, H_out, W_out = _pool_setup(x, kernel_size, stride, padding)
+    """Gradient of average pooling: each dy[n, c, oh, ow] / (kH kW) to every cell of its window."""
+    kH, kW, stride_h, stride_w, pad_h, pad_w, H_out, W_out = _pool_setup(x, kernel_size, stride, padding)
     N, C, H, W = x.shape
-    dxpad = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=np.float64)
+    dxpad = np.zeros((N, C, H + 2 * pad_h, W + 2 * pad_w), dtype=np.float64)
     for n in range(N):
         for c in range(C):
-            for i in range(H_out):
-                for j in range(W_out):
-                    dxpad[n, c, i * sh:i * sh + kh, j * sw:j * sw + kw] += dy[n, c, i, j] / (kh * kw)
-    return dxpad[:, :, ph:ph + H, pw:pw + W].astype(x.dtype)
+            for oh in range(H_out):
+                for ow in range(W_out):
+                    h0, w0 = oh * stride_h, ow * stride_w
+                    dxpad[n, c, h0:h0 + kH, w0:w0 + kW] += dy[n, c, oh, ow] / (kH * kW)
+    return dxpad[:, :, pad_h:pad_h + H, pad_w:pad_w + W].astype(x.dtype)
 
 
 # ----------------------------------------------------------------------------------------
@@ -321,17 +328,17 @@ def batch_norm_backward(dy, x, weight, eps=1e-5, running_mean=None, running_var=
 
 
 def linear(x, weight, bias=None):
-    """Lecture, "Forward Pass": z_j = sum_i w_{j,i} y_i + b_j for every row of x.
-    x (N, IN), weight (OUT, IN), bias (OUT,) -> (N, OUT)."""
+    """Lecture, "Forward Pass": z_j = sum_i w_{j,i} y_i + b_j for every row of x, i.e.
+    y[n, o] = b[o] + sum_i w[o, i] x[n, i]: x (N, IN), weight (OUT, IN), bias (OUT,) -> (N, OUT)."""
     N, IN = x.shape
     OUT = weight.shape[0]
     y = np.empty((N, OUT), dtype=np.float64)
     for n in range(N):
-        for j in range(OUT):
-            acc = 0.0 if bias is None else float(bias[j])
+        for o in range(OUT):
+            acc = 0.0 if bias is None else float(bias[o])
             for i in range(IN):
-                acc += float(weight[j, i]) * float(x[n, i])
-            y[n, j] = acc
+                acc += float(weight[o, i]) * float(x[n, i])
+            y[n, o] = acc
     return y.astype(x.dtype)
 
 
@@ -344,12 +351,12 @@ def linear_backward(dy, x, weight):
     dweight = np.zeros((OUT, IN), dtype=np.float64)
     dbias = np.zeros(OUT, dtype=np.float64)
     for n in range(N):
-        for j in range(OUT):
-            d = float(dy[n, j])
-            dbias[j] += d
+        for o in range(OUT):
+            d = float(dy[n, o])
+            dbias[o] += d
             for i in range(IN):
-                dx[n, i] += float(weight[j, i]) * d
-                dweight[j, i] += float(x[n, i]) * d
+                dx[n, i] += float(weight[o, i]) * d
+                dweight[o, i] += float(x[n, i]) * d
     return dx.astype(x.dtype), dweight.astype(x.dtype), dbias.astype(x.dtype)
 
 
