@@ -24,6 +24,8 @@ import time
 
 import numpy as np
 
+from _timing import best_time
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
@@ -40,22 +42,10 @@ SHAPES = [
 ]
 
 
-def _time(fn, min_time=0.3, min_reps=5, max_reps=2000):
-    """Best (minimum) wall time of fn() in seconds, over enough repetitions to fill min_time.
-
-    The minimum, not the median: on a shared machine the other processes only ever add
-    time, so the fastest repetition is the best estimate of what the kernel costs."""
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    one = max(time.perf_counter() - t0, 1e-6)
-    reps = int(min(max_reps, max(min_reps, min_time / one)))
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.min(ts))
+# Every cell is the best (minimum) time of >= 5 calls filling 0.3 s, after 2 untimed calls
+# (_timing.best_time says why the minimum); the slow naive kernels get >= 2 calls, 0.1 s.
+TIMING = dict(min_time=0.3, min_reps=5, max_reps=2000, warmup=2)
+TIMING_NAIVE = dict(TIMING, min_time=0.1, min_reps=2)
 
 
 def _jit_probe(dtype_names):
@@ -175,14 +165,14 @@ def main():
         with torch.no_grad():
             tot_o = tot_t = 0.0
             for pname, ours, theirs, naive in rows:
-                to = _time(ours)
-                tt = _time(theirs)
+                to = best_time(ours, **TIMING)
+                tt = best_time(theirs, **TIMING)
                 tot_o += to
                 tot_t += tt
                 line = (f"{name:28s} {pname:9s} {to * 1e3:11.3f} {2 * macs / to / 1e9:8.2f} "
                         f"{tt * 1e3:9.3f} {2 * macs / tt / 1e9:8.2f} {tt / to:6.2f}")
                 if args.naive:
-                    line += f" {_time(naive, min_time=0.1, min_reps=2) * 1e3:9.3f}"
+                    line += f" {best_time(naive, **TIMING_NAIVE) * 1e3:9.3f}"
                 print(line)
             print(f"{name:28s} {'total':9s} {tot_o * 1e3:11.3f} {6 * macs / tot_o / 1e9:8.2f} "
                   f"{tot_t * 1e3:9.3f} {6 * macs / tot_t / 1e9:8.2f} {tot_t / tot_o:6.2f}")

@@ -34,6 +34,8 @@ import sys
 
 import numpy as np
 
+from _timing import event_time
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
@@ -104,29 +106,14 @@ def main(argv=None):
         return cuda.to_device((rng.standard_normal(shape) * scale).astype(dt))
 
     def t_numba(fn):
-        fn()                                        # compile + warm up
-        cuda.synchronize()
-        start, stop = cuda.event(), cuda.event()
-        start.record()
-        for _ in range(reps):
-            fn()
-        stop.record()
-        stop.synchronize()
-        return start.elapsed_time(stop) / reps
+        """ms per call: events around reps launches, after one compiling call."""
+        return 1e3 * event_time(fn, reps=reps, event=cuda.event, synchronize=cuda.synchronize)
 
     def t_torch(fn):
         if torch is None or fn is None:
             return None
-        fn()
-        torch.cuda.synchronize()
-        start = torch.cuda.Event(enable_timing=True)
-        stop = torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            fn()
-        stop.record()
-        stop.synchronize()
-        return start.elapsed_time(stop) / reps
+        return 1e3 * event_time(fn, reps=reps, event=lambda: torch.cuda.Event(enable_timing=True),
+                                synchronize=torch.cuda.synchronize)
 
     def T(a):                                       # zero-copy torch view of a device array
         return torch.as_tensor(a, device="cuda")

@@ -28,20 +28,8 @@ import numba
 import torch
 import torch.nn.functional as F
 
+from _timing import best_time
 from numbacnn.kernels.cpu import activation, batchnorm, dense, loss, pool
-
-
-def timeit(fn, budget):
-    """Best wall time of fn() in ms, over as many calls as fit in `budget` seconds (>= 5)."""
-    fn()
-    fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < 5 or (time.perf_counter() - start < budget and len(times) < 200):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * min(times)
 
 
 def cases(dt, rng):
@@ -177,10 +165,12 @@ def main():
     head = f"{'kernel':<22} {'shape':<30} {'numbacnn':>9} {'torch':>9} {'ratio':>7}"
     print(head)
     print("-" * len(head))
+    # each cell: >= 5 calls, then as many as fit in the budget (at most 200), after 2 untimed
+    timing = dict(min_time=args.budget, min_reps=5, max_reps=200, warmup=2)
     t_start = time.perf_counter()
     for family, label, ours, theirs in cases(dt, rng):
-        t_ours = timeit(ours, args.budget)
-        t_torch = timeit(theirs, args.budget)
+        t_ours = 1e3 * best_time(ours, **timing)     # ms
+        t_torch = 1e3 * best_time(theirs, **timing)
         print(f"{family:<22} {label:<30} {t_ours:9.3f} {t_torch:9.3f} {t_ours / t_torch:7.2f}x")
     print(f"(ratio = numbacnn / torch; < 1 means numbacnn is faster; "
           f"total {time.perf_counter() - t_start:.0f} s)")

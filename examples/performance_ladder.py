@@ -17,7 +17,7 @@ draws out/performance_ladder.png. The reference rung is timed on 2 images and sc
 """
 import argparse
 import os
-import time
+import sys
 
 import matplotlib
 
@@ -29,19 +29,16 @@ import numpy as np  # noqa: E402
 from numbacnn import reference  # noqa: E402
 from numbacnn.kernels.cpu import conv  # noqa: E402
 
+# The one timing helper lives with the benchmarks (benchmarks/_timing.py); this example runs
+# from a checkout, so it finds it next door.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))
+from _timing import best_time  # noqa: E402
+
 N, C_IN, C_OUT, H, K = 64, 6, 16, 14, 5
 HO = H - K + 1
 MACS = N * C_OUT * HO * HO * C_IN * K * K
-
-
-def best_time(fn, reps=20):
-    fn()  # warm-up (JIT compile on first call)
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return min(ts)
+TIMING = dict(min_reps=20, max_reps=20)  # each rung: the best of 20 calls, after 1 untimed (JIT)
 
 
 def main():
@@ -58,15 +55,16 @@ def main():
     geo = (1, 1, 0, 0, 1, 1, 1)  # stride, pad top/left, dilation, groups
 
     rungs = []
-    t = best_time(lambda: reference.conv2d(x[:2], w, b), reps=1) * N / 2
+    t = best_time(lambda: reference.conv2d(x[:2], w, b), min_reps=1, max_reps=1) * N / 2
     rungs.append(("reference (Python loops)", t))
     numba.set_num_threads(1)
-    rungs.append(("naive @njit, 1 thread", best_time(lambda: conv.conv2d_forward_naive(x, w, b, y, *geo))))
+    rungs.append(("naive @njit, 1 thread",
+                  best_time(lambda: conv.conv2d_forward_naive(x, w, b, y, *geo), **TIMING)))
     numba.set_num_threads(threads)
     rungs.append((f"naive @njit, {threads} threads",
-                  best_time(lambda: conv.conv2d_forward_naive(x, w, b, y, *geo))))
+                  best_time(lambda: conv.conv2d_forward_naive(x, w, b, y, *geo), **TIMING)))
     rungs.append((f"fast @njit, {threads} threads",
-                  best_time(lambda: conv.conv2d_forward(x, w, b, y, *geo))))
+                  best_time(lambda: conv.conv2d_forward(x, w, b, y, *geo), **TIMING)))
     fast = y.copy()
     try:
         import torch
@@ -74,7 +72,7 @@ def main():
         xt, wt, bt = map(torch.from_numpy, (x, w, b))
         with torch.no_grad():
             rungs.append((f"PyTorch {torch.__version__}, {threads} threads",
-                          best_time(lambda: torch.nn.functional.conv2d(xt, wt, bt))))
+                          best_time(lambda: torch.nn.functional.conv2d(xt, wt, bt), **TIMING)))
             np.testing.assert_allclose(fast, torch.nn.functional.conv2d(xt, wt, bt).numpy(),
                                        rtol=1e-4, atol=1e-4)
     except ImportError:

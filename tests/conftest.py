@@ -12,12 +12,31 @@ set ``max_examples`` themselves, so both profiles run them in full.
 
 The finite-difference helpers are exposed as the session fixture ``gradcheck`` (session
 scope, so hypothesis tests may use it too).
+
+Shared assertions (import them: ``from conftest import assert_close, check_op``):
+
+* ``TOLERANCES`` / ``tolerance(dtype, kind)`` -- the one tolerance table of the suite;
+* ``assert_close(actual, expected, *, dtype, kind)`` -- every numeric comparison of an op's
+  result with an oracle goes through it;
+* ``check_op(name, *inputs, dtype, **kwargs)`` -- numbacnn.functional vs numbacnn.reference
+  vs PyTorch, forward and backward, in one line (in the spirit of tinygrad's helper_test_op).
+
+tests/ is not a package, so pytest imports this file and tests/cuda/conftest.py under the
+same module name ``conftest``: it drops the first from ``sys.modules`` before importing the
+second, and a test module's ``from conftest import ...`` gets whichever came last. So this
+module also registers itself as ``_numbacnn_tests_conftest`` (below), and
+tests/cuda/conftest.py re-exports ``__all__`` from that name: the import gives the same
+objects whichever of the two conftest files it finds.
 """
 import os
+import sys
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
+
+__all__ = ["TOLERANCES", "ATOL_SCALED", "tolerance", "assert_close", "check_op"]
+sys.modules["_numbacnn_tests_conftest"] = sys.modules[__name__]
 
 settings.register_profile(
     "ci",
@@ -93,3 +112,232 @@ def gradcheck():
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+# ----------------------------------------------------------------------------------------
+# the tolerance table and the one comparison helper
+#
+# Each kind is named after the reason results may differ from their oracle; the number is
+# the relative tolerance rtol per dtype. atol (the floor for values near 0) equals rtol,
+# except for the kinds in ATOL_SCALED, where it is rtol * max(1, max|expected|): their
+# outputs are long sums that grow with the problem, so cancellation near 0 leaves an error
+# proportional to the size of the terms, not to the (small) result.
+
+TOLERANCES = {
+    # A copy, a selection or a maximum: no arithmetic, so no rounding to forgive.
+    "exact": {np.float32: 0.0, np.float64: 0.0},
+    # One formula per element (relu, tanh, sigmoid, dropout's scaling, add), the kernel's
+    # own formula against libm: float32 tanh is a rational approximation within 8 ulp
+    # (~5e-7). 1e-5 is ~80 float32 ulp, 1e-12 ~4500 float64 ulp; the values are O(1).
+    "elementwise": {np.float32: 1e-5, np.float64: 1e-12},
+    # Short sums added in another order: a pooling window (and the backward's overlapping
+    # windows adding into one dx), a softmax row, a dense layer's dot products of O(1)
+    # terms (up to ~500 of them in the tests). The same numbers as "elementwise" today, kept
+    # apart so that either can be tightened on its own.
+    "short_sum": {np.float32: 1e-5, np.float64: 1e-12},
+    # Per-channel statistics over all N*H*W values (batch norm's mean and variance, the
+    # backward's two more sums over them, then a division by the standard deviation),
+    # accumulated in another order than the oracle and PyTorch: 2e-5 / 1e-10.
+    "reduction": {np.float32: 2e-5, np.float64: 1e-10},
+    # Convolution: sums of C_in/groups*kH*kW products (forward, dx) or N*H_out*W_out
+    # products (dweight), blocked and (strided) polyphase-decomposed, against scipy's and
+    # PyTorch's orders: 1e-4 / 1e-10, atol scaled by max|expected|.
+    "conv": {np.float32: 1e-4, np.float64: 1e-10},
+    # The same op on two backends (the CUDA kernels against the CPU kernels): different
+    # blocking and summation order for every op, convolutions and dense layers included,
+    # whose outputs grow with the sums: 1e-5 / 1e-12, atol scaled by max|expected|.
+    "backend": {np.float32: 1e-5, np.float64: 1e-12},
+}
+ATOL_SCALED = frozenset({"conv", "backend"})
+
+
+def tolerance(dtype, kind):
+    """The relative tolerance TOLERANCES[kind] for `dtype` (np.float32 or np.float64)."""
+    if kind not in TOLERANCES:
+        raise KeyError(f"unknown tolerance kind {kind!r}; known: {sorted(TOLERANCES)}")
+    return TOLERANCES[kind][np.dtype(dtype).type]
+
+
+def assert_close(actual, expected, *, dtype, kind, what=""):
+    """Assert that `actual` (ours) matches `expected` (an oracle) within the tolerance of `kind`.
+
+    Elementwise |actual - expected| <= atol + rtol * |expected| (np.testing.assert_allclose;
+    NaNs must sit at the same places, infinities must be equal), with rtol = tolerance(dtype,
+    kind) and atol = rtol, or rtol * max(1, max|expected| over its finite values) for the
+    kinds in ATOL_SCALED (an infinity in `expected` must not make atol infinite). Also
+    asserts that the shapes are equal and that `actual` has the dtype `dtype` (an op's
+    output keeps its input's dtype). `what` names the comparison in the failure message.
+    """
+    rtol = tolerance(dtype, kind)
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert actual.dtype == np.dtype(dtype), f"{what}: dtype {actual.dtype} != {np.dtype(dtype)}"
+    atol = rtol
+    if kind in ATOL_SCALED:
+        finite = np.abs(expected[np.isfinite(expected)])
+        atol = rtol * max(1.0, float(finite.max()) if finite.size else 1.0)
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
+
+
+# ----------------------------------------------------------------------------------------
+# check_op: numbacnn.functional == numbacnn.reference == PyTorch, forward and backward
+
+
+def _torch_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """torch's conv2d with our "same": for an odd dilated kernel extent d*(k-1)+1 it is the
+    symmetric padding d*(k-1)/2 (which torch also allows with a stride, unlike its own
+    padding="same"); for an even one our padding is asymmetric on purpose (README)."""
+    import torch.nn.functional as TF
+
+    if padding == "same":
+        kh, kw = weight.shape[2:]
+        dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
+        total = (dh * (kh - 1), dw * (kw - 1))
+        if total[0] % 2 or total[1] % 2:
+            raise ValueError(f"check_op: padding='same' with an even dilated kernel extent "
+                             f"(kernel {(kh, kw)}, dilation {(dh, dw)}) puts the extra row/column "
+                             f"top/left, PyTorch bottom/right: a deliberate difference (README)")
+        padding = (total[0] // 2, total[1] // 2)
+    return TF.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+def _torch_batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+    import torch.nn.functional as TF
+
+    return TF.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+def _batch_norm_grads(bwd, dy, y, x, weight, bias, running_mean, running_var, training,
+                      momentum=0.1, eps=1e-5):
+    if training:
+        return bwd(dy, x, weight, eps=eps)
+    return bwd(dy, x, weight, eps=eps, running_mean=running_mean, running_var=running_var)
+
+
+def _torch_op(name):
+    import torch
+    import torch.nn.functional as TF
+
+    return {
+        "conv2d": _torch_conv2d,
+        "max_pool2d": TF.max_pool2d,
+        "avg_pool2d": lambda x, kernel_size, stride=None, padding=0: TF.avg_pool2d(
+            x, kernel_size, stride, padding, count_include_pad=True),
+        "batch_norm": _torch_batch_norm,
+        "linear": TF.linear,
+        "relu": torch.relu,
+        "tanh": torch.tanh,
+        "sigmoid": torch.sigmoid,
+        "add": torch.add,
+        "cross_entropy": lambda logits, labels: TF.cross_entropy(logits, labels.long()),
+    }[name]
+
+
+# name: (kind of the forward output, kind of the gradients, indices of the inputs whose
+#        gradients <name>_backward returns (in that order), and how to call it:
+#        grads(backward, dy, y, *inputs, **kwargs) -> tuple of gradients, y being the same
+#        module's forward output)
+_OPS = {
+    "conv2d": ("conv", "conv", (0, 1, 2),
+               lambda bwd, dy, y, x, w, b=None, **kw: bwd(dy, x, w, **kw)),
+    "max_pool2d": ("exact", "short_sum", (0,),
+                   lambda bwd, dy, y, x, *args, **kw: (bwd(dy, x, *args, **kw),)),
+    "avg_pool2d": ("short_sum", "short_sum", (0,),
+                   lambda bwd, dy, y, x, *args, **kw: (bwd(dy, x, *args, **kw),)),
+    "batch_norm": ("reduction", "reduction", (0, 1, 2), _batch_norm_grads),
+    "linear": ("short_sum", "short_sum", (0, 1, 2),
+               lambda bwd, dy, y, x, w, b=None: bwd(dy, x, w)),
+    "relu": ("elementwise", "elementwise", (0,), lambda bwd, dy, y, x: (bwd(dy, x),)),
+    "tanh": ("elementwise", "elementwise", (0,), lambda bwd, dy, y, x: (bwd(dy, y),)),
+    "sigmoid": ("elementwise", "elementwise", (0,), lambda bwd, dy, y, x: (bwd(dy, y),)),
+    "add": ("elementwise", "elementwise", (0, 1), lambda bwd, dy, y, a, b: bwd(dy)),
+    # a scalar loss: its backward takes no dy (torch: loss.backward())
+    "cross_entropy": ("short_sum", "short_sum", (0,),
+                      lambda bwd, dy, y, logits, labels: (bwd(logits, labels),)),
+}
+
+
+def check_op(name, *inputs, dtype, **kwargs):
+    """Check one op three ways in one line: numbacnn.functional.<name>, numbacnn.reference.<name>
+    and PyTorch agree, forward and backward, within assert_close's tolerance for the op.
+
+    inputs: a tuple of ints is a SHAPE, filled with standard normal values (fixed seed; so
+    pass geometry such as kernel_size as a keyword); a float array is cast to `dtype` (a
+    copy); anything else (integer labels, None, a bool) is passed as it is.
+    kwargs: the op's keyword arguments, given to the forward and, where it takes them, to
+    <name>_backward (stride, padding, eps, ...).
+
+    Checks, each implementation getting its own copies of the inputs:
+      * forward: functional vs reference, functional vs torch;
+      * every array input after the forward (batch_norm updates its running statistics in
+        place; the others must leave theirs alone): the same two comparisons;
+      * backward: functional.<name>_backward vs reference.<name>_backward vs torch autograd,
+        with one random dy (fixed seed; none for the scalar cross_entropy), for every
+        differentiable input that is not None (torch has no gradient for a None bias).
+    tanh_backward and sigmoid_backward get each module's own forward output, as the
+    contract says. Supported: conv2d (padding="same" with odd kernels only: README), max_pool2d,
+    avg_pool2d, batch_norm, linear, relu, tanh, sigmoid, add, cross_entropy.
+
+    Returns (y, grads) from numbacnn.functional.
+    """
+    import torch
+
+    from numbacnn import functional as F
+    from numbacnn import reference as R
+
+    if name not in _OPS:
+        raise KeyError(f"check_op: no spec for {name!r}; known: {sorted(_OPS)}")
+    kind, grad_kind, wrt, grads_of = _OPS[name]
+    rng = np.random.default_rng(0)
+    given = []
+    for a in inputs:
+        if isinstance(a, tuple):
+            a = rng.standard_normal(a)
+        if isinstance(a, np.ndarray) and a.dtype.kind == "f":
+            a = a.astype(dtype)
+        given.append(a)
+
+    def copies():
+        return [a.copy() if isinstance(a, np.ndarray) else a for a in given]
+
+    def to_torch(i, a):
+        if not isinstance(a, np.ndarray):
+            return a
+        return torch.tensor(a, requires_grad=(i in wrt and a.dtype.kind == "f"))
+
+    ours_in, ref_in = copies(), copies()
+    torch_in = [to_torch(i, a) for i, a in enumerate(copies())]
+    y = getattr(F, name)(*ours_in, **kwargs)
+    y_ref = getattr(R, name)(*ref_in, **kwargs)
+    y_t = _torch_op(name)(*torch_in, **kwargs)
+    scalar = np.ndim(y) == 0
+    if scalar:
+        assert isinstance(y, float), f"{name}: returned {type(y).__name__}, not a float"
+        y_cmp, y_ref_cmp = np.asarray(y, dtype), np.asarray(y_ref, dtype)
+    else:
+        y_cmp, y_ref_cmp = y, y_ref
+    assert_close(y_cmp, y_ref_cmp, dtype=dtype, kind=kind, what=f"{name} vs reference")
+    assert_close(y_cmp, y_t.detach().numpy(), dtype=dtype, kind=kind, what=f"{name} vs torch")
+    for i, (a, r, t) in enumerate(zip(ours_in, ref_in, torch_in)):
+        if isinstance(a, np.ndarray) and a.dtype.kind == "f":
+            assert_close(a, r, dtype=dtype, kind=kind,
+                         what=f"{name}: input {i} after the call vs reference")
+            assert_close(a, t.detach().numpy(), dtype=dtype, kind=kind,
+                         what=f"{name}: input {i} after the call vs torch")
+
+    dy = None if scalar else rng.standard_normal(np.shape(y)).astype(dtype)
+    grads = grads_of(getattr(F, name + "_backward"), dy, y, *ours_in, **kwargs)
+    grads_ref = grads_of(getattr(R, name + "_backward"), dy, y_ref, *ref_in, **kwargs)
+    if scalar:
+        y_t.backward()
+    else:
+        y_t.backward(torch.tensor(dy))
+    assert len(grads) == len(wrt) == len(grads_ref), (name, len(grads), len(wrt))
+    for i, g, g_ref in zip(wrt, grads, grads_ref):
+        what = f"{name}: gradient of input {i}"
+        assert_close(g, g_ref, dtype=dtype, kind=grad_kind, what=what + " vs reference")
+        if torch_in[i] is not None:
+            assert_close(g, torch_in[i].grad.numpy(), dtype=dtype, kind=grad_kind,
+                         what=what + " vs torch")
+    return y, grads

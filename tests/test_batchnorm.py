@@ -5,16 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
+from conftest import assert_close
 from numbacnn import functional as F
 from numbacnn import reference as R
 
 SHAPES = [(4, 3, 5, 6), (3, 2, 1, 1), (6, 4), (1, 2, 3, 3)]
 BIG_SHAPES = [(3, 5, 33, 35), (257, 3)]
-
-
-def assert_close(actual, expected, dtype, what=""):
-    tol = 1e-10 if dtype == np.float64 else 2e-5
-    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol, err_msg=what)
 
 
 def _case(shape, dtype, seed=0):
@@ -37,15 +33,16 @@ def test_batch_norm_train_matches_reference_and_torch(shape, dtype):
     y = F.batch_norm(x, gamma, beta, rm_ours, rv_ours, True, momentum=0.2, eps=1e-4)
     y_ref = R.batch_norm(x, gamma, beta, rm_ref, rv_ref, True, momentum=0.2, eps=1e-4)
     assert y.dtype == dtype and y.shape == x.shape
-    assert_close(y, y_ref, dtype, "y vs reference")
-    assert_close(rm_ours, rm_ref, dtype, "running_mean vs reference")
-    assert_close(rv_ours, rv_ref, dtype, "running_var vs reference")
+    assert_close(y, y_ref, dtype=dtype, kind="reduction", what="y vs reference")
+    assert_close(rm_ours, rm_ref, dtype=dtype, kind="reduction", what="running_mean vs reference")
+    assert_close(rv_ours, rv_ref, dtype=dtype, kind="reduction", what="running_var vs reference")
     rm_t, rv_t = torch.tensor(rm), torch.tensor(rv)
     yt = TF.batch_norm(torch.tensor(x), rm_t, rv_t, torch.tensor(gamma), torch.tensor(beta),
                        training=True, momentum=0.2, eps=1e-4)
-    assert_close(y, yt.numpy(), dtype, "y vs torch")
-    assert_close(rm_ours, rm_t.numpy(), dtype, "running_mean vs torch")
-    assert_close(rv_ours, rv_t.numpy(), dtype, "running_var vs torch (unbiased)")
+    assert_close(y, yt.numpy(), dtype=dtype, kind="reduction", what="y vs torch")
+    assert_close(rm_ours, rm_t.numpy(), dtype=dtype, kind="reduction", what="running_mean vs torch")
+    assert_close(rv_ours, rv_t.numpy(), dtype=dtype, kind="reduction",
+                 what="running_var vs torch (unbiased)")
 
 
 def test_batch_norm_running_var_uses_unbiased_batch_variance():
@@ -71,10 +68,11 @@ def test_batch_norm_eval_uses_running_stats_and_leaves_them(shape, dtype):
     y = F.batch_norm(x, gamma, beta, rm, rv, False, eps=1e-5)
     np.testing.assert_array_equal(rm, rm0)
     np.testing.assert_array_equal(rv, rv0)
-    assert_close(y, R.batch_norm(x, gamma, beta, rm0, rv0, False), dtype, "vs reference")
+    assert_close(y, R.batch_norm(x, gamma, beta, rm0, rv0, False), dtype=dtype, kind="reduction",
+                 what="vs reference")
     yt = TF.batch_norm(torch.tensor(x), torch.tensor(rm0), torch.tensor(rv0), torch.tensor(gamma),
                        torch.tensor(beta), training=False, eps=1e-5)
-    assert_close(y, yt.numpy(), dtype, "vs torch")
+    assert_close(y, yt.numpy(), dtype=dtype, kind="reduction", what="vs torch")
 
 
 def test_batch_norm_weight_bias_none_mean_identity_affine():
@@ -116,8 +114,8 @@ def test_batch_norm_backward_matches_reference_and_torch(shape, dtype):
     yt.backward(torch.tensor(dy))
     for g, r, t, name in zip(got, want, (xt.grad, gt.grad, bt.grad), ("dx", "dweight", "dbias")):
         assert g.dtype == dtype, name
-        assert_close(g, r, dtype, name + " vs reference")
-        assert_close(g, t.numpy(), dtype, name + " vs torch")
+        assert_close(g, r, dtype=dtype, kind="reduction", what=name + " vs reference")
+        assert_close(g, t.numpy(), dtype=dtype, kind="reduction", what=name + " vs torch")
 
 
 def test_batch_norm_float32_large_mean_has_no_cancellation():
@@ -163,8 +161,8 @@ def test_batch_norm_eval_backward_matches_reference_and_torch(shape, dtype):
     yt.backward(torch.tensor(dy))
     for g, r, t, name in zip(got, want, (xt.grad, gt.grad, bt.grad), ("dx", "dweight", "dbias")):
         assert g.dtype == dtype, name
-        assert_close(g, r, dtype, name + " vs reference")
-        assert_close(g, t.numpy(), dtype, name + " vs torch")
+        assert_close(g, r, dtype=dtype, kind="reduction", what=name + " vs reference")
+        assert_close(g, t.numpy(), dtype=dtype, kind="reduction", what=name + " vs torch")
 
 
 def test_batch_norm_backward_needs_both_running_stats():

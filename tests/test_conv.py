@@ -15,6 +15,7 @@ import torch.nn.functional as TF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import assert_close
 from numbacnn import functional as F
 from numbacnn import reference as R
 
@@ -55,16 +56,6 @@ def scipy_conv2d(x, w, b, stride, padding, dilation, groups):
             rows.append(full[::sh, ::sw] + (0.0 if b is None else float(b[o])))
         ys.append(rows)
     return np.array(ys)
-
-
-def tol_for(dtype):
-    return 1e-10 if dtype == np.float64 else 1e-4
-
-
-def assert_close(actual, expected, dtype, what=""):
-    tol = tol_for(dtype)
-    scale = max(1.0, float(np.max(np.abs(expected))) if np.size(expected) else 1.0)
-    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, err_msg=what)
 
 
 # ----------------------------------------------------------------------------------------
@@ -135,7 +126,7 @@ def _conv2d_forward_matches_scipy(case):
     expected = scipy_conv2d(x, w, b, **kw)
     assert y.dtype == x.dtype
     assert y.shape == expected.shape, (y.shape, expected.shape, case)
-    assert_close(y, expected, x.dtype, what=str(kw))
+    assert_close(y, expected, dtype=x.dtype, kind="conv", what=str(kw))
     _FORWARD_EXAMPLES[0] += 1
 
 
@@ -243,13 +234,13 @@ def test_conv2d_forward_backward_match_reference(cfg, dtype):
     x, w, b, kw = _conv_case(cfg, dtype, seed=7)
     y = F.conv2d(x, w, b, **kw)
     assert y.dtype == dtype
-    assert_close(y, R.conv2d(x, w, b, **kw), dtype)
+    assert_close(y, R.conv2d(x, w, b, **kw), dtype=dtype, kind="conv")
     dy = np.random.default_rng(8).standard_normal(y.shape).astype(dtype)
     got = F.conv2d_backward(dy, x, w, **kw)
     want = R.conv2d_backward(dy, x, w, **kw)
     for g, r, name in zip(got, want, ("dx", "dweight", "dbias")):
         assert g.dtype == dtype, name
-        assert_close(g, r, dtype, what=name)
+        assert_close(g, r, dtype=dtype, kind="conv", what=name)
 
 
 def test_conv2d_bias_none_equals_zero_bias_and_dbias_always_returned():
@@ -283,13 +274,13 @@ def test_conv2d_matches_torch_forward_and_autograd(cfg, dtype):
     yt = TF.conv2d(TF.pad(xt, (pl, pr, pt, pb)), wt, bt, stride=kw["stride"],
                    dilation=kw["dilation"], groups=kw["groups"])
     y = F.conv2d(x, w, b, **kw)
-    assert_close(y, yt.detach().numpy(), dtype)
+    assert_close(y, yt.detach().numpy(), dtype=dtype, kind="conv")
     dy = np.random.default_rng(4).standard_normal(y.shape).astype(dtype)
     yt.backward(torch.tensor(dy))
     dx, dw, db = F.conv2d_backward(dy, x, w, **kw)
-    assert_close(dx, xt.grad.numpy(), dtype, "dx")
-    assert_close(dw, wt.grad.numpy(), dtype, "dweight")
-    assert_close(db, bt.grad.numpy(), dtype, "dbias")
+    assert_close(dx, xt.grad.numpy(), dtype=dtype, kind="conv", what="dx")
+    assert_close(dw, wt.grad.numpy(), dtype=dtype, kind="conv", what="dweight")
+    assert_close(db, bt.grad.numpy(), dtype=dtype, kind="conv", what="dbias")
 
 
 @pytest.mark.parametrize("k,dilation", [(3, 1), (5, 1), (3, 2), ((3, 5), (2, 1))])
@@ -301,7 +292,7 @@ def test_conv2d_same_odd_kernel_matches_torch_same(k, dilation):
     y = F.conv2d(x, w, padding="same", dilation=dilation)
     yt = TF.conv2d(torch.tensor(x), torch.tensor(w), padding="same", dilation=dilation).numpy()
     assert y.shape == x.shape[:1] + (4,) + x.shape[2:]
-    assert_close(y, yt, np.float64)
+    assert_close(y, yt, dtype=np.float64, kind="conv")
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
@@ -318,8 +309,8 @@ def test_conv2d_same_even_kernel_differs_from_torch_on_purpose():
     torch_same = TF.conv2d(xt, wt, padding="same").numpy()
     torch_side = TF.conv2d(TF.pad(xt, (1, 2, 0, 1)), wt).numpy()
     assert y.shape == torch_same.shape == (1, 3, 6, 5)
-    assert_close(y, ours, np.float64)
-    assert_close(torch_same, torch_side, np.float64)  # PyTorch: extra on bottom/right
+    assert_close(y, ours, dtype=np.float64, kind="conv")
+    assert_close(torch_same, torch_side, dtype=np.float64, kind="conv")  # PyTorch: extra bottom/right
     assert not np.allclose(y, torch_same)
     # the two differ by a one-pixel shift: our row i is PyTorch's row i-1 (interior rows)
     np.testing.assert_allclose(y[:, :, 1:, 1:-1], torch_same[:, :, :-1, :-2], rtol=1e-12, atol=1e-12)
@@ -335,7 +326,8 @@ def test_conv2d_same_with_stride_output_size():
                 w = rng.standard_normal((1, 1, k, k))
                 y = F.conv2d(x, w, padding="same", stride=s)
                 assert y.shape[2:] == ((n + s - 1) // s, (n + 1 + s - 1) // s), (n, s, k)
-                assert_close(y, scipy_conv2d(x, w, None, s, "same", 1, 1), np.float64)
+                assert_close(y, scipy_conv2d(x, w, None, s, "same", 1, 1),
+                             dtype=np.float64, kind="conv")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -355,13 +347,13 @@ def test_conv2d_channel_blocks_match_torch(cfg, dtype):
     yt = TF.conv2d(TF.pad(xt, (pl, pr, pt, pb)), wt, bt, stride=kw["stride"],
                    dilation=kw["dilation"], groups=kw["groups"])
     y = F.conv2d(x, w, b, **kw)
-    assert_close(y, yt.detach().numpy(), dtype)
+    assert_close(y, yt.detach().numpy(), dtype=dtype, kind="conv")
     dy = np.random.default_rng(12).standard_normal(y.shape).astype(dtype)
     yt.backward(torch.tensor(dy))
     dx, dw_, db = F.conv2d_backward(dy, x, w, **kw)
-    assert_close(dx, xt.grad.numpy(), dtype, "dx")
-    assert_close(dw_, wt.grad.numpy(), dtype, "dweight")
-    assert_close(db, bt.grad.numpy(), dtype, "dbias")
+    assert_close(dx, xt.grad.numpy(), dtype=dtype, kind="conv", what="dx")
+    assert_close(dw_, wt.grad.numpy(), dtype=dtype, kind="conv", what="dweight")
+    assert_close(db, bt.grad.numpy(), dtype=dtype, kind="conv", what="dbias")
 
 
 # Strided convolutions run through the polyphase decomposition (a sum of stride-1 convs);

@@ -5,16 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
+from conftest import assert_close, tolerance
 from numbacnn import functional as F
 from numbacnn import random as nrandom
 from numbacnn import reference as R
 
 DTYPES = [np.float32, np.float64]
-
-
-def assert_close(actual, expected, dtype, what=""):
-    tol = 1e-12 if dtype == np.float64 else 1e-5
-    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol, err_msg=what)
 
 
 # ----------------------------------------------------------------------------------------
@@ -32,19 +28,19 @@ def test_linear_matches_reference_and_torch(N, IN, OUT, dtype):
     b = rng.standard_normal(OUT).astype(dtype)
     y = F.linear(x, w, b)
     assert y.dtype == dtype and y.shape == (N, OUT)
-    assert_close(y, R.linear(x, w, b), dtype)
-    assert_close(F.linear(x, w), R.linear(x, w), dtype, "no bias")
+    assert_close(y, R.linear(x, w, b), dtype=dtype, kind="short_sum")
+    assert_close(F.linear(x, w), R.linear(x, w), dtype=dtype, kind="short_sum", what="no bias")
     dy = rng.standard_normal((N, OUT)).astype(dtype)
     got = F.linear_backward(dy, x, w)
     want = R.linear_backward(dy, x, w)
     xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
     yt = TF.linear(xt, wt, bt)
-    assert_close(y, yt.detach().numpy(), dtype, "vs torch")
+    assert_close(y, yt.detach().numpy(), dtype=dtype, kind="short_sum", what="vs torch")
     yt.backward(torch.tensor(dy))
     for g, r, t, name in zip(got, want, (xt.grad, wt.grad, bt.grad), ("dx", "dweight", "dbias")):
         assert g.dtype == dtype
-        assert_close(g, r, dtype, name + " vs reference")
-        assert_close(g, t.numpy(), dtype, name + " vs torch")
+        assert_close(g, r, dtype=dtype, kind="short_sum", what=name + " vs reference")
+        assert_close(g, t.numpy(), dtype=dtype, kind="short_sum", what=name + " vs torch")
 
 
 def test_linear_backward_matches_finite_differences(gradcheck):
@@ -88,17 +84,17 @@ def test_activation_matches_reference_and_torch(name, shape, dtype):
     x = _act_input(shape, dtype)
     y = fwd(x)
     assert y.dtype == dtype and y.shape == x.shape
-    assert_close(y, getattr(R, name)(x), dtype, "vs reference")
+    assert_close(y, getattr(R, name)(x), dtype=dtype, kind="elementwise", what="vs reference")
     xt = torch.tensor(x, requires_grad=True)
     yt = tfwd(xt)
-    assert_close(y, yt.detach().numpy(), dtype, "vs torch")
+    assert_close(y, yt.detach().numpy(), dtype=dtype, kind="elementwise", what="vs torch")
     dy = np.random.default_rng(1).standard_normal(shape).astype(dtype)
     dx = bwd(dy, y if uses_output else x)
     assert dx.dtype == dtype
-    assert_close(dx, getattr(R, name + "_backward")(dy, y if uses_output else x), dtype,
-                 "backward vs reference")
+    assert_close(dx, getattr(R, name + "_backward")(dy, y if uses_output else x), dtype=dtype,
+                 kind="elementwise", what="backward vs reference")
     yt.backward(torch.tensor(dy))
-    assert_close(dx, xt.grad.numpy(), dtype, "backward vs torch")
+    assert_close(dx, xt.grad.numpy(), dtype=dtype, kind="elementwise", what="backward vs torch")
 
 
 @pytest.mark.parametrize("name", list(ACTIVATIONS))
@@ -141,11 +137,11 @@ def test_dropout_mask_is_reproducible_and_matches_reference(dtype):
     assert not np.array_equal(m1, m3)
     assert set(np.unique(m1)) <= {0, 1}
     # y = x * mask / (1 - p), the lecture's inverted dropout
-    assert_close(y1, x * m1 / dtype(0.7), dtype)
+    assert_close(y1, x * m1 / dtype(0.7), dtype=dtype, kind="elementwise")
     # the readable oracle draws the same counter-based mask
     yr, mr = R.dropout(x, 0.3, training=True, seed=42)
     np.testing.assert_array_equal(m1, mr)
-    assert_close(y1, yr, dtype)
+    assert_close(y1, yr, dtype=dtype, kind="elementwise")
 
 
 def test_dropout_keep_rate_and_expectation():
@@ -181,7 +177,7 @@ def test_dropout_backward_matches_reference(dtype):
     dy = np.random.default_rng(1).standard_normal(x.shape).astype(dtype)
     dx = F.dropout_backward(dy, mask, 0.4)
     assert dx.dtype == dtype
-    assert_close(dx, R.dropout_backward(dy, mask, 0.4), dtype)
+    assert_close(dx, R.dropout_backward(dy, mask, 0.4), dtype=dtype, kind="elementwise")
 
 
 def test_dropout_backward_matches_finite_differences_with_fixed_mask(gradcheck):
@@ -206,7 +202,7 @@ def test_add_matches_reference_and_backward_fd(dtype, gradcheck):
     b = rng.standard_normal((2, 3, 4, 4)).astype(dtype)
     y = F.add(a, b)
     assert y.dtype == dtype
-    assert_close(y, R.add(a, b), dtype)
+    assert_close(y, R.add(a, b), dtype=dtype, kind="elementwise")
     if dtype == np.float64:
         Rm = rng.standard_normal(a.shape)
         da, db = F.add_backward(Rm)
@@ -226,16 +222,17 @@ def test_cross_entropy_matches_reference_and_torch(N, K, dtype):
     labels = rng.integers(0, K, N)
     loss = F.cross_entropy(logits, labels)
     assert isinstance(loss, float)
-    tol = 1e-12 if dtype == np.float64 else 1e-5
+    tol = tolerance(dtype, "short_sum")
     assert loss == pytest.approx(R.cross_entropy(logits, labels), rel=tol, abs=tol)
     lt = torch.tensor(logits, requires_grad=True)
     loss_t = TF.cross_entropy(lt, torch.tensor(labels))
     assert loss == pytest.approx(loss_t.item(), rel=tol, abs=tol)
     d = F.cross_entropy_backward(logits, labels)
     assert d.dtype == dtype and d.shape == (N, K)
-    assert_close(d, R.cross_entropy_backward(logits, labels), dtype, "vs reference")
+    assert_close(d, R.cross_entropy_backward(logits, labels), dtype=dtype, kind="short_sum",
+                 what="vs reference")
     loss_t.backward()
-    assert_close(d, lt.grad.numpy(), dtype, "vs torch")
+    assert_close(d, lt.grad.numpy(), dtype=dtype, kind="short_sum", what="vs torch")
 
 
 def test_cross_entropy_backward_matches_finite_differences(gradcheck):

@@ -12,8 +12,15 @@ The simulator runs every CUDA thread as a Python thread, so the tests use tiny s
 The simulator evaluates the dropout hash with NumPy uint64 scalars, whose (intended)
 wrap-around multiplication emits "overflow encountered" RuntimeWarnings: test_cuda_sim.py
 silences them (pytestmark).
+
+The shared assertions of tests/conftest.py (assert_close, check_op, the tolerance table) are
+re-exported here: both files are imported under the module name "conftest", and a test
+module's `from conftest import assert_close` gets whichever pytest imported last, so it must
+find the same names in this one (tests/conftest.py explains the alias it registers).
 """
 import os
+
+from _numbacnn_tests_conftest import *  # noqa: F401,F403  the shared helpers, see above
 
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 

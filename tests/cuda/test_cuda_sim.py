@@ -2,7 +2,8 @@
 
 Every functional op (forward and backward) runs twice: on NumPy arrays (CPU kernels) and on
 numba.cuda device arrays (CUDA kernels, numbacnn.kernels.cuda), with the same inputs; the
-results must agree to rtol 1e-5 (float32) / 1e-12 (float64).  The dropout mask must be
+results must agree within the "backend" tolerance of tests/conftest.py (rtol 1e-5 for
+float32, 1e-12 for float64, atol scaled by max|expected|).  The dropout mask must be
 identical (same counter-based hash).
 
 Runs on a real GPU, or anywhere under Numba's CUDA simulator:
@@ -38,6 +39,7 @@ from numba import cuda  # noqa: E402
 
 import numbacnn.functional as F  # noqa: E402
 import numbacnn.kernels.cuda as K  # noqa: E402
+from conftest import assert_close as assert_close_host, tolerance  # noqa: E402
 
 # The simulator evaluates the dropout hash with NumPy uint64 scalars, whose intended
 # wrap-around multiplication warns "overflow encountered".
@@ -45,7 +47,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarn
 
 DTYPES = [np.float32, np.float64]
 IDS = ["f32", "f64"]
-RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -58,14 +59,13 @@ def host(a):
 
 
 def assert_close(got, want, dtype=None, name=""):
+    """`got` is a device array equal to the CPU result `want` within the "backend" tolerance
+    (of `dtype`, by default want's dtype), with want's shape and dtype."""
     assert K.is_device_array(got), f"{name}: expected a device array, got {type(got).__name__}"
     got = host(got)
     want = np.asarray(want)
-    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
     assert got.dtype == want.dtype, f"{name}: dtype {got.dtype} != {want.dtype}"
-    rtol = RTOL[np.dtype(dtype or want.dtype)]
-    scale = max(1.0, float(np.max(np.abs(want)))) if want.size else 1.0
-    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale, err_msg=name)
+    assert_close_host(got, want, dtype=dtype or want.dtype, kind="backend", what=name)
 
 
 def both(fn, *arrays, **kw):
@@ -288,7 +288,7 @@ def test_cross_entropy(label_dtype, dtype, rng):
     l_cpu = F.cross_entropy(z, t)
     l_gpu = F.cross_entropy(dev(z), dev(t))
     assert isinstance(l_gpu, float)
-    assert l_gpu == pytest.approx(l_cpu, rel=RTOL[np.dtype(dtype)], abs=1e-12)
+    assert l_gpu == pytest.approx(l_cpu, rel=tolerance(dtype, "backend"), abs=1e-12)
     d_cpu = F.cross_entropy_backward(z, t)
     d_gpu = F.cross_entropy_backward(dev(z), dev(t))
     assert_close(d_gpu, d_cpu)
