@@ -12,18 +12,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import assert_close
+
 from numbacnn import reference as R
 from numbacnn.kernels.cpu import conv
 from numbacnn.kernels.cpu.conv import direct, naive, polyphase
 
-TOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-11}
-
 
 def close(actual, expected, what):
-    """rtol = tol, atol = tol * max(1, max|expected|): sums of many terms of either sign."""
-    tol = TOL[actual.dtype]
-    scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
-    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, err_msg=what)
+    """Sums of many terms of either sign, in another order: the suite's "conv" tolerance."""
+    assert_close(actual, expected, dtype=expected.dtype, kind="conv", what=what)
 
 
 @st.composite
