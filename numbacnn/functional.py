@@ -112,16 +112,21 @@ def _pool_backward_args(op, dy, x, kernel_size, stride, padding):
     return dy, x, geo
 
 
+def _pool_forward(op, kernel, x, kernel_size, stride, padding):
+    """Validate a pooling call, allocate y, run `kernel(pool)` (the kernel, picked from the
+    backend's pool module) on it."""
+    x = _float_array(op, "x", x, (4,))
+    geo = pool2d_geometry(op, x.shape, kernel_size, stride, padding)
+    y = _empty(x, x.shape[:2] + (geo.H_out, geo.W_out))
+    kernel(_backend(x).pool)(x, y, *geo.kernel_args)
+    return y
+
+
 def max_pool2d(x, kernel_size, stride=None, padding=0):
     """Max pooling (lecture, "2-D Max Pooling"; torch.nn.functional.max_pool2d): x (N, C, H, W)
     -> (N, C, H_out, W_out); stride defaults to kernel_size; padding (at most half the
     window) counts as -inf."""
-    op = "max_pool2d"
-    x = _float_array(op, "x", x, (4,))
-    geo = pool2d_geometry(op, x.shape, kernel_size, stride, padding)
-    y = _empty(x, x.shape[:2] + (geo.H_out, geo.W_out))
-    _backend(x).pool.max_pool2d_forward(x, y, *geo.kernel_args)
-    return y
+    return _pool_forward("max_pool2d", lambda pool: pool.max_pool2d_forward, x, kernel_size, stride, padding)
 
 
 def max_pool2d_backward(dy, x, kernel_size, stride=None, padding=0):
@@ -136,12 +141,7 @@ def max_pool2d_backward(dy, x, kernel_size, stride=None, padding=0):
 def avg_pool2d(x, kernel_size, stride=None, padding=0):
     """Average pooling (lecture, "Average Pooling"; torch.nn.functional.avg_pool2d with
     count_include_pad=True): x (N, C, H, W) -> (N, C, H_out, W_out), divisor kH*kW."""
-    op = "avg_pool2d"
-    x = _float_array(op, "x", x, (4,))
-    geo = pool2d_geometry(op, x.shape, kernel_size, stride, padding)
-    y = _empty(x, x.shape[:2] + (geo.H_out, geo.W_out))
-    _backend(x).pool.avg_pool2d_forward(x, y, *geo.kernel_args)
-    return y
+    return _pool_forward("avg_pool2d", lambda pool: pool.avg_pool2d_forward, x, kernel_size, stride, padding)
 
 
 def avg_pool2d_backward(dy, x, kernel_size, stride=None, padding=0):
@@ -308,9 +308,10 @@ def linear_backward(dy, x, weight):
 # element-wise: activations, dropout, add (kernels see flat 1-D views)
 
 
-def _elementwise(op, **arrays):
-    """Validate same-shape, same-dtype arrays; return their flat 1-D views and a flat output
-    (the activation kernels see flat views of any shape)."""
+def _elementwise(op, kernel, **arrays):
+    """Validate same-shape, same-dtype arrays, run `kernel(activation)` (the kernel, picked
+    from the arrays' backend module `activation`) on their flat 1-D views and a new flat
+    output, and return that output in the arrays' shape."""
     flat, first = [], None
     for name, a in arrays.items():
         a = _float_array(op, name, a, range(0, 33))
@@ -322,56 +323,43 @@ def _elementwise(op, **arrays):
         flat.append(a)
     _same_dtype(op, **dict(zip(arrays, flat)))
     out = _empty(flat[0])
-    return [a.reshape(-1) for a in flat], out
+    kernel(_backend(out).activation)(*(a.reshape(-1) for a in flat), out.reshape(-1))
+    return out
 
 
 def relu(x):
     """max(x, 0) elementwise (lecture, "ReLU Activation"); NaN stays NaN, as PyTorch."""
-    (x1,), y = _elementwise("relu", x=x)
-    _backend(x1).activation.relu_forward(x1, y.reshape(-1))
-    return y
+    return _elementwise("relu", lambda activation: activation.relu_forward, x=x)
 
 
 def relu_backward(dy, x):
     """dy where x > 0, else 0 (x is the forward INPUT)."""
-    (dy1, x1), dx = _elementwise("relu_backward", dy=dy, x=x)
-    _backend(x1).activation.relu_backward(dy1, x1, dx.reshape(-1))
-    return dx
+    return _elementwise("relu_backward", lambda activation: activation.relu_backward, dy=dy, x=x)
 
 
 def tanh(x):
     """tanh(x) elementwise."""
-    (x1,), y = _elementwise("tanh", x=x)
-    _backend(x1).activation.tanh_forward(x1, y.reshape(-1))
-    return y
+    return _elementwise("tanh", lambda activation: activation.tanh_forward, x=x)
 
 
 def tanh_backward(dy, y):
     """dy * (1 - y^2), with y = tanh(x) the forward OUTPUT."""
-    (dy1, y1), dx = _elementwise("tanh_backward", dy=dy, y=y)
-    _backend(y1).activation.tanh_backward(dy1, y1, dx.reshape(-1))
-    return dx
+    return _elementwise("tanh_backward", lambda activation: activation.tanh_backward, dy=dy, y=y)
 
 
 def sigmoid(x):
     """1 / (1 + exp(-x)) elementwise."""
-    (x1,), y = _elementwise("sigmoid", x=x)
-    _backend(x1).activation.sigmoid_forward(x1, y.reshape(-1))
-    return y
+    return _elementwise("sigmoid", lambda activation: activation.sigmoid_forward, x=x)
 
 
 def sigmoid_backward(dy, y):
     """dy * y (1 - y), with y = sigmoid(x) the forward OUTPUT."""
-    (dy1, y1), dx = _elementwise("sigmoid_backward", dy=dy, y=y)
-    _backend(y1).activation.sigmoid_backward(dy1, y1, dx.reshape(-1))
-    return dx
+    return _elementwise("sigmoid_backward", lambda activation: activation.sigmoid_backward, dy=dy, y=y)
 
 
 def add(a, b):
     """a + b elementwise (the residual join; same shape and dtype)."""
-    (a1, b1), y = _elementwise("add", a=a, b=b)
-    _backend(a1).activation.add_forward(a1, b1, y.reshape(-1))
-    return y
+    return _elementwise("add", lambda activation: activation.add_forward, a=a, b=b)
 
 
 def add_backward(dy):

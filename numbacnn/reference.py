@@ -18,18 +18,6 @@ import math
 
 import numpy as np
 
-__all__ = [
-    "conv2d", "conv2d_backward",
-    "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
-    "batch_norm", "batch_norm_backward",
-    "linear", "linear_backward",
-    "relu", "relu_backward", "tanh", "tanh_backward", "sigmoid", "sigmoid_backward",
-    "dropout", "dropout_backward",
-    "cross_entropy", "cross_entropy_backward",
-    "add", "add_backward",
-]
-
-
 # ----------------------------------------------------------------------------------------
 # shape arithmetic (lecture: "Padding", "Stride")
 
@@ -504,3 +492,9 @@ def cross_entropy_backward(logits, labels):
         for k in range(K):
             d[n, k] = (e[k] / s - (1.0 if k == int(labels[n]) else 0.0)) / N
     return d.astype(logits.dtype)
+
+
+# The public names: every function above without a leading underscore, which are exactly the
+# names of numbacnn.functional (tests/test_ops_one_line.py checks that the two lists agree).
+__all__ = sorted(name for name, value in dict(globals()).items()
+                 if callable(value) and not name.startswith("_") and getattr(value, "__module__", "") == __name__)

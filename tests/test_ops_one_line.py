@@ -73,3 +73,10 @@ def test_cross_entropy(dtype):
     check_op("cross_entropy", (5, 10), np.array([0, 9, 3, 3, 7]), dtype=dtype)
     check_op("cross_entropy", np.array([[1000.0, 0.0, -1000.0], [-50.0, 50.0, 0.0]]),
              np.array([0, 0], np.int32), dtype=dtype)                   # huge logits, int32 labels
+
+
+def test_reference_has_the_functional_names(dtype):
+    """numbacnn.reference is the oracle of every op of numbacnn.functional, by name."""
+    from numbacnn import functional, reference
+
+    assert sorted(reference.__all__) == sorted(functional.__all__)

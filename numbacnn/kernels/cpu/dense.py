@@ -17,12 +17,10 @@ Loop nests
     linear_forward:          for t in prange(ceil(OUT/4) * ceil(N/2)):  # tile: 2 rows n x 4 outputs o
                                  for i in range(IN):                    # 8 dot products at once
                                      acc[r][k] += x[n+r, i] * w[o+k, i]
-    linear_backward_input:   for t in prange(ceil(N/4) * ceil(IN/BI)):  # tile: 4 rows n x BI inputs i
-                                 for o in range(OUT):
-                                     for r in range(4): dx[n+r, tile] += dy[n+r, o] * w[o, tile]
-    linear_backward_weight:  for t in prange(ceil(OUT/4) * ceil(IN/BI)): # tile: 4 outputs o x BI inputs i
-                                 for n in range(N):
-                                     for k in range(4): dw[o+k, tile] += dy[n, o+k] * x[n, tile]
+    linear_backward_input    dx = dy @ w    } one kernel, out[r, :] = sum_k coef[r, k] * rows[k, :]:
+    linear_backward_weight   dw = dy.T @ x  }   for t in prange(ceil(R/4) * ceil(IN/BI)):  # tile: 4 rows x BI columns
+                                                    for k in range(K):
+                                                        for r in range(4): out[r, tile] += coef[r, k] * rows[k, tile]
     linear_backward_bias:    for o in prange(OUT): db[o] = sum_n dy[n, o]
 
 Optimisation contract
@@ -47,6 +45,7 @@ Optimisation contract
   bias gradient, which is summed in float64 and cast on store.
 * All outputs are fully overwritten (np.empty outputs are fine).
 """
+import numpy as np
 from numba import njit, prange
 
 _BI = 256            # tile width along IN for the backward kernels (4 rows x 1 KiB in L1)
@@ -112,54 +111,45 @@ def linear_forward(x, w, b, y):
 
 
 # ------------------------------------------------------------------------------ backward
+# Both gradients of the weights' product are one form: a row of the output is a combination
+# of the rows of a matrix,  out[r, :] = sum_k coef[r, k] * rows[k, :]:
+#     dx = dy @ w:    dx[n, :] = sum_o dy[n, o] * w[o, :]      (coef = dy,   rows = w)
+#     dw = dy.T @ x:  dw[o, :] = sum_n dy[n, o] * x[n, :]      (coef = dy.T, rows = x)
 @njit(parallel=True, cache=True)
+def _combine_rows(coef, rows, out):
+    """out[r, :] = sum_k coef[r, k] * rows[k, :] (k in order), in tiles of 4 rows r x BI columns."""
+    # coef: (R, K)   rows: (K, IN)   out: (R, IN)
+    R, K = coef.shape
+    IN = rows.shape[1]
+    n_ib = (IN + _BI - 1) // _BI
+    n_rb = (R + 3) // 4
+    for t in prange(n_rb * n_ib):  # parallel over tiles: owns out[r0:r1, i0:i1]
+        rb = t // n_ib
+        i0 = (t - rb * n_ib) * _BI
+        i1 = min(i0 + _BI, IN)
+        r0 = rb * 4
+        r1 = min(r0 + 4, R)
+        for r in range(r0, r1):
+            out[r, i0:i1] = 0
+        for k in range(K):
+            row = rows[k, i0:i1]  # row: (i1-i0,) loaded once for 4 output rows
+            for r in range(r0, r1):
+                c = coef[r, k]
+                out_r = out[r, i0:i1]  # out_r: (i1-i0,)
+                for i in range(i1 - i0):
+                    out_r[i] += c * row[i]
+
+
 def linear_backward_input(dy, w, dx):
-    """dx = dy @ w: rows of w scaled by dy[n, o] and summed, in tiles of 4 rows x BI columns."""
+    """dx = dy @ w: the rows of w scaled by dy[n, o] and summed over o."""
     # dy: (N, OUT)   w: (OUT, IN)   dx: (N, IN)
-    N, OUT = dy.shape
-    IN = w.shape[1]
-    n_ib = (IN + _BI - 1) // _BI
-    n_nb = (N + 3) // 4
-    for t in prange(n_nb * n_ib):
-        nb = t // n_ib
-        i0 = (t - nb * n_ib) * _BI
-        i1 = min(i0 + _BI, IN)
-        n0 = nb * 4
-        n1 = min(n0 + 4, N)
-        for n in range(n0, n1):
-            dx[n, i0:i1] = 0
-        for o in range(OUT):
-            wr = w[o, i0:i1]                    # wr: (i1-i0,) loaded once for 4 rows
-            for n in range(n0, n1):
-                g = dy[n, o]
-                dxr = dx[n, i0:i1]              # dxr: (i1-i0,)
-                for i in range(i1 - i0):
-                    dxr[i] += g * wr[i]
+    _combine_rows(dy, w, dx)
 
 
-@njit(parallel=True, cache=True)
 def linear_backward_weight(dy, x, dw):
-    """dw = dy.T @ x: rows of x scaled by dy[n, o] and summed, in tiles of 4 outputs x BI columns."""
+    """dw = dy.T @ x: the rows of x scaled by dy[n, o] and summed over n."""
     # dy: (N, OUT)   x: (N, IN)   dw: (OUT, IN)
-    N, OUT = dy.shape
-    IN = x.shape[1]
-    n_ib = (IN + _BI - 1) // _BI
-    n_ob = (OUT + 3) // 4
-    for t in prange(n_ob * n_ib):
-        ob = t // n_ib
-        i0 = (t - ob * n_ib) * _BI
-        i1 = min(i0 + _BI, IN)
-        o0 = ob * 4
-        o1 = min(o0 + 4, OUT)
-        for o in range(o0, o1):
-            dw[o, i0:i1] = 0
-        for n in range(N):
-            xr = x[n, i0:i1]                    # xr: (i1-i0,) loaded once for 4 outputs
-            for o in range(o0, o1):
-                g = dy[n, o]
-                dwr = dw[o, i0:i1]              # dwr: (i1-i0,)
-                for i in range(i1 - i0):
-                    dwr[i] += g * xr[i]
+    _combine_rows(np.ascontiguousarray(dy.T), x, dw)  # dy.T: (OUT, N), a small copy
 
 
 @njit(parallel=True, cache=True)

@@ -16,8 +16,8 @@ Thread mapping
                             the 16x16 tile y[n0:n0+16, o0:o0+16]; thread (ty, tx) owns
                             y[n0+ty, o0+tx].  The block walks IN in steps of 16, staging
                             x[n0:n0+16, i:i+16] and w[o0:o0+16, i:i+16] in shared memory.
-    linear_backward_input   one thread per dx[n, i], summing over o.
-    linear_backward_weight  one thread per dw[o, i], summing over n.
+    linear_backward_input   one thread per dx[n, i], summing over o   } one kernel:
+    linear_backward_weight  one thread per dw[o, i], summing over n   } out = coef @ rows
     linear_backward_bias    one thread per db[o], summing over n in float64.
 
 Optimisation contract
@@ -115,52 +115,41 @@ def linear_forward(x, w, b, y):
 
 
 # =============================================================================== backward
+# Both gradients of the weights' product are one form (as in the CPU twin):
+#     out[r, i] = sum_k coef[r, k] * rows[k, i]
+#     dx = dy @ w    (coef = dy,   rows = w)      dw = dy.T @ x   (coef = dy.T, rows = x)
 @cuda.jit
-def _linear_backward_input_kernel(dy, w, dx, zero):
-    # dy: (N, OUT)   w: (OUT, IN)   dx: (N, IN)
-    N, OUT = dy.shape
-    IN = w.shape[1]
-    t = cuda.grid(1)                                   # owns dx[n, i]
-    if t >= N * IN:
+def _combine_rows_kernel(coef, rows, out, zero):
+    # coef: (R, K)   rows: (K, IN)   out: (R, IN)
+    R, K = coef.shape
+    IN = rows.shape[1]
+    t = cuda.grid(1)                                   # owns out[r, i]
+    if t >= R * IN:
         return
     i = t % IN
-    n = t // IN
+    r = t // IN
     acc = zero
-    for o in range(OUT):
-        acc += dy[n, o] * w[o, i]
-    dx[n, i] = acc
+    for k in range(K):
+        acc += coef[r, k] * rows[k, i]
+    out[r, i] = acc
+
+
+def _combine_rows(coef, rows, out):
+    total = out.size
+    if total == 0:
+        return
+    _combine_rows_kernel[blocks_for(total), TPB](coef, rows, out, out.dtype.type(0))
 
 
 def linear_backward_input(dy, w, dx):
-    """dx = dy @ w: one thread per dx element."""
-    total = dx.size
-    if total == 0:
-        return
-    _linear_backward_input_kernel[blocks_for(total), TPB](dy, w, dx, dx.dtype.type(0))
-
-
-@cuda.jit
-def _linear_backward_weight_kernel(dy, x, dw, zero):
-    # dy: (N, OUT)   x: (N, IN)   dw: (OUT, IN)
-    N, OUT = dy.shape
-    IN = x.shape[1]
-    t = cuda.grid(1)                                   # owns dw[o, i]
-    if t >= OUT * IN:
-        return
-    i = t % IN
-    o = t // IN
-    acc = zero
-    for n in range(N):
-        acc += dy[n, o] * x[n, i]
-    dw[o, i] = acc
+    """dx = dy @ w: one thread per dx element, summing over o."""
+    _combine_rows(dy, w, dx)
 
 
 def linear_backward_weight(dy, x, dw):
-    """dw = dy.T @ x: one thread per dw element."""
-    total = dw.size
-    if total == 0:
-        return
-    _linear_backward_weight_kernel[blocks_for(total), TPB](dy, x, dw, dw.dtype.type(0))
+    """dw = dy.T @ x: one thread per dw element, summing over n (dy.T: a transposed copy)."""
+    if dw.size:
+        _combine_rows(dy.T, x, dw)
 
 
 @cuda.jit
