@@ -45,6 +45,26 @@ def _full(like, shape, value):
     return _backend(like).full(tuple(shape), value, like.dtype)
 
 
+def _x_weight_bias(op, x, weight, bias, ndim):
+    """Validate the (x, weight, bias) of conv2d (ndim 4) or linear (ndim 2): float arrays of
+    one dtype and device, bias 1-D or None; returned C-contiguous."""
+    x = _float_array(op, "x", x, (ndim,))
+    weight = _float_array(op, "weight", weight, (ndim,))
+    if bias is not None:
+        bias = _float_array(op, "bias", bias, (1,))
+    _same_dtype(op, x=x, weight=weight, bias=bias)
+    return x, weight, bias
+
+
+def _bias_or_zeros(op, bias, x, weight):
+    """The bias to add: (C_out,) zeros when None, else checked to have one value per output
+    channel (weight.shape[0])."""
+    if bias is None:
+        return _full(x, (weight.shape[0],), 0.0)
+    _same_shape(op, "bias", bias, (weight.shape[0],), f" (weight.shape={weight.shape})")
+    return bias
+
+
 # ----------------------------------------------------------------------------------------
 # convolution
 
@@ -60,18 +80,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     ValueError (shapes, values) naming the argument and the shapes.
     """
     op = "conv2d"
-    x = _float_array(op, "x", x, (4,))
-    weight = _float_array(op, "weight", weight, (4,))
-    if bias is not None:
-        bias = _float_array(op, "bias", bias, (1,))
-    _same_dtype(op, x=x, weight=weight, bias=bias)
+    x, weight, bias = _x_weight_bias(op, x, weight, bias, 4)
     geo = conv2d_geometry(op, x.shape, weight.shape, stride, padding, dilation, groups)
-    C_out = weight.shape[0]
-    if bias is None:
-        bias = _full(x, (C_out,), 0.0)
-    else:
-        _same_shape(op, "bias", bias, (C_out,), f" (weight.shape={weight.shape})")
-    y = _empty(x, (x.shape[0], C_out, geo.H_out, geo.W_out))
+    bias = _bias_or_zeros(op, bias, x, weight)
+    y = _empty(x, (x.shape[0], weight.shape[0], geo.H_out, geo.W_out))
     _backend(x).conv.conv2d_forward(x, weight, bias, y, *geo.kernel_args)
     return y
 
@@ -264,20 +276,12 @@ def batch_norm_backward(dy, x, weight, eps=1e-5, running_mean=None, running_var=
 def linear(x, weight, bias=None):
     """y = x W^T + b: x (N, IN), weight (OUT, IN), bias (OUT,) -> y (N, OUT)."""
     op = "linear"
-    x = _float_array(op, "x", x, (2,))
-    weight = _float_array(op, "weight", weight, (2,))
-    if bias is not None:
-        bias = _float_array(op, "bias", bias, (1,))
-    _same_dtype(op, x=x, weight=weight, bias=bias)
+    x, weight, bias = _x_weight_bias(op, x, weight, bias, 2)
     if x.shape[1] != weight.shape[1]:
         raise ValueError(f"{op}: x has {x.shape[1]} features but weight expects {weight.shape[1]} "
                          f"(x.shape={x.shape}, weight.shape={weight.shape})")
-    OUT = weight.shape[0]
-    if bias is None:
-        bias = _full(x, (OUT,), 0.0)
-    else:
-        _same_shape(op, "bias", bias, (OUT,), f" (weight.shape={weight.shape})")
-    y = _empty(x, (x.shape[0], OUT))
+    bias = _bias_or_zeros(op, bias, x, weight)
+    y = _empty(x, (x.shape[0], weight.shape[0]))
     _backend(x).dense.linear_forward(x, weight, bias, y)
     return y
 

@@ -152,6 +152,17 @@ def _pool_setup(x, kernel_size, stride, padding):
     return kH, kW, stride_h, stride_w, pad_h, pad_w, H_out, W_out
 
 
+def _windows(xpad, kH, kW, stride_h, stride_w, H_out, W_out):
+    """Every pooling window, in order: (n, c, oh, ow, view of xpad[n, c] under the window)."""
+    N, C = xpad.shape[:2]
+    for n in range(N):
+        for c in range(C):
+            for oh in range(H_out):
+                for ow in range(W_out):
+                    h0, w0 = oh * stride_h, ow * stride_w
+                    yield n, c, oh, ow, xpad[n, c, h0:h0 + kH, w0:w0 + kW]
+
+
 def max_pool2d(x, kernel_size, stride=None, padding=0):
     """2-D max pooling (lecture, "2-D Max Pooling": the maximal value in the sliding window).
 
@@ -159,15 +170,10 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     xpad padded with -inf. stride=None means stride = kernel_size.
     """
     kH, kW, stride_h, stride_w, pad_h, pad_w, H_out, W_out = _pool_setup(x, kernel_size, stride, padding)
-    N, C = x.shape[:2]
     xpad = _zero_pad(x, pad_h, pad_h, pad_w, pad_w, value=-np.inf)
-    y = np.empty((N, C, H_out, W_out), dtype=x.dtype)
-    for n in range(N):
-        for c in range(C):
-            for oh in range(H_out):
-                for ow in range(W_out):
-                    h0, w0 = oh * stride_h, ow * stride_w
-                    y[n, c, oh, ow] = xpad[n, c, h0:h0 + kH, w0:w0 + kW].max()
+    y = np.empty(x.shape[:2] + (H_out, W_out), dtype=x.dtype)
+    for n, c, oh, ow, window in _windows(xpad, kH, kW, stride_h, stride_w, H_out, W_out):
+        y[n, c, oh, ow] = window.max()
     return y
 
 
@@ -208,15 +214,10 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0):
     with zero padding counted in the divisor (PyTorch's count_include_pad=True).
     """
     kH, kW, stride_h, stride_w, pad_h, pad_w, H_out, W_out = _pool_setup(x, kernel_size, stride, padding)
-    N, C = x.shape[:2]
     xpad = _zero_pad(x.astype(np.float64), pad_h, pad_h, pad_w, pad_w)
-    y = np.empty((N, C, H_out, W_out), dtype=np.float64)
-    for n in range(N):
-        for c in range(C):
-            for oh in range(H_out):
-                for ow in range(W_out):
-                    h0, w0 = oh * stride_h, ow * stride_w
-                    y[n, c, oh, ow] = xpad[n, c, h0:h0 + kH, w0:w0 + kW].sum() / (kH * kW)
+    y = np.empty(x.shape[:2] + (H_out, W_out), dtype=np.float64)
+    for n, c, oh, ow, window in _windows(xpad, kH, kW, stride_h, stride_w, H_out, W_out):
+        y[n, c, oh, ow] = window.sum() / (kH * kW)
     return y.astype(x.dtype)
 
 
@@ -225,12 +226,8 @@ def avg_pool2d_backward(dy, x, kernel_size, stride=None, padding=0):
     kH, kW, stride_h, stride_w, pad_h, pad_w, H_out, W_out = _pool_setup(x, kernel_size, stride, padding)
     N, C, H, W = x.shape
     dxpad = np.zeros((N, C, H + 2 * pad_h, W + 2 * pad_w), dtype=np.float64)
-    for n in range(N):
-        for c in range(C):
-            for oh in range(H_out):
-                for ow in range(W_out):
-                    h0, w0 = oh * stride_h, ow * stride_w
-                    dxpad[n, c, h0:h0 + kH, w0:w0 + kW] += dy[n, c, oh, ow] / (kH * kW)
+    for n, c, oh, ow, window in _windows(dxpad, kH, kW, stride_h, stride_w, H_out, W_out):
+        window += dy[n, c, oh, ow] / (kH * kW)  # a view of dxpad
     return dxpad[:, :, pad_h:pad_h + H, pad_w:pad_w + W].astype(x.dtype)
 
 

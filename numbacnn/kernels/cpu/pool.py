@@ -65,8 +65,7 @@ def max_pool2d_forward(x, y, kH, kW, stride_h, stride_w, pad_top, pad_left):
     """y = max over each (kH, kW) window of x; padding counts as -inf."""
     # x: (N, C, H, W)   y: (N, C, H_out, W_out)
     N, C, H, W = x.shape
-    H_out = y.shape[2]
-    W_out = y.shape[3]
+    H_out, W_out = y.shape[2], y.shape[3]
     neg_inf = x.dtype.type(-np.inf)
     for p in prange(N * C):
         n = p // C
@@ -93,8 +92,7 @@ def max_pool2d_backward(dy, x, dx, kH, kW, stride_h, stride_w, pad_top, pad_left
     """dx[first argmax of each window] += dy[window]; argmax recomputed from x."""
     # dy: (N, C, H_out, W_out)   x: (N, C, H, W)   dx: (N, C, H, W)
     N, C, H, W = x.shape
-    H_out = dy.shape[2]
-    W_out = dy.shape[3]
+    H_out, W_out = dy.shape[2], dy.shape[3]
     neg_inf = x.dtype.type(-np.inf)
     for p in prange(N * C):
         n = p // C
@@ -127,8 +125,7 @@ def avg_pool2d_forward(x, y, kH, kW, stride_h, stride_w, pad_top, pad_left):
     """y = sum over each (kH, kW) window of x / (kH*kW); padding counts as 0."""
     # x: (N, C, H, W)   y: (N, C, H_out, W_out)
     N, C, H, W = x.shape
-    H_out = y.shape[2]
-    W_out = y.shape[3]
+    H_out, W_out = y.shape[2], y.shape[3]
     inv = x.dtype.type(1.0 / (kH * kW))     # count_include_pad=True: always kH*kW
     for p in prange(N * C):
         n = p // C
@@ -151,8 +148,7 @@ def avg_pool2d_backward(dy, dx, kH, kW, stride_h, stride_w, pad_top, pad_left):
     """dx[every in-range position of a window] += dy[window] / (kH*kW)."""
     # dy: (N, C, H_out, W_out)   dx: (N, C, H, W)
     N, C, H, W = dx.shape
-    H_out = dy.shape[2]
-    W_out = dy.shape[3]
+    H_out, W_out = dy.shape[2], dy.shape[3]
     inv = dx.dtype.type(1.0 / (kH * kW))
     for p in prange(N * C):
         n = p // C

@@ -33,14 +33,17 @@ def stride_blocks(total, tpb=TPB):
 
 
 @cuda.jit(device=True)
-def unravel4(t, D1, D2, D3):
-    """The 4-D index (i0, i1, i2, i3) of flat row-major position t in a (D0, D1, D2, D3) array:
-    the output element that one-thread-per-element kernels assign to thread t."""
+def owned_element(shape):
+    """The element of a 4-D array of `shape` that this thread owns, one thread per element:
+    (inside, i0, i1, i2, i3) for the flat row-major position cuda.grid(1). `inside` is False
+    for the threads of the last block that fall past the end of the array."""
+    D0, D1, D2, D3 = shape
+    t = cuda.grid(1)
     i3 = t % D3
     r = t // D3
     i2 = r % D2
     r = r // D2
-    return r // D1, r % D1, i2, i3
+    return t < D0 * D1 * D2 * D3, r // D1, r % D1, i2, i3
 
 
 @cuda.jit(device=True)
@@ -86,5 +89,5 @@ def sum_rows_kernel(v, out):
         out[0] = total
 
 
-__all__ = ["TPB", "RED_TPB", "MAX_BLOCKS", "blocks_for", "stride_blocks", "block_sum", "fill_kernel",
+__all__ = ["TPB", "RED_TPB", "MAX_BLOCKS", "blocks_for", "stride_blocks", "owned_element", "block_sum", "fill_kernel",
            "sum_rows_kernel"]

@@ -66,6 +66,23 @@ def _channel_mean_var(x3, c, tid, buf):
     return mean, block_sum(buf, q) / cnt
 
 
+@cuda.jit(device=True)
+def _channel_dy_sums(dy3, x3, c, mean, tid, buf):
+    """(sum dy, sum dy * (x - mean)) over channel c in float64, computed by the whole block
+    (the two sums of both backward formulas)."""
+    # dy3, x3: (N, C, L)   buf: (RED_TPB,) shared scratch
+    N, C, L = x3.shape
+    a = float64(0.0)                                   # sum dy
+    b = float64(0.0)                                   # sum dy * (x - mean)
+    for j in range(tid, N * L, RED_TPB):
+        n = j // L
+        l = j - n * L
+        g = dy3[n, c, l]
+        a += g
+        b += g * (x3[n, c, l] - mean)
+    return block_sum(buf, a), block_sum(buf, b)
+
+
 @cuda.jit
 def _bn_forward_train_kernel(x3, gamma, beta, running_mean, running_var, momentum, eps, y3):
     # x3, y3: (N, C, L)   gamma, beta, running_mean, running_var: (C,)
@@ -131,16 +148,8 @@ def _bn_backward_kernel(dy3, x3, gamma, eps, dx3, dgamma, dbeta):
     buf = cuda.shared.array(RED_TPB, float64)          # buf: (RED_TPB,) partial sums
     mean, var = _channel_mean_var(x3, c, tid, buf)
     sd = 1.0 / math.sqrt(var + eps)
-    a = float64(0.0)                                   # sum dy
-    b = float64(0.0)                                   # sum dy * (x - mean)
-    for j in range(tid, cnt, RED_TPB):
-        n = j // L
-        l = j - n * L
-        g = dy3[n, c, l]
-        a += g
-        b += g * (x3[n, c, l] - mean)
-    sum_dy = block_sum(buf, a)
-    sum_dy_xhat = block_sum(buf, b) * sd
+    sum_dy, sum_dy_xc = _channel_dy_sums(dy3, x3, c, mean, tid, buf)
+    sum_dy_xhat = sum_dy_xc * sd
     if tid == 0:
         dbeta[c] = sum_dy
         dgamma[c] = sum_dy_xhat
@@ -172,17 +181,10 @@ def _bn_backward_eval_kernel(dy3, x3, gamma, running_mean, running_var, eps, dx3
     sd = 1.0 / math.sqrt(float64(running_var[c]) + eps)
     mean = float64(running_mean[c])
     k = float64(gamma[c]) * sd
-    a = float64(0.0)                                   # sum dy
-    b = float64(0.0)                                   # sum dy * (x - running_mean)
+    sum_dy, sum_dy_xc = _channel_dy_sums(dy3, x3, c, mean, tid, buf)
     for j in range(tid, cnt, RED_TPB):
         n = j // L
-        l = j - n * L
-        g = dy3[n, c, l]
-        a += g
-        b += g * (x3[n, c, l] - mean)
-        dx3[n, c, l] = k * g
-    sum_dy = block_sum(buf, a)
-    sum_dy_xc = block_sum(buf, b)
+        dx3[n, c, j - n * L] = k * dy3[n, c, j - n * L]
     if tid == 0:
         dbeta[c] = sum_dy
         dgamma[c] = sum_dy_xc * sd

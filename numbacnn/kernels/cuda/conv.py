@@ -46,7 +46,7 @@ Optimisation contract
 """
 from numba import cuda, float64
 
-from ._launch import RED_TPB, TPB, block_sum, blocks_for, fill_kernel, stride_blocks, unravel4
+from ._launch import RED_TPB, TPB, block_sum, blocks_for, fill_kernel, owned_element, stride_blocks
 
 
 # ============================================================================== forward
@@ -55,12 +55,10 @@ def _conv2d_forward_kernel(x, w, b, y, stride_h, stride_w, pad_top, pad_left, di
     # x: (N, C_in, H, W)   w: (C_out, C_in_g, kH, kW)   b: (C_out,)   y: (N, C_out, H_out, W_out)
     N, C_in, H, W = x.shape
     C_out, C_in_g, kH, kW = w.shape
-    H_out = y.shape[2]
-    W_out = y.shape[3]
-    t = cuda.grid(1)                                   # owns y[n, co, oh, ow]
-    if t >= N * C_out * H_out * W_out:
+    H_out, W_out = y.shape[2], y.shape[3]
+    inside, n, co, oh, ow = owned_element(y.shape)  # owns y[n, co, oh, ow]
+    if not inside:
         return
-    n, co, oh, ow = unravel4(t, C_out, H_out, W_out)
     g = co // (C_out // groups)
     ih0 = oh * stride_h - pad_top
     iw0 = ow * stride_w - pad_left
@@ -92,16 +90,11 @@ def _conv2d_backward_input_kernel(dy, w, dx, stride_h, stride_w, pad_top, pad_le
                                   dil_h, dil_w, groups, zero):
     # dy: (N, C_out, H_out, W_out)   w: (C_out, C_in_g, kH, kW)   dx: (N, C_in, H, W)
     N, C_out, H_out, W_out = dy.shape
-    C_in_g = w.shape[1]
-    kH = w.shape[2]
-    kW = w.shape[3]
-    C_in = dx.shape[1]
-    H = dx.shape[2]
-    W = dx.shape[3]
-    t = cuda.grid(1)                                   # owns dx[n, ci, ih, iw]
-    if t >= N * C_in * H * W:
+    _, C_in_g, kH, kW = w.shape
+    _, C_in, H, W = dx.shape
+    inside, n, ci, ih, iw = owned_element(dx.shape)  # owns dx[n, ci, ih, iw]
+    if not inside:
         return
-    n, ci, ih, iw = unravel4(t, C_in, H, W)
     g = ci // C_in_g
     ci_l = ci - g * C_in_g
     C_out_g = C_out // groups
@@ -138,15 +131,11 @@ def _conv2d_backward_weight_kernel(dy, x, dw, stride_h, stride_w, pad_top, pad_l
                                    dil_h, dil_w, groups, zero):
     # dy: (N, C_out, H_out, W_out)   x: (N, C_in, H, W)   dw: (C_out, C_in_g, kH, kW)
     N, C_out, H_out, W_out = dy.shape
-    H = x.shape[2]
-    W = x.shape[3]
-    C_in_g = dw.shape[1]
-    kH = dw.shape[2]
-    kW = dw.shape[3]
-    t = cuda.grid(1)                                   # owns dw[co, ci_l, kh, kw]
-    if t >= C_out * C_in_g * kH * kW:
+    H, W = x.shape[2], x.shape[3]
+    _, C_in_g, kH, kW = dw.shape
+    inside, co, ci_l, kh, kw = owned_element(dw.shape)  # owns dw[co, ci_l, kh, kw]
+    if not inside:
         return
-    co, ci_l, kh, kw = unravel4(t, C_in_g, kH, kW)
     g = co // (C_out // groups)
     ci = g * C_in_g + ci_l
     acc = zero

@@ -40,7 +40,7 @@ Optimisation contract
 from numba import cuda
 
 from .. import common
-from ._launch import TPB, blocks_for, unravel4
+from ._launch import TPB, blocks_for, owned_element
 
 
 # The clipped window of one output index (written once, in kernels/common.py).
@@ -52,12 +52,10 @@ window = cuda.jit(device=True)(common.window)
 def _max_pool2d_forward_kernel(x, y, kH, kW, stride_h, stride_w, pad_top, pad_left, neg_inf):
     # x: (N, C, H, W)   y: (N, C, H_out, W_out)
     N, C, H, W = x.shape
-    H_out = y.shape[2]
-    W_out = y.shape[3]
-    t = cuda.grid(1)                                   # owns y[n, c, oh, ow]
-    if t >= N * C * H_out * W_out:
+    H_out, W_out = y.shape[2], y.shape[3]
+    inside, n, c, oh, ow = owned_element(y.shape)  # owns y[n, c, oh, ow]
+    if not inside:
         return
-    n, c, oh, ow = unravel4(t, C, H_out, W_out)
     h0, kh_lo, kh_hi = window(oh, stride_h, pad_top, kH, H)
     w0, kw_lo, kw_hi = window(ow, stride_w, pad_left, kW, W)
     best = neg_inf
@@ -82,12 +80,10 @@ def max_pool2d_forward(x, y, kH, kW, stride_h, stride_w, pad_top, pad_left):
 def _avg_pool2d_forward_kernel(x, y, kH, kW, stride_h, stride_w, pad_top, pad_left, inv, zero):
     # x: (N, C, H, W)   y: (N, C, H_out, W_out)
     N, C, H, W = x.shape
-    H_out = y.shape[2]
-    W_out = y.shape[3]
-    t = cuda.grid(1)                                   # owns y[n, c, oh, ow]
-    if t >= N * C * H_out * W_out:
+    H_out, W_out = y.shape[2], y.shape[3]
+    inside, n, c, oh, ow = owned_element(y.shape)  # owns y[n, c, oh, ow]
+    if not inside:
         return
-    n, c, oh, ow = unravel4(t, C, H_out, W_out)
     h0, kh_lo, kh_hi = window(oh, stride_h, pad_top, kH, H)
     w0, kw_lo, kw_hi = window(ow, stride_w, pad_left, kW, W)
     s = zero
@@ -124,12 +120,10 @@ def _covering(h, pad_top, kH, stride_h, H_out):
 def _max_pool2d_backward_kernel(dy, x, dx, kH, kW, stride_h, stride_w, pad_top, pad_left, neg_inf, zero):
     # dy: (N, C, H_out, W_out)   x: (N, C, H, W)   dx: (N, C, H, W)
     N, C, H, W = x.shape
-    H_out = dy.shape[2]
-    W_out = dy.shape[3]
-    t = cuda.grid(1)                                   # owns dx[n, c, h, w]
-    if t >= N * C * H * W:
+    H_out, W_out = dy.shape[2], dy.shape[3]
+    inside, n, c, h, w = owned_element(dx.shape)  # owns dx[n, c, h, w]
+    if not inside:
         return
-    n, c, h, w = unravel4(t, C, H, W)
     oh_lo, oh_hi = _covering(h, pad_top, kH, stride_h, H_out)
     ow_lo, ow_hi = _covering(w, pad_left, kW, stride_w, W_out)
     acc = zero
@@ -166,12 +160,10 @@ def max_pool2d_backward(dy, x, dx, kH, kW, stride_h, stride_w, pad_top, pad_left
 def _avg_pool2d_backward_kernel(dy, dx, kH, kW, stride_h, stride_w, pad_top, pad_left, inv, zero):
     # dy: (N, C, H_out, W_out)   dx: (N, C, H, W)
     N, C, H, W = dx.shape
-    H_out = dy.shape[2]
-    W_out = dy.shape[3]
-    t = cuda.grid(1)                                   # owns dx[n, c, h, w]
-    if t >= N * C * H * W:
+    H_out, W_out = dy.shape[2], dy.shape[3]
+    inside, n, c, h, w = owned_element(dx.shape)  # owns dx[n, c, h, w]
+    if not inside:
         return
-    n, c, h, w = unravel4(t, C, H, W)
     oh_lo, oh_hi = _covering(h, pad_top, kH, stride_h, H_out)
     ow_lo, ow_hi = _covering(w, pad_left, kW, stride_w, W_out)
     acc = zero

@@ -150,8 +150,7 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
     # x: (N, C_in, H, W)   w: (C_out, C_in_g, kH, kW)   b: (C_out,)   y: (N, C_out, H_out, W_out)
     N, C_in, H, W = x.shape
     C_out, C_in_g, kH, kW = w.shape
-    H_out = y.shape[2]
-    W_out = y.shape[3]
+    H_out, W_out = y.shape[2], y.shape[3]
     C_out_g = C_out // groups
     Hp, Wp = padded_extent(H, W, H_out, W_out, kH, kW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     n_seg, seg_len = segments(H_out, W_out, Wp, stride_h, stride_w)
@@ -236,12 +235,8 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_
     """
     # dy: (N, C_out, H_out, W_out)   w: (C_out, C_in_g, kH, kW)   dx: (N, C_in, H, W)
     N, C_out, H_out, W_out = dy.shape
-    C_in_g = w.shape[1]
-    kH = w.shape[2]
-    kW = w.shape[3]
-    C_in = dx.shape[1]
-    H = dx.shape[2]
-    W = dx.shape[3]
+    _, C_in_g, kH, kW = w.shape
+    _, C_in, H, W = dx.shape
     C_out_g = C_out // groups
     Hp, Wp = padded_extent(H, W, H_out, W_out, kH, kW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     n_seg, seg_len = segments(H_out, W_out, Wp, stride_h, stride_w)
@@ -352,11 +347,8 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
     # dy: (N, C_out, H_out, W_out)   x: (N, C_in, H, W)   dw: (C_out, C_in_g, kH, kW)
     N, C_out, H_out, W_out = dy.shape
     C_in = x.shape[1]
-    H = x.shape[2]
-    W = x.shape[3]
-    C_in_g = dw.shape[1]
-    kH = dw.shape[2]
-    kW = dw.shape[3]
+    H, W = x.shape[2], x.shape[3]
+    _, C_in_g, kH, kW = dw.shape
     C_out_g = C_out // groups
     Hp, Wp = padded_extent(H, W, H_out, W_out, kH, kW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     K = kH * kW

@@ -38,8 +38,7 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
     # x: (N, C_in, H, W)   w: (C_out, C_in_g, kH, kW)   b: (C_out,)   y: (N, C_out, H_out, W_out)
     N, C_in, H, W = x.shape
     C_out, C_in_g, kH, kW = w.shape
-    H_out = y.shape[2]
-    W_out = y.shape[3]
+    H_out, W_out = y.shape[2], y.shape[3]
     C_out_g = C_out // groups
     for t in prange(N * C_out):  # parallel over (n, co): owns y[n, co]
         n = t // C_out
@@ -64,12 +63,8 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_
     """dx = transposed conv of dy: each dy value scattered back through its window."""
     # dy: (N, C_out, H_out, W_out)   w: (C_out, C_in_g, kH, kW)   dx: (N, C_in, H, W)
     N, C_out, H_out, W_out = dy.shape
-    C_in_g = w.shape[1]
-    kH = w.shape[2]
-    kW = w.shape[3]
-    C_in = dx.shape[1]
-    H = dx.shape[2]
-    W = dx.shape[3]
+    _, C_in_g, kH, kW = w.shape
+    _, C_in, H, W = dx.shape
     C_out_g = C_out // groups
     for t in prange(N * C_in):  # parallel over (n, ci): owns dx[n, ci]
         n = t // C_in
@@ -95,11 +90,8 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
     """dw[co, ci_l, kh, kw] = sum over n, oh, ow of dy * (the x value that tap saw)."""
     # dy: (N, C_out, H_out, W_out)   x: (N, C_in, H, W)   dw: (C_out, C_in_g, kH, kW)
     N, C_out, H_out, W_out = dy.shape
-    H = x.shape[2]
-    W = x.shape[3]
-    C_in_g = dw.shape[1]
-    kH = dw.shape[2]
-    kW = dw.shape[3]
+    H, W = x.shape[2], x.shape[3]
+    _, C_in_g, kH, kW = dw.shape
     C_out_g = C_out // groups
     for co in prange(C_out):  # parallel over co: owns dw[co]
         g = co // C_out_g
