@@ -18,6 +18,7 @@ kernel compiles it (or loads it from the cache), and caches and allocators settl
 The benchmarks are run as scripts (`python benchmarks/bench_conv.py`), which puts
 benchmarks/ first on sys.path, so they import this module as `_timing`.
 """
+
 import time
 
 

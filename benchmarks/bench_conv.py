@@ -15,6 +15,7 @@ The JIT section runs two fresh processes on one empty NUMBA_CACHE_DIR: the first
 measures the cold compile (first call of each kernel, per dtype), the second the load
 from the on-disk cache (cache=True) that every later process pays instead.
 """
+
 import argparse
 import os
 import subprocess
@@ -23,7 +24,6 @@ import tempfile
 import time
 
 import numpy as np
-
 from _timing import best_time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,6 +52,7 @@ def _jit_probe(dtype_names):
     """Child-process body: time the first call of each fast kernel per dtype."""
     t0 = time.perf_counter()
     from numbacnn.kernels.cpu import conv as K
+
     t_import = time.perf_counter() - t0
     out = [f"import {t_import:.2f}s"]
     for name in dtype_names:
@@ -96,11 +97,12 @@ def main():
         _jit_probe(["float32", "float64"])
         return
 
-    jit = None if args.no_jit else jit_times()   # before anything compiles in this process
+    jit = None if args.no_jit else jit_times()  # before anything compiles in this process
 
     import numba
     import torch
     import torch.nn.functional as F
+
     from numbacnn.kernels.cpu import conv as K
 
     if args.threads:
@@ -108,15 +110,20 @@ def main():
     nthreads = numba.get_num_threads()
     torch.set_num_threads(nthreads)
     dt = np.dtype(args.dtype)
-    tdt = {np.float32: torch.float32, np.float64: torch.float64}[dt.type]
 
-    print(f"numba {numba.__version__}: {nthreads} threads, threading layer "
-          f"{numba.config.THREADING_LAYER!r}; dtype {dt.name}")
+    print(
+        f"numba {numba.__version__}: {nthreads} threads, threading layer "
+        f"{numba.config.THREADING_LAYER!r}; dtype {dt.name}"
+    )
     cfg = torch.__config__.show()
-    blas = [l.strip() for l in cfg.splitlines() if "BLAS_INFO" in l or "USE_MKLDNN" in l or "LAPACK_INFO" in l]
-    print(f"torch {torch.__version__}: {torch.get_num_threads()} threads, "
-          f"mkldnn available={torch.backends.mkldnn.is_available()}, "
-          f"{'; '.join(blas) if blas else 'BLAS info n/a'}")
+    blas = [
+        l.strip() for l in cfg.splitlines() if "BLAS_INFO" in l or "USE_MKLDNN" in l or "LAPACK_INFO" in l
+    ]
+    print(
+        f"torch {torch.__version__}: {torch.get_num_threads()} threads, "
+        f"mkldnn available={torch.backends.mkldnn.is_available()}, "
+        f"{'; '.join(blas) if blas else 'BLAS info n/a'}"
+    )
     print(f"load average before the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     print(f"parallel backend: {torch.__config__.parallel_info().splitlines()[0]}")
     if jit:
@@ -125,13 +132,15 @@ def main():
             print(f"  {k:22s} {v}")
 
     rng = np.random.default_rng(0)
-    hdr = (f"\n{'shape':28s} {'pass':9s} {'numbacnn ms':>11s} {'GFLOP/s':>8s} "
-           f"{'torch ms':>9s} {'GFLOP/s':>8s} {'ratio':>6s}")
+    hdr = (
+        f"\n{'shape':28s} {'pass':9s} {'numbacnn ms':>11s} {'GFLOP/s':>8s} "
+        f"{'torch ms':>9s} {'GFLOP/s':>8s} {'ratio':>6s}"
+    )
     if args.naive:
         hdr += f" {'naive ms':>9s}"
     print(hdr + "\n" + "-" * (len(hdr) - 1))
     totals = {}
-    for (name, N, Ci, Co, H, W, k, s, p, G) in SHAPES:
+    for name, N, Ci, Co, H, W, k, s, p, G in SHAPES:
         Ho = (H + 2 * p - k) // s + 1
         Wo = (W + 2 * p - k) // s + 1
         macs = N * Co * Ho * Wo * (Ci // G) * k * k
@@ -149,18 +158,28 @@ def main():
 
         def t_bwd(mask):
             return lambda: torch.ops.aten.convolution_backward(
-                tdy, tx, tw, [Co], [s, s], [p, p], [1, 1], False, [0, 0], G, mask)
+                tdy, tx, tw, [Co], [s, s], [p, p], [1, 1], False, [0, 0], G, mask
+            )
 
         rows = [
-            ("forward", lambda: K.conv2d_forward(x, w, b, y, *conv),
-             lambda: F.conv2d(tx, tw, tb, **tconv),
-             lambda: K.conv2d_forward_naive(x, w, b, y, *conv)),
-            ("bwd_in", lambda: K.conv2d_backward_input(dy, w, dx, *conv),
-             t_bwd([True, False, False]),
-             lambda: K.conv2d_backward_input_naive(dy, w, dx, *conv)),
-            ("bwd_w+b", lambda: (K.conv2d_backward_weight(dy, x, dw, *conv), K.conv2d_backward_bias(dy, db)),
-             t_bwd([False, True, True]),
-             lambda: (K.conv2d_backward_weight_naive(dy, x, dw, *conv), K.conv2d_backward_bias(dy, db))),
+            (
+                "forward",
+                lambda: K.conv2d_forward(x, w, b, y, *conv),
+                lambda: F.conv2d(tx, tw, tb, **tconv),
+                lambda: K.conv2d_forward_naive(x, w, b, y, *conv),
+            ),
+            (
+                "bwd_in",
+                lambda: K.conv2d_backward_input(dy, w, dx, *conv),
+                t_bwd([True, False, False]),
+                lambda: K.conv2d_backward_input_naive(dy, w, dx, *conv),
+            ),
+            (
+                "bwd_w+b",
+                lambda: (K.conv2d_backward_weight(dy, x, dw, *conv), K.conv2d_backward_bias(dy, db)),
+                t_bwd([False, True, True]),
+                lambda: (K.conv2d_backward_weight_naive(dy, x, dw, *conv), K.conv2d_backward_bias(dy, db)),
+            ),
         ]
         with torch.no_grad():
             tot_o = tot_t = 0.0
@@ -169,17 +188,23 @@ def main():
                 tt = best_time(theirs, **TIMING)
                 tot_o += to
                 tot_t += tt
-                line = (f"{name:28s} {pname:9s} {to * 1e3:11.3f} {2 * macs / to / 1e9:8.2f} "
-                        f"{tt * 1e3:9.3f} {2 * macs / tt / 1e9:8.2f} {tt / to:6.2f}")
+                line = (
+                    f"{name:28s} {pname:9s} {to * 1e3:11.3f} {2 * macs / to / 1e9:8.2f} "
+                    f"{tt * 1e3:9.3f} {2 * macs / tt / 1e9:8.2f} {tt / to:6.2f}"
+                )
                 if args.naive:
                     line += f" {best_time(naive, **TIMING_NAIVE) * 1e3:9.3f}"
                 print(line)
-            print(f"{name:28s} {'total':9s} {tot_o * 1e3:11.3f} {6 * macs / tot_o / 1e9:8.2f} "
-                  f"{tot_t * 1e3:9.3f} {6 * macs / tot_t / 1e9:8.2f} {tot_t / tot_o:6.2f}")
+            print(
+                f"{name:28s} {'total':9s} {tot_o * 1e3:11.3f} {6 * macs / tot_o / 1e9:8.2f} "
+                f"{tot_t * 1e3:9.3f} {6 * macs / tot_t / 1e9:8.2f} {tot_t / tot_o:6.2f}"
+            )
             totals[name] = (tot_o, tot_t)
     lo, lt = (sum(v[i] for n, v in totals.items() if n.startswith("LeNet")) for i in (0, 1))
-    print(f"\nLeNet-5 convs, batch 64, fwd+bwd of C1+C3+C5: numbacnn {lo * 1e3:.3f} ms, "
-          f"torch {lt * 1e3:.3f} ms, speed ratio (torch time / ours) {lt / lo:.2f}")
+    print(
+        f"\nLeNet-5 convs, batch 64, fwd+bwd of C1+C3+C5: numbacnn {lo * 1e3:.3f} ms, "
+        f"torch {lt * 1e3:.3f} ms, speed ratio (torch time / ours) {lt / lo:.2f}"
+    )
     print("ratio = torch ms / numbacnn ms (1.0 = as fast as torch, 0.33 = 3x slower).")
 
 

@@ -20,15 +20,16 @@ What each torch column times (the closest eager op to the kernel's contract):
 Torch allocates its outputs; our kernels write into preallocated arrays (as functional does
 after allocating them, which costs the same for both).
 """
+
 import argparse
 import time
 
-import numpy as np
 import numba
+import numpy as np
 import torch
 import torch.nn.functional as F
-
 from _timing import best_time
+
 from numbacnn.kernels.cpu import activation, batchnorm, dense, loss, pool
 
 
@@ -37,14 +38,17 @@ def cases(dt, rng):
 
     The closures read the loop variables late, so each must be timed before the generator
     advances (main() does exactly that)."""
+
     def arr(*shape, scale=1.0):
         return (rng.standard_normal(shape) * scale).astype(dt)
 
     T = torch.from_numpy
 
     # --- pooling: LeNet 2x2/2 on (64,6,28,28); ResNet stem 3x3/2 pad 1 on (32,64,56,56)
-    for tag, shape, k, s, p in [("LeNet (64,6,28,28) k2 s2", (64, 6, 28, 28), 2, 2, 0),
-                                ("ResNet (32,64,56,56) k3 s2 p1", (32, 64, 56, 56), 3, 2, 1)]:
+    for tag, shape, k, s, p in [
+        ("LeNet (64,6,28,28) k2 s2", (64, 6, 28, 28), 2, 2, 0),
+        ("ResNet (32,64,56,56) k3 s2 p1", (32, 64, 56, 56), 3, 2, 1),
+    ]:
         x = arr(*shape)
         Ho = (shape[2] + 2 * p - k) // s + 1
         y = np.empty(shape[:2] + (Ho, Ho), dt)
@@ -52,20 +56,32 @@ def cases(dt, rng):
         dx = np.empty_like(x)
         xt, dyt = T(x), T(dy)
         _, idx = torch.ops.aten.max_pool2d_with_indices(xt, [k, k], [s, s], [p, p])
-        yield ("max_pool2d fwd", tag,
-               lambda: pool.max_pool2d_forward(x, y, k, k, s, s, p, p),
-               lambda: F.max_pool2d(xt, k, s, p))
-        yield ("max_pool2d bwd", tag,
-               lambda: pool.max_pool2d_backward(dy, x, dx, k, k, s, s, p, p),
-               lambda: torch.ops.aten.max_pool2d_with_indices_backward(
-                   dyt, xt, [k, k], [s, s], [p, p], [1, 1], False, idx))
-        yield ("avg_pool2d fwd", tag,
-               lambda: pool.avg_pool2d_forward(x, y, k, k, s, s, p, p),
-               lambda: F.avg_pool2d(xt, k, s, p))
-        yield ("avg_pool2d bwd", tag,
-               lambda: pool.avg_pool2d_backward(dy, dx, k, k, s, s, p, p),
-               lambda: torch.ops.aten.avg_pool2d_backward(dyt, xt, [k, k], [s, s], [p, p],
-                                                          False, True, None))
+        yield (
+            "max_pool2d fwd",
+            tag,
+            lambda: pool.max_pool2d_forward(x, y, k, k, s, s, p, p),
+            lambda: F.max_pool2d(xt, k, s, p),
+        )
+        yield (
+            "max_pool2d bwd",
+            tag,
+            lambda: pool.max_pool2d_backward(dy, x, dx, k, k, s, s, p, p),
+            lambda: torch.ops.aten.max_pool2d_with_indices_backward(
+                dyt, xt, [k, k], [s, s], [p, p], [1, 1], False, idx
+            ),
+        )
+        yield (
+            "avg_pool2d fwd",
+            tag,
+            lambda: pool.avg_pool2d_forward(x, y, k, k, s, s, p, p),
+            lambda: F.avg_pool2d(xt, k, s, p),
+        )
+        yield (
+            "avg_pool2d bwd",
+            tag,
+            lambda: pool.avg_pool2d_backward(dy, dx, k, k, s, s, p, p),
+            lambda: torch.ops.aten.avg_pool2d_backward(dyt, xt, [k, k], [s, s], [p, p], False, True, None),
+        )
 
     # --- batch norm: ResNet block (32,64,32,32) and a BatchNorm1d-like (256,512)
     for tag, shape in [("(32,64,32,32)", (32, 64, 32, 32)), ("(256,512)", (256, 512))]:
@@ -79,16 +95,26 @@ def cases(dt, rng):
         x3, y3, dy3, dx3 = (a.reshape(N, C, L) for a in (x, y, dy, dx))
         xt, gt, bt, rmt, rvt, dyt = T(x), T(g), T(b), T(rm.copy()), T(rv.copy()), T(dy)
         _, sm, si = torch.ops.aten.native_batch_norm(xt, gt, bt, rmt, rvt, True, 0.1, 1e-5)
-        yield ("batch_norm train fwd", tag,
-               lambda: batchnorm.batch_norm_forward_train(x3, g, b, rm, rv, 0.1, 1e-5, y3),
-               lambda: torch.ops.aten.native_batch_norm(xt, gt, bt, rmt, rvt, True, 0.1, 1e-5))
-        yield ("batch_norm eval fwd", tag,
-               lambda: batchnorm.batch_norm_forward_eval(x3, g, b, rm, rv, 1e-5, y3),
-               lambda: torch.ops.aten.native_batch_norm(xt, gt, bt, rmt, rvt, False, 0.1, 1e-5))
-        yield ("batch_norm bwd", tag,
-               lambda: batchnorm.batch_norm_backward(dy3, x3, g, 1e-5, dx3, dg, db),
-               lambda: torch.ops.aten.native_batch_norm_backward(
-                   dyt, xt, gt, rmt, rvt, sm, si, True, 1e-5, [True, True, True]))
+        yield (
+            "batch_norm train fwd",
+            tag,
+            lambda: batchnorm.batch_norm_forward_train(x3, g, b, rm, rv, 0.1, 1e-5, y3),
+            lambda: torch.ops.aten.native_batch_norm(xt, gt, bt, rmt, rvt, True, 0.1, 1e-5),
+        )
+        yield (
+            "batch_norm eval fwd",
+            tag,
+            lambda: batchnorm.batch_norm_forward_eval(x3, g, b, rm, rv, 1e-5, y3),
+            lambda: torch.ops.aten.native_batch_norm(xt, gt, bt, rmt, rvt, False, 0.1, 1e-5),
+        )
+        yield (
+            "batch_norm bwd",
+            tag,
+            lambda: batchnorm.batch_norm_backward(dy3, x3, g, 1e-5, dx3, dg, db),
+            lambda: torch.ops.aten.native_batch_norm_backward(
+                dyt, xt, gt, rmt, rvt, sm, si, True, 1e-5, [True, True, True]
+            ),
+        )
 
     # --- linear: LeNet 400->120, 120->84, 84->10 (N=64); ResNet head 512->10 (N=32);
     #     an AlexNet-ish hidden layer 4096->1024 (N=64)
@@ -98,14 +124,15 @@ def cases(dt, rng):
         y, dy = np.empty((N, OUT), dt), arr(N, OUT)
         dx, dw, db = np.empty_like(x), np.empty_like(w), np.empty_like(b)
         xt, wt, bt, dyt = T(x), T(w), T(b), T(dy)
-        yield ("linear fwd", tag, lambda: dense.linear_forward(x, w, b, y),
-               lambda: F.linear(xt, wt, bt))
-        yield ("linear bwd input", tag, lambda: dense.linear_backward_input(dy, w, dx),
-               lambda: dyt @ wt)
-        yield ("linear bwd weight", tag, lambda: dense.linear_backward_weight(dy, x, dw),
-               lambda: dyt.t() @ xt)
-        yield ("linear bwd bias", tag, lambda: dense.linear_backward_bias(dy, db),
-               lambda: dyt.sum(0))
+        yield ("linear fwd", tag, lambda: dense.linear_forward(x, w, b, y), lambda: F.linear(xt, wt, bt))
+        yield ("linear bwd input", tag, lambda: dense.linear_backward_input(dy, w, dx), lambda: dyt @ wt)
+        yield (
+            "linear bwd weight",
+            tag,
+            lambda: dense.linear_backward_weight(dy, x, dw),
+            lambda: dyt.t() @ xt,
+        )
+        yield ("linear bwd bias", tag, lambda: dense.linear_backward_bias(dy, db), lambda: dyt.sum(0))
 
     # --- element-wise: LeNet conv1 output (64,6,28,28) and a ResNet block (32,64,32,32)
     for tag, shape in [("(64,6,28,28)", (64, 6, 28, 28)), ("(32,64,32,32)", (32, 64, 32, 32))]:
@@ -118,19 +145,38 @@ def cases(dt, rng):
         y_tanh, y_sig = yt_tanh.numpy(), yt_sig.numpy()
         maskt = T(rng.random(n) >= 0.5).to(xt.dtype)
         yield ("relu fwd", tag, lambda: activation.relu_forward(x, y), lambda: torch.relu(xt))
-        yield ("relu bwd", tag, lambda: activation.relu_backward(dy, x, dx),
-               lambda: torch.ops.aten.threshold_backward(dyt, xt, 0))
+        yield (
+            "relu bwd",
+            tag,
+            lambda: activation.relu_backward(dy, x, dx),
+            lambda: torch.ops.aten.threshold_backward(dyt, xt, 0),
+        )
         yield ("tanh fwd", tag, lambda: activation.tanh_forward(x, y), lambda: torch.tanh(xt))
-        yield ("tanh bwd", tag, lambda: activation.tanh_backward(dy, y_tanh, dx),
-               lambda: torch.ops.aten.tanh_backward(dyt, yt_tanh))
-        yield ("sigmoid fwd", tag, lambda: activation.sigmoid_forward(x, y),
-               lambda: torch.sigmoid(xt))
-        yield ("sigmoid bwd", tag, lambda: activation.sigmoid_backward(dy, y_sig, dx),
-               lambda: torch.ops.aten.sigmoid_backward(dyt, yt_sig))
-        yield ("dropout fwd p=0.5", tag, lambda: activation.dropout_forward(x, y, mask, 0.5, 1234),
-               lambda: torch.dropout(xt, 0.5, True))
-        yield ("dropout bwd p=0.5", tag, lambda: activation.dropout_backward(dy, mask, 0.5, dx),
-               lambda: dyt * maskt * 2.0)
+        yield (
+            "tanh bwd",
+            tag,
+            lambda: activation.tanh_backward(dy, y_tanh, dx),
+            lambda: torch.ops.aten.tanh_backward(dyt, yt_tanh),
+        )
+        yield ("sigmoid fwd", tag, lambda: activation.sigmoid_forward(x, y), lambda: torch.sigmoid(xt))
+        yield (
+            "sigmoid bwd",
+            tag,
+            lambda: activation.sigmoid_backward(dy, y_sig, dx),
+            lambda: torch.ops.aten.sigmoid_backward(dyt, yt_sig),
+        )
+        yield (
+            "dropout fwd p=0.5",
+            tag,
+            lambda: activation.dropout_forward(x, y, mask, 0.5, 1234),
+            lambda: torch.dropout(xt, 0.5, True),
+        )
+        yield (
+            "dropout bwd p=0.5",
+            tag,
+            lambda: activation.dropout_backward(dy, mask, 0.5, dx),
+            lambda: dyt * maskt * 2.0,
+        )
         yield ("add fwd", tag, lambda: activation.add_forward(x, a, y), lambda: xt + at)
 
     # --- cross entropy: LeNet head (64,10) and a 1000-class head (256,1000)
@@ -141,10 +187,18 @@ def cases(dt, rng):
         dz = np.empty_like(z)
         zt, tt = T(z).requires_grad_(), T(t)
         lt = F.cross_entropy(zt, tt)
-        yield ("cross_entropy fwd", tag, lambda: loss.cross_entropy_forward(z, t),
-               lambda: F.cross_entropy(zt.detach(), tt))
-        yield ("cross_entropy bwd", tag, lambda: loss.cross_entropy_backward(z, t, dz),
-               lambda: torch.autograd.grad(lt, zt, retain_graph=True))
+        yield (
+            "cross_entropy fwd",
+            tag,
+            lambda: loss.cross_entropy_forward(z, t),
+            lambda: F.cross_entropy(zt.detach(), tt),
+        )
+        yield (
+            "cross_entropy bwd",
+            tag,
+            lambda: loss.cross_entropy_backward(z, t, dz),
+            lambda: torch.autograd.grad(lt, zt, retain_graph=True),
+        )
 
 
 def main():
@@ -159,9 +213,11 @@ def main():
     dt = np.dtype(args.dtype).type
     rng = np.random.default_rng(0)
 
-    print(f"numbacnn CPU kernels vs torch {torch.__version__}: {args.dtype}, "
-          f"{args.threads} threads (numba {numba.__version__}, "
-          f"layer {numba.config.THREADING_LAYER}); best ms per call")
+    print(
+        f"numbacnn CPU kernels vs torch {torch.__version__}: {args.dtype}, "
+        f"{args.threads} threads (numba {numba.__version__}, "
+        f"layer {numba.config.THREADING_LAYER}); best ms per call"
+    )
     head = f"{'kernel':<22} {'shape':<30} {'numbacnn':>9} {'torch':>9} {'ratio':>7}"
     print(head)
     print("-" * len(head))
@@ -169,11 +225,13 @@ def main():
     timing = dict(min_time=args.budget, min_reps=5, max_reps=200, warmup=2)
     t_start = time.perf_counter()
     for family, label, ours, theirs in cases(dt, rng):
-        t_ours = 1e3 * best_time(ours, **timing)     # ms
+        t_ours = 1e3 * best_time(ours, **timing)  # ms
         t_torch = 1e3 * best_time(theirs, **timing)
         print(f"{family:<22} {label:<30} {t_ours:9.3f} {t_torch:9.3f} {t_ours / t_torch:7.2f}x")
-    print(f"(ratio = numbacnn / torch; < 1 means numbacnn is faster; "
-          f"total {time.perf_counter() - t_start:.0f} s)")
+    print(
+        f"(ratio = numbacnn / torch; < 1 means numbacnn is faster; "
+        f"total {time.perf_counter() - t_start:.0f} s)"
+    )
 
 
 if __name__ == "__main__":

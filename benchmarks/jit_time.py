@@ -7,6 +7,7 @@ from disk). Prints the seconds for each, per dtype.
 
     python benchmarks/jit_time.py
 """
+
 import os
 import subprocess
 import sys
@@ -55,8 +56,7 @@ print(f"import {t_import:.2f}s; " + "; ".join(f"{n} {s:.1f}s" for n, s in out))
 def run(cache_dir):
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
     t = time.perf_counter()
-    res = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True,
-                         check=True)
+    res = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True)
     return time.perf_counter() - t, res.stdout.strip()
 
 

@@ -6,6 +6,7 @@ Writes OUT/filters.png (conv1's 6 learned 5x5 filters) and OUT/feature_maps.png 
 digit, the 6 conv1 output maps (28x28) and the 16 conv2 output maps (10x10)).
 Train a checkpoint first: numbacnn train --model lenet5 --out runs/lenet5
 """
+
 import argparse
 import os
 import sys
@@ -36,7 +37,7 @@ except CheckpointError as e:
 model.eval()
 
 mnist = load_mnist()
-x = preprocess(mnist["x_test"][args.index:args.index + 1], pad=2)   # (1, 1, 32, 32)
+x = preprocess(mnist["x_test"][args.index : args.index + 1], pad=2)  # (1, 1, 32, 32)
 label = int(mnist["y_test"][args.index])
 
 # Run the Sequential node by node and keep the conv outputs.
@@ -44,7 +45,7 @@ maps, h = {}, x
 for name in model.order:
     h = model[name](h)
     if name in ("conv1", "conv2"):
-        maps[name] = h[0]                                   # (C, H, W)
+        maps[name] = h[0]  # (C, H, W)
 pred = int(np.argmax(h[0]))
 
 
@@ -81,5 +82,7 @@ for i in range(16):
     show(fig.add_subplot(grid[1 + i // 8, 1 + i % 8]), maps["conv2"][i], f"conv2 #{i}", "viridis")
 fig.suptitle(f"feature maps of test image {args.index}: conv1 (6 x 28x28), conv2 (16 x 10x10)")
 fig.savefig(os.path.join(args.out, "feature_maps.png"), dpi=100)
-print(f"wrote {os.path.join(args.out, 'filters.png')} and {os.path.join(args.out, 'feature_maps.png')}"
-      f" (test image {args.index}: label {label}, predicted {pred})")
+print(
+    f"wrote {os.path.join(args.out, 'filters.png')} and {os.path.join(args.out, 'feature_maps.png')}"
+    f" (test image {args.index}: label {label}, predicted {pred})"
+)

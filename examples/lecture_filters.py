@@ -18,6 +18,7 @@ lights up the image border.
 
     python examples/lecture_filters.py --out out/lecture_filters.png
 """
+
 import argparse
 import os
 
@@ -101,7 +102,7 @@ def main(argv=None):
         len(rows), len(names), figsize=(3.6 * len(names), 3.9 * len(rows)), layout="constrained"
     )
     for r, (label, images, kw) in enumerate(rows):
-        for c, (name, img) in enumerate(zip(names, images)):
+        for c, (name, img) in enumerate(zip(names, images, strict=True)):
             shown = img if c == 0 else for_display(name, img)
             axes[r, c].imshow(shown, **kw)
             suffix = " |response|" if name == "edge detection" else ""

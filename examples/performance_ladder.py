@@ -15,6 +15,7 @@ draws out/performance_ladder.png. The reference rung is timed on 2 images and sc
 
     python examples/performance_ladder.py [--out out/performance_ladder.png]
 """
+
 import argparse
 import os
 import sys
@@ -31,8 +32,7 @@ from numbacnn.kernels.cpu import conv  # noqa: E402
 
 # The one timing helper lives with the benchmarks (benchmarks/_timing.py); this example runs
 # from a checkout, so it finds it next door.
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "benchmarks"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 from _timing import best_time  # noqa: E402
 
 N, C_IN, C_OUT, H, K = 64, 6, 16, 14, 5
@@ -47,10 +47,10 @@ def main():
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((N, C_IN, H, H)).astype(np.float32)       # x: (N, C_in, H, W)
-    w = rng.standard_normal((C_OUT, C_IN, K, K)).astype(np.float32)   # w: (C_out, C_in, kH, kW)
-    b = np.zeros(C_OUT, np.float32)                                    # b: (C_out,)
-    y = np.empty((N, C_OUT, HO, HO), np.float32)                       # y: (N, C_out, Ho, Wo)
+    x = rng.standard_normal((N, C_IN, H, H)).astype(np.float32)  # x: (N, C_in, H, W)
+    w = rng.standard_normal((C_OUT, C_IN, K, K)).astype(np.float32)  # w: (C_out, C_in, kH, kW)
+    b = np.zeros(C_OUT, np.float32)  # b: (C_out,)
+    y = np.empty((N, C_OUT, HO, HO), np.float32)  # y: (N, C_out, Ho, Wo)
     threads = numba.get_num_threads()
     geo = (1, 1, 0, 0, 1, 1, 1)  # stride, pad top/left, dilation, groups
 
@@ -58,23 +58,35 @@ def main():
     t = best_time(lambda: reference.conv2d(x[:2], w, b), min_reps=1, max_reps=1) * N / 2
     rungs.append(("reference (Python loops)", t))
     numba.set_num_threads(1)
-    rungs.append(("naive @njit, 1 thread",
-                  best_time(lambda: conv.conv2d_forward_naive(x, w, b, y, *geo), **TIMING)))
+    rungs.append(
+        ("naive @njit, 1 thread", best_time(lambda: conv.conv2d_forward_naive(x, w, b, y, *geo), **TIMING))
+    )
     numba.set_num_threads(threads)
-    rungs.append((f"naive @njit, {threads} threads",
-                  best_time(lambda: conv.conv2d_forward_naive(x, w, b, y, *geo), **TIMING)))
-    rungs.append((f"fast @njit, {threads} threads",
-                  best_time(lambda: conv.conv2d_forward(x, w, b, y, *geo), **TIMING)))
+    rungs.append(
+        (
+            f"naive @njit, {threads} threads",
+            best_time(lambda: conv.conv2d_forward_naive(x, w, b, y, *geo), **TIMING),
+        )
+    )
+    rungs.append(
+        (f"fast @njit, {threads} threads", best_time(lambda: conv.conv2d_forward(x, w, b, y, *geo), **TIMING))
+    )
     fast = y.copy()
     try:
         import torch
+
         torch.set_num_threads(threads)
         xt, wt, bt = map(torch.from_numpy, (x, w, b))
         with torch.no_grad():
-            rungs.append((f"PyTorch {torch.__version__}, {threads} threads",
-                          best_time(lambda: torch.nn.functional.conv2d(xt, wt, bt), **TIMING)))
-            np.testing.assert_allclose(fast, torch.nn.functional.conv2d(xt, wt, bt).numpy(),
-                                       rtol=1e-4, atol=1e-4)
+            rungs.append(
+                (
+                    f"PyTorch {torch.__version__}, {threads} threads",
+                    best_time(lambda: torch.nn.functional.conv2d(xt, wt, bt), **TIMING),
+                )
+            )
+            np.testing.assert_allclose(
+                fast, torch.nn.functional.conv2d(xt, wt, bt).numpy(), rtol=1e-4, atol=1e-4
+            )
     except ImportError:
         print("(torch not installed: PyTorch rung skipped)")
 

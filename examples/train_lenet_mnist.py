@@ -11,6 +11,7 @@ the model, pads MNIST to 32 x 32, builds the loaders, SGD and the schedule, and 
 numbacnn.train.fit, which writes OUT/checkpoint.npz, OUT/metrics.json and OUT/curves.png
 after every epoch. --resume continues the run stored in OUT.
 """
+
 import argparse
 
 from numbacnn.recipe import TrainConfig, run
@@ -22,9 +23,19 @@ p.add_argument("--resume", action="store_true")
 p.add_argument("--limit-train", type=int, default=None, help="first N training images only")
 args = p.parse_args()
 
-config = TrainConfig(model="lenet5", dataset="mnist", epochs=args.epochs, batch_size=64,
-                     lr=0.05, momentum=0.9, out=args.out, limit_train=args.limit_train)
+config = TrainConfig(
+    model="lenet5",
+    dataset="mnist",
+    epochs=args.epochs,
+    batch_size=64,
+    lr=0.05,
+    momentum=0.9,
+    out=args.out,
+    limit_train=args.limit_train,
+)
 metrics = run(config, resume=args.resume)
 for m in metrics:
-    print(f"epoch {m['epoch']}: test accuracy {100 * m['test_accuracy']:.2f}%, "
-          f"{m['seconds']:.1f} s ({m['images_per_second']:.0f} images/s)")
+    print(
+        f"epoch {m['epoch']}: test accuracy {100 * m['test_accuracy']:.2f}%, "
+        f"{m['seconds']:.1f} s ({m['images_per_second']:.0f} images/s)"
+    )

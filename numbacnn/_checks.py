@@ -11,8 +11,14 @@ import numpy as np
 from .kernels import backend, is_device_array
 
 __all__ = [
-    "is_int", "check_int", "pair", "positive_pair",
-    "float_array", "same_dtype", "same_shape", "FLOAT_DTYPES",
+    "is_int",
+    "check_int",
+    "pair",
+    "positive_pair",
+    "float_array",
+    "same_dtype",
+    "same_shape",
+    "FLOAT_DTYPES",
 ]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -65,7 +71,9 @@ def float_array(op, name, a, ndims):
             f"{op}: {name} must be a numpy.ndarray (or a numba.cuda device array), got {type(a).__name__}"
         )
     if a.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{op}: {name} must be float32 or float64, got dtype {a.dtype} ({name}.shape={a.shape})")
+        raise TypeError(
+            f"{op}: {name} must be float32 or float64, got dtype {a.dtype} ({name}.shape={a.shape})"
+        )
     if a.ndim not in ndims:
         want = " or ".join(f"{d}-D" for d in ndims)
         raise ValueError(f"{op}: {name} must be {want}, got {a.ndim}-D {name}.shape={a.shape}")

@@ -14,6 +14,7 @@ leaves either the old complete checkpoint or the new complete one, never a torn 
 ``load`` reads with ``np.load(allow_pickle=False)`` and turns every way a file can be wrong
 (not a zip, truncated, foreign archive, object arrays, bad JSON) into ``CheckpointError``.
 """
+
 import json
 import os
 from typing import NamedTuple
@@ -22,8 +23,15 @@ import numpy as np
 
 from ._io import atomic_write
 
-__all__ = ["CheckpointError", "Checkpoint", "save", "load", "load_model_state",
-           "FORMAT_MARKER", "FORMAT_VERSION"]
+__all__ = [
+    "CheckpointError",
+    "Checkpoint",
+    "save",
+    "load",
+    "load_model_state",
+    "FORMAT_MARKER",
+    "FORMAT_VERSION",
+]
 
 FORMAT_MARKER = b"numbacnn-checkpoint"
 FORMAT_VERSION = 1
@@ -51,8 +59,10 @@ def _bytes_array(b):
 def _plain_array(section, name, value):
     arr = np.asarray(value)
     if arr.dtype.hasobject:
-        raise TypeError(f"checkpoint.save: {section} entry {name!r} has dtype=object; "
-                        "only numeric/bool arrays can be stored (no pickle)")
+        raise TypeError(
+            f"checkpoint.save: {section} entry {name!r} has dtype=object; "
+            "only numeric/bool arrays can be stored (no pickle)"
+        )
     return arr
 
 
@@ -91,14 +101,15 @@ def load(path):
         # np.load falls back to unpickling for anything that is neither .npy nor .npz;
         # allow_pickle=False makes that a ValueError instead of running pickle. (numpy's own
         # message invites loading it with pickle, which a checkpoint never needs: drop it.)
-        raise CheckpointError(f"{path} is not a numbacnn checkpoint: not an .npz archive "
-                              "(and pickled data is never loaded)") from None
+        raise CheckpointError(
+            f"{path} is not a numbacnn checkpoint: not an .npz archive (and pickled data is never loaded)"
+        ) from None
     except Exception as e:  # zipfile.BadZipFile, EOFError, OSError, ...
-        raise CheckpointError(f"{path} is corrupt or truncated, not a readable checkpoint: "
-                              f"{type(e).__name__}: {e}") from None
+        raise CheckpointError(
+            f"{path} is corrupt or truncated, not a readable checkpoint: {type(e).__name__}: {e}"
+        ) from None
     if not isinstance(obj, np.lib.npyio.NpzFile):
-        raise CheckpointError(f"{path} holds a single .npy array, not a numbacnn checkpoint "
-                              "(.npz archive)")
+        raise CheckpointError(f"{path} holds a single .npy array, not a numbacnn checkpoint (.npz archive)")
     try:
         # Read every member eagerly: NpzFile is lazy, and a truncated or corrupted member
         # only fails when it is read.
@@ -106,22 +117,29 @@ def load(path):
             data = {key: npz[key] for key in npz.files}
     except ValueError as e:
         if "pickle" in str(e).lower():
-            raise CheckpointError(f"{path} is not a numbacnn checkpoint: it holds object "
-                                  f"(pickled) arrays, which are never loaded ({e})") from None
+            raise CheckpointError(
+                f"{path} is not a numbacnn checkpoint: it holds object "
+                f"(pickled) arrays, which are never loaded ({e})"
+            ) from None
         raise CheckpointError(f"{path} is corrupt, not a readable checkpoint: {e}") from None
     except Exception as e:
-        raise CheckpointError(f"{path} is corrupt or truncated, not a readable checkpoint: "
-                              f"{type(e).__name__}: {e}") from None
+        raise CheckpointError(
+            f"{path} is corrupt or truncated, not a readable checkpoint: {type(e).__name__}: {e}"
+        ) from None
 
     marker = data.get(_MARKER_KEY)
     if marker is None or marker.dtype != np.uint8 or marker.tobytes() != FORMAT_MARKER:
-        raise CheckpointError(f"{path} is an .npz archive but not a numbacnn checkpoint "
-                              f"(no {_MARKER_KEY!r} marker; keys: {sorted(data)[:8]})")
+        raise CheckpointError(
+            f"{path} is an .npz archive but not a numbacnn checkpoint "
+            f"(no {_MARKER_KEY!r} marker; keys: {sorted(data)[:8]})"
+        )
     version = data.get(_VERSION_KEY)
     if version is None or version.shape != () or int(version) != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: unsupported numbacnn checkpoint version "
-                              f"{None if version is None else version.tolist()} "
-                              f"(this numbacnn reads version {FORMAT_VERSION})")
+        raise CheckpointError(
+            f"{path}: unsupported numbacnn checkpoint version "
+            f"{None if version is None else version.tolist()} "
+            f"(this numbacnn reads version {FORMAT_VERSION})"
+        )
     raw_meta = data.get(_META_KEY)
     try:
         meta = json.loads(raw_meta.tobytes().decode("utf-8")) if raw_meta is not None else {}
@@ -130,9 +148,9 @@ def load(path):
     model_state, optim_state = {}, {}
     for key, value in data.items():
         if key.startswith(_MODEL):
-            model_state[key[len(_MODEL):]] = value
+            model_state[key[len(_MODEL) :]] = value
         elif key.startswith(_OPTIM):
-            optim_state[key[len(_OPTIM):]] = value
+            optim_state[key[len(_OPTIM) :]] = value
     return Checkpoint(model_state, optim_state, meta)
 
 
@@ -153,7 +171,8 @@ def check_state(expected, state, what="model"):
         if got != np.shape(v):
             raise CheckpointError(
                 f"checkpoint does not fit the {what}: {k!r} has shape {got} in the checkpoint "
-                f"but {np.shape(v)} in the {what}")
+                f"but {np.shape(v)} in the {what}"
+            )
 
 
 def load_model_state(model, state):
@@ -161,5 +180,4 @@ def load_model_state(model, state):
     dtypes)."""
     expected = model.state_dict()
     check_state(expected, state)
-    model.load_state_dict({k: np.asarray(state[k], dtype=np.asarray(expected[k]).dtype)
-                           for k in expected})
+    model.load_state_dict({k: np.asarray(state[k], dtype=np.asarray(expected[k]).dtype) for k in expected})

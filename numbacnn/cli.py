@@ -12,6 +12,7 @@ User mistakes (unknown model, missing data, a bad checkpoint) print one ``numbac
 message and exit with status 2 (usage) or 1 (everything else); Ctrl-C during training
 keeps the last complete checkpoint and exits with 130.
 """
+
 import argparse
 import dataclasses
 import json
@@ -21,8 +22,18 @@ from .checkpoint import CheckpointError, load, load_model_state
 from .data import DataLoader
 from .data.mnist import MNISTIntegrityError, MNISTNotFoundError
 from .models import MODELS, build_model, model_info
-from .recipe import (AUGMENTS, DATASETS, SCHEDULES, ConfigError, TrainConfig, input_pad,
-                     load_dataset, make_transform, resume_config, run)
+from .recipe import (
+    AUGMENTS,
+    DATASETS,
+    SCHEDULES,
+    ConfigError,
+    TrainConfig,
+    input_pad,
+    load_dataset,
+    make_transform,
+    resume_config,
+    run,
+)
 from .train import evaluate
 
 __all__ = ["main", "build_parser", "input_pad", "load_dataset", "make_transform"]
@@ -70,9 +81,11 @@ def cmd_train(args):
     metrics = run(config, resume=args.resume, overwrite=args.overwrite, progress=args.progress)
     if metrics:
         last = metrics[-1]
-        print(f"final test accuracy {100 * last['test_accuracy']:.2f}% "
-              f"(loss {last['test_loss']:.4f}) after {last['epoch']} epochs; "
-              f"outputs in {config.out_dir}")
+        print(
+            f"final test accuracy {100 * last['test_accuracy']:.2f}% "
+            f"(loss {last['test_loss']:.4f}) after {last['epoch']} epochs; "
+            f"outputs in {config.out_dir}"
+        )
     return 0
 
 
@@ -91,23 +104,33 @@ def cmd_evaluate(args):
     pad = config.get("pad")
     if pad is None:  # older checkpoints do not store it
         pad = input_pad(model_name, dataset)
-    _, _, xte, yte = load_dataset(dataset, pad, args.cache_dir, args.download,
-                                  limit_train=1, limit_test=args.limit_test)
+    _, _, xte, yte = load_dataset(
+        dataset, pad, args.cache_dir, args.download, limit_train=1, limit_test=args.limit_test
+    )
     loss, acc = evaluate(model, DataLoader(xte, yte, args.batch_size))
-    result = {"model": model_name, "checkpoint": args.checkpoint, "epoch": ck.meta.get("epoch"),
-              "test_images": int(len(yte)), "test_loss": loss, "test_accuracy": acc}
+    result = {
+        "model": model_name,
+        "checkpoint": args.checkpoint,
+        "epoch": ck.meta.get("epoch"),
+        "test_images": int(len(yte)),
+        "test_loss": loss,
+        "test_accuracy": acc,
+    }
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{model_name} ({args.checkpoint}, epoch {result['epoch']}): "
-              f"test accuracy {100 * acc:.2f}% ({int(round(acc * len(yte)))}/{len(yte)}), "
-              f"test loss {loss:.4f}")
+        print(
+            f"{model_name} ({args.checkpoint}, epoch {result['epoch']}): "
+            f"test accuracy {100 * acc:.2f}% ({int(round(acc * len(yte)))}/{len(yte)}), "
+            f"test loss {loss:.4f}"
+        )
     return 0
 
 
 def cmd_summary(args):
-    model = _build_model(args.model, num_classes=args.num_classes,
-                         in_channels=args.input_shape[0] if args.input_shape else 1)
+    model = _build_model(
+        args.model, num_classes=args.num_classes, in_channels=args.input_shape[0] if args.input_shape else 1
+    )
     if args.input_shape:
         shape = tuple(args.input_shape)
     else:
@@ -122,55 +145,78 @@ def cmd_summary(args):
 
 # --------------------------------------------------------------------------- parser
 def build_parser():
-    p = argparse.ArgumentParser(prog="numbacnn", description="numbacnn: train, evaluate and inspect CNNs whose kernels are explicit Numba loop nests.")
+    p = argparse.ArgumentParser(
+        prog="numbacnn",
+        description="numbacnn: train, evaluate and inspect CNNs whose kernels are explicit Numba loop nests.",
+    )
     sub = p.add_subparsers(dest="command", metavar="{train,evaluate,summary}")
     sub.required = True
 
     # Train options default to SUPPRESS: args holds only what was typed (so --resume can
     # tell it from the stored config); the defaults are TrainConfig's, shown in the help.
     d = _DEFAULTS
-    t = sub.add_parser("train", help="train a model; writes checkpoint, metrics and curves",
-                       argument_default=argparse.SUPPRESS,
-                       description="Train a model with SGD; writes OUT/checkpoint.npz, "
-                                   "OUT/metrics.json and OUT/curves.png after every epoch. "
-                                   "With --resume, options not typed come from the checkpoint.")
-    t.add_argument("--model", help=f"model name, one of {', '.join(sorted(MODELS))} "
-                                   f"(default: {d['model']})")
+    t = sub.add_parser(
+        "train",
+        help="train a model; writes checkpoint, metrics and curves",
+        argument_default=argparse.SUPPRESS,
+        description="Train a model with SGD; writes OUT/checkpoint.npz, "
+        "OUT/metrics.json and OUT/curves.png after every epoch. "
+        "With --resume, options not typed come from the checkpoint.",
+    )
+    t.add_argument("--model", help=f"model name, one of {', '.join(sorted(MODELS))} (default: {d['model']})")
     t.add_argument("--dataset", choices=DATASETS, help=f"(default: {d['dataset']})")
-    t.add_argument("--epochs", type=_positive_int,
-                   help=f"total epochs, resumed ones included (default: {d['epochs']})")
+    t.add_argument(
+        "--epochs", type=_positive_int, help=f"total epochs, resumed ones included (default: {d['epochs']})"
+    )
     t.add_argument("--batch-size", type=_positive_int, help=f"(default: {d['batch_size']})")
-    t.add_argument("--eval-batch-size", type=_positive_int,
-                   help=f"(default: {d['eval_batch_size']})")
+    t.add_argument("--eval-batch-size", type=_positive_int, help=f"(default: {d['eval_batch_size']})")
     t.add_argument("--lr", type=_nonneg_float, help=f"initial learning rate (default: {d['lr']})")
     t.add_argument("--momentum", type=_nonneg_float, help=f"(default: {d['momentum']})")
     t.add_argument("--weight-decay", type=_nonneg_float, help=f"(default: {d['weight_decay']})")
     t.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
-    t.add_argument("--schedule", choices=SCHEDULES,
-                   help=f"learning-rate schedule per epoch (default: {d['schedule']}: from --lr "
-                        "at epoch 1 towards 0 at the end of --epochs; none keeps --lr constant)")
-    t.add_argument("--step-size", type=_positive_int,
-                   help="epochs per decay for --schedule step (default: epochs // 3)")
-    t.add_argument("--gamma", type=_nonneg_float,
-                   help=f"decay factor for --schedule step (default: {d['gamma']})")
-    t.add_argument("--augment", nargs="+", metavar="AUG",
-                   help=f"augmentations, any of {', '.join(AUGMENTS)} (space or comma separated; "
-                        f"default: {' '.join(d['augment'])})")
+    t.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        help=f"learning-rate schedule per epoch (default: {d['schedule']}: from --lr "
+        "at epoch 1 towards 0 at the end of --epochs; none keeps --lr constant)",
+    )
+    t.add_argument(
+        "--step-size", type=_positive_int, help="epochs per decay for --schedule step (default: epochs // 3)"
+    )
+    t.add_argument(
+        "--gamma", type=_nonneg_float, help=f"decay factor for --schedule step (default: {d['gamma']})"
+    )
+    t.add_argument(
+        "--augment",
+        nargs="+",
+        metavar="AUG",
+        help=f"augmentations, any of {', '.join(AUGMENTS)} (space or comma separated; "
+        f"default: {' '.join(d['augment'])})",
+    )
     t.add_argument("--seed", type=int, help=f"(default: {d['seed']})")
     t.add_argument("--out", help="output directory (default: runs/MODEL)")
-    t.add_argument("--resume", action="store_true", default=False,
-                   help="continue from OUT/checkpoint.npz up to --epochs epochs in total, with "
-                        "its stored settings except the options typed here")
-    t.add_argument("--overwrite", action="store_true", default=False,
-                   help="start over even if OUT/checkpoint.npz exists")
-    t.add_argument("--limit-train", type=_positive_int, metavar="N",
-                   help="use only the first N training images (quick runs)")
-    t.add_argument("--limit-test", type=_positive_int, metavar="N",
-                   help="use only the first N test images")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        default=False,
+        help="continue from OUT/checkpoint.npz up to --epochs epochs in total, with "
+        "its stored settings except the options typed here",
+    )
+    t.add_argument(
+        "--overwrite", action="store_true", default=False, help="start over even if OUT/checkpoint.npz exists"
+    )
+    t.add_argument(
+        "--limit-train",
+        type=_positive_int,
+        metavar="N",
+        help="use only the first N training images (quick runs)",
+    )
+    t.add_argument("--limit-test", type=_positive_int, metavar="N", help="use only the first N test images")
     t.add_argument("--cache-dir", help="MNIST cache directory")
     t.add_argument("--download", action="store_true", help="download MNIST if not found")
-    t.add_argument("--no-progress", dest="progress", action="store_false", default=True,
-                   help="no progress bar")
+    t.add_argument(
+        "--no-progress", dest="progress", action="store_false", default=True, help="no progress bar"
+    )
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="test accuracy/loss of a checkpoint")
@@ -185,9 +231,15 @@ def build_parser():
 
     s = sub.add_parser("summary", help="print a model's layer table")
     s.add_argument("model", help="model name")
-    s.add_argument("--input-shape", type=_positive_int, nargs=3, metavar=("C", "H", "W"),
-                   default=None, help="per-image input shape (default: 1 SIDE SIDE, SIDE the "
-                                       "side the model is built for: 32 for lenet5, 224 for alexnet)")
+    s.add_argument(
+        "--input-shape",
+        type=_positive_int,
+        nargs=3,
+        metavar=("C", "H", "W"),
+        default=None,
+        help="per-image input shape (default: 1 SIDE SIDE, SIDE the "
+        "side the model is built for: 32 for lenet5, 224 for alexnet)",
+    )
     s.add_argument("--num-classes", type=_positive_int, default=10)
     s.set_defaults(func=cmd_summary)
     return p

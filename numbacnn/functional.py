@@ -12,6 +12,7 @@ names and semantics, and returns new NumPy arrays of the same dtype. Each one
 
 The readable oracle for every function is ``numbacnn.reference`` (same names, plain loops).
 """
+
 import numpy as np
 
 from . import random as _random
@@ -23,21 +24,36 @@ from .kernels import is_device_array as _is_device_array
 from .shapes import conv2d_geometry, pool2d_geometry
 
 __all__ = [
-    "conv2d", "conv2d_backward",
-    "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
-    "batch_norm", "batch_norm_backward",
-    "linear", "linear_backward",
-    "relu", "relu_backward", "tanh", "tanh_backward", "sigmoid", "sigmoid_backward",
-    "dropout", "dropout_backward",
-    "cross_entropy", "cross_entropy_backward",
-    "add", "add_backward",
+    "conv2d",
+    "conv2d_backward",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "batch_norm",
+    "batch_norm_backward",
+    "linear",
+    "linear_backward",
+    "relu",
+    "relu_backward",
+    "tanh",
+    "tanh_backward",
+    "sigmoid",
+    "sigmoid_backward",
+    "dropout",
+    "dropout_backward",
+    "cross_entropy",
+    "cross_entropy_backward",
+    "add",
+    "add_backward",
 ]
 
 
 def _empty(like, shape=None, dtype=None):
     """An uninitialised array on the device of `like` (default: like's shape and dtype)."""
-    return _backend(like).empty(like.shape if shape is None else tuple(shape),
-                                like.dtype if dtype is None else np.dtype(dtype))
+    return _backend(like).empty(
+        like.shape if shape is None else tuple(shape), like.dtype if dtype is None else np.dtype(dtype)
+    )
 
 
 def _full(like, shape, value):
@@ -98,8 +114,13 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1):
     weight = _float_array(op, "weight", weight, (4,))
     _same_dtype(op, dy=dy, x=x, weight=weight)
     geo = conv2d_geometry(op, x.shape, weight.shape, stride, padding, dilation, groups)
-    _same_shape(op, "dy", dy, (x.shape[0], weight.shape[0], geo.H_out, geo.W_out),
-                f" (the conv2d output for x.shape={x.shape}, weight.shape={weight.shape})")
+    _same_shape(
+        op,
+        "dy",
+        dy,
+        (x.shape[0], weight.shape[0], geo.H_out, geo.W_out),
+        f" (the conv2d output for x.shape={x.shape}, weight.shape={weight.shape})",
+    )
     conv = _backend(x).conv
     dx = _empty(x)
     dweight = _empty(weight)
@@ -119,8 +140,9 @@ def _pool_backward_args(op, dy, x, kernel_size, stride, padding):
     x = _float_array(op, "x", x, (4,))
     _same_dtype(op, dy=dy, x=x)
     geo = pool2d_geometry(op, x.shape, kernel_size, stride, padding)
-    _same_shape(op, "dy", dy, x.shape[:2] + (geo.H_out, geo.W_out),
-                f" (the pooling output for x.shape={x.shape})")
+    _same_shape(
+        op, "dy", dy, x.shape[:2] + (geo.H_out, geo.W_out), f" (the pooling output for x.shape={x.shape})"
+    )
     return dy, x, geo
 
 
@@ -187,8 +209,9 @@ def _bn_running(op, name, a, C, x):
     """Running statistics are updated in place: they must be contiguous arrays of x's dtype."""
     if not (isinstance(a, np.ndarray) or _is_device_array(a)) or a.dtype != x.dtype or a.ndim != 1:
         got = f"{type(a).__name__} {getattr(a, 'dtype', '')} {getattr(a, 'shape', '')}"
-        raise TypeError(f"{op}: {name} must be a 1-D numpy array of dtype {x.dtype} "
-                        f"(x.shape={x.shape}), got {got}")
+        raise TypeError(
+            f"{op}: {name} must be a 1-D numpy array of dtype {x.dtype} (x.shape={x.shape}), got {got}"
+        )
     _same_shape(op, name, a, (C,), f" (one per channel of x.shape={x.shape})")
     _same_dtype(op, x=x, **{name: a})
     if not _backend(a).is_contiguous(a):
@@ -216,8 +239,9 @@ def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.
     y3 = y.reshape(N, C, L)
     if training:
         if N * L <= 1:
-            raise ValueError(f"{op}: expected more than 1 value per channel when training, "
-                             f"got x.shape={x.shape}")
+            raise ValueError(
+                f"{op}: expected more than 1 value per channel when training, got x.shape={x.shape}"
+            )
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"{op}: momentum must be in [0, 1], got {momentum!r}")
         if running_mean is None or running_var is None:
@@ -227,8 +251,9 @@ def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.
         else:
             running_mean = _bn_running(op, "running_mean", running_mean, C, x)
             running_var = _bn_running(op, "running_var", running_var, C, x)
-        k.batch_norm_forward_train(x3, weight, bias, running_mean, running_var,
-                                   float(momentum), float(eps), y3)
+        k.batch_norm_forward_train(
+            x3, weight, bias, running_mean, running_var, float(momentum), float(eps), y3
+        )
     else:
         if running_mean is None or running_var is None:
             raise ValueError(f"{op}: eval mode needs running_mean and running_var")
@@ -259,13 +284,23 @@ def batch_norm_backward(dy, x, weight, eps=1e-5, running_mean=None, running_var=
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{op}: give both running_mean and running_var (eval mode) or neither")
     if running_mean is None:
-        k.batch_norm_backward(dy.reshape(N, C, L), x3, weight, float(eps),
-                              dx.reshape(N, C, L), dweight, dbias)
+        k.batch_norm_backward(
+            dy.reshape(N, C, L), x3, weight, float(eps), dx.reshape(N, C, L), dweight, dbias
+        )
     else:
         running_mean = _bn_running(op, "running_mean", running_mean, C, x)
         running_var = _bn_running(op, "running_var", running_var, C, x)
-        k.batch_norm_backward_eval(dy.reshape(N, C, L), x3, weight, running_mean, running_var,
-                                   float(eps), dx.reshape(N, C, L), dweight, dbias)
+        k.batch_norm_backward_eval(
+            dy.reshape(N, C, L),
+            x3,
+            weight,
+            running_mean,
+            running_var,
+            float(eps),
+            dx.reshape(N, C, L),
+            dweight,
+            dbias,
+        )
     return dx, dweight, dbias
 
 
@@ -278,8 +313,10 @@ def linear(x, weight, bias=None):
     op = "linear"
     x, weight, bias = _x_weight_bias(op, x, weight, bias, 2)
     if x.shape[1] != weight.shape[1]:
-        raise ValueError(f"{op}: x has {x.shape[1]} features but weight expects {weight.shape[1]} "
-                         f"(x.shape={x.shape}, weight.shape={weight.shape})")
+        raise ValueError(
+            f"{op}: x has {x.shape[1]} features but weight expects {weight.shape[1]} "
+            f"(x.shape={x.shape}, weight.shape={weight.shape})"
+        )
     bias = _bias_or_zeros(op, bias, x, weight)
     y = _empty(x, (x.shape[0], weight.shape[0]))
     _backend(x).dense.linear_forward(x, weight, bias, y)
@@ -294,10 +331,13 @@ def linear_backward(dy, x, weight):
     weight = _float_array(op, "weight", weight, (2,))
     _same_dtype(op, dy=dy, x=x, weight=weight)
     if x.shape[1] != weight.shape[1]:
-        raise ValueError(f"{op}: x has {x.shape[1]} features but weight expects {weight.shape[1]} "
-                         f"(x.shape={x.shape}, weight.shape={weight.shape})")
-    _same_shape(op, "dy", dy, (x.shape[0], weight.shape[0]),
-                f" (x.shape={x.shape}, weight.shape={weight.shape})")
+        raise ValueError(
+            f"{op}: x has {x.shape[1]} features but weight expects {weight.shape[1]} "
+            f"(x.shape={x.shape}, weight.shape={weight.shape})"
+        )
+    _same_shape(
+        op, "dy", dy, (x.shape[0], weight.shape[0]), f" (x.shape={x.shape}, weight.shape={weight.shape})"
+    )
     k = _backend(x).dense
     dx = _empty(x)
     dweight = _empty(weight)
@@ -322,10 +362,12 @@ def _elementwise(op, kernel, **arrays):
         if first is None:
             first = (name, a)
         elif a.shape != first[1].shape:
-            raise ValueError(f"{op}: {name} must have the same shape as {first[0]}, got "
-                             f"{name}.shape={a.shape}, {first[0]}.shape={first[1].shape}")
+            raise ValueError(
+                f"{op}: {name} must have the same shape as {first[0]}, got "
+                f"{name}.shape={a.shape}, {first[0]}.shape={first[1].shape}"
+            )
         flat.append(a)
-    _same_dtype(op, **dict(zip(arrays, flat)))
+    _same_dtype(op, **dict(zip(arrays, flat, strict=True)))
     out = _empty(flat[0])
     kernel(_backend(out).activation)(*(a.reshape(-1) for a in flat), out.reshape(-1))
     return out
@@ -393,8 +435,7 @@ def dropout(x, p=0.5, training=True, seed=None):
     y = _empty(x)
     mask = _empty(x, x.shape, np.uint8)
     seed = int(seed) % 2**63  # the kernel hashes a signed 64-bit counter
-    _backend(x).activation.dropout_forward(x.reshape(-1), y.reshape(-1), mask.reshape(-1),
-                                           p, seed)
+    _backend(x).activation.dropout_forward(x.reshape(-1), y.reshape(-1), mask.reshape(-1), p, seed)
     return y, mask
 
 
@@ -406,9 +447,11 @@ def dropout_backward(dy, mask, p):
     if mask is None:
         return dy
     if not hasattr(mask, "dtype") or mask.dtype != np.uint8 or mask.shape != dy.shape:
-        raise ValueError(f"{op}: mask must be the uint8 mask returned by dropout with dy's shape "
-                         f"{dy.shape}, got {getattr(mask, 'dtype', type(mask).__name__)} "
-                         f"{getattr(mask, 'shape', '')}")
+        raise ValueError(
+            f"{op}: mask must be the uint8 mask returned by dropout with dy's shape "
+            f"{dy.shape}, got {getattr(mask, 'dtype', type(mask).__name__)} "
+            f"{getattr(mask, 'shape', '')}"
+        )
     mask = _backend(mask).ascontiguous(mask)
     dx = _empty(dy)
     _backend(dy).activation.dropout_backward(dy.reshape(-1), mask.reshape(-1), p, dx.reshape(-1))
@@ -424,19 +467,24 @@ def _ce_args(op, logits, labels):
     if not (isinstance(labels, np.ndarray) or _is_device_array(labels)):
         labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
-        raise TypeError(f"{op}: labels must be integers, got dtype {labels.dtype} "
-                        f"(labels.shape={labels.shape})")
+        raise TypeError(
+            f"{op}: labels must be integers, got dtype {labels.dtype} (labels.shape={labels.shape})"
+        )
     N, K = logits.shape
     if labels.shape != (N,):
-        raise ValueError(f"{op}: labels must have shape ({N},) to match logits.shape="
-                         f"{logits.shape}, got labels.shape={labels.shape}")
+        raise ValueError(
+            f"{op}: labels must have shape ({N},) to match logits.shape="
+            f"{logits.shape}, got labels.shape={labels.shape}"
+        )
     if N == 0:
         raise ValueError(f"{op}: empty batch (logits.shape={logits.shape})")
     host_labels = _backend(labels).to_host(labels)
     lo, hi = int(host_labels.min()), int(host_labels.max())
     if lo < 0 or hi >= K:
-        raise ValueError(f"{op}: labels must be in [0, {K - 1}] for logits.shape={logits.shape}, "
-                         f"got values in [{lo}, {hi}]")
+        raise ValueError(
+            f"{op}: labels must be in [0, {K - 1}] for logits.shape={logits.shape}, "
+            f"got values in [{lo}, {hi}]"
+        )
     if _is_device_array(labels) != _is_device_array(logits):
         raise TypeError(f"{op}: logits and labels must be on one device")
     return logits, _backend(logits).as_int64(labels)

@@ -56,9 +56,9 @@ class Graph(Module):
     def __init__(self, input_name="x"):
         super().__init__()
         self.input_name = input_name
-        self._inputs = {}       # node name -> tuple of input names (layers live in _modules)
+        self._inputs = {}  # node name -> tuple of input names (layers live in _modules)
         self._output = None
-        self._order = None      # cached topological order
+        self._order = None  # cached topological order
 
     # ---- building -----------------------------------------------------------------------
     def add(self, name, layer, inputs=None):
@@ -75,15 +75,20 @@ class Graph(Module):
             raise GraphError(name, f"layer must be a numbacnn Module, got {type(layer).__name__}")
         for other, existing in self._modules.items():
             if existing is layer:
-                raise GraphError(name, f"this layer instance is already node '{other}' (a layer caches "
-                                       f"its inputs, so use one instance per node)")
+                raise GraphError(
+                    name,
+                    f"this layer instance is already node '{other}' (a layer caches "
+                    f"its inputs, so use one instance per node)",
+                )
         if inputs is None:
             inputs = [self.last_node if self._inputs else self.input_name]
         elif isinstance(inputs, str):
             inputs = [inputs]
         inputs = tuple(inputs)
         if len(inputs) != layer.num_inputs:
-            raise GraphError(name, f"{layer!r} takes {layer.num_inputs} input(s), got {len(inputs)}: {list(inputs)}")
+            raise GraphError(
+                name, f"{layer!r} takes {layer.num_inputs} input(s), got {len(inputs)}: {list(inputs)}"
+            )
         self._inputs[name] = inputs
         self._modules[name] = layer
         self._order = None
@@ -133,8 +138,11 @@ class Graph(Module):
         for name, inputs in self._inputs.items():
             for i in inputs:
                 if i != self.input_name and i not in self._inputs:
-                    raise GraphError(name, f"unknown input '{i}' (nodes: {list(self._inputs)}, "
-                                           f"graph input: '{self.input_name}')")
+                    raise GraphError(
+                        name,
+                        f"unknown input '{i}' (nodes: {list(self._inputs)}, "
+                        f"graph input: '{self.input_name}')",
+                    )
             node_inputs = [i for i in inputs if i != self.input_name]
             missing[name] = len(node_inputs)
             for i in node_inputs:
@@ -161,7 +169,7 @@ class Graph(Module):
         while node not in seen:
             seen.append(node)
             node = next(i for i in self._inputs[node] if i in stuck)
-        loop = seen[seen.index(node):] + [node]
+        loop = seen[seen.index(node) :] + [node]
         return list(reversed(loop))  # in data-flow direction
 
     def forward(self, x):
@@ -179,8 +187,11 @@ class Graph(Module):
     def backward(self, dy):
         """Reverse order; gradients of a value consumed by several nodes are summed."""
         if not getattr(self, "_ran_forward", False):
-            raise GraphError(str(self.output), "backward() called before forward(): run y = model(x) "
-                                               "first (each layer keeps what its backward needs)")
+            raise GraphError(
+                str(self.output),
+                "backward() called before forward(): run y = model(x) "
+                "first (each layer keeps what its backward needs)",
+            )
         grads = {self.output: dy}
         for name in reversed(self.order):
             if name not in grads:
@@ -192,10 +203,12 @@ class Graph(Module):
                 raise _with_node(e, name, layer) from e
             if layer.num_inputs == 1:
                 dxs = (dxs,)
-            for i, dx in zip(self._inputs[name], dxs):
+            for i, dx in zip(self._inputs[name], dxs, strict=True):
                 grads[i] = F.add(grads[i], dx) if i in grads else dx  # out of place: dxs may alias
         if self.input_name not in grads:
-            raise GraphError(str(self.output), f"the output does not depend on the graph input '{self.input_name}'")
+            raise GraphError(
+                str(self.output), f"the output does not depend on the graph input '{self.input_name}'"
+            )
         return grads[self.input_name]
 
     # ---- shape inference and summary --------------------------------------------------------
@@ -247,8 +260,15 @@ class Graph(Module):
             if isinstance(layer, Graph) and (max_depth is None or depth < max_depth):
                 layer._summary_rows(in_shapes[0], path + ".", depth + 1, max_depth, rows)
             else:
-                rows.append(dict(name=path, layer=repr(layer), output_shape=shapes[name],
-                                 params=layer.num_parameters(), macs=layer.macs(*in_shapes)))
+                rows.append(
+                    dict(
+                        name=path,
+                        layer=repr(layer),
+                        output_shape=shapes[name],
+                        params=layer.num_parameters(),
+                        macs=layer.macs(*in_shapes),
+                    )
+                )
 
     def extra_repr(self):
         return f"{len(self._inputs)} nodes"

@@ -25,7 +25,10 @@ def uniform(shape, bound):
     return u
 
 
-def kaiming_uniform(shape, fan_in, a=math.sqrt(5)):
+_SQRT5 = math.sqrt(5)  # torch.nn's default `a` for Conv2d and Linear weights
+
+
+def kaiming_uniform(shape, fan_in, a=_SQRT5):
     """torch.nn.init.kaiming_uniform_(w, a): U(-b, b), b = gain * sqrt(3 / fan_in),
     gain = sqrt(2 / (1 + a^2)). With a = sqrt(5) (torch's default) b = 1 / sqrt(fan_in)."""
     gain = math.sqrt(2.0 / (1.0 + a * a))

@@ -30,6 +30,7 @@ MACs count the multiply-accumulates of convolution and linear layers only (the l
 "FLOP" column counts exactly these); pooling, normalisation, activations and additions
 count as 0, and bias additions are not counted.
 """
+
 import math
 
 import numpy as np
@@ -42,9 +43,24 @@ from numbacnn.module import Module, Parameter
 from numbacnn.shapes import conv2d_geometry, pair, pool2d_geometry
 
 __all__ = [
-    "Parameter", "Module", "kaiming_uniform", "kaiming_normal_fan_out",
-    "Conv2d", "Linear", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
-    "BatchNorm1d", "BatchNorm2d", "ReLU", "Tanh", "Sigmoid", "Dropout", "Flatten", "Identity", "Add",
+    "Parameter",
+    "Module",
+    "kaiming_uniform",
+    "kaiming_normal_fan_out",
+    "Conv2d",
+    "Linear",
+    "MaxPool2d",
+    "AvgPool2d",
+    "GlobalAvgPool2d",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "ReLU",
+    "Tanh",
+    "Sigmoid",
+    "Dropout",
+    "Flatten",
+    "Identity",
+    "Add",
 ]
 
 
@@ -64,12 +80,15 @@ class Conv2d(Module):
     padding: int, pair, "valid" or "same" (odd remainder on top/left, as in the lecture).
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 dilation=1, groups=1, bias=True):
+    def __init__(
+        self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True
+    ):
         super().__init__()
         if in_channels % groups or out_channels % groups:
-            raise ValueError(f"Conv2d: in_channels={in_channels} and out_channels={out_channels} "
-                             f"must be divisible by groups={groups}")
+            raise ValueError(
+                f"Conv2d: in_channels={in_channels} and out_channels={out_channels} "
+                f"must be divisible by groups={groups}"
+            )
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = pair(kernel_size, "kernel_size", "Conv2d")
         self.stride = pair(stride, "stride", "Conv2d")
@@ -263,8 +282,16 @@ class _BatchNorm(Module):
         self.output_shape(x.shape)  # rank and channels, as torch (BatchNorm2d rejects 2-D input)
         xf = self._as_functional(x)
         self._x, self._trained = xf, self.training
-        y = F.batch_norm(xf, self.weight.data, self.bias.data, self.running_mean, self.running_var,
-                         self.training, self.momentum, self.eps)
+        y = F.batch_norm(
+            xf,
+            self.weight.data,
+            self.bias.data,
+            self.running_mean,
+            self.running_var,
+            self.training,
+            self.momentum,
+            self.eps,
+        )
         if self.training:
             self.num_batches_tracked += 1  # 0-d array, updated in place
         return y.reshape(x.shape)
@@ -275,8 +302,9 @@ class _BatchNorm(Module):
         if self._trained:
             dx, dgamma, dbeta = F.batch_norm_backward(dy, self._x, self.weight.data, self.eps)
         else:  # eval mode: the fixed affine map of the running statistics
-            dx, dgamma, dbeta = F.batch_norm_backward(dy, self._x, self.weight.data, self.eps,
-                                                      self.running_mean, self.running_var)
+            dx, dgamma, dbeta = F.batch_norm_backward(
+                dy, self._x, self.weight.data, self.eps, self.running_mean, self.running_var
+            )
         self.weight.grad += dgamma
         self.bias.grad += dbeta
         return dx.reshape(shape)

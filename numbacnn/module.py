@@ -136,7 +136,7 @@ class Module:
     def astype(self, dtype):
         """Cast parameters (and zero their grads) and float buffers to `dtype`, in place."""
         dtype = np.dtype(dtype)
-        for mod_prefix, mod in self.named_modules():
+        for _, mod in self.named_modules():
             for p in mod._parameters.values():
                 p.data = p.data.astype(dtype)
                 p.grad = np.zeros(p.data.shape, dtype)

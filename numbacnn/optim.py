@@ -18,6 +18,7 @@ resumed run recomputes exactly the same learning rate:
     StepLR:   lr(e) = base_lr * gamma ** (e // step_size)
     CosineLR: lr(e) = eta_min + (base_lr - eta_min) * (1 + cos(pi * e / T_max)) / 2
 """
+
 import math
 
 import numpy as np
@@ -66,8 +67,7 @@ class SGD:
                 continue
             g = p.grad
             if g.shape != p.data.shape:
-                raise ValueError(
-                    f"SGD: parameter {i} has grad.shape={g.shape} but data.shape={p.data.shape}")
+                raise ValueError(f"SGD: parameter {i} has grad.shape={g.shape} but data.shape={p.data.shape}")
             if wd != 0.0:
                 g = g + p.data.dtype.type(wd) * p.data
             if mu != 0.0:
@@ -112,18 +112,20 @@ class SGD:
             if not key.startswith("momentum_buffer."):
                 continue
             try:
-                i = int(key[len("momentum_buffer."):])
+                i = int(key[len("momentum_buffer.") :])
             except ValueError:
                 raise ValueError(f"SGD.load_state_dict: bad key {key!r}") from None
             if not 0 <= i < len(self.params):
                 raise ValueError(
-                    f"SGD.load_state_dict: {key!r} but the optimizer has {len(self.params)} params")
+                    f"SGD.load_state_dict: {key!r} but the optimizer has {len(self.params)} params"
+                )
             p = self.params[i]
             value = np.asarray(value)
             if value.shape != p.data.shape:
                 raise ValueError(
                     f"SGD.load_state_dict: {key!r} has shape {value.shape} but parameter {i} "
-                    f"has shape {p.data.shape}")
+                    f"has shape {p.data.shape}"
+                )
             buffers[i] = np.array(value, dtype=p.data.dtype, copy=True)
         self.lr = float(state["lr"])
         self.momentum = float(state["momentum"])
@@ -159,8 +161,10 @@ class _Schedule:
         self.optimizer.lr = self.lr_at(self.epoch)
 
     def state_dict(self):
-        return {"epoch": np.array(self.epoch, dtype=np.int64),
-                "base_lr": np.array(self.base_lr, dtype=np.float64)}
+        return {
+            "epoch": np.array(self.epoch, dtype=np.int64),
+            "base_lr": np.array(self.base_lr, dtype=np.float64),
+        }
 
     def load_state_dict(self, state):
         self.epoch = int(state["epoch"])
@@ -207,8 +211,10 @@ class CosineLR(_Schedule):
         super().__init__(optimizer, base_lr)
 
     def lr_at(self, epoch):
-        return self.eta_min + (self.base_lr - self.eta_min) * (
-            1.0 + math.cos(math.pi * int(epoch) / self.T_max)) / 2.0
+        return (
+            self.eta_min
+            + (self.base_lr - self.eta_min) * (1.0 + math.cos(math.pi * int(epoch) / self.T_max)) / 2.0
+        )
 
 
 def build_schedule(name, optimizer, epochs, step_size=None, gamma=0.1, eta_min=0.0):

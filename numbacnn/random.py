@@ -3,6 +3,7 @@
 `seed(s)` makes a run reproducible; `get_state()`/`set_state()` round-trip the generator
 through plain JSON-able data, so a checkpoint can store it without pickle.
 """
+
 import json
 
 import numpy as np

@@ -20,6 +20,7 @@ exist, a model that cannot take the dataset's images) raise ``ConfigError`` (a
 ValueError) with a one-line message naming the field; the CLI prints it as
 ``numbacnn: error: ...``. A field of the wrong type raises TypeError.
 """
+
 import dataclasses
 import math
 import numbers
@@ -35,9 +36,20 @@ from .models import MODELS, build_model, model_info
 from .optim import SGD, build_schedule
 from .train import CHECKPOINT_NAME, fit
 
-__all__ = ["TrainConfig", "ConfigError", "run", "resume_config", "input_pad", "load_dataset",
-           "make_transform", "AUGMENTS", "DATASETS", "DATASET_SHAPES", "SCHEDULES",
-           "MAX_INPUT_PAD"]
+__all__ = [
+    "TrainConfig",
+    "ConfigError",
+    "run",
+    "resume_config",
+    "input_pad",
+    "load_dataset",
+    "make_transform",
+    "AUGMENTS",
+    "DATASETS",
+    "DATASET_SHAPES",
+    "SCHEDULES",
+    "MAX_INPUT_PAD",
+]
 
 AUGMENTS = ("none", "crop", "flip", "translate")
 SCHEDULES = ("none", "step", "cosine")
@@ -222,8 +234,7 @@ def input_pad(model_name, dataset="mnist"):
     return pad if 0 < pad <= MAX_INPUT_PAD else 0
 
 
-def load_dataset(dataset="mnist", pad=2, cache_dir=None, download=False, limit_train=None,
-                 limit_test=None):
+def load_dataset(dataset="mnist", pad=2, cache_dir=None, download=False, limit_train=None, limit_test=None):
     """(x_train, y_train, x_test, y_test): float32 NCHW normalised images zero-padded by
     ``pad`` pixels per border (``numbacnn.data.mnist.preprocess``), int64 labels; the
     first ``limit_train`` / ``limit_test`` samples when given. Raises ConfigError for an
@@ -267,8 +278,7 @@ def make_transform(names, fill=None):
 def _stored_config(ckpt_path):
     """``meta["config"]`` of the checkpoint at ``ckpt_path`` (a dict, maybe empty)."""
     if not os.path.exists(ckpt_path):
-        raise ConfigError(f"cannot resume: no checkpoint at {ckpt_path} "
-                          "(run without --resume to start)")
+        raise ConfigError(f"cannot resume: no checkpoint at {ckpt_path} (run without --resume to start)")
     stored = load_checkpoint(ckpt_path).meta.get("config") or {}
     if not isinstance(stored, Mapping):
         raise CheckpointError(f"{ckpt_path}: meta['config'] is not a dict")
@@ -301,8 +311,10 @@ def _check_resumable(ckpt_path, config):
     stored = _stored_config(ckpt_path)
     for key in ("model", "dataset"):
         if key in stored and stored[key] != getattr(config, key):
-            raise ConfigError(f"cannot resume: {ckpt_path} was trained with {key} "
-                              f"{stored[key]!r}, not {getattr(config, key)!r}")
+            raise ConfigError(
+                f"cannot resume: {ckpt_path} was trained with {key} "
+                f"{stored[key]!r}, not {getattr(config, key)!r}"
+            )
 
 
 def run(config, *, resume=False, overwrite=False, progress=True, log=None, on_batch=None):
@@ -330,8 +342,10 @@ def run(config, *, resume=False, overwrite=False, progress=True, log=None, on_ba
     if resume:
         _check_resumable(ckpt_path, config)
     elif os.path.exists(ckpt_path) and not overwrite:
-        raise ConfigError(f"{ckpt_path} already exists: pass --resume to continue that run, "
-                          "--overwrite to start over, or choose another --out")
+        raise ConfigError(
+            f"{ckpt_path} already exists: pass --resume to continue that run, "
+            "--overwrite to start over, or choose another --out"
+        )
 
     nrandom.seed(config.seed)
     channels, height, _ = _dataset_shape(config.dataset)
@@ -341,26 +355,48 @@ def run(config, *, resume=False, overwrite=False, progress=True, log=None, on_ba
     try:
         model.output_shape((1, channels, side, side))
     except ValueError as e:
-        fitting = [m for m in sorted(MODELS)
-                   if model_info(m).min_side <= height + 2 * MAX_INPUT_PAD]
-        raise ConfigError(f"{config.model} cannot take {config.dataset}'s {side}x{side} images "
-                          f"({e}); use a model for small images: {', '.join(fitting)}") from None
+        fitting = [m for m in sorted(MODELS) if model_info(m).min_side <= height + 2 * MAX_INPUT_PAD]
+        raise ConfigError(
+            f"{config.model} cannot take {config.dataset}'s {side}x{side} images "
+            f"({e}); use a model for small images: {', '.join(fitting)}"
+        ) from None
 
-    xtr, ytr, xte, yte = load_dataset(config.dataset, pad, config.cache_dir, config.download,
-                                      config.limit_train, config.limit_test)
-    train_loader = DataLoader(xtr, ytr, config.batch_size, shuffle=True, seed=config.seed,
-                              transform=make_transform(config.augment))
+    xtr, ytr, xte, yte = load_dataset(
+        config.dataset, pad, config.cache_dir, config.download, config.limit_train, config.limit_test
+    )
+    train_loader = DataLoader(
+        xtr, ytr, config.batch_size, shuffle=True, seed=config.seed, transform=make_transform(config.augment)
+    )
     test_loader = DataLoader(xte, yte, config.eval_batch_size)
-    optimizer = SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                    weight_decay=config.weight_decay, nesterov=config.nesterov)
-    schedule = build_schedule(config.schedule, optimizer, config.epochs,
-                              step_size=config.step_size, gamma=config.gamma)
+    optimizer = SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
+    )
+    schedule = build_schedule(
+        config.schedule, optimizer, config.epochs, step_size=config.step_size, gamma=config.gamma
+    )
 
     # pad and input_shape are derived, stored for `numbacnn evaluate`; from_dict ignores them
     stored = dict(config.to_dict(), pad=pad, input_shape=list(xtr.shape[1:]))
-    log(f"training {config.model} on {config.dataset}: {len(xtr)} train / {len(xte)} test "
+    log(
+        f"training {config.model} on {config.dataset}: {len(xtr)} train / {len(xte)} test "
         f"images of shape {tuple(xtr.shape[1:])}, {config.epochs} epochs, batch "
-        f"{config.batch_size}, out {out}")
-    return fit(model, optimizer, train_loader, test_loader, config.epochs, out,
-               schedule=schedule, resume=resume, config=stored, progress=progress,
-               on_batch=on_batch, log=log)
+        f"{config.batch_size}, out {out}"
+    )
+    return fit(
+        model,
+        optimizer,
+        train_loader,
+        test_loader,
+        config.epochs,
+        out,
+        schedule=schedule,
+        resume=resume,
+        config=stored,
+        progress=progress,
+        on_batch=on_batch,
+        log=log,
+    )

@@ -14,6 +14,7 @@ The padding arithmetic, the dropout hash and the log-sum-exp are written out her
 imported from ``numbacnn.shapes`` or ``numbacnn.kernels.common``) on purpose: the oracle must
 stay independent of the code it checks. Names follow the index legend of docs/CONTRACT.md.
 """
+
 import math
 
 import numpy as np
@@ -53,8 +54,7 @@ def _out_size(n, k, pad_total, stride, dil=1):
 
 def _zero_pad(x, top, bottom, left, right, value=0.0):
     """Lecture, "Padding adds rows/columns around input" (of zeros; -inf for max pooling)."""
-    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)),
-                  mode="constant", constant_values=value)
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), mode="constant", constant_values=value)
 
 
 # ----------------------------------------------------------------------------------------
@@ -91,9 +91,15 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
                     for ci_l in range(C_in_g):
                         for kh in range(kH):
                             for kw in range(kW):
-                                acc += (w[co, ci_l, kh, kw]
-                                        * xpad[n, g * C_in_g + ci_l, oh * stride_h + kh * dil_h,
-                                               ow * stride_w + kw * dil_w])
+                                acc += (
+                                    w[co, ci_l, kh, kw]
+                                    * xpad[
+                                        n,
+                                        g * C_in_g + ci_l,
+                                        oh * stride_h + kh * dil_h,
+                                        ow * stride_w + kw * dil_w,
+                                    ]
+                                )
                     y[n, co, oh, ow] = acc
     return y.astype(x.dtype)
 
@@ -133,7 +139,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1):
                                 ih, iw = oh * stride_h + kh * dil_h, ow * stride_w + kw * dil_w
                                 dxpad[n, ci, ih, iw] += d * w[co, ci_l, kh, kw]
                                 dweight[co, ci_l, kh, kw] += d * xpad[n, ci, ih, iw]
-    dx = dxpad[:, :, pad_top:pad_top + H, pad_left:pad_left + W]
+    dx = dxpad[:, :, pad_top : pad_top + H, pad_left : pad_left + W]
     dbias = g_dy.sum(axis=(0, 2, 3))
     return dx.astype(x.dtype), dweight.astype(x.dtype), dbias.astype(x.dtype)
 
@@ -160,7 +166,7 @@ def _windows(xpad, kH, kW, stride_h, stride_w, H_out, W_out):
             for oh in range(H_out):
                 for ow in range(W_out):
                     h0, w0 = oh * stride_h, ow * stride_w
-                    yield n, c, oh, ow, xpad[n, c, h0:h0 + kH, w0:w0 + kW]
+                    yield n, c, oh, ow, xpad[n, c, h0 : h0 + kH, w0 : w0 + kW]
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):
@@ -228,7 +234,7 @@ def avg_pool2d_backward(dy, x, kernel_size, stride=None, padding=0):
     dxpad = np.zeros((N, C, H + 2 * pad_h, W + 2 * pad_w), dtype=np.float64)
     for n, c, oh, ow, window in _windows(dxpad, kH, kW, stride_h, stride_w, H_out, W_out):
         window += dy[n, c, oh, ow] / (kH * kW)  # a view of dxpad
-    return dxpad[:, :, pad_h:pad_h + H, pad_w:pad_w + W].astype(x.dtype)
+    return dxpad[:, :, pad_h : pad_h + H, pad_w : pad_w + W].astype(x.dtype)
 
 
 # ----------------------------------------------------------------------------------------
@@ -438,6 +444,7 @@ def dropout(x, p=0.5, training=True, seed=None):
         return x, None
     if seed is None:
         from . import random as _random
+
         seed = int(_random.rng().integers(0, 2**62))
     x = np.ascontiguousarray(x)
     mask = np.empty(x.shape, dtype=np.uint8)
@@ -453,8 +460,9 @@ def dropout_backward(dy, mask, p):
     if mask is None:
         return dy
     scale = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
-    return _map(lambda d, m: d * m * scale, np.ascontiguousarray(dy),
-                np.ascontiguousarray(mask).astype(np.float64))
+    return _map(
+        lambda d, m: d * m * scale, np.ascontiguousarray(dy), np.ascontiguousarray(mask).astype(np.float64)
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -464,8 +472,8 @@ def dropout_backward(dy, mask, p):
 def cross_entropy(logits, labels):
     """Mean softmax cross-entropy over the batch, with the stable log-sum-exp:
 
-        loss_n = log sum_k exp(z_nk) - z_{n, y_n} = m_n + log sum_k exp(z_nk - m_n) - z_{n, y_n},
-        m_n = max_k z_nk;   loss = (1/N) sum_n loss_n.    Returns a Python float.
+    loss_n = log sum_k exp(z_nk) - z_{n, y_n} = m_n + log sum_k exp(z_nk - m_n) - z_{n, y_n},
+    m_n = max_k z_nk;   loss = (1/N) sum_n loss_n.    Returns a Python float.
     """
     N, K = logits.shape
     total = 0.0
@@ -493,5 +501,8 @@ def cross_entropy_backward(logits, labels):
 
 # The public names: every function above without a leading underscore, which are exactly the
 # names of numbacnn.functional (tests/test_ops_one_line.py checks that the two lists agree).
-__all__ = sorted(name for name, value in dict(globals()).items()
-                 if callable(value) and not name.startswith("_") and getattr(value, "__module__", "") == __name__)
+__all__ = sorted(
+    name
+    for name, value in dict(globals()).items()
+    if callable(value) and not name.startswith("_") and getattr(value, "__module__", "") == __name__
+)

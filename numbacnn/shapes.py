@@ -25,8 +25,13 @@ from typing import NamedTuple
 from ._checks import check_int, pair, positive_pair
 
 __all__ = [
-    "pair", "conv_padding", "conv_output_size",
-    "ConvGeometry", "conv2d_geometry", "PoolGeometry", "pool2d_geometry",
+    "pair",
+    "conv_padding",
+    "conv_output_size",
+    "ConvGeometry",
+    "conv2d_geometry",
+    "PoolGeometry",
+    "pool2d_geometry",
 ]
 
 

@@ -23,18 +23,24 @@ class Summary:
     def _format(self):
         head = ("name", "layer", "output (H x W x C)", "#params", "MACs")
         body = [("input", "", format_shape(self.input_shape), "", "")]
-        body += [(r["name"], r["layer"], format_shape(r["output_shape"]),
-                  f"{r['params']:,}", f"{r['macs']:,}") for r in self.rows]
+        body += [
+            (r["name"], r["layer"], format_shape(r["output_shape"]), f"{r['params']:,}", f"{r['macs']:,}")
+            for r in self.rows
+        ]
         total = ("total", "", "", f"{self.total_params:,}", f"{self.total_macs:,}")
         widths = [max(len(line[k]) for line in [head, total] + body) for k in range(5)]
 
         def fmt(line):
-            return "  ".join(c.ljust(w) if k < 3 else c.rjust(w) for k, (c, w) in enumerate(zip(line, widths)))
+            return "  ".join(
+                c.ljust(w) if k < 3 else c.rjust(w) for k, (c, w) in enumerate(zip(line, widths, strict=True))
+            )
 
         rule = "-" * len(fmt(head))
         lines = [fmt(head), rule] + [fmt(b) for b in body] + [rule, fmt(total)]
-        lines.append(f"params: {human(self.total_params)}   MACs: {human(self.total_macs)} "
-                     f"(batch {self.input_shape[0]}; the lecture's 'FLOP' column counts MACs)")
+        lines.append(
+            f"params: {human(self.total_params)}   MACs: {human(self.total_macs)} "
+            f"(batch {self.input_shape[0]}; the lecture's 'FLOP' column counts MACs)"
+        )
         return "\n".join(lines)
 
     def __str__(self):

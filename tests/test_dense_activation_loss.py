@@ -1,11 +1,12 @@
 """linear, relu/tanh/sigmoid, dropout, add, cross_entropy: the oracle, finite differences,
 PyTorch."""
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
-
 from conftest import assert_close, tolerance
+
 from numbacnn import functional as F
 from numbacnn import random as nrandom
 from numbacnn import reference as R
@@ -37,7 +38,7 @@ def test_linear_matches_reference_and_torch(N, IN, OUT, dtype):
     yt = TF.linear(xt, wt, bt)
     assert_close(y, yt.detach().numpy(), dtype=dtype, kind="short_sum", what="vs torch")
     yt.backward(torch.tensor(dy))
-    for g, r, t, name in zip(got, want, (xt.grad, wt.grad, bt.grad), ("dx", "dweight", "dbias")):
+    for g, r, t, name in zip(got, want, (xt.grad, wt.grad, bt.grad), ("dx", "dweight", "dbias"), strict=True):
         assert g.dtype == dtype
         assert_close(g, r, dtype=dtype, kind="short_sum", what=name + " vs reference")
         assert_close(g, t.numpy(), dtype=dtype, kind="short_sum", what=name + " vs torch")
@@ -91,8 +92,13 @@ def test_activation_matches_reference_and_torch(name, shape, dtype):
     dy = np.random.default_rng(1).standard_normal(shape).astype(dtype)
     dx = bwd(dy, y if uses_output else x)
     assert dx.dtype == dtype
-    assert_close(dx, getattr(R, name + "_backward")(dy, y if uses_output else x), dtype=dtype,
-                 kind="elementwise", what="backward vs reference")
+    assert_close(
+        dx,
+        getattr(R, name + "_backward")(dy, y if uses_output else x),
+        dtype=dtype,
+        kind="elementwise",
+        what="backward vs reference",
+    )
     yt.backward(torch.tensor(dy))
     assert_close(dx, xt.grad.numpy(), dtype=dtype, kind="elementwise", what="backward vs torch")
 
@@ -229,8 +235,9 @@ def test_cross_entropy_matches_reference_and_torch(N, K, dtype):
     assert loss == pytest.approx(loss_t.item(), rel=tol, abs=tol)
     d = F.cross_entropy_backward(logits, labels)
     assert d.dtype == dtype and d.shape == (N, K)
-    assert_close(d, R.cross_entropy_backward(logits, labels), dtype=dtype, kind="short_sum",
-                 what="vs reference")
+    assert_close(
+        d, R.cross_entropy_backward(logits, labels), dtype=dtype, kind="short_sum", what="vs reference"
+    )
     loss_t.backward()
     assert_close(d, lt.grad.numpy(), dtype=dtype, kind="short_sum", what="vs torch")
 
@@ -265,8 +272,9 @@ def test_cross_entropy_accepts_int32_labels():
 def test_tanh_float32_rational_kernel_is_within_8_ulp_everywhere():
     """float32 tanh runs a rational approximation: check it on a dense grid, tiny values,
     the clamp region and the special values."""
-    x = np.concatenate([np.linspace(-12, 12, 400_001), np.geomspace(1e-30, 12, 20_000),
-                        -np.geomspace(1e-30, 12, 20_000)]).astype(np.float32)
+    x = np.concatenate(
+        [np.linspace(-12, 12, 400_001), np.geomspace(1e-30, 12, 20_000), -np.geomspace(1e-30, 12, 20_000)]
+    ).astype(np.float32)
     y = F.tanh(x)
     ref = np.tanh(x.astype(np.float64))
     ulp = np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64)

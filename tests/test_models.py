@@ -1,12 +1,25 @@
 """The model zoo against the lecture's tables (shapes, parameter counts, MACs) and
 torchvision's published sizes, plus the registry."""
+
 import numpy as np
 import pytest
 
 import numbacnn.random as nrandom
 from numbacnn.graph import format_shape
-from numbacnn.models import MODELS, ModelInfo, build_model, model_info
-from numbacnn.models import alexnet, lenet5, resnet18, resnet34, resnet50, vgg11, vgg16, vgg19
+from numbacnn.models import (
+    MODELS,
+    ModelInfo,
+    alexnet,
+    build_model,
+    lenet5,
+    model_info,
+    resnet18,
+    resnet34,
+    resnet50,
+    vgg11,
+    vgg16,
+    vgg19,
+)
 
 
 def test_lenet5_summary_reproduces_the_lecture_table(capsys):
@@ -14,14 +27,26 @@ def test_lenet5_summary_reproduces_the_lecture_table(capsys):
     printed = capsys.readouterr().out
     assert "MACs" in printed and "conv1" in printed
     # lecture: feature map size per layer
-    lecture = {"conv1": "28 x 28 x 6", "pool1": "14 x 14 x 6", "conv2": "10 x 10 x 16",
-               "pool2": "5 x 5 x 16", "flatten": "120", "fc1": "84", "fc2": "10"}
+    lecture = {
+        "conv1": "28 x 28 x 6",
+        "pool1": "14 x 14 x 6",
+        "conv2": "10 x 10 x 16",
+        "pool2": "5 x 5 x 16",
+        "flatten": "120",
+        "fc1": "84",
+        "fc2": "10",
+    }
     for name, shape in lecture.items():
         assert format_shape(table.row(name)["output_shape"]) == shape, name
     assert table.row("conv3")["output_shape"] == (1, 120, 1, 1)  # the lecture's "120"
     # parameters: weights + biases
-    assert [table.row(n)["params"] for n in ("conv1", "conv2", "conv3", "fc1", "fc2")] == \
-        [6 * 25 + 6, 16 * 6 * 25 + 16, 120 * 400 + 120, 84 * 120 + 84, 10 * 84 + 10]
+    assert [table.row(n)["params"] for n in ("conv1", "conv2", "conv3", "fc1", "fc2")] == [
+        6 * 25 + 6,
+        16 * 6 * 25 + 16,
+        120 * 400 + 120,
+        84 * 120 + 84,
+        10 * 84 + 10,
+    ]
     assert table.total_params == 61_706
     # MACs = output positions x (C_in kH kW)
     assert table.row("conv1")["macs"] == 28 * 28 * 6 * 25
@@ -57,11 +82,13 @@ def test_alexnet_reproduces_the_lecture_complexity_table():
     m = {r["name"]: r["macs"] for r in table.rows}
     conv35 = ("conv3", "conv4", "conv5")
     #            (ours,                                      lecture #params, lecture FLOP=MACs)
-    lecture = {"Conv1": (p["conv1"], m["conv1"], 35e3, 101e6),
-               "Conv2": (p["conv2"], m["conv2"], 614e3, 415e6),
-               "Conv3-5": (sum(p[n] for n in conv35), sum(m[n] for n in conv35), 3e6, 445e6),
-               "Dense1": (p["fc1"], m["fc1"], 26e6, 26e6),
-               "Dense2": (p["fc2"], m["fc2"], 16e6, 16e6)}
+    lecture = {
+        "Conv1": (p["conv1"], m["conv1"], 35e3, 101e6),
+        "Conv2": (p["conv2"], m["conv2"], 614e3, 415e6),
+        "Conv3-5": (sum(p[n] for n in conv35), sum(m[n] for n in conv35), 3e6, 445e6),
+        "Dense1": (p["fc1"], m["fc1"], 26e6, 26e6),
+        "Dense2": (p["fc2"], m["fc2"], 16e6, 16e6),
+    }
     for row, (params, macs, lp, lm) in lecture.items():
         assert approx(params, lp), (row, params, lp)
         assert approx(macs, lm), (row, macs, lm)
@@ -76,14 +103,17 @@ def test_alexnet_reproduces_the_lecture_complexity_table():
     assert table.row("pool5")["output_shape"] == (1, 256, 5, 5)
 
 
-@pytest.mark.parametrize("build, params, gmacs", [
-    (resnet18, 11_689_512, 1.81),
-    (resnet34, 21_797_672, 3.66),
-    (resnet50, 25_557_032, 4.09),
-    (vgg11, 132_863_336, 7.61),
-    (vgg16, 138_357_544, 15.47),
-    (vgg19, 143_667_240, 19.63),
-])
+@pytest.mark.parametrize(
+    "build, params, gmacs",
+    [
+        (resnet18, 11_689_512, 1.81),
+        (resnet34, 21_797_672, 3.66),
+        (resnet50, 25_557_032, 4.09),
+        (vgg11, 132_863_336, 7.61),
+        (vgg16, 138_357_544, 15.47),
+        (vgg19, 143_667_240, 19.63),
+    ],
+)
 def test_imagenet_models_match_torchvision_sizes(build, params, gmacs):
     """torchvision's documented #params and GFLOPS (which count MACs) at 224 x 224."""
     table = build(num_classes=1000, in_channels=3).summary((3, 224, 224), print_table=False)
@@ -97,7 +127,7 @@ def test_registry_builds_every_model_with_the_right_output_shape():
         model = build_model(name, num_classes=7, in_channels=1)
         side = sizes.get(name, 224 if name.startswith("vgg") else 64)
         assert model.output_shape((2, 1, side, side)) == (2, 7), name
-        info = model_info(name)       # the registry's facts are true: it takes both sides
+        info = model_info(name)  # the registry's facts are true: it takes both sides
         for side in (info.side, info.min_side):
             assert model.output_shape((2, 1, side, side)) == (2, 7), (name, side)
     with pytest.raises(ValueError, match="unknown model 'lenet'"):
@@ -132,10 +162,8 @@ def test_registry_holds_the_input_facts_of_every_model():
         info = model_info(name)
         assert isinstance(info, ModelInfo) and info.builder is MODELS[name]
         assert 1 <= info.min_side <= info.side, name
-    assert [model_info(n).side for n in ("alexnet", "vgg11", "vgg19", "resnet18", "resnet50")] \
-        == [224] * 5
+    assert [model_info(n).side for n in ("alexnet", "vgg11", "vgg19", "resnet18", "resnet50")] == [224] * 5
     assert [model_info(n).side for n in ("lenet5", "vgg_small", "resnet_cifar")] == [32] * 3
-    assert [model_info(n).min_side for n in ("lenet5", "vgg_small", "resnet18", "resnet_cifar")] \
-        == [32] * 4
+    assert [model_info(n).min_side for n in ("lenet5", "vgg_small", "resnet18", "resnet_cifar")] == [32] * 4
     with pytest.raises(ValueError, match="unknown model 'lenet'"):
         model_info("lenet")

@@ -9,10 +9,9 @@ ones the dispatch happens to send it.
 
 import numpy as np
 import pytest
+from conftest import assert_close
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from conftest import assert_close
 
 from numbacnn import reference as R
 from numbacnn.kernels.cpu import conv
@@ -80,7 +79,9 @@ def _reference(x, w, b, dy, geo, pads):
 @given(case=kernel_cases())
 def test_naive_kernels_match_reference(case):
     x, w, b, dy, geo, pads = case
-    for name, got, want in zip(("y", "dx", "dw", "db"), _naive(x, w, b, dy, geo), _reference(*case)):
+    for name, got, want in zip(
+        ("y", "dx", "dw", "db"), _naive(x, w, b, dy, geo), _reference(*case), strict=True
+    ):
         close(got, want, f"naive {name}, geometry {geo}, pads {pads}")
 
 
@@ -114,15 +115,22 @@ def test_every_fast_strategy_matches_naive(case):
         polyphase.conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, groups)
         polyphase.conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, groups)
         polyphase.conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, groups)
-        checks += [("polyphase forward", y, y0), ("polyphase backward_input", dx, dx0),
-                   ("polyphase backward_weight", dw, dw0)]
+        checks += [
+            ("polyphase forward", y, y0),
+            ("polyphase backward_input", dx, dx0),
+            ("polyphase backward_weight", dw, dw0),
+        ]
     y, dx, dw, db = out(y0), out(dx0), out(dw0), out(db0)
     conv.conv2d_forward(x, w, b, y, *geo)
     conv.conv2d_backward_input(dy, w, dx, *geo)
     conv.conv2d_backward_weight(dy, x, dw, *geo)
     conv.conv2d_backward_bias(dy, db)
-    checks += [("dispatch forward", y, y0), ("dispatch backward_input", dx, dx0),
-               ("dispatch backward_weight", dw, dw0), ("dispatch backward_bias", db, db0)]
+    checks += [
+        ("dispatch forward", y, y0),
+        ("dispatch backward_input", dx, dx0),
+        ("dispatch backward_weight", dw, dw0),
+        ("dispatch backward_bias", db, db0),
+    ]
     for what, got, want in checks:
         close(got, want, f"{what}, geometry {geo}, pads {pads}")
 

@@ -1,4 +1,5 @@
 """numbacnn.optim against torch.optim.SGD and torch's LR schedulers."""
+
 import math
 
 import numpy as np
@@ -32,7 +33,7 @@ def _run_both(dtype, steps=5, **hyper):
     for step in range(steps):
         opt.zero_grad()
         topt.zero_grad()
-        for p, t, g in zip(ours, theirs, grads[step]):
+        for p, t, g in zip(ours, theirs, grads[step], strict=True):
             p.grad[...] = g
             t.grad = torch.from_numpy(g.copy())
         opt.step()
@@ -41,24 +42,26 @@ def _run_both(dtype, steps=5, **hyper):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("hyper", [
-    dict(lr=0.1),
-    dict(lr=0.05, momentum=0.9),
-    dict(lr=0.05, momentum=0.9, nesterov=True),
-    dict(lr=0.05, momentum=0.9, weight_decay=5e-4),
-    dict(lr=0.01, momentum=0.8, weight_decay=1e-2, nesterov=True),
-    dict(lr=0.1, weight_decay=1e-3),
-])
+@pytest.mark.parametrize(
+    "hyper",
+    [
+        dict(lr=0.1),
+        dict(lr=0.05, momentum=0.9),
+        dict(lr=0.05, momentum=0.9, nesterov=True),
+        dict(lr=0.05, momentum=0.9, weight_decay=5e-4),
+        dict(lr=0.01, momentum=0.8, weight_decay=1e-2, nesterov=True),
+        dict(lr=0.1, weight_decay=1e-3),
+    ],
+)
 def test_sgd_matches_torch(dtype, hyper):
     ours, theirs, opt, topt = _run_both(dtype, **hyper)
     tol = dict(rtol=1e-6, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-13)
-    for p, t in zip(ours, theirs):
+    for p, t in zip(ours, theirs, strict=True):
         assert p.data.dtype == dtype
         np.testing.assert_allclose(p.data, t.detach().numpy(), **tol)
     if hyper.get("momentum"):
         for i, t in enumerate(theirs):
-            np.testing.assert_allclose(opt.buffers[i], topt.state[t]["momentum_buffer"].numpy(),
-                                       **tol)
+            np.testing.assert_allclose(opt.buffers[i], topt.state[t]["momentum_buffer"].numpy(), **tol)
 
 
 def test_sgd_updates_in_place_and_skips_none_grad():
@@ -77,12 +80,12 @@ def test_sgd_updates_in_place_and_skips_none_grad():
 
 
 def test_sgd_state_dict_roundtrip_continues_identically():
-    ours, _, opt, _ = _run_both(np.float32, steps=3, lr=0.05, momentum=0.9, nesterov=True,
-                                weight_decay=1e-3)
+    ours, _, opt, _ = _run_both(np.float32, steps=3, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
     state = opt.state_dict()
     assert all(isinstance(v, np.ndarray) and v.dtype != object for v in state.values())
     assert set(k for k in state if k.startswith("momentum_buffer.")) == {
-        f"momentum_buffer.{i}" for i in range(len(SHAPES))}
+        f"momentum_buffer.{i}" for i in range(len(SHAPES))
+    }
 
     clone = [P(p.data.copy()) for p in ours]
     opt2 = SGD(clone, lr=1.0)  # hyper-parameters come back from the state
@@ -90,13 +93,13 @@ def test_sgd_state_dict_roundtrip_continues_identically():
     assert (opt2.lr, opt2.momentum, opt2.weight_decay, opt2.nesterov) == (0.05, 0.9, 1e-3, True)
     rng = np.random.default_rng(7)
     for _ in range(2):
-        for p, q in zip(ours, clone):
+        for p, q in zip(ours, clone, strict=True):
             g = rng.standard_normal(p.data.shape).astype(np.float32)
             p.grad[...] = g
             q.grad[...] = g
         opt.step()
         opt2.step()
-    for p, q in zip(ours, clone):
+    for p, q in zip(ours, clone, strict=True):
         np.testing.assert_array_equal(p.data, q.data)
 
 
@@ -150,8 +153,7 @@ def test_step_lr_matches_torch(step_size, gamma):
 @pytest.mark.parametrize("T_max,eta_min", [(10, 0.0), (5, 1e-3), (7, 0.01)])
 def test_cosine_lr_matches_torch(T_max, eta_min):
     ours = _our_lrs(lambda o: CosineLR(o, T_max, eta_min), T_max + 1)
-    theirs = _torch_lrs(
-        lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max, eta_min), T_max + 1)
+    theirs = _torch_lrs(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max, eta_min), T_max + 1)
     np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-14)
 
 

@@ -6,6 +6,7 @@ the lecture's LeNet-5 and a line-by-line mirror of torchvision's resnet.py (Basi
 Bottleneck v1.5, _make_layer, ResNet), so names, order and shapes must equal ours.
 Relative error of a tensor = max|ours - torch| / max|torch|.
 """
+
 import numpy as np
 import pytest
 
@@ -34,10 +35,19 @@ def one_torch_thread():
 def torch_lenet5(num_classes=10):
     """The lecture's nn.Sequential, with tanh after Conv 3 as in the lecture's table."""
     return nn.Sequential(
-        nn.Conv2d(1, 6, kernel_size=5), nn.Tanh(), nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Conv2d(6, 16, kernel_size=5), nn.Tanh(), nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Conv2d(16, 120, kernel_size=5), nn.Tanh(), nn.Flatten(),
-        nn.Linear(120, 84), nn.Tanh(), nn.Linear(84, num_classes))
+        nn.Conv2d(1, 6, kernel_size=5),
+        nn.Tanh(),
+        nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Conv2d(6, 16, kernel_size=5),
+        nn.Tanh(),
+        nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Conv2d(16, 120, kernel_size=5),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(120, 84),
+        nn.Tanh(),
+        nn.Linear(84, num_classes),
+    )
 
 
 def conv3x3(in_planes, out_planes, stride=1):
@@ -111,8 +121,10 @@ class TorchResNet(nn.Module):
     def _make_layer(self, block, planes, blocks, stride=1):
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
-                                       nn.BatchNorm2d(planes * block.expansion))
+            downsample = nn.Sequential(
+                conv1x1(self.inplanes, planes * block.expansion, stride),
+                nn.BatchNorm2d(planes * block.expansion),
+            )
         layers = [block(self.inplanes, planes, stride, downsample)]
         self.inplanes = planes * block.expansion
         for _ in range(1, blocks):
@@ -142,7 +154,7 @@ def copy_parameters(model, tmodel, check_names=True):
         assert [n for n, _ in model.named_parameters()] == [n for n, _ in tmodel.named_parameters()]
         assert list(model.state_dict()) == list(tmodel.state_dict())
     with torch.no_grad():
-        for p, tp in zip(ours, theirs):
+        for p, tp in zip(ours, theirs, strict=True):
             tp.copy_(torch.from_numpy(p.data))
 
 
@@ -154,7 +166,7 @@ def compare(model, tmodel, x, labels, backward=True):
     tmodel.zero_grad()
     xt = torch.from_numpy(x.copy()).requires_grad_(backward)
 
-    logits = model(x)                                                # (N, K)
+    logits = model(x)  # (N, K)
     tlogits = tmodel(xt)
     errors = {"logits": rel(logits, tlogits)}
     if backward:
@@ -164,7 +176,9 @@ def compare(model, tmodel, x, labels, backward=True):
         tloss.backward()
         errors["loss"] = abs(loss - tloss.item()) / abs(tloss.item())
         errors["dx"] = rel(dx, xt.grad)
-        errors["grads"] = max(rel(p.grad, tp.grad) for p, tp in zip(model.parameters(), tmodel.parameters()))
+        errors["grads"] = max(
+            rel(p.grad, tp.grad) for p, tp in zip(model.parameters(), tmodel.parameters(), strict=True)
+        )
     # running statistics after the training-mode forward, then eval-mode logits
     tsd = tmodel.state_dict()
     buffers = [(k, v) for k, v in model.state_dict().items() if "running" in k]
@@ -203,8 +217,9 @@ def test_resnet18_parity():
 
 
 def _flat_grads(params):
-    return np.concatenate([np.ravel(p.grad.detach().numpy() if hasattr(p.grad, "detach") else p.grad)
-                           for p in params])
+    return np.concatenate(
+        [np.ravel(p.grad.detach().numpy() if hasattr(p.grad, "detach") else p.grad) for p in params]
+    )
 
 
 def test_resnet50_parity():

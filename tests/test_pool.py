@@ -1,12 +1,13 @@
 """max_pool2d / avg_pool2d and their backwards: the oracle, finite differences, PyTorch."""
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
+from conftest import assert_close
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_close
 from numbacnn import functional as F
 from numbacnn import reference as R
 
@@ -33,8 +34,7 @@ def pool_cases(draw, dtypes=(np.float32, np.float64)):
 
 def _torch_kw(kw):
     k = kw["kernel_size"]
-    return dict(kernel_size=k, stride=k if kw["stride"] is None else kw["stride"],
-                padding=kw["padding"])
+    return dict(kernel_size=k, stride=k if kw["stride"] is None else kw["stride"], padding=kw["padding"])
 
 
 # ----------------------------------------------------------------------------------------
@@ -54,8 +54,7 @@ def test_max_pool2d_matches_reference_and_torch(case):
     dy = np.random.default_rng(1).standard_normal(y.shape).astype(x.dtype)
     dx = F.max_pool2d_backward(dy, x, **kw)
     assert dx.dtype == x.dtype
-    assert_close(dx, R.max_pool2d_backward(dy, x, **kw), dtype=x.dtype, kind="short_sum",
-                 what="vs reference")
+    assert_close(dx, R.max_pool2d_backward(dy, x, **kw), dtype=x.dtype, kind="short_sum", what="vs reference")
     yt.backward(torch.tensor(dy))
     # with ties, both send the gradient to the FIRST maximum of the window (row-major)
     assert_close(dx, xt.grad.numpy(), dtype=x.dtype, kind="short_sum", what="vs torch")
@@ -74,8 +73,7 @@ def test_avg_pool2d_matches_reference_and_torch_count_include_pad(case):
     dy = np.random.default_rng(1).standard_normal(y.shape).astype(x.dtype)
     dx = F.avg_pool2d_backward(dy, x, **kw)
     assert dx.dtype == x.dtype
-    assert_close(dx, R.avg_pool2d_backward(dy, x, **kw), dtype=x.dtype, kind="short_sum",
-                 what="vs reference")
+    assert_close(dx, R.avg_pool2d_backward(dy, x, **kw), dtype=x.dtype, kind="short_sum", what="vs reference")
     yt.backward(torch.tensor(dy))
     assert_close(dx, xt.grad.numpy(), dtype=x.dtype, kind="short_sum", what="vs torch")
 
@@ -124,11 +122,11 @@ def test_pool_default_stride_is_kernel_size():
 # backward against central finite differences (float64, every element)
 
 POOL_CONFIGS = [
-    dict(kernel_size=2),                                  # the LeNet/VGG pool
-    dict(kernel_size=3, stride=2, padding=1),             # overlapping, padded
-    dict(kernel_size=(2, 3), stride=1),                   # non-square, stride 1
+    dict(kernel_size=2),  # the LeNet/VGG pool
+    dict(kernel_size=3, stride=2, padding=1),  # overlapping, padded
+    dict(kernel_size=(2, 3), stride=1),  # non-square, stride 1
     dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 0)),
-    dict(kernel_size=3, stride=3),                        # stride leaves the last rows unused
+    dict(kernel_size=3, stride=3),  # stride leaves the last rows unused
 ]
 
 
@@ -183,15 +181,19 @@ def test_max_pool2d_nan_and_all_minus_inf_windows_like_torch():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_pools_on_larger_planes_match_torch(dtype):
     x = np.random.default_rng(0).standard_normal((3, 5, 17, 23)).astype(dtype)
-    for kw in (dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
-               dict(kernel_size=(3, 2), stride=(1, 2), padding=(1, 0))):
-        for ours, bwd, theirs in ((F.max_pool2d, F.max_pool2d_backward, TF.max_pool2d),
-                                  (F.avg_pool2d, F.avg_pool2d_backward, TF.avg_pool2d)):
+    for kw in (
+        dict(kernel_size=2),
+        dict(kernel_size=3, stride=2, padding=1),
+        dict(kernel_size=(3, 2), stride=(1, 2), padding=(1, 0)),
+    ):
+        for ours, bwd, theirs in (
+            (F.max_pool2d, F.max_pool2d_backward, TF.max_pool2d),
+            (F.avg_pool2d, F.avg_pool2d_backward, TF.avg_pool2d),
+        ):
             xt = torch.tensor(x, requires_grad=True)
             yt = theirs(xt, **_torch_kw(dict(stride=None, padding=0) | kw))
             y = ours(x, **kw)
             assert_close(y, yt.detach().numpy(), dtype=dtype, kind="short_sum", what=ours.__name__)
             dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
             yt.backward(torch.tensor(dy))
-            assert_close(bwd(dy, x, **kw), xt.grad.numpy(), dtype=dtype, kind="short_sum",
-                         what=bwd.__name__)
+            assert_close(bwd(dy, x, **kw), xt.grad.numpy(), dtype=dtype, kind="short_sum", what=bwd.__name__)

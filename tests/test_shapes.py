@@ -9,8 +9,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from numbacnn import shapes
-from numbacnn.layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d,
-                             Linear, MaxPool2d, ReLU)
+from numbacnn.layers import (
+    AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv2d,
+    Flatten,
+    GlobalAvgPool2d,
+    Linear,
+    MaxPool2d,
+    ReLU,
+)
 
 positive = st.one_of(st.integers(1, 4), st.tuples(st.integers(1, 4), st.integers(1, 4)))
 invalid = st.one_of(st.integers(-1, 0), st.tuples(st.integers(-1, 4), st.integers(-1, 0)))
@@ -21,8 +30,11 @@ def conv_layers(draw):
     groups = draw(st.sampled_from([1, 1, 2]))
     in_channels = groups * draw(st.integers(1, 2))
     out_channels = groups * draw(st.integers(1, 2))
-    args = dict(stride=draw(positive), dilation=draw(positive),
-                padding=draw(st.one_of(st.integers(0, 2), st.sampled_from(["same", "valid"]))))
+    args = dict(
+        stride=draw(positive),
+        dilation=draw(positive),
+        padding=draw(st.one_of(st.integers(0, 2), st.sampled_from(["same", "valid"]))),
+    )
     if draw(st.integers(0, 3)) == 0:  # one argument out of range
         args[draw(st.sampled_from(sorted(args)))] = draw(invalid)
     kernel_size = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
@@ -33,8 +45,11 @@ def conv_layers(draw):
 def pool_layers(draw):
     cls = draw(st.sampled_from([MaxPool2d, AvgPool2d]))
     kH, kW = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    args = dict(kernel_size=(kH, kW), stride=draw(st.one_of(st.none(), positive)),
-                padding=(draw(st.integers(0, kH // 2)), draw(st.integers(0, kW // 2))))
+    args = dict(
+        kernel_size=(kH, kW),
+        stride=draw(st.one_of(st.none(), positive)),
+        padding=(draw(st.integers(0, kH // 2)), draw(st.integers(0, kW // 2))),
+    )
     if draw(st.integers(0, 3)) == 0:  # one argument out of range (padding: also > half the window)
         name = draw(st.sampled_from(sorted(args)))
         args[name] = draw(st.integers(kH // 2 + 1, 4) if name == "padding" else invalid)
@@ -44,8 +59,11 @@ def pool_layers(draw):
 @st.composite
 def other_layers(draw):
     c = draw(st.integers(1, 3))
-    return draw(st.sampled_from([GlobalAvgPool2d(), Linear(c * 4, 2), BatchNorm2d(c), BatchNorm1d(c),
-                                 Flatten(), ReLU()]))
+    return draw(
+        st.sampled_from(
+            [GlobalAvgPool2d(), Linear(c * 4, 2), BatchNorm2d(c), BatchNorm1d(c), Flatten(), ReLU()]
+        )
+    )
 
 
 def _channels(layer):
@@ -90,15 +108,20 @@ def test_output_shape_and_forward_agree(case):
     inferred = _outcome(lambda: layer.output_shape(shape))
     computed = _outcome(lambda: layer.forward(np.zeros(shape, np.float32)).shape)  # the layers' dtype
     if inferred[0] == "ok" or computed[0] == "ok":
-        assert inferred == computed, f"{layer!r} on {shape}: output_shape -> {inferred}, forward -> {computed}"
+        assert inferred == computed, (
+            f"{layer!r} on {shape}: output_shape -> {inferred}, forward -> {computed}"
+        )
 
 
-@pytest.mark.parametrize("layer, shape", [
-    (MaxPool2d(2, padding=2), (1, 1, 8, 8)),      # padding wider than half the window
-    (AvgPool2d(3, stride=0), (1, 1, 8, 8)),       # stride 0
-    (Conv2d(1, 1, 3, dilation=0), (1, 1, 8, 8)),  # dilation 0
-    (Conv2d(1, 1, 5), (1, 1, 3, 3)),              # kernel larger than the input
-])
+@pytest.mark.parametrize(
+    "layer, shape",
+    [
+        (MaxPool2d(2, padding=2), (1, 1, 8, 8)),  # padding wider than half the window
+        (AvgPool2d(3, stride=0), (1, 1, 8, 8)),  # stride 0
+        (Conv2d(1, 1, 3, dilation=0), (1, 1, 8, 8)),  # dilation 0
+        (Conv2d(1, 1, 5), (1, 1, 3, 3)),  # kernel larger than the input
+    ],
+)
 def test_invalid_configurations_fail_in_both(layer, shape):
     with pytest.raises(ValueError):
         layer.output_shape(shape)

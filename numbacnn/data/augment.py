@@ -13,6 +13,7 @@ pass ``fill=numbacnn.data.mnist.BACKGROUND`` to keep borders consistent.
 Transforms compose as callables ``t(x, rng=rng)``; `Compose` chains them, and
 `numbacnn.data.loader.DataLoader` calls its ``transform`` the same way.
 """
+
 import numpy as np
 
 __all__ = [

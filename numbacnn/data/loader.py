@@ -15,6 +15,7 @@ earlier batches. Call ``loader.set_epoch(e)`` before each epoch to get a new ord
 epoch is *not* advanced automatically (iterating twice without `set_epoch` repeats
 the same batches).
 """
+
 import numpy as np
 
 __all__ = ["DataLoader"]

@@ -21,6 +21,7 @@ file, fsync, ``os.replace``, directory fsync).
 The cache directory is the ``cache_dir`` argument, else ``$NUMBACNN_CACHE``, else
 ``~/.cache/numbacnn``.
 """
+
 import gzip
 import hashlib
 import importlib.util
@@ -193,8 +194,7 @@ def parse_idx(data):
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) - header != expected:
         raise MNISTIntegrityError(
-            f"idx: payload is {len(data) - header} bytes but header shape {shape} "
-            f"of {dtype} needs {expected}"
+            f"idx: payload is {len(data) - header} bytes but header shape {shape} of {dtype} needs {expected}"
         )
     arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
     if dtype.byteorder == ">":
@@ -381,7 +381,7 @@ def load_mnist(cache_dir=None, download=False, mirror=None):
             _validate(d, f"cache {cache}")
             return d
         except (MNISTIntegrityError, OSError, ValueError, KeyError) as e:
-            warnings.warn(f"ignoring unusable MNIST cache ({e}); rebuilding it", RuntimeWarning)
+            warnings.warn(f"ignoring unusable MNIST cache ({e}); rebuilding it", RuntimeWarning, stacklevel=2)
 
     pkg = _package_csv_paths()
     if pkg is not None:
@@ -394,9 +394,7 @@ def load_mnist(cache_dir=None, download=False, mirror=None):
         _validate(d, f"idx files in {raw_dir}")
     else:
         raise MNISTNotFoundError(
-            _HOW_TO_GET.format(
-                cache=cache, package=PACKAGE, package_state="not installed", raw_dir=raw_dir
-            )
+            _HOW_TO_GET.format(cache=cache, package=PACKAGE, package_state="not installed", raw_dir=raw_dir)
         )
     _save_cache(cache, d)
     return d

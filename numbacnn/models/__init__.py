@@ -16,19 +16,20 @@ H = W = side, in pixels):
     resnet18/34/50        224 / 32    (global pooling: any side; at 32 the last map is 1 x 1)
     alexnet, vgg11..19    224 / 224   (the first dense layer is sized for 224)
 """
+
 from collections.abc import Callable
 from typing import NamedTuple
 
 from numbacnn.models.alexnet import alexnet
 from numbacnn.models.lenet import lenet5
-from numbacnn.models.resnet import (BasicBlock, Bottleneck, resnet, resnet18, resnet34, resnet50,
-                                    resnet_cifar)
+from numbacnn.models.resnet import BasicBlock, Bottleneck, resnet, resnet18, resnet34, resnet50, resnet_cifar
 from numbacnn.models.vgg import VGG_CONFIGS, vgg, vgg11, vgg13, vgg16, vgg19, vgg_block, vgg_small
 
 
 class ModelInfo(NamedTuple):
     """A registry entry: ``builder(num_classes, in_channels, **kwargs)`` and the input sides
     (pixels) the model is built for (``side``) and meant to take at least (``min_side``)."""
+
     builder: Callable
     side: int
     min_side: int
@@ -65,6 +66,26 @@ def model_info(name):
     return _REGISTRY[name]
 
 
-__all__ = ["MODELS", "ModelInfo", "build_model", "model_info", "lenet5", "alexnet", "vgg",
-           "vgg_block", "VGG_CONFIGS", "vgg11", "vgg13", "vgg16", "vgg19", "vgg_small", "resnet",
-           "resnet18", "resnet34", "resnet50", "resnet_cifar", "BasicBlock", "Bottleneck"]
+__all__ = [
+    "MODELS",
+    "ModelInfo",
+    "build_model",
+    "model_info",
+    "lenet5",
+    "alexnet",
+    "vgg",
+    "vgg_block",
+    "VGG_CONFIGS",
+    "vgg11",
+    "vgg13",
+    "vgg16",
+    "vgg19",
+    "vgg_small",
+    "resnet",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet_cifar",
+    "BasicBlock",
+    "Bottleneck",
+]

@@ -19,15 +19,26 @@ resnet_cifar: He et al.'s CIFAR ResNet (depth 6n+2, e.g. ResNet-20) for 28-32 px
 3x3 stem (16 channels, no max-pool), three stages of widths 16, 32, 64, projection
 shortcuts (1x1 conv + BN), global average pool, fc.
 """
+
 from numbacnn.graph import Graph, Sequential
-from numbacnn.layers import (Add, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, Linear, MaxPool2d,
-                             ReLU, kaiming_normal_fan_out)
+from numbacnn.layers import (
+    Add,
+    BatchNorm2d,
+    Conv2d,
+    Flatten,
+    GlobalAvgPool2d,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    kaiming_normal_fan_out,
+)
 
 
 def _shortcut(in_channels, out_channels, stride):
     """1x1 conv + BN projection (names downsample.0 / downsample.1, as torchvision)."""
-    return Sequential(Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
-                      BatchNorm2d(out_channels))
+    return Sequential(
+        Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False), BatchNorm2d(out_channels)
+    )
 
 
 class BasicBlock(Graph):
@@ -37,7 +48,9 @@ class BasicBlock(Graph):
 
     def __init__(self, in_channels, channels, stride=1):
         super().__init__(input_name="x")
-        self.add("conv1", Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False), inputs=["x"])
+        self.add(
+            "conv1", Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False), inputs=["x"]
+        )
         self.add("bn1", BatchNorm2d(channels))
         self.add("relu1", ReLU())
         self.add("conv2", Conv2d(channels, channels, 3, padding=1, bias=False))
@@ -114,13 +127,13 @@ def resnet(block, layers, num_classes=1000, in_channels=3, widths=(64, 128, 256,
     net.add("bn1", BatchNorm2d(c))
     net.add("relu", ReLU())
     if stem == "imagenet":
-        net.add("maxpool", MaxPool2d(3, stride=2, padding=1))                        # (N, 64, H/4, W/4)
-    for i, (n, w) in enumerate(zip(layers, widths), start=1):
+        net.add("maxpool", MaxPool2d(3, stride=2, padding=1))  # (N, 64, H/4, W/4)
+    for i, (n, w) in enumerate(zip(layers, widths, strict=True), start=1):
         stage, c = _stage(block, c, w, n, 1 if i == 1 else 2)
-        net.add(f"layer{i}", stage)                              # (N, w * expansion, ...)
-    net.add("avgpool", GlobalAvgPool2d())                        # (N, c, 1, 1)
-    net.add("flatten", Flatten())                                # (N, c)
-    net.add("fc", Linear(c, num_classes))                        # (N, num_classes)
+        net.add(f"layer{i}", stage)  # (N, w * expansion, ...)
+    net.add("avgpool", GlobalAvgPool2d())  # (N, c, 1, 1)
+    net.add("flatten", Flatten())  # (N, c)
+    net.add("fc", Linear(c, num_classes))  # (N, num_classes)
     return _torchvision_init(net)
 
 

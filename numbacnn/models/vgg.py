@@ -5,6 +5,7 @@ A VGG block is n 3x3 convolutions (padding 1) with ReLU, then a 2x2 max-pool wit
 the classifier is Flatten-Linear(hidden)-ReLU-Dropout-Linear(hidden)-ReLU-Dropout-
 Linear(num_classes), as in the lecture/d2l (hidden = 4096 at 224 x 224).
 """
+
 from numbacnn.graph import Sequential
 from numbacnn.layers import BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
 
@@ -32,8 +33,7 @@ def vgg_block(num_convs, in_channels, out_channels, batch_norm=False):
     return block
 
 
-def vgg(cfg, num_classes=1000, in_channels=3, input_size=224, hidden=4096, dropout=0.5,
-        batch_norm=False):
+def vgg(cfg, num_classes=1000, in_channels=3, input_size=224, hidden=4096, dropout=0.5, batch_norm=False):
     """VGG from `cfg` (a name in VGG_CONFIGS or a tuple of (num_convs, channels)) for
     square inputs of side `input_size`. batch_norm=True inserts BatchNorm2d after each conv."""
     if isinstance(cfg, str):
@@ -44,20 +44,22 @@ def vgg(cfg, num_classes=1000, in_channels=3, input_size=224, hidden=4096, dropo
     for _ in cfg:
         side //= 2
     if side < 1:
-        raise ValueError(f"vgg: input_size={input_size} is too small for {len(cfg)} blocks (each halves H and W)")
+        raise ValueError(
+            f"vgg: input_size={input_size} is too small for {len(cfg)} blocks (each halves H and W)"
+        )
     net = Sequential()
     c = in_channels
     for b, (num_convs, channels) in enumerate(cfg, start=1):
-        net.add(f"block{b}", vgg_block(num_convs, c, channels, batch_norm))   # (N, channels, H/2^b, W/2^b)
+        net.add(f"block{b}", vgg_block(num_convs, c, channels, batch_norm))  # (N, channels, H/2^b, W/2^b)
         c = channels
-    net.add("flatten", Flatten())                                             # (N, c * side * side)
+    net.add("flatten", Flatten())  # (N, c * side * side)
     net.add("fc1", Linear(c * side * side, hidden))
     net.add("relu1", ReLU())
     net.add("drop1", Dropout(dropout))
     net.add("fc2", Linear(hidden, hidden))
     net.add("relu2", ReLU())
     net.add("drop2", Dropout(dropout))
-    net.add("fc3", Linear(hidden, num_classes))                               # (N, num_classes)
+    net.add("fc3", Linear(hidden, num_classes))  # (N, num_classes)
     return net
 
 
@@ -79,5 +81,12 @@ def vgg19(num_classes=1000, in_channels=3, **kw):
 
 def vgg_small(num_classes=10, in_channels=1, input_size=32, hidden=256, dropout=0.5, batch_norm=True):
     """A narrow VGG with BatchNorm for 32 x 32 inputs: 4 blocks (16, 32, 64x2, 128x2)."""
-    return vgg("vgg_small", num_classes, in_channels, input_size=input_size, hidden=hidden,
-               dropout=dropout, batch_norm=batch_norm)
+    return vgg(
+        "vgg_small",
+        num_classes,
+        in_channels,
+        input_size=input_size,
+        hidden=hidden,
+        dropout=dropout,
+        batch_norm=batch_norm,
+    )

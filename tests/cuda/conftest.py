@@ -18,6 +18,7 @@ re-exported here: both files are imported under the module name "conftest", and 
 module's `from conftest import assert_close` gets whichever pytest imported last, so it must
 find the same names in this one (tests/conftest.py explains the alias it registers).
 """
+
 import os
 
 from _numbacnn_tests_conftest import *  # noqa: F401,F403  the shared helpers, see above
@@ -29,18 +30,22 @@ def cuda_usable():
     """(usable, reason): the simulator is on, or numba sees a CUDA GPU."""
     try:
         from numba import config, cuda
-    except Exception as exc:                                  # pragma: no cover
+    except Exception as exc:  # pragma: no cover
         return False, f"numba.cuda is not importable ({exc})"
     if SIM:
         if not config.ENABLE_CUDASIM:
-            return False, ("NUMBA_ENABLE_CUDASIM=1 was set after numba was imported; "
-                           "set it in the environment before starting pytest")
+            return False, (
+                "NUMBA_ENABLE_CUDASIM=1 was set after numba was imported; "
+                "set it in the environment before starting pytest"
+            )
         return True, "CUDA simulator"
     try:
         if cuda.is_available():
             return True, "CUDA GPU"
-    except Exception:                                         # pragma: no cover
+    except Exception:  # pragma: no cover
         pass
-    return False, ("no CUDA GPU and the CUDA simulator is off: run "
-                   "`NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda` to test the CUDA "
-                   "kernels without a GPU")
+    return False, (
+        "no CUDA GPU and the CUDA simulator is off: run "
+        "`NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda` to test the CUDA "
+        "kernels without a GPU"
+    )

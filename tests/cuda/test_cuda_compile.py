@@ -6,6 +6,7 @@ unsupported functions, type-unification failures, float32 arrays promoted to flo
 It only needs numba-cuda importable; it is skipped under the simulator (where the kernels
 are simulator objects) and when the CUDA front end is unavailable.
 """
+
 import os
 
 import numpy as np
@@ -19,8 +20,8 @@ try:
     from numba.cuda.compiler import compile_cuda
     from numba.cuda.np.numpy_support import from_dtype
 
-    from numbacnn.kernels.cuda import _launch, activation, batchnorm, conv, dense, loss, pool
     import numbacnn.kernels.cuda as kcuda
+    from numbacnn.kernels.cuda import _launch, activation, batchnorm, conv, dense, loss, pool
 except Exception as exc:  # pragma: no cover - depends on the installation
     pytest.skip(f"numba-cuda is not importable: {exc}", allow_module_level=True)
 
@@ -91,8 +92,8 @@ class _FakeDevice:
 def no_driver_ok(monkeypatch):
     """Device functions ask the current device for its compute capability when a kernel that
     calls them is typed; without a GPU, answer CC instead of failing at driver init."""
-    from numba import cuda
     import numba.cuda.dispatcher as disp
+    from numba import cuda
 
     if not cuda.is_available():
         monkeypatch.setattr(disp, "get_current_device", lambda: _FakeDevice())
@@ -104,7 +105,7 @@ def test_every_kernel_compiles(dtype, no_driver_ok):
     for kernel, sig in _signatures(dtype):
         try:
             cres = compile_cuda(kernel.py_func, types.void, sig, cc=CC)
-        except Exception as exc:                       # collect them all, report at once
+        except Exception as exc:  # collect them all, report at once
             failures.append(f"{kernel.py_func.__name__}: {type(exc).__name__}: {exc}")
             continue
         ir = cres.library.get_llvm_str()
@@ -115,11 +116,22 @@ def test_every_kernel_compiles(dtype, no_driver_ok):
 
 # Kernels whose float32 instance must not contain any double-precision addition.
 _F32_PURE = {
-    "_conv2d_forward_kernel", "_conv2d_backward_input_kernel",
-    "_conv2d_backward_weight_kernel", "_max_pool2d_forward_kernel", "_avg_pool2d_forward_kernel",
-    "_max_pool2d_backward_kernel", "_avg_pool2d_backward_kernel", "_linear_forward_naive_kernel",
-    "kernel", "_combine_rows_kernel",
-    "_relu_forward_kernel", "_relu_backward_kernel", "_tanh_forward_kernel",
-    "_tanh_backward_kernel", "_sigmoid_forward_kernel", "_sigmoid_backward_kernel",
-    "_dropout_backward_kernel", "_add_forward_kernel",
+    "_conv2d_forward_kernel",
+    "_conv2d_backward_input_kernel",
+    "_conv2d_backward_weight_kernel",
+    "_max_pool2d_forward_kernel",
+    "_avg_pool2d_forward_kernel",
+    "_max_pool2d_backward_kernel",
+    "_avg_pool2d_backward_kernel",
+    "_linear_forward_naive_kernel",
+    "kernel",
+    "_combine_rows_kernel",
+    "_relu_forward_kernel",
+    "_relu_backward_kernel",
+    "_tanh_forward_kernel",
+    "_tanh_backward_kernel",
+    "_sigmoid_forward_kernel",
+    "_sigmoid_backward_kernel",
+    "_dropout_backward_kernel",
+    "_add_forward_kernel",
 }

@@ -13,6 +13,7 @@ Runs on a real GPU, or anywhere under Numba's CUDA simulator:
 Without either it skips at import (a plain `pytest` run has neither).  The simulator runs
 each CUDA thread as a Python thread: shapes are tiny on purpose.
 """
+
 import os
 
 import numpy as np
@@ -21,25 +22,33 @@ import pytest
 _SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 if _SIM:
     from numba import config as _config
+
     if not _config.ENABLE_CUDASIM:
-        pytest.skip("NUMBA_ENABLE_CUDASIM=1 was set after numba was imported; set it in the "
-                    "environment before starting pytest", allow_module_level=True)
+        pytest.skip(
+            "NUMBA_ENABLE_CUDASIM=1 was set after numba was imported; set it in the "
+            "environment before starting pytest",
+            allow_module_level=True,
+        )
 else:
     try:
         from numba import cuda as _cuda
+
         _gpu = _cuda.is_available()
     except Exception:  # pragma: no cover
         _gpu = False
     if not _gpu:
-        pytest.skip("no CUDA GPU and the CUDA simulator is off (run with "
-                    "NUMBA_ENABLE_CUDASIM=1 to test the CUDA kernels without a GPU)",
-                    allow_module_level=True)
+        pytest.skip(
+            "no CUDA GPU and the CUDA simulator is off (run with "
+            "NUMBA_ENABLE_CUDASIM=1 to test the CUDA kernels without a GPU)",
+            allow_module_level=True,
+        )
 
+from conftest import assert_close as assert_close_host  # noqa: E402
+from conftest import tolerance  # noqa: E402
 from numba import cuda  # noqa: E402
 
 import numbacnn.functional as F  # noqa: E402
 import numbacnn.kernels.cuda as K  # noqa: E402
-from conftest import assert_close as assert_close_host, tolerance  # noqa: E402
 
 # The simulator evaluates the dropout hash with NumPy uint64 scalars, whose intended
 # wrap-around multiplication warns "overflow encountered".
@@ -87,8 +96,12 @@ def test_allocation_helpers():
     x = np.arange(2 * 3 * 4 * 5, dtype=np.float64).reshape(2, 3, 4, 5)
     d = dev(x)
     assert K.is_contiguous(d)
-    for view, ref in [(d[:, :, :, ::2], x[:, :, :, ::2]), (d[:, 1], x[:, 1]),
-                      (d[::2, :, 1:3], x[::2, :, 1:3]), (d[0, 0, :, 1], x[0, 0, :, 1])]:
+    for view, ref in [
+        (d[:, :, :, ::2], x[:, :, :, ::2]),
+        (d[:, 1], x[:, 1]),
+        (d[::2, :, 1:3], x[::2, :, 1:3]),
+        (d[0, 0, :, 1], x[0, 0, :, 1]),
+    ]:
         assert not K.is_contiguous(view) or view.ndim == 1
         c = K.ascontiguous(view)
         assert K.is_contiguous(c)
@@ -103,11 +116,11 @@ CONV_CASES = [
     # (N, C_in, H, W), (C_out, kH, kW), kwargs
     ((2, 3, 6, 6), (4, 3, 3), dict()),
     ((2, 3, 7, 6), (4, 3, 2), dict(stride=2, padding=1)),
-    ((1, 2, 6, 5), (3, 2, 2), dict(padding="same")),                 # even kernel: asymmetric
+    ((1, 2, 6, 5), (3, 2, 2), dict(padding="same")),  # even kernel: asymmetric
     ((1, 2, 7, 7), (2, 3, 3), dict(padding="same", stride=2)),
     ((1, 2, 7, 7), (2, 3, 3), dict(dilation=2, padding=1)),
     ((2, 4, 5, 5), (6, 3, 3), dict(groups=2, padding=(1, 0), stride=(1, 2))),
-    ((1, 3, 5, 5), (3, 3, 3), dict(groups=3, padding=1)),           # depthwise
+    ((1, 3, 5, 5), (3, 3, 3), dict(groups=3, padding=1)),  # depthwise
 ]
 
 
@@ -123,14 +136,14 @@ def test_conv2d(case, dtype, rng):
     assert_close(y_gpu, y_cpu, name="y")
     dy = randn(rng, y_cpu.shape, dtype)
     g_cpu, g_gpu = both(F.conv2d_backward, dy, x, w, **kw_)
-    for name, a, c in zip(("dx", "dw", "db"), g_gpu, g_cpu):
+    for name, a, c in zip(("dx", "dw", "db"), g_gpu, g_cpu, strict=True):
         assert_close(a, c, name=name)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 def test_conv2d_no_bias_and_noncontiguous_input(dtype, rng):
     big = randn(rng, (2, 3, 6, 12), dtype)
-    x = big[:, :, :, ::2]                                 # non-contiguous, on both sides
+    x = big[:, :, :, ::2]  # non-contiguous, on both sides
     w = randn(rng, (2, 3, 3, 3), dtype)
     y_cpu = F.conv2d(x, w, None, padding=1)
     y_gpu = F.conv2d(dev(big)[:, :, :, ::2], dev(w), None, padding=1)
@@ -155,7 +168,7 @@ def test_pool(kind, case, dtype, rng):
     # integers in a small range: many ties, so the first-max rule is exercised
     x = rng.integers(-2, 3, size=(2, 2, 6, 5)).astype(dtype)
     if kind == "max":
-        x[0, 0, 0, :] = -np.inf                           # an all -inf window on the border
+        x[0, 0, 0, :] = -np.inf  # an all -inf window on the border
     y_cpu, y_gpu = both(fwd, x, **kw_)
     assert_close(y_gpu, y_cpu, name="y")
     dy = randn(rng, y_cpu.shape, dtype)
@@ -191,19 +204,19 @@ def test_batch_norm(shape, dtype, rng):
     # backward
     dy = randn(rng, shape, dtype)
     g_cpu, g_gpu = both(F.batch_norm_backward, dy, x, g)
-    for name, a, c in zip(("dx", "dgamma", "dbeta"), g_gpu, g_cpu):
+    for name, a, c in zip(("dx", "dgamma", "dbeta"), g_gpu, g_cpu, strict=True):
         assert_close(a, c, name=name)
     # eval-mode backward (fixed running statistics)
     g_cpu = F.batch_norm_backward(dy, x, g, running_mean=rm_c, running_var=rv_c)
     g_gpu = F.batch_norm_backward(dev(dy), dev(x), dev(g), running_mean=rm_g, running_var=rv_g)
-    for name, a, c in zip(("eval dx", "eval dgamma", "eval dbeta"), g_gpu, g_cpu):
+    for name, a, c in zip(("eval dx", "eval dgamma", "eval dbeta"), g_gpu, g_cpu, strict=True):
         assert_close(a, c, name=name)
 
 
 # ------------------------------------------------------------------------------- linear
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 def test_linear(dtype, rng):
-    x = randn(rng, (3, 20), dtype)                         # IN = 20: two 16-wide tiles
+    x = randn(rng, (3, 20), dtype)  # IN = 20: two 16-wide tiles
     w = randn(rng, (5, 20), dtype)
     b = randn(rng, (5,), dtype)
     y_cpu, y_gpu = both(F.linear, x, w, b)
@@ -215,7 +228,7 @@ def test_linear(dtype, rng):
     assert_close(y_naive, y_cpu, name="y naive")
     dy = randn(rng, (3, 5), dtype)
     g_cpu, g_gpu = both(F.linear_backward, dy, x, w)
-    for name, a, c in zip(("dx", "dw", "db"), g_gpu, g_cpu):
+    for name, a, c in zip(("dx", "dw", "db"), g_gpu, g_cpu, strict=True):
         assert_close(a, c, name=name)
 
 
@@ -243,7 +256,7 @@ def test_dropout(p, dtype, rng):
     seed = 987654321987
     y_cpu, m_cpu = F.dropout(x, p, True, seed=seed)
     y_gpu, m_gpu = F.dropout(dev(x), p, True, seed=seed)
-    np.testing.assert_array_equal(host(m_gpu), m_cpu)     # the same mask, bit for bit
+    np.testing.assert_array_equal(host(m_gpu), m_cpu)  # the same mask, bit for bit
     assert host(m_gpu).dtype == np.uint8
     assert_close(y_gpu, y_cpu, name="y")
     dy = randn(rng, x.shape, dtype)
@@ -270,6 +283,7 @@ def test_add(dtype, rng):
 def test_grid_stride_loops_cover_more_than_one_grid(rng):
     """Element-wise kernels use a capped grid: arrays larger than the grid must be covered."""
     from numbacnn.kernels.cuda._launch import MAX_BLOCKS, TPB
+
     n = MAX_BLOCKS * TPB * 2 + 37
     x = randn(rng, (n,), np.float32)
     y_cpu, y_gpu = both(F.relu, x)
@@ -283,7 +297,7 @@ def test_grid_stride_loops_cover_more_than_one_grid(rng):
 @pytest.mark.parametrize("label_dtype", [np.int64, np.int32])
 def test_cross_entropy(label_dtype, dtype, rng):
     z = randn(rng, (4, 5), dtype) * 3
-    z[1] += 1e4                                            # the log-sum-exp must stay stable
+    z[1] += 1e4  # the log-sum-exp must stay stable
     t = np.array([0, 4, 2, 2], label_dtype)
     l_cpu = F.cross_entropy(z, t)
     l_gpu = F.cross_entropy(dev(z), dev(t))

@@ -3,6 +3,7 @@
 They are called only by numbacnn.functional, which validates arguments and allocates outputs
 with the helpers below (the CUDA package, numbacnn.kernels.cuda, mirrors them).
 """
+
 import numpy as np
 
 from . import activation, batchnorm, conv, dense, loss, pool  # noqa: F401

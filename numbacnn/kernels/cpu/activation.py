@@ -5,7 +5,7 @@ Formulas (lecture: "ReLU Activation", "Dropout Layer"; PyTorch semantics)
     ReLU(x)    = max(x, 0)             dReLU:    dx = dy if x > 0 else 0   (x from the forward input;
                                                   NaN propagates as in PyTorch)
     tanh(x)                            dtanh:    dx = dy * (1 - y^2)       (y = tanh(x), the forward OUTPUT)
-    sigmoid(x) = 1 / (1 + exp(-x))     dsigmoid: dx = dy * y * (1 - y)     (y = sigmoid(x), the forward OUTPUT)
+    sigmoid(x) = 1 / (1 + exp(-x))     dsigmoid: dx = dy * y * (1 - y)     (y = sigmoid(x), forward OUTPUT)
 
     dropout:   x'_i = 0 with probability p, x_i / (1-p) otherwise (inverted dropout)
                mask_i = 1 if u(seed, i) >= p else 0,  y_i = x_i * mask_i / (1-p)   (p == 1: y = 0)
@@ -37,12 +37,13 @@ Optimisation contract
   float32 array is never promoted to float64.
 * Outputs are fully overwritten (np.empty outputs are fine).
 """
+
 import numpy as np
 from numba import njit, prange
 
 from .. import common
 
-_CHUNK = 16384       # elements per parallel task (64 KiB of float32)
+_CHUNK = 16384  # elements per parallel task (64 KiB of float32)
 
 # The dropout hash (written once, in kernels/common.py): u(seed, i) =
 # unit_uniform(mix64(mix64(seed) + (i + 1) * GOLDEN)).
@@ -60,7 +61,7 @@ def relu_forward(x, y):
     for c in prange((n + _CHUNK - 1) // _CHUNK):
         i0 = c * _CHUNK
         i1 = min(i0 + _CHUNK, n)
-        xs = x[i0:i1]                       # xs, ys: (i1-i0,) chunk views
+        xs = x[i0:i1]  # xs, ys: (i1-i0,) chunk views
         ys = y[i0:i1]
         for i in range(i1 - i0):
             v = xs[i]
@@ -225,7 +226,7 @@ def dropout_forward(x, y, mask, p, seed):
                 ys[i] = xs[i] * scale
             else:
                 ms[i] = 0
-                ys[i] = xs[i] * zero        # x*0, not 0: inf/NaN give NaN, as PyTorch
+                ys[i] = xs[i] * zero  # x*0, not 0: inf/NaN give NaN, as PyTorch
 
 
 @njit(parallel=True, cache=True)

@@ -49,11 +49,12 @@ Optimisation contract
   contract is (dy, x, gamma) -> (dx, dgamma, dbeta).
 * y3, dx3, dgamma, dbeta are fully overwritten (np.empty outputs are fine).
 """
+
 import math
 
 from numba import njit, prange
 
-_FAST = {'reassoc', 'contract'}     # lets LLVM vectorise the float64 sums (order changes only)
+_FAST = {"reassoc", "contract"}  # lets LLVM vectorise the float64 sums (order changes only)
 
 
 @njit(cache=True, fastmath=_FAST)
@@ -63,7 +64,7 @@ def _channel_mean_var(x3, c):
     N, _, L = x3.shape
     s = 0.0
     for n in range(N):
-        xr = x3[n, c]                       # xr: (L,) contiguous row view
+        xr = x3[n, c]  # xr: (L,) contiguous row view
         for l in range(L):
             s += xr[l]
     mean = s / (N * L)
@@ -85,10 +86,10 @@ def batch_norm_forward_train(x3, gamma, beta, running_mean, running_var, momentu
     cnt = N * L
     for c in prange(C):
         mean, var = _channel_mean_var(x3, c)
-        scale = gamma[c] / math.sqrt(var + eps)       # float64
+        scale = gamma[c] / math.sqrt(var + eps)  # float64
         shift = beta[c] - mean * scale
         for n in range(N):
-            xr = x3[n, c]                   # xr, yr: (L,)
+            xr = x3[n, c]  # xr, yr: (L,)
             yr = y3[n, c]
             for l in range(L):
                 yr[l] = xr[l] * scale + shift
@@ -106,7 +107,7 @@ def batch_norm_forward_eval(x3, gamma, beta, running_mean, running_var, eps, y3)
         scale = gamma[c] / math.sqrt(running_var[c] + eps)
         shift = beta[c] - running_mean[c] * scale
         for n in range(N):
-            xr = x3[n, c]                   # xr, yr: (L,)
+            xr = x3[n, c]  # xr, yr: (L,)
             yr = y3[n, c]
             for l in range(L):
                 yr[l] = xr[l] * scale + shift
@@ -123,9 +124,9 @@ def batch_norm_backward(dy3, x3, gamma, eps, dx3, dgamma, dbeta):
         mean, var = _channel_mean_var(x3, c)
         s = 1.0 / math.sqrt(var + eps)
         sum_dy = 0.0
-        sum_dy_xc = 0.0                                 # sum dy * (x - mean)
+        sum_dy_xc = 0.0  # sum dy * (x - mean)
         for n in range(N):
-            gr = dy3[n, c]                  # gr, xr: (L,)
+            gr = dy3[n, c]  # gr, xr: (L,)
             xr = x3[n, c]
             for l in range(L):
                 g = gr[l]
@@ -137,9 +138,9 @@ def batch_norm_backward(dy3, x3, gamma, eps, dx3, dgamma, dbeta):
         # dx = gamma*s*(dy - sum_dy/n - xhat*sum_dy_xhat/n), xhat = (x-mean)*s
         k = gamma[c] * s
         mean_dy = sum_dy / cnt
-        coef = s * sum_dy_xhat / cnt                    # xhat * coef = (x-mean) * s*s*sum/n
+        coef = s * sum_dy_xhat / cnt  # xhat * coef = (x-mean) * s*s*sum/n
         for n in range(N):
-            gr = dy3[n, c]                  # gr, xr, dr: (L,)
+            gr = dy3[n, c]  # gr, xr, dr: (L,)
             xr = x3[n, c]
             dr = dx3[n, c]
             for l in range(L):
@@ -158,9 +159,9 @@ def batch_norm_backward_eval(dy3, x3, gamma, running_mean, running_var, eps, dx3
         mean = running_mean[c]
         k = gamma[c] * s
         sum_dy = 0.0
-        sum_dy_xc = 0.0                                 # sum dy * (x - running_mean)
+        sum_dy_xc = 0.0  # sum dy * (x - running_mean)
         for n in range(N):
-            gr = dy3[n, c]                  # gr, xr, dr: (L,)
+            gr = dy3[n, c]  # gr, xr, dr: (L,)
             xr = x3[n, c]
             dr = dx3[n, c]
             for l in range(L):

@@ -18,9 +18,10 @@ Loop nests
                                  for i in range(IN):                    # 8 dot products at once
                                      acc[r][k] += x[n+r, i] * w[o+k, i]
     linear_backward_input    dx = dy @ w    } one kernel, out[r, :] = sum_k coef[r, k] * rows[k, :]:
-    linear_backward_weight   dw = dy.T @ x  }   for t in prange(ceil(R/4) * ceil(IN/BI)):  # tile: 4 rows x BI columns
+    linear_backward_weight   dw = dy.T @ x  }   for t in prange(ceil(R/4) * ceil(IN/BI)):  # 4 rows x BI cols
                                                     for k in range(K):
-                                                        for r in range(4): out[r, tile] += coef[r, k] * rows[k, tile]
+                                                        for r in range(4):
+                                                            out[r, tile] += coef[r, k] * rows[k, tile]
     linear_backward_bias:    for o in prange(OUT): db[o] = sum_n dy[n, o]
 
 Optimisation contract
@@ -45,11 +46,12 @@ Optimisation contract
   bias gradient, which is summed in float64 and cast on store.
 * All outputs are fully overwritten (np.empty outputs are fine).
 """
+
 import numpy as np
 from numba import njit, prange
 
-_BI = 256            # tile width along IN for the backward kernels (4 rows x 1 KiB in L1)
-_FAST = {'reassoc', 'contract'}
+_BI = 256  # tile width along IN for the backward kernels (4 rows x 1 KiB in L1)
+_FAST = {"reassoc", "contract"}
 
 
 # ------------------------------------------------------------------------------- forward
@@ -59,24 +61,24 @@ def linear_forward(x, w, b, y):
     # x: (N, IN)   w: (OUT, IN)   b: (OUT,)   y: (N, OUT)
     N, IN = x.shape
     OUT = w.shape[0]
-    n_ob = (OUT + 3) // 4                       # blocks of 4 output columns
-    n_nb = (N + 1) // 2                         # blocks of 2 batch rows
+    n_ob = (OUT + 3) // 4  # blocks of 4 output columns
+    n_nb = (N + 1) // 2  # blocks of 2 batch rows
     for t in prange(n_ob * n_nb):
-        ob = t // n_nb                          # n runs fastest: neighbours share w rows
+        ob = t // n_nb  # n runs fastest: neighbours share w rows
         n = (t - ob * n_nb) * 2
         o = ob * 4
         if o + 4 <= OUT and n + 2 <= N:
-            x0 = x[n]                           # x0, x1: (IN,) row views
+            x0 = x[n]  # x0, x1: (IN,) row views
             x1 = x[n + 1]
-            w0 = w[o]                           # w0..w3: (IN,) row views
+            w0 = w[o]  # w0..w3: (IN,) row views
             w1 = w[o + 1]
             w2 = w[o + 2]
             w3 = w[o + 3]
-            a0 = x.dtype.type(0)                # row n
+            a0 = x.dtype.type(0)  # row n
             a1 = x.dtype.type(0)
             a2 = x.dtype.type(0)
             a3 = x.dtype.type(0)
-            c0 = x.dtype.type(0)                # row n + 1
+            c0 = x.dtype.type(0)  # row n + 1
             c1 = x.dtype.type(0)
             c2 = x.dtype.type(0)
             c3 = x.dtype.type(0)
@@ -99,7 +101,7 @@ def linear_forward(x, w, b, y):
             y[n + 1, o + 1] = c1 + b[o + 1]
             y[n + 1, o + 2] = c2 + b[o + 2]
             y[n + 1, o + 3] = c3 + b[o + 3]
-        else:                                   # ragged edge tile: one dot product at a time
+        else:  # ragged edge tile: one dot product at a time
             for nn in range(n, min(n + 2, N)):
                 xr = x[nn]
                 for oo in range(o, min(o + 4, OUT)):

@@ -29,13 +29,13 @@ Optimisation contract
   is deterministic (independent of the thread count), unlike a parallel reduction.
 * Labels are trusted (functional checks 0 <= t_n < K); N == 0 returns NaN (mean of nothing).
 """
+
 import math
 
 import numpy as np
 from numba import njit, prange
 
 from .. import common
-
 
 # (m, log sum_k exp(z[n,k] - m)) of one row, in float64 (written once, in kernels/common.py).
 row_max_logsumexp = njit(inline="always")(common.row_max_logsumexp)
@@ -49,12 +49,12 @@ def cross_entropy_forward(logits, labels):
     N = logits.shape[0]
     if N == 0:
         return np.nan
-    row = np.empty(N, np.float64)                   # row: (N,) per-sample losses
+    row = np.empty(N, np.float64)  # row: (N,) per-sample losses
     for n in prange(N):
         m, lse = row_max_logsumexp(logits, n)
         row[n] = (m + lse) - np.float64(logits[n, labels[n]])
     total = 0.0
-    for n in range(N):                              # serial: a deterministic sum
+    for n in range(N):  # serial: a deterministic sum
         total += row[n]
     return total / N
 
@@ -67,7 +67,7 @@ def cross_entropy_backward(logits, labels, dlogits):
     N, K = logits.shape
     for n in prange(N):
         m, lse = row_max_logsumexp(logits, n)
-        shift = m + lse                             # softmax_k = exp(z_k - m - lse)
+        shift = m + lse  # softmax_k = exp(z_k - m - lse)
         t = labels[n]
         for k in range(K):
             p = math.exp(logits[n, k] - shift)

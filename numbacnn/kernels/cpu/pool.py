@@ -49,11 +49,11 @@ Optimisation contract
 * Arithmetic is in the array dtype (float32 or float64); the average multiplies by the
   precomputed 1/(kH*kW) of that dtype.
 """
+
 import numpy as np
 from numba import njit, prange
 
 from .. import common
-
 
 # The clipped window of one output index (written once, in kernels/common.py).
 window = njit(inline="always")(common.window)
@@ -70,15 +70,15 @@ def max_pool2d_forward(x, y, kH, kW, stride_h, stride_w, pad_top, pad_left):
     for p in prange(N * C):
         n = p // C
         c = p - n * C
-        x_nc = x[n, c]                        # x_nc: (H, W) plane view
-        y_nc = y[n, c]                        # y_nc: (H_out, W_out)
+        x_nc = x[n, c]  # x_nc: (H, W) plane view
+        y_nc = y[n, c]  # y_nc: (H_out, W_out)
         for oh in range(H_out):
-            h0, kh_lo, kh_hi = window(oh, stride_h, pad_top, kH, H)   # window rows clipped to the input
+            h0, kh_lo, kh_hi = window(oh, stride_h, pad_top, kH, H)  # window rows clipped to the input
             for ow in range(W_out):
                 w0, kw_lo, kw_hi = window(ow, stride_w, pad_left, kW, W)
                 best = neg_inf
                 for kh in range(kh_lo, kh_hi):
-                    x_row = x_nc[h0 + kh]             # x_row: (W,) input row
+                    x_row = x_nc[h0 + kh]  # x_row: (W,) input row
                     for kw in range(kw_lo, kw_hi):
                         v = x_row[w0 + kw]
                         # a select, not an if: no branch to mispredict on random data.
@@ -97,17 +97,17 @@ def max_pool2d_backward(dy, x, dx, kH, kW, stride_h, stride_w, pad_top, pad_left
     for p in prange(N * C):
         n = p // C
         c = p - n * C
-        x_nc = x[n, c]                        # x_nc: (H, W)
-        dx_nc = dx[n, c]                      # dx_nc: (H, W), owned by this thread
-        dy_nc = dy[n, c]                      # dy_nc: (H_out, W_out)
+        x_nc = x[n, c]  # x_nc: (H, W)
+        dx_nc = dx[n, c]  # dx_nc: (H, W), owned by this thread
+        dy_nc = dy[n, c]  # dy_nc: (H_out, W_out)
         dx_nc[:, :] = 0
         for oh in range(H_out):
             h0, kh_lo, kh_hi = window(oh, stride_h, pad_top, kH, H)
             for ow in range(W_out):
                 w0, kw_lo, kw_hi = window(ow, stride_w, pad_left, kW, W)
                 best = neg_inf
-                bh = h0 + kh_lo                  # first in-range position (PyTorch's
-                bw = w0 + kw_lo                  # choice when every value is -inf)
+                bh = h0 + kh_lo  # first in-range position (PyTorch's
+                bw = w0 + kw_lo  # choice when every value is -inf)
                 for kh in range(kh_lo, kh_hi):
                     for kw in range(kw_lo, kw_hi):
                         v = x_nc[h0 + kh, w0 + kw]
@@ -126,12 +126,12 @@ def avg_pool2d_forward(x, y, kH, kW, stride_h, stride_w, pad_top, pad_left):
     # x: (N, C, H, W)   y: (N, C, H_out, W_out)
     N, C, H, W = x.shape
     H_out, W_out = y.shape[2], y.shape[3]
-    inv = x.dtype.type(1.0 / (kH * kW))     # count_include_pad=True: always kH*kW
+    inv = x.dtype.type(1.0 / (kH * kW))  # count_include_pad=True: always kH*kW
     for p in prange(N * C):
         n = p // C
         c = p - n * C
-        x_nc = x[n, c]                        # x_nc: (H, W) plane view
-        y_nc = y[n, c]                        # y_nc: (H_out, W_out)
+        x_nc = x[n, c]  # x_nc: (H, W) plane view
+        y_nc = y[n, c]  # y_nc: (H_out, W_out)
         for oh in range(H_out):
             h0, kh_lo, kh_hi = window(oh, stride_h, pad_top, kH, H)
             for ow in range(W_out):
@@ -153,8 +153,8 @@ def avg_pool2d_backward(dy, dx, kH, kW, stride_h, stride_w, pad_top, pad_left):
     for p in prange(N * C):
         n = p // C
         c = p - n * C
-        dx_nc = dx[n, c]                      # dx_nc: (H, W), owned by this thread
-        dy_nc = dy[n, c]                      # dy_nc: (H_out, W_out)
+        dx_nc = dx[n, c]  # dx_nc: (H, W), owned by this thread
+        dy_nc = dy[n, c]  # dy_nc: (H_out, W_out)
         dx_nc[:, :] = 0
         for oh in range(H_out):
             h0, kh_lo, kh_hi = window(oh, stride_h, pad_top, kH, H)

@@ -20,15 +20,29 @@ arrays (the same six as numbacnn.kernels.cpu), plus is_device_array(a):
 They also run under Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1 set before numba is
 imported), where device arrays are FakeCUDAArray objects wrapping NumPy arrays.
 """
+
 import numpy as np
 from numba import cuda
 
-from . import activation, batchnorm, conv, dense, loss, pool  # noqa: F401
 from .. import is_device_array  # noqa: F401  (re-exported: one definition, in numbacnn.kernels)
+from . import activation, batchnorm, conv, dense, loss, pool  # noqa: F401
 from ._launch import TPB, blocks_for, fill_kernel, stride_blocks
 
-__all__ = ["empty", "full", "ascontiguous", "is_contiguous", "to_host", "as_int64",
-           "is_device_array", "activation", "batchnorm", "conv", "dense", "loss", "pool"]
+__all__ = [
+    "empty",
+    "full",
+    "ascontiguous",
+    "is_contiguous",
+    "to_host",
+    "as_int64",
+    "is_device_array",
+    "activation",
+    "batchnorm",
+    "conv",
+    "dense",
+    "loss",
+    "pool",
+]
 
 
 def _as_numba(a):
@@ -114,7 +128,7 @@ def is_contiguous(a):
 
 def ascontiguous(a):
     """`a` if it is C-contiguous, else a C-contiguous copy made on the device."""
-    if isinstance(a, np.ndarray):                      # host array: upload
+    if isinstance(a, np.ndarray):  # host array: upload
         return cuda.to_device(np.ascontiguousarray(a))
     a = _as_numba(a)
     if a.is_c_contiguous():
@@ -123,7 +137,7 @@ def ascontiguous(a):
     n = a.size
     if n:
         kern = _COPY.get(a.ndim)
-        if kern is None:                               # rare (> 4-D): round trip via the host
+        if kern is None:  # rare (> 4-D): round trip via the host
             return cuda.to_device(np.ascontiguousarray(a.copy_to_host()))
         kern[blocks_for(n), TPB](a, out)
     return out

@@ -13,13 +13,14 @@ Thread mapping vocabulary used in every module of this package:
 Under Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) every CUDA thread is a Python thread,
 so the block sizes are smaller there; the kernels do not depend on the block size.
 """
+
 from numba import config, cuda, float64
 
 _SIM = bool(config.ENABLE_CUDASIM)
 
-TPB = 64 if _SIM else 256          # threads per block, 1-D kernels
-RED_TPB = 32 if _SIM else 256      # threads per block of the reduction kernels (a power of 2)
-MAX_BLOCKS = 8 if _SIM else 4096   # grid cap of the grid-stride loops
+TPB = 64 if _SIM else 256  # threads per block, 1-D kernels
+RED_TPB = 32 if _SIM else 256  # threads per block of the reduction kernels (a power of 2)
+MAX_BLOCKS = 8 if _SIM else 4096  # grid cap of the grid-stride loops
 
 
 def blocks_for(total, tpb=TPB):
@@ -63,7 +64,7 @@ def block_sum(buf, v):
         cuda.syncthreads()
         s //= 2
     total = buf[0]
-    cuda.syncthreads()                 # everyone has read buf[0] before buf is reused
+    cuda.syncthreads()  # everyone has read buf[0] before buf is reused
     return total
 
 
@@ -89,5 +90,14 @@ def sum_rows_kernel(v, out):
         out[0] = total
 
 
-__all__ = ["TPB", "RED_TPB", "MAX_BLOCKS", "blocks_for", "stride_blocks", "owned_element", "block_sum", "fill_kernel",
-           "sum_rows_kernel"]
+__all__ = [
+    "TPB",
+    "RED_TPB",
+    "MAX_BLOCKS",
+    "blocks_for",
+    "stride_blocks",
+    "owned_element",
+    "block_sum",
+    "fill_kernel",
+    "sum_rows_kernel",
+]

@@ -28,6 +28,7 @@ Optimisation contract
   the single-precision device functions.
 * Outputs are fully overwritten.
 """
+
 import math
 
 import numpy as np
@@ -51,7 +52,7 @@ def _launch(kernel, n, *args):
 @cuda.jit
 def _relu_forward_kernel(x, y, zero):
     # x, y: (n,)
-    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):   # owns y[i]
+    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):  # owns y[i]
         v = x[i]
         y[i] = zero if v <= zero else v
 
@@ -59,7 +60,7 @@ def _relu_forward_kernel(x, y, zero):
 @cuda.jit
 def _relu_backward_kernel(dy, x, dx, zero):
     # dy, x, dx: (n,)
-    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):   # owns dx[i]
+    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):  # owns dx[i]
         dx[i] = zero if x[i] <= zero else dy[i]
 
 
@@ -77,14 +78,14 @@ def relu_backward(dy, x, dx):
 @cuda.jit
 def _tanh_forward_kernel(x, y):
     # x, y: (n,)
-    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):   # owns y[i]
+    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):  # owns y[i]
         y[i] = math.tanh(x[i])
 
 
 @cuda.jit
 def _tanh_backward_kernel(dy, y, dx, one):
     # dy, y, dx: (n,)
-    for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):   # owns dx[i]
+    for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):  # owns dx[i]
         v = y[i]
         dx[i] = dy[i] * (one - v * v)
 
@@ -103,14 +104,14 @@ def tanh_backward(dy, y, dx):
 @cuda.jit
 def _sigmoid_forward_kernel(x, y, one):
     # x, y: (n,)
-    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):   # owns y[i]
+    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):  # owns y[i]
         y[i] = one / (one + math.exp(-x[i]))
 
 
 @cuda.jit
 def _sigmoid_backward_kernel(dy, y, dx, one):
     # dy, y, dx: (n,)
-    for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):   # owns dx[i]
+    for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):  # owns dx[i]
         v = y[i]
         dx[i] = dy[i] * v * (one - v)
 
@@ -130,13 +131,13 @@ def sigmoid_backward(dy, y, dx):
 def _dropout_forward_kernel(x, y, mask, p, seed, scale, zero):
     # x, y: (n,)   mask: (n,) uint8
     key = mix64(np.uint64(seed))
-    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):   # owns y[i], mask[i]
+    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):  # owns y[i], mask[i]
         if unit_uniform(mix64(key + (np.uint64(i) + np.uint64(1)) * common.GOLDEN)) >= p:
             mask[i] = 1
             y[i] = x[i] * scale
         else:
             mask[i] = 0
-            y[i] = x[i] * zero                  # x*0, not 0: inf/NaN give NaN, as PyTorch
+            y[i] = x[i] * zero  # x*0, not 0: inf/NaN give NaN, as PyTorch
 
 
 @cuda.jit
@@ -166,7 +167,7 @@ def dropout_backward(dy, mask, p, dx):
 @cuda.jit
 def _add_forward_kernel(a, b, y):
     # a, b, y: (n,)
-    for i in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):   # owns y[i]
+    for i in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):  # owns y[i]
         y[i] = a[i] + b[i]
 
 

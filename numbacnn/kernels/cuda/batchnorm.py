@@ -39,6 +39,7 @@ Optimisation contract
 * Backward recomputes mu and var from x (nothing cached by the forward).
 * All outputs are fully overwritten.
 """
+
 import math
 
 from numba import cuda, float64
@@ -72,8 +73,8 @@ def _channel_dy_sums(dy3, x3, c, mean, tid, buf):
     (the two sums of both backward formulas)."""
     # dy3, x3: (N, C, L)   buf: (RED_TPB,) shared scratch
     N, C, L = x3.shape
-    a = float64(0.0)                                   # sum dy
-    b = float64(0.0)                                   # sum dy * (x - mean)
+    a = float64(0.0)  # sum dy
+    b = float64(0.0)  # sum dy * (x - mean)
     for j in range(tid, N * L, RED_TPB):
         n = j // L
         l = j - n * L
@@ -87,12 +88,12 @@ def _channel_dy_sums(dy3, x3, c, mean, tid, buf):
 def _bn_forward_train_kernel(x3, gamma, beta, running_mean, running_var, momentum, eps, y3):
     # x3, y3: (N, C, L)   gamma, beta, running_mean, running_var: (C,)
     N, C, L = x3.shape
-    c = cuda.blockIdx.x                                # block owns channel c
+    c = cuda.blockIdx.x  # block owns channel c
     tid = cuda.threadIdx.x
     cnt = N * L
-    buf = cuda.shared.array(RED_TPB, float64)          # buf: (RED_TPB,) partial sums
+    buf = cuda.shared.array(RED_TPB, float64)  # buf: (RED_TPB,) partial sums
     mean, var = _channel_mean_var(x3, c, tid, buf)
-    scale = float64(gamma[c]) / math.sqrt(var + eps)   # float64 (explicit casts: see contract)
+    scale = float64(gamma[c]) / math.sqrt(var + eps)  # float64 (explicit casts: see contract)
     shift = float64(beta[c]) - mean * scale
     for j in range(tid, cnt, RED_TPB):
         n = j // L
@@ -109,15 +110,16 @@ def batch_norm_forward_train(x3, gamma, beta, running_mean, running_var, momentu
     C = x3.shape[1]
     if C == 0:
         return
-    _bn_forward_train_kernel[C, RED_TPB](x3, gamma, beta, running_mean, running_var,
-                                         float(momentum), float(eps), y3)
+    _bn_forward_train_kernel[C, RED_TPB](
+        x3, gamma, beta, running_mean, running_var, float(momentum), float(eps), y3
+    )
 
 
 @cuda.jit
 def _bn_forward_eval_kernel(x3, gamma, beta, running_mean, running_var, eps, y3):
     # x3, y3: (N, C, L)   gamma, beta, running_mean, running_var: (C,)
     N, C, L = x3.shape
-    t = cuda.grid(1)                                   # owns y3[n, c, l]
+    t = cuda.grid(1)  # owns y3[n, c, l]
     if t >= N * C * L:
         return
     l = t % L
@@ -134,18 +136,19 @@ def batch_norm_forward_eval(x3, gamma, beta, running_mean, running_var, eps, y3)
     total = y3.size
     if total == 0:
         return
-    _bn_forward_eval_kernel[blocks_for(total), TPB](x3, gamma, beta, running_mean,
-                                                    running_var, float(eps), y3)
+    _bn_forward_eval_kernel[blocks_for(total), TPB](
+        x3, gamma, beta, running_mean, running_var, float(eps), y3
+    )
 
 
 @cuda.jit
 def _bn_backward_kernel(dy3, x3, gamma, eps, dx3, dgamma, dbeta):
     # dy3, x3, dx3: (N, C, L)   gamma, dgamma, dbeta: (C,)
     N, C, L = x3.shape
-    c = cuda.blockIdx.x                                # block owns channel c
+    c = cuda.blockIdx.x  # block owns channel c
     tid = cuda.threadIdx.x
     cnt = N * L
-    buf = cuda.shared.array(RED_TPB, float64)          # buf: (RED_TPB,) partial sums
+    buf = cuda.shared.array(RED_TPB, float64)  # buf: (RED_TPB,) partial sums
     mean, var = _channel_mean_var(x3, c, tid, buf)
     sd = 1.0 / math.sqrt(var + eps)
     sum_dy, sum_dy_xc = _channel_dy_sums(dy3, x3, c, mean, tid, buf)
@@ -174,10 +177,10 @@ def batch_norm_backward(dy3, x3, gamma, eps, dx3, dgamma, dbeta):
 def _bn_backward_eval_kernel(dy3, x3, gamma, running_mean, running_var, eps, dx3, dgamma, dbeta):
     # dy3, x3, dx3: (N, C, L)   gamma, running_mean, running_var, dgamma, dbeta: (C,)
     N, C, L = x3.shape
-    c = cuda.blockIdx.x                                # block owns channel c
+    c = cuda.blockIdx.x  # block owns channel c
     tid = cuda.threadIdx.x
     cnt = N * L
-    buf = cuda.shared.array(RED_TPB, float64)          # buf: (RED_TPB,) partial sums
+    buf = cuda.shared.array(RED_TPB, float64)  # buf: (RED_TPB,) partial sums
     sd = 1.0 / math.sqrt(float64(running_var[c]) + eps)
     mean = float64(running_mean[c])
     k = float64(gamma[c]) * sd
@@ -195,5 +198,6 @@ def batch_norm_backward_eval(dy3, x3, gamma, running_mean, running_var, eps, dx3
     C = x3.shape[1]
     if C == 0:
         return
-    _bn_backward_eval_kernel[C, RED_TPB](dy3, x3, gamma, running_mean, running_var, float(eps),
-                                         dx3, dgamma, dbeta)
+    _bn_backward_eval_kernel[C, RED_TPB](
+        dy3, x3, gamma, running_mean, running_var, float(eps), dx3, dgamma, dbeta
+    )

@@ -44,6 +44,7 @@ Optimisation contract
   x[n,ci,ih,iw] and dy[...] by a warp are (for stride 1) contiguous, i.e. coalesced; the
   weight loads are the same address for the whole warp (a broadcast).
 """
+
 from numba import cuda, float64
 
 from ._launch import RED_TPB, TPB, block_sum, blocks_for, fill_kernel, owned_element, stride_blocks
@@ -55,7 +56,6 @@ def _conv2d_forward_kernel(x, w, b, y, stride_h, stride_w, pad_top, pad_left, di
     # x: (N, C_in, H, W)   w: (C_out, C_in_g, kH, kW)   b: (C_out,)   y: (N, C_out, H_out, W_out)
     N, C_in, H, W = x.shape
     C_out, C_in_g, kH, kW = w.shape
-    H_out, W_out = y.shape[2], y.shape[3]
     inside, n, co, oh, ow = owned_element(y.shape)  # owns y[n, co, oh, ow]
     if not inside:
         return
@@ -81,13 +81,15 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
     if total == 0:
         return
     _conv2d_forward_kernel[blocks_for(total), TPB](
-        x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups)
+        x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups
+    )
 
 
 # ============================================================================= backward
 @cuda.jit
-def _conv2d_backward_input_kernel(dy, w, dx, stride_h, stride_w, pad_top, pad_left,
-                                  dil_h, dil_w, groups, zero):
+def _conv2d_backward_input_kernel(
+    dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, zero
+):
     # dy: (N, C_out, H_out, W_out)   w: (C_out, C_in_g, kH, kW)   dx: (N, C_in, H, W)
     N, C_out, H_out, W_out = dy.shape
     _, C_in_g, kH, kW = w.shape
@@ -101,7 +103,7 @@ def _conv2d_backward_input_kernel(dy, w, dx, stride_h, stride_w, pad_top, pad_le
     acc = zero
     for co in range(g * C_out_g, (g + 1) * C_out_g):
         for kh in range(kH):
-            th = ih + pad_top - kh * dil_h             # = oh * stride_h if tap kh hits ih
+            th = ih + pad_top - kh * dil_h  # = oh * stride_h if tap kh hits ih
             if th < 0 or th % stride_h != 0:
                 continue
             oh = th // stride_h
@@ -123,12 +125,14 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_
     if total == 0:
         return
     _conv2d_backward_input_kernel[blocks_for(total), TPB](
-        dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, dx.dtype.type(0))
+        dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, dx.dtype.type(0)
+    )
 
 
 @cuda.jit
-def _conv2d_backward_weight_kernel(dy, x, dw, stride_h, stride_w, pad_top, pad_left,
-                                   dil_h, dil_w, groups, zero):
+def _conv2d_backward_weight_kernel(
+    dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, zero
+):
     # dy: (N, C_out, H_out, W_out)   x: (N, C_in, H, W)   dw: (C_out, C_in_g, kH, kW)
     N, C_out, H_out, W_out = dy.shape
     H, W = x.shape[2], x.shape[3]
@@ -156,16 +160,17 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
     if total == 0:
         return
     _conv2d_backward_weight_kernel[blocks_for(total), TPB](
-        dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, dw.dtype.type(0))
+        dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, dw.dtype.type(0)
+    )
 
 
 @cuda.jit
 def _conv2d_backward_bias_kernel(dy, db):
     # dy: (N, C_out, H_out, W_out)   db: (C_out,)
     N, C_out, H_out, W_out = dy.shape
-    co = cuda.blockIdx.x                               # block owns db[co]
+    co = cuda.blockIdx.x  # block owns db[co]
     L = H_out * W_out
-    buf = cuda.shared.array(RED_TPB, float64)          # buf: (RED_TPB,) partial sums
+    buf = cuda.shared.array(RED_TPB, float64)  # buf: (RED_TPB,) partial sums
     s = float64(0.0)
     for j in range(cuda.threadIdx.x, N * L, RED_TPB):
         n = j // L

@@ -34,13 +34,14 @@ Optimisation contract
 * Arithmetic in the array dtype (float32 or float64, shared tiles of that dtype: one
   compiled tiled kernel per dtype); the bias gradient accumulates in float64.
 """
+
 import numpy as np
 from numba import cuda, float32, float64
 
 from ._launch import TPB, blocks_for
 
-_T = 16             # tile edge of the tiled forward
-_T1 = _T + 1        # padded row length of the shared tiles (no bank conflicts)
+_T = 16  # tile edge of the tiled forward
+_T1 = _T + 1  # padded row length of the shared tiles (no bank conflicts)
 
 
 # ================================================================================ forward
@@ -49,7 +50,7 @@ def _linear_forward_naive_kernel(x, w, b, y, zero):
     # x: (N, IN)   w: (OUT, IN)   b: (OUT,)   y: (N, OUT)
     N, IN = x.shape
     OUT = w.shape[0]
-    t = cuda.grid(1)                                   # owns y[n, o]
+    t = cuda.grid(1)  # owns y[n, o]
     if t >= N * OUT:
         return
     o = t % OUT
@@ -80,8 +81,8 @@ def _make_tiled_forward(dtype):
         ty = cuda.threadIdx.y
         n0 = cuda.blockIdx.y * _T
         o0 = cuda.blockIdx.x * _T
-        xs = cuda.shared.array((_T, _T1), dtype)    # xs[r, k] = x[n0 + r, i0 + k]
-        ws = cuda.shared.array((_T, _T1), dtype)    # ws[r, k] = w[o0 + r, i0 + k]
+        xs = cuda.shared.array((_T, _T1), dtype)  # xs[r, k] = x[n0 + r, i0 + k]
+        ws = cuda.shared.array((_T, _T1), dtype)  # ws[r, k] = w[o0 + r, i0 + k]
         acc = zero
         for i0 in range(0, IN, _T):
             i = i0 + tx
@@ -90,10 +91,10 @@ def _make_tiled_forward(dtype):
             xs[ty, tx] = x[n, i] if (n < N and i < IN) else zero
             ws[ty, tx] = w[o, i] if (o < OUT and i < IN) else zero
             cuda.syncthreads()
-            for k in range(_T):                        # padded columns add exact zeros
+            for k in range(_T):  # padded columns add exact zeros
                 acc += xs[ty, k] * ws[tx, k]
             cuda.syncthreads()
-        n = n0 + ty                                    # this thread owns y[n, o]
+        n = n0 + ty  # this thread owns y[n, o]
         o = o0 + tx
         if n < N and o < OUT:
             y[n, o] = acc + b[o]
@@ -101,8 +102,10 @@ def _make_tiled_forward(dtype):
     return kernel
 
 
-_TILED = {np.dtype(np.float32): _make_tiled_forward(float32),
-          np.dtype(np.float64): _make_tiled_forward(float64)}
+_TILED = {
+    np.dtype(np.float32): _make_tiled_forward(float32),
+    np.dtype(np.float64): _make_tiled_forward(float64),
+}
 
 
 def linear_forward(x, w, b, y):
@@ -123,7 +126,7 @@ def _combine_rows_kernel(coef, rows, out, zero):
     # coef: (R, K)   rows: (K, IN)   out: (R, IN)
     R, K = coef.shape
     IN = rows.shape[1]
-    t = cuda.grid(1)                                   # owns out[r, i]
+    t = cuda.grid(1)  # owns out[r, i]
     if t >= R * IN:
         return
     i = t % IN
@@ -156,7 +159,7 @@ def linear_backward_weight(dy, x, dw):
 def _linear_backward_bias_kernel(dy, db):
     # dy: (N, OUT)   db: (OUT,)
     N, OUT = dy.shape
-    o = cuda.grid(1)                                   # owns db[o]
+    o = cuda.grid(1)  # owns db[o]
     if o >= OUT:
         return
     s = float64(0.0)

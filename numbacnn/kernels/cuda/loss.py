@@ -24,6 +24,7 @@ Optimisation contract
   CPU's serial sum in the last bits).
 * Labels are trusted (functional checks 0 <= t_n < K); N == 0 returns NaN.
 """
+
 import math
 
 import numpy as np
@@ -32,7 +33,6 @@ from numba import cuda, float64
 from .. import common
 from ._launch import RED_TPB, TPB, blocks_for, sum_rows_kernel
 
-
 # (m, log sum_k exp(z[n,k] - m)) of one row, in float64 (written once, in kernels/common.py).
 row_max_logsumexp = cuda.jit(device=True)(common.row_max_logsumexp)
 
@@ -40,7 +40,7 @@ row_max_logsumexp = cuda.jit(device=True)(common.row_max_logsumexp)
 @cuda.jit
 def _ce_rows_kernel(logits, labels, rows):
     # logits: (N, K)   labels: (N,) int64   rows: (N,) float64
-    n = cuda.grid(1)                                   # owns rows[n]
+    n = cuda.grid(1)  # owns rows[n]
     if n >= logits.shape[0]:
         return
     m, lse = row_max_logsumexp(logits, n)
@@ -52,9 +52,9 @@ def cross_entropy_forward(logits, labels):
     N = logits.shape[0]
     if N == 0:
         return float("nan")
-    rows = cuda.device_array(N, dtype=np.float64)      # rows: (N,) per-sample losses
+    rows = cuda.device_array(N, dtype=np.float64)  # rows: (N,) per-sample losses
     _ce_rows_kernel[blocks_for(N), TPB](logits, labels, rows)
-    total = cuda.device_array(1, dtype=np.float64)     # total: (1,)
+    total = cuda.device_array(1, dtype=np.float64)  # total: (1,)
     sum_rows_kernel[1, RED_TPB](rows, total)
     return float(total.copy_to_host()[0]) / N
 
@@ -63,7 +63,7 @@ def cross_entropy_forward(logits, labels):
 def _ce_backward_kernel(logits, labels, dlogits):
     # logits, dlogits: (N, K)   labels: (N,) int64
     N, K = logits.shape
-    n = cuda.grid(1)                                   # owns dlogits[n, :]
+    n = cuda.grid(1)  # owns dlogits[n, :]
     if n >= N:
         return
     m, lse = row_max_logsumexp(logits, n)

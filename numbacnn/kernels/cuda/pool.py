@@ -37,11 +37,11 @@ Optimisation contract
 * Arithmetic in the array dtype; the typed constants (-inf, 1/(kH*kW), 0) are passed in by
   the host function in that dtype.
 """
+
 from numba import cuda
 
 from .. import common
 from ._launch import TPB, blocks_for, owned_element
-
 
 # The clipped window of one output index (written once, in kernels/common.py).
 window = cuda.jit(device=True)(common.window)
@@ -52,7 +52,6 @@ window = cuda.jit(device=True)(common.window)
 def _max_pool2d_forward_kernel(x, y, kH, kW, stride_h, stride_w, pad_top, pad_left, neg_inf):
     # x: (N, C, H, W)   y: (N, C, H_out, W_out)
     N, C, H, W = x.shape
-    H_out, W_out = y.shape[2], y.shape[3]
     inside, n, c, oh, ow = owned_element(y.shape)  # owns y[n, c, oh, ow]
     if not inside:
         return
@@ -62,7 +61,7 @@ def _max_pool2d_forward_kernel(x, y, kH, kW, stride_h, stride_w, pad_top, pad_le
     for kh in range(kh_lo, kh_hi):
         for kw in range(kw_lo, kw_hi):
             v = x[n, c, h0 + kh, w0 + kw]
-            if v > best or v != v:                     # NaN wins, as PyTorch
+            if v > best or v != v:  # NaN wins, as PyTorch
                 best = v
     y[n, c, oh, ow] = best
 
@@ -73,14 +72,14 @@ def max_pool2d_forward(x, y, kH, kW, stride_h, stride_w, pad_top, pad_left):
     if total == 0:
         return
     _max_pool2d_forward_kernel[blocks_for(total), TPB](
-        x, y, kH, kW, stride_h, stride_w, pad_top, pad_left, x.dtype.type(-float("inf")))
+        x, y, kH, kW, stride_h, stride_w, pad_top, pad_left, x.dtype.type(-float("inf"))
+    )
 
 
 @cuda.jit
 def _avg_pool2d_forward_kernel(x, y, kH, kW, stride_h, stride_w, pad_top, pad_left, inv, zero):
     # x: (N, C, H, W)   y: (N, C, H_out, W_out)
     N, C, H, W = x.shape
-    H_out, W_out = y.shape[2], y.shape[3]
     inside, n, c, oh, ow = owned_element(y.shape)  # owns y[n, c, oh, ow]
     if not inside:
         return
@@ -100,14 +99,15 @@ def avg_pool2d_forward(x, y, kH, kW, stride_h, stride_w, pad_top, pad_left):
         return
     dt = x.dtype.type
     _avg_pool2d_forward_kernel[blocks_for(total), TPB](
-        x, y, kH, kW, stride_h, stride_w, pad_top, pad_left, dt(1.0 / (kH * kW)), dt(0))
+        x, y, kH, kW, stride_h, stride_w, pad_top, pad_left, dt(1.0 / (kH * kW)), dt(0)
+    )
 
 
 # =============================================================================== backward
 @cuda.jit(device=True)
 def _covering(h, pad_top, kH, stride_h, H_out):
     """Outputs oh in [lo, hi) whose window (rows oh*stride_h - pad_top + [0, kH)) contains row h."""
-    lo = -((kH - 1 - h - pad_top) // stride_h)          # ceil((h + pad_top - kH + 1) / stride_h)
+    lo = -((kH - 1 - h - pad_top) // stride_h)  # ceil((h + pad_top - kH + 1) / stride_h)
     hi = (h + pad_top) // stride_h + 1
     if lo < 0:
         lo = 0
@@ -131,13 +131,13 @@ def _max_pool2d_backward_kernel(dy, x, dx, kH, kW, stride_h, stride_w, pad_top, 
         h0, kh_lo, kh_hi = window(oh, stride_h, pad_top, kH, H)
         for ow in range(ow_lo, ow_hi):
             w0, kw_lo, kw_hi = window(ow, stride_w, pad_left, kW, W)
-            best = neg_inf                             # the CPU kernel's first-argmax test
+            best = neg_inf  # the CPU kernel's first-argmax test
             bh = h0 + kh_lo
             bw = w0 + kw_lo
             for kh in range(kh_lo, kh_hi):
                 for kw in range(kw_lo, kw_hi):
                     v = x[n, c, h0 + kh, w0 + kw]
-                    if v > best or v != v:             # strict '>': the first maximum wins
+                    if v > best or v != v:  # strict '>': the first maximum wins
                         best = v
                         bh = h0 + kh
                         bw = w0 + kw
@@ -153,7 +153,8 @@ def max_pool2d_backward(dy, x, dx, kH, kW, stride_h, stride_w, pad_top, pad_left
         return
     dt = x.dtype.type
     _max_pool2d_backward_kernel[blocks_for(total), TPB](
-        dy, x, dx, kH, kW, stride_h, stride_w, pad_top, pad_left, dt(-float("inf")), dt(0))
+        dy, x, dx, kH, kW, stride_h, stride_w, pad_top, pad_left, dt(-float("inf")), dt(0)
+    )
 
 
 @cuda.jit
@@ -180,4 +181,5 @@ def avg_pool2d_backward(dy, dx, kH, kW, stride_h, stride_w, pad_top, pad_left):
         return
     dt = dx.dtype.type
     _avg_pool2d_backward_kernel[blocks_for(total), TPB](
-        dy, dx, kH, kW, stride_h, stride_w, pad_top, pad_left, dt(1.0 / (kH * kW)), dt(0))
+        dy, dx, kH, kW, stride_h, stride_w, pad_top, pad_left, dt(1.0 / (kH * kW)), dt(0)
+    )

@@ -49,6 +49,7 @@ CO_BLOCK = 8
 # Output positions per chunk of the weight gradient's buffer (keeps buf in L1).
 DW_CHUNK = 512
 
+
 # --------------------------------------------------------------------------- forward
 # Register blocking: the one-tap update acc[j] += w*xp[j+o] loads acc[j] and xp[j+o] and
 # stores acc[j] for ONE multiply-add (bound by the load/store ports).  The micro-kernels do a
@@ -121,8 +122,13 @@ def _taps_1ch(a0, w0, xp, offs, n_seg, seg_len, Wp, stride_h, stride_w):
             for j in range(seg_len):
                 g = uidx(gb + j)
                 xi = xb + j * stride_w
-                a0[g] = (a0[g] + w00 * xp[uidx(xi + o0)] + w01 * xp[uidx(xi + o1)]
-                         + w02 * xp[uidx(xi + o2)] + w03 * xp[uidx(xi + o3)])
+                a0[g] = (
+                    a0[g]
+                    + w00 * xp[uidx(xi + o0)]
+                    + w01 * xp[uidx(xi + o1)]
+                    + w02 * xp[uidx(xi + o2)]
+                    + w03 * xp[uidx(xi + o3)]
+                )
         t += 4
     while t < T:
         o0 = offs[t]
@@ -155,30 +161,44 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
     Hp, Wp = padded_extent(H, W, H_out, W_out, kH, kW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     n_seg, seg_len = segments(H_out, W_out, Wp, stride_h, stride_w)
     P = Hp * Wp
-    offs = tap_offsets(C_in_g, kH, kW, P, Wp, dil_h, dil_w)   # offs: (T,)
-    wt = w.reshape(C_out, C_in_g * kH * kW)           # wt: (C_out, T) weights in tap order
-    n_blk = (C_out_g + CO_BLOCK - 1) // CO_BLOCK     # channel blocks per group
+    offs = tap_offsets(C_in_g, kH, kW, P, Wp, dil_h, dil_w)  # offs: (T,)
+    wt = w.reshape(C_out, C_in_g * kH * kW)  # wt: (C_out, T) weights in tap order
+    n_blk = (C_out_g + CO_BLOCK - 1) // CO_BLOCK  # channel blocks per group
     tasks_per_n = groups * n_blk
-    for t in prange(N * tasks_per_n):                 # parallel over (n, g, block): owns y[n, co0:co0+cb]
+    for t in prange(N * tasks_per_n):  # parallel over (n, g, block): owns y[n, co0:co0+cb]
         n = t // tasks_per_n
         r = t - n * tasks_per_n
         g = r // n_blk
         co0 = g * C_out_g + (r - g * n_blk) * CO_BLOCK
-        cb = min(CO_BLOCK, (g + 1) * C_out_g - co0)   # channels in this block
-        xp = np.empty(C_in_g * P, x.dtype)            # xp: (C_in_g*Hp*Wp,) padded input planes
+        cb = min(CO_BLOCK, (g + 1) * C_out_g - co0)  # channels in this block
+        xp = np.empty(C_in_g * P, x.dtype)  # xp: (C_in_g*Hp*Wp,) padded input planes
         for ci_l in range(C_in_g):
-            pad_plane(x[n, g * C_in_g + ci_l], xp[ci_l * P:(ci_l + 1) * P], pad_top, pad_left, Wp)
-        acc = np.empty((cb, H_out * Wp), y.dtype)        # acc: (cb, H_out*Wp) output grids
+            pad_plane(x[n, g * C_in_g + ci_l], xp[ci_l * P : (ci_l + 1) * P], pad_top, pad_left, Wp)
+        acc = np.empty((cb, H_out * Wp), y.dtype)  # acc: (cb, H_out*Wp) output grids
         for c in range(cb):
-            arow = acc[c]                             # arow: (H_out*Wp,)
+            arow = acc[c]  # arow: (H_out*Wp,)
             bc = b[co0 + c]
             for j in range(H_out * Wp):
                 arow[uidx(j)] = bc
         c = 0
         while c + 4 <= cb:
-            _taps_4ch(acc[c], acc[c + 1], acc[c + 2], acc[c + 3],
-                      wt[co0 + c], wt[co0 + c + 1], wt[co0 + c + 2], wt[co0 + c + 3],
-                      xp, offs, n_seg, seg_len, Wp, stride_h, stride_w)
+            _taps_4ch(
+                acc[c],
+                acc[c + 1],
+                acc[c + 2],
+                acc[c + 3],
+                wt[co0 + c],
+                wt[co0 + c + 1],
+                wt[co0 + c + 2],
+                wt[co0 + c + 3],
+                xp,
+                offs,
+                n_seg,
+                seg_len,
+                Wp,
+                stride_h,
+                stride_w,
+            )
             c += 4
         while c < cb:
             _taps_1ch(acc[c], wt[co0 + c], xp, offs, n_seg, seg_len, Wp, stride_h, stride_w)
@@ -211,16 +231,21 @@ def conv2d_backward_input_gather(dy, w, dx, pad_top, pad_left, dil_h, dil_w, gro
     ).reshape(C_in, C_out_g, kH, kW)
     pad_top_flip = (kH - 1) * dil_h - pad_top
     pad_left_flip = (kW - 1) * dil_w - pad_left
-    conv2d_forward(dy, w_flip, np.zeros(C_in, dx.dtype), dx, 1, 1, pad_top_flip, pad_left_flip,
-                   dil_h, dil_w, groups)
+    conv2d_forward(
+        dy, w_flip, np.zeros(C_in, dx.dtype), dx, 1, 1, pad_top_flip, pad_left_flip, dil_h, dil_w, groups
+    )
 
 
 def can_gather(w_shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
     """True when `conv2d_backward_input_gather` applies: stride 1 and a padding no wider than
     the kernel's reach ((kH-1)*dil_h >= pad_top, likewise for the width)."""
     kH, kW = w_shape[2], w_shape[3]
-    return (stride_h == 1 and stride_w == 1
-            and (kH - 1) * dil_h - pad_top >= 0 and (kW - 1) * dil_w - pad_left >= 0)
+    return (
+        stride_h == 1
+        and stride_w == 1
+        and (kH - 1) * dil_h - pad_top >= 0
+        and (kW - 1) * dil_w - pad_left >= 0
+    )
 
 
 @njit(cache=True, parallel=True, fastmath=False)
@@ -240,15 +265,15 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_
     C_out_g = C_out // groups
     Hp, Wp = padded_extent(H, W, H_out, W_out, kH, kW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     n_seg, seg_len = segments(H_out, W_out, Wp, stride_h, stride_w)
-    for t in prange(N * C_in):                        # parallel over (n, ci): owns dx[n, ci]
+    for t in prange(N * C_in):  # parallel over (n, ci): owns dx[n, ci]
         n = t // C_in
         ci = t - n * C_in
         g = ci // C_in_g
         ci_l = ci - g * C_in_g
-        dxp = np.zeros(Hp * Wp, dx.dtype)             # dxp: (Hp*Wp,) padded gradient plane
-        dyg = np.empty(H_out * Wp, dx.dtype)             # dyg: (H_out*Wp,) dy[n, co] on the output grid
+        dxp = np.zeros(Hp * Wp, dx.dtype)  # dxp: (Hp*Wp,) padded gradient plane
+        dyg = np.empty(H_out * Wp, dx.dtype)  # dyg: (H_out*Wp,) dy[n, co] on the output grid
         for co in range(g * C_out_g, (g + 1) * C_out_g):
-            to_grid(dy[n, co], dyg, Wp)              # garbage columns 0
+            to_grid(dy[n, co], dyg, Wp)  # garbage columns 0
             for kh in range(kH):
                 for kw in range(kW):
                     o = kh * dil_h * Wp + kw * dil_w
@@ -276,7 +301,7 @@ def _dw_taps_4n(buf, d0, d1, d2, d3, x0, x1, x2, x3, offs, n_seg, seg_len, gb0, 
     K = offs.shape[0]
     t = 0
     while t + 4 <= K:
-        b0 = buf[t]                                   # b0..b3: (rows*Wp,)
+        b0 = buf[t]  # b0..b3: (rows*Wp,)
         b1 = buf[t + 1]
         b2 = buf[t + 2]
         b3 = buf[t + 3]
@@ -296,10 +321,34 @@ def _dw_taps_4n(buf, d0, d1, d2, d3, x0, x1, x2, x3, offs, n_seg, seg_len, gb0, 
                 e1 = d1[g]
                 e2 = d2[g]
                 e3 = d3[g]
-                b0[k] = b0[k] + e0 * x0[uidx(xi + o0)] + e1 * x1[uidx(xi + o0)] + e2 * x2[uidx(xi + o0)] + e3 * x3[uidx(xi + o0)]
-                b1[k] = b1[k] + e0 * x0[uidx(xi + o1)] + e1 * x1[uidx(xi + o1)] + e2 * x2[uidx(xi + o1)] + e3 * x3[uidx(xi + o1)]
-                b2[k] = b2[k] + e0 * x0[uidx(xi + o2)] + e1 * x1[uidx(xi + o2)] + e2 * x2[uidx(xi + o2)] + e3 * x3[uidx(xi + o2)]
-                b3[k] = b3[k] + e0 * x0[uidx(xi + o3)] + e1 * x1[uidx(xi + o3)] + e2 * x2[uidx(xi + o3)] + e3 * x3[uidx(xi + o3)]
+                b0[k] = (
+                    b0[k]
+                    + e0 * x0[uidx(xi + o0)]
+                    + e1 * x1[uidx(xi + o0)]
+                    + e2 * x2[uidx(xi + o0)]
+                    + e3 * x3[uidx(xi + o0)]
+                )
+                b1[k] = (
+                    b1[k]
+                    + e0 * x0[uidx(xi + o1)]
+                    + e1 * x1[uidx(xi + o1)]
+                    + e2 * x2[uidx(xi + o1)]
+                    + e3 * x3[uidx(xi + o1)]
+                )
+                b2[k] = (
+                    b2[k]
+                    + e0 * x0[uidx(xi + o2)]
+                    + e1 * x1[uidx(xi + o2)]
+                    + e2 * x2[uidx(xi + o2)]
+                    + e3 * x3[uidx(xi + o2)]
+                )
+                b3[k] = (
+                    b3[k]
+                    + e0 * x0[uidx(xi + o3)]
+                    + e1 * x1[uidx(xi + o3)]
+                    + e2 * x2[uidx(xi + o3)]
+                    + e3 * x3[uidx(xi + o3)]
+                )
         t += 4
     while t < K:
         b0 = buf[t]
@@ -321,7 +370,7 @@ def _dw_taps_1n(buf, d0, x0, offs, n_seg, seg_len, gb0, xb0, Wp, stride_h, strid
     """_dw_taps_4n for one sample (the N % 4 leftover ones), one tap per pass."""
     # buf: (K, rows*Wp)   d0: (H_out*Wp,) dy grid   x0: (Hp*Wp,) padded plane   offs: (K,)
     for t in range(offs.shape[0]):
-        b0 = buf[t]                                   # b0: (rows*Wp,)
+        b0 = buf[t]  # b0: (rows*Wp,)
         o0 = offs[t]
         for s in range(n_seg):
             gb = gb0 + s * Wp
@@ -352,44 +401,61 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
     C_out_g = C_out // groups
     Hp, Wp = padded_extent(H, W, H_out, W_out, kH, kW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     K = kH * kW
-    offs = tap_offsets(1, kH, kW, Hp * Wp, Wp, dil_h, dil_w)   # offs: (K,) taps of one plane
-    rows = max(1, min(H_out, DW_CHUNK // Wp))            # output rows per chunk
-    xp = np.empty((N, C_in, Hp * Wp), x.dtype)        # xp: (N, C_in, Hp*Wp) padded input planes
+    offs = tap_offsets(1, kH, kW, Hp * Wp, Wp, dil_h, dil_w)  # offs: (K,) taps of one plane
+    rows = max(1, min(H_out, DW_CHUNK // Wp))  # output rows per chunk
+    xp = np.empty((N, C_in, Hp * Wp), x.dtype)  # xp: (N, C_in, Hp*Wp) padded input planes
     for t in prange(N * C_in):
         n = t // C_in
         ci = t - n * C_in
         pad_plane(x[n, ci], xp[n, ci], pad_top, pad_left, Wp)
-    dyg = np.empty((N, C_out, H_out * Wp), dy.dtype)     # dyg: (N, C_out, H_out*Wp) dy on the output grid
+    dyg = np.empty((N, C_out, H_out * Wp), dy.dtype)  # dyg: (N, C_out, H_out*Wp) dy on the output grid
     for t in prange(N * C_out):
         n = t // C_out
         co = t - n * C_out
         to_grid(dy[n, co], dyg[n, co], Wp)
-    for t in prange(C_out * C_in_g):                  # parallel over (co, ci_l): owns dw[co, ci_l]
+    for t in prange(C_out * C_in_g):  # parallel over (co, ci_l): owns dw[co, ci_l]
         co = t // C_in_g
         ci_l = t - co * C_in_g
         ci = (co // C_out_g) * C_in_g + ci_l
-        buf = np.zeros((K, rows * Wp), dw.dtype)      # buf: (K, rows*Wp) partial sums per position
-        for r0 in range(0, H_out, rows):                 # chunk of output rows [r0, r1)
+        buf = np.zeros((K, rows * Wp), dw.dtype)  # buf: (K, rows*Wp) partial sums per position
+        for r0 in range(0, H_out, rows):  # chunk of output rows [r0, r1)
             r1 = min(H_out, r0 + rows)
             if stride_h == 1 and stride_w == 1:
                 n_seg, seg_len = 1, (r1 - r0 - 1) * Wp + W_out
             else:
                 n_seg, seg_len = r1 - r0, W_out
-            gb0 = r0 * Wp                             # first grid position of the chunk
-            xb0 = r0 * stride_h * Wp                  # its input position (tap 0)
+            gb0 = r0 * Wp  # first grid position of the chunk
+            xb0 = r0 * stride_h * Wp  # its input position (tap 0)
             n = 0
             while n + 4 <= N:
-                _dw_taps_4n(buf, dyg[n, co], dyg[n + 1, co], dyg[n + 2, co], dyg[n + 3, co],
-                            xp[n, ci], xp[n + 1, ci], xp[n + 2, ci], xp[n + 3, ci],
-                            offs, n_seg, seg_len, gb0, xb0, Wp, stride_h, stride_w)
+                _dw_taps_4n(
+                    buf,
+                    dyg[n, co],
+                    dyg[n + 1, co],
+                    dyg[n + 2, co],
+                    dyg[n + 3, co],
+                    xp[n, ci],
+                    xp[n + 1, ci],
+                    xp[n + 2, ci],
+                    xp[n + 3, ci],
+                    offs,
+                    n_seg,
+                    seg_len,
+                    gb0,
+                    xb0,
+                    Wp,
+                    stride_h,
+                    stride_w,
+                )
                 n += 4
             while n < N:
-                _dw_taps_1n(buf, dyg[n, co], xp[n, ci], offs, n_seg, seg_len, gb0, xb0, Wp,
-                            stride_h, stride_w)
+                _dw_taps_1n(
+                    buf, dyg[n, co], xp[n, ci], offs, n_seg, seg_len, gb0, xb0, Wp, stride_h, stride_w
+                )
                 n += 1
         for k in range(K):
-            bk = buf[k]                               # bk: (rows*Wp,)
-            for r in range(rows):                     # drop the garbage columns (exactly)
+            bk = buf[k]  # bk: (rows*Wp,)
+            for r in range(rows):  # drop the garbage columns (exactly)
                 for ow in range(W_out, Wp):
                     bk[r * Wp + ow] = 0.0
             kh = k // kW
@@ -428,11 +494,11 @@ def conv2d_backward_bias(dy, db):
     """db[co] = sum of dy[:, co]: a row buffer per channel (SIMD), then one short sum."""
     # dy: (N, C_out, H_out, W_out)   db: (C_out,)
     N, C_out, H_out, W_out = dy.shape
-    for co in prange(C_out):                          # parallel over co: owns db[co]
-        buf = np.zeros(W_out, dtype=db.dtype)            # buf: (W_out,) one partial sum per column
+    for co in prange(C_out):  # parallel over co: owns db[co]
+        buf = np.zeros(W_out, dtype=db.dtype)  # buf: (W_out,) one partial sum per column
         for n in range(N):
             for oh in range(H_out):
-                dyrow = dy[n, co, oh]                 # dyrow: (W_out,)
+                dyrow = dy[n, co, oh]  # dyrow: (W_out,)
                 for ow in range(W_out):
                     buf[uidx(ow)] += dyrow[uidx(ow)]
         s = db.dtype.type(0.0)

@@ -13,7 +13,8 @@ and dilation (dil_h, dil_w):
 x outside [0, H) x [0, W) counts as 0 (implicit padding).  The output size (H_out, W_out), and
 with it the bottom/right padding, is fixed by the caller's y.  Backward, dy = dL/dy:
 
-    dx[n,ci,ih,iw]    = sum_{co in group(ci), oh, ow, kh, kw hitting (ih, iw)} w[co,ci_l,kh,kw] * dy[n,co,oh,ow]
+    dx[n,ci,ih,iw]    = sum_{co in group(ci); oh, ow, kh, kw hitting (ih, iw)}
+                            w[co,ci_l,kh,kw] * dy[n,co,oh,ow]
     dw[co,ci_l,kh,kw] = sum_{n, oh, ow} dy[n,co,oh,ow] * x[n,ci,ih,iw]
     db[co]            = sum_{n, oh, ow} dy[n,co,oh,ow]
 

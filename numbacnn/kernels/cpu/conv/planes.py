@@ -39,7 +39,7 @@ def segments(H_out, W_out, Wp, stride_h, stride_w):
 @njit(cache=True)
 def tap_offsets(C_in_g, kH, kW, P, Wp, dil_h, dil_w):
     """Offset of every tap (ci_l, kh, kw), in that order, into C_in_g padded planes of P."""
-    offs = np.empty(C_in_g * kH * kW, np.int64)       # offs: (C_in_g*kH*kW,)
+    offs = np.empty(C_in_g * kH * kW, np.int64)  # offs: (C_in_g*kH*kW,)
     t = 0
     for ci_l in range(C_in_g):
         for kh in range(kH):
@@ -58,7 +58,7 @@ def pad_plane(src, dst, pad_top, pad_left, Wp):
     H, W = src.shape
     for ih in range(H):
         base = (ih + pad_top) * Wp + pad_left
-        srow = src[ih]                                # srow: (W,)
+        srow = src[ih]  # srow: (W,)
         for iw in range(W):
             dst[uidx(base + iw)] = srow[uidx(iw)]
 
@@ -70,7 +70,7 @@ def to_grid(src, dst, Wp):
         dst[uidx(i)] = 0.0
     H_out, W_out = src.shape
     for oh in range(H_out):
-        srow = src[oh]                                # srow: (W_out,)
+        srow = src[oh]  # srow: (W_out,)
         for ow in range(W_out):
             dst[uidx(oh * Wp + ow)] = srow[uidx(ow)]
 
@@ -80,8 +80,6 @@ def from_grid(src, base, Wp, dst):
     """dst (R, C) = the R x C window of the flat plane src whose top-left is src[base]."""
     R, C = dst.shape
     for r in range(R):
-        drow = dst[r]                                 # drow: (C,)
+        drow = dst[r]  # drow: (C,)
         for c in range(C):
             drow[uidx(c)] = src[uidx(base + r * Wp + c)]
-
-

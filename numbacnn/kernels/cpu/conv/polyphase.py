@@ -84,7 +84,9 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, groups):
     for p, (a, bb, taps_h, taps_w) in enumerate(phases):
         x_ab = _phase_input(xp, a, bb, stride_h, stride_w, H_out + taps_h - 1, W_out + taps_w - 1)
         w_ab = np.ascontiguousarray(w[:, :, a::stride_h, bb::stride_w])  # (C_out, C_in_g, taps_h, taps_w)
-        direct.conv2d_forward(x_ab, w_ab, b if p == 0 else zero_b, y if p == 0 else part, 1, 1, 0, 0, 1, 1, groups)
+        direct.conv2d_forward(
+            x_ab, w_ab, b if p == 0 else zero_b, y if p == 0 else part, 1, 1, 0, 0, 1, 1, groups
+        )
         if p > 0:
             _accumulate(y.reshape(-1), part.reshape(-1))
 
