@@ -95,3 +95,47 @@ def same_shape(op, name, a, shape, why=""):
     """ValueError unless a.shape == shape; `why` explains where `shape` comes from."""
     if tuple(a.shape) != tuple(shape):
         raise ValueError(f"{op}: {name} must have shape {tuple(shape)}{why}, got {name}.shape={a.shape}")
+
+
+def inplace_vector(op, name, a, C, x):
+    """A per-channel vector updated in place (batch norm's running statistics): a 1-D,
+    contiguous, writeable array of x's dtype, on x's device, with C entries."""
+    if not (isinstance(a, np.ndarray) or is_device_array(a)) or a.dtype != x.dtype or a.ndim != 1:
+        got = f"{type(a).__name__} {getattr(a, 'dtype', '')} {getattr(a, 'shape', '')}"
+        raise TypeError(
+            f"{op}: {name} must be a 1-D numpy array of dtype {x.dtype} (x.shape={x.shape}), got {got}"
+        )
+    same_shape(op, name, a, (C,), f" (one per channel of x.shape={x.shape})")
+    same_dtype(op, x=x, **{name: a})
+    if not backend(a).is_contiguous(a):
+        raise ValueError(f"{op}: {name} is updated in place and must be a contiguous, writeable array")
+    return a
+
+
+def class_labels(op, labels, logits):
+    """Integer class labels (N,) for logits (N, K), each in [0, K), on the logits' device.
+    Array-likes are converted with np.asarray; an empty batch is a ValueError."""
+    if not (isinstance(labels, np.ndarray) or is_device_array(labels)):
+        labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(
+            f"{op}: labels must be integers, got dtype {labels.dtype} (labels.shape={labels.shape})"
+        )
+    N, K = logits.shape
+    if labels.shape != (N,):
+        raise ValueError(
+            f"{op}: labels must have shape ({N},) to match logits.shape={logits.shape}, "
+            f"got labels.shape={labels.shape}"
+        )
+    if N == 0:
+        raise ValueError(f"{op}: empty batch (logits.shape={logits.shape})")
+    host_labels = backend(labels).to_host(labels)
+    lo, hi = int(host_labels.min()), int(host_labels.max())
+    if lo < 0 or hi >= K:
+        raise ValueError(
+            f"{op}: labels must be in [0, {K - 1}] for logits.shape={logits.shape}, "
+            f"got values in [{lo}, {hi}]"
+        )
+    if is_device_array(labels) != is_device_array(logits):
+        raise TypeError(f"{op}: logits and labels must be on one device")
+    return labels

@@ -16,11 +16,12 @@ The readable oracle for every function is ``numbacnn.reference`` (same names, pl
 import numpy as np
 
 from . import random as _random
+from ._checks import class_labels as _class_labels
 from ._checks import float_array as _float_array
+from ._checks import inplace_vector as _inplace_vector
 from ._checks import same_dtype as _same_dtype
 from ._checks import same_shape as _same_shape
 from .kernels import backend as _backend
-from .kernels import is_device_array as _is_device_array
 from .shapes import conv2d_geometry, pool2d_geometry
 
 __all__ = [
@@ -205,20 +206,6 @@ def _bn_param(op, name, a, C, x, fill):
     return a
 
 
-def _bn_running(op, name, a, C, x):
-    """Running statistics are updated in place: they must be contiguous arrays of x's dtype."""
-    if not (isinstance(a, np.ndarray) or _is_device_array(a)) or a.dtype != x.dtype or a.ndim != 1:
-        got = f"{type(a).__name__} {getattr(a, 'dtype', '')} {getattr(a, 'shape', '')}"
-        raise TypeError(
-            f"{op}: {name} must be a 1-D numpy array of dtype {x.dtype} (x.shape={x.shape}), got {got}"
-        )
-    _same_shape(op, name, a, (C,), f" (one per channel of x.shape={x.shape})")
-    _same_dtype(op, x=x, **{name: a})
-    if not _backend(a).is_contiguous(a):
-        raise ValueError(f"{op}: {name} is updated in place and must be a contiguous, writeable array")
-    return a
-
-
 def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
     """Batch norm over (N, H, W) per channel, PyTorch semantics.
 
@@ -249,16 +236,16 @@ def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.
             running_mean = _full(x, (C,), 0.0)
             running_var = _full(x, (C,), 1.0)
         else:
-            running_mean = _bn_running(op, "running_mean", running_mean, C, x)
-            running_var = _bn_running(op, "running_var", running_var, C, x)
+            running_mean = _inplace_vector(op, "running_mean", running_mean, C, x)
+            running_var = _inplace_vector(op, "running_var", running_var, C, x)
         k.batch_norm_forward_train(
             x3, weight, bias, running_mean, running_var, float(momentum), float(eps), y3
         )
     else:
         if running_mean is None or running_var is None:
             raise ValueError(f"{op}: eval mode needs running_mean and running_var")
-        running_mean = _bn_running(op, "running_mean", running_mean, C, x)
-        running_var = _bn_running(op, "running_var", running_var, C, x)
+        running_mean = _inplace_vector(op, "running_mean", running_mean, C, x)
+        running_var = _inplace_vector(op, "running_var", running_var, C, x)
         k.batch_norm_forward_eval(x3, weight, bias, running_mean, running_var, float(eps), y3)
     return y
 
@@ -288,8 +275,8 @@ def batch_norm_backward(dy, x, weight, eps=1e-5, running_mean=None, running_var=
             dy.reshape(N, C, L), x3, weight, float(eps), dx.reshape(N, C, L), dweight, dbias
         )
     else:
-        running_mean = _bn_running(op, "running_mean", running_mean, C, x)
-        running_var = _bn_running(op, "running_var", running_var, C, x)
+        running_mean = _inplace_vector(op, "running_mean", running_mean, C, x)
+        running_var = _inplace_vector(op, "running_var", running_var, C, x)
         k.batch_norm_backward_eval(
             dy.reshape(N, C, L),
             x3,
@@ -464,29 +451,7 @@ def dropout_backward(dy, mask, p):
 
 def _ce_args(op, logits, labels):
     logits = _float_array(op, "logits", logits, (2,))
-    if not (isinstance(labels, np.ndarray) or _is_device_array(labels)):
-        labels = np.asarray(labels)
-    if labels.dtype.kind not in "iu":
-        raise TypeError(
-            f"{op}: labels must be integers, got dtype {labels.dtype} (labels.shape={labels.shape})"
-        )
-    N, K = logits.shape
-    if labels.shape != (N,):
-        raise ValueError(
-            f"{op}: labels must have shape ({N},) to match logits.shape="
-            f"{logits.shape}, got labels.shape={labels.shape}"
-        )
-    if N == 0:
-        raise ValueError(f"{op}: empty batch (logits.shape={logits.shape})")
-    host_labels = _backend(labels).to_host(labels)
-    lo, hi = int(host_labels.min()), int(host_labels.max())
-    if lo < 0 or hi >= K:
-        raise ValueError(
-            f"{op}: labels must be in [0, {K - 1}] for logits.shape={logits.shape}, "
-            f"got values in [{lo}, {hi}]"
-        )
-    if _is_device_array(labels) != _is_device_array(logits):
-        raise TypeError(f"{op}: logits and labels must be on one device")
+    labels = _class_labels(op, labels, logits)
     return logits, _backend(logits).as_int64(labels)
 
 

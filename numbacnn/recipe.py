@@ -29,6 +29,7 @@ import sys
 from collections.abc import Mapping
 
 from . import random as nrandom
+from ._checks import is_int
 from .checkpoint import CheckpointError
 from .checkpoint import load as load_checkpoint
 from .data import DataLoader, augment, mnist
@@ -69,7 +70,7 @@ class ConfigError(ValueError):
 def _integer(name, value, minimum, optional=False):
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not is_int(value):
         kind = "an integer or None" if optional else "an integer"
         raise TypeError(f"{name} must be {kind}, got {value!r}")
     if value < minimum:

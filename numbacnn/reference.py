@@ -25,9 +25,7 @@ import numpy as np
 
 def _pair(v):
     """An int or a pair -> (h, w)."""
-    if isinstance(v, (tuple, list)):
-        return int(v[0]), int(v[1])
-    return int(v), int(v)
+    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
 
 def _conv_pads(padding, kH, kW, dil_h, dil_w):
@@ -48,8 +46,7 @@ def _conv_pads(padding, kH, kW, dil_h, dil_w):
 
 def _out_size(n, k, pad_total, stride, dil=1):
     """Lecture, "Stride": floor((n - k + p + s) / s), with k the dilated extent d*(k-1)+1."""
-    k_eff = dil * (k - 1) + 1
-    return (n - k_eff + pad_total + stride) // stride
+    return (n - (dil * (k - 1) + 1) + pad_total + stride) // stride
 
 
 def _zero_pad(x, top, bottom, left, right, value=0.0):
@@ -89,17 +86,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
                 for ow in range(W_out):
                     acc = 0.0 if bias is None else float(bias[co])
                     for ci_l in range(C_in_g):
+                        ci = g * C_in_g + ci_l
                         for kh in range(kH):
                             for kw in range(kW):
-                                acc += (
-                                    w[co, ci_l, kh, kw]
-                                    * xpad[
-                                        n,
-                                        g * C_in_g + ci_l,
-                                        oh * stride_h + kh * dil_h,
-                                        ow * stride_w + kw * dil_w,
-                                    ]
-                                )
+                                ih, iw = oh * stride_h + kh * dil_h, ow * stride_w + kw * dil_w
+                                acc += w[co, ci_l, kh, kw] * xpad[n, ci, ih, iw]
                     y[n, co, oh, ow] = acc
     return y.astype(x.dtype)
 
@@ -241,9 +232,12 @@ def avg_pool2d_backward(dy, x, kernel_size, stride=None, padding=0):
 # batch normalisation (lecture, "Batch Normalization")
 
 
-def _channel_values(x, c):
-    """All values of channel c, over the batch (and space): the lecture's set B."""
-    return x[:, c].reshape(-1).astype(np.float64)
+def _batch_stats(x, c):
+    """(mu_B, sigma_B^2), the biased variance, of channel c over the lecture's set B = all
+    (n, h, w), in float64."""
+    values = x[:, c].reshape(-1).astype(np.float64)
+    mu = values.sum() / values.size
+    return mu, ((values - mu) ** 2).sum() / values.size
 
 
 def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
@@ -263,10 +257,8 @@ def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.
         gamma = 1.0 if weight is None else float(weight[c])
         beta = 0.0 if bias is None else float(bias[c])
         if training:
-            values = _channel_values(x, c)
-            m = values.size
-            mu = values.sum() / m
-            var = ((values - mu) ** 2).sum() / m
+            mu, var = _batch_stats(x, c)
+            m = x.size // C  # |B|
             if running_mean is not None and running_var is not None:
                 running_mean[c] = (1 - momentum) * running_mean[c] + momentum * mu
                 running_var[c] = (1 - momentum) * running_var[c] + momentum * var * m / (m - 1)
@@ -299,8 +291,7 @@ def batch_norm_backward(dy, x, weight, eps=1e-5, running_mean=None, running_var=
         dyc = dy[:, c].astype(np.float64)
         m = xc.size
         if running_mean is None:
-            mu = xc.sum() / m
-            var = ((xc - mu) ** 2).sum() / m
+            mu, var = _batch_stats(x, c)
         else:
             mu, var = float(running_mean[c]), float(running_var[c])
         inv_std = 1.0 / math.sqrt(var + eps)
@@ -356,9 +347,9 @@ def linear_backward(dy, x, weight):
 
 
 def _map(f, *arrays):
-    """Apply the scalar function f element by element."""
-    out = np.empty(arrays[0].shape, dtype=arrays[0].dtype)
-    flat = [a.reshape(-1) for a in arrays]
+    """Apply the scalar function f element by element (output: the first array's dtype)."""
+    out = np.empty(np.shape(arrays[0]), dtype=arrays[0].dtype)
+    flat = [np.ravel(a) for a in arrays]
     out_flat = out.reshape(-1)
     for k in range(out_flat.size):
         out_flat[k] = f(*(float(a[k]) for a in flat))
@@ -367,22 +358,22 @@ def _map(f, *arrays):
 
 def relu(x):
     """Lecture, "ReLU Activation": ReLU(x) = max(x, 0)."""
-    return _map(lambda v: max(v, 0.0), np.ascontiguousarray(x))
+    return _map(lambda v: max(v, 0.0), x)
 
 
 def relu_backward(dy, x):
     """d ReLU / dx = 1 for x > 0, else 0 (0 at x = 0, as PyTorch)."""
-    return _map(lambda d, v: d if v > 0 else 0.0, np.ascontiguousarray(dy), np.ascontiguousarray(x))
+    return _map(lambda d, v: d if v > 0 else 0.0, dy, x)
 
 
 def tanh(x):
     """tanh(x) (LeNet's activation)."""
-    return _map(math.tanh, np.ascontiguousarray(x))
+    return _map(math.tanh, x)
 
 
 def tanh_backward(dy, y):
     """d tanh / dx = 1 - tanh(x)^2 = 1 - y^2, with y the forward output."""
-    return _map(lambda d, v: d * (1.0 - v * v), np.ascontiguousarray(dy), np.ascontiguousarray(y))
+    return _map(lambda d, v: d * (1.0 - v * v), dy, y)
 
 
 def _sigmoid_scalar(v):
@@ -395,17 +386,17 @@ def _sigmoid_scalar(v):
 
 def sigmoid(x):
     """sigmoid(x) = 1 / (1 + exp(-x))."""
-    return _map(_sigmoid_scalar, np.ascontiguousarray(x))
+    return _map(_sigmoid_scalar, x)
 
 
 def sigmoid_backward(dy, y):
     """d sigmoid / dx = sigmoid(x) (1 - sigmoid(x)) = y (1 - y), with y the forward output."""
-    return _map(lambda d, v: d * v * (1.0 - v), np.ascontiguousarray(dy), np.ascontiguousarray(y))
+    return _map(lambda d, v: d * v * (1.0 - v), dy, y)
 
 
 def add(a, b):
     """a + b (the residual join f(x) = x + g(x), lecture "Residual Networks")."""
-    return _map(lambda u, v: u + v, np.ascontiguousarray(a), np.ascontiguousarray(b))
+    return _map(lambda u, v: u + v, a, b)
 
 
 def add_backward(dy):
@@ -460,13 +451,18 @@ def dropout_backward(dy, mask, p):
     if mask is None:
         return dy
     scale = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
-    return _map(
-        lambda d, m: d * m * scale, np.ascontiguousarray(dy), np.ascontiguousarray(mask).astype(np.float64)
-    )
+    return _map(lambda d, m: d * m * scale, dy, mask)
 
 
 # ----------------------------------------------------------------------------------------
 # loss
+
+
+def _row_exp(row):
+    """(z, e): the row as floats and exp(z_k - max z), every exponent <= 0 (no overflow)."""
+    z = [float(v) for v in row]
+    m = max(z)
+    return z, [math.exp(v - m) for v in z]
 
 
 def cross_entropy(logits, labels):
@@ -478,10 +474,8 @@ def cross_entropy(logits, labels):
     N, K = logits.shape
     total = 0.0
     for n in range(N):
-        z = [float(v) for v in logits[n]]
-        m = max(z)
-        lse = m + math.log(sum(math.exp(v - m) for v in z))
-        total += lse - z[int(labels[n])]
+        z, e = _row_exp(logits[n])
+        total += max(z) + math.log(sum(e)) - z[int(labels[n])]
     return total / N
 
 
@@ -490,19 +484,17 @@ def cross_entropy_backward(logits, labels):
     N, K = logits.shape
     d = np.empty((N, K), dtype=np.float64)
     for n in range(N):
-        z = [float(v) for v in logits[n]]
-        m = max(z)
-        e = [math.exp(v - m) for v in z]
+        z, e = _row_exp(logits[n])
         s = sum(e)
         for k in range(K):
             d[n, k] = (e[k] / s - (1.0 if k == int(labels[n]) else 0.0)) / N
     return d.astype(logits.dtype)
 
 
+def _defined_here(value):
+    return callable(value) and getattr(value, "__module__", "") == __name__
+
+
 # The public names: every function above without a leading underscore, which are exactly the
 # names of numbacnn.functional (tests/test_ops_one_line.py checks that the two lists agree).
-__all__ = sorted(
-    name
-    for name, value in dict(globals()).items()
-    if callable(value) and not name.startswith("_") and getattr(value, "__module__", "") == __name__
-)
+__all__ = sorted(n for n, v in dict(globals()).items() if not n.startswith("_") and _defined_here(v))

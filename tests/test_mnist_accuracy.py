@@ -4,6 +4,8 @@
 import json
 import os
 
+import pytest
+
 from numbacnn.cli import main
 
 README_COMMAND = [
@@ -23,6 +25,7 @@ README_COMMAND = [
 ]
 
 
+@pytest.mark.slow
 def test_readme_command_trains_lenet5_to_98_5_percent_on_real_mnist(tmp_path):
     out = tmp_path / "lenet5"
     assert main(README_COMMAND + ["--out", str(out), "--no-progress"]) == 0

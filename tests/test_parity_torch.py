@@ -222,6 +222,7 @@ def _flat_grads(params):
     )
 
 
+@pytest.mark.slow
 def test_resnet50_parity():
     """float32: logits, loss, running statistics and eval logits within 1e-3 of torch.
 

@@ -31,8 +31,8 @@ Optimisation contract
 ---------------------
 * Parallel over fixed-size contiguous chunks: a thread writes only its chunk of y / dx /
   mask (no races, no false sharing except at chunk edges).  The inner loop runs from 0 over
-  1-D chunk views, the form LLVM vectorises (indexing x[i] over range(i0, i1) measured
-  several times slower).
+  1-D chunk views, the form LLVM vectorises (indexing x[i] over range(i0, i1) is not
+  vectorised: measured slower).
 * Arithmetic stays in the array dtype: constants are made with x.dtype.type(...), so a
   float32 array is never promoted to float64.
 * Outputs are fully overwritten (np.empty outputs are fine).
@@ -86,8 +86,9 @@ def relu_backward(dy, x, dx):
 
 # ----------------------------------------------------------------------------------- tanh
 def tanh_forward(x, y):
-    """y = tanh(x). float32: the branch-free rational kernel (vectorised, ~30x faster than a
-    libm call per element, within 7 ulp); float64: the exact exp/expm1 kernel."""
+    """y = tanh(x). float32: the branch-free rational kernel (vectorised, unlike a libm call
+    per element; within 7 ulp); float64: the exact exp/expm1 kernel. benchmarks/bench_kernels.py
+    times both against PyTorch."""
     # x, y: (n,)
     if x.dtype == np.float32:
         _tanh_forward_rational_f32(x, y)
@@ -101,7 +102,7 @@ def _tanh_forward_exp(x, y):
 
     For |x| < 1/2 the numerator 1 - e cancels, so there it is -expm1(-2|x|) and the
     denominator 2 + expm1(-2|x|): full relative accuracy everywhere (as np.tanh, within
-    1 ulp), about 2x faster than calling libm's tanh per element (benchmarks/bench_kernels.py).
+    1 ulp), and faster than calling libm's tanh per element (benchmarks/bench_kernels.py).
     """
     # x, y: (n,)
     n = x.shape[0]

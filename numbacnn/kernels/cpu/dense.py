@@ -28,7 +28,7 @@ Optimisation contract
 ---------------------
 * Every innermost loop walks a contiguous row (x[n, :], w[o, :], dx[n, :], dw[o, :]) through
   a 1-D row view (`xr = x[n]`) indexed from 0: Numba/LLVM vectorises these loops; the same
-  loop written as `x[n, i]` over `range(i0, i1)` measured 2-10x slower (not vectorised).
+  loop written as `x[n, i]` over `range(i0, i1)` is not vectorised (measured much slower).
 * Register / cache blocking: the forward computes a 2 x 4 tile of y, so each x value is
   loaded once for 4 weight rows and each w value once for 2 batch rows, with 8 running sums
   in registers; consecutive tiles share the same 4 weight rows (tile index runs over n

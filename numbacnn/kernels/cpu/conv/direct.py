@@ -321,34 +321,11 @@ def _dw_taps_4n(buf, d0, d1, d2, d3, x0, x1, x2, x3, offs, n_seg, seg_len, gb0, 
                 e1 = d1[g]
                 e2 = d2[g]
                 e3 = d3[g]
-                b0[k] = (
-                    b0[k]
-                    + e0 * x0[uidx(xi + o0)]
-                    + e1 * x1[uidx(xi + o0)]
-                    + e2 * x2[uidx(xi + o0)]
-                    + e3 * x3[uidx(xi + o0)]
-                )
-                b1[k] = (
-                    b1[k]
-                    + e0 * x0[uidx(xi + o1)]
-                    + e1 * x1[uidx(xi + o1)]
-                    + e2 * x2[uidx(xi + o1)]
-                    + e3 * x3[uidx(xi + o1)]
-                )
-                b2[k] = (
-                    b2[k]
-                    + e0 * x0[uidx(xi + o2)]
-                    + e1 * x1[uidx(xi + o2)]
-                    + e2 * x2[uidx(xi + o2)]
-                    + e3 * x3[uidx(xi + o2)]
-                )
-                b3[k] = (
-                    b3[k]
-                    + e0 * x0[uidx(xi + o3)]
-                    + e1 * x1[uidx(xi + o3)]
-                    + e2 * x2[uidx(xi + o3)]
-                    + e3 * x3[uidx(xi + o3)]
-                )
+                p0, p1, p2, p3 = uidx(xi + o0), uidx(xi + o1), uidx(xi + o2), uidx(xi + o3)  # 4 taps
+                b0[k] = b0[k] + e0 * x0[p0] + e1 * x1[p0] + e2 * x2[p0] + e3 * x3[p0]
+                b1[k] = b1[k] + e0 * x0[p1] + e1 * x1[p1] + e2 * x2[p1] + e3 * x3[p1]
+                b2[k] = b2[k] + e0 * x0[p2] + e1 * x1[p2] + e2 * x2[p2] + e3 * x3[p2]
+                b3[k] = b3[k] + e0 * x0[p3] + e1 * x1[p3] + e2 * x2[p3] + e3 * x3[p3]
         t += 4
     while t < K:
         b0 = buf[t]
