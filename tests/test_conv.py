@@ -61,10 +61,7 @@ def scipy_conv2d(x, w, b, stride, padding, dilation, groups):
 # hypothesis strategy for a valid conv2d call (built valid: no filtering needed)
 
 PADDINGS = st.one_of(
-    st.integers(0, 2),
-    st.tuples(st.integers(0, 2), st.integers(0, 2)),
-    st.just("valid"),
-    st.just("same"),
+    st.integers(0, 2), st.tuples(st.integers(0, 2), st.integers(0, 2)), st.just("valid"), st.just("same")
 )
 
 
@@ -264,10 +261,7 @@ def test_conv2d_bias_none_equals_zero_bias_and_dbias_always_returned():
 # ----------------------------------------------------------------------------------------
 # against PyTorch (CPU)
 
-TORCH_CONFIGS = BACKWARD_CONFIGS + [
-    (2, 6, 4, 9, 8, 3, 3, 2, 1, 1, 2),
-    (1, 4, 4, 8, 8, 3, 3, 1, 2, 2, 4),
-]
+TORCH_CONFIGS = BACKWARD_CONFIGS + [(2, 6, 4, 9, 8, 3, 3, 2, 1, 1, 2), (1, 4, 4, 8, 8, 3, 3, 1, 2, 2, 4)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

