@@ -16,6 +16,8 @@ Transforms compose as callables ``t(x, rng=rng)``; `Compose` chains them, and
 
 import numpy as np
 
+from .._checks import check_int
+
 __all__ = [
     "shift",
     "random_crop",
@@ -33,14 +35,6 @@ def _check_batch(x, name):
     if x.ndim != 4:
         raise ValueError(f"{name}: x must be (N, C, H, W), got shape {x.shape}")
     return x
-
-
-def _check_int(value, name, what, minimum=0):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: {what} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name}: {what} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def _crop_from_padded(x, pad, oy, ox, fill):
@@ -86,7 +80,7 @@ def random_crop(x, padding, rng, fill=0.0):
     "RandomCrop(size, padding)" and is distributed like ``random_translate(x, padding)``.
     """
     x = _check_batch(x, "random_crop")
-    padding = _check_int(padding, "random_crop", "padding")
+    padding = check_int("random_crop", "padding", padding, minimum=0)
     n = x.shape[0]
     o = rng.integers(0, 2 * padding + 1, size=(2, n))  # (2, N)
     return _crop_from_padded(x, padding, o[0], o[1], fill)
@@ -114,7 +108,7 @@ def random_translate(x, max_shift, rng, fill=0.0):
     Draws ``rng.integers(-max_shift, max_shift + 1, size=(2, N))`` -> rows (dy, dx).
     """
     x = _check_batch(x, "random_translate")
-    max_shift = _check_int(max_shift, "random_translate", "max_shift")
+    max_shift = check_int("random_translate", "max_shift", max_shift, minimum=0)
     d = rng.integers(-max_shift, max_shift + 1, size=(2, x.shape[0]))  # (2, N)
     return shift(x, d[0], d[1], fill=fill)
 
@@ -145,7 +139,7 @@ class RandomCrop:
     """Callable form of `random_crop` for `Compose` / `DataLoader(transform=...)`."""
 
     def __init__(self, padding, fill=0.0):
-        self.padding = _check_int(padding, "RandomCrop", "padding")
+        self.padding = check_int("RandomCrop", "padding", padding, minimum=0)
         self.fill = fill
 
     def __call__(self, x, rng):
@@ -172,7 +166,7 @@ class RandomTranslate:
     """Callable form of `random_translate`."""
 
     def __init__(self, max_shift, fill=0.0):
-        self.max_shift = _check_int(max_shift, "RandomTranslate", "max_shift")
+        self.max_shift = check_int("RandomTranslate", "max_shift", max_shift, minimum=0)
         self.fill = fill
 
     def __call__(self, x, rng):

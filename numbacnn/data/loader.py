@@ -18,6 +18,8 @@ the same batches).
 
 import numpy as np
 
+from .._checks import check_int
+
 __all__ = ["DataLoader"]
 
 
@@ -52,10 +54,8 @@ class DataLoader:
             )
         if not np.issubdtype(y.dtype, np.integer):
             raise TypeError(f"DataLoader: y must hold integer labels, got dtype {y.dtype}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"DataLoader: seed must be a non-negative int, got {seed!r}")
+        batch_size = check_int("DataLoader", "batch_size", batch_size, minimum=1)
+        seed = check_int("DataLoader", "seed", seed, minimum=0)
         if transform is not None and not callable(transform):
             raise TypeError(f"DataLoader: transform must be callable, got {type(transform).__name__}")
         self.x = x
@@ -69,9 +69,7 @@ class DataLoader:
 
     def set_epoch(self, epoch):
         """Select the epoch whose order/augmentation the next iteration uses."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"DataLoader.set_epoch: epoch must be a non-negative int, got {epoch!r}")
-        self.epoch = int(epoch)
+        self.epoch = check_int("DataLoader.set_epoch", "epoch", epoch, minimum=0)
 
     def __len__(self):
         n = self.x.shape[0]
