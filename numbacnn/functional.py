@@ -1,14 +1,17 @@
 """numbacnn.functional: the one seam between model code and kernels.
 
-Every function here takes NumPy arrays (NCHW, float32 or float64) with PyTorch's argument
-names and semantics, and returns new NumPy arrays of the same dtype. Each one
+Every function here takes NumPy arrays or numba.cuda device arrays (NCHW, float32 or
+float64) with PyTorch's argument names and semantics, and returns new arrays of the same
+dtype on the same device. Each one
 
-1. validates its arguments and raises ``ValueError`` (shapes, values) or ``TypeError``
-   (dtypes) with a message that names the argument and the shapes involved, so that a
-   user's mistake never surfaces as a Numba typing error;
-2. computes the output shape (``numbacnn.shapes``) and allocates the output;
-3. dispatches to the kernels of the array's backend (``numbacnn.kernels.cpu`` for NumPy
-   arrays), which are explicit loop nests that know nothing about layers.
+1. validates its arguments (``numbacnn._checks``) and raises ``ValueError`` (shapes, values)
+   or ``TypeError`` (types, dtypes) with a message that names the argument and the shapes
+   involved, so that a user's mistake never surfaces as a Numba typing error;
+2. computes the output shape (``numbacnn.shapes``, shared with the layers' shape inference)
+   and allocates the output;
+3. calls the kernel by name in the array's backend (``numbacnn.kernels.backend``:
+   ``kernels.cpu`` for NumPy arrays, ``kernels.cuda`` for device arrays), explicit loop nests
+   that know nothing about layers.
 
 The readable oracle for every function is ``numbacnn.reference`` (same names, plain loops).
 """

@@ -1,7 +1,8 @@
-"""CPU kernels: @njit loop nests, forward and backward side by side, one module per op family.
+"""CPU kernels: @njit loop nests, forward and backward side by side, one module per op family
+(conv is a package of strategies: naive, direct, polyphase; see its __init__).
 
 They are called only by numbacnn.functional, which validates arguments and allocates outputs
-with the helpers below (the CUDA package, numbacnn.kernels.cuda, mirrors them).
+with the helpers below (the CUDA package, numbacnn.kernels.cuda, mirrors names and helpers).
 """
 
 import numpy as np
@@ -13,16 +14,20 @@ ascontiguous = np.ascontiguousarray
 
 
 def full(shape, value, dtype):
+    """An array of `value`."""
     return np.full(shape, value, dtype=dtype)
 
 
 def is_contiguous(a):
+    """C-contiguous and writeable (the kernels update such arrays in place)."""
     return a.flags.c_contiguous and a.flags.writeable
 
 
 def to_host(a):
+    """A NumPy array is already on the host."""
     return a
 
 
 def as_int64(a):
+    """Labels as a contiguous int64 array."""
     return np.ascontiguousarray(a, dtype=np.int64)
