@@ -8,21 +8,9 @@ import pytest
 
 from numbacnn.cli import main
 
-README_COMMAND = [
-    "train",
-    "--model",
-    "lenet5",
-    "--dataset",
-    "mnist",
-    "--epochs",
-    "3",
-    "--batch-size",
-    "64",
-    "--lr",
-    "0.05",
-    "--momentum",
-    "0.9",
-]
+README_COMMAND = (
+    "train --model lenet5 --dataset mnist --epochs 3 --batch-size 64 --lr 0.05 --momentum 0.9".split()
+)
 
 
 @pytest.mark.slow

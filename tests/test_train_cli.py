@@ -26,37 +26,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A small but non-trivial run: momentum + nesterov + weight decay, a per-epoch step
 # schedule and random-crop augmentation, so exact resume has to restore all of them.
-COMMON = [
-    "train",
-    "--model",
-    "lenet5",
-    "--dataset",
-    "mnist",
-    "--batch-size",
-    "64",
-    "--lr",
-    "0.05",
-    "--momentum",
-    "0.9",
-    "--nesterov",
-    "--weight-decay",
-    "1e-4",
-    "--schedule",
-    "step",
-    "--step-size",
-    "1",
-    "--gamma",
-    "0.5",
-    "--augment",
-    "crop",
-    "--seed",
-    "3",
-    "--limit-train",
-    "512",
-    "--limit-test",
-    "256",
-    "--no-progress",
-]
+COMMON = (
+    "train --model lenet5 --dataset mnist --batch-size 64 --lr 0.05 --momentum 0.9 --nesterov "
+    "--weight-decay 1e-4 --schedule step --step-size 1 --gamma 0.5 --augment crop --seed 3 "
+    "--limit-train 512 --limit-test 256 --no-progress"
+).split()
 
 
 def _train(out, epochs, *extra):
@@ -440,33 +414,11 @@ def test_train_config_defaults_are_the_cli_defaults(capsys):
     bare = vars(parser.parse_args(["train"]))
     assert set(bare) == RUN_ACTIONS  # nothing but the run actions
     assert TrainConfig.from_dict(bare) == TrainConfig()
-    spelled_out = [
-        "train",
-        "--model",
-        "lenet5",
-        "--dataset",
-        "mnist",
-        "--epochs",
-        "3",
-        "--batch-size",
-        "64",
-        "--eval-batch-size",
-        "1000",
-        "--lr",
-        "0.05",
-        "--momentum",
-        "0.9",
-        "--weight-decay",
-        "0",
-        "--schedule",
-        "cosine",
-        "--gamma",
-        "0.1",
-        "--augment",
-        "none",
-        "--seed",
-        "0",
-    ]
+    spelled_out = (
+        "train --model lenet5 --dataset mnist --epochs 3 --batch-size 64 --eval-batch-size 1000 "
+        "--lr 0.05 --momentum 0.9 --weight-decay 0 --schedule cosine --gamma 0.1 --augment none "
+        "--seed 0"
+    ).split()
     assert TrainConfig.from_dict(vars(parser.parse_args(spelled_out))) == TrainConfig()
 
     every = vars(
@@ -616,23 +568,10 @@ def test_resume_takes_the_stored_settings(tmp_path):
     """Train vgg_small with a non-default lr, batch size, augmentation and seed; resume with
     only --out and --epochs: the resumed run uses the stored settings (its stored config
     says so) and is bit-identical to training those settings straight."""
-    settings = [
-        "--model",
-        "vgg_small",
-        "--lr",
-        "0.02",
-        "--batch-size",
-        "16",
-        "--augment",
-        "flip",
-        "--seed",
-        "5",
-        "--limit-train",
-        "32",
-        "--limit-test",
-        "32",
-        "--no-progress",
-    ]
+    settings = (
+        "--model vgg_small --lr 0.02 --batch-size 16 --augment flip --seed 5 --limit-train 32 "
+        "--limit-test 32 --no-progress"
+    ).split()
     resumed, straight = tmp_path / "resumed", tmp_path / "straight"
     assert main(["train", *settings, "--epochs", "1", "--out", str(resumed)]) == 0
     assert resume_config(resumed, epochs=2, lr=0.1).lr == 0.1  # typed wins
