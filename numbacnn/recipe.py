@@ -62,6 +62,10 @@ DATASETS = tuple(DATASET_SHAPES)
 MAX_INPUT_PAD = 2
 
 
+# Settings the checkpoint's optimizer state also holds: on resume, the config's win.
+_OPTIMIZER_SETTINGS = ("lr", "momentum", "weight_decay", "nesterov")
+
+
 class ConfigError(ValueError):
     """A mistake in a training run's settings or actions: one line, no traceback needed."""
 
@@ -324,7 +328,10 @@ def run(config, *, resume=False, overwrite=False, progress=True, log=None, on_ba
 
     resume: continue the run in ``config.out_dir`` up to ``config.epochs`` epochs; the
     checkpoint's model and dataset must be ``config``'s, every other setting comes from
-    ``config`` (``resume_config`` gives the stored ones). overwrite: start over even if
+    ``config`` (``resume_config`` gives the stored ones). The checkpoint restores the
+    training state (weights, momentum buffers, schedule epoch, random state); an optimizer
+    setting (lr, momentum, weight_decay, nesterov) that differs from the stored config's is
+    then applied and logged, so the stored config always says what the run used. overwrite: start over even if
     OUT/checkpoint.npz exists (without resume or overwrite that is an error).
     progress: a progress bar per epoch. log: a print-like function for the status lines
     (default: print to stderr). on_batch(epoch, batch_index, loss): called after every
@@ -380,6 +387,23 @@ def run(config, *, resume=False, overwrite=False, progress=True, log=None, on_ba
         config.schedule, optimizer, config.epochs, step_size=config.step_size, gamma=config.gamma
     )
 
+    def apply_changed_settings(meta):
+        """After the restore: the optimizer settings config changes against the stored run."""
+        stored_config = meta.get("config") or {}
+        changed = []
+        for name in _OPTIMIZER_SETTINGS:
+            old, new = stored_config.get(name), getattr(config, name)
+            if name not in stored_config or old == new:
+                continue  # unchanged (or unknown to an old checkpoint: keep its state)
+            changed.append(f"{name} {old!r} -> {new!r}")
+            if name == "lr":  # the schedule's base rate; the current rate follows from it
+                schedule.base_lr = new
+                optimizer.lr = schedule.lr
+            else:
+                setattr(optimizer, name, new)
+        if changed:
+            log("resuming with changed settings: " + ", ".join(changed))
+
     # pad and input_shape are derived, stored for `numbacnn evaluate`; from_dict ignores them
     stored = dict(config.to_dict(), pad=pad, input_shape=list(xtr.shape[1:]))
     log(
@@ -400,4 +424,5 @@ def run(config, *, resume=False, overwrite=False, progress=True, log=None, on_ba
         progress=progress,
         on_batch=on_batch,
         log=log,
+        on_resume=apply_changed_settings,
     )

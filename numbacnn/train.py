@@ -175,6 +175,7 @@ def fit(
     progress=True,
     on_batch=None,
     log=None,
+    on_resume=None,
 ):
     """Train ``model`` for ``epochs`` epochs in total; returns the metrics list.
 
@@ -184,6 +185,8 @@ def fit(
     and random state come from it; training continues with epoch ``meta.epoch + 1``).
     on_batch(epoch, batch_index, loss): called after every optimizer step (tests use it
     to simulate Ctrl-C). log: a print-like function (default: print to stderr).
+    on_resume(meta): called once the checkpoint is restored, before the first resumed epoch
+    (numbacnn.recipe uses it to apply optimizer settings the user changed on resume).
     """
     log = log or (lambda *a: print(*a, file=sys.stderr, flush=True))
     out_dir = os.fspath(out_dir)
@@ -200,6 +203,8 @@ def fit(
                 f"cannot resume: no checkpoint at {ckpt_path} (run without --resume to start)"
             )
         meta = _restore(ckpt_path, model, optimizer, schedule)
+        if on_resume is not None:
+            on_resume(meta)
         done = int(meta["epoch"])
         metrics = list(meta.get("metrics", []))[:done]
         log(f"resumed from {ckpt_path} after epoch {done}")

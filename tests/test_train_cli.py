@@ -664,3 +664,21 @@ def test_a_model_too_big_for_mnist_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("numbacnn: error: alexnet cannot take mnist's 28x28 images")
     assert "lenet5" in err and err.count("\n") == 1
+
+
+@needs_mnist
+def test_resume_applies_changed_optimizer_settings(tmp_path, capsys):
+    """Settings typed on resume that the optimizer state also holds (lr, momentum,
+    weight_decay) are used, logged, and what the stored config says: it never lies."""
+    out = tmp_path / "run"
+    base = "--model lenet5 --limit-train 256 --limit-test 128 --no-progress --out".split()
+    assert main(["train", *base, str(out), "--epochs", "1", "--lr", "0.02", "--schedule", "none"]) == 0
+    changed = "--lr 0.5 --momentum 0 --weight-decay 0.1".split()
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--no-progress", *changed]) == 0
+    assert "resuming with changed settings: lr 0.02 -> 0.5, momentum 0.9 -> 0.0" in capsys.readouterr().err
+    ck = ckpt.load(out / "checkpoint.npz")
+    assert [m["lr"] for m in ck.meta["metrics"]] == [0.02, 0.5]
+    assert (float(ck.optim_state["lr"]), float(ck.optim_state["momentum"])) == (0.5, 0.0)
+    assert float(ck.optim_state["weight_decay"]) == 0.1
+    config = TrainConfig.from_dict(ck.meta["config"])
+    assert (config.lr, config.momentum, config.weight_decay) == (0.5, 0.0, 0.1)
