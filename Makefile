@@ -51,6 +51,7 @@ test: $(TEST_STAMP)
 
 test-fast: $(TEST_STAMP)
 	$(PY) -m pytest -q -m "not slow"
+	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q -m "not slow" tests/cuda
 
 lint: $(LINT_STAMP)
 	$(VENV)/bin/ruff check .

@@ -36,7 +36,10 @@ from .recipe import (
 )
 from .train import evaluate
 
-__all__ = ["main", "build_parser", "input_pad", "load_dataset", "make_transform"]
+__all__ = ["main", "build_parser", "input_pad", "load_dataset", "make_transform", "UserError"]
+
+# The CLI's user-mistake error under its earlier name (it is the recipe's ConfigError now).
+UserError = ConfigError
 
 # TrainConfig's fields and defaults: the train options' dests and the defaults their help shows.
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}

@@ -74,7 +74,9 @@ def _check_rank(layer, shape, ranks):
 # Convolution and dense layers
 # --------------------------------------------------------------------------------------
 class Conv2d(Module):
-    """2-D convolution: y[n, o] = b[o] + sum_{c, i, j} w[o, c, i, j] x[n, c, s*h + d*i, s*w + d*j].
+    """2-D convolution (torch.nn.Conv2d; lecture, "2-D Convolution Layer"):
+    y[n, co, oh, ow] = b[co] + sum_{ci_l, kh, kw} w[co, ci_l, kh, kw] * x[n, ci, ih, iw] with
+    ih = oh*stride_h - pad_top + kh*dil_h, iw likewise (numbacnn.functional.conv2d).
 
     weight (out_channels, in_channels // groups, kH, kW), bias (out_channels,).
     padding: int, pair, "valid" or "same" (odd remainder on top/left, as in the lecture).

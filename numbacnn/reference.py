@@ -44,9 +44,9 @@ def _conv_pads(padding, kH, kW, dil_h, dil_w):
     return pad_h, pad_h, pad_w, pad_w
 
 
-def _out_size(n, k, pad_total, stride, dil=1):
+def _out_size(n, k, pad_total, stride, dilation=1):
     """Lecture, "Stride": floor((n - k + p + s) / s), with k the dilated extent d*(k-1)+1."""
-    return (n - (dil * (k - 1) + 1) + pad_total + stride) // stride
+    return (n - (dilation * (k - 1) + 1) + pad_total + stride) // stride
 
 
 def _zero_pad(x, top, bottom, left, right, value=0.0):

@@ -3,6 +3,8 @@
 `numbacnn.functional` (before it allocates an output) and the layers' `output_shape` (shape
 inference for `Graph.check` and `summary`) both call these functions, so shape inference and
 the forward pass can never disagree: they accept the same arguments and raise the same errors.
+(One rule is about the batch, not the model, and is checked only by the forward pass, as in
+PyTorch: batch norm in training mode needs more than one value per channel.)
 
 The lecture's formula for one spatial axis, with input size n, kernel k, total padding p
 and stride s (lecture, "Stride"):
@@ -77,7 +79,7 @@ class ConvGeometry(NamedTuple):
     @property
     def kernel_args(self):
         """(stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups): the trailing
-        arguments of every conv kernel (docs/CONTRACT.md, "CPU kernel interface")."""
+        arguments of every conv kernel (docs/CONTRACT.md, "Kernel interface")."""
         return self[:7]
 
 

@@ -282,3 +282,11 @@ def test_tanh_float32_rational_kernel_is_within_8_ulp_everywhere():
     special = F.tanh(np.array([np.nan, np.inf, -np.inf, -0.0, 0.0], np.float32))
     assert np.isnan(special[0]) and list(special[1:3]) == [1.0, -1.0]
     assert np.signbit(special[3]) and not np.signbit(special[4])
+
+
+@pytest.mark.parametrize("op", [F.relu, F.tanh, F.sigmoid])
+def test_elementwise_ops_keep_a_0d_shape(op):
+    """A 0-d array stays 0-d (as on the CUDA backend and in NumPy), not (1,)."""
+    x = np.array(0.75, np.float32)
+    assert op(x).shape == ()
+    assert F.add(x, x).shape == () and F.dropout(x, 0.5, seed=3)[0].shape == ()

@@ -138,3 +138,11 @@ def test_geometry_is_the_lecture_formula():
     assert shapes.conv_padding("same", (4, 4), (1, 1)) == (2, 1, 2, 1)
     pool = shapes.pool2d_geometry("max_pool2d", (1, 1, 5, 5), 3, stride=2, padding=1)
     assert pool.kernel_args == (3, 3, 2, 2, 1, 1) and (pool.H_out, pool.W_out) == (3, 3)
+
+
+def test_an_empty_batch_through_lenet5_agrees_with_shape_inference():
+    """N = 0 through every LeNet-5 layer (C5 takes the dense path) in eval mode."""
+    from numbacnn.models import build_model
+
+    model = build_model("lenet5").eval()
+    assert model(np.zeros((0, 1, 32, 32), np.float32)).shape == model.output_shape((0, 1, 32, 32)) == (0, 10)

@@ -3,8 +3,10 @@ module and function names).  Each op family is one module in each: conv, pool, b
 dense, activation, loss.
 
 `backend(x)` picks the package for an array: NumPy arrays run on `numbacnn.kernels.cpu`,
-numba.cuda device arrays (and other objects exporting __cuda_array_interface__, e.g. CuPy or
-PyTorch CUDA tensors) on `numbacnn.kernels.cuda`.  Both packages also provide the allocation
+numba.cuda device arrays on `numbacnn.kernels.cuda`. (Other objects exporting
+__cuda_array_interface__, such as CuPy arrays or PyTorch CUDA tensors, are recognised as
+device arrays here, but numbacnn.functional accepts only NumPy dtypes: wrap them with
+numba.cuda.as_cuda_array.)  Both packages also provide the allocation
 helpers numbacnn.functional uses: empty, full, ascontiguous, is_contiguous, to_host, as_int64.
 
 This module imports neither numba.cuda nor the kernels themselves: `backend` imports the

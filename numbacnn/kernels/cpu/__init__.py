@@ -10,7 +10,11 @@ import numpy as np
 from . import activation, batchnorm, conv, dense, loss, pool  # noqa: F401
 
 empty = np.empty
-ascontiguous = np.ascontiguousarray
+
+
+def ascontiguous(a):
+    """`a` if it is C-contiguous, else a C-contiguous copy (0-d arrays stay 0-d)."""
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
 def full(shape, value, dtype):

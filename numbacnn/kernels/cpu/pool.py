@@ -15,9 +15,9 @@ count_include_pad=True).
 
 Backward (the gradient of a pooled value goes back to the inputs that made it):
 
-    max:  dx[n,c,h,w] = sum over windows whose FIRST maximum (row-major order inside the
-          window; ties: first wins, as PyTorch) is at (h, w) of dy[n,c,oh,ow]
-    avg:  dx[n,c,h,w] = sum over windows that contain (h, w) of dy[n,c,oh,ow] / (kH*kW)
+    max:  dx[n,c,ih,iw] = sum over windows whose FIRST maximum (row-major order inside the
+          window; ties: first wins, as PyTorch) is at (ih, iw) of dy[n,c,oh,ow]
+    avg:  dx[n,c,ih,iw] = sum over windows that contain (ih, iw) of dy[n,c,oh,ow] / (kH*kW)
 
 Overlapping windows (stride < kernel) add up in dx.  The max backward recomputes the
 argmax from x instead of storing indices in the forward, so the forward stays one output

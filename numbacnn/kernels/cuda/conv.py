@@ -2,10 +2,10 @@
 
 Formula (same as numbacnn.kernels.cpu.conv)
 -------------------------------------------
-Input x (N, C_in, H, W), weight w (C_out, C_in/G, kH, kW), bias b (C_out,), G groups;
-output channel co is in group g = co // (C_out/G) and sees input channels
-ci = g*(C_in/G) + ci_l.  Stride (stride_h, stride_w), top/left padding (pad_top, pad_left),
-dilation (dil_h, dil_w):
+Input x (N, C_in, H, W), weight w (C_out, C_in_g, kH, kW), bias b (C_out,), with
+C_in_g = C_in/groups and C_out_g = C_out/groups; output channel co is in group
+g = co // C_out_g and sees input channels ci = g*C_in_g + ci_l.  Stride (stride_h, stride_w),
+top/left padding (pad_top, pad_left), dilation (dil_h, dil_w):
 
     y[n,co,oh,ow] = b[co] + sum_{ci_l, kh, kw} w[co,ci_l,kh,kw] * x[n, ci, ih, iw]
                     ih = oh*stride_h - pad_top + kh*dil_h,   iw = ow*stride_w - pad_left + kw*dil_w

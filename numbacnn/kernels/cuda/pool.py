@@ -10,10 +10,10 @@ w0 = ow*stride_w - pad_left:
                                                               count_include_pad=True)
 Backward:
 
-    max:  dx[n,c,h,w] = sum over the windows whose FIRST maximum (row-major in the window;
+    max:  dx[n,c,ih,iw] = sum over the windows whose FIRST maximum (row-major in the window;
           NaN wins, the last NaN, as PyTorch; an all -inf window picks its first in-range
-          position) is (h, w) of dy[n,c,oh,ow]
-    avg:  dx[n,c,h,w] = sum over the windows containing (h, w) of dy[n,c,oh,ow] / (kH*kW)
+          position) is (ih, iw) of dy[n,c,oh,ow]
+    avg:  dx[n,c,ih,iw] = sum over the windows containing (ih, iw) of dy[n,c,oh,ow] / (kH*kW)
 
 Thread mapping
 --------------

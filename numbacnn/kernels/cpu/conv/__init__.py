@@ -72,8 +72,8 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
     """y = conv2d(x, w) + b (fully overwrites y)."""
     # x: (N, C_in, H, W)   w: (C_out, C_in_g, kH, kW)   b: (C_out,)   y: (N, C_out, H_out, W_out)
     if _is_dense(x.shape, w.shape, y.shape, pad_top, pad_left, dil_h, dil_w, groups):
-        N, C_out = y.shape[0], y.shape[1]
-        _dense.linear_forward(x.reshape(N, -1), w.reshape(C_out, -1), b, y.reshape(N, C_out))
+        N, C_out, K = y.shape[0], y.shape[1], w[0].size  # K = C_in*kH*kW (explicit: N may be 0)
+        _dense.linear_forward(x.reshape(N, K), w.reshape(C_out, K), b, y.reshape(N, C_out))
     elif polyphase.use_polyphase(stride_h, stride_w, dil_h, dil_w):
         polyphase.conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, groups)
     else:
@@ -84,8 +84,8 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_
     """dx = dL/dx (fully overwrites dx)."""
     # dy: (N, C_out, H_out, W_out)   w: (C_out, C_in_g, kH, kW)   dx: (N, C_in, H, W)
     if _is_dense(dx.shape, w.shape, dy.shape, pad_top, pad_left, dil_h, dil_w, groups):
-        N, C_out = dy.shape[0], dy.shape[1]
-        _dense.linear_backward_input(dy.reshape(N, C_out), w.reshape(C_out, -1), dx.reshape(N, -1))
+        N, C_out, K = dy.shape[0], dy.shape[1], w[0].size
+        _dense.linear_backward_input(dy.reshape(N, C_out), w.reshape(C_out, K), dx.reshape(N, K))
     elif polyphase.use_polyphase(stride_h, stride_w, dil_h, dil_w):
         polyphase.conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, groups)
     elif direct.can_gather(w.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
@@ -98,8 +98,8 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
     """dw = dL/dw (fully overwrites dw)."""
     # dy: (N, C_out, H_out, W_out)   x: (N, C_in, H, W)   dw: (C_out, C_in_g, kH, kW)
     if _is_dense(x.shape, dw.shape, dy.shape, pad_top, pad_left, dil_h, dil_w, groups):
-        N, C_out = dy.shape[0], dy.shape[1]
-        _dense.linear_backward_weight(dy.reshape(N, C_out), x.reshape(N, -1), dw.reshape(C_out, -1))
+        N, C_out, K = dy.shape[0], dy.shape[1], dw[0].size
+        _dense.linear_backward_weight(dy.reshape(N, C_out), x.reshape(N, K), dw.reshape(C_out, K))
     elif polyphase.use_polyphase(stride_h, stride_w, dil_h, dil_w):
         polyphase.conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, groups)
     else:

@@ -2,8 +2,8 @@
 
 Formula: as in `naive.py` (y[n,co,oh,ow] = b[co] + sum_{ci_l,kh,kw} w[co,ci_l,kh,kw] * x[n,ci,ih,iw],
 ih = oh*stride_h - pad_top + kh*dil_h, iw = ow*stride_w - pad_left + kw*dil_w), computed the
-same way but laid out for SIMD.  The long explanation, with figures, is
-docs/kernels/conv_cpu.md; the short version:
+same way but laid out for SIMD.  The long explanation is docs/kernels/conv_cpu.md; the
+short version:
 
 The flattened plane.  The input plane is copied into a zero-padded plane xp of Hp x Wp and
 flattened; a tap (ci_l, kh, kw) is then an offset o = ci_l*Hp*Wp + kh*dil_h*Wp + kw*dil_w and
@@ -13,7 +13,7 @@ through tap o is xp[j + o], so a whole output plane is ONE contiguous loop over 
     y_grid[j] += w[o] * xp[j + o]          (the Wp - W_out columns past a row's end are
                                             garbage: computed, never read back)
 
-For stride > 1 the same loop runs one segment per output row (`_segments`).
+For stride > 1 the same loop runs one segment per output row (`planes.segments`).
 
 Loop nests (who owns what; every output element has exactly one writer)
 
@@ -297,10 +297,10 @@ def _dw_taps_4n(buf, d0, d1, d2, d3, x0, x1, x2, x3, offs, n_seg, seg_len, gb0, 
     One chunk: segment s covers grid positions gb0 + s*Wp + [0, seg_len), buffer positions
     s*Wp + [0, seg_len) and input positions xb0 + s*stride_h*Wp + [0, seg_len)*stride_w (+ tap offset).
     """
-    # buf: (K, rows*Wp)   d0..d3: (H_out*Wp,) dy grids   x0..x3: (Hp*Wp,) padded planes   offs: (K,)
-    K = offs.shape[0]
+    # buf: (T, rows*Wp)   d0..d3: (H_out*Wp,) dy grids   x0..x3: (Hp*Wp,) padded planes   offs: (T,)
+    T = offs.shape[0]
     t = 0
-    while t + 4 <= K:
+    while t + 4 <= T:
         b0 = buf[t]  # b0..b3: (rows*Wp,)
         b1 = buf[t + 1]
         b2 = buf[t + 2]
@@ -327,7 +327,7 @@ def _dw_taps_4n(buf, d0, d1, d2, d3, x0, x1, x2, x3, offs, n_seg, seg_len, gb0, 
                 b2[k] = b2[k] + e0 * x0[p2] + e1 * x1[p2] + e2 * x2[p2] + e3 * x3[p2]
                 b3[k] = b3[k] + e0 * x0[p3] + e1 * x1[p3] + e2 * x2[p3] + e3 * x3[p3]
         t += 4
-    while t < K:
+    while t < T:
         b0 = buf[t]
         o0 = offs[t]
         for s in range(n_seg):
@@ -345,7 +345,7 @@ def _dw_taps_4n(buf, d0, d1, d2, d3, x0, x1, x2, x3, offs, n_seg, seg_len, gb0, 
 @njit(cache=True)
 def _dw_taps_1n(buf, d0, x0, offs, n_seg, seg_len, gb0, xb0, Wp, stride_h, stride_w):
     """_dw_taps_4n for one sample (the N % 4 leftover ones), one tap per pass."""
-    # buf: (K, rows*Wp)   d0: (H_out*Wp,) dy grid   x0: (Hp*Wp,) padded plane   offs: (K,)
+    # buf: (T, rows*Wp)   d0: (H_out*Wp,) dy grid   x0: (Hp*Wp,) padded plane   offs: (T,)
     for t in range(offs.shape[0]):
         b0 = buf[t]  # b0: (rows*Wp,)
         o0 = offs[t]
@@ -377,8 +377,8 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
     _, C_in_g, kH, kW = dw.shape
     C_out_g = C_out // groups
     Hp, Wp = padded_extent(H, W, H_out, W_out, kH, kW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
-    K = kH * kW
-    offs = tap_offsets(1, kH, kW, Hp * Wp, Wp, dil_h, dil_w)  # offs: (K,) taps of one plane
+    T = kH * kW
+    offs = tap_offsets(1, kH, kW, Hp * Wp, Wp, dil_h, dil_w)  # offs: (T,) taps of one plane
     rows = max(1, min(H_out, DW_CHUNK // Wp))  # output rows per chunk
     xp = np.empty((N, C_in, Hp * Wp), x.dtype)  # xp: (N, C_in, Hp*Wp) padded input planes
     for t in prange(N * C_in):
@@ -394,7 +394,7 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
         co = t // C_in_g
         ci_l = t - co * C_in_g
         ci = (co // C_out_g) * C_in_g + ci_l
-        buf = np.zeros((K, rows * Wp), dw.dtype)  # buf: (K, rows*Wp) partial sums per position
+        buf = np.zeros((T, rows * Wp), dw.dtype)  # buf: (T, rows*Wp) partial sums per position
         for r0 in range(0, H_out, rows):  # chunk of output rows [r0, r1)
             r1 = min(H_out, r0 + rows)
             if stride_h == 1 and stride_w == 1:
@@ -430,13 +430,13 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
                     buf, dyg[n, co], xp[n, ci], offs, n_seg, seg_len, gb0, xb0, Wp, stride_h, stride_w
                 )
                 n += 1
-        for k in range(K):
-            bk = buf[k]  # bk: (rows*Wp,)
+        for tap in range(T):  # tap = (kh, kw) of this plane (t is the task here)
+            b_tap = buf[tap]  # b_tap: (rows*Wp,)
             for r in range(rows):  # drop the garbage columns (exactly)
                 for ow in range(W_out, Wp):
-                    bk[r * Wp + ow] = 0.0
-            kh = k // kW
-            dw[co, ci_l, kh, k - kh * kW] = _sum8(bk)
+                    b_tap[r * Wp + ow] = 0.0
+            kh = tap // kW
+            dw[co, ci_l, kh, tap - kh * kW] = _sum8(b_tap)
 
 
 @njit(cache=True)
