@@ -140,14 +140,14 @@ def main():
         hdr += f" {'naive ms':>9s}"
     print(hdr + "\n" + "-" * (len(hdr) - 1))
     totals = {}
-    for name, N, Ci, Co, H, W, k, s, p, G in SHAPES:
-        Ho = (H + 2 * p - k) // s + 1
-        Wo = (W + 2 * p - k) // s + 1
-        macs = N * Co * Ho * Wo * (Ci // G) * k * k
-        x = rng.standard_normal((N, Ci, H, W)).astype(dt)
-        w = rng.standard_normal((Co, Ci // G, k, k)).astype(dt)
-        b = rng.standard_normal(Co).astype(dt)
-        dy = rng.standard_normal((N, Co, Ho, Wo)).astype(dt)
+    for name, N, C_in, C_out, H, W, k, s, p, G in SHAPES:
+        H_out = (H + 2 * p - k) // s + 1
+        W_out = (W + 2 * p - k) // s + 1
+        macs = N * C_out * H_out * W_out * (C_in // G) * k * k
+        x = rng.standard_normal((N, C_in, H, W)).astype(dt)
+        w = rng.standard_normal((C_out, C_in // G, k, k)).astype(dt)
+        b = rng.standard_normal(C_out).astype(dt)
+        dy = rng.standard_normal((N, C_out, H_out, W_out)).astype(dt)
         y = np.empty_like(dy)
         dx = np.empty_like(x)
         dw = np.empty_like(w)
@@ -158,7 +158,7 @@ def main():
 
         def t_bwd(mask):
             return lambda: torch.ops.aten.convolution_backward(
-                tdy, tx, tw, [Co], [s, s], [p, p], [1, 1], False, [0, 0], G, mask
+                tdy, tx, tw, [C_out], [s, s], [p, p], [1, 1], False, [0, 0], G, mask
             )
 
         rows = [

@@ -157,13 +157,13 @@ def main(argv=None):
         presets = ["tiny"]
         dense_shapes = [(3, 20, 10)]
     for name in presets:
-        for label, N, Ci, Co, H, W, k, s, p, g in PRESETS[name]:
-            x, w, b = d((N, Ci, H, W)), d((Co, Ci // g, k, k), 0.1), d((Co,))
-            Ho = (H + 2 * p - k) // s + 1
-            Wo = (W + 2 * p - k) // s + 1
-            y = K.empty((N, Co, Ho, Wo), dt)
-            dy = d((N, Co, Ho, Wo))
-            dx, dw, db = K.empty(x.shape, dt), K.empty(w.shape, dt), K.empty((Co,), dt)
+        for label, N, C_in, C_out, H, W, k, s, p, g in PRESETS[name]:
+            x, w, b = d((N, C_in, H, W)), d((C_out, C_in // g, k, k), 0.1), d((C_out,))
+            H_out = (H + 2 * p - k) // s + 1
+            W_out = (W + 2 * p - k) // s + 1
+            y = K.empty((N, C_out, H_out, W_out), dt)
+            dy = d((N, C_out, H_out, W_out))
+            dx, dw, db = K.empty(x.shape, dt), K.empty(w.shape, dt), K.empty((C_out,), dt)
             geo = (s, s, p, p, 1, 1, g)
             if torch is not None:
                 import torch.nn.functional as TF
@@ -175,7 +175,7 @@ def main(argv=None):
 
                 def t_bwd(mask):
                     return lambda: torch.ops.aten.convolution_backward(
-                        tdy, tx, tw, [Co], [s, s], [p, p], [1, 1], False, [0, 0], g, mask
+                        tdy, tx, tw, [C_out], [s, s], [p, p], [1, 1], False, [0, 0], g, mask
                     )
             else:
                 t_conv = t_bwd = None
@@ -200,7 +200,7 @@ def main(argv=None):
             )
 
             # pooling (2x2 stride 2) and batch norm on the conv output
-            yp = K.empty((N, Co, Ho // 2, Wo // 2), dt)
+            yp = K.empty((N, C_out, H_out // 2, W_out // 2), dt)
             dyp = d(yp.shape)
             dxp = K.empty(y.shape, dt)
             if torch is not None:
@@ -245,16 +245,16 @@ def main(argv=None):
                 t_avgb,
             )
 
-            y3 = y.reshape(N, Co, Ho * Wo)
+            y3 = y.reshape(N, C_out, H_out * W_out)
             o3 = K.empty(y3.shape, dt)
-            gam, bet = d((Co,)), d((Co,))
-            rm, rv = K.full((Co,), 0.0, dt), K.full((Co,), 1.0, dt)
-            dg, dbb = K.empty((Co,), dt), K.empty((Co,), dt)
+            gam, bet = d((C_out,)), d((C_out,))
+            rm, rv = K.full((C_out,), 0.0, dt), K.full((C_out,), 1.0, dt)
+            dg, dbb = K.empty((C_out,), dt), K.empty((C_out,), dt)
             if torch is not None:
                 ty3 = T(y)
                 trm, trv = (
-                    torch.zeros(Co, device="cuda", dtype=ty3.dtype),
-                    torch.ones(Co, device="cuda", dtype=ty3.dtype),
+                    torch.zeros(C_out, device="cuda", dtype=ty3.dtype),
+                    torch.ones(C_out, device="cuda", dtype=ty3.dtype),
                 )
                 t_bn = lambda: torch.ops.aten.native_batch_norm(  # noqa: E731
                     ty3, T(gam), T(bet), trm, trv, True, 0.1, 1e-5
@@ -274,12 +274,14 @@ def main(argv=None):
             bench(
                 label,
                 "batch_norm_backward",
-                lambda: batchnorm.batch_norm_backward(dy.reshape(N, Co, Ho * Wo), y3, gam, 1e-5, o3, dg, dbb),
+                lambda: batchnorm.batch_norm_backward(
+                    dy.reshape(N, C_out, H_out * W_out), y3, gam, 1e-5, o3, dg, dbb
+                ),
                 t_bnb,
             )
 
             # element-wise ops on the conv output (flat views)
-            n = N * Co * Ho * Wo
+            n = N * C_out * H_out * W_out
             yf, of = y.reshape(n), o3.reshape(n)
             dyf = dy.reshape(n)
             mask = K.empty((n,), np.uint8)

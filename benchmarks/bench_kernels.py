@@ -50,8 +50,8 @@ def cases(dt, rng):
         ("ResNet (32,64,56,56) k3 s2 p1", (32, 64, 56, 56), 3, 2, 1),
     ]:
         x = arr(*shape)
-        Ho = (shape[2] + 2 * p - k) // s + 1
-        y = np.empty(shape[:2] + (Ho, Ho), dt)
+        H_out = (shape[2] + 2 * p - k) // s + 1
+        y = np.empty(shape[:2] + (H_out, H_out), dt)
         dy = arr(*y.shape)
         dx = np.empty_like(x)
         xt, dyt = T(x), T(dy)

@@ -36,8 +36,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from _timing import best_time  # noqa: E402
 
 N, C_IN, C_OUT, H, K = 64, 6, 16, 14, 5
-HO = H - K + 1
-MACS = N * C_OUT * HO * HO * C_IN * K * K
+H_OUT = H - K + 1  # = W_out (square)
+MACS = N * C_OUT * H_OUT * H_OUT * C_IN * K * K
 TIMING = dict(min_reps=20, max_reps=20)  # each rung: the best of 20 calls, after 1 untimed (JIT)
 
 
@@ -50,7 +50,7 @@ def main():
     x = rng.standard_normal((N, C_IN, H, H)).astype(np.float32)  # x: (N, C_in, H, W)
     w = rng.standard_normal((C_OUT, C_IN, K, K)).astype(np.float32)  # w: (C_out, C_in, kH, kW)
     b = np.zeros(C_OUT, np.float32)  # b: (C_out,)
-    y = np.empty((N, C_OUT, HO, HO), np.float32)  # y: (N, C_out, Ho, Wo)
+    y = np.empty((N, C_OUT, H_OUT, H_OUT), np.float32)  # y: (N, C_out, H_out, W_out)
     threads = numba.get_num_threads()
     geo = (1, 1, 0, 0, 1, 1, 1)  # stride, pad top/left, dilation, groups
 

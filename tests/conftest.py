@@ -206,13 +206,13 @@ def _torch_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=
     import torch.nn.functional as TF
 
     if padding == "same":
-        kh, kw = weight.shape[2:]
-        dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
-        total = (dh * (kh - 1), dw * (kw - 1))
+        kH, kW = weight.shape[2:]
+        dil_h, dil_w = (dilation, dilation) if isinstance(dilation, int) else dilation
+        total = (dil_h * (kH - 1), dil_w * (kW - 1))
         if total[0] % 2 or total[1] % 2:
             raise ValueError(
                 f"check_op: padding='same' with an even dilated kernel extent "
-                f"(kernel {(kh, kw)}, dilation {(dh, dw)}) puts the extra row/column "
+                f"(kernel {(kH, kW)}, dilation {(dil_h, dil_w)}) puts the extra row/column "
                 f"top/left, PyTorch bottom/right: a deliberate difference (README)"
             )
         padding = (total[0] // 2, total[1] // 2)

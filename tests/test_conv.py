@@ -23,36 +23,37 @@ from numbacnn import reference as R
 # an independent oracle: scipy.signal.correlate
 
 
-def _pads(padding, kh, kw, dh, dw):
-    """(top, bottom, left, right); "same" pads d*(k-1), the odd one on top/left (lecture)."""
+def _pads(padding, kH, kW, dil_h, dil_w):
+    """(pad_top, pad_bottom, pad_left, pad_right); "same" pads d*(k-1), the odd one on
+    top/left (lecture)."""
     if padding == "valid":
         return 0, 0, 0, 0
     if padding == "same":
-        th, tw = dh * (kh - 1), dw * (kw - 1)
-        return th - th // 2, th // 2, tw - tw // 2, tw // 2
-    ph, pw = (padding, padding) if isinstance(padding, int) else padding
-    return ph, ph, pw, pw
+        total_h, total_w = dil_h * (kH - 1), dil_w * (kW - 1)
+        return total_h - total_h // 2, total_h // 2, total_w - total_w // 2, total_w // 2
+    pad_h, pad_w = (padding, padding) if isinstance(padding, int) else padding
+    return pad_h, pad_h, pad_w, pad_w
 
 
 def scipy_conv2d(x, w, b, stride, padding, dilation, groups):
     """conv2d in float64 via scipy.signal.correlate(mode='valid')."""
-    sh, sw = (stride, stride) if isinstance(stride, int) else stride
-    dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
+    stride_h, stride_w = (stride, stride) if isinstance(stride, int) else stride
+    dil_h, dil_w = (dilation, dilation) if isinstance(dilation, int) else dilation
     N, C_in = x.shape[:2]
-    C_out, C_g, kh, kw = w.shape
-    pt, pb, pl, pr = _pads(padding, kh, kw, dh, dw)
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-    wd = np.zeros((C_out, C_g, dh * (kh - 1) + 1, dw * (kw - 1) + 1))
-    wd[:, :, ::dh, ::dw] = w  # dilation: zeros inserted between the taps
-    out_g = C_out // groups
+    C_out, C_in_g, kH, kW = w.shape
+    pad_top, pad_bottom, pad_left, pad_right = _pads(padding, kH, kW, dil_h, dil_w)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad_top, pad_bottom), (pad_left, pad_right)))
+    wd = np.zeros((C_out, C_in_g, dil_h * (kH - 1) + 1, dil_w * (kW - 1) + 1))
+    wd[:, :, ::dil_h, ::dil_w] = w  # dilation: zeros inserted between the taps
+    C_out_g = C_out // groups
     ys = []
     for n in range(N):
         rows = []
-        for o in range(C_out):
-            g = o // out_g
-            xg = xp[n, g * C_g : (g + 1) * C_g]  # this group's input channels
-            full = scipy.signal.correlate(xg, wd[o], mode="valid", method="direct")[0]
-            rows.append(full[::sh, ::sw] + (0.0 if b is None else float(b[o])))
+        for co in range(C_out):
+            g = co // C_out_g
+            xg = xp[n, g * C_in_g : (g + 1) * C_in_g]  # this group's input channels
+            full = scipy.signal.correlate(xg, wd[co], mode="valid", method="direct")[0]
+            rows.append(full[::stride_h, ::stride_w] + (0.0 if b is None else float(b[co])))
         ys.append(rows)
     return np.array(ys)
 
@@ -84,15 +85,15 @@ def conv_cases(draw, small=False, dtypes=(np.float32, np.float64)):
         c_in_g = draw(st.integers(1, 2 if small else 3))
         c_out_g = draw(st.integers(1, 2 if small else 3))
     N = draw(st.integers(1, 1 if small else 2))
-    kh, kw = draw(st.integers(1, 3 if small else 4)), draw(st.integers(1, 3 if small else 4))
-    dilation, (dh, dw) = _int_or_pair(draw, 1, 2 if small else 3)
+    kH, kW = draw(st.integers(1, 3 if small else 4)), draw(st.integers(1, 3 if small else 4))
+    dilation, (dil_h, dil_w) = _int_or_pair(draw, 1, 2 if small else 3)
     stride, _ = _int_or_pair(draw, 1, 3)
     padding = draw(PADDINGS)
-    pt, pb, pl, pr = _pads(padding, kh, kw, dh, dw)
+    pad_top, pad_bottom, pad_left, pad_right = _pads(padding, kH, kW, dil_h, dil_w)
     # smallest input such that the dilated kernel fits the padded input; drawing exactly that
     # size gives "kernel = (padded) input size" cases, which hypothesis then hits often.
-    min_h = max(1, dh * (kh - 1) + 1 - pt - pb)
-    min_w = max(1, dw * (kw - 1) + 1 - pl - pr)
+    min_h = max(1, dil_h * (kH - 1) + 1 - pad_top - pad_bottom)
+    min_w = max(1, dil_w * (kW - 1) + 1 - pad_left - pad_right)
     extra = 2 if small else 5
     H = draw(st.one_of(st.just(min_h), st.integers(min_h, min_h + extra)))
     W = draw(st.one_of(st.just(min_w), st.integers(min_w, min_w + extra)))
@@ -101,7 +102,7 @@ def conv_cases(draw, small=False, dtypes=(np.float32, np.float64)):
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((N, groups * c_in_g, H, W)).astype(dtype)
-    w = rng.standard_normal((groups * c_out_g, c_in_g, kh, kw)).astype(dtype)
+    w = rng.standard_normal((groups * c_out_g, c_in_g, kH, kW)).astype(dtype)
     b = rng.standard_normal(groups * c_out_g).astype(dtype) if with_bias else None
     return dict(x=x, weight=w, bias=b, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
@@ -268,7 +269,7 @@ TORCH_CONFIGS = BACKWARD_CONFIGS + [(2, 6, 4, 9, 8, 3, 3, 2, 1, 1, 2), (1, 4, 4,
 @pytest.mark.parametrize("cfg", TORCH_CONFIGS, ids=[str(i) for i in range(len(TORCH_CONFIGS))])
 def test_conv2d_matches_torch_forward_and_autograd(cfg, dtype):
     x, w, b, kw = _conv_case(cfg, dtype, seed=3)
-    pt, pb, pl, pr = _pads(
+    pad_top, pad_bottom, pad_left, pad_right = _pads(
         kw["padding"],
         w.shape[2],
         w.shape[3],
@@ -279,7 +280,7 @@ def test_conv2d_matches_torch_forward_and_autograd(cfg, dtype):
     bt = torch.tensor(b, requires_grad=True)
     # explicit (possibly asymmetric) padding, then an unpadded torch convolution
     yt = TF.conv2d(
-        TF.pad(xt, (pl, pr, pt, pb)),
+        TF.pad(xt, (pad_left, pad_right, pad_top, pad_bottom)),
         wt,
         bt,
         stride=kw["stride"],
@@ -357,11 +358,11 @@ def test_conv2d_channel_blocks_match_torch(cfg, dtype):
     """Larger channel counts than the hypothesis cases, so every channel block (and its
     remainder) of the kernels is exercised."""
     x, w, b, kw = _conv_case(cfg, dtype, seed=11)
-    dh, dw = (kw["dilation"],) * 2 if isinstance(kw["dilation"], int) else kw["dilation"]
-    pt, pb, pl, pr = _pads(kw["padding"], w.shape[2], w.shape[3], dh, dw)
+    dil_h, dil_w = (kw["dilation"],) * 2 if isinstance(kw["dilation"], int) else kw["dilation"]
+    pad_top, pad_bottom, pad_left, pad_right = _pads(kw["padding"], w.shape[2], w.shape[3], dil_h, dil_w)
     xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
     yt = TF.conv2d(
-        TF.pad(xt, (pl, pr, pt, pb)),
+        TF.pad(xt, (pad_left, pad_right, pad_top, pad_bottom)),
         wt,
         bt,
         stride=kw["stride"],

@@ -14,14 +14,14 @@ from numbacnn import reference as R
 
 @st.composite
 def pool_cases(draw, dtypes=(np.float32, np.float64)):
-    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    kernel_size = kh if draw(st.booleans()) and kh == kw else (kh, kw)
+    kH, kW = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    kernel_size = kH if draw(st.booleans()) and kH == kW else (kH, kW)
     stride = draw(st.one_of(st.none(), st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3))))
-    ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
-    padding = ph if ph == pw and draw(st.booleans()) else (ph, pw)
+    pad_h, pad_w = draw(st.integers(0, kH // 2)), draw(st.integers(0, kW // 2))
+    padding = pad_h if pad_h == pad_w and draw(st.booleans()) else (pad_h, pad_w)
     N, C = draw(st.integers(1, 2)), draw(st.integers(1, 3))
-    H = draw(st.integers(max(1, kh - 2 * ph), 7))
-    W = draw(st.integers(max(1, kw - 2 * pw), 7))
+    H = draw(st.integers(max(1, kH - 2 * pad_h), 7))
+    W = draw(st.integers(max(1, kW - 2 * pad_w), 7))
     dtype = draw(st.sampled_from(dtypes))
     ties = draw(st.booleans())
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
