@@ -265,36 +265,30 @@ def test_conv2d_bias_none_equals_zero_bias_and_dbias_always_returned():
 TORCH_CONFIGS = BACKWARD_CONFIGS + [(2, 6, 4, 9, 8, 3, 3, 2, 1, 1, 2), (1, 4, 4, 8, 8, 3, 3, 1, 2, 2, 4)]
 
 
+def _matches_torch(x, w, b, kw, dtype, seed):
+    """F.conv2d and conv2d_backward against torch's conv2d and autograd, with the padding
+    applied explicitly (possibly asymmetric: "same" with an even kernel) before an unpadded
+    torch convolution."""
+    dilation = kw["dilation"]
+    dil_h, dil_w = (dilation, dilation) if isinstance(dilation, int) else dilation
+    pad_top, pad_bottom, pad_left, pad_right = _pads(kw["padding"], w.shape[2], w.shape[3], dil_h, dil_w)
+    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    xt_padded = TF.pad(xt, (pad_left, pad_right, pad_top, pad_bottom))
+    yt = TF.conv2d(xt_padded, wt, bt, stride=kw["stride"], dilation=dilation, groups=kw["groups"])
+    y = F.conv2d(x, w, b, **kw)
+    assert_close(y, yt.detach().numpy(), dtype=dtype, kind="conv")
+    dy = np.random.default_rng(seed).standard_normal(y.shape).astype(dtype)
+    yt.backward(torch.tensor(dy))
+    dx, dweight, dbias = F.conv2d_backward(dy, x, w, **kw)
+    assert_close(dx, xt.grad.numpy(), dtype=dtype, kind="conv", what="dx")
+    assert_close(dweight, wt.grad.numpy(), dtype=dtype, kind="conv", what="dweight")
+    assert_close(dbias, bt.grad.numpy(), dtype=dtype, kind="conv", what="dbias")
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cfg", TORCH_CONFIGS, ids=[str(i) for i in range(len(TORCH_CONFIGS))])
 def test_conv2d_matches_torch_forward_and_autograd(cfg, dtype):
-    x, w, b, kw = _conv_case(cfg, dtype, seed=3)
-    pad_top, pad_bottom, pad_left, pad_right = _pads(
-        kw["padding"],
-        w.shape[2],
-        w.shape[3],
-        *((kw["dilation"],) * 2 if isinstance(kw["dilation"], int) else kw["dilation"]),
-    )
-    xt = torch.tensor(x, requires_grad=True)
-    wt = torch.tensor(w, requires_grad=True)
-    bt = torch.tensor(b, requires_grad=True)
-    # explicit (possibly asymmetric) padding, then an unpadded torch convolution
-    yt = TF.conv2d(
-        TF.pad(xt, (pad_left, pad_right, pad_top, pad_bottom)),
-        wt,
-        bt,
-        stride=kw["stride"],
-        dilation=kw["dilation"],
-        groups=kw["groups"],
-    )
-    y = F.conv2d(x, w, b, **kw)
-    assert_close(y, yt.detach().numpy(), dtype=dtype, kind="conv")
-    dy = np.random.default_rng(4).standard_normal(y.shape).astype(dtype)
-    yt.backward(torch.tensor(dy))
-    dx, dw, db = F.conv2d_backward(dy, x, w, **kw)
-    assert_close(dx, xt.grad.numpy(), dtype=dtype, kind="conv", what="dx")
-    assert_close(dw, wt.grad.numpy(), dtype=dtype, kind="conv", what="dweight")
-    assert_close(db, bt.grad.numpy(), dtype=dtype, kind="conv", what="dbias")
+    _matches_torch(*_conv_case(cfg, dtype, seed=3), dtype, seed=4)
 
 
 @pytest.mark.parametrize("k,dilation", [(3, 1), (5, 1), (3, 2), ((3, 5), (2, 1))])
@@ -357,26 +351,7 @@ def test_conv2d_same_with_stride_output_size():
 def test_conv2d_channel_blocks_match_torch(cfg, dtype):
     """Larger channel counts than the hypothesis cases, so every channel block (and its
     remainder) of the kernels is exercised."""
-    x, w, b, kw = _conv_case(cfg, dtype, seed=11)
-    dil_h, dil_w = (kw["dilation"],) * 2 if isinstance(kw["dilation"], int) else kw["dilation"]
-    pad_top, pad_bottom, pad_left, pad_right = _pads(kw["padding"], w.shape[2], w.shape[3], dil_h, dil_w)
-    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
-    yt = TF.conv2d(
-        TF.pad(xt, (pad_left, pad_right, pad_top, pad_bottom)),
-        wt,
-        bt,
-        stride=kw["stride"],
-        dilation=kw["dilation"],
-        groups=kw["groups"],
-    )
-    y = F.conv2d(x, w, b, **kw)
-    assert_close(y, yt.detach().numpy(), dtype=dtype, kind="conv")
-    dy = np.random.default_rng(12).standard_normal(y.shape).astype(dtype)
-    yt.backward(torch.tensor(dy))
-    dx, dw_, db = F.conv2d_backward(dy, x, w, **kw)
-    assert_close(dx, xt.grad.numpy(), dtype=dtype, kind="conv", what="dx")
-    assert_close(dw_, wt.grad.numpy(), dtype=dtype, kind="conv", what="dweight")
-    assert_close(db, bt.grad.numpy(), dtype=dtype, kind="conv", what="dbias")
+    _matches_torch(*_conv_case(cfg, dtype, seed=11), dtype, seed=12)
 
 
 # Strided convolutions run through the polyphase decomposition (a sum of stride-1 convs);
