@@ -8,14 +8,18 @@
 
 ``train`` is parse -> ``numbacnn.recipe.TrainConfig`` -> ``numbacnn.recipe.run``; the
 model facts (input sides) come from the registry in ``numbacnn.models``.
-User mistakes (unknown model, missing data, a bad checkpoint) print one ``numbacnn: error:``
-message and exit with status 2 (usage) or 1 (everything else); Ctrl-C during training
-keeps the last complete checkpoint and exits with 130.
+Every user mistake prints exactly one line, ``numbacnn: error: ...``, and no traceback: a bad
+option (checked when the command line is parsed, before any work starts: types, ranges,
+model names, the --out directory, the --checkpoint file) or a setting that cannot work
+exits with status 2; missing data, a bad checkpoint or a diverged run with 1. Ctrl-C during
+training keeps the last complete checkpoint and exits with 130.
 """
 
 import argparse
 import dataclasses
 import json
+import math
+import os
 import sys
 
 from .checkpoint import CheckpointError, load, load_model_state
@@ -28,6 +32,7 @@ from .recipe import (
     SCHEDULES,
     ConfigError,
     TrainConfig,
+    check_directory,
     input_pad,
     load_dataset,
     make_transform,
@@ -52,24 +57,79 @@ def _build_model(name, num_classes=10, in_channels=1):
     return build_model(name, num_classes=num_classes, in_channels=in_channels)
 
 
-def _positive_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return v
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (``numbacnn: error: ...``, exit 2 in ``main``)
+    instead of a usage block and a ``numbacnn train: error:`` line."""
+
+    def error(self, message):
+        raise ConfigError(f"{message} (see '{self.prog} --help')")
 
 
-def _nonneg_float(s):
+def _option_type(check):
+    """An argparse ``type=`` from a check that returns the value or raises ValueError."""
+
+    def parse(text):
+        try:
+            return check(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = check.__name__.lstrip("_")  # argparse names the type in some messages
+    return parse
+
+
+def _int_at_least(minimum):
+    def integer(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise ValueError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return _option_type(integer)
+
+
+def _number(text):
     try:
-        v = float(s)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}")
-    return v
+        raise ValueError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _model_name(text):
+    if text not in MODELS:
+        raise ValueError(f"unknown model {text!r} (choose from: {', '.join(sorted(MODELS))})")
+    return text
+
+
+def _directory(text):
+    if not text:
+        raise ValueError("expected a directory, got an empty path")
+    try:
+        check_directory("the directory", text)
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
+    return text
+
+
+def _existing_file(text):
+    if not os.path.isfile(text):
+        what = "a directory" if os.path.isdir(text) else "not found"
+        raise ValueError(f"{text!r}: {what}, expected a checkpoint file")
+    return text
+
+
+_positive_int = _int_at_least(1)
+_nonneg_int = _int_at_least(0)
+_nonneg_float = _option_type(_number)
+_model = _option_type(_model_name)
+_dir = _option_type(_directory)
+_file = _option_type(_existing_file)
 
 
 # --------------------------------------------------------------------------- commands
@@ -148,7 +208,7 @@ def cmd_summary(args):
 
 # --------------------------------------------------------------------------- parser
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="numbacnn",
         description="numbacnn: train, evaluate and inspect CNNs whose kernels are explicit Numba loop nests.",
     )
@@ -166,7 +226,9 @@ def build_parser():
         "OUT/metrics.json and OUT/curves.png after every epoch. "
         "With --resume, options not typed come from the checkpoint.",
     )
-    t.add_argument("--model", help=f"model name, one of {', '.join(sorted(MODELS))} (default: {d['model']})")
+    t.add_argument(
+        "--model", type=_model, help=f"model name, one of {', '.join(sorted(MODELS))} (default: {d['model']})"
+    )
     t.add_argument("--dataset", choices=DATASETS, help=f"(default: {d['dataset']})")
     t.add_argument(
         "--epochs", type=_positive_int, help=f"total epochs, resumed ones included (default: {d['epochs']})"
@@ -196,8 +258,8 @@ def build_parser():
         help=f"augmentations, any of {', '.join(AUGMENTS)} (space or comma separated; "
         f"default: {' '.join(d['augment'])})",
     )
-    t.add_argument("--seed", type=int, help=f"(default: {d['seed']})")
-    t.add_argument("--out", help="output directory (default: runs/MODEL)")
+    t.add_argument("--seed", type=_nonneg_int, help=f"(default: {d['seed']})")
+    t.add_argument("--out", type=_dir, help="output directory (default: runs/MODEL)")
     t.add_argument(
         "--resume",
         action="store_true",
@@ -215,7 +277,7 @@ def build_parser():
         help="use only the first N training images (quick runs)",
     )
     t.add_argument("--limit-test", type=_positive_int, metavar="N", help="use only the first N test images")
-    t.add_argument("--cache-dir", help="MNIST cache directory")
+    t.add_argument("--cache-dir", type=_dir, help="MNIST cache directory (default: ~/.cache/numbacnn)")
     t.add_argument("--download", action="store_true", help="download MNIST if not found")
     t.add_argument(
         "--no-progress", dest="progress", action="store_false", default=True, help="no progress bar"
@@ -223,17 +285,17 @@ def build_parser():
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="test accuracy/loss of a checkpoint")
-    e.add_argument("--checkpoint", required=True, help="path to a checkpoint.npz")
-    e.add_argument("--model", default=None, help="model name (default: from the checkpoint)")
-    e.add_argument("--batch-size", type=_positive_int, default=1000)
-    e.add_argument("--limit-test", type=_positive_int, default=None, metavar="N")
-    e.add_argument("--cache-dir", default=None)
+    e.add_argument("--checkpoint", type=_file, required=True, help="path to a checkpoint.npz")
+    e.add_argument("--model", type=_model, default=None, help="model name (default: from the checkpoint)")
+    e.add_argument("--batch-size", type=_positive_int, default=1000, help="(default: 1000)")
+    e.add_argument("--limit-test", type=_positive_int, default=None, metavar="N", help="(default: all)")
+    e.add_argument("--cache-dir", type=_dir, default=None, help="MNIST cache directory")
     e.add_argument("--download", action="store_true")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("summary", help="print a model's layer table")
-    s.add_argument("model", help="model name")
+    s.add_argument("model", type=_model, help=f"model name, one of {', '.join(sorted(MODELS))}")
     s.add_argument(
         "--input-shape",
         type=_positive_int,
@@ -243,15 +305,15 @@ def build_parser():
         help="per-image input shape (default: 1 SIDE SIDE, SIDE the "
         "side the model is built for: 32 for lenet5, 224 for alexnet)",
     )
-    s.add_argument("--num-classes", type=_positive_int, default=10)
+    s.add_argument("--num-classes", type=_positive_int, default=10, help="(default: 10)")
     s.set_defaults(func=cmd_summary)
     return p
 
 
 def main(argv=None):
     """Entry point of the ``numbacnn`` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except ConfigError as e:
         print(f"numbacnn: error: {e}", file=sys.stderr)

@@ -45,6 +45,7 @@ __all__ = [
     "input_pad",
     "load_dataset",
     "make_transform",
+    "check_directory",
     "AUGMENTS",
     "DATASETS",
     "DATASET_SHAPES",
@@ -114,6 +115,24 @@ def _path(name, value):
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{name} must be a non-empty str path or None, got {value!r}")
     return value
+
+
+def check_directory(name, path):
+    """ConfigError unless ``path`` is a directory or one that can be created: not an
+    existing file, and its nearest existing ancestor a writable directory. Checked before
+    any work starts, so a bad --out never fails after the data has loaded."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise ConfigError(f"{name} {path!r} is an existing file, not a directory")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"{name} {path!r} is not a writable directory")
+        return
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{name} {path!r} cannot be created: {parent!r} is not a writable directory")
 
 
 def _augment_names(value):
@@ -346,6 +365,9 @@ def run(config, *, resume=False, overwrite=False, progress=True, log=None, on_ba
         raise TypeError(f"run: config must be a TrainConfig, got {type(config).__name__}")
     log = log or (lambda *a: print(*a, file=sys.stderr, flush=True))
     out = config.out_dir
+    check_directory("out", out)
+    if config.cache_dir is not None:
+        check_directory("cache_dir", config.cache_dir)
     ckpt_path = os.path.join(out, CHECKPOINT_NAME)
     if resume:
         _check_resumable(ckpt_path, config)
