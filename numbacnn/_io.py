@@ -11,12 +11,15 @@
 
 A crash, an exception or Ctrl-C at any moment leaves either the old complete file or the
 new complete one under ``path``, never a torn one, and no temporary file behind.
+
+``directory_lock(directory)`` keeps two runs from writing into one output directory at once.
 """
 
+import contextlib
 import os
 import tempfile
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "directory_lock", "DirectoryInUse", "LOCK_NAME"]
 
 
 def _umask():
@@ -69,3 +72,70 @@ def atomic_write(path, write):
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+LOCK_NAME = ".numbacnn.lock"
+
+
+class DirectoryInUse(RuntimeError):
+    """Another live numbacnn process holds the directory's lock."""
+
+
+def _lock_owner(path):
+    """The pid written in a lock file, or None if it cannot be read."""
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def directory_lock(directory):
+    """Hold ``directory/.numbacnn.lock`` (created with O_EXCL, holding this pid) while the
+    block runs, so two runs writing to one output directory cannot interleave their files.
+
+    Raises DirectoryInUse if a live process holds it. A lock left by a process that has
+    died (a crash, a kill -9) is taken over. Re-entrant within one process. The lock file is
+    removed when the block ends, however it ends.
+    """
+    path = os.path.join(os.fspath(directory), LOCK_NAME)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            owner = _lock_owner(path)
+            if owner == os.getpid():
+                yield  # this process already holds it (fit inside run)
+                return
+            if owner is not None and _alive(owner):
+                raise DirectoryInUse(
+                    f"{os.fspath(directory)} is in use by another numbacnn run (pid {owner}); wait for "
+                    f"it to finish or choose another --out (if no run is alive, delete {path})"
+                ) from None
+            try:  # stale: its process is gone
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+    else:  # pragma: no cover - lost a race twice
+        raise DirectoryInUse(f"{os.fspath(directory)}: could not take the lock {path}")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        yield
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass

@@ -22,6 +22,7 @@ import math
 import os
 import sys
 
+from ._io import DirectoryInUse
 from .checkpoint import CheckpointError, load, load_model_state
 from .data import DataLoader
 from .data.mnist import MNISTIntegrityError, MNISTNotFoundError
@@ -39,7 +40,7 @@ from .recipe import (
     resume_config,
     run,
 )
-from .train import evaluate
+from .train import TrainingDiverged, evaluate
 
 __all__ = ["main", "build_parser", "input_pad", "load_dataset", "make_transform", "UserError"]
 
@@ -321,7 +322,10 @@ def main(argv=None):
     except CheckpointError as e:
         print(f"numbacnn: error: bad checkpoint: {e}", file=sys.stderr)
         return 1
-    except (MNISTNotFoundError, MNISTIntegrityError) as e:
+    except DirectoryInUse as e:
+        print(f"numbacnn: error: {e}", file=sys.stderr)
+        return 2
+    except (MNISTNotFoundError, MNISTIntegrityError, TrainingDiverged) as e:
         print(f"numbacnn: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 
 from . import random as nrandom
 from ._checks import is_int
+from ._io import directory_lock
 from .checkpoint import CheckpointError
 from .checkpoint import load as load_checkpoint
 from .data import DataLoader, augment, mnist
@@ -377,6 +378,13 @@ def run(config, *, resume=False, overwrite=False, progress=True, log=None, on_ba
             "--overwrite to start over, or choose another --out"
         )
 
+    os.makedirs(out, exist_ok=True)
+    with directory_lock(out):  # before the data loads: a second run on OUT refuses at once
+        return _train(config, out, resume, progress, log, on_batch)
+
+
+def _train(config, out, resume, progress, log, on_batch):
+    """run's work, with OUT locked: model, data, optimizer, schedule, then fit."""
     nrandom.seed(config.seed)
     channels, height, _ = _dataset_shape(config.dataset)
     model = build_model(config.model, num_classes=10, in_channels=channels)  # MNIST: 10 digits

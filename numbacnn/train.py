@@ -24,6 +24,7 @@ CLI turns it into exit code 130.
 """
 
 import json
+import math
 import os
 import sys
 import time
@@ -34,10 +35,11 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from . import functional as F
 from . import random as nrandom
-from ._io import atomic_write
+from ._io import atomic_write, directory_lock
 
 __all__ = [
     "fit",
+    "TrainingDiverged",
     "evaluate",
     "TrainingInterrupted",
     "write_metrics",
@@ -62,6 +64,28 @@ METRIC_KEYS = (
     "images_per_second",
 )
 _SCHED_PREFIX = "schedule."
+
+
+# A training loss above DIVERGED * log(K), a thousand times the loss of guessing uniformly
+# among K classes, means the logits have blown up: no run that is learning gets near it.
+DIVERGED = 1000.0
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN, infinite, or larger than DIVERGED * log(K): training
+    stopped before the optimizer step that would have spread it further into the weights.
+    ``checkpoint`` is the last complete checkpoint (or None)."""
+
+    def __init__(self, epoch, batch, loss, lr):
+        self.epoch, self.batch, self.loss, self.lr = epoch, batch, loss, lr
+        self.checkpoint = None
+        super().__init__(f"epoch {epoch}, batch {batch}")
+
+    def __str__(self):
+        kept = (f"the last complete checkpoint {self.checkpoint} is kept"
+                if self.checkpoint else "no epoch completed, so no checkpoint was written")  # fmt: skip
+        return (f"the training loss became {self.loss:.4g} at epoch {self.epoch}, batch {self.batch}; "
+                f"the learning rate ({self.lr:g}) is probably too high; {kept}")  # fmt: skip
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -191,11 +215,55 @@ def fit(
     log = log or (lambda *a: print(*a, file=sys.stderr, flush=True))
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
+    with directory_lock(out_dir):  # a second run on the same OUT refuses instead of racing
+        return _fit(model, optimizer, train_loader, test_loader, epochs, out_dir, schedule, resume,
+                    dict(config or {}), progress, on_batch, log, on_resume)  # fmt: skip
+
+
+def _train_epoch(model, optimizer, loader, epoch, epochs, progress, on_batch):
+    """One pass over ``loader``: (mean loss, accuracy, images, seconds). Stops at once, before
+    the optimizer step, when the loss is not finite (TrainingDiverged)."""
+    total_loss, correct, seen = 0.0, 0, 0
+    bar = None
+    batches = loader
+    if progress:
+        bar = tqdm(loader, total=len(loader), desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True,
+                   dynamic_ncols=True, file=sys.stderr)  # fmt: skip
+        batches = bar
+    t0 = time.perf_counter()
+    try:
+        for i, (xb, yb) in enumerate(batches):
+            logits = model(xb)
+            loss = float(F.cross_entropy(logits, yb))
+            if not loss <= DIVERGED * math.log(logits.shape[1]):  # NaN fails the test too
+                raise TrainingDiverged(epoch, i + 1, loss, optimizer.lr)
+            model.zero_grad()
+            model.backward(F.cross_entropy_backward(logits, yb))
+            optimizer.step()
+            b = len(yb)
+            total_loss += loss * b
+            correct += int(np.count_nonzero(np.argmax(logits, axis=1) == yb))
+            seen += b
+            if bar is not None and (i % 10 == 0 or i == len(loader) - 1):
+                elapsed = time.perf_counter() - t0
+                img_s = f"{seen / max(elapsed, 1e-9):.0f}"
+                bar.set_postfix(loss=f"{total_loss / seen:.4f}", img_s=img_s, refresh=False)
+            if on_batch is not None:
+                on_batch(epoch, i, loss)
+    finally:
+        if bar is not None:
+            bar.close()
+    if seen == 0:
+        raise ValueError("fit: the training loader yielded no samples")
+    return total_loss / seen, correct / seen, seen, time.perf_counter() - t0
+
+
+def _fit(model, optimizer, train_loader, test_loader, epochs, out_dir, schedule, resume, config, progress,
+         on_batch, log, on_resume):  # fmt: skip
+    """fit's loop, with OUT locked."""
     ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME)
     metrics_path = os.path.join(out_dir, METRICS_NAME)
     curves_path = os.path.join(out_dir, CURVES_NAME)
-    config = dict(config or {})
-
     metrics, done = [], 0
     if resume:
         if not os.path.exists(ckpt_path):
@@ -220,53 +288,16 @@ def fit(
                 train_loader.set_epoch(epoch)
             model.train()
             lr = float(optimizer.lr)
-            total_loss, correct, seen = 0.0, 0, 0
-            bar = None
-            batches = train_loader
-            if progress:
-                bar = tqdm(
-                    train_loader,
-                    total=len(train_loader),
-                    desc=f"epoch {epoch}/{epochs}",
-                    unit="batch",
-                    leave=True,
-                    dynamic_ncols=True,
-                    file=sys.stderr,
-                )
-                batches = bar
-            t0 = time.perf_counter()
-            for i, (xb, yb) in enumerate(batches):
-                logits = model(xb)
-                loss = float(F.cross_entropy(logits, yb))
-                model.zero_grad()
-                model.backward(F.cross_entropy_backward(logits, yb))
-                optimizer.step()
-                b = len(yb)
-                total_loss += loss * b
-                correct += int(np.count_nonzero(np.argmax(logits, axis=1) == yb))
-                seen += b
-                if bar is not None and (i % 10 == 0 or i == len(train_loader) - 1):
-                    elapsed = time.perf_counter() - t0
-                    bar.set_postfix(
-                        loss=f"{total_loss / seen:.4f}",
-                        img_s=f"{seen / max(elapsed, 1e-9):.0f}",
-                        refresh=False,
-                    )
-                if on_batch is not None:
-                    on_batch(epoch, i, loss)
-            seconds = time.perf_counter() - t0
-            if bar is not None:
-                bar.close()
-            if seen == 0:
-                raise ValueError("fit: the training loader yielded no samples")
-
+            train_loss, train_acc, seen, seconds = _train_epoch(
+                model, optimizer, train_loader, epoch, epochs, progress, on_batch
+            )
             test_loss, test_acc = evaluate(model, test_loader)
             if schedule is not None:
                 schedule.step()
             row = {
                 "epoch": epoch,
-                "train_loss": total_loss / seen,
-                "train_accuracy": correct / seen,
+                "train_loss": train_loss,
+                "train_accuracy": train_acc,
                 "test_loss": test_loss,
                 "test_accuracy": test_acc,
                 "lr": lr,
@@ -287,11 +318,14 @@ def fit(
             write_metrics(metrics_path, metrics)
             plot_curves(curves_path, metrics, title=config.get("model"))
             log(
-                f"epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f} "
-                f"acc {100 * row['train_accuracy']:.2f}% | test loss {test_loss:.4f} "
+                f"epoch {epoch}/{epochs}: train loss {train_loss:.4f} "
+                f"acc {100 * train_acc:.2f}% | test loss {test_loss:.4f} "
                 f"acc {100 * test_acc:.2f}% | lr {lr:.4g} | {seconds:.1f} s, "
                 f"{row['images_per_second']:.0f} img/s"
             )
+    except TrainingDiverged as e:
+        e.checkpoint = last_complete if last_complete and os.path.exists(last_complete) else None
+        raise
     except KeyboardInterrupt:
         completed = saved_epoch
         if last_complete is not None and os.path.exists(last_complete):

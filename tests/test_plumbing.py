@@ -5,10 +5,17 @@ CLI: every user mistake ends in exactly one `numbacnn: error:` line and exit cod
 any work starts (no data loaded, no directory created)."""
 
 import os
+import subprocess
+import sys
+import time
 
 import pytest
+from conftest import needs_mnist
 
+from numbacnn._io import LOCK_NAME
 from numbacnn.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -119,3 +126,89 @@ def test_help_shows_every_default_and_the_model_names(capsys):
                 assert "(default:" in section, (option, section)
         if command != "evaluate":
             assert all(name in text for name in MODELS)
+
+
+# --------------------------------------------------------------------------- a diverged run
+
+QUICK = "--limit-train 256 --limit-test 128 --no-progress".split()
+
+
+@needs_mnist
+def test_a_diverged_loss_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, capsys):
+    """Issue 7, Also: `--lr 1e9` trained on to a loss of 2.9e9. Now the first batch whose
+    loss is NaN, infinite or a thousand times chance stops the run with one line naming
+    the epoch, the batch and the learning rate; the last complete checkpoint stays."""
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--epochs", "1", *QUICK]) == 0
+    before = (out / "checkpoint.npz").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--lr", "1e9", *QUICK]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("numbacnn: error: the training loss became") and "at epoch 2, batch" in err
+    assert "the learning rate (5e+08) is probably too high" in err  # cosine, epoch 2 of 2
+    assert "checkpoint.npz is kept" in err
+    assert (out / "checkpoint.npz").read_bytes() == before
+    assert not list(out.glob(".*.tmp"))
+
+
+@needs_mnist
+def test_a_run_that_diverges_in_its_first_epoch_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--epochs", "1", "--lr", "1e9", *QUICK]) == 1
+    assert "no checkpoint was written" in capsys.readouterr().err
+    assert not (out / "checkpoint.npz").exists() and not (out / LOCK_NAME).exists()
+
+
+# --------------------------------------------------------------------------- one run per directory
+
+
+def test_a_second_run_on_a_directory_in_use_refuses(tmp_path, capsys):
+    """Issue 7, Also: two runs on one --out. A live process holds the lock: the second run
+    refuses in one line, before anything is loaded or written."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        out = tmp_path / "run"
+        out.mkdir()
+        (out / LOCK_NAME).write_text(f"{other.pid}\n")
+        err = _one_line_error(["train", "--out", str(out), *QUICK], capsys)
+        assert f"in use by another numbacnn run (pid {other.pid})" in err
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+    finally:
+        other.kill()
+        other.wait()
+
+
+@needs_mnist
+def test_a_lock_left_by_a_dead_run_is_taken_over(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK_NAME).write_text(f"{dead.pid}\n")
+    assert main(["train", "--out", str(out), "--epochs", "1", *QUICK]) == 0
+    assert (out / "checkpoint.npz").exists() and not (out / LOCK_NAME).exists()
+
+
+@needs_mnist
+def test_two_real_runs_on_one_directory(tmp_path, capsys):
+    """A real second process while the first one trains: it refuses; the first finishes
+    and its files are whole."""
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "numbacnn.cli", "train", "--out", str(out), "--epochs", "2",
+         "--limit-train", "4096", "--limit-test", "256", "--no-progress"],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while not (out / LOCK_NAME).exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert (out / LOCK_NAME).exists(), "the first run never took the lock"
+    err = _one_line_error(["train", "--out", str(out), "--overwrite", *QUICK], capsys)
+    assert "in use by another numbacnn run" in err
+    _, first_err = first.communicate(timeout=300)
+    assert first.returncode == 0, first_err
+    from numbacnn import checkpoint
+
+    assert checkpoint.load(out / "checkpoint.npz").meta["epoch"] == 2
+    assert not (out / LOCK_NAME).exists()
