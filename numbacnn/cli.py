@@ -281,6 +281,12 @@ def build_parser():
     t.add_argument("--cache-dir", type=_dir, help="MNIST cache directory (default: ~/.cache/numbacnn)")
     t.add_argument("--download", action="store_true", help="download MNIST if not found")
     t.add_argument(
+        "--drop-last",
+        action="store_true",
+        help="leave out the last, partial training batch of each epoch (without it, a last "
+        "batch of one image is left out when the model has batch norm)",
+    )
+    t.add_argument(
         "--no-progress", dest="progress", action="store_false", default=True, help="no progress bar"
     )
     t.set_defaults(func=cmd_train)

@@ -299,10 +299,13 @@ def _with_batch(shape):
 
 
 def _with_node(e, name, layer):
-    """Re-raise a forward- or backward-time error with the node's path in front of the message."""
+    """Re-raise a forward- or backward-time error with the dotted path of the node and the
+    type of the innermost layer that failed in front of the message (a nested graph adds
+    its node's name to the path, e.g. node 'layer4.1.bn2' (BatchNorm2d))."""
     path = f"{name}.{e.node_path}" if hasattr(e, "node_path") else name
     detail = getattr(e, "node_detail", str(e))
+    layer_type = getattr(e, "node_type", type(layer).__name__)
     cls = ValueError if isinstance(e, ValueError) else TypeError
-    new = cls(f"node '{path}' ({type(layer).__name__}): {detail}")
-    new.node_path, new.node_detail = path, detail
+    new = cls(f"node '{path}' ({layer_type}): {detail}")
+    new.node_path, new.node_detail, new.node_type = path, detail, layer_type
     return new

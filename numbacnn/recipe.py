@@ -166,6 +166,9 @@ class TrainConfig:
     shuffling and augmentation. out: output directory (None: runs/MODEL, see
     ``out_dir``). limit_train, limit_test: use only the first N images (None: all).
     cache_dir, download: where MNIST is cached, and whether to download it if missing.
+    drop_last: leave out the last, partial training batch of every epoch. Without it, a last
+    batch of ONE image is still left out when the model has batch norm (which cannot
+    normalise a single value per channel in training mode), with a notice at the start.
 
     Frozen: change a field with ``dataclasses.replace`` (which checks again). Raises
     ConfigError (a ValueError) for a bad value, TypeError for a bad type; both name the
@@ -191,6 +194,7 @@ class TrainConfig:
     limit_test: int | None = None
     cache_dir: str | None = None
     download: bool = False
+    drop_last: bool = False
 
     def __post_init__(self):
         checked = {
@@ -213,6 +217,7 @@ class TrainConfig:
             "limit_test": _integer("limit_test", self.limit_test, 1, optional=True),
             "cache_dir": _path("cache_dir", self.cache_dir),
             "download": _flag("download", self.download),
+            "drop_last": _flag("drop_last", self.drop_last),
         }
         if checked["nesterov"] and checked["momentum"] == 0.0:
             raise ConfigError("nesterov=True needs momentum > 0, got momentum=0.0")
@@ -300,6 +305,13 @@ def make_transform(names, fill=None):
 
 
 # --------------------------------------------------------------------------- resume
+def _has_batch_norm(model):
+    """Whether any layer of ``model`` is a BatchNorm1d/2d."""
+    from .layers import BatchNorm1d, BatchNorm2d
+
+    return any(isinstance(m, (BatchNorm1d, BatchNorm2d)) for _, m in model.named_modules())
+
+
 def _stored_config(ckpt_path):
     """``meta["config"]`` of the checkpoint at ``ckpt_path`` (a dict, maybe empty)."""
     if not os.path.exists(ckpt_path):
@@ -402,9 +414,16 @@ def _train(config, out, resume, progress, log, on_batch):
     xtr, ytr, xte, yte = load_dataset(
         config.dataset, pad, config.cache_dir, config.download, config.limit_train, config.limit_test
     )
-    train_loader = DataLoader(
-        xtr, ytr, config.batch_size, shuffle=True, seed=config.seed, transform=make_transform(config.augment)
-    )
+    drop_last = config.drop_last
+    if not drop_last and len(xtr) % config.batch_size == 1 and _has_batch_norm(model):
+        drop_last = True
+        log(
+            f"note: the last batch of each epoch would hold 1 image ({len(xtr)} = "
+            f"{len(xtr) // config.batch_size} x {config.batch_size} + 1), which batch norm cannot "
+            "normalise in training mode: it is left out (--drop-last leaves out any partial batch)"
+        )
+    train_loader = DataLoader(xtr, ytr, config.batch_size, shuffle=True, seed=config.seed,
+                              transform=make_transform(config.augment), drop_last=drop_last)  # fmt: skip
     test_loader = DataLoader(xte, yte, config.eval_batch_size)
     optimizer = SGD(
         model.parameters(),

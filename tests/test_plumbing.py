@@ -4,11 +4,13 @@ named after it, next to tests of the kind it stands for.
 CLI: every user mistake ends in exactly one `numbacnn: error:` line and exit code 2, before
 any work starts (no data loaded, no directory created)."""
 
+import dataclasses
 import os
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from conftest import needs_mnist
 
@@ -212,3 +214,50 @@ def test_two_real_runs_on_one_directory(tmp_path, capsys):
 
     assert checkpoint.load(out / "checkpoint.npz").meta["epoch"] == 2
     assert not (out / LOCK_NAME).exists()
+
+
+# --------------------------------------------------------------------------- a last batch of one
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_resnet18_with_a_last_batch_of_one_finishes_its_epoch(tmp_path, capsys):
+    """Issue 7, item 4: `--model resnet18 --limit-train 257 --batch-size 64` ended the epoch
+    with a batch-norm traceback on a (1, 512, 1, 1) batch and lost the epoch. The batch of
+    one is now left out, with a notice at the start."""
+    out = tmp_path / "r18"
+    argv = ["train", "--model", "resnet18", "--limit-train", "257", "--batch-size", "64", "--epochs", "1"]
+    assert main([*argv, "--limit-test", "64", "--no-progress", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "the last batch of each epoch would hold 1 image (257 = 4 x 64 + 1)" in err
+    assert (out / "checkpoint.npz").exists()
+
+
+@needs_mnist
+def test_drop_last_leaves_out_the_partial_batch(tmp_path):
+    from numbacnn.recipe import TrainConfig, run
+
+    batches = []
+    config = TrainConfig(epochs=1, limit_train=300, limit_test=64, batch_size=64, out=str(tmp_path / "a"))
+    run(config, progress=False, log=lambda *a: None, on_batch=lambda e, i, loss: batches.append(i))
+    assert len(batches) == 5  # 4 x 64 + 44
+    batches.clear()
+    run(
+        dataclasses.replace(config, drop_last=True, out=str(tmp_path / "b")),
+        progress=False, log=lambda *a: None, on_batch=lambda e, i, loss: batches.append(i),
+    )  # fmt: skip
+    assert len(batches) == 4
+
+
+def test_an_error_in_a_nested_graph_names_the_innermost_layer_and_its_path():
+    """Issue 7, item 4: the error called the failing node `(Sequential)`; it names the
+    BatchNorm2d inside, by its dotted path."""
+    from numbacnn.graph import Sequential
+    from numbacnn.layers import BatchNorm2d, Conv2d, ReLU
+
+    model = Sequential(("stem", Conv2d(1, 2, 3)), ("layer1", Sequential(("conv", Conv2d(2, 2, 1)),
+                       ("bn", BatchNorm2d(2)), ("relu", ReLU()))))  # fmt: skip
+    with pytest.raises(
+        ValueError, match=r"^node 'layer1\.bn' \(BatchNorm2d\): batch_norm: expected more than 1"
+    ):
+        model(np.zeros((1, 1, 3, 3), np.float32))
