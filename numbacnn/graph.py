@@ -37,6 +37,8 @@ order). The summary table is numbacnn.summary.
 
 import heapq
 
+import numpy as np
+
 from numbacnn import functional as F
 from numbacnn.module import Module
 from numbacnn.summary import Summary, format_shape, human  # noqa: F401  (re-exported)
@@ -108,11 +110,33 @@ class Graph(Module):
         self._output = name
         self._order = None
 
-    def __getitem__(self, name):
-        return self._modules[name]
+    def __getitem__(self, key):
+        """A node's layer by name (``g["conv1"]``) or by position in insertion order
+        (``g[0]``, ``g[-1]``), as torch's ModuleDict / Sequential. KeyError / IndexError
+        name the nodes."""
+        if isinstance(key, str):
+            if key not in self._modules:
+                raise KeyError(f"no node {key!r} in this graph (nodes: {list(self._inputs)})")
+            return self._modules[key]
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            names = list(self._inputs)
+            if not -len(names) <= key < len(names):
+                raise IndexError(f"node index {key} out of range for a graph of {len(names)} nodes")
+            return self._modules[names[key]]
+        raise TypeError(f"graph indices are node names or ints, got {type(key).__name__}")
 
     def __len__(self):
         return len(self._inputs)
+
+    def __iter__(self):
+        """The layers, in insertion order (as iterating a torch.nn.Sequential)."""
+        return iter([self._modules[name] for name in self._inputs])
+
+    def __contains__(self, item):
+        """A node name (``"conv1" in g``) or a layer instance (``layer in g``)."""
+        if isinstance(item, str):
+            return item in self._inputs
+        return any(layer is item for layer in self)
 
     def nodes(self):
         """[(name, layer, inputs)] in insertion order."""
@@ -291,6 +315,14 @@ class Sequential(Graph):
 
     def append(self, layer, name=None):
         return self.add(str(len(self)) if name is None else name, layer)
+
+    def __getitem__(self, key):
+        """As torch.nn.Sequential: ``seq[i]`` (negative too) is a layer, ``seq[a:b]`` a new
+        Sequential of those layers under their names; ``seq["name"]`` a layer by name."""
+        if isinstance(key, slice):
+            names = list(self._inputs)[key]
+            return Sequential(*[(name, self._modules[name]) for name in names])
+        return super().__getitem__(key)
 
 
 def _with_batch(shape):

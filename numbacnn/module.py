@@ -99,6 +99,18 @@ class Module:
         for name, child in self._modules.items():
             yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
 
+    def named_children(self):
+        """(name, module) of the direct children, in registration order (torch's API)."""
+        yield from self._modules.items()
+
+    def children(self):
+        """The direct child modules, in registration order."""
+        return [m for _, m in self.named_children()]
+
+    def modules(self):
+        """This module and every module below it, depth first (torch's order)."""
+        return [m for _, m in self.named_modules()]
+
     def named_parameters(self, prefix=""):
         """(dotted name, Parameter) in torch.nn.Module.parameters() order."""
         for mod_prefix, mod in self.named_modules(prefix):

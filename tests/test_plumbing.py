@@ -16,6 +16,8 @@ from conftest import needs_mnist
 
 from numbacnn._io import LOCK_NAME
 from numbacnn.cli import main
+from numbacnn.graph import Graph, Sequential
+from numbacnn.layers import Add
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -261,3 +263,48 @@ def test_an_error_in_a_nested_graph_names_the_innermost_layer_and_its_path():
         ValueError, match=r"^node 'layer1\.bn' \(BatchNorm2d\): batch_norm: expected more than 1"
     ):
         model(np.zeros((1, 1, 3, 3), np.float32))
+
+
+# --------------------------------------------------------------------------- containers
+
+
+def test_sequential_minus_one_is_the_last_layer():
+    """Issue 7, item 6: `Sequential(...)[-1]` raised KeyError; a torch user expects the last layer."""
+    from numbacnn.layers import Linear, ReLU
+
+    fc1, relu, fc2 = Linear(4, 3), ReLU(), Linear(3, 2)
+    seq = Sequential(fc1, relu, fc2)
+    assert seq[-1] is fc2 and seq[0] is fc1 and seq["1"] is relu and seq[-3] is fc1
+    with pytest.raises(IndexError, match="out of range for a graph of 3 nodes"):
+        seq[3]
+    with pytest.raises(KeyError, match=r"no node 'fc' in this graph \(nodes: \['0', '1', '2'\]\)"):
+        seq["fc"]
+    with pytest.raises(TypeError, match="node names or ints"):
+        seq[1.0]
+
+
+def test_containers_behave_like_torch_sequential_and_module_dict():
+    import torch
+
+    from numbacnn.layers import Conv2d, Flatten, Linear, ReLU
+
+    layers = [Conv2d(1, 2, 3), ReLU(), Flatten(), Linear(8, 2)]
+    seq = Sequential(*layers)
+    ref = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8, 2)
+    )
+    assert len(seq) == len(ref) == 4
+    assert [type(m).__name__ for m in seq] == [type(m).__name__ for m in ref]  # iteration: layers
+    assert (
+        [n for n, _ in seq.named_children()] == [n for n, _ in ref.named_children()] == ["0", "1", "2", "3"]
+    )
+    assert seq.children() == layers and seq.modules()[0] is seq
+    head = seq[1:3]  # a slice is a Sequential of those layers, under their names
+    assert isinstance(head, Sequential) and list(head) == layers[1:3] and "1" in head and "0" not in head
+    assert layers[0] in seq and ReLU() not in seq and "3" in seq
+    x = np.random.default_rng(0).standard_normal((2, 1, 4, 4)).astype(np.float32)
+    assert seq[2:](seq[:2](x)).shape == seq(x).shape == (2, 2)
+
+    g = Graph(input_name="x")
+    g.add("a", ReLU()).add("b", ReLU(), inputs="x").add("sum", Add(), inputs=["a", "b"])
+    assert g[0] is g["a"] and g[-1] is g["sum"] and [n for n, _ in g.named_children()] == ["a", "b", "sum"]
