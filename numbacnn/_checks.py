@@ -13,6 +13,8 @@ from .kernels import backend, is_device_array
 __all__ = [
     "is_int",
     "check_int",
+    "check_bool",
+    "check_number",
     "pair",
     "positive_pair",
     "float_array",
@@ -37,6 +39,27 @@ def check_int(op, name, value, minimum=None):
     if minimum is not None and value < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_bool(op, name, value):
+    """`value` as a bool; TypeError unless it is a bool (or np.bool_): 0, 1 and "yes" are not."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op}: {name} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def check_number(op, name, value, minimum=None, maximum=None, above=None):
+    """`value` as a float: TypeError unless it is a real number (not a bool, not a string),
+    ValueError if it is NaN or outside [minimum, maximum] or not > `above`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{op}: {name} must be a number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    low_ok = (minimum is None or value >= minimum) and (above is None or value > above)
+    if not (low_ok and (maximum is None or value <= maximum)):  # NaN fails here too
+        bounds = [f">= {minimum}" if minimum is not None else "", f"> {above}" if above is not None else "",
+                  f"<= {maximum}" if maximum is not None else ""]  # fmt: skip
+        raise ValueError(f"{op}: {name} must be {' and '.join(b for b in bounds if b)}, got {value!r}")
+    return value
 
 
 def pair(value, name, op):
@@ -114,7 +137,7 @@ def inplace_vector(op, name, a, C, x):
 
 def class_labels(op, labels, logits):
     """Integer class labels (N,) for logits (N, K), each in [0, K), on the logits' device.
-    Array-likes are converted with np.asarray; an empty batch is a ValueError."""
+    Array-likes are converted with np.asarray; an empty batch (N = 0) is allowed."""
     if not (isinstance(labels, np.ndarray) or is_device_array(labels)):
         labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
@@ -127,10 +150,8 @@ def class_labels(op, labels, logits):
             f"{op}: labels must have shape ({N},) to match logits.shape={logits.shape}, "
             f"got labels.shape={labels.shape}"
         )
-    if N == 0:
-        raise ValueError(f"{op}: empty batch (logits.shape={logits.shape})")
     host_labels = backend(labels).to_host(labels)
-    lo, hi = int(host_labels.min()), int(host_labels.max())
+    lo, hi = (int(host_labels.min()), int(host_labels.max())) if N else (0, 0)
     if lo < 0 or hi >= K:
         raise ValueError(
             f"{op}: labels must be in [0, {K - 1}] for logits.shape={logits.shape}, "

@@ -19,12 +19,16 @@ The readable oracle for every function is ``numbacnn.reference`` (same names, pl
 import numpy as np
 
 from . import random as _random
+from ._checks import check_bool as _check_bool
+from ._checks import check_int as _check_int
+from ._checks import check_number as _check_number
 from ._checks import class_labels as _class_labels
 from ._checks import float_array as _float_array
 from ._checks import inplace_vector as _inplace_vector
 from ._checks import same_dtype as _same_dtype
 from ._checks import same_shape as _same_shape
 from .kernels import backend as _backend
+from .kernels import is_device_array as _is_device_array
 from .shapes import conv2d_geometry, pool2d_geometry
 
 __all__ = [
@@ -210,11 +214,16 @@ def _bn_param(op, name, a, C, x, fill):
 
 
 def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
-    """Batch norm over (N, H, W) per channel, PyTorch semantics.
+    """Batch norm over (N, H, W) per channel (lecture, "Batch Normalization"), PyTorch's
+    torch.nn.functional.batch_norm: x (N, C, H, W) or (N, C) -> y of x's shape.
 
     training: normalise with the batch mean and biased variance, and update running_mean and
-    running_var in place (r <- (1 - momentum) r + momentum * stat, unbiased variance).
-    eval: normalise with running_mean and running_var.
+    running_var in place (r <- (1 - momentum) r + momentum * stat, unbiased variance); more
+    than one value per channel is needed, except that an empty batch (N = 0) returns an
+    empty y and leaves the running statistics untouched, as PyTorch. eval: normalise with
+    running_mean and running_var. momentum: a number in [0, 1] (the cumulative average of
+    momentum=None is BatchNorm1d/2d's, which count their batches); eps > 0; training a bool.
+    Raises TypeError / ValueError naming the argument.
     """
     op = "batch_norm"
     x, x3 = _bn_view(op, x)
@@ -222,18 +231,22 @@ def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.
     weight = _bn_param(op, "weight", weight, C, x, 1.0)
     bias = _bn_param(op, "bias", bias, C, x, 0.0)
     _same_dtype(op, x=x, weight=weight, bias=bias)
-    if not eps > 0:
-        raise ValueError(f"{op}: eps must be > 0, got {eps!r}")
-    k = _backend(x).batchnorm
+    training = _check_bool(op, "training", training)
+    eps = _check_number(op, "eps", eps, above=0.0)
+    if momentum is None:
+        raise TypeError(
+            f"{op}: momentum must be a number in [0, 1], got None (the cumulative average of "
+            "momentum=None is a BatchNorm1d/BatchNorm2d option: it needs their num_batches_tracked)"
+        )
+    momentum = _check_number(op, "momentum", momentum, minimum=0.0, maximum=1.0)
     y = _empty(x)
     y3 = y.reshape(N, C, L)
+    k = _backend(x).batchnorm
     if training:
-        if N * L <= 1:
+        if N * L == 1:
             raise ValueError(
                 f"{op}: expected more than 1 value per channel when training, got x.shape={x.shape}"
             )
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"{op}: momentum must be in [0, 1], got {momentum!r}")
         if running_mean is None or running_var is None:
             # No running statistics tracked: update throw-away buffers.
             running_mean = _full(x, (C,), 0.0)
@@ -241,24 +254,24 @@ def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.
         else:
             running_mean = _inplace_vector(op, "running_mean", running_mean, C, x)
             running_var = _inplace_vector(op, "running_var", running_var, C, x)
-        k.batch_norm_forward_train(
-            x3, weight, bias, running_mean, running_var, float(momentum), float(eps), y3
-        )
+        if N * L:  # an empty batch has no statistics: y is empty, the running ones stay
+            k.batch_norm_forward_train(x3, weight, bias, running_mean, running_var, momentum, eps, y3)
     else:
         if running_mean is None or running_var is None:
             raise ValueError(f"{op}: eval mode needs running_mean and running_var")
         running_mean = _inplace_vector(op, "running_mean", running_mean, C, x)
         running_var = _inplace_vector(op, "running_var", running_var, C, x)
-        k.batch_norm_forward_eval(x3, weight, bias, running_mean, running_var, float(eps), y3)
+        k.batch_norm_forward_eval(x3, weight, bias, running_mean, running_var, eps, y3)
     return y
 
 
 def batch_norm_backward(dy, x, weight, eps=1e-5, running_mean=None, running_var=None):
-    """Gradient of batch_norm: -> (dx, dweight, dbias).
+    """Gradient of batch_norm: dy of x's shape -> (dx, dweight, dbias), dweight and dbias (C,).
 
     By default the training-mode gradient (batch statistics recomputed from x, including
     their dependence on x). Given running_mean and running_var, the eval-mode gradient of the
-    fixed affine map: dx = weight * dy / sqrt(running_var + eps).
+    fixed affine map: dx = weight * dy / sqrt(running_var + eps). An empty batch gives an
+    empty dx and zero dweight, dbias. eps > 0.
     """
     op = "batch_norm_backward"
     x, x3 = _bn_view(op, x)
@@ -267,30 +280,22 @@ def batch_norm_backward(dy, x, weight, eps=1e-5, running_mean=None, running_var=
     N, C, L = x3.shape
     weight = _bn_param(op, "weight", weight, C, x, 1.0)
     _same_dtype(op, dy=dy, x=x, weight=weight)
-    dx = _empty(x)
-    dweight = _empty(x, (C,))
-    dbias = _empty(x, (C,))
-    k = _backend(x).batchnorm
+    eps = _check_number(op, "eps", eps, above=0.0)
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{op}: give both running_mean and running_var (eval mode) or neither")
+    dx = _empty(x)
+    if N * L == 0:  # nothing to differentiate: no statistics, no gradient
+        return dx, _full(x, (C,), 0.0), _full(x, (C,), 0.0)
+    dweight = _empty(x, (C,))
+    dbias = _empty(x, (C,))
+    dy3, dx3 = dy.reshape(N, C, L), dx.reshape(N, C, L)
+    k = _backend(x).batchnorm
     if running_mean is None:
-        k.batch_norm_backward(
-            dy.reshape(N, C, L), x3, weight, float(eps), dx.reshape(N, C, L), dweight, dbias
-        )
+        k.batch_norm_backward(dy3, x3, weight, eps, dx3, dweight, dbias)
     else:
         running_mean = _inplace_vector(op, "running_mean", running_mean, C, x)
         running_var = _inplace_vector(op, "running_var", running_var, C, x)
-        k.batch_norm_backward_eval(
-            dy.reshape(N, C, L),
-            x3,
-            weight,
-            running_mean,
-            running_var,
-            float(eps),
-            dx.reshape(N, C, L),
-            dweight,
-            dbias,
-        )
+        k.batch_norm_backward_eval(dy3, x3, weight, running_mean, running_var, eps, dx3, dweight, dbias)
     return dx, dweight, dbias
 
 
@@ -403,45 +408,42 @@ def add_backward(dy):
     return dy, dy
 
 
-def _check_p(op, p):
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"{op}: p must be a probability in [0, 1], got {p!r}")
-    return float(p)
-
-
 def dropout(x, p=0.5, training=True, seed=None):
-    """Inverted dropout (lecture): x_i -> 0 with probability p, else x_i / (1 - p).
-
-    Returns (y, mask) with mask uint8 (1 = kept), a pure function of (seed, index), so it is
-    reproducible. seed=None draws one from numbacnn.random. In eval returns (x, None).
+    """Inverted dropout (lecture, "Dropout Layer"): x_i -> 0 with probability p, else
+    x_i / (1 - p). x: any shape -> (y, mask), mask uint8 of x's shape (1 = kept), a pure
+    function of (seed, flat index), so it is reproducible (and the same on CPU and GPU).
+    p: a number in [0, 1]; training: a bool (False returns (x, None)); seed: an int or None
+    (None draws one from numbacnn.random). Raises TypeError / ValueError naming the argument.
     """
     op = "dropout"
     x = _float_array(op, "x", x, range(0, 33))
-    p = _check_p(op, p)
-    if not training:
+    p = _check_number(op, "p", p, minimum=0.0, maximum=1.0)
+    if not _check_bool(op, "training", training):
         return x, None
     if seed is None:
         seed = int(_random.rng().integers(0, 2**62))
+    seed = _check_int(op, "seed", seed) % 2**63  # the kernel hashes a signed 64-bit counter
     y = _empty(x)
     mask = _empty(x, x.shape, np.uint8)
-    seed = int(seed) % 2**63  # the kernel hashes a signed 64-bit counter
     _backend(x).activation.dropout_forward(x.reshape(-1), y.reshape(-1), mask.reshape(-1), p, seed)
     return y, mask
 
 
 def dropout_backward(dy, mask, p):
-    """dx = dy * mask / (1 - p); mask None (eval) passes dy through."""
+    """dx = dy * mask / (1 - p), dx of dy's shape; mask None (eval) passes dy through. mask:
+    the uint8 mask dropout returned (TypeError for another dtype, ValueError for another
+    shape, TypeError on another device); p: a number in [0, 1]."""
     op = "dropout_backward"
     dy = _float_array(op, "dy", dy, range(0, 33))
-    p = _check_p(op, p)
+    p = _check_number(op, "p", p, minimum=0.0, maximum=1.0)
     if mask is None:
         return dy
-    if not hasattr(mask, "dtype") or mask.dtype != np.uint8 or mask.shape != dy.shape:
-        raise ValueError(
-            f"{op}: mask must be the uint8 mask returned by dropout with dy's shape "
-            f"{dy.shape}, got {getattr(mask, 'dtype', type(mask).__name__)} "
-            f"{getattr(mask, 'shape', '')}"
-        )
+    if getattr(mask, "dtype", None) != np.uint8:
+        got = getattr(mask, "dtype", type(mask).__name__)
+        raise TypeError(f"{op}: mask must be the uint8 mask returned by dropout, got {got}")
+    _same_shape(op, "mask", mask, dy.shape, " (dy's shape)")
+    if _is_device_array(mask) != _is_device_array(dy):
+        raise TypeError(f"{op}: mask and dy must be on one device")
     mask = _backend(mask).ascontiguous(mask)
     dx = _empty(dy)
     _backend(dy).activation.dropout_backward(dy.reshape(-1), mask.reshape(-1), p, dx.reshape(-1))
@@ -459,13 +461,15 @@ def _ce_args(op, logits, labels):
 
 
 def cross_entropy(logits, labels):
-    """Mean softmax cross-entropy: logits (N, K), labels (N,) -> float (stable log-sum-exp)."""
+    """Mean softmax cross-entropy (torch.nn.functional.cross_entropy, reduction="mean"):
+    logits (N, K) float, labels (N,) integers in [0, K) -> a Python float, through the stable
+    log-sum-exp. An empty batch gives NaN (the mean of nothing), as PyTorch."""
     logits, labels = _ce_args("cross_entropy", logits, labels)
     return float(_backend(logits).loss.cross_entropy_forward(logits, labels))
 
 
 def cross_entropy_backward(logits, labels):
-    """d loss / d logits = (softmax(logits) - onehot(labels)) / N."""
+    """d loss / d logits = (softmax(logits) - onehot(labels)) / N: (N, K), empty for N = 0."""
     logits, labels = _ce_args("cross_entropy_backward", logits, labels)
     dlogits = _empty(logits)
     _backend(logits).loss.cross_entropy_backward(logits, labels, dlogits)

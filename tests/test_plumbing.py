@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import needs_mnist
 
+from numbacnn import functional as F
 from numbacnn._io import LOCK_NAME
 from numbacnn.cli import main
 from numbacnn.graph import Graph, Sequential
@@ -308,3 +309,82 @@ def test_containers_behave_like_torch_sequential_and_module_dict():
     g = Graph(input_name="x")
     g.add("a", ReLU()).add("b", ReLU(), inputs="x").add("sum", Add(), inputs=["a", "b"])
     assert g[0] is g["a"] and g[-1] is g["sum"] and [n for n, _ in g.named_children()] == ["a", "b", "sum"]
+
+
+# --------------------------------------------------------------------------- empty batches
+
+
+def test_batch_norm_on_an_empty_batch_in_training_and_eval():
+    """Issue 7, item 2: F.batch_norm on (0, 3, 4, 4) failed inside NumPy's reshape. As
+    PyTorch: an empty output; in training the running statistics stay as they were; the
+    backward gives an empty dx and zero dweight, dbias."""
+    x = np.zeros((0, 3, 4, 4), np.float32)
+    weight, bias = np.ones(3, np.float32), np.zeros(3, np.float32)
+    rm, rv = np.full(3, 0.5, np.float32), np.full(3, 2.0, np.float32)
+    for training in (True, False):
+        y = F.batch_norm(x, weight, bias, rm, rv, training)
+        assert y.shape == x.shape and y.dtype == x.dtype
+        np.testing.assert_array_equal(rm, 0.5)
+        np.testing.assert_array_equal(rv, 2.0)
+        extra = {} if training else dict(running_mean=rm, running_var=rv)
+        dx, dweight, dbias = F.batch_norm_backward(y, x, weight, **extra)
+        assert dx.shape == x.shape and not dweight.any() and not dbias.any()
+
+
+EMPTY_OPS = [
+    ("conv2d", lambda: (np.zeros((0, 3, 6, 6)), np.ones((4, 3, 3, 3))), {"padding": 1}),
+    ("conv2d", lambda: (np.zeros((0, 3, 7, 7)), np.ones((4, 3, 3, 3))), {"stride": 2}),
+    ("conv2d", lambda: (np.zeros((0, 16, 5, 5)), np.ones((8, 16, 5, 5))), {}),  # the dense path
+    ("max_pool2d", lambda: (np.zeros((0, 2, 4, 4)),), {"kernel_size": 2}),
+    ("avg_pool2d", lambda: (np.zeros((0, 2, 4, 4)),), {"kernel_size": 3, "stride": 1, "padding": 1}),
+    ("linear", lambda: (np.zeros((0, 5)), np.ones((3, 5))), {}),
+    ("relu", lambda: (np.zeros((0, 4)),), {}),
+    ("tanh", lambda: (np.zeros((0, 4)),), {}),
+    ("sigmoid", lambda: (np.zeros((0, 4)),), {}),
+]
+
+
+@pytest.mark.parametrize(
+    "name,make,kwargs", EMPTY_OPS, ids=[f"{n}{i}" for i, (n, _, _) in enumerate(EMPTY_OPS)]
+)
+def test_every_op_takes_an_empty_batch(name, make, kwargs):
+    """N = 0 through every op, forward and backward: empty outputs and input gradients, zero
+    parameter gradients (the shapes PyTorch gives)."""
+    import torch
+
+    arrays = make()
+    y = getattr(F, name)(*arrays, **kwargs)
+    expected = getattr(torch.nn.functional, name)(*map(torch.from_numpy, arrays), **kwargs)
+    assert y.shape == tuple(expected.shape)
+    dy = np.zeros(y.shape)
+    grads = getattr(F, name + "_backward")(
+        dy, arrays[0] if name not in ("tanh", "sigmoid") else y, *arrays[1:], **kwargs
+    )
+    grads = grads if isinstance(grads, tuple) else (grads,)
+    assert grads[0].shape == arrays[0].shape
+    assert all(g.shape != () and not np.any(g) for g in grads[1:])
+
+
+def test_cross_entropy_of_an_empty_batch_is_nan_as_pytorch():
+    assert np.isnan(F.cross_entropy(np.zeros((0, 4)), np.zeros(0, np.int64)))
+    assert F.cross_entropy_backward(np.zeros((0, 4)), np.zeros(0, np.int64)).shape == (0, 4)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "vgg_small", "resnet_cifar"])
+def test_a_whole_model_forward_and_backward_on_an_empty_batch(name):
+    """Every layer of a model, in training mode: empty output and input gradient, zero
+    parameter gradients, untouched running statistics."""
+    from numbacnn import models
+
+    model = models.build_model(name)
+    before = {k: v.copy() for k, v in model.state_dict().items() if "running" in k}
+    x = np.zeros((0, 1, 32, 32), np.float32)
+    y = model(x)
+    assert y.shape == model.output_shape(x.shape) == (0, 10)
+    for p in model.parameters():
+        p.grad[...] = 1.0
+    model.zero_grad()
+    assert model.backward(np.zeros_like(y)).shape == x.shape
+    assert all(not p.grad.any() for p in model.parameters())
+    after = model.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)

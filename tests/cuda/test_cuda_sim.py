@@ -313,3 +313,21 @@ def test_float64_accumulation_of_large_batch_norm_offset(rng):
     x = (rng.standard_normal((4, 2, 3, 3)) + 1000).astype(np.float32)
     y_cpu, y_gpu = both(F.batch_norm, x, None, None, None, None, True)
     assert_close(y_gpu, y_cpu, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- empty batches
+def test_an_empty_batch_on_the_device():
+    """N = 0 through the CUDA twins (issue 7): empty outputs, zero parameter gradients,
+    untouched running statistics, NaN mean loss; the same as the CPU."""
+    x, w = np.zeros((0, 3, 6, 6)), np.ones((4, 3, 3, 3))
+    y_cpu, y_gpu = both(F.conv2d, x, w, padding=1)
+    assert host(y_gpu).shape == y_cpu.shape == (0, 4, 6, 6)
+    _, (dx, dw, db) = both(F.conv2d_backward, np.zeros((0, 4, 6, 6)), x, w, padding=1)
+    assert host(dx).shape == x.shape and not host(dw).any() and not host(db).any()
+    assert host(F.max_pool2d(dev(x), 2)).shape == (0, 3, 3, 3)
+    rm, rv = dev(np.full(3, 0.5)), dev(np.full(3, 2.0))
+    y = F.batch_norm(dev(x), None, None, rm, rv, True)
+    assert host(y).shape == x.shape and np.all(host(rm) == 0.5) and np.all(host(rv) == 2.0)
+    _, dgamma, dbeta = F.batch_norm_backward(y, dev(x), None)
+    assert not host(dgamma).any() and not host(dbeta).any()
+    assert np.isnan(F.cross_entropy(dev(np.zeros((0, 4))), dev(np.zeros(0, np.int64))))
