@@ -38,6 +38,7 @@ import numpy as np
 from numbacnn import functional as F
 from numbacnn import init
 from numbacnn import random as nrandom
+from numbacnn._checks import check_bool, check_int, check_number, positive_pair
 from numbacnn.init import kaiming_normal_fan_out, kaiming_uniform
 from numbacnn.module import Module, Parameter
 from numbacnn.shapes import conv2d_geometry, pair, pool2d_geometry
@@ -86,17 +87,24 @@ class Conv2d(Module):
         self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True
     ):
         super().__init__()
+        op = "Conv2d"
+        in_channels = check_int(op, "in_channels", in_channels, minimum=1)
+        out_channels = check_int(op, "out_channels", out_channels, minimum=1)
+        groups = check_int(op, "groups", groups, minimum=1)
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"Conv2d: in_channels={in_channels} and out_channels={out_channels} "
                 f"must be divisible by groups={groups}"
             )
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = pair(kernel_size, "kernel_size", "Conv2d")
-        self.stride = pair(stride, "stride", "Conv2d")
-        self.padding = padding if isinstance(padding, str) else pair(padding, "padding", "Conv2d")
-        self.dilation = pair(dilation, "dilation", "Conv2d")
+        self.kernel_size = positive_pair(kernel_size, "kernel_size", op)
+        # stride, padding and dilation values are checked where torch checks them: at shape
+        # inference and forward (numbacnn.shapes); here only their types
+        self.stride = pair(stride, "stride", op)
+        self.padding = padding if isinstance(padding, str) else pair(padding, "padding", op)
+        self.dilation = pair(dilation, "dilation", op)
         self.groups = groups
+        bias = check_bool(op, "bias", bias)
         kh, kw = self.kernel_size
         fan_in = in_channels // groups * kh * kw
         self.weight = Parameter(kaiming_uniform((out_channels, in_channels // groups, kh, kw), fan_in))
@@ -154,6 +162,9 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True):
         super().__init__()
+        in_features = check_int("Linear", "in_features", in_features, minimum=1)
+        out_features = check_int("Linear", "out_features", out_features, minimum=1)
+        bias = check_bool("Linear", "bias", bias)
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(kaiming_uniform((out_features, in_features), in_features))
         if bias:
@@ -194,7 +205,7 @@ class _Pool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
         name = type(self).__name__
-        self.kernel_size = pair(kernel_size, "kernel_size", name)
+        self.kernel_size = positive_pair(kernel_size, "kernel_size", name)
         self.stride = self.kernel_size if stride is None else pair(stride, "stride", name)
         self.padding = pair(padding, "padding", name)
         self._x = None
@@ -261,13 +272,20 @@ class _BatchNorm(Module):
 
     Training mode: batch statistics (biased variance), and the running statistics are
     updated in place: r = (1 - momentum) r + momentum * batch_stat (unbiased variance for
-    running_var), num_batches_tracked += 1. Eval mode: running statistics.
+    running_var), num_batches_tracked += 1; momentum=None keeps the cumulative average of
+    all batches instead (momentum = 1 / num_batches_tracked, as torch). Eval mode: running
+    statistics. num_features >= 1, eps > 0, momentum in [0, 1] or None.
     """
 
     ranks = (4,)
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
         super().__init__()
+        op = type(self).__name__
+        num_features = check_int(op, "num_features", num_features, minimum=1)
+        eps = check_number(op, "eps", eps, above=0.0)
+        if momentum is not None:  # None: the cumulative average of all batches (torch)
+            momentum = check_number(op, "momentum", momentum, minimum=0.0, maximum=1.0)
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.weight = Parameter(np.ones(num_features, np.float32))
         self.bias = Parameter(np.zeros(num_features, np.float32))
@@ -284,18 +302,13 @@ class _BatchNorm(Module):
         self.output_shape(x.shape)  # rank and channels, as torch (BatchNorm2d rejects 2-D input)
         xf = self._as_functional(x)
         self._x, self._trained = xf, self.training
-        y = F.batch_norm(
-            xf,
-            self.weight.data,
-            self.bias.data,
-            self.running_mean,
-            self.running_var,
-            self.training,
-            self.momentum,
-            self.eps,
-        )
-        if self.training:
+        factor = self.momentum
+        if self.training:  # as torch: count the batch first; momentum=None averages them all
             self.num_batches_tracked += 1  # 0-d array, updated in place
+            if factor is None:
+                factor = 1.0 / float(self.num_batches_tracked)
+        y = F.batch_norm(xf, self.weight.data, self.bias.data, self.running_mean, self.running_var,
+                         self.training, 0.0 if factor is None else factor, self.eps)  # fmt: skip
         return y.reshape(x.shape)
 
     def backward(self, dy):
@@ -379,8 +392,9 @@ class Dropout(Module):
 
     def __init__(self, p=0.5):
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        p = check_number("Dropout", "p", p, minimum=0.0)
+        if not p < 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
         self.p = p
         self._mask = None
         self.last_seed = None

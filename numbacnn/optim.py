@@ -23,6 +23,8 @@ import math
 
 import numpy as np
 
+from ._checks import check_bool, check_int, check_number
+
 __all__ = ["SGD", "ConstantLR", "StepLR", "CosineLR", "build_schedule"]
 
 
@@ -34,16 +36,23 @@ class SGD:
     """
 
     def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
-        self.params = list(params)
+        try:
+            self.params = list(params)
+        except TypeError:
+            raise TypeError(
+                f"SGD: params must be an iterable of parameters, got {type(params).__name__}"
+            ) from None
         if not self.params:
             raise ValueError("SGD: params is empty (the model has no parameters?)")
-        lr, momentum, weight_decay = float(lr), float(momentum), float(weight_decay)
-        if not lr >= 0.0:
-            raise ValueError(f"SGD: lr must be >= 0, got {lr}")
-        if not momentum >= 0.0:
-            raise ValueError(f"SGD: momentum must be >= 0, got {momentum}")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"SGD: weight_decay must be >= 0, got {weight_decay}")
+        for i, p in enumerate(self.params):
+            if not (hasattr(p, "data") and hasattr(p, "grad")):
+                raise TypeError(
+                    f"SGD: params[{i}] must have .data and .grad (a Parameter), got {type(p).__name__}"
+                )
+        lr = check_number("SGD", "lr", lr, minimum=0.0)
+        momentum = check_number("SGD", "momentum", momentum, minimum=0.0)
+        weight_decay = check_number("SGD", "weight_decay", weight_decay, minimum=0.0)
+        nesterov = check_bool("SGD", "nesterov", nesterov)
         if nesterov and momentum <= 0.0:
             raise ValueError("SGD: nesterov momentum requires momentum > 0")
         self.lr = lr
@@ -187,10 +196,8 @@ class StepLR(_Schedule):
     name = "step"
 
     def __init__(self, optimizer, step_size, gamma=0.1, base_lr=None):
-        if int(step_size) < 1:
-            raise ValueError(f"StepLR: step_size must be >= 1, got {step_size}")
-        self.step_size = int(step_size)
-        self.gamma = float(gamma)
+        self.step_size = check_int("StepLR", "step_size", step_size, minimum=1)
+        self.gamma = check_number("StepLR", "gamma", gamma, minimum=0.0)
         super().__init__(optimizer, base_lr)
 
     def lr_at(self, epoch):
@@ -204,10 +211,8 @@ class CosineLR(_Schedule):
     name = "cosine"
 
     def __init__(self, optimizer, T_max, eta_min=0.0, base_lr=None):
-        if int(T_max) < 1:
-            raise ValueError(f"CosineLR: T_max must be >= 1, got {T_max}")
-        self.T_max = int(T_max)
-        self.eta_min = float(eta_min)
+        self.T_max = check_int("CosineLR", "T_max", T_max, minimum=1)
+        self.eta_min = check_number("CosineLR", "eta_min", eta_min, minimum=0.0)
         super().__init__(optimizer, base_lr)
 
     def lr_at(self, epoch):

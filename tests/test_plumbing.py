@@ -388,3 +388,91 @@ def test_a_whole_model_forward_and_backward_on_an_empty_batch(name):
     assert all(not p.grad.any() for p in model.parameters())
     after = model.state_dict()
     assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+# --------------------------------------------------------------------------- argument types
+
+
+def test_batch_norm_momentum_none_is_the_cumulative_average_as_torch():
+    """Issue 7, item 1: BatchNorm2d(3, momentum=None) raised a TypeError from '<=' naming no
+    argument. As PyTorch, it keeps the cumulative average of every batch's statistics."""
+    import torch
+
+    from numbacnn.layers import BatchNorm2d
+
+    rng = np.random.default_rng(0)
+    ours, theirs = BatchNorm2d(3, momentum=None), torch.nn.BatchNorm2d(3, momentum=None)
+    for i in range(4):
+        x = (rng.standard_normal((4, 3, 5, 5)) * (i + 1) + i).astype(np.float32)
+        np.testing.assert_allclose(ours(x), theirs(torch.from_numpy(x)).detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose(ours.running_mean, theirs.running_mean.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ours.running_var, theirs.running_var.numpy(), rtol=1e-6)
+    assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked) == 4
+
+
+def test_functional_batch_norm_momentum_none_names_the_argument():
+    """F.batch_norm(..., momentum=None): torch's functional refuses it too; ours says why."""
+    x, rm, rv = np.zeros((2, 3, 2, 2)), np.zeros(3), np.ones(3)
+    with pytest.raises(TypeError, match=r"batch_norm: momentum must be a number .* got None .*BatchNorm"):
+        F.batch_norm(x, None, None, rm, rv, training=True, momentum=None)
+
+
+def _bad_arguments():
+    """(callable, expected exception, the argument's name) for a bad value of every kind of
+    public argument: functional, the layers, the optimizer, the data API."""
+    from numbacnn import layers
+    from numbacnn.data import DataLoader, augment, mnist
+    from numbacnn.optim import SGD, CosineLR, StepLR
+
+    x, v = np.zeros((2, 3, 4, 4)), np.zeros(3)
+    params = layers.Linear(2, 2).parameters()
+    rng = np.random.default_rng(0)
+    return [
+        (lambda: F.batch_norm(x, None, None, v, v + 1, training=True, momentum="0.1"), TypeError, "momentum"),
+        (lambda: F.batch_norm(x, None, None, v, v + 1, training=True, momentum=2.0), ValueError, "momentum"),
+        (lambda: F.batch_norm(x, None, None, v, v + 1, training="yes"), TypeError, "training"),
+        (lambda: F.batch_norm(x, None, None, v, v + 1, training=False, eps="a"), TypeError, "eps"),
+        (lambda: F.batch_norm_backward(x, x, None, eps=-1.0), ValueError, "eps"),
+        (lambda: F.dropout(x, "0.5"), TypeError, "p"),
+        (lambda: F.dropout(x, None), TypeError, "p"),
+        (lambda: F.dropout(x, True), TypeError, "p"),
+        (lambda: F.dropout(x, 0.5, seed="abc"), TypeError, "seed"),
+        (lambda: F.dropout(x, 0.5, seed=1.5), TypeError, "seed"),
+        (lambda: F.dropout_backward(x, np.ones(x.shape, np.int64), 0.5), TypeError, "mask"),
+        (lambda: F.conv2d(x, np.zeros((2, 3, 3, 3)), groups=1.0), TypeError, "groups"),
+        (lambda: F.max_pool2d(x, 2.0), TypeError, "kernel_size"),
+        (lambda: layers.Conv2d(4, 6, 3, groups=0), ValueError, "groups"),
+        (lambda: layers.Conv2d(4, 6, 3, groups=2.0), TypeError, "groups"),
+        (lambda: layers.Conv2d(1, 1, 0), ValueError, "kernel_size"),
+        (lambda: layers.Conv2d(1, -2, 3), ValueError, "out_channels"),
+        (lambda: layers.Conv2d(1, 2, 3, bias="no"), TypeError, "bias"),
+        (lambda: layers.Linear(0, 3), ValueError, "in_features"),
+        (lambda: layers.Linear(4.0, 3), TypeError, "in_features"),
+        (lambda: layers.BatchNorm2d(-1), ValueError, "num_features"),
+        (lambda: layers.BatchNorm2d(3.0), TypeError, "num_features"),
+        (lambda: layers.BatchNorm2d(3, momentum="x"), TypeError, "momentum"),
+        (lambda: layers.BatchNorm2d(3, eps=0), ValueError, "eps"),
+        (lambda: layers.Dropout("0.5"), TypeError, "p"),
+        (lambda: layers.Dropout(1.0), ValueError, "p"),
+        (lambda: layers.MaxPool2d(0), ValueError, "kernel_size"),
+        (lambda: SGD(params, lr="0.1"), TypeError, "lr"),
+        (lambda: SGD(params, lr=0.1, momentum=-1), ValueError, "momentum"),
+        (lambda: SGD(params, lr=0.1, nesterov=1), TypeError, "nesterov"),
+        (lambda: SGD(5, lr=0.1), TypeError, "params"),
+        (lambda: StepLR(SGD(params, lr=0.1), step_size=1.5), TypeError, "step_size"),
+        (lambda: CosineLR(SGD(params, lr=0.1), T_max=0), ValueError, "T_max"),
+        (lambda: DataLoader(x, np.zeros(2, np.int64), 1, shuffle="yes"), TypeError, "shuffle"),
+        (lambda: DataLoader(x, np.zeros(2, np.int64), 1.0), TypeError, "batch_size"),
+        (lambda: augment.random_hflip(x, rng, p="half"), TypeError, "p"),
+        (lambda: augment.random_crop(x, 1.5, rng), TypeError, "padding"),
+        (lambda: mnist.preprocess(np.zeros((1, 28, 28), np.uint8), pad=1.5), TypeError, "pad"),
+        (lambda: mnist.load_mnist(download="yes"), TypeError, "download"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_bad_arguments())))
+def test_every_public_argument_is_checked_up_front_and_named(case):
+    fn, error, name = _bad_arguments()[case]
+    with pytest.raises(error, match=rf"\b{name}\b") as info:
+        fn()
+    assert type(info.value) is error  # not a subclass from deep inside NumPy or Numba

@@ -437,6 +437,7 @@ def test_train_config_defaults_are_the_cli_defaults(capsys):
                 "--cache-dir",
                 "c",
                 "--download",
+                "--drop-last",
             ]
         )
     )

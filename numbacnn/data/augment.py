@@ -16,7 +16,7 @@ Transforms compose as callables ``t(x, rng=rng)``; `Compose` chains them, and
 
 import numpy as np
 
-from .._checks import check_int
+from .._checks import check_int, check_number
 
 __all__ = [
     "shift",
@@ -92,8 +92,7 @@ def random_hflip(x, rng, p=0.5):
     x (N, C, H, W) -> (N, C, H, W).
     """
     x = _check_batch(x, "random_hflip")
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"random_hflip: p must be in [0, 1], got {p}")
+    p = check_number("random_hflip", "p", p, minimum=0.0, maximum=1.0)
     flip = rng.random(x.shape[0]) < p  # (N,) bool
     out = x.copy()
     out[flip] = x[flip, :, :, ::-1]

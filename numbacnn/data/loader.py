@@ -18,7 +18,7 @@ the same batches).
 
 import numpy as np
 
-from .._checks import check_int
+from .._checks import check_bool, check_int
 
 __all__ = ["DataLoader"]
 
@@ -61,10 +61,10 @@ class DataLoader:
         self.x = x
         self.y = y
         self.batch_size = int(batch_size)
-        self.shuffle = bool(shuffle)
+        self.shuffle = check_bool("DataLoader", "shuffle", shuffle)
         self.seed = int(seed)
         self.transform = transform
-        self.drop_last = bool(drop_last)
+        self.drop_last = check_bool("DataLoader", "drop_last", drop_last)
         self.epoch = 0
 
     def set_epoch(self, epoch):

@@ -32,6 +32,7 @@ import warnings
 
 import numpy as np
 
+from .._checks import check_bool, check_int
 from .._io import atomic_write
 
 __all__ = [
@@ -366,6 +367,11 @@ def load_mnist(cache_dir=None, download=False, mirror=None):
     fails verification is rebuilt. Raises `MNISTNotFoundError` (with instructions)
     when there is no source, `MNISTIntegrityError` when a source is corrupt.
     """
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        raise TypeError(f"load_mnist: cache_dir must be a path or None, got {cache_dir!r}")
+    download = check_bool("load_mnist", "download", download)
+    if mirror is not None and not isinstance(mirror, str):
+        raise TypeError(f"load_mnist: mirror must be a URL string or None, got {mirror!r}")
     cache_dir = default_cache_dir(cache_dir)
     cache = os.path.join(cache_dir, CACHE_NAME)
     raw_dir = os.path.join(cache_dir, "raw")
@@ -416,9 +422,7 @@ def preprocess(images_uint8, pad=2):
         raise ValueError(
             f"preprocess: images_uint8 must be (N, H, W) or (N, 1, H, W), got shape {np.shape(images_uint8)}"
         )
-    pad = int(pad)
-    if pad < 0:
-        raise ValueError(f"preprocess: pad must be >= 0, got {pad}")
+    pad = check_int("preprocess", "pad", pad, minimum=0)
     n, _, h, w = x.shape
     out = np.empty((n, 1, h + 2 * pad, w + 2 * pad), dtype=np.float32)
     # the border gets exactly what an interior 0 pixel gets (same float32 operations)
