@@ -151,11 +151,13 @@ class _Schedule:
     ``schedule.step()``; ``schedule.epoch`` is the number of completed epochs."""
 
     name = "none"
+    length = 0  # epochs one cycle of the schedule spans (cosine: T_max, step: step_size)
 
     def __init__(self, optimizer, base_lr=None):
         self.optimizer = optimizer
         self.base_lr = float(optimizer.lr if base_lr is None else base_lr)
         self.epoch = 0
+        self.restored = None  # the (name, length) a checkpoint's state came from
         self.optimizer.lr = self.lr_at(0)
 
     def lr_at(self, epoch):
@@ -170,14 +172,23 @@ class _Schedule:
         self.optimizer.lr = self.lr_at(self.epoch)
 
     def state_dict(self):
+        """epoch and base_lr (what the rate is computed from), and the schedule's name and
+        length, so a resumed run can tell whether its schedule is the one it was saved with."""
         return {
             "epoch": np.array(self.epoch, dtype=np.int64),
             "base_lr": np.array(self.base_lr, dtype=np.float64),
+            "name": np.frombuffer(self.name.encode("ascii"), dtype=np.uint8).copy(),
+            "length": np.array(self.length, dtype=np.int64),
         }
 
     def load_state_dict(self, state):
+        """Continue from a state_dict(): its epoch and base_lr; its name and length (None
+        in older checkpoints) are kept in ``restored`` for the caller to compare."""
         self.epoch = int(state["epoch"])
         self.base_lr = float(state["base_lr"])
+        name = bytes(np.asarray(state["name"], np.uint8)).decode("ascii") if "name" in state else None
+        length = int(state["length"]) if "length" in state else None
+        self.restored = (name, length)
         self.optimizer.lr = self.lr_at(self.epoch)
 
 
@@ -196,7 +207,7 @@ class StepLR(_Schedule):
     name = "step"
 
     def __init__(self, optimizer, step_size, gamma=0.1, base_lr=None):
-        self.step_size = check_int("StepLR", "step_size", step_size, minimum=1)
+        self.step_size = self.length = check_int("StepLR", "step_size", step_size, minimum=1)
         self.gamma = check_number("StepLR", "gamma", gamma, minimum=0.0)
         super().__init__(optimizer, base_lr)
 
@@ -211,7 +222,7 @@ class CosineLR(_Schedule):
     name = "cosine"
 
     def __init__(self, optimizer, T_max, eta_min=0.0, base_lr=None):
-        self.T_max = check_int("CosineLR", "T_max", T_max, minimum=1)
+        self.T_max = self.length = check_int("CosineLR", "T_max", T_max, minimum=1)
         self.eta_min = check_number("CosineLR", "eta_min", eta_min, minimum=0.0)
         super().__init__(optimizer, base_lr)
 

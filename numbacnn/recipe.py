@@ -13,7 +13,8 @@ OUT/curves.png after every epoch.
 Every checkpoint stores ``config.to_dict()`` in ``meta["config"]`` (plus the derived
 ``pad`` and ``input_shape``); ``resume_config(out, **overrides)`` reads it back, so
 ``run(resume_config("runs/lenet5", epochs=5), resume=True)`` continues that run with its
-own settings up to 5 epochs.
+own settings up to 5 epochs, and says in one line which settings changed (numbacnn.resume
+explains when a resumed run is bit-identical to a straight one).
 
 Mistakes a user can make (an unknown model, a negative lr, resuming a run that does not
 exist, a model that cannot take the dataset's images) raise ``ConfigError`` (a
@@ -21,21 +22,25 @@ ValueError) with a one-line message naming the field; the CLI prints it as
 ``numbacnn: error: ...``. A field of the wrong type raises TypeError.
 """
 
-import dataclasses
-import math
-import numbers
 import os
 import sys
-from collections.abc import Mapping
 
 from . import random as nrandom
-from ._checks import is_int
 from ._io import directory_lock
-from .checkpoint import CheckpointError
-from .checkpoint import load as load_checkpoint
+from .config import (
+    AUGMENTS,
+    DATASET_SHAPES,
+    DATASETS,
+    MAX_INPUT_PAD,
+    SCHEDULES,
+    ConfigError,
+    TrainConfig,
+    check_directory,
+)
 from .data import DataLoader, augment, mnist
 from .models import MODELS, build_model, model_info
 from .optim import SGD, build_schedule
+from .resume import announce_and_apply, check_resumable, resume_config
 from .train import CHECKPOINT_NAME, fit
 
 __all__ = [
@@ -52,198 +57,8 @@ __all__ = [
     "DATASET_SHAPES",
     "SCHEDULES",
     "MAX_INPUT_PAD",
-]
-
-AUGMENTS = ("none", "crop", "flip", "translate")
-SCHEDULES = ("none", "step", "cosine")
-# Per-image shape (C, H, W) of each dataset as it is stored (before padding).
-DATASET_SHAPES = {"mnist": (1, 28, 28)}
-DATASETS = tuple(DATASET_SHAPES)
-# Images smaller than a model's min_side are zero-padded by at most this many pixels per
-# border (MNIST 28 -> 32, LeNet-5's input); a model that needs more cannot take them.
-MAX_INPUT_PAD = 2
-
-
-# Settings the checkpoint's optimizer state also holds: on resume, the config's win.
-_OPTIMIZER_SETTINGS = ("lr", "momentum", "weight_decay", "nesterov")
-
-
-class ConfigError(ValueError):
-    """A mistake in a training run's settings or actions: one line, no traceback needed."""
-
-
-# --------------------------------------------------------------------------- field checks
-def _integer(name, value, minimum, optional=False):
-    if value is None and optional:
-        return None
-    if not is_int(value):
-        kind = "an integer or None" if optional else "an integer"
-        raise TypeError(f"{name} must be {kind}, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _number(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not (math.isfinite(value) and value >= 0.0):
-        raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
-    return value
-
-
-def _flag(name, value):
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
-def _choice(name, value, choices, what):
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a string, got {value!r}")
-    if value not in choices:
-        raise ConfigError(f"{name}: unknown {what} {value!r} (choose from: {', '.join(choices)})")
-    return value
-
-
-def _path(name, value):
-    if value is None:
-        return None
-    if not isinstance(value, (str, os.PathLike)):
-        raise TypeError(f"{name} must be a path or None, got {value!r}")
-    value = os.fspath(value)
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{name} must be a non-empty str path or None, got {value!r}")
-    return value
-
-
-def check_directory(name, path):
-    """ConfigError unless ``path`` is a directory or one that can be created: not an
-    existing file, and its nearest existing ancestor a writable directory. Checked before
-    any work starts, so a bad --out never fails after the data has loaded."""
-    path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path):
-        if not os.path.isdir(path):
-            raise ConfigError(f"{name} {path!r} is an existing file, not a directory")
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise ConfigError(f"{name} {path!r} is not a writable directory")
-        return
-    parent = os.path.dirname(path)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{name} {path!r} cannot be created: {parent!r} is not a writable directory")
-
-
-def _augment_names(value):
-    """("crop", "flip") from "crop,flip", ["crop", "flip"], ["none", "crop"], ...;
-    ("none",) when nothing is left."""
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise TypeError(f"augment must be a string or a list of strings, got {value!r}")
-    names = [n.strip() for v in value for n in v.split(",") if n.strip()]
-    for n in names:
-        _choice("augment", n, AUGMENTS, "augmentation")
-    return tuple(n for n in names if n != "none") or ("none",)
-
-
-# --------------------------------------------------------------------------- the config
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Every setting of a training run. Field names are the ``numbacnn train`` options
-    (``--batch-size`` -> ``batch_size``) and the defaults are the CLI's defaults: the CLI
-    takes them from here.
-
-    model: a name in ``numbacnn.models.MODELS``; dataset: one of DATASETS ("mnist").
-    epochs: total epochs (a resumed run continues up to it). batch_size, eval_batch_size:
-    images per training / evaluation batch. lr: initial learning rate; momentum,
-    weight_decay (L2), nesterov: ``numbacnn.optim.SGD``. schedule: "cosine" (lr -> 0 over
-    ``epochs``), "step" (times ``gamma`` every ``step_size`` epochs, default epochs // 3)
-    or "none" (``numbacnn.optim.build_schedule``). augment: names from AUGMENTS, stored
-    as a tuple (a list or a comma-separated string is accepted). seed: weight init,
-    shuffling and augmentation. out: output directory (None: runs/MODEL, see
-    ``out_dir``). limit_train, limit_test: use only the first N images (None: all).
-    cache_dir, download: where MNIST is cached, and whether to download it if missing.
-    drop_last: leave out the last, partial training batch of every epoch. Without it, a last
-    batch of ONE image is still left out when the model has batch norm (which cannot
-    normalise a single value per channel in training mode), with a notice at the start.
-
-    Frozen: change a field with ``dataclasses.replace`` (which checks again). Raises
-    ConfigError (a ValueError) for a bad value, TypeError for a bad type; both name the
-    field.
-    """
-
-    model: str = "lenet5"
-    dataset: str = "mnist"
-    epochs: int = 3
-    batch_size: int = 64
-    eval_batch_size: int = 1000
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    nesterov: bool = False
-    schedule: str = "cosine"
-    step_size: int | None = None
-    gamma: float = 0.1
-    augment: tuple = ("none",)
-    seed: int = 0
-    out: str | None = None
-    limit_train: int | None = None
-    limit_test: int | None = None
-    cache_dir: str | None = None
-    download: bool = False
-    drop_last: bool = False
-
-    def __post_init__(self):
-        checked = {
-            "model": _choice("model", self.model, sorted(MODELS), "model"),
-            "dataset": _choice("dataset", self.dataset, DATASETS, "dataset"),
-            "epochs": _integer("epochs", self.epochs, 1),
-            "batch_size": _integer("batch_size", self.batch_size, 1),
-            "eval_batch_size": _integer("eval_batch_size", self.eval_batch_size, 1),
-            "lr": _number("lr", self.lr),
-            "momentum": _number("momentum", self.momentum),
-            "weight_decay": _number("weight_decay", self.weight_decay),
-            "nesterov": _flag("nesterov", self.nesterov),
-            "schedule": _choice("schedule", self.schedule, SCHEDULES, "schedule"),
-            "step_size": _integer("step_size", self.step_size, 1, optional=True),
-            "gamma": _number("gamma", self.gamma),
-            "augment": _augment_names(self.augment),
-            "seed": _integer("seed", self.seed, 0),
-            "out": _path("out", self.out),
-            "limit_train": _integer("limit_train", self.limit_train, 1, optional=True),
-            "limit_test": _integer("limit_test", self.limit_test, 1, optional=True),
-            "cache_dir": _path("cache_dir", self.cache_dir),
-            "download": _flag("download", self.download),
-            "drop_last": _flag("drop_last", self.drop_last),
-        }
-        if checked["nesterov"] and checked["momentum"] == 0.0:
-            raise ConfigError("nesterov=True needs momentum > 0, got momentum=0.0")
-        for name, value in checked.items():
-            object.__setattr__(self, name, value)  # normalised (int, float, tuple, str)
-
-    @property
-    def out_dir(self):
-        """``out``, or runs/MODEL when ``out`` is None."""
-        return self.out if self.out is not None else os.path.join("runs", self.model)
-
-    def to_dict(self):
-        """The fields as a JSON-able dict (``augment`` as a list)."""
-        d = dataclasses.asdict(self)
-        d["augment"] = list(self.augment)
-        return d
-
-    @classmethod
-    def from_dict(cls, d):
-        """A TrainConfig from a dict such as ``to_dict()`` or an older checkpoint's
-        ``meta["config"]``: keys that are not fields (``pad``, ``input_shape``, ``resume``,
-        ``progress``, ...) are ignored, missing fields take the defaults."""
-        if not isinstance(d, Mapping):
-            raise TypeError(f"TrainConfig.from_dict: expected a dict, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+]  # TrainConfig, ConfigError and the constants live in numbacnn.config, resume_config in
+# numbacnn.resume: re-exported here, the one place a training run is assembled
 
 
 # --------------------------------------------------------------------------- data
@@ -312,48 +127,6 @@ def _has_batch_norm(model):
     return any(isinstance(m, (BatchNorm1d, BatchNorm2d)) for _, m in model.named_modules())
 
 
-def _stored_config(ckpt_path):
-    """``meta["config"]`` of the checkpoint at ``ckpt_path`` (a dict, maybe empty)."""
-    if not os.path.exists(ckpt_path):
-        raise ConfigError(f"cannot resume: no checkpoint at {ckpt_path} (run without --resume to start)")
-    stored = load_checkpoint(ckpt_path).meta.get("config") or {}
-    if not isinstance(stored, Mapping):
-        raise CheckpointError(f"{ckpt_path}: meta['config'] is not a dict")
-    return stored
-
-
-def resume_config(out, /, **overrides):
-    """The TrainConfig stored in OUT/checkpoint.npz with ``overrides`` (field=value) on
-    top and ``out=OUT`` (the run lives where its checkpoint is now, whatever ``out`` it
-    was started with): the settings ``numbacnn train --out OUT --resume`` continues with.
-    Fields an older checkpoint lacks take the defaults; stored keys that are not fields
-    are ignored.
-
-    Raises ConfigError (no checkpoint in OUT, a bad override), CheckpointError (the
-    checkpoint or its stored config cannot be read), TypeError (an override of the wrong
-    type or an unknown field).
-    """
-    out = os.fspath(out)
-    ckpt_path = os.path.join(out, CHECKPOINT_NAME)
-    stored = _stored_config(ckpt_path)
-    try:
-        stored = TrainConfig.from_dict({**stored, "out": out})
-    except (TypeError, ConfigError) as e:
-        raise CheckpointError(f"{ckpt_path}: the stored config is not valid: {e}") from None
-    return dataclasses.replace(stored, **{**overrides, "out": out})
-
-
-# --------------------------------------------------------------------------- the run
-def _check_resumable(ckpt_path, config):
-    stored = _stored_config(ckpt_path)
-    for key in ("model", "dataset"):
-        if key in stored and stored[key] != getattr(config, key):
-            raise ConfigError(
-                f"cannot resume: {ckpt_path} was trained with {key} "
-                f"{stored[key]!r}, not {getattr(config, key)!r}"
-            )
-
-
 def run(config, *, resume=False, overwrite=False, progress=True, log=None, on_batch=None):
     """Train as ``config`` (a TrainConfig) says; returns ``numbacnn.train.fit``'s metrics
     list (one dict per epoch, the resumed epochs included).
@@ -383,7 +156,7 @@ def run(config, *, resume=False, overwrite=False, progress=True, log=None, on_ba
         check_directory("cache_dir", config.cache_dir)
     ckpt_path = os.path.join(out, CHECKPOINT_NAME)
     if resume:
-        _check_resumable(ckpt_path, config)
+        check_resumable(ckpt_path, config)
     elif os.path.exists(ckpt_path) and not overwrite:
         raise ConfigError(
             f"{ckpt_path} already exists: pass --resume to continue that run, "
@@ -436,23 +209,6 @@ def _train(config, out, resume, progress, log, on_batch):
         config.schedule, optimizer, config.epochs, step_size=config.step_size, gamma=config.gamma
     )
 
-    def apply_changed_settings(meta):
-        """After the restore: the optimizer settings config changes against the stored run."""
-        stored_config = meta.get("config") or {}
-        changed = []
-        for name in _OPTIMIZER_SETTINGS:
-            old, new = stored_config.get(name), getattr(config, name)
-            if name not in stored_config or old == new:
-                continue  # unchanged (or unknown to an old checkpoint: keep its state)
-            changed.append(f"{name} {old!r} -> {new!r}")
-            if name == "lr":  # the schedule's base rate; the current rate follows from it
-                schedule.base_lr = new
-                optimizer.lr = schedule.lr
-            else:
-                setattr(optimizer, name, new)
-        if changed:
-            log("resuming with changed settings: " + ", ".join(changed))
-
     # pad and input_shape are derived, stored for `numbacnn evaluate`; from_dict ignores them
     stored = dict(config.to_dict(), pad=pad, input_shape=list(xtr.shape[1:]))
     log(
@@ -473,5 +229,5 @@ def _train(config, out, resume, progress, log, on_batch):
         progress=progress,
         on_batch=on_batch,
         log=log,
-        on_resume=apply_changed_settings,
+        on_resume=lambda meta: announce_and_apply(meta, config, optimizer, schedule, log),
     )

@@ -13,10 +13,17 @@ checkpoints and exact resume.
         write OUT/checkpoint.npz, OUT/metrics.json, OUT/curves.png  (each atomically)
 
 Exact resume: the checkpoint holds the model state (BN running statistics included), the
-optimizer's momentum buffers, the schedule's epoch, the ``numbacnn.random`` generator
-state and the metrics so far. Shuffling and augmentation are pure functions of
-(seed, epoch), so training 2 epochs and resuming to 3 gives bit-identical weights to
-training 3 epochs straight.
+optimizer's momentum buffers, the schedule's epoch, kind and length, the ``numbacnn.random``
+generator state and the metrics so far. Shuffling and augmentation are pure functions of
+(seed, epoch), so a run interrupted after epoch 2 of 3 and resumed to 3 gives bit-identical
+weights to the 3 epochs trained straight. Resuming to MORE epochs is bit-identical only
+when the schedule's length does not depend on the epochs (none, or step with a fixed
+step_size); the cosine schedule spans ``epochs``, so it changes, and numbacnn.resume says so
+when it happens.
+
+A diverged run (loss NaN, infinite, or DIVERGED * log(K) or more) stops at once with
+``TrainingDiverged``, keeping the last complete checkpoint. OUT is locked while fit runs
+(``numbacnn._io.directory_lock``): a second run on the same OUT refuses.
 
 Ctrl-C: the loop stops, the last complete checkpoint (atomically written) stays intact,
 its location is printed, and ``TrainingInterrupted`` (a KeyboardInterrupt) is raised; the

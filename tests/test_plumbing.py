@@ -476,3 +476,97 @@ def test_every_public_argument_is_checked_up_front_and_named(case):
     with pytest.raises(error, match=rf"\b{name}\b") as info:
         fn()
     assert type(info.value) is error  # not a subclass from deep inside NumPy or Numba
+
+
+# --------------------------------------------------------------------------- honest resume
+
+
+def _quick_config(out, **settings):
+    from numbacnn.recipe import TrainConfig
+
+    return TrainConfig(limit_train=256, limit_test=128, out=str(out), **settings)
+
+
+def _same_weights(a, b):
+    from numbacnn import checkpoint
+
+    sa, sb = (
+        checkpoint.load(a / "checkpoint.npz").model_state,
+        checkpoint.load(b / "checkpoint.npz").model_state,
+    )
+    return all(np.array_equal(sa[k], sb[k]) for k in sa)
+
+
+def _lines(log):
+    return "\n".join(" ".join(map(str, a)) for a in log)
+
+
+@needs_mnist
+def test_cosine_resume_to_more_epochs_is_announced_not_silent(tmp_path):
+    """Issue 7, item 3: `--epochs 2` then `--resume --epochs 3` followed a new cosine curve
+    and said nothing; the weights differed from a straight 3-epoch run by 1.5e-2. Now the
+    changed setting and the schedule's new length are announced, and the schedule's length
+    is in the checkpoint."""
+    from numbacnn import checkpoint
+    from numbacnn.recipe import resume_config, run
+
+    log = []
+    run(_quick_config(tmp_path / "resumed", epochs=2), progress=False, log=lambda *a: None)
+    stored = checkpoint.load(tmp_path / "resumed" / "checkpoint.npz").optim_state
+    assert int(stored["schedule.length"]) == 2  # the cosine's T_max
+    run(
+        resume_config(tmp_path / "resumed", epochs=3),
+        resume=True,
+        progress=False,
+        log=lambda *a: log.append(a),
+    )
+    text = _lines(log)
+    assert "resuming with changed settings: epochs 2 -> 3" in text
+    assert "the learning-rate schedule changes from cosine (2 epochs per cycle) to cosine (3)" in text
+    run(_quick_config(tmp_path / "straight", epochs=3), progress=False, log=lambda *a: None)
+    assert not _same_weights(tmp_path / "resumed", tmp_path / "straight")  # as announced
+
+
+@needs_mnist
+@pytest.mark.parametrize("schedule", ["none", "step", "cosine"])
+def test_resume_with_nothing_changed_is_bit_identical_for_every_schedule(schedule, tmp_path):
+    """Interrupted in epoch 3 of 3, then resumed to 3 with the stored settings: the same
+    weights as the straight run, for each schedule, and nothing announced."""
+    from numbacnn.recipe import resume_config, run
+    from numbacnn.train import TrainingInterrupted
+
+    settings = dict(epochs=3, schedule=schedule, step_size=1 if schedule == "step" else None)
+
+    def stop_in_epoch_3(epoch, i, loss):
+        if epoch == 3 and i == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        run(
+            _quick_config(tmp_path / "a", **settings),
+            progress=False,
+            log=lambda *a: None,
+            on_batch=stop_in_epoch_3,
+        )
+    log = []
+    run(resume_config(tmp_path / "a"), resume=True, progress=False, log=lambda *a: log.append(a))
+    assert "changed" not in _lines(log) and "schedule changes" not in _lines(log)
+    run(_quick_config(tmp_path / "b", **settings), progress=False, log=lambda *a: None)
+    assert _same_weights(tmp_path / "a", tmp_path / "b")
+
+
+@needs_mnist
+@pytest.mark.parametrize("schedule", ["none", "step"])
+def test_resume_to_more_epochs_is_bit_identical_without_a_length_tied_to_epochs(schedule, tmp_path):
+    """--schedule none, or step with an explicit --step-size: 2 epochs then resume to 3
+    equals 3 straight (the announcement names only --epochs)."""
+    from numbacnn.recipe import resume_config, run
+
+    settings = dict(schedule=schedule, step_size=1 if schedule == "step" else None)
+    run(_quick_config(tmp_path / "a", epochs=2, **settings), progress=False, log=lambda *a: None)
+    log = []
+    run(resume_config(tmp_path / "a", epochs=3), resume=True, progress=False, log=lambda *a: log.append(a))
+    assert "resuming with changed settings: epochs 2 -> 3" in _lines(log)
+    assert "schedule changes" not in _lines(log)
+    run(_quick_config(tmp_path / "b", epochs=3, **settings), progress=False, log=lambda *a: None)
+    assert _same_weights(tmp_path / "a", tmp_path / "b")

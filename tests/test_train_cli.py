@@ -676,7 +676,11 @@ def test_resume_applies_changed_optimizer_settings(tmp_path, capsys):
     assert main(["train", *base, str(out), "--epochs", "1", "--lr", "0.02", "--schedule", "none"]) == 0
     changed = "--lr 0.5 --momentum 0 --weight-decay 0.1".split()
     assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--no-progress", *changed]) == 0
-    assert "resuming with changed settings: lr 0.02 -> 0.5, momentum 0.9 -> 0.0" in capsys.readouterr().err
+    line = (
+        "resuming with changed settings: epochs 1 -> 2, lr 0.02 -> 0.5, momentum 0.9 -> 0.0, "
+        "weight_decay 0.0 -> 0.1"
+    )
+    assert line in capsys.readouterr().err
     ck = ckpt.load(out / "checkpoint.npz")
     assert [m["lr"] for m in ck.meta["metrics"]] == [0.02, 0.5]
     assert (float(ck.optim_state["lr"]), float(ck.optim_state["momentum"])) == (0.5, 0.0)

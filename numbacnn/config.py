@@ -1,0 +1,212 @@
+"""The settings of a training run: ``TrainConfig``, one frozen dataclass with the CLI's
+defaults, every field checked when it is built (ConfigError, a ValueError, for a bad value;
+TypeError for a bad type; both naming the field). ``numbacnn.recipe.run`` trains from it;
+``numbacnn.resume`` reads a stored one back.
+"""
+
+import dataclasses
+import math
+import numbers
+import os
+from collections.abc import Mapping
+
+from ._checks import is_int
+from .models import MODELS
+
+__all__ = [
+    "TrainConfig",
+    "ConfigError",
+    "check_directory",
+    "AUGMENTS",
+    "DATASETS",
+    "DATASET_SHAPES",
+    "SCHEDULES",
+    "MAX_INPUT_PAD",
+]
+
+AUGMENTS = ("none", "crop", "flip", "translate")
+SCHEDULES = ("none", "step", "cosine")
+# Per-image shape (C, H, W) of each dataset as it is stored (before padding).
+DATASET_SHAPES = {"mnist": (1, 28, 28)}
+DATASETS = tuple(DATASET_SHAPES)
+# Images smaller than a model's min_side are zero-padded by at most this many pixels per
+# border (MNIST 28 -> 32, LeNet-5's input); a model that needs more cannot take them.
+MAX_INPUT_PAD = 2
+
+
+class ConfigError(ValueError):
+    """A mistake in a training run's settings or actions: one line, no traceback needed."""
+
+
+# --------------------------------------------------------------------------- field checks
+def _integer(name, value, minimum, optional=False):
+    if value is None and optional:
+        return None
+    if not is_int(value):
+        kind = "an integer or None" if optional else "an integer"
+        raise TypeError(f"{name} must be {kind}, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _number(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
+def _flag(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _choice(name, value, choices, what):
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, got {value!r}")
+    if value not in choices:
+        raise ConfigError(f"{name}: unknown {what} {value!r} (choose from: {', '.join(choices)})")
+    return value
+
+
+def _path(name, value):
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path or None, got {value!r}")
+    value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{name} must be a non-empty str path or None, got {value!r}")
+    return value
+
+
+def check_directory(name, path):
+    """ConfigError unless ``path`` is a directory or one that can be created: not an
+    existing file, and its nearest existing ancestor a writable directory. Checked before
+    any work starts, so a bad --out never fails after the data has loaded."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise ConfigError(f"{name} {path!r} is an existing file, not a directory")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"{name} {path!r} is not a writable directory")
+        return
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{name} {path!r} cannot be created: {parent!r} is not a writable directory")
+
+
+def _augment_names(value):
+    """("crop", "flip") from "crop,flip", ["crop", "flip"], ["none", "crop"], ...;
+    ("none",) when nothing is left."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"augment must be a string or a list of strings, got {value!r}")
+    names = [n.strip() for v in value for n in v.split(",") if n.strip()]
+    for n in names:
+        _choice("augment", n, AUGMENTS, "augmentation")
+    return tuple(n for n in names if n != "none") or ("none",)
+
+
+# --------------------------------------------------------------------------- the config
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a training run. Field names are the ``numbacnn train`` options
+    (``--batch-size`` -> ``batch_size``) and the defaults are the CLI's defaults: the CLI
+    takes them from here.
+
+    model: a name in ``numbacnn.models.MODELS``; dataset: one of DATASETS ("mnist").
+    epochs: total epochs (a resumed run continues up to it). batch_size, eval_batch_size:
+    images per training / evaluation batch. lr: initial learning rate; momentum,
+    weight_decay (L2), nesterov: ``numbacnn.optim.SGD``. schedule: "cosine" (lr -> 0 over
+    ``epochs``), "step" (times ``gamma`` every ``step_size`` epochs, default epochs // 3)
+    or "none" (``numbacnn.optim.build_schedule``). augment: names from AUGMENTS, stored
+    as a tuple (a list or a comma-separated string is accepted). seed: weight init,
+    shuffling and augmentation. out: output directory (None: runs/MODEL, see
+    ``out_dir``). limit_train, limit_test: use only the first N images (None: all).
+    cache_dir, download: where MNIST is cached, and whether to download it if missing.
+    drop_last: leave out the last, partial training batch of every epoch. Without it, a last
+    batch of ONE image is still left out when the model has batch norm (which cannot
+    normalise a single value per channel in training mode), with a notice at the start.
+
+    Frozen: change a field with ``dataclasses.replace`` (which checks again). Raises
+    ConfigError (a ValueError) for a bad value, TypeError for a bad type; both name the
+    field.
+    """
+
+    model: str = "lenet5"
+    dataset: str = "mnist"
+    epochs: int = 3
+    batch_size: int = 64
+    eval_batch_size: int = 1000
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    nesterov: bool = False
+    schedule: str = "cosine"
+    step_size: int | None = None
+    gamma: float = 0.1
+    augment: tuple = ("none",)
+    seed: int = 0
+    out: str | None = None
+    limit_train: int | None = None
+    limit_test: int | None = None
+    cache_dir: str | None = None
+    download: bool = False
+    drop_last: bool = False
+
+    def __post_init__(self):
+        checked = {
+            "model": _choice("model", self.model, sorted(MODELS), "model"),
+            "dataset": _choice("dataset", self.dataset, DATASETS, "dataset"),
+            "epochs": _integer("epochs", self.epochs, 1),
+            "batch_size": _integer("batch_size", self.batch_size, 1),
+            "eval_batch_size": _integer("eval_batch_size", self.eval_batch_size, 1),
+            "lr": _number("lr", self.lr),
+            "momentum": _number("momentum", self.momentum),
+            "weight_decay": _number("weight_decay", self.weight_decay),
+            "nesterov": _flag("nesterov", self.nesterov),
+            "schedule": _choice("schedule", self.schedule, SCHEDULES, "schedule"),
+            "step_size": _integer("step_size", self.step_size, 1, optional=True),
+            "gamma": _number("gamma", self.gamma),
+            "augment": _augment_names(self.augment),
+            "seed": _integer("seed", self.seed, 0),
+            "out": _path("out", self.out),
+            "limit_train": _integer("limit_train", self.limit_train, 1, optional=True),
+            "limit_test": _integer("limit_test", self.limit_test, 1, optional=True),
+            "cache_dir": _path("cache_dir", self.cache_dir),
+            "download": _flag("download", self.download),
+            "drop_last": _flag("drop_last", self.drop_last),
+        }
+        if checked["nesterov"] and checked["momentum"] == 0.0:
+            raise ConfigError("nesterov=True needs momentum > 0, got momentum=0.0")
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)  # normalised (int, float, tuple, str)
+
+    @property
+    def out_dir(self):
+        """``out``, or runs/MODEL when ``out`` is None."""
+        return self.out if self.out is not None else os.path.join("runs", self.model)
+
+    def to_dict(self):
+        """The fields as a JSON-able dict (``augment`` as a list)."""
+        d = dataclasses.asdict(self)
+        d["augment"] = list(self.augment)
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        """A TrainConfig from a dict such as ``to_dict()`` or an older checkpoint's
+        ``meta["config"]``: keys that are not fields (``pad``, ``input_shape``, ``resume``,
+        ``progress``, ...) are ignored, missing fields take the defaults."""
+        if not isinstance(d, Mapping):
+            raise TypeError(f"TrainConfig.from_dict: expected a dict, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

@@ -1,0 +1,116 @@
+"""Resuming a training run honestly: read its settings back, and say what changes.
+
+``resume_config(out, **overrides)`` is the TrainConfig stored in OUT/checkpoint.npz with the
+overrides (the options typed on the command line) on top. When the run resumes,
+``announce_and_apply(meta, config, optimizer, schedule, log)`` compares the new config with
+the stored one and, in one line, names every setting that differs: the new value is used
+(the optimizer's lr, momentum, weight_decay and nesterov are set again after the
+checkpoint restored the old ones; the loaders, the augmentation and the schedule are built
+from the new config). A different model or dataset is refused (``check_resumable``).
+
+When is a resumed run the same, bit for bit, as one trained straight? When no setting
+changed, ``--epochs`` included: the checkpoint holds the weights, the momentum buffers, the
+schedule's epoch and the random state, and shuffling and augmentation are pure functions of
+(seed, epoch). ``--epochs`` is also the length of the cosine schedule (and of the step
+schedule without ``--step-size``): resuming a 2-epoch cosine run to 3 epochs follows a new
+3-epoch curve from epoch 3 on, which is not the learning rate a straight 3-epoch run used,
+and the announcement says so. With ``--schedule none``, or ``step`` with an explicit
+``--step-size``, resuming to more epochs is bit-identical to the straight run.
+"""
+
+import dataclasses
+import os
+from collections.abc import Mapping
+
+from .checkpoint import CheckpointError
+from .checkpoint import load as load_checkpoint
+from .config import ConfigError, TrainConfig
+from .train import CHECKPOINT_NAME
+
+__all__ = ["resume_config", "check_resumable", "announce_and_apply", "OPTIMIZER_SETTINGS"]
+
+# Settings the checkpoint's optimizer state also holds: on resume, the config's values win.
+OPTIMIZER_SETTINGS = ("lr", "momentum", "weight_decay", "nesterov")
+# Where the data is, not what the run computes: not worth a line when they change.
+_LOCATION = ("out", "cache_dir", "download")
+
+
+def stored_config(ckpt_path):
+    """``meta["config"]`` of the checkpoint at ``ckpt_path`` (a dict, maybe empty).
+    ConfigError if there is no checkpoint; CheckpointError if it cannot be read."""
+    if not os.path.exists(ckpt_path):
+        raise ConfigError(f"cannot resume: no checkpoint at {ckpt_path} (run without --resume to start)")
+    meta = load_checkpoint(ckpt_path).meta
+    stored = meta.get("config") if isinstance(meta, Mapping) else None
+    if not isinstance(stored or {}, Mapping):
+        raise CheckpointError(f"{ckpt_path}: meta['config'] is not a dict")
+    return stored or {}
+
+
+def resume_config(out, /, **overrides):
+    """The TrainConfig stored in OUT/checkpoint.npz with ``overrides`` (field=value) on
+    top and ``out=OUT`` (the run lives where its checkpoint is now, whatever ``out`` it
+    was started with): the settings ``numbacnn train --out OUT --resume`` continues with.
+    Fields an older checkpoint lacks take the defaults; stored keys that are not fields
+    are ignored.
+
+    Raises ConfigError (no checkpoint in OUT, a bad override), CheckpointError (the
+    checkpoint or its stored config cannot be read), TypeError (an override of the wrong
+    type or an unknown field).
+    """
+    out = os.fspath(out)
+    ckpt_path = os.path.join(out, CHECKPOINT_NAME)
+    stored = stored_config(ckpt_path)
+    try:
+        stored = TrainConfig.from_dict({**stored, "out": out})
+    except (TypeError, ConfigError) as e:
+        raise CheckpointError(f"{ckpt_path}: the stored config is not valid: {e}") from None
+    return dataclasses.replace(stored, **{**overrides, "out": out})
+
+
+def check_resumable(ckpt_path, config):
+    """ConfigError unless the checkpoint was trained with config's model and dataset."""
+    stored = stored_config(ckpt_path)
+    for key in ("model", "dataset"):
+        if key in stored and stored[key] != getattr(config, key):
+            raise ConfigError(
+                f"cannot resume: {ckpt_path} was trained with {key} {stored[key]!r}, "
+                f"not {getattr(config, key)!r}"
+            )
+
+
+def _changes(stored, config):
+    """[(field, old, new)] of the fields the stored config has and config changes."""
+    try:
+        old = TrainConfig.from_dict({**stored, "out": config.out})
+    except (TypeError, ValueError):
+        return []  # an unreadable stored config: nothing to compare with (fit restores state)
+    return [
+        (f.name, getattr(old, f.name), getattr(config, f.name))
+        for f in dataclasses.fields(TrainConfig)
+        if f.name in stored and f.name not in _LOCATION and getattr(old, f.name) != getattr(config, f.name)
+    ]
+
+
+def announce_and_apply(meta, config, optimizer, schedule, log):
+    """After fit restored the checkpoint (``meta`` its meta): set the optimizer settings
+    config changes, and log one line naming every changed setting (and one for a schedule
+    whose kind or length differs from the checkpoint's). Nothing is logged when nothing
+    changed: then the run continues exactly as it would have."""
+    stored = meta.get("config") or {}
+    changes = _changes(stored, config) if isinstance(stored, Mapping) else []
+    for name, _, new in changes:
+        if name == "lr":  # the schedule's base rate; the current rate follows from it
+            schedule.base_lr = new
+            optimizer.lr = schedule.lr
+        elif name in OPTIMIZER_SETTINGS:
+            setattr(optimizer, name, new)
+    if changes:
+        log("resuming with changed settings: " + ", ".join(f"{n} {o!r} -> {v!r}" for n, o, v in changes))
+    name, length = schedule.restored or (None, None)
+    if name is not None and (name, length) != (schedule.name, schedule.length):
+        log(
+            f"the learning-rate schedule changes from {name} ({length} epochs per cycle) to "
+            f"{schedule.name} ({schedule.length}): from epoch {schedule.epoch + 1} on the rates "
+            "differ from those of a run trained straight with either setting"
+        )
