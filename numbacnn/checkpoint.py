@@ -145,6 +145,12 @@ def load(path):
         meta = json.loads(raw_meta.tobytes().decode("utf-8")) if raw_meta is not None else {}
     except (UnicodeDecodeError, ValueError) as e:
         raise CheckpointError(f"{path}: the {_META_KEY!r} entry is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(
+            f"{path}: the {_META_KEY!r} entry is not a JSON object (got {type(meta).__name__})"
+        )
+    if not isinstance(meta.get("config", {}), dict):
+        raise CheckpointError(f"{path}: meta['config'] is not a JSON object")
     model_state, optim_state = {}, {}
     for key, value in data.items():
         if key.startswith(_MODEL):
@@ -152,6 +158,11 @@ def load(path):
         elif key.startswith(_OPTIM):
             optim_state[key[len(_OPTIM) :]] = value
     return Checkpoint(model_state, optim_state, meta)
+
+
+def _some(names, at_most=6):
+    """The first names of a long list, and how many more (a whole model's keys are hundreds)."""
+    return str(names) if len(names) <= at_most else f"{names[:at_most]} and {len(names) - at_most} more"
 
 
 def check_state(expected, state, what="model"):
@@ -162,9 +173,9 @@ def check_state(expected, state, what="model"):
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"missing keys {missing}")
+            parts.append(f"missing keys {_some(missing)}")
         if unexpected:
-            parts.append(f"unexpected keys {unexpected}")
+            parts.append(f"unexpected keys {_some(unexpected)}")
         raise CheckpointError(f"checkpoint does not fit the {what}: " + "; ".join(parts))
     for k, v in expected.items():
         got = np.shape(state[k])

@@ -138,6 +138,8 @@ def cmd_train(args):
     """parse -> TrainConfig -> recipe.run. ``args`` holds only the options typed on the
     command line (the train parser's defaults are suppressed): they are laid over
     TrainConfig's defaults, or with --resume over the config stored in the checkpoint."""
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues the run in --out and --overwrite starts it over: choose one")
     typed = {name: getattr(args, name) for name in _DEFAULTS if hasattr(args, name)}
     config = TrainConfig(**typed)
     if args.resume:
@@ -159,6 +161,8 @@ def cmd_evaluate(args):
     model_name = args.model or config.get("model")
     if not model_name:
         raise ConfigError(f"{args.checkpoint} does not say which model it holds; pass --model")
+    if model_name not in MODELS:
+        raise CheckpointError(f"{args.checkpoint} names an unknown model {model_name!r}; pass --model")
     dataset = config.get("dataset", "mnist")
     model = _build_model(model_name)
     try:

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from .checkpoint import CheckpointError
 from .checkpoint import load as load_checkpoint
 from .config import ConfigError, TrainConfig
-from .train import CHECKPOINT_NAME
+from .train import CHECKPOINT_NAME, check_training_meta
 
 __all__ = ["resume_config", "check_resumable", "announce_and_apply", "OPTIMIZER_SETTINGS"]
 
@@ -69,8 +69,10 @@ def resume_config(out, /, **overrides):
 
 
 def check_resumable(ckpt_path, config):
-    """ConfigError unless the checkpoint was trained with config's model and dataset."""
+    """Before any work: ConfigError unless the checkpoint was trained with config's model and
+    dataset; CheckpointError unless it is a readable training checkpoint."""
     stored = stored_config(ckpt_path)
+    check_training_meta(ckpt_path, load_checkpoint(ckpt_path).meta)
     for key in ("model", "dataset"):
         if key in stored and stored[key] != getattr(config, key):
             raise ConfigError(

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from . import functional as F
 from . import random as nrandom
+from ._checks import is_int
 from ._io import atomic_write, directory_lock
 
 __all__ = [
@@ -186,11 +187,23 @@ def _restore(path, model, optimizer, schedule):
             schedule.load_state_dict(sched_state)
     except (KeyError, ValueError) as e:
         raise ckpt.CheckpointError(f"{path}: optimizer state does not fit: {e}") from None
+    check_training_meta(path, meta)
+    nrandom.set_state(meta["random_state"])
+    return meta
+
+
+def check_training_meta(path, meta):
+    """CheckpointError unless ``meta`` is a training checkpoint's: a whole-number epoch and
+    a random state numbacnn.random can restore (checked on a scratch generator)."""
     for key in ("epoch", "random_state"):
         if key not in meta:
             raise ckpt.CheckpointError(f"{path}: not a training checkpoint (meta has no {key!r})")
-    nrandom.set_state(meta["random_state"])
-    return meta
+    if not is_int(meta["epoch"]) or meta["epoch"] < 0:
+        raise ckpt.CheckpointError(f"{path}: meta['epoch'] must be a whole number, got {meta['epoch']!r}")
+    try:
+        np.random.default_rng().bit_generator.state = json.loads(meta["random_state"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise ckpt.CheckpointError(f"{path}: meta['random_state'] is not a generator state ({e})") from None
 
 
 def fit(

@@ -570,3 +570,49 @@ def test_resume_to_more_epochs_is_bit_identical_without_a_length_tied_to_epochs(
     assert "schedule changes" not in _lines(log)
     run(_quick_config(tmp_path / "b", epochs=3, **settings), progress=False, log=lambda *a: None)
     assert _same_weights(tmp_path / "a", tmp_path / "b")
+
+
+# --------------------------------------------------------------------------- bad checkpoints
+
+
+@needs_mnist
+@pytest.mark.parametrize(
+    "meta_change",
+    [
+        {"__replace__": [1, 2]},
+        {"config": [1, 2]},
+        {"epoch": "two"},
+        {"random_state": "garbage"},
+        {"config": {"model": 5}},
+    ],
+    ids=["meta-a-list", "config-a-list", "epoch-a-string", "random-state-garbage", "model-a-number"],
+)
+def test_a_corrupt_checkpoint_is_one_line_for_evaluate_and_resume(meta_change, tmp_path, capsys):
+    """A checkpoint whose meta has the wrong shape: `numbacnn: error: bad checkpoint: ...`
+    (exit 1) from evaluate and from train --resume, never a traceback."""
+    from numbacnn import checkpoint
+
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--epochs", "1", *QUICK]) == 0
+    path = out / "checkpoint.npz"
+    ck = checkpoint.load(path)
+    meta = meta_change["__replace__"] if "__replace__" in meta_change else {**ck.meta, **meta_change}
+    checkpoint.save(path, ck.model_state, ck.optim_state, meta)
+    capsys.readouterr()
+    # evaluate reads only the weights and the config: an unusable epoch or random state is fine there
+    needs_all = "epoch" not in meta_change and "random_state" not in meta_change
+    for argv, must_fail in (
+        (["evaluate", "--checkpoint", str(path)], needs_all),
+        (["train", "--out", str(out), "--resume", *QUICK], True),
+    ):
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == (1 if must_fail else 0), (argv, err)
+        if must_fail:
+            assert err.startswith("numbacnn: error: bad checkpoint:") and err.count("\n") == 1, err
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path, capsys):
+    assert "choose one" in _one_line_error(
+        ["train", "--out", str(tmp_path), "--resume", "--overwrite"], capsys
+    )
