@@ -25,6 +25,7 @@ ValueError) with a one-line message naming the field; the CLI prints it as
 import os
 import sys
 
+from . import config as config_module
 from . import random as nrandom
 from ._io import directory_lock
 from .config import (
@@ -32,7 +33,6 @@ from .config import (
     DATASET_SHAPES,
     DATASETS,
     MAX_INPUT_PAD,
-    SCHEDULES,
     ConfigError,
     TrainConfig,
     check_directory,
@@ -43,22 +43,9 @@ from .optim import SGD, build_schedule
 from .resume import announce_and_apply, check_resumable, resume_config
 from .train import CHECKPOINT_NAME, fit
 
-__all__ = [
-    "TrainConfig",
-    "ConfigError",
-    "run",
-    "resume_config",
-    "input_pad",
-    "load_dataset",
-    "make_transform",
-    "check_directory",
-    "AUGMENTS",
-    "DATASETS",
-    "DATASET_SHAPES",
-    "SCHEDULES",
-    "MAX_INPUT_PAD",
-]  # TrainConfig, ConfigError and the constants live in numbacnn.config, resume_config in
-# numbacnn.resume: re-exported here, the one place a training run is assembled
+# TrainConfig, ConfigError and the constants live in numbacnn.config, resume_config in
+# numbacnn.resume: re-exported here, the one place a training run is assembled.
+__all__ = ["run", "resume_config", "input_pad", "load_dataset", "make_transform", *config_module.__all__]
 
 
 # --------------------------------------------------------------------------- data
