@@ -24,22 +24,11 @@ import sys
 
 from ._io import DirectoryInUse
 from .checkpoint import CheckpointError, load, load_model_state
+from .config import AUGMENTS, DATASETS, SCHEDULES, ConfigError, TrainConfig, check_directory
 from .data import DataLoader
 from .data.mnist import MNISTIntegrityError, MNISTNotFoundError
 from .models import MODELS, build_model, model_info
-from .recipe import (
-    AUGMENTS,
-    DATASETS,
-    SCHEDULES,
-    ConfigError,
-    TrainConfig,
-    check_directory,
-    input_pad,
-    load_dataset,
-    make_transform,
-    resume_config,
-    run,
-)
+from .recipe import input_pad, load_dataset, make_transform, resume_config, run
 from .train import TrainingDiverged, evaluate
 
 __all__ = ["main", "build_parser", "input_pad", "load_dataset", "make_transform", "UserError"]

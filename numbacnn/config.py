@@ -20,6 +20,7 @@ __all__ = [
     "AUGMENTS",
     "DATASETS",
     "DATASET_SHAPES",
+    "DATASET_SIZES",
     "SCHEDULES",
     "MAX_INPUT_PAD",
 ]
@@ -28,6 +29,8 @@ AUGMENTS = ("none", "crop", "flip", "translate")
 SCHEDULES = ("none", "step", "cosine")
 # Per-image shape (C, H, W) of each dataset as it is stored (before padding).
 DATASET_SHAPES = {"mnist": (1, 28, 28)}
+# (training images, test images) of each dataset.
+DATASET_SIZES = {"mnist": (60000, 10000)}
 DATASETS = tuple(DATASET_SHAPES)
 # Images smaller than a model's min_side are zero-padded by at most this many pixels per
 # border (MNIST 28 -> 32, LeNet-5's input); a model that needs more cannot take them.
@@ -39,14 +42,19 @@ class ConfigError(ValueError):
 
 
 # --------------------------------------------------------------------------- field checks
-def _integer(name, value, minimum, optional=False):
+# Counts are stored as int64 in checkpoints; a run of more epochs than this is a typo.
+MAX_COUNT = 10**6
+
+
+def _integer(name, value, minimum, optional=False, maximum=None):
     if value is None and optional:
         return None
     if not is_int(value):
         kind = "an integer or None" if optional else "an integer"
         raise TypeError(f"{name} must be {kind}, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise ConfigError(f"{name} must be {bound}, got {value}")
     return int(value)
 
 
@@ -166,7 +174,7 @@ class TrainConfig:
         checked = {
             "model": _choice("model", self.model, sorted(MODELS), "model"),
             "dataset": _choice("dataset", self.dataset, DATASETS, "dataset"),
-            "epochs": _integer("epochs", self.epochs, 1),
+            "epochs": _integer("epochs", self.epochs, 1, maximum=MAX_COUNT),
             "batch_size": _integer("batch_size", self.batch_size, 1),
             "eval_batch_size": _integer("eval_batch_size", self.eval_batch_size, 1),
             "lr": _number("lr", self.lr),
@@ -174,7 +182,7 @@ class TrainConfig:
             "weight_decay": _number("weight_decay", self.weight_decay),
             "nesterov": _flag("nesterov", self.nesterov),
             "schedule": _choice("schedule", self.schedule, SCHEDULES, "schedule"),
-            "step_size": _integer("step_size", self.step_size, 1, optional=True),
+            "step_size": _integer("step_size", self.step_size, 1, optional=True, maximum=MAX_COUNT),
             "gamma": _number("gamma", self.gamma),
             "augment": _augment_names(self.augment),
             "seed": _integer("seed", self.seed, 0),

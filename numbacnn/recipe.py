@@ -22,6 +22,7 @@ ValueError) with a one-line message naming the field; the CLI prints it as
 ``numbacnn: error: ...``. A field of the wrong type raises TypeError.
 """
 
+import math
 import os
 import sys
 
@@ -31,12 +32,14 @@ from ._io import directory_lock
 from .config import (
     AUGMENTS,
     DATASET_SHAPES,
+    DATASET_SIZES,
     DATASETS,
     MAX_INPUT_PAD,
     ConfigError,
     TrainConfig,
     check_directory,
 )
+from .config import SCHEDULES as SCHEDULES  # re-exported (a public name of this module)
 from .data import DataLoader, augment, mnist
 from .models import MODELS, build_model, model_info
 from .optim import SGD, build_schedule
@@ -107,13 +110,6 @@ def make_transform(names, fill=None):
 
 
 # --------------------------------------------------------------------------- resume
-def _has_batch_norm(model):
-    """Whether any layer of ``model`` is a BatchNorm1d/2d."""
-    from .layers import BatchNorm1d, BatchNorm2d
-
-    return any(isinstance(m, (BatchNorm1d, BatchNorm2d)) for _, m in model.named_modules())
-
-
 def run(config, *, resume=False, overwrite=False, progress=True, log=None, on_batch=None):
     """Train as ``config`` (a TrainConfig) says; returns ``numbacnn.train.fit``'s metrics
     list (one dict per epoch, the resumed epochs included).
@@ -150,38 +146,63 @@ def run(config, *, resume=False, overwrite=False, progress=True, log=None, on_ba
             "--overwrite to start over, or choose another --out"
         )
 
-    os.makedirs(out, exist_ok=True)
+    nrandom.seed(config.seed)  # the model's initial weights
+    model, pad, drop_last = _plan(config, log)  # everything knowable before any work
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:  # a path os.access misjudged (/proc, a read-only mount)
+        raise ConfigError(f"out {out!r} cannot be created: {e.strerror}") from None
     with directory_lock(out):  # before the data loads: a second run on OUT refuses at once
-        return _train(config, out, resume, progress, log, on_batch)
+        return _train(config, out, resume, progress, log, on_batch, model, pad, drop_last)
 
 
-def _train(config, out, resume, progress, log, on_batch):
-    """run's work, with OUT locked: model, data, optimizer, schedule, then fit."""
-    nrandom.seed(config.seed)
+def _plan(config, log):
+    """Build the model and check, before any data is loaded or file written, that the run
+    can work: the model takes the dataset's images; a batch norm that sees one value per
+    channel for a single image cannot train on batches of one (ConfigError for
+    --batch-size 1; a last batch of one is left out, with a notice); an epoch has at least
+    one batch. Returns (model, pad, drop_last)."""
     channels, height, _ = _dataset_shape(config.dataset)
     model = build_model(config.model, num_classes=10, in_channels=channels)  # MNIST: 10 digits
     pad = input_pad(config.model, config.dataset)
     side = height + 2 * pad
     try:
-        model.output_shape((1, channels, side, side))
+        rows = model.summary((channels, side, side), print_table=False).rows  # per layer, N = 1
     except ValueError as e:
         fitting = [m for m in sorted(MODELS) if model_info(m).min_side <= height + 2 * MAX_INPUT_PAD]
         raise ConfigError(
             f"{config.model} cannot take {config.dataset}'s {side}x{side} images "
             f"({e}); use a model for small images: {', '.join(fitting)}"
         ) from None
+    single = [r for r in rows if r["layer"].startswith("BatchNorm") and math.prod(r["output_shape"][2:]) == 1]
+    if single and config.batch_size == 1:
+        raise ConfigError(
+            f"batch_size 1 cannot train {config.model}: its batch norm {single[0]['name']!r} sees one "
+            "value per channel for one image; use a batch size of 2 or more"
+        )
+    n_train = min(config.limit_train or DATASET_SIZES[config.dataset][0], DATASET_SIZES[config.dataset][0])
+    drop_last = config.drop_last
+    if not drop_last and single and n_train % config.batch_size == 1:
+        drop_last = True
+        log(
+            f"note: the last batch of each epoch would hold 1 image ({n_train} = "
+            f"{n_train // config.batch_size} x {config.batch_size} + 1), which {config.model}'s batch "
+            f"norm {single[0]['name']!r} cannot normalise in training mode: it is left out "
+            "(--drop-last leaves out any partial batch)"
+        )
+    if (n_train // config.batch_size if drop_last else n_train) == 0:
+        raise ConfigError(
+            f"an epoch would have no training batch: {n_train} training image(s), batch_size "
+            f"{config.batch_size}{' and the last partial batch left out' if drop_last else ''}"
+        )
+    return model, pad, drop_last
 
+
+def _train(config, out, resume, progress, log, on_batch, model, pad, drop_last):
+    """run's work, with OUT locked: data, loaders, optimizer, schedule, then fit."""
     xtr, ytr, xte, yte = load_dataset(
         config.dataset, pad, config.cache_dir, config.download, config.limit_train, config.limit_test
     )
-    drop_last = config.drop_last
-    if not drop_last and len(xtr) % config.batch_size == 1 and _has_batch_norm(model):
-        drop_last = True
-        log(
-            f"note: the last batch of each epoch would hold 1 image ({len(xtr)} = "
-            f"{len(xtr) // config.batch_size} x {config.batch_size} + 1), which batch norm cannot "
-            "normalise in training mode: it is left out (--drop-last leaves out any partial batch)"
-        )
     train_loader = DataLoader(xtr, ytr, config.batch_size, shuffle=True, seed=config.seed,
                               transform=make_transform(config.augment), drop_last=drop_last)  # fmt: skip
     test_loader = DataLoader(xte, yte, config.eval_batch_size)
