@@ -191,4 +191,11 @@ def load_model_state(model, state):
     dtypes)."""
     expected = model.state_dict()
     check_state(expected, state)
+    for k in expected:
+        kind = np.asarray(state[k]).dtype.kind
+        if kind not in "fiub" or (kind != "f") != (np.asarray(expected[k]).dtype.kind != "f"):
+            raise CheckpointError(
+                f"checkpoint does not fit the model: {k!r} has dtype {np.asarray(state[k]).dtype} "
+                f"in the checkpoint but {np.asarray(expected[k]).dtype} in the model"
+            )
     model.load_state_dict({k: np.asarray(state[k], dtype=np.asarray(expected[k]).dtype) for k in expected})

@@ -114,6 +114,17 @@ def _existing_file(text):
     return text
 
 
+def _count_or(none_value, word):
+    """An integer >= 1, or `word` (e.g. "all") meaning `none_value`: lets --resume undo a
+    stored limit."""
+    count = _int_at_least(1)
+
+    def parse(text):
+        return none_value if text == word else count(text)
+
+    return parse
+
+
 _positive_int = _int_at_least(1)
 _nonneg_int = _int_at_least(0)
 _nonneg_float = _option_type(_number)
@@ -150,17 +161,19 @@ def cmd_evaluate(args):
     model_name = args.model or config.get("model")
     if not model_name:
         raise ConfigError(f"{args.checkpoint} does not say which model it holds; pass --model")
-    if model_name not in MODELS:
+    if not isinstance(model_name, str) or model_name not in MODELS:
         raise CheckpointError(f"{args.checkpoint} names an unknown model {model_name!r}; pass --model")
     dataset = config.get("dataset", "mnist")
+    if not isinstance(dataset, str) or dataset not in DATASETS:
+        raise CheckpointError(f"{args.checkpoint} names an unknown dataset {dataset!r}")
     model = _build_model(model_name)
     try:
         load_model_state(model, ck.model_state)
     except CheckpointError as e:
         raise CheckpointError(f"{args.checkpoint} ({model_name}): {e}") from None
-    pad = config.get("pad")
-    if pad is None:  # older checkpoints do not store it
-        pad = input_pad(model_name, dataset)
+    pad = input_pad(model_name, dataset)  # the registry's; older checkpoints do not store it
+    if config.get("pad", pad) != pad:
+        raise CheckpointError(f"{args.checkpoint} stores pad {config.get('pad')!r}; {model_name} takes {pad}")
     _, _, xte, yte = load_dataset(
         dataset, pad, args.cache_dir, args.download, limit_train=1, limit_test=args.limit_test
     )
@@ -232,7 +245,9 @@ def build_parser():
     t.add_argument("--lr", type=_nonneg_float, help=f"initial learning rate (default: {d['lr']})")
     t.add_argument("--momentum", type=_nonneg_float, help=f"(default: {d['momentum']})")
     t.add_argument("--weight-decay", type=_nonneg_float, help=f"(default: {d['weight_decay']})")
-    t.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    t.add_argument(
+        "--nesterov", action=argparse.BooleanOptionalAction, help="Nesterov momentum (default: off)"
+    )
     t.add_argument(
         "--schedule",
         choices=SCHEDULES,
@@ -240,7 +255,9 @@ def build_parser():
         "at epoch 1 towards 0 at the end of --epochs; none keeps --lr constant)",
     )
     t.add_argument(
-        "--step-size", type=_positive_int, help="epochs per decay for --schedule step (default: epochs // 3)"
+        "--step-size",
+        type=_count_or(None, "auto"),
+        help="epochs per decay for --schedule step, or auto (default: auto = max(1, epochs // 3))",
     )
     t.add_argument(
         "--gamma", type=_nonneg_float, help=f"decay factor for --schedule step (default: {d['gamma']})"
@@ -266,18 +283,25 @@ def build_parser():
     )
     t.add_argument(
         "--limit-train",
-        type=_positive_int,
+        type=_count_or(None, "all"),
         metavar="N",
-        help="use only the first N training images (quick runs)",
+        help="use only the first N training images (quick runs), or all (default: all)",
     )
-    t.add_argument("--limit-test", type=_positive_int, metavar="N", help="use only the first N test images")
+    t.add_argument(
+        "--limit-test",
+        type=_count_or(None, "all"),
+        metavar="N",
+        help="use only the first N test images, or all (default: all)",
+    )
     t.add_argument("--cache-dir", type=_dir, help="MNIST cache directory (default: ~/.cache/numbacnn)")
-    t.add_argument("--download", action="store_true", help="download MNIST if not found")
+    t.add_argument(
+        "--download", action=argparse.BooleanOptionalAction, help="download MNIST if not found (default: off)"
+    )
     t.add_argument(
         "--drop-last",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         help="leave out the last, partial training batch of each epoch (without it, a last "
-        "batch of one image is left out when the model has batch norm)",
+        "batch of one image is left out when the model's batch norm cannot take it; default: off)",
     )
     t.add_argument(
         "--no-progress", dest="progress", action="store_false", default=True, help="no progress bar"
@@ -286,11 +310,18 @@ def build_parser():
 
     e = sub.add_parser("evaluate", help="test accuracy/loss of a checkpoint")
     e.add_argument("--checkpoint", type=_file, required=True, help="path to a checkpoint.npz")
-    e.add_argument("--model", type=_model, default=None, help="model name (default: from the checkpoint)")
+    e.add_argument(
+        "--model",
+        type=_model,
+        default=None,
+        help=f"model name, one of {', '.join(sorted(MODELS))} (default: from the checkpoint)",
+    )
     e.add_argument("--batch-size", type=_positive_int, default=1000, help="(default: 1000)")
     e.add_argument("--limit-test", type=_positive_int, default=None, metavar="N", help="(default: all)")
-    e.add_argument("--cache-dir", type=_dir, default=None, help="MNIST cache directory")
-    e.add_argument("--download", action="store_true")
+    e.add_argument(
+        "--cache-dir", type=_dir, default=None, help="MNIST cache directory (default: ~/.cache/numbacnn)"
+    )
+    e.add_argument("--download", action="store_true", help="download MNIST if not found (default: off)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(func=cmd_evaluate)
 

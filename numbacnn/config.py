@@ -194,7 +194,9 @@ class TrainConfig:
             "drop_last": _flag("drop_last", self.drop_last),
         }
         if checked["nesterov"] and checked["momentum"] == 0.0:
-            raise ConfigError("nesterov=True needs momentum > 0, got momentum=0.0")
+            raise ConfigError(
+                "nesterov=True needs momentum > 0, got momentum=0.0 (--no-nesterov turns it off)"
+            )
         for name, value in checked.items():
             object.__setattr__(self, name, value)  # normalised (int, float, tuple, str)
 

@@ -116,6 +116,11 @@ class SGD:
         for key in ("lr", "momentum", "weight_decay", "nesterov", "step_count"):
             if key not in state:
                 raise ValueError(f"SGD.load_state_dict: missing key {key!r}")
+            value = np.asarray(state[key])
+            if value.shape != () or value.dtype.kind not in ("b" if key == "nesterov" else "fiu"):
+                raise ValueError(
+                    f"SGD.load_state_dict: {key!r} must be a number, got {value.dtype} {value.shape}"
+                )
         buffers = [None] * len(self.params)
         for key, value in state.items():
             if not key.startswith("momentum_buffer."):

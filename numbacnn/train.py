@@ -185,7 +185,7 @@ def _restore(path, model, optimizer, schedule):
         optimizer.load_state_dict(opt_state)
         if schedule is not None and sched_state:
             schedule.load_state_dict(sched_state)
-    except (KeyError, ValueError) as e:
+    except (KeyError, ValueError, TypeError) as e:
         raise ckpt.CheckpointError(f"{path}: optimizer state does not fit: {e}") from None
     check_training_meta(path, meta)
     nrandom.set_state(meta["random_state"])
@@ -200,6 +200,13 @@ def check_training_meta(path, meta):
             raise ckpt.CheckpointError(f"{path}: not a training checkpoint (meta has no {key!r})")
     if not is_int(meta["epoch"]) or meta["epoch"] < 0:
         raise ckpt.CheckpointError(f"{path}: meta['epoch'] must be a whole number, got {meta['epoch']!r}")
+    metrics = meta.get("metrics", [])
+    if not isinstance(metrics, list) or not all(
+        isinstance(row, dict) and all(k in row for k in METRIC_KEYS) for row in metrics
+    ):
+        raise ckpt.CheckpointError(
+            f"{path}: meta['metrics'] must be a list of rows with the keys {METRIC_KEYS}"
+        )
     try:
         np.random.default_rng().bit_generator.state = json.loads(meta["random_state"])
     except (TypeError, ValueError, KeyError) as e:

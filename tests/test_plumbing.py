@@ -616,3 +616,25 @@ def test_resume_and_overwrite_together_are_refused(tmp_path, capsys):
     assert "choose one" in _one_line_error(
         ["train", "--out", str(tmp_path), "--resume", "--overwrite"], capsys
     )
+
+
+@needs_mnist
+def test_resume_can_undo_a_stored_flag_or_limit(tmp_path, capsys):
+    """Options typed on resume override the stored ones, flags and limits included:
+    --no-nesterov, --limit-train all, --step-size auto."""
+    from numbacnn.resume import resume_config
+
+    out = tmp_path / "run"
+    base = ["train", "--out", str(out), "--no-progress", "--limit-test", "64"]
+    first = "--epochs 1 --nesterov --limit-train 128 --schedule step --step-size 1".split()
+    again = "--resume --epochs 2 --momentum 0 --no-nesterov --limit-train all --step-size auto".split()
+    assert main([*base, *first]) == 0
+    assert main([*base, *again]) == 0
+    assert "nesterov True -> False" in capsys.readouterr().err
+    config = resume_config(out)
+    assert (config.nesterov, config.momentum, config.limit_train, config.step_size) == (
+        False,
+        0.0,
+        None,
+        None,
+    )
