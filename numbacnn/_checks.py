@@ -48,12 +48,15 @@ def check_bool(op, name, value):
     return bool(value)
 
 
-def check_number(op, name, value, minimum=None, maximum=None, above=None):
+def check_number(op, name, value, minimum=None, maximum=None, above=None, finite=False):
     """`value` as a float: TypeError unless it is a real number (not a bool, not a string),
-    ValueError if it is NaN or outside [minimum, maximum] or not > `above`."""
+    ValueError if it is NaN or outside [minimum, maximum] or not > `above`, or (finite=True)
+    infinite."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{op}: {name} must be a number, got {value!r} ({type(value).__name__})")
     value = float(value)
+    if finite and not np.isfinite(value):
+        raise ValueError(f"{op}: {name} must be a finite number, got {value!r}")
     low_ok = (minimum is None or value >= minimum) and (above is None or value > above)
     if not (low_ok and (maximum is None or value <= maximum)):  # NaN fails here too
         bounds = [f">= {minimum}" if minimum is not None else "", f"> {above}" if above is not None else "",
@@ -62,11 +65,16 @@ def check_number(op, name, value, minimum=None, maximum=None, above=None):
     return value
 
 
+# Sizes, strides, paddings and dilations beyond this are typos (and overflow int64 index math).
+MAX_GEOMETRY = 2**31 - 1
+
+
 def pair(value, name, op):
     """An int or a pair of ints as an (h, w) tuple of Python ints.
 
-    Raises ValueError for a tuple/list of another length, TypeError for anything else that
-    is not an int (floats, strings, bools)."""
+    Raises ValueError for a tuple/list of another length or an entry larger than
+    MAX_GEOMETRY in magnitude, TypeError for anything else that is not an int (floats,
+    strings, bools)."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
             raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
@@ -75,6 +83,8 @@ def pair(value, name, op):
         a = b = value
     if not (is_int(a) and is_int(b)):
         raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+    if max(abs(int(a)), abs(int(b))) > MAX_GEOMETRY:
+        raise ValueError(f"{op}: {name} must be at most {MAX_GEOMETRY} in magnitude, got {value!r}")
     return int(a), int(b)
 
 

@@ -110,29 +110,35 @@ def directory_lock(directory):
     removed when the block ends, however it ends.
     """
     path = os.path.join(os.fspath(directory), LOCK_NAME)
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            owner = _lock_owner(path)
-            if owner == os.getpid():
-                yield  # this process already holds it (fit inside run)
-                return
-            if owner is not None and _alive(owner):
-                raise DirectoryInUse(
-                    f"{os.fspath(directory)} is in use by another numbacnn run (pid {owner}); wait for "
-                    f"it to finish or choose another --out (if no run is alive, delete {path})"
-                ) from None
-            try:  # stale: its process is gone
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-    else:  # pragma: no cover - lost a race twice
-        raise DirectoryInUse(f"{os.fspath(directory)}: could not take the lock {path}")
+    # The lock appears with its pid already in it: written to a private file, then hard-linked
+    # to LOCK_NAME (atomic, fails if it exists), so no reader ever sees an empty lock.
+    mine = f"{path}.{os.getpid()}"
+    with open(mine, "w") as f:
+        f.write(f"{os.getpid()}\n")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
+        for _ in range(2):
+            try:
+                os.link(mine, path)
+                break
+            except FileExistsError:
+                owner = _lock_owner(path)
+                if owner == os.getpid():
+                    yield  # this process already holds it (fit inside run)
+                    return
+                if owner is None or _alive(owner):  # unreadable: another writer's, keep out
+                    raise DirectoryInUse(
+                        f"{os.fspath(directory)} is in use by another numbacnn run (pid {owner}); wait "
+                        f"for it to finish or choose another --out (if no run is alive, delete {path})"
+                    ) from None
+                try:  # stale: its process is gone
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+        else:  # pragma: no cover - lost a race twice
+            raise DirectoryInUse(f"{os.fspath(directory)}: could not take the lock {path}")
+    finally:
+        os.unlink(mine)
+    try:
         yield
     finally:
         try:

@@ -68,17 +68,22 @@ def _option_type(check):
     return parse
 
 
-def _int_at_least(minimum):
+def _int_between(minimum, maximum=None):
+    bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+
     def integer(text):
         try:
             value = int(text)
         except ValueError:
-            raise ValueError(f"expected an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise ValueError(f"expected an integer >= {minimum}, got {text!r}")
+            raise ValueError(f"expected an integer {bounds}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise ValueError(f"expected an integer {bounds}, got {text!r}")
         return value
 
     return _option_type(integer)
+
+
+_int_at_least = _int_between
 
 
 def _number(text):
@@ -329,14 +334,14 @@ def build_parser():
     s.add_argument("model", type=_model, help=f"model name, one of {', '.join(sorted(MODELS))}")
     s.add_argument(
         "--input-shape",
-        type=_positive_int,
+        type=_int_between(1, 4096),
         nargs=3,
         metavar=("C", "H", "W"),
         default=None,
         help="per-image input shape (default: 1 SIDE SIDE, SIDE the "
         "side the model is built for: 32 for lenet5, 224 for alexnet)",
     )
-    s.add_argument("--num-classes", type=_positive_int, default=10, help="(default: 10)")
+    s.add_argument("--num-classes", type=_int_between(1, 10**5), default=10, help="(default: 10)")
     s.set_defaults(func=cmd_summary)
     return p
 
@@ -357,6 +362,10 @@ def main(argv=None):
         return 2
     except (MNISTNotFoundError, MNISTIntegrityError, TrainingDiverged) as e:
         print(f"numbacnn: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # the machine's, not the user's: a full disk, a lost mount (files stay whole)
+        where = f": {e.filename}" if e.filename else ""
+        print(f"numbacnn: error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         # fit() already said where the last complete checkpoint is

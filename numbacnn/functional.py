@@ -241,6 +241,8 @@ def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.
     momentum = _check_number(op, "momentum", momentum, minimum=0.0, maximum=1.0)
     y = _empty(x)
     y3 = y.reshape(N, C, L)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{op}: running_mean and running_var must both be None or neither (as torch)")
     k = _backend(x).batchnorm
     if training:
         if N * L == 1:

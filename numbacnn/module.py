@@ -131,7 +131,10 @@ class Module:
 
     # ---- modes and gradients -------------------------------------------------------------
     def train(self, mode=True):
-        """Training mode (BatchNorm uses batch statistics, Dropout drops). Returns self."""
+        """Training mode (BatchNorm uses batch statistics, Dropout drops); mode a bool
+        (TypeError otherwise, as torch refuses non-bools). Returns self."""
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"{type(self).__name__}.train: mode must be True or False, got {mode!r}")
         for _, mod in self.named_modules():
             object.__setattr__(mod, "training", bool(mode))
         return self

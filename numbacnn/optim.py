@@ -49,9 +49,9 @@ class SGD:
                 raise TypeError(
                     f"SGD: params[{i}] must have .data and .grad (a Parameter), got {type(p).__name__}"
                 )
-        lr = check_number("SGD", "lr", lr, minimum=0.0)
-        momentum = check_number("SGD", "momentum", momentum, minimum=0.0)
-        weight_decay = check_number("SGD", "weight_decay", weight_decay, minimum=0.0)
+        lr = check_number("SGD", "lr", lr, minimum=0.0, finite=True)
+        momentum = check_number("SGD", "momentum", momentum, minimum=0.0, finite=True)
+        weight_decay = check_number("SGD", "weight_decay", weight_decay, minimum=0.0, finite=True)
         nesterov = check_bool("SGD", "nesterov", nesterov)
         if nesterov and momentum <= 0.0:
             raise ValueError("SGD: nesterov momentum requires momentum > 0")
@@ -159,8 +159,12 @@ class _Schedule:
     length = 0  # epochs one cycle of the schedule spans (cosine: T_max, step: step_size)
 
     def __init__(self, optimizer, base_lr=None):
+        name = type(self).__name__
+        if not isinstance(optimizer, SGD):
+            raise TypeError(f"{name}: optimizer must be an SGD, got {type(optimizer).__name__}")
         self.optimizer = optimizer
-        self.base_lr = float(optimizer.lr if base_lr is None else base_lr)
+        base_lr = optimizer.lr if base_lr is None else base_lr
+        self.base_lr = check_number(name, "base_lr", base_lr, minimum=0.0, finite=True)
         self.epoch = 0
         self.restored = None  # the (name, length) a checkpoint's state came from
         self.optimizer.lr = self.lr_at(0)
@@ -213,7 +217,7 @@ class StepLR(_Schedule):
 
     def __init__(self, optimizer, step_size, gamma=0.1, base_lr=None):
         self.step_size = self.length = check_int("StepLR", "step_size", step_size, minimum=1)
-        self.gamma = check_number("StepLR", "gamma", gamma, minimum=0.0)
+        self.gamma = check_number("StepLR", "gamma", gamma, minimum=0.0, finite=True)
         super().__init__(optimizer, base_lr)
 
     def lr_at(self, epoch):
@@ -228,7 +232,7 @@ class CosineLR(_Schedule):
 
     def __init__(self, optimizer, T_max, eta_min=0.0, base_lr=None):
         self.T_max = self.length = check_int("CosineLR", "T_max", T_max, minimum=1)
-        self.eta_min = check_number("CosineLR", "eta_min", eta_min, minimum=0.0)
+        self.eta_min = check_number("CosineLR", "eta_min", eta_min, minimum=0.0, finite=True)
         super().__init__(optimizer, base_lr)
 
     def lr_at(self, epoch):
@@ -241,12 +245,15 @@ class CosineLR(_Schedule):
 def build_schedule(name, optimizer, epochs, step_size=None, gamma=0.1, eta_min=0.0):
     """The schedule the CLI names: "none", "step" (default step_size: a third of the
     epochs, at least 1) or "cosine" (T_max = epochs)."""
-    if name in (None, "none", "constant"):
+    if not isinstance(name, str):
+        raise TypeError(f"build_schedule: name must be 'none', 'step' or 'cosine', got {name!r}")
+    epochs = check_int("build_schedule", "epochs", epochs, minimum=1)
+    if name == "none":
         return ConstantLR(optimizer)
     if name == "step":
         if step_size is None:
-            step_size = max(1, int(epochs) // 3)
+            step_size = max(1, epochs // 3)
         return StepLR(optimizer, step_size=step_size, gamma=gamma)
     if name == "cosine":
-        return CosineLR(optimizer, T_max=max(1, int(epochs)), eta_min=eta_min)
-    raise ValueError(f"unknown schedule {name!r} (choose none, step or cosine)")
+        return CosineLR(optimizer, T_max=epochs, eta_min=eta_min)
+    raise ValueError(f"build_schedule: unknown schedule {name!r} (choose none, step or cosine)")

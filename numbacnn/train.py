@@ -90,8 +90,9 @@ class TrainingDiverged(RuntimeError):
         super().__init__(f"epoch {epoch}, batch {batch}")
 
     def __str__(self):
-        kept = (f"the last complete checkpoint {self.checkpoint} is kept"
-                if self.checkpoint else "no epoch completed, so no checkpoint was written")  # fmt: skip
+        kept = f"the last complete checkpoint {self.checkpoint} is kept"
+        if not self.checkpoint:
+            kept = "no epoch of this run completed, so it wrote no checkpoint"
         return (f"the training loss became {self.loss:.4g} at epoch {self.epoch}, batch {self.batch}; "
                 f"the learning rate ({self.lr:g}) is probably too high; {kept}")  # fmt: skip
 
@@ -362,7 +363,7 @@ def _fit(model, optimizer, train_loader, test_loader, epochs, out_dir, schedule,
             )
         else:
             last_complete = None
-            log(f"\ninterrupted during epoch {epoch}; no epoch completed, so no checkpoint was written")
+            log(f"\ninterrupted during epoch {epoch}; no epoch of this run completed, so it wrote none")
         raise TrainingInterrupted(last_complete, completed) from None
     return metrics
 

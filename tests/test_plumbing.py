@@ -96,6 +96,13 @@ def test_every_train_option_rejects_a_bad_value_in_one_line(option, value, a_fil
         [],
         ["fly"],
         ["train", "--nesterov", "--momentum", "0", "--out", "{tmp}/run"],
+        ["train", "--out", "{tmp}/run", "--limit-train", "10", "--drop-last"],  # no batch at all
+        ["train", "--out", "{tmp}/run", "--model", "resnet18", "--batch-size", "1"],  # bn of one value
+        ["train", "--out", "{tmp}/run", "--epochs", "100000000000000000000"],
+        ["train", "--out", "{tmp}/run", "--model", "alexnet"],  # cannot take 28x28 digits
+        ["train", "--out", "{tmp}/run", "--resume", "--overwrite"],
+        ["summary", "lenet5", "--num-classes", "1000000000000"],
+        ["summary", "lenet5", "--input-shape", "1000000000000", "32", "32"],
     ],
 )
 def test_evaluate_summary_and_bare_mistakes_are_one_line(argv, a_file, tmp_path, capsys):
@@ -160,7 +167,7 @@ def test_a_diverged_loss_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, c
 def test_a_run_that_diverges_in_its_first_epoch_writes_nothing(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--out", str(out), "--epochs", "1", "--lr", "1e9", *QUICK]) == 1
-    assert "no checkpoint was written" in capsys.readouterr().err
+    assert "no epoch of this run completed, so it wrote no checkpoint" in capsys.readouterr().err
     assert not (out / "checkpoint.npz").exists() and not (out / LOCK_NAME).exists()
 
 
@@ -422,7 +429,7 @@ def _bad_arguments():
     public argument: functional, the layers, the optimizer, the data API."""
     from numbacnn import layers
     from numbacnn.data import DataLoader, augment, mnist
-    from numbacnn.optim import SGD, CosineLR, StepLR
+    from numbacnn.optim import SGD, CosineLR, StepLR, build_schedule
 
     x, v = np.zeros((2, 3, 4, 4)), np.zeros(3)
     params = layers.Linear(2, 2).parameters()
@@ -467,6 +474,19 @@ def _bad_arguments():
         (lambda: augment.random_crop(x, 1.5, rng), TypeError, "padding"),
         (lambda: mnist.preprocess(np.zeros((1, 28, 28), np.uint8), pad=1.5), TypeError, "pad"),
         (lambda: mnist.load_mnist(download="yes"), TypeError, "download"),
+        (lambda: layers.Linear(2, 2).train("False"), TypeError, "mode"),
+        (lambda: StepLR(SGD(params, lr=0.1), 2, base_lr="0.1"), TypeError, "base_lr"),
+        (lambda: StepLR(None, 2), TypeError, "optimizer"),
+        (lambda: SGD(params, lr=float("inf")), ValueError, "lr"),
+        (lambda: build_schedule("cosine", SGD(params, lr=0.1), "5"), TypeError, "epochs"),
+        (lambda: build_schedule(5, SGD(params, lr=0.1), 5), TypeError, "name"),
+        (lambda: augment.random_crop(x, 2, rng, fill=None), TypeError, "fill"),
+        (lambda: augment.random_crop(x, 2, None), TypeError, "rng"),
+        (lambda: augment.shift(x, 1.7, 0), TypeError, "dy"),
+        (lambda: augment.RandomHFlip(p=5), ValueError, "p"),
+        (lambda: DataLoader(np.full((2, 1, 2, 2), "1.5"), np.zeros(2, np.int64), 1), TypeError, "x"),
+        (lambda: F.batch_norm(x, None, None, v, None, training=True), ValueError, "running_var"),
+        (lambda: F.max_pool2d(x, 2, stride=2**64), ValueError, "stride"),
     ]
 
 
@@ -638,3 +658,22 @@ def test_resume_can_undo_a_stored_flag_or_limit(tmp_path, capsys):
         None,
         None,
     )
+
+
+def test_an_empty_lock_file_is_not_taken_over(tmp_path, capsys):
+    """A lock being written by another run (or unreadable) keeps this run out; the lock file
+    always appears with its pid already in it."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK_NAME).write_text("")
+    assert "in use by another numbacnn run" in _one_line_error(["train", "--out", str(out), *QUICK], capsys)
+
+
+def test_a_stride_longer_than_the_input_does_not_allocate_it():
+    """stride 100000 on an 8x8 input: one output, the reference's value, no 1e5 x 1e5 plane."""
+    from numbacnn import reference as R
+
+    x, w = np.random.default_rng(0).standard_normal((2, 3, 8, 8)), np.ones((4, 3, 3, 3))
+    y = F.conv2d(x, w, stride=100000)
+    np.testing.assert_allclose(y, R.conv2d(x, w, stride=100000), rtol=1e-12)
+    assert [g.shape for g in F.conv2d_backward(y, x, w, stride=100000)] == [x.shape, w.shape, (4,)]

@@ -37,6 +37,25 @@ def _check_batch(x, name):
     return x
 
 
+def _check_fill(name, fill):
+    """The border value: a finite real number (None or a string would fill NaN or fail late)."""
+    return check_number(name, "fill", fill, finite=True)
+
+
+def _check_rng(name, rng):
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"{name}: rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    return rng
+
+
+def _check_offsets(name, which, value, n):
+    """An int or an int array of shape (N,): the per-sample offsets of `shift`."""
+    a = np.asarray(value)
+    if a.dtype.kind not in "iu" or a.shape not in ((), (n,)):
+        raise TypeError(f"{name}: {which} must be an int or an int array of shape ({n},), got {value!r}")
+    return np.broadcast_to(a.astype(np.int64), (n,))
+
+
 def _crop_from_padded(x, pad, oy, ox, fill):
     """out[n, c, i, j] = xp[n, c, oy[n] + i, ox[n] + j], xp = x padded by `pad` with `fill`.
 
@@ -65,8 +84,8 @@ def shift(x, dy, dx, fill=0.0):
     """
     x = _check_batch(x, "shift")
     n = x.shape[0]
-    dy = np.broadcast_to(np.asarray(dy, dtype=np.int64), (n,))
-    dx = np.broadcast_to(np.asarray(dx, dtype=np.int64), (n,))
+    dy, dx = _check_offsets("shift", "dy", dy, n), _check_offsets("shift", "dx", dx, n)
+    fill = _check_fill("shift", fill)
     m = int(max(np.abs(dy).max(initial=0), np.abs(dx).max(initial=0)))
     # padded index of x[i - dy] is (i - dy) + m, so the crop offset is m - dy
     return _crop_from_padded(x, m, m - dy, m - dx, fill)
@@ -81,6 +100,7 @@ def random_crop(x, padding, rng, fill=0.0):
     """
     x = _check_batch(x, "random_crop")
     padding = check_int("random_crop", "padding", padding, minimum=0)
+    rng, fill = _check_rng("random_crop", rng), _check_fill("random_crop", fill)
     n = x.shape[0]
     o = rng.integers(0, 2 * padding + 1, size=(2, n))  # (2, N)
     return _crop_from_padded(x, padding, o[0], o[1], fill)
@@ -93,6 +113,7 @@ def random_hflip(x, rng, p=0.5):
     """
     x = _check_batch(x, "random_hflip")
     p = check_number("random_hflip", "p", p, minimum=0.0, maximum=1.0)
+    rng = _check_rng("random_hflip", rng)
     flip = rng.random(x.shape[0]) < p  # (N,) bool
     out = x.copy()
     out[flip] = x[flip, :, :, ::-1]
@@ -108,6 +129,7 @@ def random_translate(x, max_shift, rng, fill=0.0):
     """
     x = _check_batch(x, "random_translate")
     max_shift = check_int("random_translate", "max_shift", max_shift, minimum=0)
+    rng = _check_rng("random_translate", rng)
     d = rng.integers(-max_shift, max_shift + 1, size=(2, x.shape[0]))  # (2, N)
     return shift(x, d[0], d[1], fill=fill)
 
@@ -139,7 +161,7 @@ class RandomCrop:
 
     def __init__(self, padding, fill=0.0):
         self.padding = check_int("RandomCrop", "padding", padding, minimum=0)
-        self.fill = fill
+        self.fill = _check_fill("RandomCrop", fill)
 
     def __call__(self, x, rng):
         return random_crop(x, self.padding, rng, fill=self.fill)
@@ -152,7 +174,7 @@ class RandomHFlip:
     """Callable form of `random_hflip`. (Not for digits: a mirrored 2 is not a 2.)"""
 
     def __init__(self, p=0.5):
-        self.p = p
+        self.p = check_number("RandomHFlip", "p", p, minimum=0.0, maximum=1.0)
 
     def __call__(self, x, rng):
         return random_hflip(x, rng, p=self.p)
@@ -166,7 +188,7 @@ class RandomTranslate:
 
     def __init__(self, max_shift, fill=0.0):
         self.max_shift = check_int("RandomTranslate", "max_shift", max_shift, minimum=0)
-        self.fill = fill
+        self.fill = _check_fill("RandomTranslate", fill)
 
     def __call__(self, x, rng):
         return random_translate(x, self.max_shift, rng, fill=self.fill)

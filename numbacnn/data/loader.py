@@ -52,8 +52,14 @@ class DataLoader:
             raise ValueError(
                 f"DataLoader: y must be (N,) with N = x.shape[0]; got x.shape={x.shape}, y.shape={y.shape}"
             )
+        if x.dtype.kind not in "fiu":
+            raise TypeError(f"DataLoader: x must hold real numbers (float or int), got dtype {x.dtype}")
         if not np.issubdtype(y.dtype, np.integer):
             raise TypeError(f"DataLoader: y must hold integer labels, got dtype {y.dtype}")
+        if y.size and (int(y.min()) < 0 or int(y.max()) > np.iinfo(np.int64).max):
+            raise ValueError(
+                f"DataLoader: labels must be in [0, 2**63), got values in [{y.min()}, {y.max()}]"
+            )
         batch_size = check_int("DataLoader", "batch_size", batch_size, minimum=1)
         seed = check_int("DataLoader", "seed", seed, minimum=0)
         if transform is not None and not callable(transform):
@@ -84,8 +90,8 @@ class DataLoader:
 
     def order(self, epoch=None):
         """The sample order of `epoch` (default: the current one), int64 (N,)."""
-        rng = np.random.default_rng([self.seed, self.epoch if epoch is None else int(epoch)])
-        return self._order(rng)
+        epoch = self.epoch if epoch is None else check_int("DataLoader.order", "epoch", epoch, minimum=0)
+        return self._order(np.random.default_rng([self.seed, epoch]))
 
     def _order(self, rng):
         n = self.x.shape[0]

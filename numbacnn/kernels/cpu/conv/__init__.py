@@ -18,7 +18,7 @@ Dispatch (the contract names below; functional.conv2d* call them, validated and 
 
     dense      the single output of each plane sees the whole unpadded input (LeNet's C5):
                a fully connected layer on the flattened input -> kernels/cpu/dense.py
-    polyphase  stride > 1, dilation 1 -> polyphase.py
+    polyphase  stride > 1, dilation 1 (unless the stride is far longer than the input) -> polyphase.py
     gather     backward_input with stride 1 and padding no wider than the kernel's reach:
                a forward conv of dy with the flipped weights -> direct.conv2d_backward_input_gather
     direct     everything else -> direct.py
@@ -74,7 +74,9 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
     if _is_dense(x.shape, w.shape, y.shape, pad_top, pad_left, dil_h, dil_w, groups):
         N, C_out, K = y.shape[0], y.shape[1], w[0].size  # K = C_in*kH*kW (explicit: N may be 0)
         _dense.linear_forward(x.reshape(N, K), w.reshape(C_out, K), b, y.reshape(N, C_out))
-    elif polyphase.use_polyphase(stride_h, stride_w, dil_h, dil_w):
+    elif polyphase.use_polyphase(
+        x.shape, w.shape, y.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w
+    ):
         polyphase.conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, groups)
     else:
         direct.conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups)
@@ -86,7 +88,9 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_
     if _is_dense(dx.shape, w.shape, dy.shape, pad_top, pad_left, dil_h, dil_w, groups):
         N, C_out, K = dy.shape[0], dy.shape[1], w[0].size
         _dense.linear_backward_input(dy.reshape(N, C_out), w.reshape(C_out, K), dx.reshape(N, K))
-    elif polyphase.use_polyphase(stride_h, stride_w, dil_h, dil_w):
+    elif polyphase.use_polyphase(
+        dx.shape, w.shape, dy.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w
+    ):
         polyphase.conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, groups)
     elif direct.can_gather(w.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
         direct.conv2d_backward_input_gather(dy, w, dx, pad_top, pad_left, dil_h, dil_w, groups)
@@ -100,7 +104,9 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
     if _is_dense(x.shape, dw.shape, dy.shape, pad_top, pad_left, dil_h, dil_w, groups):
         N, C_out, K = dy.shape[0], dy.shape[1], dw[0].size
         _dense.linear_backward_weight(dy.reshape(N, C_out), x.reshape(N, K), dw.reshape(C_out, K))
-    elif polyphase.use_polyphase(stride_h, stride_w, dil_h, dil_w):
+    elif polyphase.use_polyphase(
+        x.shape, dw.shape, dy.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w
+    ):
         polyphase.conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, groups)
     else:
         direct.conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups)

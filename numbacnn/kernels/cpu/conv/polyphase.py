@@ -40,9 +40,14 @@ def _accumulate(dst, src):
             dst[uidx(i)] += src[uidx(i)]
 
 
-def use_polyphase(stride_h, stride_w, dil_h, dil_w):
-    """Strided, undilated convolutions go through the polyphase decomposition."""
-    return (stride_h > 1 or stride_w > 1) and dil_h == 1 and dil_w == 1
+def use_polyphase(x_shape, w_shape, y_shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
+    """Strided, undilated convolutions go through the polyphase decomposition, unless the
+    padded input the phases need is far larger than the real one (a stride longer than the
+    input: the direct kernel reads only what the few outputs see)."""
+    if not ((stride_h > 1 or stride_w > 1) and dil_h == 1 and dil_w == 1):
+        return False
+    _, Hp, Wp = _phases(x_shape, w_shape, y_shape, stride_h, stride_w)
+    return Hp <= 2 * (x_shape[2] + pad_top + w_shape[2]) and Wp <= 2 * (x_shape[3] + pad_left + w_shape[3])
 
 
 def _phases(x_shape, w_shape, y_shape, stride_h, stride_w):
