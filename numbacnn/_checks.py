@@ -150,6 +150,8 @@ def class_labels(op, labels, logits):
     Array-likes are converted with np.asarray; an empty batch (N = 0) is allowed."""
     if not (isinstance(labels, np.ndarray) or is_device_array(labels)):
         labels = np.asarray(labels)
+        if labels.size == 0:  # [] is float64 to NumPy; an empty batch has no labels to type
+            labels = labels.astype(np.int64)
     if labels.dtype.kind not in "iu":
         raise TypeError(
             f"{op}: labels must be integers, got dtype {labels.dtype} (labels.shape={labels.shape})"

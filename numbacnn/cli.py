@@ -270,8 +270,9 @@ def build_parser():
     t.add_argument(
         "--augment",
         nargs="+",
+        action="extend",
         metavar="AUG",
-        help=f"augmentations, any of {', '.join(AUGMENTS)} (space or comma separated; "
+        help=f"augmentations, any of {', '.join(AUGMENTS)} (space or comma separated, or repeated; "
         f"default: {' '.join(d['augment'])})",
     )
     t.add_argument("--seed", type=_nonneg_int, help=f"(default: {d['seed']})")

@@ -316,6 +316,20 @@ class Sequential(Graph):
     def append(self, layer, name=None):
         return self.add(str(len(self)) if name is None else name, layer)
 
+    # An empty Sequential passes its input through, as torch.nn.Sequential() does (a slice
+    # like seq[5:] of a shorter one is empty).
+    def forward(self, x):
+        return x if not len(self) else super().forward(x)
+
+    def backward(self, dy):
+        return dy if not len(self) else super().backward(dy)
+
+    def check(self, input_shape):
+        return {} if not len(self) else super().check(input_shape)
+
+    def output_shape(self, input_shape):
+        return _with_batch(input_shape) if not len(self) else super().output_shape(input_shape)
+
     def __getitem__(self, key):
         """As torch.nn.Sequential: ``seq[i]`` (negative too) is a layer, ``seq[a:b]`` a new
         Sequential of those layers under their names; ``seq["name"]`` a layer by name."""

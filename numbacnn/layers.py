@@ -392,10 +392,7 @@ class Dropout(Module):
 
     def __init__(self, p=0.5):
         super().__init__()
-        p = check_number("Dropout", "p", p, minimum=0.0)
-        if not p < 1.0:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
-        self.p = p
+        self.p = check_number("Dropout", "p", p, minimum=0.0, maximum=1.0)  # p = 1 drops all, as torch
         self._mask = None
         self.last_seed = None
 
@@ -418,6 +415,7 @@ class Flatten(Module):
     """(N, d1, d2, ...) -> (N, d1*d2*...) (torch.nn.Flatten with start_dim=1)."""
 
     def forward(self, x):
+        self.output_shape(x.shape)  # at least 2-D, as torch (start_dim=1 must exist)
         self._shape = x.shape
         return x.reshape(x.shape[0], int(np.prod(x.shape[1:], dtype=np.int64)))  # N = 0 too
 
@@ -425,6 +423,8 @@ class Flatten(Module):
         return dy.reshape(self._shape)
 
     def output_shape(self, input_shape):
+        if len(input_shape) < 2:
+            self._fail(f"expects an input of at least 2 dimensions (N, ...), got shape {tuple(input_shape)}")
         return (input_shape[0], int(np.prod(input_shape[1:])))
 
 

@@ -460,7 +460,7 @@ def _bad_arguments():
         (lambda: layers.BatchNorm2d(3, momentum="x"), TypeError, "momentum"),
         (lambda: layers.BatchNorm2d(3, eps=0), ValueError, "eps"),
         (lambda: layers.Dropout("0.5"), TypeError, "p"),
-        (lambda: layers.Dropout(1.0), ValueError, "p"),
+        (lambda: layers.Dropout(1.5), ValueError, "p"),
         (lambda: layers.MaxPool2d(0), ValueError, "kernel_size"),
         (lambda: SGD(params, lr="0.1"), TypeError, "lr"),
         (lambda: SGD(params, lr=0.1, momentum=-1), ValueError, "momentum"),
@@ -677,3 +677,24 @@ def test_a_stride_longer_than_the_input_does_not_allocate_it():
     y = F.conv2d(x, w, stride=100000)
     np.testing.assert_allclose(y, R.conv2d(x, w, stride=100000), rtol=1e-12)
     assert [g.shape for g in F.conv2d_backward(y, x, w, stride=100000)] == [x.shape, w.shape, (4,)]
+
+
+def test_small_torch_expectations():
+    """An empty Sequential passes its input through; Flatten needs (N, ...); Dropout(p=1) drops
+    everything; an empty label list is an empty batch; --augment can be repeated."""
+    from numbacnn.cli import build_parser
+    from numbacnn.layers import Dropout, Flatten, ReLU
+
+    x = np.ones((2, 3), np.float32)
+    empty = Sequential(ReLU())[5:]
+    assert (
+        len(empty) == 0 and empty(x) is x and empty.backward(x) is x and empty.output_shape((2, 3)) == (2, 3)
+    )
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        Flatten()(np.ones(3, np.float32))
+    assert not Dropout(1.0)(x).any()
+    assert np.isnan(F.cross_entropy(np.zeros((0, 10)), []))
+    assert build_parser().parse_args(["train", "--augment", "crop", "--augment", "flip"]).augment == [
+        "crop",
+        "flip",
+    ]

@@ -119,7 +119,10 @@ class MNISTIntegrityError(RuntimeError):
 def default_cache_dir(cache_dir=None):
     """The cache directory: `cache_dir`, else ``$NUMBACNN_CACHE``, else ``~/.cache/numbacnn``."""
     if cache_dir is not None:
-        return os.fspath(cache_dir)
+        cache_dir = os.fspath(cache_dir)
+        if not cache_dir or (os.path.exists(cache_dir) and not os.path.isdir(cache_dir)):
+            raise ValueError(f"cache_dir must be a directory, got {cache_dir!r}")
+        return cache_dir
     env = os.environ.get("NUMBACNN_CACHE")
     if env:
         return env
