@@ -1,4 +1,5 @@
-"""Stochastic gradient descent and learning-rate schedules.
+"""Optimizers with PyTorch's semantics: SGD (momentum, weight decay, Nesterov), Adam, AdamW
+and RMSprop; the learning-rate schedules live in numbacnn.schedules (re-exported here).
 
 The lecture's SGD step is ``theta = theta - eta * g`` with ``g`` the mini-batch mean gradient
 (our losses already average over the batch). On top of it we implement exactly PyTorch's
@@ -10,25 +11,64 @@ The lecture's SGD step is ``theta = theta - eta * g`` with ``g`` the mini-batch 
     g   = g + momentum * buf     if nesterov else buf
     p  -= lr * g
 
-Everything is done in place on ``Parameter.data`` with NumPy, in the parameter's dtype.
+SGD's update is done in place on ``Parameter.data`` with NumPy, in the parameter's dtype;
+Adam, AdamW and RMSprop are one Numba kernel pass per parameter (numbacnn/kernels/cpu/optim.py,
+whose docstring has their formulas: torch's single-tensor implementations, term for term).
 
-Schedules are pure functions of the epoch (their whole state is the epoch counter), so a
-resumed run recomputes exactly the same learning rate:
-
-    StepLR:   lr(e) = base_lr * gamma ** (e // step_size)
-    CosineLR: lr(e) = eta_min + (base_lr - eta_min) * (1 + cos(pi * e / T_max)) / 2
+Every optimizer has ``lr`` (a schedule sets it each epoch), ``step()``, ``zero_grad()``, and
+``state_dict()`` / ``load_state_dict()`` of plain arrays (hyper-parameters as 0-d arrays,
+per-parameter state as ``<name>.<i>``), which checkpoints store, so a run resumes exactly.
 """
-
-import math
 
 import numpy as np
 
-from ._checks import check_bool, check_int, check_number
+from ._checks import check_bool, check_number
+from .kernels import backend
 
-__all__ = ["SGD", "ConstantLR", "StepLR", "CosineLR", "build_schedule"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "OPTIMIZERS", "build_optimizer",
+           "ConstantLR", "StepLR", "CosineLR", "build_schedule"]  # fmt: skip
 
 
-class SGD:
+class Optimizer:
+    """The part every optimizer shares: its parameters (checked), ``lr``, ``zero_grad``."""
+
+    def _init_params(self, params):
+        name = type(self).__name__
+        try:
+            self.params = list(params)
+        except TypeError:
+            raise TypeError(
+                f"{name}: params must be an iterable of parameters, got {type(params).__name__}"
+            ) from None
+        if not self.params:
+            raise ValueError(f"{name}: params is empty (the model has no parameters?)")
+        for i, p in enumerate(self.params):
+            if not (hasattr(p, "data") and hasattr(p, "grad")):
+                raise TypeError(
+                    f"{name}: params[{i}] must have .data and .grad (a Parameter), got {type(p).__name__}"
+                )
+
+    def zero_grad(self):
+        """Set every parameter's gradient to zero (in place when it exists)."""
+        for p in self.params:
+            if p.grad is not None:
+                p.grad[...] = 0
+
+    def _grads(self):
+        """(i, parameter, gradient) of the parameters that have a gradient (torch skips the
+        others), the shapes checked."""
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            if p.grad.shape != p.data.shape:
+                raise ValueError(
+                    f"{type(self).__name__}: parameter {i} has grad.shape={p.grad.shape} but "
+                    f"data.shape={p.data.shape}"
+                )
+            yield i, p, p.grad
+
+
+class SGD(Optimizer):
     """SGD with momentum, weight decay and Nesterov momentum (PyTorch semantics).
 
     params: an iterable of objects with ``.data`` (ndarray, updated in place) and ``.grad``
@@ -36,19 +76,7 @@ class SGD:
     """
 
     def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
-        try:
-            self.params = list(params)
-        except TypeError:
-            raise TypeError(
-                f"SGD: params must be an iterable of parameters, got {type(params).__name__}"
-            ) from None
-        if not self.params:
-            raise ValueError("SGD: params is empty (the model has no parameters?)")
-        for i, p in enumerate(self.params):
-            if not (hasattr(p, "data") and hasattr(p, "grad")):
-                raise TypeError(
-                    f"SGD: params[{i}] must have .data and .grad (a Parameter), got {type(p).__name__}"
-                )
+        self._init_params(params)
         lr = check_number("SGD", "lr", lr, minimum=0.0, finite=True)
         momentum = check_number("SGD", "momentum", momentum, minimum=0.0, finite=True)
         weight_decay = check_number("SGD", "weight_decay", weight_decay, minimum=0.0, finite=True)
@@ -62,21 +90,10 @@ class SGD:
         self.buffers = [None] * len(self.params)  # momentum buffers, created on first step
         self.step_count = 0
 
-    def zero_grad(self):
-        """Set every parameter's gradient to zero (in place when it exists)."""
-        for p in self.params:
-            if p.grad is not None:
-                p.grad[...] = 0
-
     def step(self):
         """One update of every parameter from its current ``.grad``."""
         lr, mu, wd = self.lr, self.momentum, self.weight_decay
-        for i, p in enumerate(self.params):
-            if p.grad is None:
-                continue
-            g = p.grad
-            if g.shape != p.data.shape:
-                raise ValueError(f"SGD: parameter {i} has grad.shape={g.shape} but data.shape={p.data.shape}")
+        for i, p, g in self._grads():
             if wd != 0.0:
                 g = g + p.data.dtype.type(wd) * p.data
             if mu != 0.0:
@@ -149,111 +166,158 @@ class SGD:
         self.buffers = buffers
 
 
-# --- learning-rate schedules -------------------------------------------------------------
-class _Schedule:
-    """Base: ``lr_at(epoch)`` is a pure function; ``step()`` advances the epoch counter and
-    writes the new rate into the optimizer. Usage (as with torch): after each epoch call
-    ``schedule.step()``; ``schedule.epoch`` is the number of completed epochs."""
+class _Adaptive(Optimizer):
+    """Adam-family bookkeeping: named hyper-parameters (HYPER) and per-parameter buffers
+    (BUFFERS, created as zeros on a parameter's first step) with a per-parameter step count
+    (as torch), saved as 0-d arrays and ``<buffer>.<i>`` / ``step.<i>``."""
 
-    name = "none"
-    length = 0  # epochs one cycle of the schedule spans (cosine: T_max, step: step_size)
+    HYPER = ()
+    BUFFERS = ()
 
-    def __init__(self, optimizer, base_lr=None):
-        name = type(self).__name__
-        if not isinstance(optimizer, SGD):
-            raise TypeError(f"{name}: optimizer must be an SGD, got {type(optimizer).__name__}")
-        self.optimizer = optimizer
-        base_lr = optimizer.lr if base_lr is None else base_lr
-        self.base_lr = check_number(name, "base_lr", base_lr, minimum=0.0, finite=True)
-        self.epoch = 0
-        self.restored = None  # the (name, length) a checkpoint's state came from
-        self.optimizer.lr = self.lr_at(0)
+    def _init_state(self):
+        self.state = [None] * len(self.params)  # per parameter: {"step": int, buffer: array}
+        self.step_count = 0
 
-    def lr_at(self, epoch):
-        raise NotImplementedError
-
-    @property
-    def lr(self):
-        return self.lr_at(self.epoch)
-
-    def step(self):
-        self.epoch += 1
-        self.optimizer.lr = self.lr_at(self.epoch)
+    def _state(self, i, p):
+        if self.state[i] is None:
+            self.state[i] = {"step": 0, **{b: np.zeros(p.data.shape, p.data.dtype) for b in self.BUFFERS}}
+        self.state[i]["step"] += 1
+        return self.state[i]
 
     def state_dict(self):
-        """epoch and base_lr (what the rate is computed from), and the schedule's name and
-        length, so a resumed run can tell whether its schedule is the one it was saved with."""
-        return {
-            "epoch": np.array(self.epoch, dtype=np.int64),
-            "base_lr": np.array(self.base_lr, dtype=np.float64),
-            "name": np.frombuffer(self.name.encode("ascii"), dtype=np.uint8).copy(),
-            "length": np.array(self.length, dtype=np.int64),
-        }
+        out = {name: np.array(getattr(self, name), dtype=np.float64) for name in self.HYPER}
+        out["step_count"] = np.array(self.step_count, dtype=np.int64)
+        for i, st in enumerate(self.state):
+            if st is not None:
+                out[f"step.{i}"] = np.array(st["step"], dtype=np.int64)
+                out.update({f"{b}.{i}": st[b].copy() for b in self.BUFFERS})
+        return out
 
     def load_state_dict(self, state):
-        """Continue from a state_dict(): its epoch and base_lr; its name and length (None
-        in older checkpoints) are kept in ``restored`` for the caller to compare."""
-        self.epoch = int(state["epoch"])
-        self.base_lr = float(state["base_lr"])
-        name = bytes(np.asarray(state["name"], np.uint8)).decode("ascii") if "name" in state else None
-        length = int(state["length"]) if "length" in state else None
-        self.restored = (name, length)
-        self.optimizer.lr = self.lr_at(self.epoch)
+        """Restore a ``state_dict()``; every entry is checked (ValueError names it)."""
+        name = type(self).__name__
+        state = dict(state)
+        for key in (*self.HYPER, "step_count"):
+            value = np.asarray(state.get(key))
+            if key not in state or value.shape != () or value.dtype.kind not in "fiub":
+                raise ValueError(f"{name}.load_state_dict: {key!r} must be a number in the state")
+        restored = [None] * len(self.params)
+        for i, p in enumerate(self.params):
+            keys = [f"step.{i}", *(f"{b}.{i}" for b in self.BUFFERS)]
+            if not any(k in state for k in keys):
+                continue
+            if not all(k in state for k in keys):
+                raise ValueError(f"{name}.load_state_dict: parameter {i} has only part of its state")
+            st = {"step": int(np.asarray(state[keys[0]]))}
+            for b, k in zip(self.BUFFERS, keys[1:], strict=True):
+                value = np.asarray(state[k])
+                if value.shape != p.data.shape or value.dtype.kind != "f":
+                    raise ValueError(
+                        f"{name}.load_state_dict: {k!r} has shape {value.shape}, parameter {i} {p.data.shape}"
+                    )
+                st[b] = np.array(value, dtype=p.data.dtype)
+            restored[i] = st
+        for key in self.HYPER:
+            setattr(self, key, float(state[key]))
+        self.step_count = int(state["step_count"])
+        self.state = restored
 
 
-class ConstantLR(_Schedule):
-    """No schedule: lr(e) = base_lr."""
+class Adam(_Adaptive):
+    """Adam (Kingma & Ba, 2015) with torch.optim.Adam's defaults and semantics: L2
+    weight_decay folded into the gradient, bias-corrected moments. lr, eps > 0 floats;
+    betas a pair in [0, 1); weight_decay >= 0. One Numba kernel pass per parameter."""
 
-    name = "none"
+    HYPER = ("lr", "beta1", "beta2", "eps", "weight_decay")
+    BUFFERS = ("exp_avg", "exp_avg_sq")
+    _decoupled = False
 
-    def lr_at(self, epoch):
-        return self.base_lr
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        name = type(self).__name__
+        self._init_params(params)
+        self.lr = check_number(name, "lr", lr, minimum=0.0, finite=True)
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise TypeError(f"{name}: betas must be a pair of numbers, got {betas!r}")
+        self.beta1, self.beta2 = (check_number(name, "betas", b, minimum=0.0, maximum=1.0) for b in betas)
+        if not (self.beta1 < 1.0 and self.beta2 < 1.0):
+            raise ValueError(f"{name}: betas must be in [0, 1), got {betas!r}")
+        self.eps = check_number(name, "eps", eps, above=0.0, finite=True)
+        self.weight_decay = check_number(name, "weight_decay", weight_decay, minimum=0.0, finite=True)
+        self._init_state()
 
+    @property
+    def betas(self):
+        return (self.beta1, self.beta2)
 
-class StepLR(_Schedule):
-    """lr(e) = base_lr * gamma ** (e // step_size)  (torch.optim.lr_scheduler.StepLR)."""
-
-    name = "step"
-
-    def __init__(self, optimizer, step_size, gamma=0.1, base_lr=None):
-        self.step_size = self.length = check_int("StepLR", "step_size", step_size, minimum=1)
-        self.gamma = check_number("StepLR", "gamma", gamma, minimum=0.0, finite=True)
-        super().__init__(optimizer, base_lr)
-
-    def lr_at(self, epoch):
-        return self.base_lr * self.gamma ** (int(epoch) // self.step_size)
-
-
-class CosineLR(_Schedule):
-    """lr(e) = eta_min + (base_lr - eta_min) * (1 + cos(pi * e / T_max)) / 2
-    (the closed form of torch.optim.lr_scheduler.CosineAnnealingLR)."""
-
-    name = "cosine"
-
-    def __init__(self, optimizer, T_max, eta_min=0.0, base_lr=None):
-        self.T_max = self.length = check_int("CosineLR", "T_max", T_max, minimum=1)
-        self.eta_min = check_number("CosineLR", "eta_min", eta_min, minimum=0.0, finite=True)
-        super().__init__(optimizer, base_lr)
-
-    def lr_at(self, epoch):
-        return (
-            self.eta_min
-            + (self.base_lr - self.eta_min) * (1.0 + math.cos(math.pi * int(epoch) / self.T_max)) / 2.0
-        )
+    def step(self):
+        """One update of every parameter that has a gradient."""
+        for i, p, g in self._grads():
+            st = self._state(i, p)
+            t = st["step"]
+            step_size = self.lr / (1.0 - self.beta1**t)
+            bias_correction2_sqrt = (1.0 - self.beta2**t) ** 0.5
+            backend(p.data).optim.adam_step(
+                p.data.reshape(-1), backend(g).ascontiguous(g).reshape(-1), st["exp_avg"].reshape(-1),
+                st["exp_avg_sq"].reshape(-1), self.lr, self.beta1, self.beta2, self.eps, self.weight_decay,
+                self._decoupled, step_size, bias_correction2_sqrt,
+            )  # fmt: skip
+        self.step_count += 1
 
 
-def build_schedule(name, optimizer, epochs, step_size=None, gamma=0.1, eta_min=0.0):
-    """The schedule the CLI names: "none", "step" (default step_size: a third of the
-    epochs, at least 1) or "cosine" (T_max = epochs)."""
-    if not isinstance(name, str):
-        raise TypeError(f"build_schedule: name must be 'none', 'step' or 'cosine', got {name!r}")
-    epochs = check_int("build_schedule", "epochs", epochs, minimum=1)
-    if name == "none":
-        return ConstantLR(optimizer)
-    if name == "step":
-        if step_size is None:
-            step_size = max(1, epochs // 3)
-        return StepLR(optimizer, step_size=step_size, gamma=gamma)
-    if name == "cosine":
-        return CosineLR(optimizer, T_max=epochs, eta_min=eta_min)
-    raise ValueError(f"build_schedule: unknown schedule {name!r} (choose none, step or cosine)")
+class AdamW(Adam):
+    """AdamW (Loshchilov & Hutter, 2019): Adam with DECOUPLED weight decay, p *= 1 - lr *
+    weight_decay before the Adam step (torch.optim.AdamW, default weight_decay 0.01)."""
+
+    _decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+class RMSprop(_Adaptive):
+    """RMSprop with torch.optim.RMSprop's defaults and semantics (alpha 0.99, eps 1e-8,
+    optional momentum and centered variant; L2 weight_decay folded into the gradient)."""
+
+    HYPER = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered")
+    BUFFERS = ("square_avg", "grad_avg", "momentum_buffer")
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False):
+        self._init_params(params)
+        self.lr = check_number("RMSprop", "lr", lr, minimum=0.0, finite=True)
+        self.alpha = check_number("RMSprop", "alpha", alpha, minimum=0.0, maximum=1.0)
+        self.eps = check_number("RMSprop", "eps", eps, above=0.0, finite=True)
+        self.weight_decay = check_number("RMSprop", "weight_decay", weight_decay, minimum=0.0, finite=True)
+        self.momentum = check_number("RMSprop", "momentum", momentum, minimum=0.0, finite=True)
+        self.centered = check_bool("RMSprop", "centered", centered)
+        self._init_state()
+
+    def step(self):
+        """One update of every parameter that has a gradient."""
+        for i, p, g in self._grads():
+            st = self._state(i, p)
+            backend(p.data).optim.rmsprop_step(
+                p.data.reshape(-1), backend(g).ascontiguous(g).reshape(-1), st["square_avg"].reshape(-1),
+                st["grad_avg"].reshape(-1), st["momentum_buffer"].reshape(-1), self.lr, self.alpha, self.eps,
+                self.weight_decay, self.momentum, bool(self.centered),
+            )  # fmt: skip
+        self.step_count += 1
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
+
+
+def build_optimizer(
+    name, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False, betas=(0.9, 0.999), eps=1e-8
+):
+    """The optimizer ``numbacnn train --optimizer NAME`` uses: momentum and nesterov are
+    SGD's (momentum also RMSprop's), betas Adam's and AdamW's, eps the adaptive ones'."""
+    if name == "sgd":
+        return SGD(params, lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    if name in ("adam", "adamw"):
+        return OPTIMIZERS[name](params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return RMSprop(params, lr=lr, eps=eps, weight_decay=weight_decay, momentum=momentum)
+    raise ValueError(f"build_optimizer: unknown optimizer {name!r} (choose from: {', '.join(OPTIMIZERS)})")
+
+
+from .schedules import ConstantLR, CosineLR, StepLR, build_schedule  # noqa: E402  (re-exported)

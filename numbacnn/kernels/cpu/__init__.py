@@ -7,7 +7,7 @@ with the helpers below (the CUDA package, numbacnn.kernels.cuda, mirrors names a
 
 import numpy as np
 
-from . import activation, batchnorm, conv, dense, loss, pool  # noqa: F401
+from . import activation, batchnorm, conv, dense, loss, optim, pool  # noqa: F401
 
 empty = np.empty
 
