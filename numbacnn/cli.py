@@ -24,7 +24,16 @@ import sys
 
 from ._io import DirectoryInUse
 from .checkpoint import CheckpointError, load, load_model_state
-from .config import AUGMENTS, DATASETS, SCHEDULES, ConfigError, TrainConfig, check_directory
+from .config import (
+    AUGMENTS,
+    DATASETS,
+    OPTIMIZER_DEFAULTS,
+    OPTIMIZERS,
+    SCHEDULES,
+    ConfigError,
+    TrainConfig,
+    check_directory,
+)
 from .data import DataLoader
 from .data.mnist import MNISTIntegrityError, MNISTNotFoundError
 from .models import MODELS, build_model, model_info
@@ -94,6 +103,30 @@ def _number(text):
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"expected a finite number >= 0, got {text!r}")
     return value
+
+
+def _positive(text):
+    value = _number(text)
+    if value == 0:
+        raise ValueError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _fraction(text):
+    value = _number(text)
+    if value >= 1:
+        raise ValueError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def _per_optimizer(name):
+    """ "0.05 for sgd, 0.001 for adam, ...": a setting's default for each optimizer taking it."""
+
+    def show(value):
+        return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+    pairs = [(opt, show(d[name])) for opt, d in OPTIMIZER_DEFAULTS.items() if name in d]
+    return ", ".join(f"{v} for {opt}" for opt, v in pairs)
 
 
 def _model_name(text):
@@ -234,7 +267,7 @@ def build_parser():
         "train",
         help="train a model; writes checkpoint, metrics and curves",
         argument_default=argparse.SUPPRESS,
-        description="Train a model with SGD; writes OUT/checkpoint.npz, "
+        description="Train a model with SGD, Adam, AdamW or RMSprop; writes OUT/checkpoint.npz, "
         "OUT/metrics.json and OUT/curves.png after every epoch. "
         "With --resume, options not typed come from the checkpoint.",
     )
@@ -247,11 +280,33 @@ def build_parser():
     )
     t.add_argument("--batch-size", type=_positive_int, help=f"(default: {d['batch_size']})")
     t.add_argument("--eval-batch-size", type=_positive_int, help=f"(default: {d['eval_batch_size']})")
-    t.add_argument("--lr", type=_nonneg_float, help=f"initial learning rate (default: {d['lr']})")
-    t.add_argument("--momentum", type=_nonneg_float, help=f"(default: {d['momentum']})")
-    t.add_argument("--weight-decay", type=_nonneg_float, help=f"(default: {d['weight_decay']})")
     t.add_argument(
-        "--nesterov", action=argparse.BooleanOptionalAction, help="Nesterov momentum (default: off)"
+        "--optimizer",
+        choices=OPTIMIZERS,
+        help=f"PyTorch's SGD, Adam, AdamW or RMSprop (default: {d['optimizer']}); "
+        "a setting below left out takes this optimizer's default",
+    )
+    t.add_argument("--lr", type=_nonneg_float, help=f"initial rate (default: {_per_optimizer('lr')})")
+    t.add_argument(
+        "--momentum", type=_nonneg_float, help=f"sgd's and rmsprop's (default: {_per_optimizer('momentum')})"
+    )
+    t.add_argument(
+        "--weight-decay",
+        type=_nonneg_float,
+        help=f"L2 penalty, decoupled for adamw (default: {_per_optimizer('weight_decay')})",
+    )
+    t.add_argument(
+        "--nesterov", action=argparse.BooleanOptionalAction, help="sgd's Nesterov momentum (default: off)"
+    )
+    t.add_argument(
+        "--betas",
+        type=_option_type(_fraction),
+        nargs=2,
+        metavar=("BETA1", "BETA2"),
+        help=f"adam's and adamw's moment decay rates (default: {_per_optimizer('betas')})",
+    )
+    t.add_argument(
+        "--eps", type=_option_type(_positive), help=f"denominator term (default: {_per_optimizer('eps')})"
     )
     t.add_argument(
         "--schedule",

@@ -22,11 +22,23 @@ __all__ = [
     "DATASET_SHAPES",
     "DATASET_SIZES",
     "SCHEDULES",
+    "OPTIMIZERS",
+    "OPTIMIZER_DEFAULTS",
     "MAX_INPUT_PAD",
 ]
 
 AUGMENTS = ("none", "crop", "flip", "translate")
 SCHEDULES = ("none", "step", "cosine")
+# The settings each optimizer takes (numbacnn.optim's keyword arguments), with the value a
+# setting left at None gets: SGD's are the lecture's recipe, the adaptive ones' PyTorch's
+# defaults (lr 1e-3 for all three: torch's RMSprop default of 1e-2 is too high for CNNs).
+OPTIMIZER_DEFAULTS = {
+    "sgd": {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0, "nesterov": False},
+    "adam": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
+    "adamw": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2},
+    "rmsprop": {"lr": 1e-3, "momentum": 0.0, "eps": 1e-8, "weight_decay": 0.0},
+}
+OPTIMIZERS = tuple(OPTIMIZER_DEFAULTS)
 # Per-image shape (C, H, W) of each dataset as it is stored (before padding).
 DATASET_SHAPES = {"mnist": (1, 28, 28)}
 # (training images, test images) of each dataset.
@@ -65,6 +77,28 @@ def _number(name, value):
     if not (math.isfinite(value) and value >= 0.0):
         raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
     return value
+
+
+def _optional_number(name, value, above=False):
+    """None, or a finite number >= 0 (> 0 with ``above``)."""
+    if value is None:
+        return None
+    value = _number(name, value)
+    if above and value == 0.0:
+        raise ConfigError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def _betas(value):
+    """None, or a pair (beta1, beta2) of numbers in [0, 1) (a list is accepted)."""
+    if value is None:
+        return None
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"betas must be a pair of numbers or None, got {value!r}")
+    pair = tuple(_number("betas", b) for b in value)
+    if not all(b < 1.0 for b in pair):
+        raise ConfigError(f"betas must be numbers in [0, 1), got {value!r}")
+    return pair
 
 
 def _flag(name, value):
@@ -132,8 +166,13 @@ class TrainConfig:
 
     model: a name in ``numbacnn.models.MODELS``; dataset: one of DATASETS ("mnist").
     epochs: total epochs (a resumed run continues up to it). batch_size, eval_batch_size:
-    images per training / evaluation batch. lr: initial learning rate; momentum,
-    weight_decay (L2), nesterov: ``numbacnn.optim.SGD``. schedule: "cosine" (lr -> 0 over
+    images per training / evaluation batch. optimizer: one of OPTIMIZERS, the classes of
+    ``numbacnn.optim`` (PyTorch's semantics). lr (initial learning rate), momentum (SGD's
+    and RMSprop's), weight_decay (L2; AdamW's is decoupled), nesterov (SGD's), betas and
+    eps (the adaptive optimizers'): None takes the optimizer's default from
+    OPTIMIZER_DEFAULTS (SGD: lr 0.05, momentum 0.9; Adam, AdamW, RMSprop: lr 1e-3, AdamW
+    weight_decay 0.01); ``optimizer_settings`` is the resolved set. A setting the optimizer
+    does not take is a ConfigError (``momentum`` for Adam). schedule: "cosine" (lr -> 0 over
     ``epochs``), "step" (times ``gamma`` every ``step_size`` epochs, default epochs // 3)
     or "none" (``numbacnn.optim.build_schedule``). augment: names from AUGMENTS, stored
     as a tuple (a list or a comma-separated string is accepted). seed: weight init,
@@ -154,10 +193,13 @@ class TrainConfig:
     epochs: int = 3
     batch_size: int = 64
     eval_batch_size: int = 1000
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    optimizer: str = "sgd"
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
     nesterov: bool = False
+    betas: tuple | None = None
+    eps: float | None = None
     schedule: str = "cosine"
     step_size: int | None = None
     gamma: float = 0.1
@@ -177,10 +219,13 @@ class TrainConfig:
             "epochs": _integer("epochs", self.epochs, 1, maximum=MAX_COUNT),
             "batch_size": _integer("batch_size", self.batch_size, 1),
             "eval_batch_size": _integer("eval_batch_size", self.eval_batch_size, 1),
-            "lr": _number("lr", self.lr),
-            "momentum": _number("momentum", self.momentum),
-            "weight_decay": _number("weight_decay", self.weight_decay),
+            "optimizer": _choice("optimizer", self.optimizer, OPTIMIZERS, "optimizer"),
+            "lr": _optional_number("lr", self.lr),
+            "momentum": _optional_number("momentum", self.momentum),
+            "weight_decay": _optional_number("weight_decay", self.weight_decay),
             "nesterov": _flag("nesterov", self.nesterov),
+            "betas": _betas(self.betas),
+            "eps": _optional_number("eps", self.eps, above=True),
             "schedule": _choice("schedule", self.schedule, SCHEDULES, "schedule"),
             "step_size": _integer("step_size", self.step_size, 1, optional=True, maximum=MAX_COUNT),
             "gamma": _number("gamma", self.gamma),
@@ -193,12 +238,28 @@ class TrainConfig:
             "download": _flag("download", self.download),
             "drop_last": _flag("drop_last", self.drop_last),
         }
+        takes = OPTIMIZER_DEFAULTS[checked["optimizer"]]
+        for name in ("momentum", "betas", "eps"):
+            if checked[name] is not None and name not in takes:
+                raise ConfigError(
+                    f"{name} is not a setting of the {checked['optimizer']} optimizer "
+                    f"(it takes: {', '.join(takes)})"
+                )
+        if checked["nesterov"] and checked["optimizer"] != "sgd":
+            raise ConfigError(f"nesterov is SGD's setting, not the {checked['optimizer']} optimizer's")
         if checked["nesterov"] and checked["momentum"] == 0.0:
             raise ConfigError(
                 "nesterov=True needs momentum > 0, got momentum=0.0 (--no-nesterov turns it off)"
             )
         for name, value in checked.items():
             object.__setattr__(self, name, value)  # normalised (int, float, tuple, str)
+
+    @property
+    def optimizer_settings(self):
+        """The keyword arguments of ``numbacnn.optim.OPTIMIZERS[optimizer]``: the fields it
+        takes, None replaced by its default (OPTIMIZER_DEFAULTS)."""
+        defaults = OPTIMIZER_DEFAULTS[self.optimizer]
+        return {k: v if getattr(self, k) is None else getattr(self, k) for k, v in defaults.items()}
 
     @property
     def out_dir(self):
@@ -209,6 +270,8 @@ class TrainConfig:
         """The fields as a JSON-able dict (``augment`` as a list)."""
         d = dataclasses.asdict(self)
         d["augment"] = list(self.augment)
+        if self.betas is not None:
+            d["betas"] = list(self.betas)
         return d
 
     @classmethod

@@ -236,18 +236,28 @@ class Adam(_Adaptive):
         name = type(self).__name__
         self._init_params(params)
         self.lr = check_number(name, "lr", lr, minimum=0.0, finite=True)
-        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-            raise TypeError(f"{name}: betas must be a pair of numbers, got {betas!r}")
-        self.beta1, self.beta2 = (check_number(name, "betas", b, minimum=0.0, maximum=1.0) for b in betas)
-        if not (self.beta1 < 1.0 and self.beta2 < 1.0):
-            raise ValueError(f"{name}: betas must be in [0, 1), got {betas!r}")
+        self.betas = betas
         self.eps = check_number(name, "eps", eps, above=0.0, finite=True)
         self.weight_decay = check_number(name, "weight_decay", weight_decay, minimum=0.0, finite=True)
         self._init_state()
 
     @property
     def betas(self):
+        """(beta1, beta2), as torch names them."""
         return (self.beta1, self.beta2)
+
+    @betas.setter
+    def betas(self, pair):
+        self.beta1, self.beta2 = self._check_betas(pair)
+
+    def _check_betas(self, betas):
+        name = type(self).__name__
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise TypeError(f"{name}: betas must be a pair of numbers, got {betas!r}")
+        beta1, beta2 = (check_number(name, "betas", b, minimum=0.0, maximum=1.0) for b in betas)
+        if not (beta1 < 1.0 and beta2 < 1.0):
+            raise ValueError(f"{name}: betas must be in [0, 1), got {betas!r}")
+        return beta1, beta2
 
     def step(self):
         """One update of every parameter that has a gradient."""
@@ -306,18 +316,14 @@ class RMSprop(_Adaptive):
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
 
 
-def build_optimizer(
-    name, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False, betas=(0.9, 0.999), eps=1e-8
-):
-    """The optimizer ``numbacnn train --optimizer NAME`` uses: momentum and nesterov are
-    SGD's (momentum also RMSprop's), betas Adam's and AdamW's, eps the adaptive ones'."""
-    if name == "sgd":
-        return SGD(params, lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
-    if name in ("adam", "adamw"):
-        return OPTIMIZERS[name](params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-    if name == "rmsprop":
-        return RMSprop(params, lr=lr, eps=eps, weight_decay=weight_decay, momentum=momentum)
-    raise ValueError(f"build_optimizer: unknown optimizer {name!r} (choose from: {', '.join(OPTIMIZERS)})")
+def build_optimizer(name, params, lr, **settings):
+    """``OPTIMIZERS[name](params, lr, **settings)``: the optimizer ``numbacnn train
+    --optimizer NAME`` builds from ``TrainConfig.optimizer_settings``. ValueError for an
+    unknown name, TypeError for a setting that optimizer does not take."""
+    if name not in OPTIMIZERS:
+        choices = ", ".join(OPTIMIZERS)
+        raise ValueError(f"build_optimizer: unknown optimizer {name!r} (choose from: {choices})")
+    return OPTIMIZERS[name](params, lr, **settings)
 
 
 from .schedules import ConstantLR, CosineLR, StepLR, build_schedule  # noqa: E402  (re-exported)

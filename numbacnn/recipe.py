@@ -42,7 +42,7 @@ from .config import (
 from .config import SCHEDULES as SCHEDULES  # re-exported (a public name of this module)
 from .data import DataLoader, augment, mnist
 from .models import MODELS, build_model, model_info
-from .optim import SGD, build_schedule
+from .optim import build_optimizer, build_schedule
 from .resume import announce_and_apply, check_resumable, resume_config
 from .train import CHECKPOINT_NAME, fit
 
@@ -117,8 +117,9 @@ def run(config, *, resume=False, overwrite=False, progress=True, log=None, on_ba
     resume: continue the run in ``config.out_dir`` up to ``config.epochs`` epochs; the
     checkpoint's model and dataset must be ``config``'s, every other setting comes from
     ``config`` (``resume_config`` gives the stored ones). The checkpoint restores the
-    training state (weights, momentum buffers, schedule epoch, random state); an optimizer
-    setting (lr, momentum, weight_decay, nesterov) that differs from the stored config's is
+    training state (weights, the optimizer's buffers, schedule epoch, random state); the
+    optimizer must be the stored one (ConfigError), and a setting of it (lr, momentum,
+    weight_decay, nesterov, betas, eps) that differs from the stored config's is
     then applied and logged, so the stored config always says what the run used. overwrite: start over even if
     OUT/checkpoint.npz exists (without resume or overwrite that is an error).
     progress: a progress bar per epoch. log: a print-like function for the status lines
@@ -206,13 +207,7 @@ def _train(config, out, resume, progress, log, on_batch, model, pad, drop_last):
     train_loader = DataLoader(xtr, ytr, config.batch_size, shuffle=True, seed=config.seed,
                               transform=make_transform(config.augment), drop_last=drop_last)  # fmt: skip
     test_loader = DataLoader(xte, yte, config.eval_batch_size)
-    optimizer = SGD(
-        model.parameters(),
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        nesterov=config.nesterov,
-    )
+    optimizer = build_optimizer(config.optimizer, model.parameters(), **config.optimizer_settings)
     schedule = build_schedule(
         config.schedule, optimizer, config.epochs, step_size=config.step_size, gamma=config.gamma
     )
@@ -222,7 +217,9 @@ def _train(config, out, resume, progress, log, on_batch, model, pad, drop_last):
     log(
         f"training {config.model} on {config.dataset}: {len(xtr)} train / {len(xte)} test "
         f"images of shape {tuple(xtr.shape[1:])}, {config.epochs} epochs, batch "
-        f"{config.batch_size}, out {out}"
+        f"{config.batch_size}, {config.optimizer} "
+        + ", ".join(f"{k} {v}" for k, v in config.optimizer_settings.items())
+        + f", out {out}"
     )
     return fit(
         model,

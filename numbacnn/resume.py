@@ -4,9 +4,10 @@
 overrides (the options typed on the command line) on top. When the run resumes,
 ``announce_and_apply(meta, config, optimizer, schedule, log)`` compares the new config with
 the stored one and, in one line, names every setting that differs: the new value is used
-(the optimizer's lr, momentum, weight_decay and nesterov are set again after the
-checkpoint restored the old ones; the loaders, the augmentation and the schedule are built
-from the new config). A different model or dataset is refused (``check_resumable``).
+(the optimizer's lr, momentum, weight_decay, nesterov, betas and eps are set again after
+the checkpoint restored the old ones; the loaders, the augmentation and the schedule are
+built from the new config). A different model, dataset or optimizer is refused
+(``check_resumable``): the checkpoint's weights and optimizer state belong to them.
 
 When is a resumed run the same, bit for bit, as one trained straight? When no setting
 changed, ``--epochs`` included: the checkpoint holds the weights, the momentum buffers, the
@@ -30,7 +31,7 @@ from .train import CHECKPOINT_NAME, check_training_meta
 __all__ = ["resume_config", "check_resumable", "announce_and_apply", "OPTIMIZER_SETTINGS"]
 
 # Settings the checkpoint's optimizer state also holds: on resume, the config's values win.
-OPTIMIZER_SETTINGS = ("lr", "momentum", "weight_decay", "nesterov")
+OPTIMIZER_SETTINGS = ("lr", "momentum", "weight_decay", "nesterov", "betas", "eps")
 # Where the data is, not what the run computes: not worth a line when they change.
 _LOCATION = ("out", "cache_dir", "download")
 
@@ -69,11 +70,12 @@ def resume_config(out, /, **overrides):
 
 
 def check_resumable(ckpt_path, config):
-    """Before any work: ConfigError unless the checkpoint was trained with config's model and
-    dataset; CheckpointError unless it is a readable training checkpoint."""
-    stored = stored_config(ckpt_path)
+    """Before any work: ConfigError unless the checkpoint was trained with config's model,
+    dataset and optimizer (a checkpoint from before the optimizer was a setting is SGD's);
+    CheckpointError unless it is a readable training checkpoint."""
+    stored = {"optimizer": "sgd", **stored_config(ckpt_path)}
     check_training_meta(ckpt_path, load_checkpoint(ckpt_path).meta)
-    for key in ("model", "dataset"):
+    for key in ("model", "dataset", "optimizer"):
         if key in stored and stored[key] != getattr(config, key):
             raise ConfigError(
                 f"cannot resume: {ckpt_path} was trained with {key} {stored[key]!r}, "
@@ -82,15 +84,20 @@ def check_resumable(ckpt_path, config):
 
 
 def _changes(stored, config):
-    """[(field, old, new)] of the fields the stored config has and config changes."""
+    """[(field, old, new)] of the fields the stored config has and config changes; the
+    optimizer's settings compared as resolved (an unset lr is the optimizer's default)."""
     try:
         old = TrainConfig.from_dict({**stored, "out": config.out})
     except (TypeError, ValueError):
         return []  # an unreadable stored config: nothing to compare with (fit restores state)
+
+    def value(c, name):
+        return c.optimizer_settings.get(name) if name in OPTIMIZER_SETTINGS else getattr(c, name)
+
     return [
-        (f.name, getattr(old, f.name), getattr(config, f.name))
+        (f.name, value(old, f.name), value(config, f.name))
         for f in dataclasses.fields(TrainConfig)
-        if f.name in stored and f.name not in _LOCATION and getattr(old, f.name) != getattr(config, f.name)
+        if f.name in stored and f.name not in _LOCATION and value(old, f.name) != value(config, f.name)
     ]
 
 

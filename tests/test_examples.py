@@ -51,4 +51,6 @@ def test_train_lenet_mnist_example_runs_the_recipe(tmp_path):
         assert res.returncode == 0, res.stderr
         assert f"epoch {epochs}: test accuracy" in res.stdout
     meta = checkpoint.load(out / "checkpoint.npz").meta
-    assert TrainConfig.from_dict(meta["config"]) == TrainConfig(epochs=2, out=str(out), limit_train=256)
+    # the example spells out SGD's defaults (lr 0.05, momentum 0.9), as the README's command does
+    expected = TrainConfig(epochs=2, out=str(out), limit_train=256, lr=0.05, momentum=0.9)
+    assert TrainConfig.from_dict(meta["config"]) == expected

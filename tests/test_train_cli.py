@@ -419,7 +419,9 @@ def test_train_config_defaults_are_the_cli_defaults(capsys):
         "--lr 0.05 --momentum 0.9 --weight-decay 0 --schedule cosine --gamma 0.1 --augment none "
         "--seed 0"
     ).split()
-    assert TrainConfig.from_dict(vars(parser.parse_args(spelled_out))) == TrainConfig()
+    spelled = TrainConfig.from_dict(vars(parser.parse_args(spelled_out)))
+    assert spelled.optimizer_settings == TrainConfig().optimizer_settings
+    assert dataclasses.replace(spelled, lr=None, momentum=None, weight_decay=None) == TrainConfig()
 
     every = vars(
         parser.parse_args(
@@ -442,7 +444,11 @@ def test_train_config_defaults_are_the_cli_defaults(capsys):
         )
     )
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    assert set(every) - RUN_ACTIONS == fields
+    adaptive = vars(parser.parse_args("train --optimizer adam --betas 0.8 0.9 --eps 1e-6".split()))
+    assert (set(every) | set(adaptive)) - RUN_ACTIONS == fields
+    assert TrainConfig.from_dict(adaptive).optimizer_settings == dict(
+        lr=1e-3, betas=(0.8, 0.9), eps=1e-6, weight_decay=0.0
+    )
     config = TrainConfig.from_dict(every)
     assert (
         config.nesterov,
@@ -458,18 +464,11 @@ def test_train_config_defaults_are_the_cli_defaults(capsys):
         parser.parse_args(["train", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     d = TrainConfig()
-    for value in (
-        d.model,
-        d.epochs,
-        d.batch_size,
-        d.eval_batch_size,
-        d.lr,
-        d.momentum,
-        d.weight_decay,
-        d.gamma,
-        d.seed,
-    ):
+    for value in (d.model, d.epochs, d.batch_size, d.eval_batch_size, d.optimizer, d.gamma, d.seed):
         assert f"(default: {value})" in help_text, value
+    for name, value in d.optimizer_settings.items():  # per optimizer: "0.05 for sgd, ..."
+        if name != "nesterov":
+            assert f"{value} for sgd" in help_text, name
     assert TrainConfig().out_dir == os.path.join("runs", "lenet5")
     assert TrainConfig(model="vgg_small").out_dir == os.path.join("runs", "vgg_small")
 
@@ -687,3 +686,78 @@ def test_resume_applies_changed_optimizer_settings(tmp_path, capsys):
     assert float(ck.optim_state["weight_decay"]) == 0.1
     config = TrainConfig.from_dict(ck.meta["config"])
     assert (config.lr, config.momentum, config.weight_decay) == (0.5, 0.0, 0.1)
+
+
+ADAM_RUN = (
+    "train --model lenet5 --optimizer adamw --betas 0.8 0.99 --eps 1e-7 --weight-decay 0.05 "
+    "--lr 0.003 --batch-size 64 --schedule none --augment crop --seed 5 --limit-train 320 --limit-test 128 "
+    "--no-progress"
+).split()
+
+
+@needs_mnist
+def test_adaptive_optimizer_trains_and_resumes_exactly(tmp_path, capsys):
+    """--optimizer adamw learns, stores its moments and step counts in the checkpoint, and a
+    run stopped after epoch 1 and resumed to 2 is bit-identical to one trained straight."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main([*ADAM_RUN, "--epochs", "2", "--out", str(straight)]) == 0
+    assert "adamw lr 0.003, betas (0.8, 0.99), eps 1e-07, weight_decay 0.05" in capsys.readouterr().err
+    assert main([*ADAM_RUN, "--epochs", "1", "--out", str(resumed)]) == 0
+    assert main(["train", "--out", str(resumed), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    a, b = ckpt.load(resumed / "checkpoint.npz"), ckpt.load(straight / "checkpoint.npz")
+    _assert_same_state(a.model_state, b.model_state)
+    _assert_same_state(a.optim_state, b.optim_state)
+    assert {"exp_avg.0", "exp_avg_sq.0", "step.0", "beta1", "beta2", "eps"} <= set(b.optim_state)
+    assert int(b.optim_state["step.0"]) == 2 * 5  # 320 / 64 steps per epoch
+    metrics = b.meta["metrics"]
+    assert metrics[-1]["test_accuracy"] > 0.5 and metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    config = TrainConfig.from_dict(b.meta["config"])
+    assert (config.optimizer, config.betas, config.eps) == ("adamw", (0.8, 0.99), 1e-7)
+
+
+@needs_mnist
+def test_resume_with_another_optimizer_is_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--epochs", "1", "--limit-train", "64", "--limit-test", "64",
+                 "--no-progress"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--optimizer", "adam"]) == 2
+    err = capsys.readouterr().err
+    where = out / "checkpoint.npz"
+    assert err == f"numbacnn: error: cannot resume: {where} was trained with optimizer 'sgd', not 'adam'\n"
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (
+            "--optimizer adam --momentum 0.9",
+            "momentum is not a setting of the adam optimizer (it takes: lr, betas",
+        ),
+        ("--optimizer rmsprop --betas 0.9 0.99", "betas is not a setting of the rmsprop optimizer"),
+        ("--betas 0.9 0.999", "betas is not a setting of the sgd optimizer"),
+        ("--optimizer adamw --nesterov", "nesterov is SGD's setting, not the adamw optimizer's"),
+        ("--optimizer adam --betas 0.9 1.0", "argument --betas: expected a number in [0, 1), got '1.0'"),
+        ("--optimizer adam --eps 0", "argument --eps: expected a number > 0, got '0'"),
+        ("--optimizer lion", "argument --optimizer: invalid choice: 'lion'"),
+    ],
+)
+def test_optimizer_mistakes_are_one_line(argv, needle, tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "o"), *argv.split()]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("numbacnn: error: ") and needle in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_train_config_optimizer_fields():
+    assert TrainConfig().optimizer_settings == dict(lr=0.05, momentum=0.9, weight_decay=0.0, nesterov=False)
+    assert TrainConfig(optimizer="rmsprop", momentum=0.5).optimizer_settings == dict(
+        lr=1e-3, momentum=0.5, eps=1e-8, weight_decay=0.0
+    )
+    c = TrainConfig(optimizer="adam", betas=[0.5, 0.6])
+    assert c.betas == (0.5, 0.6) and c.to_dict()["betas"] == [0.5, 0.6]
+    assert TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    with pytest.raises(TypeError, match="betas"):
+        TrainConfig(optimizer="adam", betas=0.9)
+    with pytest.raises(ConfigError, match="eps must be > 0"):
+        TrainConfig(optimizer="adam", eps=0.0)
