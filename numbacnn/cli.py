@@ -1,9 +1,10 @@
-"""The ``numbacnn`` command line: train | evaluate | summary.
+"""The ``numbacnn`` command line: train | evaluate | export | summary.
 
     numbacnn train --model lenet5 --dataset mnist --epochs 3 --batch-size 64 --lr 0.05 \\
                    --momentum 0.9 --out runs/lenet5
     numbacnn train --out runs/lenet5 --epochs 5 --resume   # continue to 5 epochs, stored settings
     numbacnn evaluate --checkpoint runs/lenet5/checkpoint.npz
+    numbacnn export --checkpoint runs/lenet5/checkpoint.npz --out lenet5.onnx   # or .safetensors
     numbacnn summary lenet5 --input-shape 1 32 32
 
 ``train`` is parse -> ``numbacnn.recipe.TrainConfig`` -> ``numbacnn.recipe.run``; the
@@ -39,6 +40,8 @@ from .data.mnist import MNISTIntegrityError, MNISTNotFoundError
 from .models import MODELS, build_model, model_info
 from .recipe import input_pad, load_dataset, make_transform, resume_config, run
 from .train import TrainingDiverged, evaluate
+
+_ONNX_OPSET = 21  # numbacnn.bridges.onnx.OPSET (that module needs the optional onnx package)
 
 __all__ = ["main", "build_parser", "input_pad", "load_dataset", "make_transform", "UserError"]
 
@@ -235,6 +238,69 @@ def cmd_evaluate(args):
     return 0
 
 
+def _load_checkpoint_model(path):
+    """(model, info) of a checkpoint, built as its config says (numbacnn.load); a file
+    that is not a training checkpoint, or weights that do not fit, are CheckpointErrors."""
+    from .bridges.weights import load as load_weights
+    from .bridges.weights import read_metadata
+
+    try:
+        info = read_metadata(path)
+        if info["model"] is None:
+            raise CheckpointError(f"{path} does not say which model it holds")
+        return load_weights(path), info
+    except CheckpointError:
+        raise
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
+EXPORT_FORMATS = {"onnx": ".onnx", "safetensors": ".safetensors"}
+
+
+def cmd_export(args):
+    """checkpoint -> ONNX (numbacnn.bridges.onnx) or safetensors (numbacnn.bridges.weights)."""
+    from .bridges.weights import save_safetensors
+
+    suffix = os.path.splitext(args.out)[1].lower()
+    fmt = args.format or {v: k for k, v in EXPORT_FORMATS.items()}.get(suffix)
+    if fmt is None:
+        raise ConfigError(
+            f"--out {args.out!r}: pass --format onnx or safetensors, or end the name in .onnx or .safetensors"
+        )
+    if suffix != EXPORT_FORMATS[fmt]:
+        raise ConfigError(f"--out {args.out!r}: a {fmt} file's name ends in {EXPORT_FORMATS[fmt]}")
+    if os.path.isdir(args.out):
+        raise ConfigError(f"--out {args.out!r} is a directory")
+    model, info = _load_checkpoint_model(args.checkpoint)
+    name, classes = info["model"], info["classes"]
+    if fmt == "safetensors":
+        meta = {"numbacnn.model": name}
+        if classes is not None:
+            meta["numbacnn.classes"] = json.dumps(classes)
+        if info["input_shape"] is not None:
+            meta["numbacnn.input_shape"] = json.dumps(info["input_shape"])
+        save_safetensors(model.state_dict(), args.out, meta)
+        what = f"{len(model.state_dict())} tensors under PyTorch's state_dict names"
+    else:
+        try:
+            from .bridges.onnx import export_onnx
+        except ImportError as e:
+            raise ConfigError(str(e)) from None
+        shape = info["input_shape"]
+        if shape is None:  # an older checkpoint: the side the model is built for
+            first = next(iter(model.state_dict().values()))  # the first conv's weight (C_out, C_in, ...)
+            shape = [first.shape[1], model_info(name).side, model_info(name).side]
+        try:
+            export_onnx(model, args.out, shape, opset=args.opset, model_name=name, classes=classes)
+        except ImportError as e:
+            raise ConfigError(str(e)) from None
+        what = f"ONNX opset {args.opset}, input (N, {', '.join(map(str, shape))})"
+    size = os.path.getsize(args.out) / 1e6
+    print(f"wrote {args.out} ({name} from {args.checkpoint}: {what}; {size:.1f} MB)")
+    return 0
+
+
 def cmd_summary(args):
     model = _build_model(
         args.model, num_classes=args.num_classes, in_channels=args.input_shape[0] if args.input_shape else 1
@@ -257,7 +323,7 @@ def build_parser():
         prog="numbacnn",
         description="numbacnn: train, evaluate and inspect CNNs whose kernels are explicit Numba loop nests.",
     )
-    sub = p.add_subparsers(dest="command", metavar="{train,evaluate,summary}")
+    sub = p.add_subparsers(dest="command", metavar="{train,evaluate,export,summary}")
     sub.required = True
 
     # Train options default to SUPPRESS: args holds only what was typed (so --resume can
@@ -385,6 +451,22 @@ def build_parser():
     e.add_argument("--download", action="store_true", help="download MNIST if not found (default: off)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(func=cmd_evaluate)
+
+    x = sub.add_parser(
+        "export",
+        help="write a checkpoint's model as ONNX or safetensors",
+        description="Write a checkpoint's model as an ONNX graph (eval mode; onnxruntime runs it; "
+        "needs pip install 'numbacnn[onnx]') or as safetensors under PyTorch's state_dict names.",
+    )
+    x.add_argument("--checkpoint", type=_file, required=True, help="path to a checkpoint.npz")
+    x.add_argument(
+        "--format", choices=sorted(EXPORT_FORMATS), default=None, help="(default: from --out's suffix)"
+    )
+    x.add_argument("--out", required=True, help="the file to write (.onnx or .safetensors)")
+    x.add_argument(
+        "--opset", type=_int_between(13, 30), default=_ONNX_OPSET, help=f"ONNX opset (default: {_ONNX_OPSET})"
+    )
+    x.set_defaults(func=cmd_export)
 
     s = sub.add_parser("summary", help="print a model's layer table")
     s.add_argument("model", type=_model, help=f"model name, one of {', '.join(sorted(MODELS))}")

@@ -11,6 +11,8 @@ numbacnn.layers: `y = m(x)`, `dx = m.backward(dy)` (accumulating into each `.gra
 `m.output_shape(input_shape)`, `m.macs(input_shape)`.
 """
 
+import os
+
 import numpy as np
 
 __all__ = ["Parameter", "Module"]
@@ -176,12 +178,21 @@ class Module:
         return out
 
     def load_state_dict(self, state, strict=True):
-        """Copy arrays from `state` (name -> array-like, e.g. from state_dict() or a torch
-        model's state_dict()) into this model, in place, casting to each entry's dtype.
+        """Copy arrays from `state` into this model, in place, casting to each entry's dtype.
+
+        state: name -> array-like (from state_dict() or a torch model's state_dict()), or the
+        path of a weights file: .safetensors, a PyTorch .pt/.pth state_dict (read only with
+        torch.load(weights_only=True), when torch is installed: nothing is ever unpickled
+        otherwise) or a numbacnn checkpoint .npz (numbacnn.bridges.weights.read_state_dict).
 
         Raises ValueError listing missing/unexpected names (when strict) and any shape
-        mismatch (always), before anything is modified.
+        mismatch (always), before anything is modified; FileNotFoundError / ValueError
+        naming the file for a path that cannot be read.
         """
+        if isinstance(state, (str, os.PathLike)):
+            from .bridges.weights import read_state_dict
+
+            state = read_state_dict(state)
         targets = {}
         for mod_prefix, mod in self.named_modules():
             for name in list(mod._parameters) + list(mod._buffers):

@@ -212,8 +212,10 @@ def _train(config, out, resume, progress, log, on_batch, model, pad, drop_last):
         config.schedule, optimizer, config.epochs, step_size=config.step_size, gamma=config.gamma
     )
 
-    # pad and input_shape are derived, stored for `numbacnn evaluate`; from_dict ignores them
-    stored = dict(config.to_dict(), pad=pad, input_shape=list(xtr.shape[1:]))
+    # pad, input_shape and classes are derived, stored for `numbacnn evaluate`, `export` and
+    # `predict` (numbacnn.load); from_dict ignores them
+    classes = [str(d) for d in range(10)]  # MNIST's digits
+    stored = dict(config.to_dict(), pad=pad, input_shape=list(xtr.shape[1:]), classes=classes)
     log(
         f"training {config.model} on {config.dataset}: {len(xtr)} train / {len(xte)} test "
         f"images of shape {tuple(xtr.shape[1:])}, {config.epochs} epochs, batch "
