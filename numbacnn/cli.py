@@ -1,9 +1,10 @@
-"""The ``numbacnn`` command line: train | evaluate | export | summary.
+"""The ``numbacnn`` command line: train | evaluate | predict | export | summary.
 
     numbacnn train --model lenet5 --dataset mnist --epochs 3 --batch-size 64 --lr 0.05 \\
                    --momentum 0.9 --out runs/lenet5
     numbacnn train --out runs/lenet5 --epochs 5 --resume   # continue to 5 epochs, stored settings
-    numbacnn evaluate --checkpoint runs/lenet5/checkpoint.npz
+    numbacnn evaluate --checkpoint runs/lenet5/checkpoint.npz   # + confusion.png/.json
+    numbacnn predict --checkpoint runs/lenet5/checkpoint.npz digit.png
     numbacnn export --checkpoint runs/lenet5/checkpoint.npz --out lenet5.onnx   # or .safetensors
     numbacnn summary lenet5 --input-shape 1 32 32
 
@@ -23,11 +24,13 @@ import math
 import os
 import sys
 
+import numpy as np
+
 from ._io import DirectoryInUse
-from .checkpoint import CheckpointError, load, load_model_state
+from .checkpoint import CheckpointError, load
 from .config import (
     AUGMENTS,
-    DATASETS,
+    MAX_IMAGE_SIZE,
     OPTIMIZER_DEFAULTS,
     OPTIMIZERS,
     SCHEDULES,
@@ -35,11 +38,11 @@ from .config import (
     TrainConfig,
     check_directory,
 )
-from .data import DataLoader
+from .data.images import DataError
 from .data.mnist import MNISTIntegrityError, MNISTNotFoundError
 from .models import MODELS, build_model, model_info
-from .recipe import input_pad, load_dataset, make_transform, resume_config, run
-from .train import TrainingDiverged, evaluate
+from .recipe import input_pad, load_dataset, load_inputs, make_transform, open_dataset, resume_config, run
+from .train import TrainingDiverged
 
 _ONNX_OPSET = 21  # numbacnn.bridges.onnx.OPSET (that module needs the optional onnx package)
 
@@ -112,6 +115,20 @@ def _positive(text):
     value = _number(text)
     if value == 0:
         raise ValueError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _dataset_spec(text):
+    try:
+        return TrainConfig(dataset=text).dataset
+    except ConfigError as e:
+        raise ValueError(str(e).removeprefix("dataset: ")) from None
+
+
+def _open_fraction(text):
+    value = _number(text)
+    if not 0 < value < 1:
+        raise ValueError(f"expected a number between 0 and 1 (exclusive), got {text!r}")
     return value
 
 
@@ -197,59 +214,106 @@ def cmd_train(args):
 
 
 def cmd_evaluate(args):
-    ck = load(args.checkpoint)
-    config = ck.meta.get("config", {})
-    model_name = args.model or config.get("model")
-    if not model_name:
-        raise ConfigError(f"{args.checkpoint} does not say which model it holds; pass --model")
-    if not isinstance(model_name, str) or model_name not in MODELS:
-        raise CheckpointError(f"{args.checkpoint} names an unknown model {model_name!r}; pass --model")
-    dataset = config.get("dataset", "mnist")
-    if not isinstance(dataset, str) or dataset not in DATASETS:
-        raise CheckpointError(f"{args.checkpoint} names an unknown dataset {dataset!r}")
-    model = _build_model(model_name)
+    """A checkpoint's test loss, accuracy, per-class accuracy and confusion matrix
+    (numbacnn.report), on its own dataset's test split or on --dataset's."""
+    from .report import evaluate_predictions, preprocess_of, write_confusion
+
+    model, info = _load_checkpoint_model(args.checkpoint, args.model)
+    meta = load(args.checkpoint).meta
+    stored = meta.get("config") or {}
     try:
-        load_model_state(model, ck.model_state)
-    except CheckpointError as e:
-        raise CheckpointError(f"{args.checkpoint} ({model_name}): {e}") from None
-    pad = input_pad(model_name, dataset)  # the registry's; older checkpoints do not store it
-    if config.get("pad", pad) != pad:
-        raise CheckpointError(f"{args.checkpoint} stores pad {config.get('pad')!r}; {model_name} takes {pad}")
-    _, _, xte, yte = load_dataset(
-        dataset, pad, args.cache_dir, args.download, limit_train=1, limit_test=args.limit_test
-    )
-    loss, acc = evaluate(model, DataLoader(xte, yte, args.batch_size))
-    result = {
-        "model": model_name,
+        config = TrainConfig.from_dict({**stored, "cache_dir": args.cache_dir, "download": args.download,
+                                        **({"dataset": args.dataset} if args.dataset else {})})  # fmt: skip
+    except (TypeError, ConfigError) as e:
+        raise CheckpointError(f"{args.checkpoint}: the stored config is not valid: {e}") from None
+    name = info["model"]
+    preprocess = preprocess_of(meta, pad=input_pad(name, "mnist"))
+    source = open_dataset(config)
+    classes = info["classes"] or source.classes
+    if source.classes != classes or source.channels != preprocess["channels"]:
+        raise ConfigError(
+            f"{config.dataset} has classes {source.classes} and {source.channels} channel(s); "
+            f"{args.checkpoint} was trained on {classes} with {preprocess['channels']}"
+        )
+    _, _, xte, yte = load_inputs(source, preprocess, limit_train=0, limit_test=args.limit_test)
+    result = evaluate_predictions(model, xte, yte, len(classes), args.batch_size)
+    out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
+    check_directory("--out", out_dir)
+    report = {
+        "model": name,
         "checkpoint": args.checkpoint,
-        "epoch": ck.meta.get("epoch"),
+        "dataset": config.dataset,
+        "epoch": meta.get("epoch"),
         "test_images": int(len(yte)),
-        "test_loss": loss,
-        "test_accuracy": acc,
+        "test_loss": result.loss,
+        "test_accuracy": result.accuracy,
+    }
+    png, js = write_confusion(out_dir, result, classes, extra=report)
+    per_class = {
+        c: (None if np.isnan(a) else float(a)) for c, a in zip(classes, result.per_class, strict=True)
     }
     if args.json:
-        print(json.dumps(result))
-    else:
-        print(
-            f"{model_name} ({args.checkpoint}, epoch {result['epoch']}): "
-            f"test accuracy {100 * acc:.2f}% ({int(round(acc * len(yte)))}/{len(yte)}), "
-            f"test loss {loss:.4f}"
-        )
+        print(json.dumps(dict(report, per_class_accuracy=per_class, confusion_png=png, confusion_json=js)))
+        return 0
+    print(
+        f"{name} ({args.checkpoint}, epoch {report['epoch']}): test accuracy {100 * result.accuracy:.2f}% "
+        f"({int(np.trace(result.matrix))}/{len(yte)}), test loss {result.loss:.4f}"
+    )
+    width = max(len(str(c)) for c in classes)
+    print("per-class accuracy (images):")
+    for c, row in zip(classes, result.matrix, strict=True):
+        acc = per_class[c]
+        shown = "   -  " if acc is None else f"{100 * acc:6.2f}%"
+        print(f"  {str(c):>{width}}  {shown}  ({int(row.sum())})")
+    print(f"confusion matrix: {png}, {js}")
     return 0
 
 
-def _load_checkpoint_model(path):
-    """(model, info) of a checkpoint, built as its config says (numbacnn.load); a file
-    that is not a training checkpoint, or weights that do not fit, are CheckpointErrors."""
+def cmd_predict(args):
+    """The top-k classes of each image, with probabilities (numbacnn.report.predict_files)."""
+    from .report import predict_files, preprocess_of
+
+    model, info = _load_checkpoint_model(args.checkpoint)
+    meta = load(args.checkpoint).meta
+    preprocess = preprocess_of(meta, pad=input_pad(info["model"], "mnist"))
+    classes = info["classes"] or [str(k) for k in range(model.state_dict()[_last_weight(model)].shape[0])]
+    for f in args.images:
+        if not os.path.isfile(f):
+            raise ConfigError(
+                f"{f!r}: {'a directory' if os.path.isdir(f) else 'not found'}, expected an image file"
+            )
+    results = predict_files(model, args.images, preprocess, top_k=min(args.top_k, len(classes)))
+    if args.json:
+        rows = [{"image": f, "top": [{"class": classes[k], "index": k, "probability": p} for k, p in top]}
+                for f, top in results]  # fmt: skip
+        print(json.dumps(rows))
+        return 0
+    for f, top in results:
+        print(f"{f}: " + ", ".join(f"{classes[k]} ({100 * p:.1f}%)" for k, p in top))
+    return 0
+
+
+def _last_weight(model):
+    """The state_dict key of the model's last 2-D weight (its classifier)."""
+    return [k for k, v in model.state_dict().items() if v.ndim == 2][-1]
+
+
+def _load_checkpoint_model(path, model_name=None):
+    """(model, info) of a checkpoint, built as its config says or as ``model_name``
+    (numbacnn.load); a file that is not a training checkpoint, or weights that do not fit,
+    are CheckpointErrors."""
     from .bridges.weights import load as load_weights
     from .bridges.weights import read_metadata
 
     try:
         info = read_metadata(path)
+        info["model"] = model_name or info["model"]
         if info["model"] is None:
-            raise CheckpointError(f"{path} does not say which model it holds")
-        return load_weights(path), info
-    except CheckpointError:
+            raise ConfigError(f"{path} does not say which model it holds; pass --model")
+        if not isinstance(info["model"], str) or info["model"] not in MODELS:
+            raise CheckpointError(f"{path} names an unknown model {info['model']!r}; pass --model")
+        return load_weights(path, info["model"]), info
+    except (CheckpointError, ConfigError):
         raise
     except ValueError as e:
         raise CheckpointError(str(e)) from None
@@ -323,7 +387,7 @@ def build_parser():
         prog="numbacnn",
         description="numbacnn: train, evaluate and inspect CNNs whose kernels are explicit Numba loop nests.",
     )
-    sub = p.add_subparsers(dest="command", metavar="{train,evaluate,export,summary}")
+    sub = p.add_subparsers(dest="command", metavar="{train,evaluate,predict,export,summary}")
     sub.required = True
 
     # Train options default to SUPPRESS: args holds only what was typed (so --resume can
@@ -340,7 +404,30 @@ def build_parser():
     t.add_argument(
         "--model", type=_model, help=f"model name, one of {', '.join(sorted(MODELS))} (default: {d['model']})"
     )
-    t.add_argument("--dataset", choices=DATASETS, help=f"(default: {d['dataset']})")
+    t.add_argument(
+        "--dataset",
+        type=_option_type(_dataset_spec),
+        help="mnist, folder:PATH (PATH/<class>/<image>.png, torchvision's ImageFolder layout; "
+        "PATH/train and PATH/test if present) or npz:FILE (arrays x, y) (default: {d['dataset']})",
+    )
+    t.add_argument(
+        "--test-split",
+        type=_option_type(_open_fraction),
+        help="fraction of each class set aside for testing when folder:/npz: data has no test "
+        f"split (default: {d['test_split']})",
+    )
+    t.add_argument(
+        "--image-size",
+        type=_int_between(1, MAX_IMAGE_SIZE),
+        metavar="SIDE",
+        help="resize folder: images to SIDE x SIDE (default: the model's smallest side, 32 for lenet5)",
+    )
+    t.add_argument(
+        "--resize",
+        action=argparse.BooleanOptionalAction,
+        help="resize folder: images (bilinear); --no-resize needs one size and zero-pads like MNIST "
+        "(default: on)",
+    )
     t.add_argument(
         "--epochs", type=_positive_int, help=f"total epochs, resumed ones included (default: {d['epochs']})"
     )
@@ -435,7 +522,12 @@ def build_parser():
     )
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="test accuracy/loss of a checkpoint")
+    e = sub.add_parser(
+        "evaluate",
+        help="test accuracy, per-class accuracy and confusion matrix of a checkpoint",
+        description="Evaluate a checkpoint on its dataset's test split (or --dataset's): prints the "
+        "accuracy, loss and per-class accuracy; writes OUT/confusion.png and OUT/confusion.json.",
+    )
     e.add_argument("--checkpoint", type=_file, required=True, help="path to a checkpoint.npz")
     e.add_argument(
         "--model",
@@ -443,14 +535,41 @@ def build_parser():
         default=None,
         help=f"model name, one of {', '.join(sorted(MODELS))} (default: from the checkpoint)",
     )
+    e.add_argument(
+        "--dataset",
+        type=_option_type(_dataset_spec),
+        default=None,
+        help="mnist, folder:PATH or npz:FILE with the checkpoint's classes (default: the checkpoint's)",
+    )
     e.add_argument("--batch-size", type=_positive_int, default=1000, help="(default: 1000)")
     e.add_argument("--limit-test", type=_positive_int, default=None, metavar="N", help="(default: all)")
+    e.add_argument(
+        "--out",
+        type=_dir,
+        default=None,
+        help="where the confusion matrix goes (default: the checkpoint's folder)",
+    )
     e.add_argument(
         "--cache-dir", type=_dir, default=None, help="MNIST cache directory (default: ~/.cache/numbacnn)"
     )
     e.add_argument("--download", action="store_true", help="download MNIST if not found (default: off)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser(
+        "predict",
+        help="the most probable classes of image files",
+        description="Classify image files (PNG, JPEG, ...) with a checkpoint: each image is converted, "
+        "resized and normalised as its training images were; prints the top-k classes with "
+        "their probabilities.",
+    )
+    pr.add_argument("--checkpoint", type=_file, required=True, help="path to a checkpoint.npz")
+    pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    pr.add_argument(
+        "--top-k", type=_positive_int, default=3, metavar="K", help="classes shown per image (default: 3)"
+    )
+    pr.add_argument("--json", action="store_true", help="print the result as JSON")
+    pr.set_defaults(func=cmd_predict)
 
     x = sub.add_parser(
         "export",
@@ -498,7 +617,7 @@ def main(argv=None):
     except DirectoryInUse as e:
         print(f"numbacnn: error: {e}", file=sys.stderr)
         return 2
-    except (MNISTNotFoundError, MNISTIntegrityError, TrainingDiverged) as e:
+    except (MNISTNotFoundError, MNISTIntegrityError, TrainingDiverged, DataError) as e:
         print(f"numbacnn: error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # the machine's, not the user's: a full disk, a lost mount (files stay whole)

@@ -19,6 +19,8 @@ __all__ = [
     "check_directory",
     "AUGMENTS",
     "DATASETS",
+    "DATASET_FORMS",
+    "MAX_IMAGE_SIZE",
     "DATASET_SHAPES",
     "DATASET_SIZES",
     "SCHEDULES",
@@ -44,6 +46,10 @@ DATASET_SHAPES = {"mnist": (1, 28, 28)}
 # (training images, test images) of each dataset.
 DATASET_SIZES = {"mnist": (60000, 10000)}
 DATASETS = tuple(DATASET_SHAPES)
+# Your own data: "folder:PATH" (torchvision's ImageFolder layout) or "npz:FILE" (arrays x, y);
+# numbacnn.data.sources reads them.
+DATASET_FORMS = ("folder:PATH", "npz:FILE")
+MAX_IMAGE_SIZE = 4096
 # Images smaller than a model's min_side are zero-padded by at most this many pixels per
 # border (MNIST 28 -> 32, LeNet-5's input); a model that needs more cannot take them.
 MAX_INPUT_PAD = 2
@@ -99,6 +105,28 @@ def _betas(value):
     if not all(b < 1.0 for b in pair):
         raise ConfigError(f"betas must be numbers in [0, 1), got {value!r}")
     return pair
+
+
+def _dataset(value):
+    """ "mnist", or "folder:PATH" / "npz:FILE" with a non-empty path (checked to exist when a
+    run starts, numbacnn.recipe)."""
+    if not isinstance(value, str):
+        raise TypeError(f"dataset must be a string, got {value!r}")
+    kind, sep, path = value.partition(":")
+    if value in DATASETS or (sep and kind in ("folder", "npz") and path):
+        return value
+    raise ConfigError(
+        f"dataset: unknown dataset {value!r} (choose from: {', '.join(DATASETS + DATASET_FORMS)})"
+    )
+
+
+def _fraction(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not 0.0 < value < 1.0:
+        raise ConfigError(f"{name} must be between 0 and 1 (exclusive), got {value}")
+    return value
 
 
 def _flag(name, value):
@@ -164,7 +192,13 @@ class TrainConfig:
     (``--batch-size`` -> ``batch_size``) and the defaults are the CLI's defaults: the CLI
     takes them from here.
 
-    model: a name in ``numbacnn.models.MODELS``; dataset: one of DATASETS ("mnist").
+    model: a name in ``numbacnn.models.MODELS``. dataset: "mnist", "folder:PATH" (one
+    subfolder of images per class, torchvision's ImageFolder layout) or "npz:FILE" (arrays
+    x and y), read by ``numbacnn.data.sources``; for the latter two, test_split is the
+    fraction of each class set aside for testing when the data has no test split of its
+    own, and folder images are converted to the model's channels and resized (resize,
+    bilinear) to image_size x image_size (None: the model's min_side); with resize off
+    they must share one size and are zero-padded like MNIST.
     epochs: total epochs (a resumed run continues up to it). batch_size, eval_batch_size:
     images per training / evaluation batch. optimizer: one of OPTIMIZERS, the classes of
     ``numbacnn.optim`` (PyTorch's semantics). lr (initial learning rate), momentum (SGD's
@@ -190,6 +224,9 @@ class TrainConfig:
 
     model: str = "lenet5"
     dataset: str = "mnist"
+    test_split: float = 0.1
+    image_size: int | None = None
+    resize: bool = True
     epochs: int = 3
     batch_size: int = 64
     eval_batch_size: int = 1000
@@ -215,7 +252,10 @@ class TrainConfig:
     def __post_init__(self):
         checked = {
             "model": _choice("model", self.model, sorted(MODELS), "model"),
-            "dataset": _choice("dataset", self.dataset, DATASETS, "dataset"),
+            "dataset": _dataset(self.dataset),
+            "test_split": _fraction("test_split", self.test_split),
+            "image_size": _integer("image_size", self.image_size, 1, optional=True, maximum=MAX_IMAGE_SIZE),
+            "resize": _flag("resize", self.resize),
             "epochs": _integer("epochs", self.epochs, 1, maximum=MAX_COUNT),
             "batch_size": _integer("batch_size", self.batch_size, 1),
             "eval_batch_size": _integer("eval_batch_size", self.eval_batch_size, 1),
@@ -238,6 +278,13 @@ class TrainConfig:
             "download": _flag("download", self.download),
             "drop_last": _flag("drop_last", self.drop_last),
         }
+        if checked["image_size"] is not None and not (
+            checked["dataset"].startswith("folder:") and checked["resize"]
+        ):
+            raise ConfigError(
+                "image_size resizes the images of a folder: dataset (with resize on), "
+                f"not {checked['dataset']!r}{'' if checked['resize'] else ' with resize off'}"
+            )
         takes = OPTIMIZER_DEFAULTS[checked["optimizer"]]
         for name in ("momentum", "betas", "eps"):
             if checked[name] is not None and name not in takes:

@@ -25,6 +25,9 @@ ValueError) with a one-line message naming the field; the CLI prints it as
 import math
 import os
 import sys
+from typing import NamedTuple
+
+import numpy as np
 
 from . import config as config_module
 from . import random as nrandom
@@ -32,7 +35,6 @@ from ._io import directory_lock
 from .config import (
     AUGMENTS,
     DATASET_SHAPES,
-    DATASET_SIZES,
     DATASETS,
     MAX_INPUT_PAD,
     ConfigError,
@@ -41,6 +43,8 @@ from .config import (
 )
 from .config import SCHEDULES as SCHEDULES  # re-exported (a public name of this module)
 from .data import DataLoader, augment, mnist
+from .data.images import DataError
+from .data.sources import Source, channel_stats, normalize, open_source
 from .models import MODELS, build_model, model_info
 from .optim import build_optimizer, build_schedule
 from .resume import announce_and_apply, check_resumable, resume_config
@@ -48,7 +52,8 @@ from .train import CHECKPOINT_NAME, fit
 
 # TrainConfig, ConfigError and the constants live in numbacnn.config, resume_config in
 # numbacnn.resume: re-exported here, the one place a training run is assembled.
-__all__ = ["run", "resume_config", "input_pad", "load_dataset", "make_transform", *config_module.__all__]
+__all__ = ["run", "resume_config", "input_pad", "load_dataset", "load_inputs", "open_dataset",
+           "make_transform", *config_module.__all__]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- data
@@ -64,9 +69,7 @@ def input_pad(model_name, dataset="mnist"):
     most MAX_INPUT_PAD pixels, else 0. MNIST: 2 (28 -> 32) for lenet5, vgg_small,
     resnet_cifar and resnet18/34/50; 0 for alexnet and vgg11..19, which are built for
     224 x 224 and cannot take MNIST. Raises ValueError for an unknown model or dataset."""
-    side = _dataset_shape(dataset)[-1]
-    pad = (model_info(model_name).min_side - side + 1) // 2
-    return pad if 0 < pad <= MAX_INPUT_PAD else 0
+    return _pad_to(model_name, _dataset_shape(dataset)[-1])
 
 
 def load_dataset(dataset="mnist", pad=2, cache_dir=None, download=False, limit_train=None, limit_test=None):
@@ -148,40 +151,80 @@ def run(config, *, resume=False, overwrite=False, progress=True, log=None, on_ba
         )
 
     nrandom.seed(config.seed)  # the model's initial weights
-    model, pad, drop_last = _plan(config, log)  # everything knowable before any work
+    plan = _plan(config, log)  # everything knowable before any work
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:  # a path os.access misjudged (/proc, a read-only mount)
         raise ConfigError(f"out {out!r} cannot be created: {e.strerror}") from None
     with directory_lock(out):  # before the data loads: a second run on OUT refuses at once
-        return _train(config, out, resume, progress, log, on_batch, model, pad, drop_last)
+        return _train(config, out, resume, progress, log, on_batch, plan)
+
+
+class Plan(NamedTuple):
+    """What ``_plan`` settled before any pixel is read: the model, the data source, the
+    size images are resized to (None: their own), the zero padding, and drop_last."""
+
+    model: object
+    source: Source
+    size: tuple | None
+    pad: int
+    drop_last: bool
+
+
+def _pad_to(model_name, side):
+    """input_pad for images of ``side`` pixels (see ``input_pad``)."""
+    pad = (model_info(model_name).min_side - side + 1) // 2
+    return pad if 0 < pad <= MAX_INPUT_PAD else 0
+
+
+def open_dataset(config):
+    """The ``numbacnn.data.sources.Source`` of ``config.dataset``: ConfigError when its
+    folder or file does not exist, DataError naming the file for bad data."""
+    kind, _, path = config.dataset.partition(":")
+    if kind == "folder" and not os.path.isdir(path):
+        raise ConfigError(f"dataset: {path!r} is not a folder (folder:PATH wants PATH/<class>/<image>.png)")
+    if kind == "npz" and not os.path.isfile(path):
+        raise ConfigError(f"dataset: {path!r} is not a file (npz:FILE wants an .npz with arrays x and y)")
+    return open_source(config.dataset, config.test_split, config.cache_dir, config.download)
 
 
 def _plan(config, log):
-    """Build the model and check, before any data is loaded or file written, that the run
-    can work: the model takes the dataset's images; a batch norm that sees one value per
-    channel for a single image cannot train on batches of one (ConfigError for
-    --batch-size 1; a last batch of one is left out, with a notice); an epoch has at least
-    one batch. Returns (model, pad, drop_last)."""
-    channels, height, _ = _dataset_shape(config.dataset)
-    model = build_model(config.model, num_classes=10, in_channels=channels)  # MNIST: 10 digits
-    pad = input_pad(config.model, config.dataset)
-    side = height + 2 * pad
+    """Open the dataset, build the model for its classes and channels, and check, before any
+    pixel is loaded or file written, that the run can work: the model takes the images
+    (resized or zero-padded); a batch norm that sees one value per channel for a single
+    image cannot train on batches of one (ConfigError for --batch-size 1; a last batch of
+    one is left out, with a notice); an epoch has at least one batch; there are test
+    images. Returns a Plan."""
+    source = open_dataset(config)
+    if source.kind == "folder" and config.resize:
+        side = config.image_size or model_info(config.model).min_side
+        size, pad = (side, side), 0
+    else:
+        if source.mismatch:
+            raise DataError(source.mismatch)
+        size, pad = None, _pad_to(config.model, min(source.size))
+    height, width = size or source.size
+    model = build_model(config.model, num_classes=source.num_classes, in_channels=source.channels)
+    shape = (source.channels, height + 2 * pad, width + 2 * pad)
     try:
-        rows = model.summary((channels, side, side), print_table=False).rows  # per layer, N = 1
+        rows = model.summary(shape, print_table=False).rows  # per layer, N = 1
     except ValueError as e:
-        fitting = [m for m in sorted(MODELS) if model_info(m).min_side <= height + 2 * MAX_INPUT_PAD]
+        fitting = [
+            m for m in sorted(MODELS) if model_info(m).min_side <= min(height, width) + 2 * MAX_INPUT_PAD
+        ]
+        hint = f"use a model for small images: {', '.join(fitting)}" if fitting else "no model takes them"
         raise ConfigError(
-            f"{config.model} cannot take {config.dataset}'s {side}x{side} images "
-            f"({e}); use a model for small images: {', '.join(fitting)}"
+            f"{config.model} cannot take {config.dataset}'s {shape[1]}x{shape[2]} images ({e}); {hint}"
         ) from None
+    if source.n_test == 0:
+        raise ConfigError(f"{config.dataset} has no test images: a class needs 2 or more images to give one")
     single = [r for r in rows if r["layer"].startswith("BatchNorm") and math.prod(r["output_shape"][2:]) == 1]
     if single and config.batch_size == 1:
         raise ConfigError(
             f"batch_size 1 cannot train {config.model}: its batch norm {single[0]['name']!r} sees one "
             "value per channel for one image; use a batch size of 2 or more"
         )
-    n_train = min(config.limit_train or DATASET_SIZES[config.dataset][0], DATASET_SIZES[config.dataset][0])
+    n_train = min(config.limit_train or source.n_train, source.n_train)
     drop_last = config.drop_last
     if not drop_last and single and n_train % config.batch_size == 1:
         drop_last = True
@@ -196,30 +239,47 @@ def _plan(config, log):
             f"an epoch would have no training batch: {n_train} training image(s), batch_size "
             f"{config.batch_size}{' and the last partial batch left out' if drop_last else ''}"
         )
-    return model, pad, drop_last
+    return Plan(model, source, size, pad, drop_last)
 
 
-def _train(config, out, resume, progress, log, on_batch, model, pad, drop_last):
+def load_inputs(source, preprocess, limit_train=None, limit_test=None):
+    """A source's splits as model inputs, prepared as a checkpoint's ``preprocess`` says
+    (``{"size": [H, W], "pad", "mean", "std"}``, stored by ``run``): (x_train, y_train,
+    x_test, y_test), float32 normalised images and int64 labels."""
+    xtr, ytr, xte, yte = source.load(tuple(preprocess["size"]), limit_train, limit_test)
+    pad, mean, std = preprocess["pad"], preprocess["mean"], preprocess["std"]
+    return normalize(xtr, pad, mean, std), ytr, normalize(xte, pad, mean, std), yte
+
+
+def _train(config, out, resume, progress, log, on_batch, plan):
     """run's work, with OUT locked: data, loaders, optimizer, schedule, then fit."""
-    xtr, ytr, xte, yte = load_dataset(
-        config.dataset, pad, config.cache_dir, config.download, config.limit_train, config.limit_test
-    )
+    model, source, pad = plan.model, plan.source, plan.pad
+    xtr, ytr, xte, yte = source.load(plan.size, config.limit_train, config.limit_test)
+    if source.kind == "mnist":
+        mean, std = [mnist.MEAN], [mnist.STD]  # MNIST's canonical statistics
+    else:
+        mean, std = channel_stats(xtr)  # the training split's, as torchvision recipes do
+    xtr, xte = normalize(xtr, pad, mean, std), normalize(xte, pad, mean, std)
+    fill = float(np.mean([-m / s for m, s in zip(mean, std, strict=True)]))  # normalised black
+    transform = make_transform(config.augment, fill)
     train_loader = DataLoader(xtr, ytr, config.batch_size, shuffle=True, seed=config.seed,
-                              transform=make_transform(config.augment), drop_last=drop_last)  # fmt: skip
+                              transform=transform, drop_last=plan.drop_last)  # fmt: skip
     test_loader = DataLoader(xte, yte, config.eval_batch_size)
     optimizer = build_optimizer(config.optimizer, model.parameters(), **config.optimizer_settings)
     schedule = build_schedule(
         config.schedule, optimizer, config.epochs, step_size=config.step_size, gamma=config.gamma
     )
 
-    # pad, input_shape and classes are derived, stored for `numbacnn evaluate`, `export` and
-    # `predict` (numbacnn.load); from_dict ignores them
-    classes = [str(d) for d in range(10)]  # MNIST's digits
-    stored = dict(config.to_dict(), pad=pad, input_shape=list(xtr.shape[1:]), classes=classes)
+    # derived facts, stored for `numbacnn evaluate`, `export` and `predict` (numbacnn.load):
+    # from_dict ignores them. preprocess is how an image becomes this model's input.
+    height, width = plan.size or source.size
+    preprocess = dict(channels=source.channels, size=[height, width], pad=pad, mean=mean, std=std)
+    stored = dict(config.to_dict(), pad=pad, input_shape=list(xtr.shape[1:]), classes=source.classes,
+                  preprocess=preprocess)  # fmt: skip
     log(
         f"training {config.model} on {config.dataset}: {len(xtr)} train / {len(xte)} test "
-        f"images of shape {tuple(xtr.shape[1:])}, {config.epochs} epochs, batch "
-        f"{config.batch_size}, {config.optimizer} "
+        f"images of shape {tuple(xtr.shape[1:])}, {source.num_classes} classes, {config.epochs} epochs, "
+        f"batch {config.batch_size}, {config.optimizer} "
         + ", ".join(f"{k} {v}" for k, v in config.optimizer_settings.items())
         + f", out {out}"
     )

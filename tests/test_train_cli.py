@@ -440,11 +440,17 @@ def test_train_config_defaults_are_the_cli_defaults(capsys):
                 "c",
                 "--download",
                 "--drop-last",
+                "--no-resize",
             ]
         )
     )
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    adaptive = vars(parser.parse_args("train --optimizer adam --betas 0.8 0.9 --eps 1e-6".split()))
+    adaptive = vars(
+        parser.parse_args(
+            "train --optimizer adam --betas 0.8 0.9 --eps 1e-6 --dataset folder:d --test-split 0.2 "
+            "--image-size 40".split()
+        )
+    )
     assert (set(every) | set(adaptive)) - RUN_ACTIONS == fields
     assert TrainConfig.from_dict(adaptive).optimizer_settings == dict(
         lr=1e-3, betas=(0.8, 0.9), eps=1e-6, weight_decay=0.0

@@ -174,7 +174,8 @@ def save_safetensors(state, path, metadata=None):
 
 def _build_for(name, state, path):
     """Build registry model ``name`` with the class count and input channels its weights in
-    ``state`` have (read from the first convolution's and the last linear layer's weights)."""
+    ``state`` have (read from the first convolution's and the last linear layer's weights;
+    the defaults when those are missing, and loading then names the keys)."""
     from ..layers import Conv2d, Linear
     from ..models import MODELS, build_model
 
@@ -186,12 +187,8 @@ def _build_for(name, state, path):
     kwargs = {}
     for key, arg, axis, rank in ((f"{convs[0]}.weight", "in_channels", 1, 4),
                                  (f"{linears[-1]}.weight", "num_classes", 0, 2)):  # fmt: skip
-        if key not in state or np.ndim(state[key]) != rank:
-            raise ValueError(
-                f"{path}: no {rank}-D {key!r} in the weights: they are not a {name} "
-                f"(first keys: {list(state)[:4]})"
-            )
-        kwargs[arg] = int(np.shape(state[key])[axis])
+        if key in state and np.ndim(state[key]) == rank:  # else: loading names the missing keys
+            kwargs[arg] = int(np.shape(state[key])[axis])
     return build_model(name, **kwargs)
 
 

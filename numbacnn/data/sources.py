@@ -1,0 +1,247 @@
+"""Where a training run's images come from, and how they become a model's input.
+
+    open_source(spec, ...) -> Source      spec: "mnist", "folder:PATH" or "npz:FILE"
+    source.load(size, limit_train, limit_test) -> (x_train, y_train, x_test, y_test)
+    channel_stats(x) -> (mean, std);  normalize(x, pad, mean, std) -> model input
+
+A Source knows, before any pixel is read, its class names, channels, image size (when all
+images share one), and split sizes; ``load`` reads the pixels: float32 (N, C, H, W) in
+[0, 1] (MNIST: uint8, as stored), int64 labels.
+
+    mnist         the real MNIST (numbacnn.data.mnist), its own 60k/10k split
+    folder:PATH   torchvision's ImageFolder layout (numbacnn.data.images): PATH/train and
+                  PATH/test when present, else ``test_split`` of each class's images (at
+                  least one when the class has two or more) set aside as the test split
+    npz:FILE      arrays ``x`` (N, C, H, W) or (N, H, W) and ``y`` (N,) integer labels;
+                  optional ``x_test``/``y_test`` (else ``test_split`` is set aside) and
+                  ``classes`` (names); uint8 pixels are scaled by 1/255, floats used as given
+
+Splits are stratified and drawn with a FIXED seed (0), not the run's --seed, so the test
+images never depend on the seed; each split is then put in one fixed shuffled order, so
+``limit_train`` / ``limit_test`` (the first N) see every class.
+
+Normalisation (torchvision's Normalize): ``(x - mean[c]) / std[c]`` per channel, with mean
+and std computed on the training split (MNIST: its canonical 0.1307 / 0.3081), after zero
+padding, so the border equals the normalised black background (numbacnn.data.mnist.preprocess
+does the same).
+
+Bad data raises DataError (a ValueError) naming the file: numbacnn.data.images for folders;
+for npz a missing array, mismatched lengths, non-finite pixels, labels out of range.
+"""
+
+import os
+
+import numpy as np
+
+from . import mnist
+from .images import DataError, image_info, is_gray, read_image, scan_folder
+
+__all__ = ["Source", "open_source", "channel_stats", "normalize", "DataError", "KINDS"]
+
+KINDS = ("mnist", "folder", "npz")
+SPLIT_SEED = 0
+
+
+def parse_spec(spec):
+    """("mnist", None), ("folder", PATH) or ("npz", FILE); ValueError for anything else."""
+    if spec == "mnist":
+        return "mnist", None
+    kind, sep, path = spec.partition(":") if isinstance(spec, str) else ("", "", "")
+    if not sep or kind not in ("folder", "npz") or not path:
+        raise ValueError(f"unknown dataset {spec!r} (choose from: mnist, folder:PATH, npz:FILE)")
+    return kind, path
+
+
+def _split(labels, test_split, num_classes):
+    """(train indices, test indices): ``test_split`` of each class (at least 1 of a class of
+    two or more, never all of it) to test, stratified, seed SPLIT_SEED; each split shuffled."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    train, test = [], []
+    for c in range(num_classes):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = min(max(int(round(test_split * len(idx))), 1), len(idx) - 1) if len(idx) >= 2 else 0
+        test.extend(idx[:k])
+        train.extend(idx[k:])
+    return rng.permutation(np.array(train, np.int64)), rng.permutation(np.array(test, np.int64))
+
+
+class Source:
+    """A dataset's facts (``classes``, ``channels``, ``size`` (H, W) or None when the images
+    differ, ``n_train``, ``n_test``, ``kind``, ``path``) and ``load``."""
+
+    def __init__(self, kind, path, classes, channels, size, n_train, n_test, loader):
+        self.kind, self.path, self.classes, self.channels = kind, path, list(classes), channels
+        self.size, self.n_train, self.n_test, self._loader = size, n_train, n_test, loader
+        self.mismatch = None  # folders: why the images cannot be used at their own size
+
+    @property
+    def num_classes(self):
+        return len(self.classes)
+
+    def load(self, size=None, limit_train=None, limit_test=None):
+        """(x_train, y_train, x_test, y_test), the first ``limit_*`` images of each split;
+        folder images resized to ``size`` (H, W) when given (else they must share one size:
+        DataError naming two files that differ)."""
+        return self._loader(size, limit_train, limit_test)
+
+    def __repr__(self):
+        where = f"{self.kind}:{self.path}" if self.path else self.kind
+        return (f"Source({where}, {self.num_classes} classes, {self.channels} channel(s), size {self.size}, "
+                f"{self.n_train} train / {self.n_test} test)")  # fmt: skip
+
+
+def _mnist_source(cache_dir, download):
+    def load(size, limit_train, limit_test):
+        d = mnist.load_mnist(cache_dir=cache_dir, download=download)
+        xtr, ytr, xte, yte = d["x_train"][:, None], d["y_train"], d["x_test"][:, None], d["y_test"]
+        return xtr[:limit_train], ytr[:limit_train], xte[:limit_test], yte[:limit_test]
+
+    n_train, n_test = 60000, 10000
+    return Source("mnist", None, [str(d) for d in range(10)], 1, (28, 28), n_train, n_test, load)
+
+
+def _folder_source(path, test_split):
+    folder = scan_folder(path)
+    files = folder.train + (folder.test or [])
+    infos = [image_info(f) for f, _ in files]  # every header: an unreadable file is found now
+    channels = 1 if all(is_gray(mode) for mode, _ in infos) else 3
+    sizes = {s for _, s in infos}
+    uniform = next(iter(sizes)) if len(sizes) == 1 else None
+    if folder.test is None:
+        labels = np.array([label for _, label in folder.train], np.int64)
+        tr, te = _split(labels, test_split, len(folder.classes))
+        train, test = [folder.train[i] for i in tr], [folder.train[i] for i in te]
+    else:
+        rng = np.random.default_rng(SPLIT_SEED)
+        train = [folder.train[i] for i in rng.permutation(len(folder.train))]
+        test = [folder.test[i] for i in rng.permutation(len(folder.test))]
+    first_file, first_size = files[0][0], infos[0][1]
+    sizes_of = ((f, size) for (f, _), (_, size) in zip(files, infos, strict=True))
+    odd = next(((f, size) for f, size in sizes_of if size != first_size), None)
+    mismatch = None
+    if odd is not None:
+        (h0, w0), (h, w) = first_size, odd[1]
+        mismatch = (
+            f"{odd[0]} is {h}x{w} but {first_file} is {h0}x{w0}: with resizing off the images must "
+            "share one size (leave --resize on to resize them to the model's side)"
+        )
+
+    def read(samples, size):
+        if size is None:
+            if mismatch:
+                raise DataError(mismatch)
+            size = uniform
+        x = np.empty((len(samples), channels, *size), np.float32)
+        for i, (f, _) in enumerate(samples):
+            x[i] = read_image(f, channels, size)
+        return x, np.array([label for _, label in samples], np.int64)
+
+    def load(size, limit_train, limit_test):
+        xtr, ytr = read(train[:limit_train], size)
+        xte, yte = read(test[:limit_test], size)
+        return xtr, ytr, xte, yte
+
+    source = Source("folder", path, folder.classes, channels, uniform, len(train), len(test), load)
+    source.mismatch = mismatch
+    return source
+
+
+def _npz_source(path, test_split):
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file (expected an .npz with arrays x and y)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except Exception as e:  # not a zip, a pickled array, truncated
+        raise DataError(f"{path}: not a readable .npz of plain arrays ({type(e).__name__}: {e})") from None
+    for key in ("x", "y"):
+        if key not in arrays:
+            raise DataError(f"{path}: no array {key!r} (it has: {', '.join(sorted(arrays)) or 'none'})")
+
+    def images(key):
+        x = arrays[key]
+        if x.ndim == 3:
+            x = x[:, None]
+        if x.ndim != 4 or x.dtype.kind not in "uif" or min(x.shape) == 0:
+            raise DataError(
+                f"{path}: {key!r} must be (N, C, H, W) or (N, H, W) numbers, got {x.dtype} {x.shape}"
+            )
+        if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+            raise DataError(f"{path}: {key!r} has NaN or infinite pixels")
+        return x.astype(np.float32) / np.float32(255.0) if x.dtype == np.uint8 else x.astype(np.float32)
+
+    def labels(key, n):
+        y = arrays[key]
+        if y.ndim != 1 or y.dtype.kind not in "ui" or len(y) != n:
+            raise DataError(f"{path}: {key!r} must be ({n},) integer labels, got {y.dtype} {y.shape}")
+        return y.astype(np.int64)
+
+    x = images("x")
+    y = labels("y", len(x))
+    if "x_test" in arrays:
+        xte = images("x_test")
+        yte = labels("y_test", len(xte)) if "y_test" in arrays else None
+        if yte is None or xte.shape[1:] != x.shape[1:]:
+            raise DataError(f"{path}: 'x_test' needs 'y_test' and the per-image shape {x.shape[1:]} of 'x'")
+    classes = [str(c) for c in arrays["classes"].tolist()] if "classes" in arrays else None
+    k = len(classes) if classes else int(max(y.max(), -1 if "x_test" not in arrays else yte.max())) + 1
+    for name, lab in (("y", y), ("y_test", yte if "x_test" in arrays else y)):
+        if lab.size and (lab.min() < 0 or lab.max() >= k):
+            raise DataError(f"{path}: {name!r} has labels outside 0..{k - 1}")
+    if "x_test" in arrays:
+        rng = np.random.default_rng(SPLIT_SEED)
+        tr, te = rng.permutation(len(x)), rng.permutation(len(xte))
+        xtr, ytr, xte, yte = x[tr], y[tr], xte[te], yte[te]
+    else:
+        tr, te = _split(y, test_split, k)
+        xtr, ytr, xte, yte = x[tr], y[tr], x[te], y[te]
+
+    def load(size, limit_train, limit_test):
+        return xtr[:limit_train], ytr[:limit_train], xte[:limit_test], yte[:limit_test]
+
+    size = tuple(int(s) for s in x.shape[2:])
+    classes = classes or [str(c) for c in range(k)]
+    return Source("npz", path, classes, x.shape[1], size, len(xtr), len(xte), load)
+
+
+def open_source(spec, test_split=0.1, cache_dir=None, download=False):
+    """The Source ``spec`` names ("mnist", "folder:PATH", "npz:FILE"); folders are scanned
+    (every image's header read) and npz files loaded now. Raises ValueError for an unknown
+    spec, DataError naming the file or folder for bad data."""
+    kind, path = parse_spec(spec)
+    if kind == "mnist":
+        return _mnist_source(cache_dir, download)
+    if kind == "folder":
+        return _folder_source(path, test_split)
+    return _npz_source(path, test_split)
+
+
+def channel_stats(x):
+    """Per-channel (mean, std) lists of images x (N, C, H, W) (uint8 scaled by 1/255), in
+    float64; a constant channel's std is 1 (nothing to scale)."""
+    x = np.asarray(x)
+    scale = 1.0 / 255.0 if x.dtype == np.uint8 else 1.0
+    mean = [float(x[:, c].mean(dtype=np.float64) * scale) for c in range(x.shape[1])]
+    std = [float(x[:, c].std(dtype=np.float64) * scale) for c in range(x.shape[1])]
+    return mean, [s if s > 0 else 1.0 for s in std]
+
+
+def normalize(x, pad, mean, std):
+    """Images x (N, C, H, W), uint8 or float32 in [0, 1] -> float32 (N, C, H+2*pad,
+    W+2*pad): zero-padded by ``pad`` pixels (before normalising: the border is normalised
+    black), then ``(x - mean[c]) / std[c]`` per channel in float32 (for MNIST this is
+    numbacnn.data.mnist.preprocess, bit for bit)."""
+    x = np.asarray(x)
+    n, c, h, w = x.shape
+    m = np.asarray(mean, np.float32).reshape(1, c, 1, 1)
+    s = np.asarray(std, np.float32).reshape(1, c, 1, 1)
+    out = np.empty((n, c, h + 2 * pad, w + 2 * pad), np.float32)
+    out[...] = (np.float32(0.0) - m) / s
+    inner = out[:, :, pad : pad + h, pad : pad + w]
+    if x.dtype == np.uint8:
+        np.divide(x, np.float32(255.0), out=inner, dtype=np.float32)
+    else:
+        inner[...] = x
+    inner -= m
+    inner /= s
+    return out

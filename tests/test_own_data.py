@@ -1,0 +1,274 @@
+"""Your own data: image folders (torchvision's ImageFolder layout, read with Pillow) and npz
+arrays, trained on from the command line; evaluate's confusion matrix; predict on PNGs.
+The folders are written by the tests themselves, from real MNIST digits."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import needs_mnist
+from PIL import Image
+
+from numbacnn.cli import main
+from numbacnn.data import mnist
+from numbacnn.data.sources import normalize, open_source
+
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def _digits():
+    return mnist.load_mnist()
+
+
+def _write_folder(root, x, y, names=NAMES):
+    for i, (img, label) in enumerate(zip(x, y, strict=True)):
+        os.makedirs(root / names[label], exist_ok=True)
+        Image.fromarray(img).save(root / names[label] / f"{i:05d}.png")
+    return root
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err
+    assert err.startswith("numbacnn: error: ") and err.count("\n") == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def digit_folder(tmp_path_factory):
+    d = _digits()
+    return _write_folder(tmp_path_factory.mktemp("own") / "digits", d["x_train"][:3000], d["y_train"][:3000])
+
+
+@pytest.fixture(scope="module")
+def folder_run(digit_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("own_run") / "run"
+    argv = [
+        "train",
+        "--dataset",
+        f"folder:{digit_folder}",
+        "--epochs",
+        "3",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    return out
+
+
+@needs_mnist
+def test_train_on_an_image_folder(folder_run, digit_folder, capsys):
+    """3000 MNIST digits written as PNGs in ten class folders: LeNet-5 trains on them from
+    the command line (10% of each class set aside) and reaches at least 85% test accuracy
+    in 3 epochs; the checkpoint records the class names and how images were prepared."""
+    from numbacnn import checkpoint
+
+    meta = checkpoint.load(folder_run / "checkpoint.npz").meta
+    assert meta["metrics"][-1]["test_accuracy"] >= 0.85, meta["metrics"]
+    config = meta["config"]
+    assert config["classes"] == sorted(NAMES)
+    pre = config["preprocess"]
+    assert (pre["channels"], pre["size"], pre["pad"]) == (1, [32, 32], 0)  # resized to lenet5's 32
+    assert 0.1 < pre["mean"][0] < 0.2 and 0.25 < pre["std"][0] < 0.4  # MNIST-like, from the train split
+    n_test = sum(round(0.1 * len(os.listdir(digit_folder / c))) for c in NAMES)
+    assert json.loads((folder_run / "metrics.json").read_text())[-1]["epoch"] == 3
+    assert main(["evaluate", "--checkpoint", str(folder_run / "checkpoint.npz"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["test_images"] == n_test
+    assert result["test_accuracy"] == pytest.approx(meta["metrics"][-1]["test_accuracy"], abs=1e-12)
+
+
+@needs_mnist
+def test_evaluate_writes_the_confusion_matrix(folder_run, tmp_path, capsys):
+    ck = folder_run / "checkpoint.npz"
+    assert main(["evaluate", "--checkpoint", str(ck), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "per-class accuracy (images):" in out and "  seven " in out
+    doc = json.loads((tmp_path / "confusion.json").read_text())
+    m = np.array(doc["matrix"])
+    assert doc["classes"] == sorted(NAMES) and m.shape == (10, 10)
+    assert m.sum() == doc["test_images"] and np.trace(m) / m.sum() == pytest.approx(doc["test_accuracy"])
+    for i, c in enumerate(doc["classes"]):
+        assert doc["per_class_accuracy"][c] == pytest.approx(m[i, i] / m[i].sum())
+    with Image.open(tmp_path / "confusion.png") as im:
+        assert im.size[0] > 300 and im.size[1] > 300
+
+
+@needs_mnist
+def test_predict_prints_the_right_class_first(folder_run, tmp_path, capsys):
+    """Test digits (never trained on) saved as PNG: predict names their class first."""
+    d = _digits()
+    files = []
+    for i in range(3):  # a 7, a 2 and a 1
+        files.append(str(tmp_path / f"test{i}.png"))
+        Image.fromarray(d["x_test"][i]).save(files[-1])
+    assert main(["predict", "--checkpoint", str(folder_run / "checkpoint.npz"), *files, "--top-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(": ")[1].split(" (")[0] for line in lines] == [NAMES[d["y_test"][i]] for i in range(3)]
+    assert all(line.count("%") == 2 for line in lines)
+
+
+@pytest.fixture(scope="module")
+def mnist_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mnist_predict") / "run"
+    argv = "train --epochs 2 --limit-train 8192 --limit-test 512 --no-progress --out".split()
+    assert main([*argv, str(out)]) == 0
+    return out
+
+
+@needs_mnist
+def test_predict_on_an_mnist_checkpoint(mnist_run, tmp_path, capsys):
+    """A PNG of a test digit, read as a user's file, is classified by an MNIST checkpoint as
+    its label (the digit is converted, padded and normalised as MNIST was); --json too."""
+    d = _digits()
+    files = []
+    for i in range(5):
+        files.append(str(tmp_path / f"digit{i}.png"))
+        Image.fromarray(d["x_test"][i]).save(files[-1])
+    ck = str(mnist_run / "checkpoint.npz")
+    assert main(["predict", "--checkpoint", ck, *files, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["top"][0]["class"] for r in rows] == [str(d["y_test"][i]) for i in range(5)]
+    assert all(len(r["top"]) == 3 and r["top"][0]["probability"] > 0.5 for r in rows)
+    # the same pixels through predict's path and through training's are the same input
+    from numbacnn.data.images import read_image
+    from numbacnn.report import preprocess_of
+
+    pre = preprocess_of(__import__("numbacnn").checkpoint.load(ck).meta)
+    via_file = normalize(read_image(files[0], 1, pre["size"])[None], pre["pad"], pre["mean"], pre["std"])
+    np.testing.assert_array_equal(via_file, mnist.preprocess(d["x_test"][:1], pad=2))
+
+
+def test_normalize_is_mnist_preprocess_bit_for_bit():
+    x = np.random.default_rng(0).integers(0, 256, (7, 1, 28, 28), dtype=np.uint8)
+    np.testing.assert_array_equal(normalize(x, 2, [mnist.MEAN], [mnist.STD]), mnist.preprocess(x, pad=2))
+
+
+@needs_mnist
+def test_train_and_test_subfolders_and_no_resize(tmp_path, capsys):
+    """PATH/train and PATH/test are used as the split; --no-resize keeps 28 x 28 and pads by
+    2 like MNIST; a test class the training split lacks is an error naming the folder."""
+    d = _digits()
+    root = tmp_path / "split"
+    _write_folder(root / "train", d["x_train"][:200], d["y_train"][:200])
+    _write_folder(root / "test", d["x_test"][:50], d["y_test"][:50])
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", f"folder:{root}", "--epochs", "1", "--no-resize", "--no-progress", "--out"]
+    assert main([*argv, str(out)]) == 0
+    from numbacnn import checkpoint
+
+    config = checkpoint.load(out / "checkpoint.npz").meta["config"]
+    assert config["input_shape"] == [1, 32, 32] and config["preprocess"]["pad"] == 2
+    assert config["preprocess"]["size"] == [28, 28]
+    assert "200 train / 50 test images" in capsys.readouterr().err
+    source = open_source(f"folder:{root}")
+    assert (source.n_train, source.n_test) == (200, 50)
+
+    os.makedirs(root / "test" / "eleven")
+    Image.fromarray(d["x_test"][0]).save(root / "test" / "eleven" / "a.png")
+    assert main([*argv, str(tmp_path / "run2")]) == 1
+    _one_line_error(capsys, f"{root / 'test' / 'eleven'}: class 'eleven' is not one of the training classes")
+
+
+def _tiny_folder(root, n=6, size=(12, 12)):
+    """Two classes of tiny gray images."""
+    for c, value in (("dark", 40), ("light", 200)):
+        os.makedirs(root / c, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(np.full(size, value + i, np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    "damage, code, needles",
+    [
+        ("garbage", 1, ["light/3.png: not a readable image"]),
+        ("empty_class", 1, ["empty: class folder with no images"]),
+        ("no_classes", 1, ["has no class folders", "ImageFolder layout"]),
+        ("sizes", 1, ["is 9x12 but", "with resizing off the images must share one size"]),
+        ("missing", 2, ["is not a folder"]),
+        ("truncated", 1, ["dark/2.png: not a readable image"]),
+    ],
+)
+def test_bad_folders_are_one_line_naming_the_file(damage, code, needles, tmp_path, capsys):
+    root = _tiny_folder(tmp_path / "data")
+    extra = []
+    if damage == "garbage":
+        (root / "light" / "3.png").write_bytes(b"this is not a png")
+    elif damage == "empty_class":
+        os.makedirs(root / "empty")
+        (root / "empty" / "notes.txt").write_text("no images here")
+    elif damage == "no_classes":
+        root = tmp_path / "flat"
+        os.makedirs(root)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "a.png")
+    elif damage == "sizes":
+        Image.fromarray(np.zeros((9, 12), np.uint8)).save(root / "light" / "odd.png")
+        extra = ["--no-resize", "--model", "resnet_cifar"]
+    elif damage == "missing":
+        root = tmp_path / "nowhere"
+    elif damage == "truncated":
+        data = (root / "dark" / "2.png").read_bytes()
+        (root / "dark" / "2.png").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    assert main(["train", "--dataset", f"folder:{root}", "--out", str(out), "--no-progress", *extra]) == code
+    _one_line_error(capsys, *needles)
+    assert not (out / "checkpoint.npz").exists()
+
+
+def test_colour_images_train_with_three_channels(tmp_path, capsys):
+    """RGB images make a 3-channel model; normalisation is per channel. Red and blue
+    squares of varying shade are told apart after two epochs."""
+    rng = np.random.default_rng(0)
+    for c, channel in (("red", 0), ("blue", 2)):
+        os.makedirs(tmp_path / "colours" / c)
+        for i in range(40):
+            img = rng.integers(0, 60, (20, 20, 3), dtype=np.uint8)
+            img[..., channel] = rng.integers(150, 256)
+            Image.fromarray(img).save(tmp_path / "colours" / c / f"{i}.jpg")
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", f"folder:{tmp_path / 'colours'}", "--epochs", "2", "--batch-size", "8",
+            "--test-split", "0.25", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    from numbacnn import checkpoint
+
+    meta = checkpoint.load(out / "checkpoint.npz").meta
+    pre = meta["config"]["preprocess"]
+    assert pre["channels"] == 3 and len(pre["mean"]) == 3 and meta["config"]["input_shape"] == [3, 32, 32]
+    assert pre["mean"][0] > pre["mean"][1] < pre["mean"][2]
+    assert meta["metrics"][-1]["test_accuracy"] == 1.0
+    assert "20 test" in capsys.readouterr().err  # 25% of 40 per class
+
+
+def test_npz_dataset(tmp_path, capsys):
+    """npz:FILE with x (N, H, W) uint8 and y: trains; its mistakes name the file."""
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1], 30)
+    x = np.where(y[:, None, None] == 0, 30, 220).astype(np.uint8) + rng.integers(
+        0, 20, (60, 28, 28), dtype=np.uint8
+    )
+    path = tmp_path / "data.npz"
+    np.savez(path, x=x, y=y, classes=np.array(["dark", "light"]))
+    out = tmp_path / "run"
+    assert (
+        main(["train", "--dataset", f"npz:{path}", "--epochs", "1", "--no-progress", "--out", str(out)]) == 0
+    )
+    from numbacnn import checkpoint
+
+    config = checkpoint.load(out / "checkpoint.npz").meta["config"]
+    assert config["classes"] == ["dark", "light"] and config["input_shape"] == [1, 32, 32]
+    capsys.readouterr()
+
+    np.savez(tmp_path / "no_y.npz", x=x)
+    assert main(["train", "--dataset", f"npz:{tmp_path / 'no_y.npz'}", "--out", str(tmp_path / "o")]) == 1
+    _one_line_error(capsys, "no_y.npz: no array 'y' (it has: x)")
+    np.savez(tmp_path / "labels.npz", x=x, y=y + 5, classes=np.array(["dark", "light"]))
+    assert main(["train", "--dataset", f"npz:{tmp_path / 'labels.npz'}", "--out", str(tmp_path / "o")]) == 1
+    _one_line_error(capsys, "labels.npz: 'y' has labels outside 0..1")
+    assert main(["train", "--dataset", "npz:", "--out", str(tmp_path / "o")]) == 2
+    _one_line_error(capsys, "unknown dataset 'npz:'")
+    assert main(["train", "--dataset", "mnist", "--image-size", "40", "--out", str(tmp_path / "o")]) == 2
+    _one_line_error(capsys, "image_size resizes the images of a folder: dataset")
