@@ -382,6 +382,10 @@ def cmd_summary(args):
 
 
 # --------------------------------------------------------------------------- parser
+def _add_checkpoint(parser):
+    parser.add_argument("--checkpoint", type=_file, required=True, help="path to a checkpoint.npz")
+
+
 def build_parser():
     p = _Parser(
         prog="numbacnn",
@@ -528,7 +532,7 @@ def build_parser():
         description="Evaluate a checkpoint on its dataset's test split (or --dataset's): prints the "
         "accuracy, loss and per-class accuracy; writes OUT/confusion.png and OUT/confusion.json.",
     )
-    e.add_argument("--checkpoint", type=_file, required=True, help="path to a checkpoint.npz")
+    _add_checkpoint(e)
     e.add_argument(
         "--model",
         type=_model,
@@ -563,7 +567,7 @@ def build_parser():
         "resized and normalised as its training images were; prints the top-k classes with "
         "their probabilities.",
     )
-    pr.add_argument("--checkpoint", type=_file, required=True, help="path to a checkpoint.npz")
+    _add_checkpoint(pr)
     pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     pr.add_argument(
         "--top-k", type=_positive_int, default=3, metavar="K", help="classes shown per image (default: 3)"
@@ -577,7 +581,7 @@ def build_parser():
         description="Write a checkpoint's model as an ONNX graph (eval mode; onnxruntime runs it; "
         "needs pip install 'numbacnn[onnx]') or as safetensors under PyTorch's state_dict names.",
     )
-    x.add_argument("--checkpoint", type=_file, required=True, help="path to a checkpoint.npz")
+    _add_checkpoint(x)
     x.add_argument(
         "--format", choices=sorted(EXPORT_FORMATS), default=None, help="(default: from --out's suffix)"
     )

@@ -120,6 +120,19 @@ class GradCheck:
 
 
 @pytest.fixture(scope="session")
+def mnist_run(tmp_path_factory):
+    """The output folder of one small real-MNIST LeNet-5 run through the CLI (2 epochs on
+    8192 digits, about 95% test accuracy): a checkpoint for the evaluate, predict and export
+    tests."""
+    from numbacnn.cli import main
+
+    out = tmp_path_factory.mktemp("mnist_run") / "lenet5"
+    argv = "train --model lenet5 --epochs 2 --limit-train 8192 --limit-test 512 --no-progress --out".split()
+    assert main([*argv, str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def gradcheck():
     return GradCheck()
 

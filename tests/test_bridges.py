@@ -227,14 +227,6 @@ def test_weights_file_errors_name_the_file(tmp_path):
 # --------------------------------------------------------------------------------------
 # numbacnn export
 # --------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def mnist_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "lenet5"
-    argv = "train --model lenet5 --epochs 1 --limit-train 512 --limit-test 128 --no-progress --out".split()
-    assert main([*argv, str(out)]) == 0
-    return out
-
-
 @needs_mnist
 def test_export_cli_writes_onnx_and_safetensors(mnist_run, tmp_path, capsys):
     from numbacnn.recipe import load_dataset

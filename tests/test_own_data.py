@@ -111,14 +111,6 @@ def test_predict_prints_the_right_class_first(folder_run, tmp_path, capsys):
     assert all(line.count("%") == 2 for line in lines)
 
 
-@pytest.fixture(scope="module")
-def mnist_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("mnist_predict") / "run"
-    argv = "train --epochs 2 --limit-train 8192 --limit-test 512 --no-progress --out".split()
-    assert main([*argv, str(out)]) == 0
-    return out
-
-
 @needs_mnist
 def test_predict_on_an_mnist_checkpoint(mnist_run, tmp_path, capsys):
     """A PNG of a test digit, read as a user's file, is classified by an MNIST checkpoint as
