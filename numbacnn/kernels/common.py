@@ -16,7 +16,15 @@ import math
 
 import numpy as np
 
-__all__ = ["window", "GOLDEN", "mix64", "unit_uniform", "row_max_logsumexp"]
+__all__ = [
+    "window",
+    "GOLDEN",
+    "mix64",
+    "unit_uniform",
+    "row_max_logsumexp",
+    "adam_element",
+    "rmsprop_element",
+]
 
 
 # ------------------------------------------------------------------------------- pooling
@@ -71,3 +79,37 @@ def row_max_logsumexp(logits, n):
     for k in range(K):
         s += math.exp(np.float64(logits[n, k]) - m)
     return m, math.log(s)
+
+
+# ---------------------------------------------------------------------------- optimizers
+# One element of an optimizer update (kernels/cpu/optim.py and kernels/cuda/optim.py loop
+# over the elements and call these). Every scalar arrives already in the parameter's dtype
+# (the callers round torch's Python-float hyper-parameters once), so float32 stays float32.
+def adam_element(p, g, m, v, decoupled, decay, keep, w1, w2, b2, neg_step, bc2, eps):
+    """Adam (decoupled=False: L2 decay folded into g) or AdamW (decoupled: p *= keep first);
+    returns the new (p, m, v). torch.optim.Adam's single-tensor step, term for term:
+    m += (1 - beta1) * (g - m);  v = v * beta2 + (1 - beta2) * g * g;
+    p += -step_size * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)."""
+    if decoupled:
+        p = p * keep
+    else:
+        g = g + decay * p  # decay is 0 without weight decay: g unchanged
+    m = m + w1 * (g - m)
+    v = v * b2 + w2 * g * g
+    return p + neg_step * (m / (math.sqrt(v) / bc2 + eps)), m, v
+
+
+def rmsprop_element(p, g, s, a, b, centered, use_momentum, decay, w, alpha, eps, mu, neg_lr):
+    """RMSprop (torch.optim.RMSprop): returns the new (p, s, a, b) with s the square average,
+    a the gradient average (centered), b the momentum buffer (use_momentum)."""
+    g = g + decay * p
+    s = s * alpha + w * g * g
+    if centered:
+        a = a + w * (g - a)
+        avg = math.sqrt(s - a * a) + eps
+    else:
+        avg = math.sqrt(s) + eps
+    if use_momentum:
+        b = b * mu + g / avg
+        return p + neg_lr * b, s, a, b
+    return p + neg_lr * (g / avg), s, a, b

@@ -21,7 +21,7 @@ try:
     from numba.cuda.np.numpy_support import from_dtype
 
     import numbacnn.kernels.cuda as kcuda
-    from numbacnn.kernels.cuda import _launch, activation, batchnorm, conv, dense, loss, pool
+    from numbacnn.kernels.cuda import _launch, activation, batchnorm, conv, dense, loss, optim, pool
 except Exception as exc:  # pragma: no cover - depends on the installation
     pytest.skip(f"numba-cuda is not importable: {exc}", allow_module_level=True)
 
@@ -71,6 +71,8 @@ def _signatures(dt):
         (activation._add_forward_kernel, (a1, a1, a1)),
         (loss._ce_rows_kernel, (a2, A(np.int64, 1), A(np.float64, 1))),
         (loss._ce_backward_kernel, (a2, A(np.int64, 1), a2)),
+        (optim._adam_kernel, (a1, a1, a1, a1, types.boolean) + (f,) * 8),
+        (optim._rmsprop_kernel, (a1,) * 5 + (types.boolean, types.boolean) + (f,) * 6),
         (_launch.fill_kernel, (a1, f)),
         (_launch.sum_rows_kernel, (A(np.float64, 1), A(np.float64, 1))),
         (kcuda._copy1, (types.Array(S(dt), 1, "A"), a1)),
@@ -134,4 +136,6 @@ _F32_PURE = {
     "_sigmoid_backward_kernel",
     "_dropout_backward_kernel",
     "_add_forward_kernel",
+    "_adam_kernel",
+    "_rmsprop_kernel",
 }

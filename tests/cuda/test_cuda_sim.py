@@ -331,3 +331,41 @@ def test_an_empty_batch_on_the_device():
     _, dgamma, dbeta = F.batch_norm_backward(y, dev(x), None)
     assert not host(dgamma).any() and not host(dbeta).any()
     assert np.isnan(F.cross_entropy(dev(np.zeros((0, 4))), dev(np.zeros(0, np.int64))))
+
+
+# --------------------------------------------------------------------------- optimizers
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("decoupled, weight_decay", [(False, 0.0), (False, 0.1), (True, 0.05)])
+def test_adam_step_twin(dtype, decoupled, weight_decay, rng):
+    """kernels.cuda.optim.adam_step == kernels.cpu.optim.adam_step, three steps in a row."""
+    from numbacnn.kernels.cpu import optim as cpu
+    from numbacnn.kernels.cuda import optim as gpu
+
+    n = 700  # more than one block
+    p, m, v = rng.standard_normal(n).astype(dtype), np.zeros(n, dtype), np.zeros(n, dtype)
+    dp, dm, dv = dev(p), dev(m), dev(v)
+    for t in (1, 2, 3):
+        g = rng.standard_normal(n).astype(dtype)
+        args = (1e-2, 0.9, 0.999, 1e-8, weight_decay, decoupled, 1e-2 / (1 - 0.9**t), (1 - 0.999**t) ** 0.5)
+        cpu.adam_step(p, g, m, v, *args)
+        gpu.adam_step(dp, dev(g), dm, dv, *args)
+    for ours, ref in ((dp, p), (dm, m), (dv, v)):
+        assert_close(ours, ref, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("momentum, centered", [(0.0, False), (0.9, True)])
+def test_rmsprop_step_twin(dtype, momentum, centered, rng):
+    from numbacnn.kernels.cpu import optim as cpu
+    from numbacnn.kernels.cuda import optim as gpu
+
+    n = 300
+    p = rng.standard_normal(n).astype(dtype)
+    s, a, b = (np.zeros(n, dtype) for _ in range(3))
+    dp, ds, da, db = dev(p), dev(s), dev(a), dev(b)
+    for _ in range(3):
+        g = rng.standard_normal(n).astype(dtype)
+        cpu.rmsprop_step(p, g, s, a, b, 1e-3, 0.99, 1e-8, 0.01, momentum, centered)
+        gpu.rmsprop_step(dp, dev(g), ds, da, db, 1e-3, 0.99, 1e-8, 0.01, momentum, centered)
+    for ours, ref in ((dp, p), (ds, s), (da, a), (db, b)):
+        assert_close(ours, ref, dtype=dtype)

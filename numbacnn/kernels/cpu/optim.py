@@ -1,7 +1,8 @@
 """Optimizer updates: CPU kernels (explicit Numba loops), one pass over a parameter.
 
 Formulas (PyTorch's torch.optim single-tensor implementations, term for term, in the
-parameter's dtype; t is the step count after this step, g the gradient):
+parameter's dtype; t is the step count after this step, g the gradient), written once in
+kernels/common.py (adam_element, rmsprop_element) and compiled here and in kernels/cuda:
 
     Adam / AdamW (Kingma & Ba 2015; Loshchilov & Hutter 2019 for AdamW's decoupled decay)
         AdamW:  p = p * (1 - lr * weight_decay)          Adam: g = g + weight_decay * p
@@ -15,16 +16,19 @@ parameter's dtype; t is the step count after this step, g the gradient):
         centered:  a = a + (1 - alpha) * (g - a);  avg = sqrt(s - a * a) + eps   else avg = sqrt(s) + eps
         momentum > 0:  b = b * momentum + g / avg;  p = p - lr * b        else  p = p - lr * g / avg
 
-Loop nest: for c in prange(chunks of CHUNK elements): for i in the chunk: the formulas above
-on element i. Each element is independent: no races, the result does not depend on the
-thread count. The bias corrections (Python floats, as in torch) are computed by the caller.
+Loop nest: for c in prange(chunks of CHUNK elements): for i in the chunk: the element update.
+Each element is independent: no races, the result does not depend on the thread count. The
+hyper-parameters are rounded to the parameter's dtype once (torch's Python floats meet its
+tensors the same way); the bias corrections (Python floats, as in torch) come from the caller.
 """
-
-import math
 
 from numba import njit, prange
 
+from .. import common
+
 _CHUNK = 16384  # elements per parallel task
+adam_element = njit(inline="always")(common.adam_element)
+rmsprop_element = njit(inline="always")(common.rmsprop_element)
 
 
 @njit(parallel=True, cache=True)
@@ -33,20 +37,13 @@ def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step_s
     # p, g, m, v: (n,) flat views of one parameter, its gradient and its two moments
     n = p.shape[0]
     dt = p.dtype.type
-    # scalars computed in float64 and rounded to p's dtype once, as torch's Python floats are
-    decay, keep = dt(weight_decay), dt(1.0 - lr * weight_decay)
-    w1, w2, b2 = dt(1.0 - beta1), dt(1.0 - beta2), dt(beta2)
+    decay = dt(0.0) if decoupled else dt(weight_decay)
+    keep, w1, w2, b2 = dt(1.0 - lr * weight_decay), dt(1.0 - beta1), dt(1.0 - beta2), dt(beta2)
     neg_step, bc2, e = dt(-step_size), dt(bias_correction2_sqrt), dt(eps)
     for c in prange((n + _CHUNK - 1) // _CHUNK):
         for i in range(c * _CHUNK, min(n, c * _CHUNK + _CHUNK)):
-            gi = g[i]
-            if decoupled:
-                p[i] = p[i] * keep
-            elif weight_decay != 0.0:
-                gi = gi + decay * p[i]
-            m[i] = m[i] + w1 * (gi - m[i])
-            v[i] = v[i] * b2 + w2 * gi * gi
-            p[i] = p[i] + neg_step * (m[i] / (math.sqrt(v[i]) / bc2 + e))
+            p[i], m[i], v[i] = adam_element(p[i], g[i], m[i], v[i], decoupled, decay, keep, w1, w2, b2,
+                                            neg_step, bc2, e)  # fmt: skip
 
 
 @njit(parallel=True, cache=True)
@@ -57,19 +54,8 @@ def rmsprop_step(p, g, s, a, b, lr, alpha, eps, weight_decay, momentum, centered
     n = p.shape[0]
     dt = p.dtype.type
     decay, w, al, e, mu, neg_lr = dt(weight_decay), dt(1.0 - alpha), dt(alpha), dt(eps), dt(momentum), dt(-lr)
+    use_momentum = momentum > 0.0
     for c in prange((n + _CHUNK - 1) // _CHUNK):
         for i in range(c * _CHUNK, min(n, c * _CHUNK + _CHUNK)):
-            gi = g[i]
-            if weight_decay != 0.0:
-                gi = gi + decay * p[i]
-            s[i] = s[i] * al + w * gi * gi
-            if centered:
-                a[i] = a[i] + w * (gi - a[i])
-                avg = math.sqrt(s[i] - a[i] * a[i]) + e
-            else:
-                avg = math.sqrt(s[i]) + e
-            if momentum > 0.0:
-                b[i] = b[i] * mu + gi / avg
-                p[i] = p[i] + neg_lr * b[i]
-            else:
-                p[i] = p[i] + neg_lr * (gi / avg)
+            p[i], s[i], a[i], b[i] = rmsprop_element(p[i], g[i], s[i], a[i], b[i], centered, use_momentum,
+                                                     decay, w, al, e, mu, neg_lr)  # fmt: skip

@@ -5,7 +5,7 @@ one float dtype, outputs preallocated by numbacnn.functional) and launches @cuda
 on them; integer arguments are plain ints.  The kernels compile lazily, once per argument
 types (float32 and float64 both work).  Module by module:
 
-    conv.py  pool.py  batchnorm.py  dense.py  activation.py  loss.py
+    conv.py  pool.py  batchnorm.py  dense.py  activation.py  loss.py  optim.py
 
 This package also provides the allocation helpers numbacnn.functional uses for device
 arrays (the same six as numbacnn.kernels.cpu), plus is_device_array(a):
@@ -25,7 +25,7 @@ import numpy as np
 from numba import cuda
 
 from .. import is_device_array  # noqa: F401  (re-exported: one definition, in numbacnn.kernels)
-from . import activation, batchnorm, conv, dense, loss, pool  # noqa: F401
+from . import activation, batchnorm, conv, dense, loss, optim, pool  # noqa: F401
 from ._launch import TPB, blocks_for, fill_kernel, stride_blocks
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "conv",
     "dense",
     "loss",
+    "optim",
     "pool",
 ]
 
