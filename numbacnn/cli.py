@@ -112,9 +112,12 @@ def _number(text):
 
 
 def _positive(text):
-    value = _number(text)
+    try:
+        value = _number(text)
+    except ValueError:
+        value = 0.0
     if value == 0:
-        raise ValueError(f"expected a number > 0, got {text!r}")
+        raise ValueError(f"expected a finite number > 0, got {text!r}")
     return value
 
 
@@ -133,7 +136,10 @@ def _open_fraction(text):
 
 
 def _fraction(text):
-    value = _number(text)
+    try:
+        value = _number(text)
+    except ValueError:
+        value = 1.0
     if value >= 1:
         raise ValueError(f"expected a number in [0, 1), got {text!r}")
     return value
@@ -199,9 +205,11 @@ def cmd_train(args):
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues the run in --out and --overwrite starts it over: choose one")
     typed = {name: getattr(args, name) for name in _DEFAULTS if hasattr(args, name)}
-    config = TrainConfig(**typed)
-    if args.resume:
-        config = resume_config(config.out_dir, **typed)
+    if args.resume:  # the typed options go over the stored ones: checked together there
+        out = typed.get("out") or os.path.join("runs", typed.get("model", _DEFAULTS["model"]))
+        config = resume_config(out, **typed)
+    else:
+        config = TrainConfig(**typed)
     metrics = run(config, resume=args.resume, overwrite=args.overwrite, progress=args.progress)
     if metrics:
         last = metrics[-1]
@@ -214,75 +222,99 @@ def cmd_train(args):
 
 
 def cmd_evaluate(args):
-    """A checkpoint's test loss, accuracy, per-class accuracy and confusion matrix
-    (numbacnn.report), on its own dataset's test split or on --dataset's."""
-    from .report import evaluate_predictions, preprocess_of, write_confusion
+    """A model's test loss, accuracy, per-class accuracy and confusion matrix
+    (numbacnn.report): a training checkpoint on its own dataset's test split, or any
+    weights file numbacnn wrote on every image of --dataset."""
+    from .report import evaluate_predictions, per_class_dict, write_confusion
 
-    model, info = _load_checkpoint_model(args.checkpoint, args.model)
-    meta = load(args.checkpoint).meta
-    stored = meta.get("config") or {}
-    try:
-        config = TrainConfig.from_dict({**stored, "cache_dir": args.cache_dir, "download": args.download,
-                                        **({"dataset": args.dataset} if args.dataset else {})})  # fmt: skip
-    except (TypeError, ConfigError) as e:
-        raise CheckpointError(f"{args.checkpoint}: the stored config is not valid: {e}") from None
-    name = info["model"]
-    preprocess = preprocess_of(meta, pad=input_pad(name, "mnist"))
-    source = open_dataset(config)
-    classes = info["classes"] or source.classes
-    if source.classes != classes or source.channels != preprocess["channels"]:
-        raise ConfigError(
-            f"{config.dataset} has classes {source.classes} and {source.channels} channel(s); "
-            f"{args.checkpoint} was trained on {classes} with {preprocess['channels']}"
-        )
-    _, _, xte, yte = load_inputs(source, preprocess, limit_train=0, limit_test=args.limit_test)
-    result = evaluate_predictions(model, xte, yte, len(classes), args.batch_size)
     out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     check_directory("--out", out_dir)
+    model, info = _load_checkpoint_model(args.checkpoint, args.model)
+    is_checkpoint = args.checkpoint.lower().endswith(".npz")
+    meta = load(args.checkpoint).meta if is_checkpoint else {}
+    stored = meta.get("config") or {}
+    if not is_checkpoint and args.dataset is None:
+        raise ConfigError(f"{args.checkpoint} is a weights file without a dataset: pass --dataset")
+    preprocess = info["preprocess"]
+    if preprocess is None:
+        raise ConfigError(
+            f"{args.checkpoint} does not record how its images were prepared (numbacnn.preprocess)"
+        )
+    spec = args.dataset or stored.get("dataset", "mnist")
+    whole = args.dataset is not None and args.dataset != stored.get("dataset")  # another dataset: all of it
+    source = open_dataset(spec, stored.get("test_split", 0.1), args.cache_dir, args.download)
+    classes = info["classes"] or source.classes
+    unknown = [c for c in source.classes if c not in classes]
+    if unknown or source.channels != preprocess["channels"]:
+        raise ConfigError(
+            f"{spec} has classes {source.classes} and {_plural(source.channels, 'channel')}; "
+            f"{args.checkpoint} knows {classes} with {_plural(preprocess['channels'], 'channel')}"
+        )
+    if source.kind != "folder" and list(source.size) != list(preprocess["size"]):
+        h, w = preprocess["size"]
+        raise ConfigError(
+            f"{spec} has {source.size[0]}x{source.size[1]} images; {args.checkpoint} takes {h}x{w} "
+            "(only folder: images are resized)"
+        )
+    xtr, ytr, xte, yte = load_inputs(source, preprocess, limit_train=None if whole else 0)
+    if whole:
+        xte, yte = np.concatenate([xtr, xte]), np.concatenate([ytr, yte])
+    yte = np.array([classes.index(c) for c in source.classes], np.int64)[yte]  # its labels -> the model's
+    xte, yte = xte[: args.limit_test], yte[: args.limit_test]
+    if len(yte) == 0:
+        raise ConfigError(f"{spec} has no test images (a class needs 2 or more images to give one)")
+    result = evaluate_predictions(model, xte, yte, len(classes), args.batch_size)
     report = {
-        "model": name,
+        "model": info["model"],
         "checkpoint": args.checkpoint,
-        "dataset": config.dataset,
+        "dataset": spec,
+        "split": "all images" if whole else "test",
         "epoch": meta.get("epoch"),
         "test_images": int(len(yte)),
         "test_loss": result.loss,
         "test_accuracy": result.accuracy,
     }
     png, js = write_confusion(out_dir, result, classes, extra=report)
-    per_class = {
-        c: (None if np.isnan(a) else float(a)) for c, a in zip(classes, result.per_class, strict=True)
-    }
+    per_class = per_class_dict(classes, result.per_class)
     if args.json:
         print(json.dumps(dict(report, per_class_accuracy=per_class, confusion_png=png, confusion_json=js)))
         return 0
     print(
-        f"{name} ({args.checkpoint}, epoch {report['epoch']}): test accuracy {100 * result.accuracy:.2f}% "
-        f"({int(np.trace(result.matrix))}/{len(yte)}), test loss {result.loss:.4f}"
+        f"{info['model']} ({args.checkpoint}, epoch {report['epoch']}): test accuracy "
+        f"{100 * result.accuracy:.2f}% ({int(np.trace(result.matrix))}/{len(yte)}), "
+        f"test loss {result.loss:.4f}" + (f" on all {len(yte)} images of {spec}" if whole else "")
     )
     width = max(len(str(c)) for c in classes)
     print("per-class accuracy (images):")
     for c, row in zip(classes, result.matrix, strict=True):
         acc = per_class[c]
-        shown = "   -  " if acc is None else f"{100 * acc:6.2f}%"
+        shown = "   -   " if acc is None else f"{100 * acc:6.2f}%"
         print(f"  {str(c):>{width}}  {shown}  ({int(row.sum())})")
     print(f"confusion matrix: {png}, {js}")
     return 0
 
 
-def cmd_predict(args):
-    """The top-k classes of each image, with probabilities (numbacnn.report.predict_files)."""
-    from .report import predict_files, preprocess_of
+def _plural(n, word):
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
-    model, info = _load_checkpoint_model(args.checkpoint)
-    meta = load(args.checkpoint).meta
-    preprocess = preprocess_of(meta, pad=input_pad(info["model"], "mnist"))
-    classes = info["classes"] or [str(k) for k in range(model.state_dict()[_last_weight(model)].shape[0])]
+
+def cmd_predict(args):
+    """The top-k classes of each image, with probabilities (numbacnn.report.predict_files),
+    from a checkpoint or a weights file numbacnn exported (they record the preprocessing)."""
+    from .report import predict_files
+
     for f in args.images:
         if not os.path.isfile(f):
-            raise ConfigError(
-                f"{f!r}: {'a directory' if os.path.isdir(f) else 'not found'}, expected an image file"
-            )
-    results = predict_files(model, args.images, preprocess, top_k=min(args.top_k, len(classes)))
+            what = "a directory" if os.path.isdir(f) else "not found"
+            raise ConfigError(f"{f!r}: {what}, expected an image file")
+    model, info = _load_checkpoint_model(args.checkpoint)
+    if info["preprocess"] is None:
+        raise ConfigError(
+            f"{args.checkpoint} does not record how images become its input (numbacnn.preprocess): "
+            "predict needs a numbacnn checkpoint or a file numbacnn exported"
+        )
+    classes = info["classes"] or [str(k) for k in range(model.state_dict()[_last_weight(model)].shape[0])]
+    results = predict_files(model, args.images, info["preprocess"], top_k=min(args.top_k, len(classes)))
     if args.json:
         rows = [{"image": f, "top": [{"class": classes[k], "index": k, "probability": p} for k, p in top]}
                 for f, top in results]  # fmt: skip
@@ -323,8 +355,9 @@ EXPORT_FORMATS = {"onnx": ".onnx", "safetensors": ".safetensors"}
 
 
 def cmd_export(args):
-    """checkpoint -> ONNX (numbacnn.bridges.onnx) or safetensors (numbacnn.bridges.weights)."""
-    from .bridges.weights import save_safetensors
+    """checkpoint -> ONNX (numbacnn.bridges.onnx) or safetensors (numbacnn.bridges.weights),
+    both carrying the model name, class names and preprocessing as ``numbacnn.*`` metadata."""
+    from .bridges.weights import metadata_strings, save_safetensors
 
     suffix = os.path.splitext(args.out)[1].lower()
     fmt = args.format or {v: k for k, v in EXPORT_FORMATS.items()}.get(suffix)
@@ -336,30 +369,33 @@ def cmd_export(args):
         raise ConfigError(f"--out {args.out!r}: a {fmt} file's name ends in {EXPORT_FORMATS[fmt]}")
     if os.path.isdir(args.out):
         raise ConfigError(f"--out {args.out!r} is a directory")
+    if os.path.exists(args.out) and not args.overwrite:
+        raise ConfigError(f"--out {args.out!r} already exists: pass --overwrite to replace it")
+    if args.opset is not None and fmt != "onnx":
+        raise ConfigError("--opset is for --format onnx")
+    check_directory("--out's folder", os.path.dirname(os.path.abspath(args.out)))
     model, info = _load_checkpoint_model(args.checkpoint)
-    name, classes = info["model"], info["classes"]
+    name, meta = info["model"], metadata_strings(info)
     if fmt == "safetensors":
-        meta = {"numbacnn.model": name}
-        if classes is not None:
-            meta["numbacnn.classes"] = json.dumps(classes)
-        if info["input_shape"] is not None:
-            meta["numbacnn.input_shape"] = json.dumps(info["input_shape"])
         save_safetensors(model.state_dict(), args.out, meta)
         what = f"{len(model.state_dict())} tensors under PyTorch's state_dict names"
     else:
         try:
-            from .bridges.onnx import export_onnx
+            from .bridges.onnx import OPSET, export_onnx
         except ImportError as e:
             raise ConfigError(str(e)) from None
+        opset = args.opset or OPSET
         shape = info["input_shape"]
         if shape is None:  # an older checkpoint: the side the model is built for
             first = next(iter(model.state_dict().values()))  # the first conv's weight (C_out, C_in, ...)
             shape = [first.shape[1], model_info(name).side, model_info(name).side]
         try:
-            export_onnx(model, args.out, shape, opset=args.opset, model_name=name, classes=classes)
-        except ImportError as e:
+            export_onnx(
+                model, args.out, shape, opset=opset, model_name=name, classes=info["classes"], metadata=meta
+            )
+        except ValueError as e:  # an opset this onnx does not know
             raise ConfigError(str(e)) from None
-        what = f"ONNX opset {args.opset}, input (N, {', '.join(map(str, shape))})"
+        what = f"ONNX opset {opset}, input (N, {', '.join(map(str, shape))})"
     size = os.path.getsize(args.out) / 1e6
     print(f"wrote {args.out} ({name} from {args.checkpoint}: {what}; {size:.1f} MB)")
     return 0
@@ -412,7 +448,7 @@ def build_parser():
         "--dataset",
         type=_option_type(_dataset_spec),
         help="mnist, folder:PATH (PATH/<class>/<image>.png, torchvision's ImageFolder layout; "
-        "PATH/train and PATH/test if present) or npz:FILE (arrays x, y) (default: {d['dataset']})",
+        f"PATH/train and PATH/test if present) or npz:FILE (arrays x, y) (default: {d['dataset']})",
     )
     t.add_argument(
         "--test-split",
@@ -532,7 +568,12 @@ def build_parser():
         description="Evaluate a checkpoint on its dataset's test split (or --dataset's): prints the "
         "accuracy, loss and per-class accuracy; writes OUT/confusion.png and OUT/confusion.json.",
     )
-    _add_checkpoint(e)
+    e.add_argument(
+        "--checkpoint",
+        type=_file,
+        required=True,
+        help="a checkpoint.npz (or a .safetensors numbacnn exported, with --dataset)",
+    )
     e.add_argument(
         "--model",
         type=_model,
@@ -543,7 +584,8 @@ def build_parser():
         "--dataset",
         type=_option_type(_dataset_spec),
         default=None,
-        help="mnist, folder:PATH or npz:FILE with the checkpoint's classes (default: the checkpoint's)",
+        help="mnist, folder:PATH or npz:FILE with the checkpoint's classes, all of whose images are "
+        "scored (default: the checkpoint's dataset, its test split)",
     )
     e.add_argument("--batch-size", type=_positive_int, default=1000, help="(default: 1000)")
     e.add_argument("--limit-test", type=_positive_int, default=None, metavar="N", help="(default: all)")
@@ -567,7 +609,9 @@ def build_parser():
         "resized and normalised as its training images were; prints the top-k classes with "
         "their probabilities.",
     )
-    _add_checkpoint(pr)
+    pr.add_argument(
+        "--checkpoint", type=_file, required=True, help="a checkpoint.npz or a .safetensors numbacnn exported"
+    )
     pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     pr.add_argument(
         "--top-k", type=_positive_int, default=3, metavar="K", help="classes shown per image (default: 3)"
@@ -587,8 +631,12 @@ def build_parser():
     )
     x.add_argument("--out", required=True, help="the file to write (.onnx or .safetensors)")
     x.add_argument(
-        "--opset", type=_int_between(13, 30), default=_ONNX_OPSET, help=f"ONNX opset (default: {_ONNX_OPSET})"
+        "--opset",
+        type=_int_between(13, 99),
+        default=None,
+        help=f"ONNX opset, 13 to the installed onnx's newest (default: {_ONNX_OPSET})",
     )
+    x.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse)")
     x.set_defaults(func=cmd_export)
 
     s = sub.add_parser("summary", help="print a model's layer table")

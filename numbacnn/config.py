@@ -108,13 +108,16 @@ def _betas(value):
 
 
 def _dataset(value):
-    """ "mnist", or "folder:PATH" / "npz:FILE" with a non-empty path (checked to exist when a
-    run starts, numbacnn.recipe)."""
+    """ "mnist", or "folder:PATH" / "npz:FILE" with a non-empty path, made absolute (so a
+    stored config names the same data from any directory; the path is checked to exist when
+    a run starts, numbacnn.recipe)."""
     if not isinstance(value, str):
         raise TypeError(f"dataset must be a string, got {value!r}")
     kind, sep, path = value.partition(":")
-    if value in DATASETS or (sep and kind in ("folder", "npz") and path):
+    if value in DATASETS:
         return value
+    if sep and kind in ("folder", "npz") and path:
+        return f"{kind}:{os.path.abspath(os.path.expanduser(path))}"
     raise ConfigError(
         f"dataset: unknown dataset {value!r} (choose from: {', '.join(DATASETS + DATASET_FORMS)})"
     )

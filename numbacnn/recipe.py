@@ -47,7 +47,7 @@ from .data.images import DataError
 from .data.sources import Source, channel_stats, normalize, open_source
 from .models import MODELS, build_model, model_info
 from .optim import build_optimizer, build_schedule
-from .resume import announce_and_apply, check_resumable, resume_config
+from .resume import announce_and_apply, check_resumable, resume_config, stored_config
 from .train import CHECKPOINT_NAME, fit
 
 # TrainConfig, ConfigError and the constants live in numbacnn.config, resume_config in
@@ -142,8 +142,10 @@ def run(config, *, resume=False, overwrite=False, progress=True, log=None, on_ba
     if config.cache_dir is not None:
         check_directory("cache_dir", config.cache_dir)
     ckpt_path = os.path.join(out, CHECKPOINT_NAME)
+    stored_preprocess = None
     if resume:
         check_resumable(ckpt_path, config)
+        stored_preprocess = stored_config(ckpt_path).get("preprocess")
     elif os.path.exists(ckpt_path) and not overwrite:
         raise ConfigError(
             f"{ckpt_path} already exists: pass --resume to continue that run, "
@@ -157,7 +159,7 @@ def run(config, *, resume=False, overwrite=False, progress=True, log=None, on_ba
     except OSError as e:  # a path os.access misjudged (/proc, a read-only mount)
         raise ConfigError(f"out {out!r} cannot be created: {e.strerror}") from None
     with directory_lock(out):  # before the data loads: a second run on OUT refuses at once
-        return _train(config, out, resume, progress, log, on_batch, plan)
+        return _train(config, out, resume, progress, log, on_batch, plan, stored_preprocess)
 
 
 class Plan(NamedTuple):
@@ -177,15 +179,16 @@ def _pad_to(model_name, side):
     return pad if 0 < pad <= MAX_INPUT_PAD else 0
 
 
-def open_dataset(config):
-    """The ``numbacnn.data.sources.Source`` of ``config.dataset``: ConfigError when its
-    folder or file does not exist, DataError naming the file for bad data."""
-    kind, _, path = config.dataset.partition(":")
+def open_dataset(spec, test_split=0.1, cache_dir=None, download=False):
+    """The ``numbacnn.data.sources.Source`` of dataset ``spec`` ("mnist", "folder:PATH",
+    "npz:FILE"): ConfigError when its folder or file does not exist, DataError naming the
+    file for bad data."""
+    kind, _, path = spec.partition(":")
     if kind == "folder" and not os.path.isdir(path):
         raise ConfigError(f"dataset: {path!r} is not a folder (folder:PATH wants PATH/<class>/<image>.png)")
     if kind == "npz" and not os.path.isfile(path):
         raise ConfigError(f"dataset: {path!r} is not a file (npz:FILE wants an .npz with arrays x and y)")
-    return open_source(config.dataset, config.test_split, config.cache_dir, config.download)
+    return open_source(spec, test_split, cache_dir, download)
 
 
 def _plan(config, log):
@@ -195,7 +198,7 @@ def _plan(config, log):
     image cannot train on batches of one (ConfigError for --batch-size 1; a last batch of
     one is left out, with a notice); an epoch has at least one batch; there are test
     images. Returns a Plan."""
-    source = open_dataset(config)
+    source = open_dataset(config.dataset, config.test_split, config.cache_dir, config.download)
     if source.kind == "folder" and config.resize:
         side = config.image_size or model_info(config.model).min_side
         size, pad = (side, side), 0
@@ -209,10 +212,16 @@ def _plan(config, log):
     try:
         rows = model.summary(shape, print_table=False).rows  # per layer, N = 1
     except ValueError as e:
-        fitting = [
-            m for m in sorted(MODELS) if model_info(m).min_side <= min(height, width) + 2 * MAX_INPUT_PAD
-        ]
-        hint = f"use a model for small images: {', '.join(fitting)}" if fitting else "no model takes them"
+        need = model_info(config.model).min_side
+        if size is not None:  # resized folder images: a bigger size is the fix
+            hint = f"{config.model} is meant for {need}x{need} and up: pass --image-size {need} or more"
+        else:
+            reach = min(height, width) + 2 * MAX_INPUT_PAD
+            fitting = [m for m in sorted(MODELS) if model_info(m).min_side <= reach]
+            hint = f"models meant for images this small: {', '.join(fitting)}" if fitting else (
+                f"{config.model} is meant for {need}x{need} and up"
+                + (" (leave --resize on to resize folder images)" if source.kind == "folder" else "")
+            )  # fmt: skip
         raise ConfigError(
             f"{config.model} cannot take {config.dataset}'s {shape[1]}x{shape[2]} images ({e}); {hint}"
         ) from None
@@ -251,11 +260,15 @@ def load_inputs(source, preprocess, limit_train=None, limit_test=None):
     return normalize(xtr, pad, mean, std), ytr, normalize(xte, pad, mean, std), yte
 
 
-def _train(config, out, resume, progress, log, on_batch, plan):
-    """run's work, with OUT locked: data, loaders, optimizer, schedule, then fit."""
+def _train(config, out, resume, progress, log, on_batch, plan, stored_preprocess=None):
+    """run's work, with OUT locked: data, loaders, optimizer, schedule, then fit. A resumed
+    run normalises with the statistics it was trained with (``stored_preprocess``), even
+    when --limit-train now gives it other images."""
     model, source, pad = plan.model, plan.source, plan.pad
     xtr, ytr, xte, yte = source.load(plan.size, config.limit_train, config.limit_test)
-    if source.kind == "mnist":
+    if isinstance(stored_preprocess, dict) and {"mean", "std"} <= set(stored_preprocess):
+        mean, std = stored_preprocess["mean"], stored_preprocess["std"]
+    elif source.kind == "mnist":
         mean, std = [mnist.MEAN], [mnist.STD]  # MNIST's canonical statistics
     else:
         mean, std = channel_stats(xtr)  # the training split's, as torchvision recipes do
@@ -278,7 +291,7 @@ def _train(config, out, resume, progress, log, on_batch, plan):
                   preprocess=preprocess)  # fmt: skip
     log(
         f"training {config.model} on {config.dataset}: {len(xtr)} train / {len(xte)} test "
-        f"images of shape {tuple(xtr.shape[1:])}, {source.num_classes} classes, {config.epochs} epochs, "
+        f"images of shape {tuple(xtr.shape[1:])}, {source.num_classes} classes, {config.epochs} epoch(s), "
         f"batch {config.batch_size}, {config.optimizer} "
         + ", ".join(f"{k} {v}" for k, v in config.optimizer_settings.items())
         + f", out {out}"

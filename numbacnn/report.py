@@ -1,7 +1,6 @@
 """What a trained model does: class probabilities for image files, the confusion matrix and
 per-class accuracy of a test set (``numbacnn predict`` and ``numbacnn evaluate``).
 
-    preprocess_of(meta)                  how a checkpoint's images become model inputs
     predict_files(model, files, preprocess, top_k) -> [(file, [(class index, probability)])]
     evaluate_predictions(model, x, y, num_classes) -> Evaluation(loss, accuracy, matrix, per_class)
     write_confusion(out_dir, evaluation, classes, extra) -> (png path, json path)
@@ -19,24 +18,11 @@ import numpy as np
 
 from . import functional as F
 from ._io import atomic_write
-from .data import mnist
 from .data.images import read_image
 from .data.sources import normalize
 
-__all__ = ["preprocess_of", "predict_files", "evaluate_predictions", "write_confusion", "per_class_dict",
+__all__ = ["predict_files", "evaluate_predictions", "write_confusion", "per_class_dict",
            "Evaluation"]  # fmt: skip
-
-
-def preprocess_of(meta, pad=None):
-    """A checkpoint's ``preprocess`` (``{"channels", "size": [H, W], "pad", "mean", "std"}``,
-    stored by numbacnn.recipe.run); for a checkpoint from before it was stored (MNIST
-    only), MNIST's: 28 x 28 gray, its mean and std, the stored ``pad`` (or ``pad``)."""
-    config = meta.get("config") or {}
-    if isinstance(config.get("preprocess"), dict):
-        return config["preprocess"]
-    return dict(
-        channels=1, size=[28, 28], pad=config.get("pad", pad or 0), mean=[mnist.MEAN], std=[mnist.STD]
-    )
 
 
 def softmax(logits):
@@ -48,7 +34,8 @@ def softmax(logits):
 
 def predict_files(model, files, preprocess, top_k=3):
     """The ``top_k`` most probable classes of each image file, as [(file, [(class index,
-    probability), ...])], most probable first. Each image is read with Pillow, converted
+    probability), ...])], most probable first. ``preprocess``: a weights file's (read by
+    numbacnn.bridges.weights.read_metadata). Each image is read with Pillow, converted
     to the checkpoint's channels, resized to its size (bilinear) when it differs, padded
     and normalised as the training images were. DataError names an unreadable file."""
     c, size = preprocess["channels"], tuple(preprocess["size"])

@@ -62,6 +62,7 @@ def resume_config(out, /, **overrides):
     out = os.fspath(out)
     ckpt_path = os.path.join(out, CHECKPOINT_NAME)
     stored = stored_config(ckpt_path)
+    _check_same_run(ckpt_path, {"optimizer": "sgd", **stored}, overrides)
     try:
         stored = TrainConfig.from_dict({**stored, "out": out})
     except (TypeError, ConfigError) as e:
@@ -75,12 +76,32 @@ def check_resumable(ckpt_path, config):
     CheckpointError unless it is a readable training checkpoint."""
     stored = {"optimizer": "sgd", **stored_config(ckpt_path)}
     check_training_meta(ckpt_path, load_checkpoint(ckpt_path).meta)
-    for key in ("model", "dataset", "optimizer"):
-        if key in stored and stored[key] != getattr(config, key):
-            raise ConfigError(
-                f"cannot resume: {ckpt_path} was trained with {key} {stored[key]!r}, "
-                f"not {getattr(config, key)!r}"
-            )
+    _check_same_run(ckpt_path, stored, {key: getattr(config, key) for key in _SAME_RUN + _SAME_DATA})
+
+
+# What a checkpoint's weights and optimizer state belong to: a resumed run keeps them. For
+# folder and npz data, also what decides its split and preprocessing (MNIST's are fixed).
+_SAME_RUN = ("model", "dataset", "optimizer")
+_SAME_DATA = ("test_split", "resize", "image_size")
+
+
+def _check_same_run(ckpt_path, stored, settings):
+    """ConfigError if ``settings`` give a model, dataset or optimizer other than ``stored``'s
+    (datasets compared as TrainConfig normalises them: folder and npz paths made absolute),
+    or, for folder and npz data, another test_split, resize or image_size."""
+    own_data = stored.get("dataset", "mnist") != "mnist"
+    for key in _SAME_RUN + (_SAME_DATA if own_data else ()):
+        if key not in stored or key not in settings:
+            continue
+        old, new = stored[key], settings[key]
+        if key == "dataset":
+            try:
+                new = TrainConfig(dataset=new).dataset
+            except (TypeError, ValueError):
+                continue  # the config check names it
+        if old != new:
+            why = " (its test split and preprocessing belong to the checkpoint)" if key in _SAME_DATA else ""
+            raise ConfigError(f"cannot resume: {ckpt_path} was trained with {key} {old!r}, not {new!r}{why}")
 
 
 def _changes(stored, config):

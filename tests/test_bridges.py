@@ -2,6 +2,7 @@
 back, PyTorch state_dicts imported without unpickling anything but weights."""
 
 import collections
+import json
 import os
 import pickle
 
@@ -257,7 +258,9 @@ def test_export_cli_writes_onnx_and_safetensors(mnist_run, tmp_path, capsys):
     [
         (["--out", "m.txt"], "pass --format onnx or safetensors"),
         (["--format", "onnx", "--out", "m.safetensors"], "a onnx file's name ends in .onnx"),
-        (["--out", "m.onnx", "--opset", "9"], "argument --opset: expected an integer between 13 and 30"),
+        (["--out", "m.onnx", "--opset", "9"], "argument --opset: expected an integer between 13 and 99"),
+        (["--out", "m.onnx", "--opset", "90"], "to_onnx: opset must be an int from 13 to"),
+        (["--out", "m.safetensors", "--opset", "17"], "--opset is for --format onnx"),
     ],
 )
 def test_export_mistakes_are_one_line(mnist_run, extra, needle, tmp_path, capsys, monkeypatch):
@@ -266,3 +269,33 @@ def test_export_mistakes_are_one_line(mnist_run, extra, needle, tmp_path, capsys
     err = capsys.readouterr().err
     assert err.startswith("numbacnn: error: ") and needle in err and err.count("\n") == 1, err
     assert os.listdir(tmp_path) == []
+
+
+@needs_mnist
+def test_export_never_overwrites_and_carries_the_preprocessing(mnist_run, tmp_path, capsys):
+    """An existing --out is refused (kept whole) unless --overwrite; both formats carry the
+    model, classes and preprocessing, so predict runs from the exported safetensors."""
+    ck = str(mnist_run / "checkpoint.npz")
+    mine = tmp_path / "mine.onnx"
+    mine.write_text("precious")
+    assert main(["export", "--checkpoint", ck, "--out", str(mine)]) == 2
+    assert "already exists: pass --overwrite" in capsys.readouterr().err and mine.read_text() == "precious"
+    assert main(["export", "--checkpoint", ck, "--out", str(mine), "--overwrite"]) == 0
+    props = {p.key: p.value for p in onnx.load(str(mine)).metadata_props}
+    pre = json.loads(props["numbacnn.preprocess"])
+    assert pre == {"channels": 1, "size": [28, 28], "pad": 2, "mean": [0.1307], "std": [0.3081]}
+
+    st = tmp_path / "w.safetensors"
+    assert main(["export", "--checkpoint", ck, "--out", str(st)]) == 0
+    assert read_metadata(st)["preprocess"] == pre and numbacnn.load(st).preprocess == pre
+    from PIL import Image
+
+    from numbacnn.data.mnist import load_mnist
+
+    digit = tmp_path / "d.png"
+    Image.fromarray(load_mnist()["x_test"][0]).save(digit)
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(st), str(digit)]) == 0
+    assert capsys.readouterr().out.startswith(f"{digit}: 7 (")
+    assert main(["evaluate", "--checkpoint", str(st)]) == 2
+    assert "is a weights file without a dataset: pass --dataset" in capsys.readouterr().err

@@ -4,6 +4,7 @@ The folders are written by the tests themselves, from real MNIST digits."""
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -73,7 +74,8 @@ def test_train_on_an_image_folder(folder_run, digit_folder, capsys):
     pre = config["preprocess"]
     assert (pre["channels"], pre["size"], pre["pad"]) == (1, [32, 32], 0)  # resized to lenet5's 32
     assert 0.1 < pre["mean"][0] < 0.2 and 0.25 < pre["std"][0] < 0.4  # MNIST-like, from the train split
-    n_test = sum(round(0.1 * len(os.listdir(digit_folder / c))) for c in NAMES)
+    n_test = open_source(f"folder:{digit_folder}").n_test
+    assert 0.08 * 3000 < n_test < 0.12 * 3000
     assert json.loads((folder_run / "metrics.json").read_text())[-1]["epoch"] == 3
     assert main(["evaluate", "--checkpoint", str(folder_run / "checkpoint.npz"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -126,10 +128,10 @@ def test_predict_on_an_mnist_checkpoint(mnist_run, tmp_path, capsys):
     assert [r["top"][0]["class"] for r in rows] == [str(d["y_test"][i]) for i in range(5)]
     assert all(len(r["top"]) == 3 and r["top"][0]["probability"] > 0.5 for r in rows)
     # the same pixels through predict's path and through training's are the same input
+    from numbacnn.bridges.weights import read_metadata
     from numbacnn.data.images import read_image
-    from numbacnn.report import preprocess_of
 
-    pre = preprocess_of(__import__("numbacnn").checkpoint.load(ck).meta)
+    pre = read_metadata(ck)["preprocess"]
     via_file = normalize(read_image(files[0], 1, pre["size"])[None], pre["pad"], pre["mean"], pre["std"])
     np.testing.assert_array_equal(via_file, mnist.preprocess(d["x_test"][:1], pad=2))
 
@@ -232,7 +234,8 @@ def test_colour_images_train_with_three_channels(tmp_path, capsys):
     assert pre["channels"] == 3 and len(pre["mean"]) == 3 and meta["config"]["input_shape"] == [3, 32, 32]
     assert pre["mean"][0] > pre["mean"][1] < pre["mean"][2]
     assert meta["metrics"][-1]["test_accuracy"] == 1.0
-    assert "20 test" in capsys.readouterr().err  # 25% of 40 per class
+    train, test = map(int, re.search(r"(\d+) train / (\d+) test", capsys.readouterr().err).groups())
+    assert train + test == 80 and 10 <= test <= 30  # about 25%: each image by the hash of its path
 
 
 def test_npz_dataset(tmp_path, capsys):
@@ -264,3 +267,164 @@ def test_npz_dataset(tmp_path, capsys):
     _one_line_error(capsys, "unknown dataset 'npz:'")
     assert main(["train", "--dataset", "mnist", "--image-size", "40", "--out", str(tmp_path / "o")]) == 2
     _one_line_error(capsys, "image_size resizes the images of a folder: dataset")
+
+
+# ------------------------------------------------------------------ what a demanding user tries
+def _argv(root, out, *extra):
+    return [
+        "train",
+        "--dataset",
+        f"folder:{root}",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def test_resume_and_evaluate_from_another_directory(tmp_path, monkeypatch, capsys):
+    """A relative folder: path is stored absolute, so the run resumes and evaluates from any
+    directory; its typed optimizer settings resume against the stored optimizer; a changed
+    split or preprocessing is refused (the checkpoint's test images would leak)."""
+    _tiny_folder(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--dataset", "folder:data", "--optimizer", "adam", "--epochs", "1", "--batch-size", "4",
+            "--no-progress", "--out", "run"]  # fmt: skip
+    assert main(argv) == 0
+    monkeypatch.chdir("/")
+    run = str(tmp_path / "run")
+    assert main(["train", "--out", run, "--resume", "--epochs", "2", "--eps", "1e-6", "--no-progress"]) == 0
+    assert "eps 1e-08 -> 1e-06" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", f"{run}/checkpoint.npz", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dataset"] == f"folder:{tmp_path / 'data'}"
+    for extra, needle in [
+        (
+            ["--test-split", "0.5"],
+            "was trained with test_split 0.1, not 0.5 (its test split and preprocessing",
+        ),
+        (["--optimizer", "sgd"], "was trained with optimizer 'adam', not 'sgd'"),
+        (["--dataset", "folder:elsewhere"], "was trained with dataset"),
+    ]:
+        assert main(["train", "--out", run, "--resume", "--epochs", "3", *extra]) == 2
+        _one_line_error(capsys, needle)
+
+
+def test_adding_images_never_moves_a_test_image_into_training(tmp_path):
+    root = _tiny_folder(tmp_path / "grow", n=30)
+    before = open_source(f"folder:{root}")
+    test_before = {f for f, _ in _samples(before, "test")}
+    for i in range(30, 60):
+        Image.fromarray(np.full((12, 12), 60, np.uint8)).save(root / "dark" / f"{i}.png")
+    after = open_source(f"folder:{root}")
+    assert test_before <= {f for f, _ in _samples(after, "test")}
+    assert after.n_train + after.n_test == 90
+
+
+def _samples(source, split):
+    """(file, label) of a folder Source's split, read back through load (no pixels needed)."""
+    xtr, ytr, xte, yte = source.load(None)
+    return [
+        (float(x.mean()), int(y))
+        for x, y in zip(*((xte, yte) if split == "test" else (xtr, ytr)), strict=True)
+    ]
+
+
+def test_train_and_val_layout_and_symlink_loops(tmp_path):
+    """PATH/train beside PATH/val is a split (torchvision's usual names); a link back up the
+    tree is followed once; one file in two classes is an error naming both."""
+    root = tmp_path / "tv"
+    _tiny_folder(root / "train")
+    _tiny_folder(root / "val", n=2)
+    source = open_source(f"folder:{root}")
+    assert source.classes == ["dark", "light"] and (source.n_train, source.n_test) == (12, 4)
+    loop = _tiny_folder(tmp_path / "loop")
+    os.symlink("..", loop / "dark" / "up")
+    with pytest.raises(ValueError, match=r"is the same file as .*: an image can be in one class only"):
+        open_source(f"folder:{loop}")
+    os.remove(loop / "dark" / "up")
+    os.symlink(".", loop / "dark" / "here")
+    assert open_source(f"folder:{loop}").n_train + open_source(f"folder:{loop}").n_test == 12
+
+
+def test_image_depths(tmp_path):
+    """16-bit gray PNGs are scaled by 1/65535, not clipped to 8 bits; 32-bit float images are
+    refused, naming the file; a decompression bomb is one line, not a traceback."""
+    from numbacnn.data.images import DataError, read_image
+
+    Image.fromarray(np.full((4, 4), 32768, np.uint16)).save(tmp_path / "half.png")
+    np.testing.assert_allclose(read_image(tmp_path / "half.png", 1), 32768 / 65535)
+    assert read_image(tmp_path / "half.png", 3, (2, 2)).shape == (3, 2, 2)
+    Image.fromarray(np.full((4, 4), 0.5, np.float32)).save(tmp_path / "half.tif")
+    with pytest.raises(DataError, match=r"half\.tif: a 32-bit float image has no fixed range"):
+        read_image(tmp_path / "half.tif", 1)
+    from PIL import Image as PILImage
+
+    limit = PILImage.MAX_IMAGE_PIXELS
+    try:
+        PILImage.MAX_IMAGE_PIXELS = 4  # a 4 x 4 image is then a "bomb": over twice the limit
+        with pytest.raises(DataError, match=r"half\.png: not a readable image \(DecompressionBombError"):
+            read_image(tmp_path / "half.png", 1)
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = limit
+
+
+@pytest.mark.parametrize(
+    "arrays, needle",
+    [
+        (
+            lambda x, y: dict(x=x.astype(np.float32), y=y),
+            "float pixels from 0 to 255; floats must be in [0, 1]",
+        ),
+        (lambda x, y: dict(x=x[..., None].repeat(3, -1), y=y), "looks channels-last (N, H, W, C)"),
+        (lambda x, y: dict(x=x[:, None].repeat(2, 1), y=y), "has 2 channels"),
+        (lambda x, y: dict(x=x, y=np.zeros_like(y)), "every label in 'y' is 0: a classifier needs two"),
+        (lambda x, y: dict(x=x.astype(np.int64), y=y), "has int64 pixels"),
+    ],
+)
+def test_npz_mistakes_name_the_file(arrays, needle, tmp_path, capsys):
+    x = np.zeros((20, 8, 8), np.uint8)
+    x[:, 0, 0] = 255
+    y = np.arange(20) % 2
+    np.savez(tmp_path / "d.npz", **arrays(x, y))
+    assert main(["train", "--dataset", f"npz:{tmp_path / 'd.npz'}", "--out", str(tmp_path / "o")]) == 1
+    _one_line_error(capsys, "d.npz: ", needle)
+
+
+def test_one_class_folders_are_refused(tmp_path, capsys):
+    only = tmp_path / "only"
+    _tiny_folder(only / "train")
+    assert main(_argv(only, tmp_path / "o")) == 1
+    _one_line_error(capsys, "has one class folder, 'train'", "PATH/train is a split only beside PATH/test")
+
+
+@needs_mnist
+def test_evaluate_on_another_dataset_scores_all_of_it(mnist_run, tmp_path, capsys):
+    """--dataset OTHER (same classes) scores every image of OTHER; an npz of another size or
+    one with no test images is one line."""
+    d = _digits()
+    other = _write_folder(
+        tmp_path / "other", d["x_test"][:60], d["y_test"][:60], names=[str(k) for k in range(10)]
+    )
+    ck = str(mnist_run / "checkpoint.npz")
+    assert (
+        main(
+            ["evaluate", "--checkpoint", ck, "--dataset", f"folder:{other}", "--json", "--out", str(tmp_path)]
+        )
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["test_images"] == 60 and result["split"] == "all images" and result["test_accuracy"] > 0.8
+    assert (
+        "8" not in {p.name for p in other.iterdir()}
+        and json.loads((tmp_path / "confusion.json").read_text())["per_class_accuracy"]["8"] is None
+    )  # a class of the model the dataset lacks
+    np.savez(tmp_path / "big.npz", x=np.zeros((4, 1, 32, 32), np.uint8), y=np.arange(4) % 2)
+    assert main(["evaluate", "--checkpoint", ck, "--dataset", f"npz:{tmp_path / 'big.npz'}"]) == 2
+    _one_line_error(capsys, "has 32x32 images", "takes 28x28 (only folder: images are resized)")
+    one = _tiny_folder(tmp_path / "ones", n=1)
+    for c in ("dark", "light"):
+        os.rename(one / c, one / {"dark": "0", "light": "1"}[c])
+    assert main(["evaluate", "--checkpoint", ck, "--dataset", f"folder:{one}", "--limit-test", "1"]) == 0
+    capsys.readouterr()

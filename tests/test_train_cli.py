@@ -744,7 +744,7 @@ def test_resume_with_another_optimizer_is_one_line(tmp_path, capsys):
         ("--betas 0.9 0.999", "betas is not a setting of the sgd optimizer"),
         ("--optimizer adamw --nesterov", "nesterov is SGD's setting, not the adamw optimizer's"),
         ("--optimizer adam --betas 0.9 1.0", "argument --betas: expected a number in [0, 1), got '1.0'"),
-        ("--optimizer adam --eps 0", "argument --eps: expected a number > 0, got '0'"),
+        ("--optimizer adam --eps 0", "argument --eps: expected a finite number > 0, got '0'"),
         ("--optimizer lion", "argument --optimizer: invalid choice: 'lion'"),
     ],
 )

@@ -86,6 +86,8 @@ class _Builder:
 def _emit(b, module, inputs, shapes, path):
     """Write ``module`` applied to the values ``inputs`` (their shapes, batch 1, in
     ``shapes``); returns (output value name, output shape)."""
+    if path in ("input", "logits"):  # the graph's own value names
+        path = f"{path}_"
     if isinstance(module, Graph):
         env = {module.input_name: (inputs[0], shapes[0])}
         for name in module.order:
@@ -140,13 +142,14 @@ def _emit(b, module, inputs, shapes, path):
     return out, out_shape
 
 
-def to_onnx(model, input_shape, opset=OPSET, model_name=None, classes=None):
+def to_onnx(model, input_shape, opset=OPSET, model_name=None, classes=None, metadata=None):
     """The ONNX model of ``model``'s eval-mode forward pass.
 
     input_shape: (C, H, W) of one image (the batch dimension is symbolic). opset: the ONNX
     opset (13 to onnx's newest). model_name, classes: recorded as metadata
-    (``numbacnn.model``, ``numbacnn.classes`` as JSON, and
-    ``numbacnn.input_shape``). Returns an onnx.ModelProto that
+    (``numbacnn.model``, ``numbacnn.classes`` as JSON, and ``numbacnn.input_shape``), with
+    ``metadata`` (str -> str; numbacnn export adds ``numbacnn.preprocess``: the channels,
+    size, pad and per-channel mean and std that make an image the input). Returns an onnx.ModelProto that
     passed ``onnx.checker.check_model``.
 
     Raises ImportError (no onnx package), ValueError (an input shape the model cannot take;
@@ -185,15 +188,17 @@ def to_onnx(model, input_shape, opset=OPSET, model_name=None, classes=None):
         meta["numbacnn.model"] = model_name
     if classes is not None:
         meta["numbacnn.classes"] = json.dumps(list(classes))
-    helper.set_model_props(proto, meta)
+    helper.set_model_props(proto, {**meta, **(metadata or {})})
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
 
-def export_onnx(model, path, input_shape, opset=OPSET, model_name=None, classes=None):
+def export_onnx(model, path, input_shape, opset=OPSET, model_name=None, classes=None, metadata=None):
     """Write ``to_onnx(model, input_shape, ...)`` to ``path`` atomically (an existing file is
     replaced whole or not at all). Returns the path."""
-    proto = to_onnx(model, input_shape, opset=opset, model_name=model_name, classes=classes)
+    proto = to_onnx(
+        model, input_shape, opset=opset, model_name=model_name, classes=classes, metadata=metadata
+    )
     data = proto.SerializeToString()
     atomic_write(path, lambda f: f.write(data))
     return os.fspath(path)

@@ -126,12 +126,14 @@ def read_state_dict(path):
 
 
 def read_metadata(path):
-    """What a weights file says about its model: ``{"model": name or None, "classes": list
-    or None, "input_shape": [C, H, W] or None}`` (safetensors metadata, a checkpoint's meta;
-    a PyTorch file says nothing)."""
+    """What a weights file says about its model: ``{"model": name, "classes": list,
+    "input_shape": [C, H, W], "preprocess": {"channels", "size": [H, W], "pad", "mean",
+    "std"}}``, each None when the file does not say (safetensors metadata written by
+    numbacnn, a checkpoint's meta; a PyTorch file says nothing). A checkpoint from before
+    ``preprocess`` was stored is an MNIST one: its preprocess is MNIST's."""
     path = _existing(path)
     kind = _format(path)
-    info = {"model": None, "classes": None, "input_shape": None}
+    info = {"model": None, "classes": None, "input_shape": None, "preprocess": None}
     if kind == "safetensors":
         from safetensors import safe_open
 
@@ -150,7 +152,23 @@ def read_metadata(path):
         info["model"] = config.get("model")
         info["classes"] = config.get("classes")
         info["input_shape"] = config.get("input_shape")
+        info["preprocess"] = config.get("preprocess")
+        if info["preprocess"] is None and config.get("dataset", "mnist") == "mnist" and "pad" in config:
+            from ..data import mnist
+
+            info["preprocess"] = dict(channels=1, size=[28, 28], pad=config["pad"], mean=[mnist.MEAN],
+                                      std=[mnist.STD])  # fmt: skip
     return info
+
+
+def metadata_strings(info):
+    """The ``numbacnn.*`` metadata (str -> str, JSON values) of ``read_metadata``'s dict, as
+    exported files carry it."""
+    out = {}
+    for key, value in info.items():
+        if value is not None:
+            out[f"numbacnn.{key}"] = value if key == "model" else json.dumps(value)
+    return out
 
 
 def save_safetensors(state, path, metadata=None):
@@ -199,7 +217,9 @@ def load(path, model=None):
     model: a Module to load into (in place; returned), a registry name such as "resnet18"
     (built with the class count and input channels the weights have), or None: the name
     the file records (safetensors metadata written by numbacnn, a checkpoint's config).
-    The model's ``classes`` attribute is set to the class names the file records (or None).
+    The model's ``classes`` and ``preprocess`` attributes are set to what the file records
+    (the class names; how an image becomes its input: numbacnn.report.predict_files), or
+    None.
 
     Raises FileNotFoundError, ValueError naming the file (unknown format, no model named
     and none recorded, weights that do not fit the model: missing/unexpected keys, shapes).
@@ -223,6 +243,10 @@ def load(path, model=None):
         ckpt.load_model_state(model, state)
     except ckpt.CheckpointError as e:
         raise ValueError(f"{path}: {e}") from None
+    for key, value in state.items():
+        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            raise ValueError(f"{path}: {key!r} has NaN or infinite values: these weights are not usable")
     model.eval()
     model.classes = info["classes"]
+    model.preprocess = info["preprocess"]
     return model

@@ -1,7 +1,8 @@
 """Your own images: torchvision's ImageFolder layout, read with Pillow.
 
     PATH/<class name>/<image>.png          one subfolder per class (sorted names -> labels 0..K-1)
-    PATH/train/<class>/...  PATH/test/<class>/...   optional: a split of your own
+    PATH/train/<class>/...  PATH/test/<class>/...   optional: a split of your own (the test
+                                                    folder may be named val, valid, validation)
 
 ``scan_folder(path)`` lists the images (no pixels read), ``read_image(file, channels,
 size)`` reads one as float32 (C, H, W) in [0, 1], converted to ``channels`` (1: Pillow's
@@ -23,6 +24,7 @@ import numpy as np
 __all__ = ["DataError", "ImageFolder", "scan_folder", "read_image", "image_info", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm")
+TEST_FOLDERS = ("test", "val", "valid", "validation")  # PATH/train beside one of these: a split
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "P;L")
 
 
@@ -45,10 +47,17 @@ def _is_image(name):
 
 
 def _class_images(folder):
-    """Sorted image files under ``folder`` (recursively, hidden folders skipped)."""
-    files = []
+    """Sorted image files under ``folder`` (recursively, hidden folders skipped; a linked
+    folder is followed once, so a link back up the tree cannot loop)."""
+    files, seen = [], {os.path.realpath(folder)}
     for here, dirs, names in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        keep = []
+        for d in sorted(dirs):
+            real = os.path.realpath(os.path.join(here, d))
+            if not d.startswith(".") and real not in seen:
+                seen.add(real)
+                keep.append(d)
+        dirs[:] = keep
         files.extend(os.path.join(here, n) for n in sorted(names) if _is_image(n) and not n.startswith("."))
     return files
 
@@ -78,7 +87,7 @@ def _scan_split(root, classes=None):
                 f"{os.path.join(root, unknown[0])}: class {unknown[0]!r} is not one of the training classes "
                 f"{classes}"
             )
-    samples = []
+    samples, owner = [], {}
     for c in found:
         files = _class_images(os.path.join(root, c))
         if not files:
@@ -86,35 +95,51 @@ def _scan_split(root, classes=None):
                 f"{os.path.join(root, c)}: class folder with no images "
                 f"(looked for {', '.join(IMAGE_SUFFIXES)})"
             )
-        samples.extend((f, classes.index(c)) for f in files)
+        for f in files:
+            real = os.path.realpath(f)
+            if real in owner:
+                raise DataError(f"{f} is the same file as {owner[real]}: an image can be in one class only")
+            owner[real] = f
+            samples.append((f, classes.index(c)))
     return classes, samples
 
 
 def scan_folder(path):
-    """The ImageFolder at ``path``: PATH/train and PATH/test when both are folders (the test
-    split's classes must be training classes), else PATH's class folders (split later).
-    Raises DataError naming what is wrong (see the module docstring)."""
+    """The ImageFolder at ``path``: PATH/train and PATH/test (or val, valid, validation)
+    when both are folders (the test split's classes must be training classes), else PATH's
+    class folders (split later). Raises DataError naming what is wrong (see the module
+    docstring)."""
     root = os.fspath(path)
     if not os.path.isdir(root):
         raise DataError(f"{root} is not a folder of images (expected PATH/<class>/<image>.png)")
-    train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
-    if os.path.isdir(train_dir) and os.path.isdir(test_dir):
+    train_dir = os.path.join(root, "train")
+    tests = [os.path.join(root, t) for t in TEST_FOLDERS if os.path.isdir(os.path.join(root, t))]
+    if os.path.isdir(train_dir) and tests:
+        if len(tests) > 1:
+            raise DataError(f"{root} has {len(tests)} test splits ({', '.join(tests)}): keep one")
         classes, train = _scan_split(train_dir)
-        _, test = _scan_split(test_dir, classes)
+        _, test = _scan_split(tests[0], classes)
         return ImageFolder(root, classes, train, test)
     classes, train = _scan_split(root)
     return ImageFolder(root, classes, train, None)
 
 
+def _open_errors():
+    from PIL import Image, UnidentifiedImageError
+
+    return (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError)
+
+
 def image_info(file):
     """(mode, (H, W)) of an image file from its header (no pixels decoded). DataError names
-    a file Pillow cannot identify."""
-    from PIL import Image, UnidentifiedImageError
+    a file Pillow cannot identify (or one so large Pillow refuses it as a decompression
+    bomb)."""
+    from PIL import Image
 
     try:
         with Image.open(file) as im:
             return im.mode, (im.height, im.width)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except _open_errors() as e:
         raise DataError(f"{file}: not a readable image ({type(e).__name__}: {e})") from None
 
 
@@ -123,19 +148,36 @@ def is_gray(mode):
     return mode in _GRAY_MODES
 
 
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
 def read_image(file, channels, size=None):
     """Image ``file`` as float32 (channels, H, W) in [0, 1]: converted to 1 or 3 channels,
-    resized to ``size`` = (H, W) (bilinear) when given and different. DataError names a
-    file that cannot be decoded (unreadable, truncated)."""
-    from PIL import Image, UnidentifiedImageError
+    resized to ``size`` = (H, W) (bilinear) when given and different. 8-bit images are
+    scaled by 1/255, 16-bit gray PNGs by 1/65535 (not clipped to 8 bits); 32-bit integer and
+    float images have no fixed range and are refused. DataError names a file that cannot be
+    decoded (unreadable, truncated, a decompression bomb) or used."""
+    from PIL import Image
 
     try:
         with Image.open(file) as im:
+            if im.mode in ("I", "F"):
+                raise DataError(
+                    f"{file}: a 32-bit {'integer' if im.mode == 'I' else 'float'} image has no fixed "
+                    "range; save it with 8 or 16 bits per channel"
+                )
+            if im.mode in _SIXTEEN_BIT:  # 16-bit gray: scale in float, resize in Pillow's "F" mode
+                gray = np.asarray(im, dtype=np.float32) / np.float32(65535.0)
+                im = Image.fromarray(gray, mode="F")
+                if size is not None and (im.height, im.width) != tuple(size):
+                    im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+                x = np.asarray(im, dtype=np.float32)[None]  # (1, H, W)
+                return np.repeat(x, channels, axis=0) if channels == 3 else x
             im = im.convert("L" if channels == 1 else "RGB")  # decodes every pixel
             if size is not None and (im.height, im.width) != tuple(size):
                 im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             pixels = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except _open_errors() as e:
         raise DataError(f"{file}: not a readable image ({type(e).__name__}: {e})") from None
     x = pixels.reshape(pixels.shape[0], pixels.shape[1], channels).transpose(2, 0, 1)  # (C, H, W)
     return x.astype(np.float32) / np.float32(255.0)

@@ -14,11 +14,15 @@ images share one), and split sizes; ``load`` reads the pixels: float32 (N, C, H,
                   least one when the class has two or more) set aside as the test split
     npz:FILE      arrays ``x`` (N, C, H, W) or (N, H, W) and ``y`` (N,) integer labels;
                   optional ``x_test``/``y_test`` (else ``test_split`` is set aside) and
-                  ``classes`` (names); uint8 pixels are scaled by 1/255, floats used as given
+                  ``classes`` (names); uint8 pixels are scaled by 1/255, floats must be in
+                  [0, 1] (the units image files are read in, so predict sees the same)
 
-Splits are stratified and drawn with a FIXED seed (0), not the run's --seed, so the test
-images never depend on the seed; each split is then put in one fixed shuffled order, so
-``limit_train`` / ``limit_test`` (the first N) see every class.
+Splits never depend on the run's --seed, nor on images added later: an image is a test
+image when a hash (BLAKE2b) of its key, its path inside the folder or its row in the npz, is
+below ``test_split`` (a class of two or more images keeps at least one in each split), so
+adding images never moves an old test image into training. Each split is then put in a
+fixed order given by another hash, so ``limit_train`` / ``limit_test`` (the first N) see
+every class.
 
 Normalisation (torchvision's Normalize): ``(x - mean[c]) / std[c]`` per channel, with mean
 and std computed on the training split (MNIST: its canonical 0.1307 / 0.3081), after zero
@@ -29,6 +33,7 @@ Bad data raises DataError (a ValueError) naming the file: numbacnn.data.images f
 for npz a missing array, mismatched lengths, non-finite pixels, labels out of range.
 """
 
+import hashlib
 import os
 
 import numpy as np
@@ -52,17 +57,33 @@ def parse_spec(spec):
     return kind, path
 
 
-def _split(labels, test_split, num_classes):
-    """(train indices, test indices): ``test_split`` of each class (at least 1 of a class of
-    two or more, never all of it) to test, stratified, seed SPLIT_SEED; each split shuffled."""
-    rng = np.random.default_rng(SPLIT_SEED)
+def _unit_hash(key, salt=""):
+    """A number in [0, 1) that is a fixed function of the string ``key`` (BLAKE2b)."""
+    digest = hashlib.blake2b(f"{salt}{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2.0**64
+
+
+def _split(labels, keys, test_split, num_classes):
+    """(train indices, test indices): an image goes to test when the hash of its key (its
+    path in the folder, its row in the npz) is below ``test_split``, so the split of an image
+    never changes when images are added; a class of two or more images keeps at least one
+    in each split. Each split is in a fixed order given by another hash of the keys."""
+    u = np.array([_unit_hash(k) for k in keys])
     train, test = [], []
     for c in range(num_classes):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        k = min(max(int(round(test_split * len(idx))), 1), len(idx) - 1) if len(idx) >= 2 else 0
-        test.extend(idx[:k])
-        train.extend(idx[k:])
-    return rng.permutation(np.array(train, np.int64)), rng.permutation(np.array(test, np.int64))
+        idx = np.flatnonzero(labels == c)
+        into_test = u[idx] < test_split
+        if len(idx) >= 2 and not into_test.any():
+            into_test[np.argmin(u[idx])] = True
+        if len(idx) >= 2 and into_test.all():
+            into_test[np.argmax(u[idx])] = False
+        if len(idx) < 2:
+            into_test[:] = False
+        test.extend(idx[into_test])
+        train.extend(idx[~into_test])
+    order = [_unit_hash(k, "order:") for k in keys]
+    return (np.array(sorted(train, key=order.__getitem__), np.int64),
+            np.array(sorted(test, key=order.__getitem__), np.int64))  # fmt: skip
 
 
 class Source:
@@ -102,6 +123,12 @@ def _mnist_source(cache_dir, download):
 
 def _folder_source(path, test_split):
     folder = scan_folder(path)
+    if len(folder.classes) < 2:
+        only = folder.classes[0]
+        hint = " (PATH/train is a split only beside PATH/test)" if only in ("train", "test") else ""
+        raise DataError(
+            f"{path} has one class folder, {only!r}: a classifier needs two classes or more{hint}"
+        )
     files = folder.train + (folder.test or [])
     infos = [image_info(f) for f, _ in files]  # every header: an unreadable file is found now
     channels = 1 if all(is_gray(mode) for mode, _ in infos) else 3
@@ -109,12 +136,15 @@ def _folder_source(path, test_split):
     uniform = next(iter(sizes)) if len(sizes) == 1 else None
     if folder.test is None:
         labels = np.array([label for _, label in folder.train], np.int64)
-        tr, te = _split(labels, test_split, len(folder.classes))
+        keys = [os.path.relpath(f, folder.root) for f, _ in folder.train]
+        tr, te = _split(labels, keys, test_split, len(folder.classes))
         train, test = [folder.train[i] for i in tr], [folder.train[i] for i in te]
     else:
-        rng = np.random.default_rng(SPLIT_SEED)
-        train = [folder.train[i] for i in rng.permutation(len(folder.train))]
-        test = [folder.test[i] for i in rng.permutation(len(folder.test))]
+
+        def order(samples):
+            return sorted(samples, key=lambda s: _unit_hash(os.path.relpath(s[0], folder.root), "order:"))
+
+        train, test = order(folder.train), order(folder.test)
     first_file, first_size = files[0][0], infos[0][1]
     sizes_of = ((f, size) for (f, _), (_, size) in zip(files, infos, strict=True))
     odd = next(((f, size) for f, size in sizes_of if size != first_size), None)
@@ -166,8 +196,24 @@ def _npz_source(path, test_split):
             raise DataError(
                 f"{path}: {key!r} must be (N, C, H, W) or (N, H, W) numbers, got {x.dtype} {x.shape}"
             )
+        if x.shape[1] > 4 and x.shape[3] in (1, 3):
+            raise DataError(
+                f"{path}: {key!r} has shape {x.shape}, which looks channels-last (N, H, W, C): numbacnn "
+                f"wants (N, C, H, W) (x.transpose(0, 3, 1, 2))"
+            )
         if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
             raise DataError(f"{path}: {key!r} has NaN or infinite pixels")
+        if x.dtype.kind == "f" and (x.min() < 0 or x.max() > 1):
+            raise DataError(
+                f"{path}: {key!r} has float pixels from {x.min():g} to {x.max():g}; floats must be in "
+                "[0, 1], as image files are read (save uint8 pixels, or divide by 255)"
+            )
+        if x.dtype.kind in "ui" and x.dtype != np.uint8:
+            raise DataError(f"{path}: {key!r} has {x.dtype} pixels: numbacnn reads uint8 or floats in [0, 1]")
+        if x.shape[1] not in (1, 3):
+            raise DataError(
+                f"{path}: {key!r} has {x.shape[1]} channels: numbacnn reads gray (1) or RGB (3) images"
+            )
         return x.astype(np.float32) / np.float32(255.0) if x.dtype == np.uint8 else x.astype(np.float32)
 
     def labels(key, n):
@@ -188,12 +234,14 @@ def _npz_source(path, test_split):
     for name, lab in (("y", y), ("y_test", yte if "x_test" in arrays else y)):
         if lab.size and (lab.min() < 0 or lab.max() >= k):
             raise DataError(f"{path}: {name!r} has labels outside 0..{k - 1}")
+    if len(np.unique(y)) < 2:
+        raise DataError(f"{path}: every label in 'y' is {y[0]}: a classifier needs two classes or more")
     if "x_test" in arrays:
         rng = np.random.default_rng(SPLIT_SEED)
         tr, te = rng.permutation(len(x)), rng.permutation(len(xte))
         xtr, ytr, xte, yte = x[tr], y[tr], xte[te], yte[te]
     else:
-        tr, te = _split(y, test_split, k)
+        tr, te = _split(y, [str(i) for i in range(len(y))], test_split, k)
         xtr, ytr, xte, yte = x[tr], y[tr], x[te], y[te]
 
     def load(size, limit_train, limit_test):
