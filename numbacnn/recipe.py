@@ -27,8 +27,6 @@ import os
 import sys
 from typing import NamedTuple
 
-import numpy as np
-
 from . import config as config_module
 from . import random as nrandom
 from ._io import directory_lock
@@ -273,7 +271,10 @@ def _train(config, out, resume, progress, log, on_batch, plan, stored_preprocess
     else:
         mean, std = channel_stats(xtr)  # the training split's, as torchvision recipes do
     xtr, xte = normalize(xtr, pad, mean, std), normalize(xte, pad, mean, std)
-    fill = float(np.mean([-m / s for m, s in zip(mean, std, strict=True)]))  # normalised black
+    fill = tuple(
+        float((0.0 - m) / s) for m, s in zip(mean, std, strict=True)
+    )  # normalised black, per channel
+    fill = fill[0] if len(fill) == 1 else fill
     transform = make_transform(config.augment, fill)
     train_loader = DataLoader(xtr, ytr, config.batch_size, shuffle=True, seed=config.seed,
                               transform=transform, drop_last=plan.drop_last)  # fmt: skip

@@ -496,3 +496,18 @@ def test_augment_rejects_bad_input():
         random_translate(batch(), 1.5, rng)
     with pytest.raises(ValueError, match="p must be"):
         random_hflip(batch(), rng, p=2.0)
+
+
+def test_fill_per_channel():
+    """fill may give one value per channel (torchvision's fill): RGB borders stay black
+    after per-channel normalisation; a wrong count names the shapes."""
+    from numbacnn.data.augment import shift
+
+    x = np.zeros((2, 3, 4, 4), np.float32)
+    out = shift(x, 1, 0, fill=(-1.0, -2.0, -3.0))
+    np.testing.assert_array_equal(
+        out[:, :, 0, :], np.broadcast_to(np.array([-1.0, -2.0, -3.0])[:, None], (2, 3, 4))
+    )
+    assert not out[:, :, 1:, :].any()
+    with pytest.raises(ValueError, match=r"fill has 2 values \(one per channel\) but x.shape=\(2, 3, 4, 4\)"):
+        shift(x, 1, 0, fill=(0.0, 1.0))

@@ -5,7 +5,8 @@ sample from the `rng` it is given (a ``numpy.random.Generator``) and applies all
 with one fancy-indexing gather, never a Python loop over samples. Outputs are new
 arrays with the input's shape and dtype; inputs are never modified.
 
-``fill`` is the value that enters from outside the image. It defaults to 0, the
+``fill`` is the value that enters from outside the image (a number, or one per channel).
+It defaults to 0, the
 background of raw [0, 1] images. For MNIST that was already normalised by
 `numbacnn.data.mnist.preprocess`, the background is ``(0 - 0.1307) / 0.3081 = -0.4242``;
 pass ``fill=numbacnn.data.mnist.BACKGROUND`` to keep borders consistent.
@@ -38,7 +39,12 @@ def _check_batch(x, name):
 
 
 def _check_fill(name, fill):
-    """The border value: a finite real number (None or a string would fill NaN or fail late)."""
+    """The border value: a finite real number, or a tuple of them, one per channel (as
+    torchvision's fill); None or a string would fill NaN or fail late."""
+    if isinstance(fill, (tuple, list)):
+        if not fill:
+            raise ValueError(f"{name}: fill must be a number or one number per channel, got {fill!r}")
+        return tuple(check_number(name, "fill", f, finite=True) for f in fill)
     return check_number(name, "fill", fill, finite=True)
 
 
@@ -62,9 +68,15 @@ def _crop_from_padded(x, pad, oy, ox, fill):
     x (N, C, H, W); oy, ox int arrays (N,) with 0 <= o <= 2*pad -> out (N, C, H, W).
     """
     n, c, h, w = x.shape
+    if isinstance(fill, tuple) and len(fill) != c:
+        raise ValueError(
+            f"fill has {len(fill)} values (one per channel) but x.shape={x.shape} has {c} channels"
+        )
     if pad == 0:
         return x.copy()
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="constant", constant_values=fill)
+    xp = np.empty((n, c, h + 2 * pad, w + 2 * pad), x.dtype)  # (N, C, H + 2 pad, W + 2 pad)
+    xp[...] = np.asarray(fill, x.dtype).reshape(1, -1, 1, 1)  # per channel, or one value
+    xp[:, :, pad : pad + h, pad : pad + w] = x
     rows = oy[:, None] + np.arange(h)  # (N, H)
     cols = ox[:, None] + np.arange(w)  # (N, W)
     return xp[
