@@ -241,8 +241,10 @@ def cmd_evaluate(args):
             f"{args.checkpoint} does not record how its images were prepared (numbacnn.preprocess)"
         )
     spec = args.dataset or stored.get("dataset", "mnist")
-    whole = args.dataset is not None and args.dataset != stored.get("dataset")  # another dataset: all of it
-    source = open_dataset(spec, stored.get("test_split", 0.1), args.cache_dir, args.download)
+    whole = args.split == "all" or (args.split is None and args.dataset not in (None, stored.get("dataset")))
+    channels = preprocess["channels"] if spec.startswith("folder:") else None  # folders: read as trained
+    source = open_dataset(spec, stored.get("test_split", 0.1), args.cache_dir, args.download, training=False,
+                          channels=channels)  # fmt: skip
     classes = info["classes"] or source.classes
     unknown = [c for c in source.classes if c not in classes]
     if unknown or source.channels != preprocess["channels"]:
@@ -276,11 +278,12 @@ def cmd_evaluate(args):
     }
     png, js = write_confusion(out_dir, result, classes, extra=report)
     per_class = per_class_dict(classes, result.per_class)
+    epoch = "" if meta.get("epoch") is None else f", epoch {meta['epoch']}"
     if args.json:
         print(json.dumps(dict(report, per_class_accuracy=per_class, confusion_png=png, confusion_json=js)))
         return 0
     print(
-        f"{info['model']} ({args.checkpoint}, epoch {report['epoch']}): test accuracy "
+        f"{info['model']} ({args.checkpoint}{epoch}): test accuracy "
         f"{100 * result.accuracy:.2f}% ({int(np.trace(result.matrix))}/{len(yte)}), "
         f"test loss {result.loss:.4f}" + (f" on all {len(yte)} images of {spec}" if whole else "")
     )
@@ -586,6 +589,13 @@ def build_parser():
         default=None,
         help="mnist, folder:PATH or npz:FILE with the checkpoint's classes, all of whose images are "
         "scored (default: the checkpoint's dataset, its test split)",
+    )
+    e.add_argument(
+        "--split",
+        choices=("test", "all"),
+        default=None,
+        help="score the test split (split as in training) or all images (default: test for the "
+        "checkpoint's dataset, all for another)",
     )
     e.add_argument("--batch-size", type=_positive_int, default=1000, help="(default: 1000)")
     e.add_argument("--limit-test", type=_positive_int, default=None, metavar="N", help="(default: all)")

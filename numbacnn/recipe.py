@@ -45,7 +45,7 @@ from .data.images import DataError
 from .data.sources import Source, channel_stats, normalize, open_source
 from .models import MODELS, build_model, model_info
 from .optim import build_optimizer, build_schedule
-from .resume import announce_and_apply, check_resumable, resume_config, stored_config
+from .resume import announce_and_apply, check_resumable, check_same_data, resume_config, stored_config
 from .train import CHECKPOINT_NAME, fit
 
 # TrainConfig, ConfigError and the constants live in numbacnn.config, resume_config in
@@ -140,10 +140,10 @@ def run(config, *, resume=False, overwrite=False, progress=True, log=None, on_ba
     if config.cache_dir is not None:
         check_directory("cache_dir", config.cache_dir)
     ckpt_path = os.path.join(out, CHECKPOINT_NAME)
-    stored_preprocess = None
+    stored = None
     if resume:
         check_resumable(ckpt_path, config)
-        stored_preprocess = stored_config(ckpt_path).get("preprocess")
+        stored = stored_config(ckpt_path)
     elif os.path.exists(ckpt_path) and not overwrite:
         raise ConfigError(
             f"{ckpt_path} already exists: pass --resume to continue that run, "
@@ -152,6 +152,9 @@ def run(config, *, resume=False, overwrite=False, progress=True, log=None, on_ba
 
     nrandom.seed(config.seed)  # the model's initial weights
     plan = _plan(config, log)  # everything knowable before any work
+    if stored is not None:
+        check_same_data(ckpt_path, stored, plan.source, plan.size)
+    stored_preprocess = (stored or {}).get("preprocess")
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:  # a path os.access misjudged (/proc, a read-only mount)
@@ -177,16 +180,16 @@ def _pad_to(model_name, side):
     return pad if 0 < pad <= MAX_INPUT_PAD else 0
 
 
-def open_dataset(spec, test_split=0.1, cache_dir=None, download=False):
+def open_dataset(spec, test_split=0.1, cache_dir=None, download=False, **kwargs):
     """The ``numbacnn.data.sources.Source`` of dataset ``spec`` ("mnist", "folder:PATH",
-    "npz:FILE"): ConfigError when its folder or file does not exist, DataError naming the
-    file for bad data."""
+    "npz:FILE"; ``kwargs``: open_source's channels and training): ConfigError when its
+    folder or file does not exist, DataError naming the file for bad data."""
     kind, _, path = spec.partition(":")
     if kind == "folder" and not os.path.isdir(path):
         raise ConfigError(f"dataset: {path!r} is not a folder (folder:PATH wants PATH/<class>/<image>.png)")
     if kind == "npz" and not os.path.isfile(path):
         raise ConfigError(f"dataset: {path!r} is not a file (npz:FILE wants an .npz with arrays x and y)")
-    return open_source(spec, test_split, cache_dir, download)
+    return open_source(spec, test_split, cache_dir, download, **kwargs)
 
 
 def _plan(config, log):

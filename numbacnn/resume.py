@@ -28,7 +28,7 @@ from .checkpoint import load as load_checkpoint
 from .config import ConfigError, TrainConfig
 from .train import CHECKPOINT_NAME, check_training_meta
 
-__all__ = ["resume_config", "check_resumable", "announce_and_apply", "OPTIMIZER_SETTINGS"]
+__all__ = ["resume_config", "check_resumable", "check_same_data", "announce_and_apply", "OPTIMIZER_SETTINGS"]
 
 # Settings the checkpoint's optimizer state also holds: on resume, the config's values win.
 OPTIMIZER_SETTINGS = ("lr", "momentum", "weight_decay", "nesterov", "betas", "eps")
@@ -86,22 +86,37 @@ _SAME_DATA = ("test_split", "resize", "image_size")
 
 
 def _check_same_run(ckpt_path, stored, settings):
-    """ConfigError if ``settings`` give a model, dataset or optimizer other than ``stored``'s
-    (datasets compared as TrainConfig normalises them: folder and npz paths made absolute),
-    or, for folder and npz data, another test_split, resize or image_size."""
+    """ConfigError if ``settings`` give a model or optimizer other than ``stored``'s, another
+    kind of dataset (the same data at a new path is allowed: its classes, channels and image
+    size are checked when it is opened, ``check_same_data``), or, for folder and npz data,
+    another test_split, resize or image_size."""
     own_data = stored.get("dataset", "mnist") != "mnist"
     for key in _SAME_RUN + (_SAME_DATA if own_data else ()):
         if key not in stored or key not in settings:
             continue
         old, new = stored[key], settings[key]
-        if key == "dataset":
-            try:
-                new = TrainConfig(dataset=new).dataset
-            except (TypeError, ValueError):
-                continue  # the config check names it
+        if key == "dataset" and isinstance(new, str) and isinstance(old, str):
+            old, new = old.partition(":")[0], new.partition(":")[0]  # mnist, folder, npz
         if old != new:
             why = " (its test split and preprocessing belong to the checkpoint)" if key in _SAME_DATA else ""
             raise ConfigError(f"cannot resume: {ckpt_path} was trained with {key} {old!r}, not {new!r}{why}")
+
+
+def check_same_data(ckpt_path, stored, source, size):
+    """ConfigError unless the dataset a run resumes on still has the checkpoint's classes
+    (names and order: the labels), channels and image size (``size``: what the images are
+    resized to, None for their own): renamed, added or recoloured data would train the
+    checkpoint's weights on other labels or shapes."""
+    pre = stored.get("preprocess") or {}
+    facts = [("classes", stored.get("classes"), source.classes),
+             ("channels", pre.get("channels"), source.channels),
+             ("image size", pre.get("size"), list(size or source.size or []))]  # fmt: skip
+    for what, old, new in facts:
+        if old is not None and old != new:
+            raise ConfigError(
+                f"cannot resume: {stored.get('dataset')} now has {what} {new}, but {ckpt_path} was trained "
+                f"with {old}"
+            )
 
 
 def _changes(stored, config):

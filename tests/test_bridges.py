@@ -11,6 +11,7 @@ import pytest
 from conftest import needs_mnist
 
 import numbacnn
+import numbacnn.random as nrandom
 from numbacnn.bridges.weights import read_metadata, read_state_dict, save_safetensors
 from numbacnn.cli import main
 from numbacnn.layers import BatchNorm2d
@@ -43,7 +44,9 @@ def _ort_logits(proto, x):
 
 @pytest.mark.parametrize("name", ["lenet5", "vgg_small", "resnet_cifar", "resnet18"])
 def test_onnxruntime_runs_the_export_to_our_eval_logits(name):
-    """onnxruntime's logits equal numbacnn's eval-mode logits within 1e-5 (float32)."""
+    """onnxruntime's logits equal numbacnn's eval-mode logits within 1e-5 (float32; relative to
+    the logits' scale when it exceeds 1: float32 itself resolves 4e-6 at 40)."""
+    nrandom.seed(0)  # the same weights whichever tests ran before
     model = _trained_looking(build_model(name, num_classes=10, in_channels=3))
     x = np.random.default_rng(1).standard_normal((5, 3, 32, 32)).astype(np.float32)
     proto = to_onnx(model, (3, 32, 32), model_name=name, classes="abcdefghij")
@@ -52,11 +55,12 @@ def test_onnxruntime_runs_the_export_to_our_eval_logits(name):
     assert ("BatchNormalization" in ops) == (name != "lenet5")
     ours, theirs = model(x), _ort_logits(proto, x)
     assert theirs.shape == ours.shape == (5, 10)
-    np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-5)
+    scale = max(1.0, float(np.abs(ours).max()))
+    assert np.abs(theirs - ours).max() <= 1e-5 * scale, (np.abs(theirs - ours).max(), scale)
     props = {p.key: p.value for p in proto.metadata_props}
     assert props["numbacnn.model"] == name and props["numbacnn.input_shape"] == "[3, 32, 32]"
     # the batch dimension is symbolic: any batch runs
-    np.testing.assert_allclose(_ort_logits(proto, x[:1]), ours[:1], rtol=0, atol=1e-5)
+    assert np.abs(_ort_logits(proto, x[:1]) - ours[:1]).max() <= 1e-5 * scale
 
 
 def test_onnx_export_covers_padding_strides_dilation_groups_and_pools():

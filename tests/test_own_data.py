@@ -262,7 +262,7 @@ def test_npz_dataset(tmp_path, capsys):
     _one_line_error(capsys, "no_y.npz: no array 'y' (it has: x)")
     np.savez(tmp_path / "labels.npz", x=x, y=y + 5, classes=np.array(["dark", "light"]))
     assert main(["train", "--dataset", f"npz:{tmp_path / 'labels.npz'}", "--out", str(tmp_path / "o")]) == 1
-    _one_line_error(capsys, "labels.npz: 'y' has labels outside 0..1")
+    _one_line_error(capsys, "labels.npz: label 6 but 'classes' names only 2 classes")
     assert main(["train", "--dataset", "npz:", "--out", str(tmp_path / "o")]) == 2
     _one_line_error(capsys, "unknown dataset 'npz:'")
     assert main(["train", "--dataset", "mnist", "--image-size", "40", "--out", str(tmp_path / "o")]) == 2
@@ -305,7 +305,7 @@ def test_resume_and_evaluate_from_another_directory(tmp_path, monkeypatch, capsy
             "was trained with test_split 0.1, not 0.5 (its test split and preprocessing",
         ),
         (["--optimizer", "sgd"], "was trained with optimizer 'adam', not 'sgd'"),
-        (["--dataset", "folder:elsewhere"], "was trained with dataset"),
+        (["--dataset", "npz:elsewhere.npz"], "was trained with dataset 'folder', not 'npz'"),
     ]:
         assert main(["train", "--out", run, "--resume", "--epochs", "3", *extra]) == 2
         _one_line_error(capsys, needle)
@@ -428,3 +428,68 @@ def test_evaluate_on_another_dataset_scores_all_of_it(mnist_run, tmp_path, capsy
         os.rename(one / c, one / {"dark": "0", "light": "1"}[c])
     assert main(["evaluate", "--checkpoint", ck, "--dataset", f"folder:{one}", "--limit-test", "1"]) == 0
     capsys.readouterr()
+
+
+def test_resume_checks_the_data_still_fits(tmp_path, capsys):
+    """Moved data resumes (the new path is said); a renamed class folder (other labels) or a
+    colour image among gray ones (other channels) is refused in one line."""
+    import shutil
+
+    data = _tiny_folder(tmp_path / "a", n=10)
+    run = str(tmp_path / "run")
+    argv = ["train", "--dataset", f"folder:{data}", "--epochs", "1", "--batch-size", "4",
+            "--test-split", "0.3", "--no-progress", "--out", run]  # fmt: skip
+    assert main(argv) == 0
+    shutil.move(data, tmp_path / "b")
+    capsys.readouterr()
+    assert (
+        main(["train", "--out", run, "--resume", "--epochs", "2", "--dataset", f"folder:{tmp_path / 'b'}"])
+        == 0
+    )
+    assert f"dataset 'folder:{data}' -> 'folder:{tmp_path / 'b'}'" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", f"{run}/checkpoint.npz", "--dataset", f"folder:{tmp_path / 'b'}",
+                 "--split", "test", "--json"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["split"] == "test"
+    os.rename(tmp_path / "b" / "dark", tmp_path / "b" / "zdark")
+    assert main(["train", "--out", run, "--resume", "--epochs", "3"]) == 2
+    _one_line_error(capsys, "now has classes ['light', 'zdark'], but", "was trained with ['dark', 'light']")
+    os.rename(tmp_path / "b" / "zdark", tmp_path / "b" / "dark")
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(tmp_path / "b" / "dark" / "rgb.png")
+    assert main(["train", "--out", run, "--resume", "--epochs", "3"]) == 2
+    _one_line_error(capsys, "now has channels 3, but", "was trained with 1")
+
+
+def test_odd_files_and_labels(tmp_path, capsys):
+    """A 16-bit PGM (Pillow's mode "I") is read as 16-bit; a FIFO named like an image is
+    skipped, not waited on; an npz "ignore" label (255) is refused, not made 256 classes."""
+    from numbacnn.data.images import read_image
+
+    Image.fromarray(np.full((4, 4), 30000, np.uint16)).save(tmp_path / "p.pgm")
+    np.testing.assert_allclose(read_image(tmp_path / "p.pgm", 1), 30000 / 65535)
+    root = _tiny_folder(tmp_path / "f")
+    os.mkfifo(root / "dark" / "pipe.png")
+    assert open_source(f"folder:{root}").n_train + open_source(f"folder:{root}").n_test == 12
+    y = np.arange(40) % 2
+    y[0] = 255
+    np.savez(tmp_path / "ignore.npz", x=np.zeros((40, 8, 8), np.uint8), y=y)
+    assert main(["train", "--dataset", f"npz:{tmp_path / 'ignore.npz'}", "--out", str(tmp_path / "o")]) == 1
+    _one_line_error(capsys, "labels run to 255 but 2, 3, 4, 5, 6 and 248 more never occur")
+
+
+@needs_mnist
+def test_metadata_written_by_anyone_is_checked(mnist_run, tmp_path, capsys):
+    from safetensors.numpy import save_file
+
+    from numbacnn.bridges.weights import read_state_dict
+
+    state = read_state_dict(mnist_run / "checkpoint.npz")
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "x.png")
+    for meta, needle in [
+        ({"numbacnn.preprocess": "{}"}, "its preprocess ({channels: 1 or 3"),
+        ({"numbacnn.preprocess": "{not json"}, "its metadata numbacnn.preprocess is not JSON"),
+        ({"numbacnn.classes": '["a", "b"]'}, "it names 2 classes but the model has 10 outputs"),
+    ]:
+        path = tmp_path / "w.safetensors"
+        save_file(state, path, {"numbacnn.model": "lenet5", **meta})
+        assert main(["predict", "--checkpoint", str(path), str(tmp_path / "x.png")]) == 1
+        _one_line_error(capsys, "w.safetensors: ", needle)

@@ -23,6 +23,7 @@ numbacnn cannot hold, a missing torch), and ``load``'s mismatches name the keys 
 """
 
 import json
+import math
 import os
 
 import numpy as np
@@ -145,7 +146,12 @@ def read_metadata(path):
         for key in info:
             if f"numbacnn.{key}" in meta:
                 value = meta[f"numbacnn.{key}"]
-                info[key] = value if key == "model" else json.loads(value)
+                try:
+                    info[key] = value if key == "model" else json.loads(value)
+                except ValueError:
+                    raise ValueError(
+                        f"{path}: its metadata numbacnn.{key} is not JSON: {value[:60]!r}"
+                    ) from None
     elif kind == "checkpoint":
         meta = ckpt.load(path).meta
         config = meta.get("config") or {}
@@ -158,6 +164,38 @@ def read_metadata(path):
 
             info["preprocess"] = dict(channels=1, size=[28, 28], pad=config["pad"], mean=[mnist.MEAN],
                                       std=[mnist.STD])  # fmt: skip
+    return _checked(path, info)
+
+
+def _checked(path, info):
+    """``info`` with every field the expected type (ValueError naming the file and field):
+    the metadata of a file may have been written by anyone."""
+
+    def bad(field, value):
+        return ValueError(f"{path}: its {field} is not valid: {str(value)[:80]}")
+
+    model, classes, shape, pre = info["model"], info["classes"], info["input_shape"], info["preprocess"]
+    if model is not None and not isinstance(model, str):
+        raise bad("model name", model)
+    if classes is not None and not (
+        isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)
+    ):
+        raise bad("class list", classes)
+
+    def ints(v, n, least):
+        return isinstance(v, list) and len(v) == n and all(isinstance(i, int) and i >= least for i in v)
+
+    if shape is not None and not ints(shape, 3, 1):
+        raise bad("input_shape", shape)
+    if pre is not None:
+        ok = isinstance(pre, dict) and pre.get("channels") in (1, 3) and ints(pre.get("size"), 2, 1)
+        ok = ok and isinstance(pre.get("pad"), int) and pre["pad"] >= 0
+        for key in ("mean", "std"):
+            v = pre.get(key) if ok else None
+            ok = ok and isinstance(v, list) and len(v) == pre["channels"]
+            ok = ok and all(isinstance(a, (int, float)) and math.isfinite(a) for a in v)
+        if not ok or min(pre["std"]) <= 0:
+            raise bad("preprocess ({channels: 1 or 3, size: [H, W], pad, mean, std})", pre)
     return info
 
 
@@ -246,6 +284,17 @@ def load(path, model=None):
     for key, value in state.items():
         if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
             raise ValueError(f"{path}: {key!r} has NaN or infinite values: these weights are not usable")
+    outputs = [v.shape[0] for v in model.state_dict().values() if v.ndim == 2][-1:]  # the classifier's rows
+    if info["classes"] is not None and outputs and len(info["classes"]) != outputs[0]:
+        raise ValueError(
+            f"{path}: it names {len(info['classes'])} classes but the model has {outputs[0]} outputs"
+        )
+    first = next((v for v in model.state_dict().values() if v.ndim == 4), None)  # the first conv's weight
+    pre = info["preprocess"]
+    if pre is not None and first is not None and pre["channels"] != first.shape[1]:
+        raise ValueError(
+            f"{path}: its preprocess makes {pre['channels']}-channel images; the model takes {first.shape[1]}"
+        )
     model.eval()
     model.classes = info["classes"]
     model.preprocess = info["preprocess"]

@@ -17,6 +17,7 @@ class the training split does not have.
 """
 
 import os
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -58,7 +59,11 @@ def _class_images(folder):
                 seen.add(real)
                 keep.append(d)
         dirs[:] = keep
-        files.extend(os.path.join(here, n) for n in sorted(names) if _is_image(n) and not n.startswith("."))
+        files.extend(
+            os.path.join(here, n)
+            for n in sorted(names)
+            if _is_image(n) and not n.startswith(".") and os.path.isfile(os.path.join(here, n))  # no FIFOs
+        )
     return files
 
 
@@ -127,7 +132,23 @@ def scan_folder(path):
 def _open_errors():
     from PIL import Image, UnidentifiedImageError
 
-    return (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError)
+    return (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning, OSError,
+            ValueError, SyntaxError)  # fmt: skip
+
+
+class _Strict:
+    """Pillow's DecompressionBombWarning (an image over its pixel limit, under twice it) as
+    an error, like the DecompressionBombError above twice the limit."""
+
+    def __enter__(self):
+        from PIL import Image
+
+        self._catch = warnings.catch_warnings()
+        self._catch.__enter__()
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+    def __exit__(self, *exc):
+        return self._catch.__exit__(*exc)
 
 
 def image_info(file):
@@ -137,8 +158,10 @@ def image_info(file):
     from PIL import Image
 
     try:
-        with Image.open(file) as im:
+        with open(file, "rb") as fh, _Strict(), Image.open(fh) as im:
             return im.mode, (im.height, im.width)
+    except DataError:
+        raise
     except _open_errors() as e:
         raise DataError(f"{file}: not a readable image ({type(e).__name__}: {e})") from None
 
@@ -154,19 +177,20 @@ _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 def read_image(file, channels, size=None):
     """Image ``file`` as float32 (channels, H, W) in [0, 1]: converted to 1 or 3 channels,
     resized to ``size`` = (H, W) (bilinear) when given and different. 8-bit images are
-    scaled by 1/255, 16-bit gray PNGs by 1/65535 (not clipped to 8 bits); 32-bit integer and
-    float images have no fixed range and are refused. DataError names a file that cannot be
+    scaled by 1/255, 16-bit gray images (PNG, TIFF, PGM) by 1/65535 (not clipped to 8
+    bits); 32-bit float images and integer ones beyond 16 bits have no fixed range and are
+    refused. DataError names a file that cannot be
     decoded (unreadable, truncated, a decompression bomb) or used."""
     from PIL import Image
 
     try:
-        with Image.open(file) as im:
-            if im.mode in ("I", "F"):
+        with open(file, "rb") as fh, _Strict(), Image.open(fh) as im:
+            if im.mode == "F" or (im.mode == "I" and not 0 <= int(np.min(im)) <= int(np.max(im)) <= 65535):
                 raise DataError(
                     f"{file}: a 32-bit {'integer' if im.mode == 'I' else 'float'} image has no fixed "
                     "range; save it with 8 or 16 bits per channel"
                 )
-            if im.mode in _SIXTEEN_BIT:  # 16-bit gray: scale in float, resize in Pillow's "F" mode
+            if im.mode in _SIXTEEN_BIT or im.mode == "I":  # 16 bits (a 16-bit PGM opens as "I")
                 gray = np.asarray(im, dtype=np.float32) / np.float32(65535.0)
                 im = Image.fromarray(gray, mode="F")
                 if size is not None and (im.height, im.width) != tuple(size):
@@ -177,6 +201,8 @@ def read_image(file, channels, size=None):
             if size is not None and (im.height, im.width) != tuple(size):
                 im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             pixels = np.asarray(im, dtype=np.uint8)
+    except DataError:
+        raise
     except _open_errors() as e:
         raise DataError(f"{file}: not a readable image ({type(e).__name__}: {e})") from None
     x = pixels.reshape(pixels.shape[0], pixels.shape[1], channels).transpose(2, 0, 1)  # (C, H, W)

@@ -19,8 +19,9 @@ images share one), and split sizes; ``load`` reads the pixels: float32 (N, C, H,
 
 Splits never depend on the run's --seed, nor on images added later: an image is a test
 image when a hash (BLAKE2b) of its key, its path inside the folder or its row in the npz, is
-below ``test_split`` (a class of two or more images keeps at least one in each split), so
-adding images never moves an old test image into training. Each split is then put in a
+below ``test_split`` (a class keeps at least one training image; a small class, of about
+1 / test_split images or fewer, may have no test image), so adding images never moves a
+test image into training. Each split is then put in a
 fixed order given by another hash, so ``limit_train`` / ``limit_test`` (the first N) see
 every class.
 
@@ -65,20 +66,16 @@ def _unit_hash(key, salt=""):
 
 def _split(labels, keys, test_split, num_classes):
     """(train indices, test indices): an image goes to test when the hash of its key (its
-    path in the folder, its row in the npz) is below ``test_split``, so the split of an image
-    never changes when images are added; a class of two or more images keeps at least one
-    in each split. Each split is in a fixed order given by another hash of the keys."""
+    path in the folder, its row in the npz) is below ``test_split``, so adding images never
+    moves a test image into training; a class keeps at least one training image (a small
+    class may have no test image). Each split is in a fixed order given by another hash."""
     u = np.array([_unit_hash(k) for k in keys])
     train, test = [], []
-    for c in range(num_classes):
+    for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         into_test = u[idx] < test_split
-        if len(idx) >= 2 and not into_test.any():
-            into_test[np.argmin(u[idx])] = True
-        if len(idx) >= 2 and into_test.all():
+        if into_test.all():  # a class keeps one training image (the others may come back to test)
             into_test[np.argmax(u[idx])] = False
-        if len(idx) < 2:
-            into_test[:] = False
         test.extend(idx[into_test])
         train.extend(idx[~into_test])
     order = [_unit_hash(k, "order:") for k in keys]
@@ -121,9 +118,9 @@ def _mnist_source(cache_dir, download):
     return Source("mnist", None, [str(d) for d in range(10)], 1, (28, 28), n_train, n_test, load)
 
 
-def _folder_source(path, test_split):
+def _folder_source(path, test_split, channels=None, training=True):
     folder = scan_folder(path)
-    if len(folder.classes) < 2:
+    if len(folder.classes) < 2 and training:
         only = folder.classes[0]
         hint = " (PATH/train is a split only beside PATH/test)" if only in ("train", "test") else ""
         raise DataError(
@@ -131,7 +128,8 @@ def _folder_source(path, test_split):
         )
     files = folder.train + (folder.test or [])
     infos = [image_info(f) for f, _ in files]  # every header: an unreadable file is found now
-    channels = 1 if all(is_gray(mode) for mode, _ in infos) else 3
+    if channels is None:
+        channels = 1 if all(is_gray(mode) for mode, _ in infos) else 3
     sizes = {s for _, s in infos}
     uniform = next(iter(sizes)) if len(sizes) == 1 else None
     if folder.test is None:
@@ -176,13 +174,24 @@ def _folder_source(path, test_split):
     return source
 
 
-def _npz_source(path, test_split):
+def _some(values, at_most=5):
+    shown = ", ".join(map(str, values[:at_most]))
+    return shown + (f" and {len(values) - at_most} more" if len(values) > at_most else "")
+
+
+def _npz_source(path, test_split, training=True):
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file (expected an .npz with arrays x and y)")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        npz = np.load(path, allow_pickle=False)
+    except Exception:  # not a zip archive: text, a pickle (refused), truncated
+        raise DataError(f"{path}: not an .npz archive of plain arrays (np.savez writes one)") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: a single .npy array, not an .npz archive with arrays x and y (np.savez)")
+    try:
+        with npz:
             arrays = {k: npz[k] for k in npz.files}
-    except Exception as e:  # not a zip, a pickled array, truncated
+    except Exception as e:  # an object (pickled) member, a truncated member
         raise DataError(f"{path}: not a readable .npz of plain arrays ({type(e).__name__}: {e})") from None
     for key in ("x", "y"):
         if key not in arrays:
@@ -229,13 +238,35 @@ def _npz_source(path, test_split):
         yte = labels("y_test", len(xte)) if "y_test" in arrays else None
         if yte is None or xte.shape[1:] != x.shape[1:]:
             raise DataError(f"{path}: 'x_test' needs 'y_test' and the per-image shape {x.shape[1:]} of 'x'")
-    classes = [str(c) for c in arrays["classes"].tolist()] if "classes" in arrays else None
-    k = len(classes) if classes else int(max(y.max(), -1 if "x_test" not in arrays else yte.max())) + 1
-    for name, lab in (("y", y), ("y_test", yte if "x_test" in arrays else y)):
-        if lab.size and (lab.min() < 0 or lab.max() >= k):
-            raise DataError(f"{path}: {name!r} has labels outside 0..{k - 1}")
-    if len(np.unique(y)) < 2:
+    test_labels = yte if "x_test" in arrays else y[:0]
+    present = np.unique(np.concatenate([y, test_labels]))
+    if present.size and present[0] < 0:
+        raise DataError(f"{path}: labels must be >= 0, got {present[0]}")
+    if "classes" in arrays:
+        names = arrays["classes"]
+        if names.ndim != 1 or len(set(names.tolist())) != len(names):
+            raise DataError(
+                f"{path}: 'classes' must be a 1-D array of distinct names, got shape {names.shape}"
+            )
+        classes = [str(c) for c in names.tolist()]
+        if present[-1] >= len(classes):
+            raise DataError(f"{path}: label {present[-1]} but 'classes' names only {len(classes)} classes")
+    else:  # labels 0..K-1, each of them used (else a 255 "ignore" label would make 256 classes)
+        classes = [str(c) for c in range(int(present[-1]) + 1)]
+        if len(present) != len(classes):
+            missing = sorted(set(range(len(classes))) - set(present.tolist()))
+            raise DataError(
+                f"{path}: labels run to {present[-1]} but {_some(missing)} never occur: number the classes "
+                "0..K-1, or add a 'classes' array naming all K"
+            )
+    unseen = sorted(set(test_labels.tolist()) - set(y.tolist()))
+    if unseen and training:
+        raise DataError(
+            f"{path}: 'y_test' has labels {_some(unseen)} that 'y' never has: they cannot be learned"
+        )
+    if len(np.unique(y)) < 2 and training:
         raise DataError(f"{path}: every label in 'y' is {y[0]}: a classifier needs two classes or more")
+    k = len(classes)
     if "x_test" in arrays:
         rng = np.random.default_rng(SPLIT_SEED)
         tr, te = rng.permutation(len(x)), rng.permutation(len(xte))
@@ -248,20 +279,21 @@ def _npz_source(path, test_split):
         return xtr[:limit_train], ytr[:limit_train], xte[:limit_test], yte[:limit_test]
 
     size = tuple(int(s) for s in x.shape[2:])
-    classes = classes or [str(c) for c in range(k)]
     return Source("npz", path, classes, x.shape[1], size, len(xtr), len(xte), load)
 
 
-def open_source(spec, test_split=0.1, cache_dir=None, download=False):
+def open_source(spec, test_split=0.1, cache_dir=None, download=False, channels=None, training=True):
     """The Source ``spec`` names ("mnist", "folder:PATH", "npz:FILE"); folders are scanned
-    (every image's header read) and npz files loaded now. Raises ValueError for an unknown
-    spec, DataError naming the file or folder for bad data."""
+    (every image's header read) and npz files loaded now. channels: read folder images
+    with this many channels (1 or 3; default: 1 when all are gray, else 3). training=False
+    (evaluation) accepts data of a single class. Raises ValueError for an unknown spec,
+    DataError naming the file or folder for bad data."""
     kind, path = parse_spec(spec)
     if kind == "mnist":
         return _mnist_source(cache_dir, download)
     if kind == "folder":
-        return _folder_source(path, test_split)
-    return _npz_source(path, test_split)
+        return _folder_source(path, test_split, channels, training)
+    return _npz_source(path, test_split, training)
 
 
 def channel_stats(x):
