@@ -111,14 +111,25 @@ def _number(text):
     return value
 
 
-def _positive(text):
-    try:
-        value = _number(text)
-    except ValueError:
-        value = 0.0
-    if value == 0:
-        raise ValueError(f"expected a finite number > 0, got {text!r}")
-    return value
+def _bounded(name, test, expected):
+    """A check of a finite number >= 0 (``_number``) that also passes ``test``."""
+
+    def check(text):
+        try:
+            value = _number(text)
+        except ValueError:
+            value = None
+        if value is None or not test(value):
+            raise ValueError(f"expected {expected}, got {text!r}")
+        return value
+
+    check.__name__ = name
+    return check
+
+
+_positive = _bounded("positive", lambda v: v > 0, "a finite number > 0")
+_open_fraction = _bounded("fraction", lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)")
+_fraction = _bounded("fraction", lambda v: v < 1, "a number in [0, 1)")
 
 
 def _dataset_spec(text):
@@ -126,23 +137,6 @@ def _dataset_spec(text):
         return TrainConfig(dataset=text).dataset
     except ConfigError as e:
         raise ValueError(str(e).removeprefix("dataset: ")) from None
-
-
-def _open_fraction(text):
-    value = _number(text)
-    if not 0 < value < 1:
-        raise ValueError(f"expected a number between 0 and 1 (exclusive), got {text!r}")
-    return value
-
-
-def _fraction(text):
-    try:
-        value = _number(text)
-    except ValueError:
-        value = 1.0
-    if value >= 1:
-        raise ValueError(f"expected a number in [0, 1), got {text!r}")
-    return value
 
 
 def _per_optimizer(name):
