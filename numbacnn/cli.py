@@ -23,9 +23,12 @@ import json
 import math
 import os
 import sys
+import time
+import traceback
 
 import numpy as np
 
+from . import distributed
 from ._io import DirectoryInUse
 from .checkpoint import CheckpointError, load
 from .config import (
@@ -555,6 +558,12 @@ def build_parser():
         "batch of one image is left out when the model's batch norm cannot take it; default: off)",
     )
     t.add_argument(
+        "--sync-bn",
+        action=argparse.BooleanOptionalAction,
+        help="under mpiexec -n K: batch norm with the whole global batch's statistics, not each "
+        "rank's share (default: off)",
+    )
+    t.add_argument(
         "--no-progress", dest="progress", action="store_false", default=True, help="no progress bar"
     )
     t.set_defaults(func=cmd_train)
@@ -660,26 +669,59 @@ def build_parser():
 
 
 def main(argv=None):
-    """Entry point of the ``numbacnn`` console script; returns the exit status."""
+    """Entry point of the ``numbacnn`` console script; returns the exit status.
+
+    Under ``mpiexec -n K`` (K > 1) every rank runs it; a rank that fails prints its one line,
+    prefixed ``[rank r of K]``, and ends every rank (MPI_Abort) instead of leaving them
+    waiting in a collective call: mpiexec then exits non-zero within seconds."""
+    if distributed.launched_ranks() <= 1:
+        return _main(argv)
+    try:
+        world = distributed.world()
+    except RuntimeError as e:  # mpiexec without mpi4py
+        print(f"numbacnn: error: {e}", file=sys.stderr)
+        return 2
+    if world.size == 1:
+        return _main(argv)
+    lines = []
+    try:
+        code = _main(argv, f"[rank {world.rank} of {world.size}] ", lines.append)
+    except SystemExit as e:  # --help
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:  # a bug: its traceback, then every rank ends
+        lines.append(traceback.format_exc().rstrip())
+        code = 1
+    if code:
+        if not world.is_root:
+            time.sleep(0.5)  # a mistake every rank makes: rank 0's line is the one shown
+        print(*lines, sep="\n", file=sys.stderr, flush=True)
+        world.abort(code)
+    return code
+
+
+def _main(argv=None, who="", say=None):
+    """main's work; ``who`` prefixes the error line (a rank under MPI), ``say`` prints it
+    (default: to stderr)."""
+    say = say or (lambda line: print(line, file=sys.stderr))
+
+    def error(message, code):
+        say(f"numbacnn: error: {who}{message}")
+        return code
+
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except ConfigError as e:
-        print(f"numbacnn: error: {e}", file=sys.stderr)
-        return 2
+        return error(e, 2)
     except CheckpointError as e:
-        print(f"numbacnn: error: bad checkpoint: {e}", file=sys.stderr)
-        return 1
+        return error(f"bad checkpoint: {e}", 1)
     except DirectoryInUse as e:
-        print(f"numbacnn: error: {e}", file=sys.stderr)
-        return 2
+        return error(e, 2)
     except (MNISTNotFoundError, MNISTIntegrityError, TrainingDiverged, DataError) as e:
-        print(f"numbacnn: error: {e}", file=sys.stderr)
-        return 1
+        return error(e, 1)
     except OSError as e:  # the machine's, not the user's: a full disk, a lost mount (files stay whole)
         where = f": {e.filename}" if e.filename else ""
-        print(f"numbacnn: error: {e.strerror or e}{where}", file=sys.stderr)
-        return 1
+        return error(f"{e.strerror or e}{where}", 1)
     except KeyboardInterrupt:
         # fit() already said where the last complete checkpoint is
         print("numbacnn: interrupted", file=sys.stderr)

@@ -219,6 +219,8 @@ class TrainConfig:
     drop_last: leave out the last, partial training batch of every epoch. Without it, a last
     batch of ONE image is still left out when the model has batch norm (which cannot
     normalise a single value per channel in training mode), with a notice at the start.
+    sync_bn: under mpiexec, batch norm uses the statistics of the whole global batch
+    (numbacnn.distributed.SyncBatchNorm) instead of each rank's share.
 
     Frozen: change a field with ``dataclasses.replace`` (which checks again). Raises
     ConfigError (a ValueError) for a bad value, TypeError for a bad type; both name the
@@ -251,6 +253,7 @@ class TrainConfig:
     cache_dir: str | None = None
     download: bool = False
     drop_last: bool = False
+    sync_bn: bool = False
 
     def __post_init__(self):
         checked = {
@@ -280,6 +283,7 @@ class TrainConfig:
             "cache_dir": _path("cache_dir", self.cache_dir),
             "download": _flag("download", self.download),
             "drop_last": _flag("drop_last", self.drop_last),
+            "sync_bn": _flag("sync_bn", self.sync_bn),
         }
         if checked["image_size"] is not None and not (
             checked["dataset"].startswith("folder:") and checked["resize"]

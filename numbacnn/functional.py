@@ -40,6 +40,10 @@ __all__ = [
     "avg_pool2d_backward",
     "batch_norm",
     "batch_norm_backward",
+    "batch_norm_stats",
+    "batch_norm_elemt",
+    "batch_norm_backward_reduce",
+    "batch_norm_backward_elemt",
     "linear",
     "linear_backward",
     "relu",
@@ -299,6 +303,90 @@ def batch_norm_backward(dy, x, weight, eps=1e-5, running_mean=None, running_var=
         running_var = _inplace_vector(op, "running_var", running_var, C, x)
         k.batch_norm_backward_eval(dy3, x3, weight, running_mean, running_var, eps, dx3, dweight, dbias)
     return dx, dweight, dbias
+
+
+def batch_norm_stats(x):
+    """This batch's per-channel statistics, the first step of batch norm across ranks
+    (torch.batch_norm_stats; numbacnn.distributed.SyncBatchNorm): x (N, C, H, W) or (N, C)
+    -> (count, mean, m2), count = N*H*W values per channel, mean and the centred sum of
+    squares m2 float64 (C,) (0 and 0 for an empty batch)."""
+    op = "batch_norm_stats"
+    x, x3 = _bn_view(op, x)
+    N, C, L = x3.shape
+    mean, m2 = np.empty(C), np.empty(C)
+    _cpu_only(op, x).batchnorm.batch_norm_stats(x3, mean, m2)
+    return N * L, mean, m2
+
+
+def batch_norm_elemt(x, weight, bias, mean, var, eps=1e-5):
+    """y = weight * (x - mean) / sqrt(var + eps) + bias with GIVEN per-channel statistics
+    (float64 (C,), e.g. a whole global batch's): torch.batch_norm_elemt."""
+    op = "batch_norm_elemt"
+    x, x3 = _bn_view(op, x)
+    N, C, L = x3.shape
+    weight = _bn_param(op, "weight", weight, C, x, 1.0)
+    bias = _bn_param(op, "bias", bias, C, x, 0.0)
+    mean, var = _stat_vectors(op, C, mean=mean, var=var)
+    y = _empty(x)
+    _cpu_only(op, x).batchnorm.batch_norm_forward_eval(x3, weight, bias, mean, var,
+                                                         _check_number(op, "eps", eps, above=0.0),
+                                                         y.reshape(N, C, L))  # fmt: skip
+    return y
+
+
+def batch_norm_backward_reduce(dy, x, mean, var, eps=1e-5):
+    """Per-channel (sum dy, sum dy * xhat) with xhat normalised by the GIVEN statistics
+    (torch.batch_norm_backward_reduce): float64 (C,) each, to be summed over ranks."""
+    op = "batch_norm_backward_reduce"
+    x, x3 = _bn_view(op, x)
+    dy = _float_array(op, "dy", dy, (2, 4))
+    _same_shape(op, "dy", dy, x.shape, " (same as x)")
+    N, C, L = x3.shape
+    mean, var = _stat_vectors(op, C, mean=mean, var=var)
+    sum_dy, sum_dy_xhat = np.empty(C), np.empty(C)
+    _cpu_only(op, x).batchnorm.batch_norm_backward_reduce(dy.reshape(N, C, L), x3, mean, var,
+                                                            _check_number(op, "eps", eps, above=0.0),
+                                                            sum_dy, sum_dy_xhat)  # fmt: skip
+    return sum_dy, sum_dy_xhat
+
+
+def batch_norm_backward_elemt(dy, x, weight, mean, var, eps, sum_dy, sum_dy_xhat, count):
+    """The training-mode input gradient of batch norm given the GLOBAL statistics and the
+    global sums over ``count`` values per channel (torch.batch_norm_backward_elemt):
+    dx = weight * s * (dy - sum_dy/count - xhat * sum_dy_xhat/count), s = 1/sqrt(var + eps)."""
+    op = "batch_norm_backward_elemt"
+    x, x3 = _bn_view(op, x)
+    dy = _float_array(op, "dy", dy, (2, 4))
+    _same_shape(op, "dy", dy, x.shape, " (same as x)")
+    N, C, L = x3.shape
+    weight = _bn_param(op, "weight", weight, C, x, 1.0)
+    mean, var, sum_dy, sum_dy_xhat = _stat_vectors(op, C, mean=mean, var=var, sum_dy=sum_dy,
+                                                   sum_dy_xhat=sum_dy_xhat)  # fmt: skip
+    count = _check_number(op, "count", count, above=0.0)
+    eps = _check_number(op, "eps", eps, above=0.0)
+    dx = _empty(x)
+    k = _cpu_only(op, x).batchnorm
+    k.batch_norm_backward_elemt(dy.reshape(N, C, L), x3, weight, mean, var, eps, sum_dy, sum_dy_xhat, count,
+                                dx.reshape(N, C, L))  # fmt: skip
+    return dx
+
+
+def _stat_vectors(op, C, **vectors):
+    """Per-channel float64 statistics, each (C,) (ValueError naming it otherwise)."""
+    out = {}
+    for name, v in vectors.items():
+        a = np.ascontiguousarray(v, dtype=np.float64)
+        if a.shape != (C,):
+            raise ValueError(f"{op}: {name} must have shape ({C},) (one per channel), got {a.shape}")
+        out[name] = a
+    return tuple(out.values())
+
+
+def _cpu_only(op, x):
+    """The CPU kernels: the across-rank batch norm pieces have no CUDA twins yet."""
+    if _is_device_array(x):
+        raise TypeError(f"{op}: not implemented for device arrays yet (numbacnn.distributed is CPU-only)")
+    return _backend(x)
 
 
 # ----------------------------------------------------------------------------------------

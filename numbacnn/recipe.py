@@ -28,8 +28,8 @@ import sys
 from typing import NamedTuple
 
 from . import config as config_module
+from . import distributed
 from . import random as nrandom
-from ._io import directory_lock
 from .config import (
     AUGMENTS,
     DATASET_SHAPES,
@@ -134,7 +134,10 @@ def run(config, *, resume=False, overwrite=False, progress=True, log=None, on_ba
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"run: config must be a TrainConfig, got {type(config).__name__}")
+    world = distributed.world()  # under mpiexec: this rank of the data-parallel run
     log = log or (lambda *a: print(*a, file=sys.stderr, flush=True))
+    if not world.is_root:
+        log = lambda *a: None  # noqa: E731  (rank 0 speaks for the run)
     out = config.out_dir
     check_directory("out", out)
     if config.cache_dir is not None:
@@ -151,16 +154,19 @@ def run(config, *, resume=False, overwrite=False, progress=True, log=None, on_ba
         )
 
     nrandom.seed(config.seed)  # the model's initial weights
-    plan = _plan(config, log)  # everything knowable before any work
+    plan = _plan(config, log, world)  # everything knowable before any work
     if stored is not None:
         check_same_data(ckpt_path, stored, plan.source, plan.size)
     stored_preprocess = (stored or {}).get("preprocess")
+    if config.sync_bn and world.size > 1:
+        distributed.convert_sync_batchnorm(plan.model, world)
     try:
-        os.makedirs(out, exist_ok=True)
+        if world.is_root:
+            os.makedirs(out, exist_ok=True)
     except OSError as e:  # a path os.access misjudged (/proc, a read-only mount)
         raise ConfigError(f"out {out!r} cannot be created: {e.strerror}") from None
-    with directory_lock(out):  # before the data loads: a second run on OUT refuses at once
-        return _train(config, out, resume, progress, log, on_batch, plan, stored_preprocess)
+    with world.lock(out):  # before the data loads: a second run on OUT refuses at once
+        return _train(config, out, resume, progress, log, on_batch, plan, stored_preprocess, world)
 
 
 class Plan(NamedTuple):
@@ -192,7 +198,7 @@ def open_dataset(spec, test_split=0.1, cache_dir=None, download=False, **kwargs)
     return open_source(spec, test_split, cache_dir, download, **kwargs)
 
 
-def _plan(config, log):
+def _plan(config, log, world=None):
     """Open the dataset, build the model for its classes and channels, and check, before any
     pixel is loaded or file written, that the run can work: the model takes the images
     (resized or zero-padded); a batch norm that sees one value per channel for a single
@@ -229,18 +235,23 @@ def _plan(config, log):
     if source.n_test == 0:
         raise ConfigError(f"{config.dataset} has no test images: a class needs 2 or more images to give one")
     single = [r for r in rows if r["layer"].startswith("BatchNorm") and math.prod(r["output_shape"][2:]) == 1]
-    if single and config.batch_size == 1:
+    ranks = 1 if world is None or config.sync_bn else world.size  # images a batch norm sees: a share
+    if single and 1 in distributed.shard_sizes(config.batch_size, ranks):
         raise ConfigError(
-            f"batch_size 1 cannot train {config.model}: its batch norm {single[0]['name']!r} sees one "
-            "value per channel for one image; use a batch size of 2 or more"
+            f"batch_size {config.batch_size} cannot train {config.model}"
+            + (f" on {ranks} ranks" if ranks > 1 else "")
+            + f": its batch norm {single[0]['name']!r} sees one value per channel for one image; use a "
+            f"batch size of {2 * ranks} or more" + (" (or --sync-bn)" if ranks > 1 else "")
         )
     n_train = min(config.limit_train or source.n_train, source.n_train)
     drop_last = config.drop_last
-    if not drop_last and single and n_train % config.batch_size == 1:
+    if not drop_last and single and 1 in distributed.shard_sizes(n_train % config.batch_size, ranks):
         drop_last = True
+        rest = n_train % config.batch_size
         log(
-            f"note: the last batch of each epoch would hold 1 image ({n_train} = "
-            f"{n_train // config.batch_size} x {config.batch_size} + 1), which {config.model}'s batch "
+            f"note: the last batch of each epoch would give {'a rank ' if ranks > 1 else ''}1 image "
+            f"({n_train} = {n_train // config.batch_size} x {config.batch_size} + {rest}"
+            f"{f', shared by {ranks} ranks' if ranks > 1 else ''}), which {config.model}'s batch "
             f"norm {single[0]['name']!r} cannot normalise in training mode: it is left out "
             "(--drop-last leaves out any partial batch)"
         )
@@ -261,7 +272,7 @@ def load_inputs(source, preprocess, limit_train=None, limit_test=None):
     return normalize(xtr, pad, mean, std), ytr, normalize(xte, pad, mean, std), yte
 
 
-def _train(config, out, resume, progress, log, on_batch, plan, stored_preprocess=None):
+def _train(config, out, resume, progress, log, on_batch, plan, stored_preprocess=None, world=None):
     """run's work, with OUT locked: data, loaders, optimizer, schedule, then fit. A resumed
     run normalises with the statistics it was trained with (``stored_preprocess``), even
     when --limit-train now gives it other images."""
@@ -298,6 +309,11 @@ def _train(config, out, resume, progress, log, on_batch, plan, stored_preprocess
         f"images of shape {tuple(xtr.shape[1:])}, {source.num_classes} classes, {config.epochs} epoch(s), "
         f"batch {config.batch_size}, {config.optimizer} "
         + ", ".join(f"{k} {v}" for k, v in config.optimizer_settings.items())
+        + (
+            f", {world.size} ranks" + (" with sync-bn" if config.sync_bn else "")
+            if world and world.size > 1
+            else ""
+        )
         + f", out {out}"
     )
     return fit(
@@ -314,4 +330,5 @@ def _train(config, out, resume, progress, log, on_batch, plan, stored_preprocess
         on_batch=on_batch,
         log=log,
         on_resume=lambda meta: announce_and_apply(meta, config, optimizer, schedule, log),
+        world=world,
     )

@@ -305,6 +305,42 @@ def batch_norm_backward(dy, x, weight, eps=1e-5, running_mean=None, running_var=
     return dx.astype(x.dtype), dweight.astype(x.dtype), dbias.astype(x.dtype)
 
 
+def batch_norm_stats(x):
+    """(count, mean, m2) per channel: count = |B|, mean = mu_B, m2 = sum_i (x_i - mu_B)^2
+    (the pieces K ranks combine into the whole batch's statistics)."""
+    C = x.shape[1]
+    count = x.size // C
+    mean, m2 = np.zeros(C), np.zeros(C)
+    for c in range(C):
+        if count:
+            mean[c], var = _batch_stats(x, c)
+            m2[c] = var * count
+    return count, mean, m2
+
+
+def batch_norm_elemt(x, weight, bias, mean, var, eps=1e-5):
+    """y = gamma (x - mean) / sqrt(var + eps) + beta with the given statistics."""
+    return batch_norm(x, weight, bias, np.asarray(mean), np.asarray(var), False, 0.0, eps)
+
+
+def batch_norm_backward_reduce(dy, x, mean, var, eps=1e-5):
+    """(sum_i dy_i, sum_i dy_i xhat_i) per channel, xhat = (x - mean) / sqrt(var + eps)."""
+    _, dweight, dbias = batch_norm_backward(dy.astype(np.float64), x.astype(np.float64), None, eps,
+                                            np.asarray(mean), np.asarray(var))  # fmt: skip
+    return dbias, dweight
+
+
+def batch_norm_backward_elemt(dy, x, weight, mean, var, eps, sum_dy, sum_dy_xhat, count):
+    """dx_i = gamma / sqrt(var + eps) * (dy_i - sum_dy/count - xhat_i * sum_dy_xhat/count)."""
+    dx = np.empty(x.shape, dtype=np.float64)
+    for c in range(x.shape[1]):
+        gamma = 1.0 if weight is None else float(weight[c])
+        inv_std = 1.0 / math.sqrt(float(var[c]) + eps)
+        xhat = (x[:, c].astype(np.float64) - float(mean[c])) * inv_std
+        dx[:, c] = gamma * inv_std * (dy[:, c] - sum_dy[c] / count - xhat * sum_dy_xhat[c] / count)
+    return dx.astype(x.dtype)
+
+
 # ----------------------------------------------------------------------------------------
 # dense (lecture, "Forward Pass" / "Backward Pass" of the FFN)
 

@@ -43,7 +43,8 @@ from . import checkpoint as ckpt
 from . import functional as F
 from . import random as nrandom
 from ._checks import is_int
-from ._io import atomic_write, directory_lock
+from ._io import atomic_write
+from .distributed import GradientExchange, World
 
 __all__ = [
     "fit",
@@ -228,6 +229,7 @@ def fit(
     on_batch=None,
     log=None,
     on_resume=None,
+    world=None,
 ):
     """Train ``model`` for ``epochs`` epochs in total; returns the metrics list.
 
@@ -239,18 +241,26 @@ def fit(
     to simulate Ctrl-C). log: a print-like function (default: print to stderr).
     on_resume(meta): called once the checkpoint is restored, before the first resumed epoch
     (numbacnn.recipe uses it to apply optimizer settings the user changed on resume).
+    world: a ``numbacnn.distributed.World`` (default: one rank): data-parallel training
+    over its ranks; rank 0 alone logs, evaluates and writes OUT (its metrics then hold the
+    test results; the other ranks return the epochs' training figures).
     """
-    log = log or (lambda *a: print(*a, file=sys.stderr, flush=True))
+    world = world or World()
+    log = (log or (lambda *a: print(*a, file=sys.stderr, flush=True))) if world.is_root else (lambda *a: None)
     out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    with directory_lock(out_dir):  # a second run on the same OUT refuses instead of racing
+    if world.is_root:
+        os.makedirs(out_dir, exist_ok=True)
+    with world.lock(out_dir):  # a second run on the same OUT refuses instead of racing
         return _fit(model, optimizer, train_loader, test_loader, epochs, out_dir, schedule, resume,
-                    dict(config or {}), progress, on_batch, log, on_resume)  # fmt: skip
+                    dict(config or {}), progress, on_batch, log, on_resume, world)  # fmt: skip
 
 
-def _train_epoch(model, optimizer, loader, epoch, epochs, progress, on_batch):
+def _train_epoch(model, optimizer, loader, epoch, epochs, progress, on_batch, world, exchange):
     """One pass over ``loader``: (mean loss, accuracy, images, seconds). Stops at once, before
-    the optimizer step, when the loss is not finite (TrainingDiverged)."""
+    the optimizer step, when the loss is not finite (TrainingDiverged). Under MPI (``world``
+    of K ranks) each global batch is shared out (``world.shard``), this rank's gradient is
+    scaled by its share, and ``exchange`` sums the gradients over the ranks, so every rank
+    takes the step one process would take on the whole batch (numbacnn.distributed)."""
     total_loss, correct, seen = 0.0, 0, 0
     bar = None
     batches = loader
@@ -261,16 +271,33 @@ def _train_epoch(model, optimizer, loader, epoch, epochs, progress, on_batch):
     t0 = time.perf_counter()
     try:
         for i, (xb, yb) in enumerate(batches):
+            b = len(yb)
+            if world.size > 1:
+                lo, hi = world.shard(b)  # this rank's images of the global batch
+                xb, yb = xb[lo:hi], yb[lo:hi]
             logits = model(xb)
-            loss = float(F.cross_entropy(logits, yb))
+            if world.size == 1:
+                loss = float(F.cross_entropy(logits, yb))
+                hits = int(np.count_nonzero(np.argmax(logits, axis=1) == yb))
+            else:  # the global batch's mean loss and hits, on every rank (all stop together)
+                mine = [
+                    float(F.cross_entropy(logits, yb)) * len(yb),
+                    np.count_nonzero(logits.argmax(1) == yb),
+                ]
+                loss_sum, hits = world.allreduce(mine if len(yb) else [0.0, 0])
+                loss, hits = loss_sum / b, int(hits)
             if not loss <= DIVERGED * math.log(logits.shape[1]):  # NaN fails the test too
                 raise TrainingDiverged(epoch, i + 1, loss, optimizer.lr)
             model.zero_grad()
-            model.backward(F.cross_entropy_backward(logits, yb))
+            dlogits = F.cross_entropy_backward(logits, yb)  # of this rank's mean loss
+            if world.size > 1:
+                dlogits *= dlogits.dtype.type(len(yb) / b)  # its share of the global mean
+            exchange.start()
+            model.backward(dlogits)
+            exchange.finish()  # the gradients summed over the ranks
             optimizer.step()
-            b = len(yb)
             total_loss += loss * b
-            correct += int(np.count_nonzero(np.argmax(logits, axis=1) == yb))
+            correct += hits
             seen += b
             if bar is not None and (i % 10 == 0 or i == len(loader) - 1):
                 elapsed = time.perf_counter() - t0
@@ -287,8 +314,8 @@ def _train_epoch(model, optimizer, loader, epoch, epochs, progress, on_batch):
 
 
 def _fit(model, optimizer, train_loader, test_loader, epochs, out_dir, schedule, resume, config, progress,
-         on_batch, log, on_resume):  # fmt: skip
-    """fit's loop, with OUT locked."""
+         on_batch, log, on_resume, world):  # fmt: skip
+    """fit's loop, with OUT locked (by rank 0)."""
     ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME)
     metrics_path = os.path.join(out_dir, METRICS_NAME)
     curves_path = os.path.join(out_dir, CURVES_NAME)
@@ -308,6 +335,8 @@ def _fit(model, optimizer, train_loader, test_loader, epochs, out_dir, schedule,
             log(f"nothing to do: the checkpoint already holds {done} epoch(s) (--epochs {epochs})")
     last_complete = ckpt_path if resume else None
     saved_epoch = done
+    world.broadcast(model)  # 1. every rank starts from rank 0's parameters and buffers
+    exchange = GradientExchange(world).attach(model)
 
     epoch = done
     try:
@@ -317,11 +346,21 @@ def _fit(model, optimizer, train_loader, test_loader, epochs, out_dir, schedule,
             model.train()
             lr = float(optimizer.lr)
             train_loss, train_acc, seen, seconds = _train_epoch(
-                model, optimizer, train_loader, epoch, epochs, progress, on_batch
+                model,
+                optimizer,
+                train_loader,
+                epoch,
+                epochs,
+                progress and world.is_root,
+                on_batch,
+                world,
+                exchange,
             )
-            test_loss, test_acc = evaluate(model, test_loader)
             if schedule is not None:
                 schedule.step()
+            if not world.is_root:  # rank 0 evaluates, writes and prints; the others go on
+                continue
+            test_loss, test_acc = evaluate(model, test_loader)
             row = {
                 "epoch": epoch,
                 "train_loss": train_loss,
@@ -331,6 +370,7 @@ def _fit(model, optimizer, train_loader, test_loader, epochs, out_dir, schedule,
                 "lr": lr,
                 "seconds": seconds,
                 "images_per_second": seen / seconds if seconds > 0 else float("inf"),
+                "world_size": world.size,
             }
             metrics.append(row)
             meta = {
@@ -340,6 +380,7 @@ def _fit(model, optimizer, train_loader, test_loader, epochs, out_dir, schedule,
                 "random_state": nrandom.get_state(),
                 "metrics": metrics,
                 "numbacnn_version": _version(),
+                "world_size": world.size,
             }
             ckpt.save(ckpt_path, model.state_dict(), _optim_state(optimizer, schedule), meta)
             last_complete, saved_epoch = ckpt_path, epoch
@@ -365,6 +406,8 @@ def _fit(model, optimizer, train_loader, test_loader, epochs, out_dir, schedule,
             last_complete = None
             log(f"\ninterrupted during epoch {epoch}; no epoch of this run completed, so it wrote none")
         raise TrainingInterrupted(last_complete, completed) from None
+    finally:
+        exchange.detach()
     return metrics
 
 

@@ -188,3 +188,39 @@ def test_batch_norm_backward_needs_both_running_stats():
     x, gamma, beta, rm, rv = _case((2, 3, 4, 4), np.float32)
     with pytest.raises(ValueError, match="running_mean and running_var"):
         F.batch_norm_backward(x, x, gamma, running_mean=rm)
+
+
+# --------------------------------------------------------------- batch norm across ranks
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sync_pieces_compose_to_batch_norm(dtype):
+    """stats -> elemt and backward_reduce -> backward_elemt (numbacnn.distributed's
+    SyncBatchNorm on one rank) equal batch_norm and its training-mode backward, and each
+    piece equals numbacnn.reference."""
+    from numbacnn import reference as R
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 3, 4, 4)).astype(dtype) * 2 + 1
+    w, b = rng.uniform(0.5, 1.5, 3).astype(dtype), rng.standard_normal(3).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    n, mean, m2 = F.batch_norm_stats(x)
+    rn, rmean, rm2 = R.batch_norm_stats(x)
+    assert n == rn == 80
+    np.testing.assert_allclose(mean, rmean, rtol=1e-12)
+    np.testing.assert_allclose(m2, rm2, rtol=1e-12)
+    var = m2 / n
+    y = F.batch_norm_elemt(x, w, b, mean, var)
+    np.testing.assert_array_equal(y, F.batch_norm(x, w, b, None, None, True))
+    sdy, sdx = F.batch_norm_backward_reduce(dy, x, mean, var)
+    rsdy, rsdx = R.batch_norm_backward_reduce(dy, x, mean, var)
+    np.testing.assert_allclose(sdy, rsdy, rtol=1e-10)
+    np.testing.assert_allclose(sdx, rsdx, rtol=1e-10)
+    dx = F.batch_norm_backward_elemt(dy, x, w, mean, var, 1e-5, sdy, sdx, n)
+    dx_ref, dg_ref, db_ref = F.batch_norm_backward(dy, x, w)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(dx, dx_ref, rtol=tol, atol=tol)  # the sums' order may differ (fastmath)
+    np.testing.assert_allclose(sdx, dg_ref, rtol=tol, atol=tol)
+    np.testing.assert_allclose(R.batch_norm_backward_elemt(dy, x, w, mean, var, 1e-5, sdy, sdx, n), dx,
+                               rtol=tol, atol=tol)  # fmt: skip
+    assert F.batch_norm_stats(x[:0])[0] == 0 and not F.batch_norm_stats(x[:0])[2].any()
+    with pytest.raises(ValueError, match=r"batch_norm_elemt: mean must have shape \(3,\)"):
+        F.batch_norm_elemt(x, w, b, mean[:2], var)

@@ -441,6 +441,7 @@ def test_train_config_defaults_are_the_cli_defaults(capsys):
                 "--download",
                 "--drop-last",
                 "--no-resize",
+                "--sync-bn",
             ]
         )
     )

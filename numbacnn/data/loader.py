@@ -37,11 +37,14 @@ class DataLoader:
         transform: optional callable ``transform(xb, rng=rng) -> xb`` applied to each
             float32 batch (see `numbacnn.data.augment`).
         drop_last: drop the final incomplete batch.
+        dtype: the batches' float dtype, float32 (the models') or float64 (for a model cast
+            with ``Module.astype(np.float64)``).
 
-    Yields ``(xb, yb)``: xb float32 (B, C, H, W) C-contiguous, yb int64 (B,).
+    Yields ``(xb, yb)``: xb float32 (or ``dtype``) (B, C, H, W) C-contiguous, yb int64 (B,).
     """
 
-    def __init__(self, x, y, batch_size, shuffle=False, seed=0, transform=None, drop_last=False):
+    def __init__(self, x, y, batch_size, shuffle=False, seed=0, transform=None, drop_last=False,
+                 dtype=np.float32):  # fmt: skip
         x = np.asarray(x)
         y = np.asarray(y)
         if x.ndim == 3:
@@ -71,6 +74,9 @@ class DataLoader:
         self.seed = int(seed)
         self.transform = transform
         self.drop_last = check_bool("DataLoader", "drop_last", drop_last)
+        if np.dtype(dtype) not in (np.float32, np.float64):
+            raise TypeError(f"DataLoader: dtype must be float32 or float64, got {np.dtype(dtype)}")
+        self.dtype = np.dtype(dtype)
         self.epoch = 0
 
     def set_epoch(self, epoch):
@@ -105,11 +111,11 @@ class DataLoader:
         bs = self.batch_size
         for b in range(nb):
             idx = order[b * bs : (b + 1) * bs]
-            xb = np.ascontiguousarray(self.x[idx], dtype=np.float32)  # (B, C, H, W)
+            xb = np.ascontiguousarray(self.x[idx], dtype=self.dtype)  # (B, C, H, W)
             yb = self.y[idx].astype(np.int64)  # (B,)
             if self.transform is not None:
                 xb = self.transform(xb, rng=np.random.default_rng(batch_seeds[b]))
-                xb = np.ascontiguousarray(xb, dtype=np.float32)
+                xb = np.ascontiguousarray(xb, dtype=self.dtype)
             yield xb, yb
 
     def __repr__(self):

@@ -171,3 +171,64 @@ def batch_norm_backward_eval(dy3, x3, gamma, running_mean, running_var, eps, dx3
                 dr[l] = k * g
         dbeta[c] = sum_dy
         dgamma[c] = sum_dy_xc * s
+
+
+# ------------------------------------------------------------- across ranks (SyncBatchNorm)
+# The training-mode formulas above, cut where the statistics and the two gradient sums can
+# be combined over ranks (numbacnn.distributed): stats -> (Allgather, combine) -> normalise
+# with batch_norm_forward_eval given the global mean and variance; backward_reduce ->
+# (Allreduce) -> backward_elemt. With one rank the pieces compose to the kernels above.
+@njit(parallel=True, cache=True, fastmath=_FAST)
+def batch_norm_stats(x3, mean, m2):
+    """Per channel: mean and centred sum of squares M2 = sum (x - mean)^2 of x3[:, c, :],
+    float64 (two passes); an empty batch gives 0 and 0."""
+    # x3: (N, C, L)   mean, m2: (C,) float64
+    N, C, L = x3.shape
+    for c in prange(C):
+        if N * L == 0:
+            mean[c], m2[c] = 0.0, 0.0
+        else:
+            mu, var = _channel_mean_var(x3, c)
+            mean[c], m2[c] = mu, var * (N * L)
+
+
+@njit(parallel=True, cache=True, fastmath=_FAST)
+def batch_norm_backward_reduce(dy3, x3, mean, var, eps, sum_dy, sum_dy_xhat):
+    """Per channel: sum dy and sum dy * xhat, xhat = (x - mean)/sqrt(var + eps) with the
+    GIVEN (global) statistics; float64."""
+    # dy3, x3: (N, C, L)   mean, var, sum_dy, sum_dy_xhat: (C,) float64
+    N, C, L = x3.shape
+    for c in prange(C):
+        s = 1.0 / math.sqrt(var[c] + eps)
+        mu = mean[c]
+        a = 0.0
+        b = 0.0  # sum dy * (x - mean)
+        for n in range(N):
+            gr = dy3[n, c]  # gr, xr: (L,)
+            xr = x3[n, c]
+            for l in range(L):
+                g = gr[l]
+                a += g
+                b += g * (xr[l] - mu)
+        sum_dy[c] = a
+        sum_dy_xhat[c] = b * s
+
+
+@njit(parallel=True, cache=True, fastmath=_FAST)
+def batch_norm_backward_elemt(dy3, x3, gamma, mean, var, eps, sum_dy, sum_dy_xhat, count, dx3):
+    """dx = gamma * s * (dy - sum_dy/count - xhat * sum_dy_xhat/count): the training-mode
+    input gradient given the GLOBAL statistics and sums over ``count`` values per channel."""
+    # dy3, x3, dx3: (N, C, L)   gamma: (C,)   mean, var, sum_dy, sum_dy_xhat: (C,) float64
+    N, C, L = x3.shape
+    for c in prange(C):
+        s = 1.0 / math.sqrt(var[c] + eps)
+        mu = mean[c]
+        k = gamma[c] * s
+        mean_dy = sum_dy[c] / count
+        coef = s * sum_dy_xhat[c] / count
+        for n in range(N):
+            gr = dy3[n, c]  # gr, xr, dr: (L,)
+            xr = x3[n, c]
+            dr = dx3[n, c]
+            for l in range(L):
+                dr[l] = k * (gr[l] - mean_dy - (xr[l] - mu) * coef)

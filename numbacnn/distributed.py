@@ -1,0 +1,325 @@
+"""Data-parallel training over MPI: synchronous SGD on K ranks, written out (Horovod's pattern).
+
+    mpiexec -n K numbacnn train ...            (or any script that calls numbacnn.recipe.run)
+
+Every rank holds the whole model and sees the same global batch order (a pure function of
+(seed, epoch): numbacnn.data.loader). Three collective calls keep the K replicas one model:
+
+    1. Bcast      rank 0's parameters and buffers to every rank, once at the start
+                  (``World.broadcast``): the replicas start equal.
+    2. Allreduce  the gradients after every backward pass (``GradientExchange``): rank r
+                  computes the gradient of ITS share of the global batch, scaled by
+                  (its images / global batch), and the SUM over ranks is the gradient of the
+                  mean loss over the whole batch -- exactly what one process computes. Every
+                  rank then takes the same optimizer step, so the replicas stay equal.
+    3. Allreduce  (with --sync-bn) each batch norm's per-channel statistics in the forward
+                  pass and its two gradient sums in the backward pass (``SyncBatchNorm``),
+                  so K ranks normalise with the statistics of the whole batch.
+
+The gradients go in a few flat buckets, not one call per parameter: a bucket's
+non-blocking Iallreduce starts as soon as the backward pass has produced all its
+gradients (the last layers' first), and runs while the earlier layers are differentiated;
+buckets start in one fixed order on every rank, as MPI requires of collectives.
+
+Which images rank r sees: images [lo_r, hi_r) of each global batch, ``np.array_split``'s
+split of the batch into K nearly equal parts (``World.shard``); a function of (seed,
+epoch, rank) only. Rank 0 alone prints, evaluates, and writes checkpoints, metrics and
+plots; every rank reads a checkpoint to resume, so OUT must be visible to all (one machine,
+or a shared file system). A failure on any rank aborts all of them (``World.abort``).
+
+Without MPI (or with one rank) ``World`` is a single rank and every call is the identity.
+``docs/scaling.md`` explains the ring all-reduce behind Allreduce and what it costs.
+"""
+
+import contextlib
+import os
+
+import numpy as np
+
+from . import functional as F
+from ._io import directory_lock
+from .layers import BatchNorm2d
+
+__all__ = ["World", "world", "GradientExchange", "SyncBatchNorm", "convert_sync_batchnorm", "launched_ranks",
+           "shard_sizes"]  # fmt: skip
+
+BUCKET_BYTES = 4 << 20  # 4 MiB of float32 gradients per Allreduce (ResNet-18: 12 buckets)
+
+
+def launched_ranks():
+    """The number of ranks ``mpiexec`` started this process among (1 when not under MPI),
+    read from the launcher's environment (MPICH/Hydra: PMI_SIZE; Open MPI: OMPI_COMM_WORLD_SIZE)."""
+    for key in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 1
+
+
+class World:
+    """The ranks of this run: MPI's COMM_WORLD when launched by mpiexec with more than one
+    rank (mpi4py), else one rank with no communication. ``rank``, ``size``, ``is_root``."""
+
+    def __init__(self, comm=None):
+        self.comm = comm
+        self.rank = comm.Get_rank() if comm is not None else 0
+        self.size = comm.Get_size() if comm is not None else 1
+        self.is_root = self.rank == 0
+
+    def __repr__(self):
+        return f"World(rank={self.rank}, size={self.size})"
+
+    # ---- the collectives --------------------------------------------------------------
+    def broadcast(self, model):
+        """1. Bcast: every parameter and buffer of ``model`` takes rank 0's values (one flat
+        float64 buffer, so one call; integer buffers such as num_batches_tracked round-trip
+        exactly)."""
+        if self.size == 1:
+            return
+        state = model.state_dict()
+        flat = np.concatenate([np.asarray(v, np.float64).ravel() for v in state.values()])
+        self.comm.Bcast(flat, root=0)
+        offset, arrays = 0, {}
+        for k, v in state.items():
+            arrays[k] = flat[offset : offset + v.size].reshape(v.shape).astype(v.dtype)
+            offset += v.size
+        model.load_state_dict(arrays)
+
+    def allreduce(self, values):
+        """The element-wise SUM over ranks of a float64 vector (a new array)."""
+        values = np.array(values, dtype=np.float64)
+        if self.size > 1:
+            self.comm.Allreduce(self._mpi().IN_PLACE, values, op=self._mpi().SUM)
+        return values
+
+    def bcast_value(self, value):
+        """Rank 0's float64 vector, on every rank."""
+        values = np.array(value, dtype=np.float64)
+        if self.size > 1:
+            self.comm.Bcast(values, root=0)
+        return values
+
+    # ---- the split of work ----------------------------------------------------------------
+    def shard(self, n):
+        """[lo, hi): this rank's part of a global batch of ``n`` images (np.array_split's: the
+        first n % K ranks get one more)."""
+        base, extra = divmod(n, self.size)
+        lo = self.rank * base + min(self.rank, extra)
+        return lo, lo + base + (1 if self.rank < extra else 0)
+
+    def lock(self, directory):
+        """Rank 0 locks OUT (numbacnn._io.directory_lock); the other ranks write nothing."""
+        return directory_lock(directory) if self.is_root else contextlib.nullcontext()
+
+    def abort(self, code=1):
+        """End every rank now (MPI_Abort): a failure on one rank must not leave the others
+        waiting in a collective call forever."""
+        if self.size > 1:
+            self.comm.Abort(code)
+
+    @staticmethod
+    def _mpi():
+        from mpi4py import MPI
+
+        return MPI
+
+
+_WORLD = None
+
+
+def world():
+    """This process's World (made once): MPI's when mpiexec launched more than one rank.
+    Under MPI each rank also takes its share of the machine's cores for Numba's threads
+    (unless NUMBA_NUM_THREADS is set), so K ranks on one machine do not oversubscribe it.
+    RuntimeError (naming the fix) when launched by mpiexec without mpi4py installed."""
+    global _WORLD
+    if _WORLD is not None:
+        return _WORLD
+    if launched_ranks() <= 1:
+        _WORLD = World()
+        return _WORLD
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise RuntimeError(
+            f"mpiexec started {launched_ranks()} ranks but mpi4py is not installed: "
+            "pip install 'numbacnn[mpi]' (mpi4py and the mpich wheel)"
+        ) from None
+    comm = MPI.COMM_WORLD
+    _WORLD = World(comm if comm.Get_size() > 1 else None)
+    if _WORLD.size > 1 and "NUMBA_NUM_THREADS" not in os.environ:
+        import numba
+
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()  # ranks on this machine
+        numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, (os.cpu_count() or 1) // local)))
+    return _WORLD
+
+
+def shard_sizes(n, size):
+    """The set of share sizes of a batch of ``n`` images over ``size`` ranks (World.shard)."""
+    base, extra = divmod(n, size)
+    return {base + 1, base} if extra else {base}
+
+
+# ------------------------------------------------------------------------------ gradients
+class GradientExchange:
+    """2. Allreduce of the gradients, bucketed and overlapped with the backward pass.
+
+    ``attach(model)`` once, then every step: ``start()`` before ``model.backward``, which
+    launches each bucket's Iallreduce as its last gradient is produced (a hook on each layer
+    that owns parameters), and ``finish()`` after it, which launches what is left, waits,
+    and writes the summed gradients back into every ``Parameter.grad``.
+
+    Buckets: the parameters in reverse registration order (about the order backward
+    produces them), cut every ``bucket_bytes``; each bucket is one contiguous float buffer
+    of its parameters' gradients (the parameters' dtype). Buckets are launched in index
+    order on every rank (a ready bucket waits for the ones before it): MPI matches
+    collectives by call order.
+    """
+
+    def __init__(self, world, bucket_bytes=BUCKET_BYTES):
+        self.world, self.bucket_bytes = world, bucket_bytes
+        self.buckets, self._owners, self._hooked = [], {}, []
+
+    def attach(self, model):
+        params = list(model.parameters())[::-1]
+        bucket, size = [], 0
+        for p in params:
+            bucket.append(p)
+            size += p.data.nbytes
+            if size >= self.bucket_bytes:
+                self.buckets.append(bucket)
+                bucket, size = [], 0
+        if bucket:
+            self.buckets.append(bucket)
+        self._buffers = [np.empty(sum(p.data.size for p in b), b[0].data.dtype) for b in self.buckets]
+        index = {id(p): i for i, b in enumerate(self.buckets) for p in b}
+        for _, module in model.named_modules():
+            own = [p for p in module._parameters.values() if p is not None]
+            if own and self.world.size > 1:
+                self._hook(module, [index[id(p)] for p in own])
+        return self
+
+    def _hook(self, module, bucket_ids):
+        original = module.backward
+
+        def backward(dy):
+            dx = original(dy)
+            for b in bucket_ids:
+                self._ready[b] -= 1
+            self._launch_ready()
+            return dx
+
+        module.backward = backward  # an instance attribute: shadows the class's method
+        self._hooked.append(module)
+
+    def detach(self):
+        """Remove the backward hooks."""
+        for module in self._hooked:
+            del module.__dict__["backward"]
+        self._hooked = []
+
+    def start(self):
+        """Before the backward pass: every bucket waits for all its parameters."""
+        self._ready = [len(b) for b in self.buckets]
+        self._requests, self._next = [], 0
+
+    def _launch_ready(self, everything=False):
+        MPI = World._mpi()
+        while self._next < len(self.buckets) and (everything or self._ready[self._next] <= 0):
+            b, buf = self.buckets[self._next], self._buffers[self._next]
+            offset = 0
+            for p in b:  # pack: the bucket's gradients, one after the other
+                buf[offset : offset + p.data.size] = p.grad.ravel()
+                offset += p.data.size
+            self._requests.append(self.world.comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM))
+            self._next += 1
+
+    def finish(self):
+        """After the backward pass: launch the rest, wait, unpack the sums into the grads."""
+        if self.world.size == 1:
+            return
+        self._launch_ready(everything=True)
+        World._mpi().Request.Waitall(self._requests)
+        for b, buf in zip(self.buckets, self._buffers, strict=True):
+            offset = 0
+            for p in b:
+                p.grad[...] = buf[offset : offset + p.data.size].reshape(p.data.shape)
+                offset += p.data.size
+
+
+# ---------------------------------------------------------------------------- batch norm
+class SyncBatchNorm(BatchNorm2d):
+    """3. Batch norm over the whole global batch (torch.nn.SyncBatchNorm): in training, the
+    per-channel statistics combine every rank's (count, mean, centred sum of squares) by
+    Chan's parallel formula (an Allgather, combined in rank order on every rank, so every
+    rank gets the same numbers), and the backward pass all-reduces the two per-channel
+    gradient sums sum(dy) and sum(dy * xhat). With one rank it is BatchNorm2d.
+
+    Built from a BatchNorm2d by ``convert_sync_batchnorm(model, world)``."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, world=None):
+        super().__init__(num_features, eps, momentum)
+        self.world = world or World()
+
+    def forward(self, x):
+        if not self.training or self.world.size == 1:
+            return super().forward(x)
+        self.output_shape(x.shape)
+        self.num_batches_tracked += 1
+        factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        count, mean, m2 = F.batch_norm_stats(x)  # this rank's, float64 (C,)
+        count, mean, m2 = _combine(self.world, count, mean, m2)  # the global batch's
+        if count <= 1:
+            raise ValueError(
+                f"SyncBatchNorm: expected more than 1 value per channel, got {int(count)} in all"
+            )
+        var = m2 / count  # biased: normalises
+        self.running_mean[...] = (1 - factor) * self.running_mean + factor * mean
+        self.running_var[...] = (1 - factor) * self.running_var + factor * m2 / (count - 1)  # unbiased
+        self._x, self._trained, self._stats = x, True, (count, mean, var)
+        return F.batch_norm_elemt(x, self.weight.data, self.bias.data, mean, var, self.eps)
+
+    def backward(self, dy):
+        if not getattr(self, "_stats", None) or not self._trained or self.world.size == 1:
+            return super().backward(dy)
+        count, mean, var = self._stats
+        self._stats = None
+        sum_dy, sum_dy_xhat = F.batch_norm_backward_reduce(dy, self._x, mean, var, self.eps)  # local
+        sums = self.world.allreduce(np.concatenate([sum_dy, sum_dy_xhat]))
+        c = self.num_features
+        self.weight.grad += sum_dy_xhat.astype(self.weight.grad.dtype)  # this rank's share: the
+        self.bias.grad += sum_dy.astype(self.bias.grad.dtype)  # gradient Allreduce sums them
+        return F.batch_norm_backward_elemt(dy, self._x, self.weight.data, mean, var, self.eps, sums[:c],
+                                           sums[c:], count)  # fmt: skip
+
+
+def _combine(world, count, mean, m2):
+    """Chan et al.'s pairwise combination of (n, mean, M2) over the ranks, in rank order."""
+    parts = np.empty((world.size, 1 + 2 * len(mean)))
+    world.comm.Allgather(np.concatenate([[count], mean, m2]), parts)
+    c = len(mean)
+    n, mu, s = parts[0, 0], parts[0, 1 : 1 + c].copy(), parts[0, 1 + c :].copy()
+    for row in parts[1:]:
+        nb, mub, sb = row[0], row[1 : 1 + c], row[1 + c :]
+        total = n + nb
+        if nb > 0:
+            delta = mub - mu
+            mu = mu + delta * (nb / total)
+            s = s + sb + delta * delta * (n * nb / total)
+            n = total
+    return n, mu, s
+
+
+def convert_sync_batchnorm(model, world):
+    """Replace every BatchNorm2d of ``model`` by a SyncBatchNorm sharing its parameters and
+    buffers (torch.nn.SyncBatchNorm.convert_sync_batchnorm); returns the model."""
+    for _, module in list(model.named_modules()):
+        for name, child in list(module._modules.items()):
+            if type(child) is BatchNorm2d:
+                sync = SyncBatchNorm(child.num_features, child.eps, child.momentum, world)
+                sync.weight, sync.bias = child.weight, child.bias
+                for b in ("running_mean", "running_var", "num_batches_tracked"):
+                    sync._buffers[b] = child._buffers[b]
+                sync.train(child.training)
+                module._modules[name] = sync
+    return model
