@@ -207,6 +207,8 @@ class GradientExchange:
             for b in bucket_ids:
                 self._ready[b] -= 1
             self._launch_ready()
+            if self._requests:  # drive MPI's progress engine: buckets in flight move on meanwhile
+                World._mpi().Request.Testall(self._requests)
             return dx
 
         module.backward = backward  # an instance attribute: shadows the class's method
