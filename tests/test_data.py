@@ -511,3 +511,12 @@ def test_fill_per_channel():
     assert not out[:, :, 1:, :].any()
     with pytest.raises(ValueError, match=r"fill has 2 values \(one per channel\) but x.shape=\(2, 3, 4, 4\)"):
         shift(x, 1, 0, fill=(0.0, 1.0))
+
+
+def test_loader_dtype():
+    """Batches are float32 by default; dtype=np.float64 serves a model cast with astype."""
+    x, y = np.arange(24, dtype=np.uint8).reshape(6, 1, 2, 2), np.arange(6) % 2
+    xb, _ = next(iter(DataLoader(x, y, 4, dtype=np.float64)))
+    assert xb.dtype == np.float64 and next(iter(DataLoader(x, y, 4)))[0].dtype == np.float32
+    with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+        DataLoader(x, y, 4, dtype=np.int32)
