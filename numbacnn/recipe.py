@@ -249,7 +249,7 @@ def _plan(config, log, world=None):
         drop_last = True
         rest = n_train % config.batch_size
         log(
-            f"note: the last batch of each epoch would give {'a rank ' if ranks > 1 else ''}1 image "
+            f"note: the last batch of each epoch would {'give a rank' if ranks > 1 else 'hold'} 1 image "
             f"({n_train} = {n_train // config.batch_size} x {config.batch_size} + {rest}"
             f"{f', shared by {ranks} ranks' if ranks > 1 else ''}), which {config.model}'s batch "
             f"norm {single[0]['name']!r} cannot normalise in training mode: it is left out "
