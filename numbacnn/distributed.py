@@ -19,7 +19,10 @@ Every rank holds the whole model and sees the same global batch order (a pure fu
 The gradients go in a few flat buckets, not one call per parameter: a bucket's
 non-blocking Iallreduce starts as soon as the backward pass has produced all its
 gradients (the last layers' first), and runs while the earlier layers are differentiated;
-buckets start in one fixed order on every rank, as MPI requires of collectives.
+buckets start in one fixed order on every rank, as MPI requires of collectives. Gradients
+held on a GPU (numba.cuda device arrays) are all-reduced where they are when the MPI
+library is CUDA-aware (``cuda_aware_mpi``), else staged through pinned host memory:
+``GradientExchange.path`` says which.
 
 Which images rank r sees: images [lo_r, hi_r) of each global batch, ``np.array_split``'s
 split of the batch into K nearly equal parts (``World.shard``); a function of (seed,
@@ -32,16 +35,18 @@ Without MPI (or with one rank) ``World`` is a single rank and every call is the 
 """
 
 import contextlib
+import ctypes
 import os
 
 import numpy as np
 
 from . import functional as F
 from ._io import directory_lock
+from .kernels import is_device_array
 from .layers import BatchNorm2d
 
 __all__ = ["World", "world", "GradientExchange", "SyncBatchNorm", "convert_sync_batchnorm", "launched_ranks",
-           "shard_sizes"]  # fmt: skip
+           "shard_sizes", "cuda_aware_mpi"]  # fmt: skip
 
 BUCKET_BYTES = 4 << 20  # 4 MiB of float32 gradients per Allreduce (ResNet-18: 12 buckets)
 
@@ -160,6 +165,30 @@ def shard_sizes(n, size):
     return {base + 1, base} if extra else {base}
 
 
+def cuda_aware_mpi():
+    """True when the MPI library this process loaded can read and write CUDA device memory
+    itself: its ``MPIX_Query_cuda_support()`` (an extension both MPICH >= 4 and Open MPI
+    export, looked up with ctypes in the libmpi mapped into this process) returns 1. False
+    when it returns 0 (the ``mpich`` wheel does), when the library lacks the query, or
+    without MPI. mpi4py then passes device arrays (``__cuda_array_interface__``) straight
+    to MPI."""
+    try:
+        from mpi4py import MPI  # noqa: F401  (loads libmpi)
+    except ImportError:
+        return False
+    try:
+        with open("/proc/self/maps") as maps:
+            libs = sorted({line.split()[-1] for line in maps if "/libmpi" in line})
+    except OSError:  # not Linux
+        libs = []
+    for path in libs:
+        query = getattr(ctypes.CDLL(path), "MPIX_Query_cuda_support", None)
+        if query is not None:
+            query.restype = ctypes.c_int
+            return bool(query())
+    return False
+
+
 # ------------------------------------------------------------------------------ gradients
 class GradientExchange:
     """2. Allreduce of the gradients, bucketed and overlapped with the backward pass.
@@ -174,6 +203,17 @@ class GradientExchange:
     of its parameters' gradients (the parameters' dtype). Buckets are launched in index
     order on every rank (a ready bucket waits for the ones before it): MPI matches
     collectives by call order.
+
+    Where the buffers live, ``path`` (set by ``attach``):
+
+        "host"         NumPy gradients, NumPy buckets.
+        "cuda-aware"   device gradients (numba.cuda), device buckets handed to MPI as they
+                       are (``cuda_aware_mpi()``): no copy through the host.
+        "staged"       device gradients, an MPI that cannot read device memory: each
+                       gradient is copied into a bucket in pinned (page-locked) host memory,
+                       all-reduced there, and copied back.
+
+    TypeError from ``attach`` when some gradients are device arrays and others are not.
     """
 
     def __init__(self, world, bucket_bytes=BUCKET_BYTES):
@@ -191,13 +231,41 @@ class GradientExchange:
                 bucket, size = [], 0
         if bucket:
             self.buckets.append(bucket)
-        self._buffers = [np.empty(sum(p.data.size for p in b), b[0].data.dtype) for b in self.buckets]
+        on_device = [is_device_array(p.grad) for p in params]
+        if any(on_device) and not all(on_device):
+            named = dict(model.named_parameters())
+            device = next(n for n, p in named.items() if is_device_array(p.grad))
+            host = next(n for n, p in named.items() if not is_device_array(p.grad))
+            raise TypeError(
+                "GradientExchange: gradients must be all NumPy arrays or all device arrays, got "
+                f"{device!r} on the device and {host!r} on the host"
+            )
+        self.path = "host" if not any(on_device) else "cuda-aware" if cuda_aware_mpi() else "staged"
+        self._buffers = [self._allocate(sum(p.data.size for p in b), b[0].data.dtype) for b in self.buckets]
         index = {id(p): i for i, b in enumerate(self.buckets) for p in b}
         for _, module in model.named_modules():
             own = [p for p in module._parameters.values() if p is not None]
             if own and self.world.size > 1:
                 self._hook(module, [index[id(p)] for p in own])
         return self
+
+    def _allocate(self, n, dtype):
+        """One bucket's buffer, (n,), where ``path`` says."""
+        if self.path == "host" or self.world.size == 1:
+            return np.empty(n, dtype)
+        from numba import cuda
+
+        return cuda.device_array(n, dtype) if self.path == "cuda-aware" else cuda.pinned_array(n, dtype)
+
+    def describe(self):
+        """One line: the buckets, their size, and where they are all-reduced."""
+        where = {
+            "host": "in host memory",
+            "cuda-aware": "in device memory (CUDA-aware MPI)",
+            "staged": "staged through pinned host memory (MPI is not CUDA-aware)",
+        }[self.path]
+        total = sum(p.data.nbytes for b in self.buckets for p in b)
+        return f"gradients all-reduced in {len(self.buckets)} bucket(s), {total / 2**20:.2f} MiB, {where}"
 
     def _hook(self, module, bucket_ids):
         original = module.backward
@@ -231,8 +299,18 @@ class GradientExchange:
             b, buf = self.buckets[self._next], self._buffers[self._next]
             offset = 0
             for p in b:  # pack: the bucket's gradients, one after the other
-                buf[offset : offset + p.data.size] = p.grad.ravel()
+                part = buf[offset : offset + p.data.size].reshape(p.data.shape)
+                if self.path == "host":
+                    part[...] = p.grad
+                elif self.path == "staged":
+                    p.grad.copy_to_host(part)  # device -> pinned host
+                else:
+                    part.copy_to_device(p.grad)  # device -> device
                 offset += p.data.size
+            if self.path == "cuda-aware":
+                from numba import cuda
+
+                cuda.synchronize()  # the copies are done before MPI reads the bucket
             self._requests.append(self.world.comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM))
             self._next += 1
 
@@ -245,7 +323,11 @@ class GradientExchange:
         for b, buf in zip(self.buckets, self._buffers, strict=True):
             offset = 0
             for p in b:
-                p.grad[...] = buf[offset : offset + p.data.size].reshape(p.data.shape)
+                part = buf[offset : offset + p.data.size].reshape(p.data.shape)
+                if self.path == "host":
+                    p.grad[...] = part
+                else:
+                    p.grad.copy_to_device(part)  # pinned host or device -> the device gradient
                 offset += p.data.size
 
 

@@ -337,6 +337,8 @@ def _fit(model, optimizer, train_loader, test_loader, epochs, out_dir, schedule,
     saved_epoch = done
     world.broadcast(model)  # 1. every rank starts from rank 0's parameters and buffers
     exchange = GradientExchange(world).attach(model)
+    if world.size > 1:
+        log(f"{world.size} ranks: {exchange.describe()}")
 
     epoch = done
     try:

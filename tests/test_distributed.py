@@ -22,8 +22,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _run(cmd, cwd, timeout=120):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_"))}
+def _run(cmd, cwd, timeout=120, env=None):
+    env = {k: v for k, v in (env or os.environ).items() if not k.startswith(("PMI_", "OMPI_"))}
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -93,7 +93,7 @@ def test_numbacnn_train_under_mpiexec(tmp_path):
     assert res.returncode == 0, res.stderr
     assert sorted(os.listdir(tmp_path / "run")) == ["checkpoint.npz", "curves.png", "metrics.json"]
     assert res.stdout.count("final test accuracy") == 1 and res.stderr.count("epoch 1/1:") == 1
-    assert "2 ranks" in res.stderr
+    assert "2 ranks: gradients all-reduced in 1 bucket(s), 0.24 MiB, in host memory" in res.stderr
     from numbacnn import checkpoint
 
     assert checkpoint.load(tmp_path / "run" / "checkpoint.npz").meta["world_size"] == 2
@@ -103,3 +103,23 @@ def test_numbacnn_train_under_mpiexec(tmp_path):
     rows = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [(r["epoch"], r["world_size"]) for r in rows] == [(1, 2), (2, 1)]
     assert rows[1]["test_accuracy"] > rows[0]["test_accuracy"]
+
+
+def test_gradients_on_the_device_are_staged_through_pinned_memory(tmp_path):
+    """The exchange on numba.cuda device gradients (the CUDA simulator's): the mpich wheel
+    is not CUDA-aware, so the buckets go through pinned host memory, and every rank ends
+    with the sum of the ranks' gradients; mixed host and device gradients are refused."""
+    script = os.path.join(HERE, "mpi", "exchange_device.py")
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    res = _run([MPIEXEC, "-n", "2", sys.executable, script], tmp_path, env=env)
+    assert res.returncode == 0, res.stderr
+    lines = sorted(res.stdout.splitlines())
+    assert lines == [f"rank {r}: gradients all-reduced in 3 bucket(s), 0.00 MiB, staged through pinned host "
+                     "memory (MPI is not CUDA-aware)" for r in (0, 1)], res.stdout  # fmt: skip
+
+
+def test_the_mpich_wheel_is_not_cuda_aware():
+    """cuda_aware_mpi() asks the loaded libmpi (MPIX_Query_cuda_support): the wheel says no."""
+    from numbacnn.distributed import cuda_aware_mpi
+
+    assert cuda_aware_mpi() is False
