@@ -59,4 +59,6 @@ for _step in range(2):  # a second step reuses the buckets
     for m in (model.first, model.second):
         for n, p in m._parameters.items():
             np.testing.assert_allclose(p.grad.copy_to_host(), total * g[(id(m), n)], rtol=1e-6)
-print(f"rank {world.rank}: {exchange.describe()}")
+lines = world.comm.gather(f"rank {world.rank}: {exchange.describe()}", root=0)  # one writer
+if world.is_root:
+    print("\n".join(lines))
