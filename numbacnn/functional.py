@@ -498,12 +498,15 @@ def add_backward(dy):
     return dy, dy
 
 
-def dropout(x, p=0.5, training=True, seed=None):
+def dropout(x, p=0.5, training=True, seed=None, offset=0):
     """Inverted dropout (lecture, "Dropout Layer"): x_i -> 0 with probability p, else
     x_i / (1 - p). x: any shape -> (y, mask), mask uint8 of x's shape (1 = kept), a pure
-    function of (seed, flat index), so it is reproducible (and the same on CPU and GPU).
-    p: a number in [0, 1]; training: a bool (False returns (x, None)); seed: an int or None
-    (None draws one from numbacnn.random). Raises TypeError / ValueError naming the argument.
+    function of (seed, offset + flat index), so it is reproducible (and the same on CPU and
+    GPU). p: a number in [0, 1]; training: a bool (False returns (x, None)); seed: an int or
+    None (None draws one from numbacnn.random); offset: x's first element's flat index in a
+    larger batch x is a part of (a rank's share of a global batch, numbacnn.distributed), so
+    the parts' masks are the whole batch's mask. Raises TypeError / ValueError naming the
+    argument.
     """
     op = "dropout"
     x = _float_array(op, "x", x, range(0, 33))
@@ -513,9 +516,12 @@ def dropout(x, p=0.5, training=True, seed=None):
     if seed is None:
         seed = int(_random.rng().integers(0, 2**62))
     seed = _check_int(op, "seed", seed) % 2**63  # the kernel hashes a signed 64-bit counter
+    offset = _check_int(op, "offset", offset, minimum=0)
+    if offset >= 2**62:
+        raise ValueError(f"{op}: offset must be below 2**62, got {offset}")
     y = _empty(x)
     mask = _empty(x, x.shape, np.uint8)
-    _backend(x).activation.dropout_forward(x.reshape(-1), y.reshape(-1), mask.reshape(-1), p, seed)
+    _backend(x).activation.dropout_forward(x.reshape(-1), y.reshape(-1), mask.reshape(-1), p, seed, offset)
     return y, mask
 
 

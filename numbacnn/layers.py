@@ -388,7 +388,9 @@ class Sigmoid(Module):
 class Dropout(Module):
     """Inverted dropout: in training, zero each element with probability p and scale the
     rest by 1/(1-p); identity in eval mode. Each call draws its seed from
-    numbacnn.random.rng() (kept in `last_seed`), so a seeded run is reproducible."""
+    numbacnn.random.rng() (kept in `last_seed`), so a seeded run is reproducible; row i of
+    the input takes the mask of row numbacnn.random.first_row() + i (a rank's share of a
+    global batch drops what one process drops on the whole batch)."""
 
     def __init__(self, p=0.5):
         super().__init__()
@@ -399,7 +401,10 @@ class Dropout(Module):
     def forward(self, x):
         if self.training and self.p > 0:
             self.last_seed = int(nrandom.rng().integers(0, 2**31 - 1))
-            y, self._mask = F.dropout(x, self.p, True, seed=self.last_seed)
+            per_row = x.size // x.shape[0] if x.ndim and x.shape[0] else 0
+            y, self._mask = F.dropout(
+                x, self.p, True, seed=self.last_seed, offset=nrandom.first_row() * per_row
+            )
             return y
         self._mask = None
         return x

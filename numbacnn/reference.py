@@ -459,12 +459,12 @@ def _uniform_hash(seed, index):
     return (z >> 11) / float(1 << 53)
 
 
-def dropout(x, p=0.5, training=True, seed=None):
+def dropout(x, p=0.5, training=True, seed=None, offset=0):
     """Lecture, "Dropout Layer" (inverted dropout):
 
         x'_i = 0 with probability p, x_i / (1 - p) otherwise.
 
-    Returns (y, mask), mask uint8 (1 = kept) a pure function of (seed, flat index).
+    Returns (y, mask), mask uint8 (1 = kept) a pure function of (seed, offset + flat index).
     seed=None draws a seed from numbacnn.random.rng(). training=False -> (x, None).
     """
     if not training:
@@ -477,7 +477,7 @@ def dropout(x, p=0.5, training=True, seed=None):
     mask = np.empty(x.shape, dtype=np.uint8)
     mflat = mask.reshape(-1)
     for k in range(mflat.size):
-        mflat[k] = 1 if _uniform_hash(int(seed), k) >= p else 0
+        mflat[k] = 1 if _uniform_hash(int(seed), offset + k) >= p else 0
     y = dropout_backward(x, mask, p)
     return y, mask
 

@@ -275,7 +275,8 @@ def _train_epoch(model, optimizer, loader, epoch, epochs, progress, on_batch, wo
             if world.size > 1:
                 lo, hi = world.shard(b)  # this rank's images of the global batch
                 xb, yb = xb[lo:hi], yb[lo:hi]
-            logits = model(xb)
+            with nrandom.rows_from(lo if world.size > 1 else 0):  # dropout: the global rows' masks
+                logits = model(xb)
             if world.size == 1:
                 loss = float(F.cross_entropy(logits, yb))
                 hits = int(np.count_nonzero(np.argmax(logits, axis=1) == yb))

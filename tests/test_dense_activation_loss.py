@@ -148,6 +148,10 @@ def test_dropout_mask_is_reproducible_and_matches_reference(dtype):
     yr, mr = R.dropout(x, 0.3, training=True, seed=42)
     np.testing.assert_array_equal(m1, mr)
     assert_close(y1, yr, dtype=dtype, kind="elementwise")
+    # offset: rows [1, 2) of the batch, given their flat offset, draw the whole batch's rows
+    _, part = F.dropout(x[1:], 0.3, training=True, seed=42, offset=x[0].size)
+    np.testing.assert_array_equal(part, m1[1:])
+    np.testing.assert_array_equal(R.dropout(x[1:], 0.3, True, 42, offset=x[0].size)[1], m1[1:])
 
 
 def test_dropout_keep_rate_and_expectation():

@@ -84,6 +84,16 @@ def test_a_mistake_under_mpiexec_is_one_line(tmp_path):
 
 
 @needs_mnist
+def test_dropout_two_ranks_equal_one_rank(tmp_path):
+    """vgg_small (two Dropout(0.5) layers; --sync-bn, float64) on 2 ranks x 8 = 1 rank x 16:
+    each rank's share takes the global batch's rows of the dropout mask (offset by its first
+    row); with every rank drawing the mask of rows 0.. the runs end 1.5 apart."""
+    one = _steps(tmp_path, 1, "vgg_small", 16, True, "float64", "one")
+    two = _steps(tmp_path, 2, "vgg_small", 16, True, "float64", "two")
+    assert _max_diff(one, two, one.files) <= 1e-8
+
+
+@needs_mnist
 def test_numbacnn_train_under_mpiexec(tmp_path):
     """mpiexec -n 2 numbacnn train writes one checkpoint, one metrics file and one plot,
     recording world_size 2; the run resumes on 1 rank (the global batch does not change)."""

@@ -66,7 +66,7 @@ def _signatures(dt):
         (activation._tanh_backward_kernel, (a1, a1, a1, f)),
         (activation._sigmoid_forward_kernel, (a1, a1, f)),
         (activation._sigmoid_backward_kernel, (a1, a1, a1, f)),
-        (activation._dropout_forward_kernel, (a1, a1, u8, f64, types.int64, f, f)),
+        (activation._dropout_forward_kernel, (a1, a1, u8, f64, types.int64, types.int64, f, f)),
         (activation._dropout_backward_kernel, (a1, u8, a1, f, f)),
         (activation._add_forward_kernel, (a1, a1, a1)),
         (loss._ce_rows_kernel, (a2, A(np.int64, 1), A(np.float64, 1))),

@@ -267,6 +267,9 @@ def test_dropout(p, dtype, rng):
     xd = dev(x)
     y, m = F.dropout(xd, p, False)
     assert m is None and np.array_equal(host(y), x)
+    # the mask of rows 1.. with their offset is the whole batch's
+    _, part = F.dropout(dev(x[1:]), p, True, seed=seed, offset=x[0].size)
+    np.testing.assert_array_equal(host(part), m_cpu[1:])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)

@@ -207,8 +207,9 @@ def sigmoid_backward(dy, y, dx):
 
 # -------------------------------------------------------------------------------- dropout
 @njit(parallel=True, cache=True)
-def dropout_forward(x, y, mask, p, seed):
-    """mask[i] = u(seed, i) >= p;  y = x * mask / (1-p)  (p == 1: mask = 0, y = x*0)."""
+def dropout_forward(x, y, mask, p, seed, offset):
+    """mask[i] = u(seed, offset + i) >= p;  y = x * mask / (1-p)  (p == 1: mask = 0, y = x*0).
+    offset: x[0]'s flat index in the whole batch (a rank's share starts past 0)."""
     # x, y: (n,)   mask: (n,) uint8
     n = x.shape[0]
     key = mix64(np.uint64(seed))
@@ -221,7 +222,7 @@ def dropout_forward(x, y, mask, p, seed):
         ys = y[i0:i1]
         ms = mask[i0:i1]
         for i in range(i1 - i0):
-            u = unit_uniform(mix64(key + (np.uint64(i0 + i) + np.uint64(1)) * common.GOLDEN))
+            u = unit_uniform(mix64(key + (np.uint64(offset + i0 + i) + np.uint64(1)) * common.GOLDEN))
             if u >= p:  # the hash sees the GLOBAL flat index
                 ms[i] = 1
                 ys[i] = xs[i] * scale

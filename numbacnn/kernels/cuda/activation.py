@@ -128,11 +128,11 @@ def sigmoid_backward(dy, y, dx):
 
 # -------------------------------------------------------------------------------- dropout
 @cuda.jit
-def _dropout_forward_kernel(x, y, mask, p, seed, scale, zero):
+def _dropout_forward_kernel(x, y, mask, p, seed, offset, scale, zero):
     # x, y: (n,)   mask: (n,) uint8
     key = mix64(np.uint64(seed))
     for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):  # owns y[i], mask[i]
-        if unit_uniform(mix64(key + (np.uint64(i) + np.uint64(1)) * common.GOLDEN)) >= p:
+        if unit_uniform(mix64(key + (np.uint64(offset + i) + np.uint64(1)) * common.GOLDEN)) >= p:
             mask[i] = 1
             y[i] = x[i] * scale
         else:
@@ -151,10 +151,12 @@ def _scale(p, dt):
     return dt(1.0 / (1.0 - p)) if p < 1.0 else dt(0)
 
 
-def dropout_forward(x, y, mask, p, seed):
-    """mask[i] = u(seed, i) >= p;  y = x * mask / (1-p)  (the CPU kernel's mask, bit for bit)."""
+def dropout_forward(x, y, mask, p, seed, offset):
+    """mask[i] = u(seed, offset + i) >= p;  y = x * mask / (1-p)  (the CPU kernel's mask, bit
+    for bit)."""
     dt = x.dtype.type
-    _launch(_dropout_forward_kernel, x.shape[0], x, y, mask, float(p), int(seed), _scale(p, dt), dt(0))
+    _launch(_dropout_forward_kernel, x.shape[0], x, y, mask, float(p), int(seed), int(offset), _scale(p, dt),
+            dt(0))  # fmt: skip
 
 
 def dropout_backward(dy, mask, p, dx):
