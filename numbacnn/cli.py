@@ -18,7 +18,9 @@ training keeps the last complete checkpoint and exits with 130.
 """
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import math
 import os
@@ -208,7 +210,7 @@ def cmd_train(args):
     else:
         config = TrainConfig(**typed)
     metrics = run(config, resume=args.resume, overwrite=args.overwrite, progress=args.progress)
-    if metrics:
+    if metrics and distributed.world().is_root:  # under MPI the other ranks hold no test results
         last = metrics[-1]
         print(
             f"final test accuracy {100 * last['test_accuracy']:.2f}% "
@@ -671,45 +673,61 @@ def build_parser():
 def main(argv=None):
     """Entry point of the ``numbacnn`` console script; returns the exit status.
 
-    Under ``mpiexec -n K`` (K > 1) every rank runs it; a rank that fails prints its one line,
-    prefixed ``[rank r of K]``, and ends every rank (MPI_Abort) instead of leaving them
-    waiting in a collective call: mpiexec then exits non-zero within seconds."""
+    Under ``mpiexec -n K`` (K > 1) every rank runs it, and rank 0 alone prints. ``train``
+    runs on every rank (data-parallel); the other commands run on rank 0 only. A mistake on
+    the command line is every rank's: rank 0 prints its one line and every rank exits with
+    it. A rank that fails later prints its one line, prefixed ``[rank r of K]``, and ends
+    every rank (MPI_Abort) instead of leaving them waiting in a collective call: mpiexec then
+    exits non-zero within seconds."""
     if distributed.launched_ranks() <= 1:
         return _main(argv)
     try:
         world = distributed.world()
-    except RuntimeError as e:  # mpiexec without mpi4py
-        print(f"numbacnn: error: {e}", file=sys.stderr)
+    except RuntimeError as e:  # mpiexec without mpi4py, or another MPI's mpiexec: no world to abort
+        if distributed.launched_rank() == 0:
+            print(f"numbacnn: error: {e}", file=sys.stderr)
         return 2
     if world.size == 1:
         return _main(argv)
-    lines = []
-    try:
-        code = _main(argv, f"[rank {world.rank} of {world.size}] ", lines.append)
-    except SystemExit as e:  # --help
-        code = e.code if isinstance(e.code, int) else 1
-    except BaseException:  # a bug: its traceback, then every rank ends
-        lines.append(traceback.format_exc().rstrip())
-        code = 1
+    lines, state = [], {}
+    quiet = contextlib.nullcontext() if world.is_root else contextlib.redirect_stdout(io.StringIO())
+    with quiet:  # rank 0 alone prints (--help, results)
+        try:
+            code = _main(argv, f"[rank {world.rank} of {world.size}] ", lines.append, state, world)
+        except SystemExit as e:  # --help
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:  # a bug: its traceback, then every rank ends
+            lines.append(traceback.format_exc().rstrip())
+            code = 1
+    if code and not state.get("parsed"):  # the command line's mistake, made alike by every rank
+        if world.is_root:
+            print(*lines, sep="\n", file=sys.stderr, flush=True)
+        return code
     if code:
         if not world.is_root:
-            time.sleep(0.5)  # a mistake every rank makes: rank 0's line is the one shown
+            time.sleep(0.5)  # a failure every rank meets: rank 0's line is the one shown
         print(*lines, sep="\n", file=sys.stderr, flush=True)
         world.abort(code)
     return code
 
 
-def _main(argv=None, who="", say=None):
-    """main's work; ``who`` prefixes the error line (a rank under MPI), ``say`` prints it
-    (default: to stderr)."""
+def _main(argv=None, who="", say=None, state=None, world=None):
+    """main's work; ``who`` prefixes an error line met after the command line was parsed (a
+    rank under MPI), ``say`` prints it (default: to stderr); ``state["parsed"]`` is set once
+    the command line is; under a ``world`` of several ranks the commands other than train run
+    on rank 0 only."""
     say = say or (lambda line: print(line, file=sys.stderr))
+    state = {} if state is None else state
 
     def error(message, code):
-        say(f"numbacnn: error: {who}{message}")
+        say(f"numbacnn: error: {who if state.get('parsed') else ''}{message}")
         return code
 
     try:
         args = build_parser().parse_args(argv)
+        state["parsed"] = True
+        if world is not None and not world.is_root and args.func is not cmd_train:
+            return 0  # evaluate, predict, export, summary: rank 0's work
         return args.func(args)
     except ConfigError as e:
         return error(e, 2)
@@ -724,7 +742,7 @@ def _main(argv=None, who="", say=None):
         return error(f"{e.strerror or e}{where}", 1)
     except KeyboardInterrupt:
         # fit() already said where the last complete checkpoint is
-        print("numbacnn: interrupted", file=sys.stderr)
+        say("numbacnn: interrupted")
         return 130
 
 

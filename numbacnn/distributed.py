@@ -30,6 +30,11 @@ epoch, rank) only. Rank 0 alone prints, evaluates, and writes checkpoints, metri
 plots; every rank reads a checkpoint to resume, so OUT must be visible to all (one machine,
 or a shared file system). A failure on any rank aborts all of them (``World.abort``).
 
+Every rank must build the same model and loaders: ``fit`` checks the data's description and
+``broadcast`` the model's size across the ranks first (ValueError naming what differs). An
+exception no one catches on one rank ends every rank (``world()`` installs an excepthook
+that calls MPI_Abort, as ``python -m mpi4py`` does), so a script never hangs on a dead rank.
+
 Without MPI (or with one rank) ``World`` is a single rank and every call is the identity.
 ``docs/scaling.md`` explains the ring all-reduce behind Allreduce and what it costs.
 """
@@ -37,27 +42,41 @@ Without MPI (or with one rank) ``World`` is a single rank and every call is the 
 import contextlib
 import ctypes
 import os
+import sys
 
 import numpy as np
 
 from . import functional as F
+from ._checks import check_int
 from ._io import directory_lock
 from .kernels import is_device_array
-from .layers import BatchNorm2d
+from .layers import _BatchNorm
 
 __all__ = ["World", "world", "GradientExchange", "SyncBatchNorm", "convert_sync_batchnorm", "launched_ranks",
-           "shard_sizes", "cuda_aware_mpi"]  # fmt: skip
+           "shard_sizes", "cuda_aware_mpi", "launched_rank"]  # fmt: skip
 
-BUCKET_BYTES = 4 << 20  # 4 MiB of float32 gradients per Allreduce (ResNet-18: 12 buckets)
+BUCKET_BYTES = 4 << 20  # a bucket closes once it holds 4 MiB or more (ResNet-18: 7 buckets)
 
 
 def launched_ranks():
     """The number of ranks ``mpiexec`` started this process among (1 when not under MPI),
-    read from the launcher's environment (MPICH/Hydra: PMI_SIZE; Open MPI: OMPI_COMM_WORLD_SIZE)."""
-    for key in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS"):
+    read from the launcher's environment (MPICH/Hydra, Intel MPI, srun --mpi=pmi2: PMI_SIZE;
+    Open MPI: OMPI_COMM_WORLD_SIZE; srun --mpi=pmix: SLURM_STEP_NUM_TASKS)."""
+    keys = ["PMI_SIZE", "OMPI_COMM_WORLD_SIZE"]
+    if "PMIX_RANK" in os.environ:
+        keys += ["SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"]
+    for key in keys:
         if os.environ.get(key, "").isdigit():
             return int(os.environ[key])
     return 1
+
+
+def launched_rank():
+    """This process's rank according to the launcher's environment (0 when not under MPI)."""
+    for key in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
 
 
 class World:
@@ -77,10 +96,14 @@ class World:
     def broadcast(self, model):
         """1. Bcast: every parameter and buffer of ``model`` takes rank 0's values (one flat
         float64 buffer, so one call; integer buffers such as num_batches_tracked round-trip
-        exactly)."""
+        exactly). Every rank must pass the same model: ValueError (on every rank) when the
+        ranks' state_dict names or shapes differ."""
         if self.size == 1:
             return
         state = model.state_dict()
+        self.check_same(
+            {"the model's state_dict (names and shapes)": [(k, np.shape(v)) for k, v in state.items()]}
+        )
         flat = np.concatenate([np.asarray(v, np.float64).ravel() for v in state.values()])
         self.comm.Bcast(flat, root=0)
         offset, arrays = 0, {}
@@ -96,6 +119,19 @@ class World:
             self.comm.Allreduce(self._mpi().IN_PLACE, values, op=self._mpi().SUM)
         return values
 
+    def check_same(self, values):
+        """ValueError on every rank unless every rank passed equal ``values`` (a dict of
+        name -> any comparable, picklable value); the message names the first value that
+        differs and each rank's. One allgather."""
+        if self.size == 1:
+            return
+        every = self.comm.allgather(values)
+        for name in values:
+            seen = [v.get(name) for v in every]
+            if any(v != seen[0] for v in seen[1:]):
+                ranks = ", ".join(f"rank {r}: {v!r}" for r, v in enumerate(seen))
+                raise ValueError(f"every rank must be given the same {name}, got {ranks}")
+
     def bcast_value(self, value):
         """Rank 0's float64 vector, on every rank."""
         values = np.array(value, dtype=np.float64)
@@ -106,8 +142,8 @@ class World:
     # ---- the split of work ----------------------------------------------------------------
     def shard(self, n):
         """[lo, hi): this rank's part of a global batch of ``n`` images (np.array_split's: the
-        first n % K ranks get one more)."""
-        base, extra = divmod(n, self.size)
+        first n % K ranks get one more). n: an int >= 0 (TypeError / ValueError)."""
+        base, extra = divmod(check_int("World.shard", "n", n, minimum=0), self.size)
         lo = self.rank * base + min(self.rank, extra)
         return lo, lo + base + (1 if self.rank < extra else 0)
 
@@ -150,7 +186,15 @@ def world():
             "pip install 'numbacnn[mpi]' (mpi4py and the mpich wheel)"
         ) from None
     comm = MPI.COMM_WORLD
+    if comm.Get_size() != launched_ranks():
+        raise RuntimeError(
+            f"mpiexec started {launched_ranks()} ranks but MPI sees {comm.Get_size()}: mpiexec and "
+            "mpi4py come from different MPI libraries (use the mpiexec installed beside mpi4py, "
+            f"{os.path.join(os.path.dirname(sys.executable), 'mpiexec')})"
+        )
     _WORLD = World(comm if comm.Get_size() > 1 else None)
+    if _WORLD.size > 1:
+        _abort_on_uncaught_exceptions(comm)
     if _WORLD.size > 1 and "NUMBA_NUM_THREADS" not in os.environ:
         import numba
 
@@ -159,9 +203,25 @@ def world():
     return _WORLD
 
 
+def _abort_on_uncaught_exceptions(comm):
+    """An exception nobody catches on one rank prints its traceback, then ends every rank
+    (MPI_Abort), instead of leaving the others waiting in a collective call forever."""
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        previous(kind, value, tb)
+        sys.stderr.flush()
+        comm.Abort(130 if issubclass(kind, KeyboardInterrupt) else 1)
+
+    sys.excepthook = hook
+
+
 def shard_sizes(n, size):
-    """The set of share sizes of a batch of ``n`` images over ``size`` ranks (World.shard)."""
-    base, extra = divmod(n, size)
+    """The set of share sizes of a batch of ``n`` images over ``size`` ranks (World.shard);
+    n >= 0, size >= 1 (ValueError)."""
+    base, extra = divmod(
+        check_int("shard_sizes", "n", n, minimum=0), check_int("shard_sizes", "size", size, minimum=1)
+    )
     return {base + 1, base} if extra else {base}
 
 
@@ -217,10 +277,15 @@ class GradientExchange:
     """
 
     def __init__(self, world, bucket_bytes=BUCKET_BYTES):
-        self.world, self.bucket_bytes = world, bucket_bytes
-        self.buckets, self._owners, self._hooked = [], {}, []
+        self.world = _check_world("GradientExchange", world)
+        self.bucket_bytes = check_int("GradientExchange", "bucket_bytes", bucket_bytes, minimum=1)
+        self.buckets, self._hooked = [], []
 
     def attach(self, model):
+        """Cut ``model``'s parameters into buckets and hook its layers; returns self.
+        RuntimeError when already attached (``detach()`` first)."""
+        if self.buckets:
+            raise RuntimeError("GradientExchange.attach: already attached to a model; detach() first")
         params = list(model.parameters())[::-1]
         bucket, size = [], 0
         for p in params:
@@ -283,10 +348,10 @@ class GradientExchange:
         self._hooked.append(module)
 
     def detach(self):
-        """Remove the backward hooks."""
+        """Remove the backward hooks; the exchange may then attach to a model again."""
         for module in self._hooked:
-            del module.__dict__["backward"]
-        self._hooked = []
+            module.__dict__.pop("backward", None)
+        self._hooked, self.buckets = [], []
 
     def start(self):
         """Before the backward pass: every bucket waits for all its parameters."""
@@ -332,26 +397,48 @@ class GradientExchange:
 
 
 # ---------------------------------------------------------------------------- batch norm
-class SyncBatchNorm(BatchNorm2d):
+def _check_world(op, given):
+    """``given`` itself, or this process's ``world()`` for None; TypeError for anything else."""
+    if given is None:
+        return world()
+    if not isinstance(given, World):
+        raise TypeError(f"{op}: world must be a numbacnn.distributed.World (distributed.world()), got "
+                        f"{type(given).__name__}")  # fmt: skip
+    return given
+
+
+class SyncBatchNorm(_BatchNorm):
     """3. Batch norm over the whole global batch (torch.nn.SyncBatchNorm): in training, the
     per-channel statistics combine every rank's (count, mean, centred sum of squares) by
-    Chan's parallel formula (an Allgather, combined in rank order on every rank, so every
-    rank gets the same numbers), and the backward pass all-reduces the two per-channel
-    gradient sums sum(dy) and sum(dy * xhat). With one rank it is BatchNorm2d.
+    Chan et al.'s parallel formula (an Allgather, combined in rank order on every rank, so
+    every rank gets the same numbers), and the backward pass all-reduces the two per-channel
+    gradient sums sum(dy) and sum(dy * xhat). With one rank, or in eval mode, it is batch norm.
 
-    Built from a BatchNorm2d by ``convert_sync_batchnorm(model, world)``."""
+    x: (N, C, H, W), (N, C) or (N, C, L), as BatchNorm2d / BatchNorm1d; a rank's N may be 0.
+    ``world``: a World (default: ``world()``). Every rank must run each training-mode
+    forward and backward of every SyncBatchNorm in step (they are collective calls: a rank
+    that skips one leaves the others waiting). ValueError when the whole global batch holds
+    one value per channel (the variance is undefined), on every rank. CPU arrays only.
+
+    Built from a model's batch norms by ``convert_sync_batchnorm(model, world)``."""
+
+    ranks = (2, 3, 4)
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, world=None):
         super().__init__(num_features, eps, momentum)
-        self.world = world or World()
+        self.world = _check_world("SyncBatchNorm", world)
+
+    def _as_functional(self, x):
+        return x.reshape(x.shape + (1,)) if x.ndim == 3 else x  # (N, C, L) -> (N, C, L, 1)
 
     def forward(self, x):
         if not self.training or self.world.size == 1:
             return super().forward(x)
         self.output_shape(x.shape)
+        xf = self._as_functional(x)
         self.num_batches_tracked += 1
         factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-        count, mean, m2 = F.batch_norm_stats(x)  # this rank's, float64 (C,)
+        count, mean, m2 = F.batch_norm_stats(xf)  # this rank's, float64 (C,)
         count, mean, m2 = _combine(self.world, count, mean, m2)  # the global batch's
         if count <= 1:
             raise ValueError(
@@ -360,21 +447,23 @@ class SyncBatchNorm(BatchNorm2d):
         var = m2 / count  # biased: normalises
         self.running_mean[...] = (1 - factor) * self.running_mean + factor * mean
         self.running_var[...] = (1 - factor) * self.running_var + factor * m2 / (count - 1)  # unbiased
-        self._x, self._trained, self._stats = x, True, (count, mean, var)
-        return F.batch_norm_elemt(x, self.weight.data, self.bias.data, mean, var, self.eps)
+        self._x, self._trained, self._stats = xf, True, (count, mean, var)
+        return F.batch_norm_elemt(xf, self.weight.data, self.bias.data, mean, var, self.eps).reshape(x.shape)
 
     def backward(self, dy):
         if not getattr(self, "_stats", None) or not self._trained or self.world.size == 1:
             return super().backward(dy)
         count, mean, var = self._stats
         self._stats = None
+        shape, dy = dy.shape, self._as_functional(dy)
         sum_dy, sum_dy_xhat = F.batch_norm_backward_reduce(dy, self._x, mean, var, self.eps)  # local
         sums = self.world.allreduce(np.concatenate([sum_dy, sum_dy_xhat]))
         c = self.num_features
         self.weight.grad += sum_dy_xhat.astype(self.weight.grad.dtype)  # this rank's share: the
         self.bias.grad += sum_dy.astype(self.bias.grad.dtype)  # gradient Allreduce sums them
-        return F.batch_norm_backward_elemt(dy, self._x, self.weight.data, mean, var, self.eps, sums[:c],
-                                           sums[c:], count)  # fmt: skip
+        w = self.weight.data
+        dx = F.batch_norm_backward_elemt(dy, self._x, w, mean, var, self.eps, sums[:c], sums[c:], count)
+        return dx.reshape(shape)
 
 
 def _combine(world, count, mean, m2):
@@ -394,12 +483,15 @@ def _combine(world, count, mean, m2):
     return n, mu, s
 
 
-def convert_sync_batchnorm(model, world):
-    """Replace every BatchNorm2d of ``model`` by a SyncBatchNorm sharing its parameters and
-    buffers (torch.nn.SyncBatchNorm.convert_sync_batchnorm); returns the model."""
+def convert_sync_batchnorm(model, world=None):
+    """Replace every batch norm of ``model`` (BatchNorm2d, BatchNorm1d) by a SyncBatchNorm
+    sharing its parameters and buffers, in place (torch.nn.SyncBatchNorm.
+    convert_sync_batchnorm); returns the model. world: a World (default: ``world()``);
+    TypeError for anything else."""
+    world = _check_world("convert_sync_batchnorm", world)
     for _, module in list(model.named_modules()):
         for name, child in list(module._modules.items()):
-            if type(child) is BatchNorm2d:
+            if isinstance(child, _BatchNorm) and not isinstance(child, SyncBatchNorm):
                 sync = SyncBatchNorm(child.num_features, child.eps, child.momentum, world)
                 sync.weight, sync.bias = child.weight, child.bias
                 for b in ("running_mean", "running_var", "num_batches_tracked"):

@@ -43,6 +43,7 @@ from .config import SCHEDULES as SCHEDULES  # re-exported (a public name of this
 from .data import DataLoader, augment, mnist
 from .data.images import DataError
 from .data.sources import Source, channel_stats, normalize, open_source
+from .layers import _BatchNorm
 from .models import MODELS, build_model, model_info
 from .optim import build_optimizer, build_schedule
 from .resume import announce_and_apply, check_resumable, check_same_data, resume_config, stored_config
@@ -160,6 +161,10 @@ def run(config, *, resume=False, overwrite=False, progress=True, log=None, on_ba
     stored_preprocess = (stored or {}).get("preprocess")
     if config.sync_bn and world.size > 1:
         distributed.convert_sync_batchnorm(plan.model, world)
+    if config.sync_bn and not any(isinstance(m, _BatchNorm) for m in plan.model.modules()):
+        log(f"note: --sync-bn does nothing here: {config.model} has no batch norm")
+    elif config.sync_bn and world.size == 1:
+        log("note: --sync-bn does nothing on one process (it is for mpiexec -n K, K > 1)")
     try:
         if world.is_root:
             os.makedirs(out, exist_ok=True)

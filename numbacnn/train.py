@@ -35,6 +35,7 @@ import math
 import os
 import sys
 import time
+import zlib
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -242,8 +243,9 @@ def fit(
     on_resume(meta): called once the checkpoint is restored, before the first resumed epoch
     (numbacnn.recipe uses it to apply optimizer settings the user changed on resume).
     world: a ``numbacnn.distributed.World`` (default: one rank): data-parallel training
-    over its ranks; rank 0 alone logs, evaluates and writes OUT (its metrics then hold the
-    test results; the other ranks return the epochs' training figures).
+    over its ranks. Every rank passes the same model, loaders and epochs (checked first:
+    ValueError on every rank naming what differs); rank 0 alone logs, evaluates and writes
+    OUT and returns the metrics; the other ranks return [].
     """
     world = world or World()
     log = (log or (lambda *a: print(*a, file=sys.stderr, flush=True))) if world.is_root else (lambda *a: None)
@@ -336,6 +338,16 @@ def _fit(model, optimizer, train_loader, test_loader, epochs, out_dir, schedule,
             log(f"nothing to do: the checkpoint already holds {done} epoch(s) (--epochs {epochs})")
     last_complete = ckpt_path if resume else None
     saved_epoch = done
+    if world.size > 1:  # the ranks must draw one global batch order and step together
+        labels = getattr(train_loader, "y", None)
+        world.check_same({
+            "number of epochs": (epochs, done),
+            "number of training batches per epoch": len(train_loader),
+            "training batch size": getattr(train_loader, "batch_size", None),
+            "shuffling seed": getattr(train_loader, "seed", None),
+            "training labels (count, CRC-32)": None if labels is None else
+                (len(labels), zlib.crc32(np.ascontiguousarray(labels).tobytes())),
+        })  # fmt: skip
     world.broadcast(model)  # 1. every rank starts from rank 0's parameters and buffers
     exchange = GradientExchange(world).attach(model)
     if world.size > 1:
@@ -400,7 +412,9 @@ def _fit(model, optimizer, train_loader, test_loader, epochs, out_dir, schedule,
         raise
     except KeyboardInterrupt:
         completed = saved_epoch
-        if last_complete is not None and os.path.exists(last_complete):
+        if completed == epoch and last_complete is not None:  # between its checkpoint and its log line
+            log(f"\ninterrupted after epoch {epoch} was saved to {last_complete} — continue with --resume")
+        elif last_complete is not None and os.path.exists(last_complete):
             log(
                 f"\ninterrupted during epoch {epoch}; the last complete checkpoint "
                 f"(epoch {completed}) is {last_complete} — continue with --resume"
@@ -411,7 +425,7 @@ def _fit(model, optimizer, train_loader, test_loader, epochs, out_dir, schedule,
         raise TrainingInterrupted(last_complete, completed) from None
     finally:
         exchange.detach()
-    return metrics
+    return metrics if world.is_root else []
 
 
 def _version():

@@ -66,21 +66,37 @@ def test_sync_batch_norm_two_ranks_equal_one_rank(tmp_path):
 
 
 @needs_mnist
-def test_a_failing_rank_ends_every_rank(tmp_path):
-    """Rank 1 raises in its third batch while rank 0 waits in the gradient Allreduce:
-    mpiexec exits non-zero within 30 s, with rank 1's message."""
+@pytest.mark.parametrize("mode", ["cli", "api"])
+def test_a_failing_rank_ends_every_rank(tmp_path, mode):
+    """Rank 1 raises in its third batch while rank 0 waits in the gradient Allreduce, in
+    ``numbacnn train`` and in a script that calls fit: mpiexec exits non-zero within 30 s,
+    with rank 1's message."""
     t0 = time.perf_counter()
     script = os.path.join(HERE, "mpi", "fail_rank.py")
-    res = _run([MPIEXEC, "-n", "2", sys.executable, script, "out"], tmp_path, timeout=60)
+    res = _run([MPIEXEC, "-n", "2", sys.executable, script, mode, "out"], tmp_path, timeout=60)
     assert res.returncode != 0 and time.perf_counter() - t0 < 30
     assert "ValueError: injected failure on rank 1" in res.stderr
 
 
+def test_ranks_given_different_data_are_refused(tmp_path):
+    """Rank 1's loader holds 256 images, rank 0's 320: fit refuses on every rank, naming
+    what differs and each rank's value, before any batch (no hang, no mixed-up batch)."""
+    script = os.path.join(HERE, "mpi", "fail_rank.py")
+    res = _run([MPIEXEC, "-n", "2", sys.executable, script, "unequal", "out"], tmp_path, timeout=60)
+    assert res.returncode != 0
+    assert ("every rank must be given the same number of training batches per epoch, got rank 0: 5, "
+            "rank 1: 4") in res.stderr  # fmt: skip
+
+
 def test_a_mistake_under_mpiexec_is_one_line(tmp_path):
+    """A mistake on the command line is every rank's: one line from rank 0, exit 2, no
+    MPI_Abort; --help is printed once."""
     res = _run([MPIEXEC, "-n", "2", os.path.join(BIN, "numbacnn"), "train", "--model", "nope"], tmp_path)
     assert res.returncode == 2
-    errors = [line for line in res.stderr.splitlines() if line.startswith("numbacnn: error:")]
-    assert errors == [errors[0]] and errors[0].startswith("numbacnn: error: [rank 0 of 2] argument --model")
+    assert res.stderr.splitlines() == [res.stderr.splitlines()[0]]
+    assert res.stderr.startswith("numbacnn: error: argument --model: ")
+    res = _run([MPIEXEC, "-n", "2", os.path.join(BIN, "numbacnn"), "train", "--help"], tmp_path)
+    assert res.returncode == 0 and res.stdout.count("usage: numbacnn train") == 1
 
 
 @needs_mnist
@@ -113,6 +129,16 @@ def test_numbacnn_train_under_mpiexec(tmp_path):
     rows = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [(r["epoch"], r["world_size"]) for r in rows] == [(1, 2), (2, 1)]
     assert rows[1]["test_accuracy"] > rows[0]["test_accuracy"]
+    # back on 2 ranks, nothing to do: one result line (rank 0's), not one per rank
+    res = _run(
+        [MPIEXEC, "-n", "2", *argv[:1], "train", "--out", "run", "--resume", "--epochs", "2"], tmp_path
+    )
+    assert res.returncode == 0 and res.stdout.count("final test accuracy") == 1, res.stdout
+    assert "after 2 epochs" in res.stdout and "nothing to do" in res.stderr
+    # the other commands run on rank 0 alone: export writes once, without racing itself
+    res = _run([MPIEXEC, "-n", "2", *argv[:1], "export", "--checkpoint", "run/checkpoint.npz", "--out",
+                "m.safetensors"], tmp_path)  # fmt: skip
+    assert res.returncode == 0 and res.stdout.count("wrote") == 1, (res.stdout, res.stderr)
 
 
 def test_gradients_on_the_device_are_staged_through_pinned_memory(tmp_path):
@@ -133,3 +159,49 @@ def test_the_mpich_wheel_is_not_cuda_aware():
     from numbacnn.distributed import cuda_aware_mpi
 
     assert cuda_aware_mpi() is False
+
+
+def test_sync_batch_norm_of_features_two_and_three_ranks(tmp_path):
+    """SyncBatchNorm from BatchNorm1d on (N, C) and (N, C, L) shares (11 and 7 rows over 2
+    and 3 ranks) equals BatchNorm1d on the whole batch: y, dx, parameter gradients, running
+    statistics, to 1e-12 in float64."""
+    for ranks in ("2", "3"):
+        res = _run(
+            [MPIEXEC, "-n", ranks, sys.executable, os.path.join(HERE, "mpi", "sync_bn_shapes.py")], tmp_path
+        )
+        assert res.returncode == 0 and res.stdout == "ok\n", res.stderr
+
+
+def test_the_api_checks_its_arguments():
+    """One process: misuse of the distributed API is a clear error naming the argument."""
+    from numbacnn import distributed as D
+    from numbacnn.layers import BatchNorm1d, BatchNorm2d
+    from numbacnn.models import build_model
+
+    w = D.World()
+    for call, kind, words in [
+        (lambda: w.shard(-3), ValueError, "n must be >= 0"),
+        (lambda: w.shard(2.5), TypeError, "n must be an int"),
+        (lambda: D.shard_sizes(5, 0), ValueError, "size must be >= 1"),
+        (lambda: D.convert_sync_batchnorm(build_model("resnet_cifar"), "x"), TypeError, "world must be"),
+        (lambda: D.SyncBatchNorm(4, world="x"), TypeError, "world must be"),
+        (lambda: D.GradientExchange(w, bucket_bytes=0), ValueError, "bucket_bytes must be >= 1"),
+    ]:
+        with pytest.raises(kind, match=words):
+            call()
+    assert w.shard(7) == (0, 7) and D.shard_sizes(7, 3) == {2, 3}
+    model = build_model("lenet5")
+    exchange = D.GradientExchange(w).attach(model)
+    with pytest.raises(RuntimeError, match="already attached"):
+        exchange.attach(model)
+    exchange.detach()
+    exchange.attach(model).detach()  # detached, it attaches again
+    # None is this process's world; batch norms of both kinds are converted, sharing the arrays
+    net = build_model("resnet_cifar")
+    net.extra = BatchNorm1d(5)
+    bn = net.bn1 if hasattr(net, "bn1") else next(m for m in net.modules() if type(m) is BatchNorm2d)
+    weight = bn.weight
+    D.convert_sync_batchnorm(net)
+    assert not any(type(m) in (BatchNorm1d, BatchNorm2d) for m in net.modules())
+    assert any(m.weight is weight for m in net.modules() if isinstance(m, D.SyncBatchNorm))
+    assert net.extra.world is D.world() and D.world().size == 1

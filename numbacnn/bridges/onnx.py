@@ -37,8 +37,6 @@ from ..graph import Graph
 from ..layers import (
     Add,
     AvgPool2d,
-    BatchNorm1d,
-    BatchNorm2d,
     Conv2d,
     Dropout,
     Flatten,
@@ -49,6 +47,7 @@ from ..layers import (
     ReLU,
     Sigmoid,
     Tanh,
+    _BatchNorm,
 )
 from ..shapes import conv_padding
 
@@ -116,7 +115,7 @@ def _emit(b, module, inputs, shapes, path):
         if module.bias is not None:
             args.append(b.weight(f"{path}.bias", module.bias.data))
         out = b.node("Gemm", args, path, transB=1)
-    elif isinstance(module, (BatchNorm1d, BatchNorm2d)):
+    elif isinstance(module, _BatchNorm):  # BatchNorm1d, BatchNorm2d, SyncBatchNorm
         stats = (("weight", module.weight.data), ("bias", module.bias.data),
                  ("running_mean", module.running_mean), ("running_var", module.running_var))  # fmt: skip
         names = [b.weight(f"{path}.{n}", a) for n, a in stats]
