@@ -3,7 +3,9 @@
     env -u OPENBLAS_CORETYPE mpiexec -n 2 python benchmarks/bench_scaling.py allreduce
     env -u OPENBLAS_CORETYPE NUMBA_NUM_THREADS=1 python benchmarks/bench_scaling.py step lenet5 64 32
     env -u OPENBLAS_CORETYPE mpiexec -n 2 python benchmarks/bench_scaling.py step lenet5 64 32
-    python benchmarks/bench_scaling.py model ALPHA_US BETA_NS_PER_BYTE   # prints the predictions
+    python benchmarks/bench_scaling.py model ALPHA_US BETA_NS_PER_BYTE LENET5_S RESNET50_S
+        # the predictions; LENET5_S, RESNET50_S: one core's seconds per image, e.g.
+    python benchmarks/bench_scaling.py model 5 0.08 0.000142 1.873
 
 allreduce: the best time of one MPI Allreduce (SUM, in place) of n float32 values, for n from
 1k to 32M, then a least-squares fit of the ring all-reduce's alpha-beta model
@@ -20,8 +22,7 @@ at 8 and 64 nodes of a 100 Gb/s network, with this machine's measured per-image 
 time as the node's speed (and 100x that, for a faster node), no overlap assumed.
 """
 
-import sys
-import time
+import argparse
 
 import numpy as np
 from _timing import best_time
@@ -106,7 +107,9 @@ def model(alpha, beta, t_image=None):
     """Predicted efficiency; alpha in s, beta in s/byte; t_image: {model: seconds per image}."""
     models = {"lenet5": (61706, 64), "resnet50": (25557032, 32)}  # parameters, images per node per step
     t_image = t_image or {}
-    print(f"ring all-reduce on a 100 Gb/s network: alpha {alpha * 1e6:.1f} us, beta {beta * 1e9:.3f} ns/byte")
+    gbit = 8 / beta / 1e9  # Gb/s
+    net = f"ring all-reduce on a {gbit:.0f} Gb/s network"
+    print(f"{net}: alpha {alpha * 1e6:.1f} us, beta {beta * 1e9:.3f} ns/byte")
     print(f"{'model':>9} {'nodes':>5} {'allreduce':>11} {'compute':>10} {'efficiency':>10} {'100x node':>10}")
     for name, (params, local) in models.items():
         for p in (8, 64):
@@ -118,15 +121,26 @@ def model(alpha, beta, t_image=None):
 
 
 if __name__ == "__main__":
-    what = sys.argv[1]
-    t0 = time.perf_counter()
-    if what == "allreduce":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    sub.add_parser("allreduce", help="time Allreduce sizes and fit alpha, beta (under mpiexec -n 2)")
+    s = sub.add_parser("step", help="time one data-parallel SGD step (under mpiexec -n K, or alone)")
+    s.add_argument("model")
+    s.add_argument("batch", type=int, help="global batch")
+    s.add_argument("side", type=int, help="image side, pixels")
+    m = sub.add_parser("model", help="predict the step efficiency at 8 and 64 nodes")
+    m.add_argument("alpha_us", type=float, help="latency per message, microseconds")
+    m.add_argument("beta_ns_per_byte", type=float, help="seconds per byte, nanoseconds (100 Gb/s: 0.08)")
+    m.add_argument("lenet5_s", type=float, help="one core's seconds per LeNet-5 image (training)")
+    m.add_argument("resnet50_s", type=float, help="one core's seconds per ResNet-50 224x224 image (training)")
+    args = parser.parse_args()
+    if args.what == "allreduce":
         allreduce()
-    elif what == "step":
-        step(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
-    elif what == "model":
-        alpha, beta = float(sys.argv[2]) * 1e-6, float(sys.argv[3]) * 1e-9
-        t_image = {"lenet5": float(sys.argv[4]), "resnet50": float(sys.argv[5])}
-        model(alpha, beta, t_image)
+    elif args.what == "step":
+        step(args.model, args.batch, args.side)
     else:
-        raise SystemExit(f"unknown benchmark {what!r}: allreduce, step or model")
+        model(
+            args.alpha_us * 1e-6,
+            args.beta_ns_per_byte * 1e-9,
+            {"lenet5": args.lenet5_s, "resnet50": args.resnet50_s},
+        )

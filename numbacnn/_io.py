@@ -115,6 +115,7 @@ def directory_lock(directory):
     mine = f"{path}.{os.getpid()}"
     with open(mine, "w") as f:
         f.write(f"{os.getpid()}\n")
+    held = False  # by this process already (fit inside run)
     try:
         for _ in range(2):
             try:
@@ -123,21 +124,25 @@ def directory_lock(directory):
             except FileExistsError:
                 owner = _lock_owner(path)
                 if owner == os.getpid():
-                    yield  # this process already holds it (fit inside run)
-                    return
+                    held = True
+                    break
                 if owner is None or _alive(owner):  # unreadable: another writer's, keep out
                     raise DirectoryInUse(
                         f"{os.fspath(directory)} is in use by another numbacnn run (pid {owner}); wait "
                         f"for it to finish or choose another --out (if no run is alive, delete {path})"
                     ) from None
-                try:  # stale: its process is gone
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
+                for stale in (path, f"{path}.{owner}"):  # its process is gone (killed)
+                    try:
+                        os.unlink(stale)
+                    except FileNotFoundError:
+                        pass
         else:  # pragma: no cover - lost a race twice
             raise DirectoryInUse(f"{os.fspath(directory)}: could not take the lock {path}")
     finally:
         os.unlink(mine)
+    if held:
+        yield
+        return
     try:
         yield
     finally:

@@ -334,6 +334,14 @@ def _train(config, out, resume, progress, log, on_batch, plan, stored_preprocess
         progress=progress,
         on_batch=on_batch,
         log=log,
-        on_resume=lambda meta: announce_and_apply(meta, config, optimizer, schedule, log),
+        on_resume=lambda meta: announce_and_apply(
+            meta,
+            config,
+            optimizer,
+            schedule,
+            log,
+            world.size,
+            any(isinstance(m, _BatchNorm) for m in model.modules()),
+        ),
         world=world,
     )

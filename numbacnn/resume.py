@@ -137,11 +137,24 @@ def _changes(stored, config):
     ]
 
 
-def announce_and_apply(meta, config, optimizer, schedule, log):
+def announce_and_apply(meta, config, optimizer, schedule, log, world_size=1, batch_norm=False):
     """After fit restored the checkpoint (``meta`` its meta): set the optimizer settings
     config changes, and log one line naming every changed setting (and one for a schedule
-    whose kind or length differs from the checkpoint's). Nothing is logged when nothing
-    changed: then the run continues exactly as it would have."""
+    whose kind or length differs from the checkpoint's, and one for another number of MPI
+    ranks, ``world_size``, which changes what each batch norm of a model with ``batch_norm``
+    sees unless --sync-bn). Nothing is logged when nothing changed: then the run continues
+    exactly as it would have."""
+    before = meta.get("world_size", 1)
+    if before != world_size:
+        log(
+            f"resuming on {world_size} rank(s) a run written by {before}: the global batches are the same"
+            + (
+                f", but each batch norm now normalises 1/{world_size} of a batch, not 1/{before} "
+                "(--sync-bn: all of it)"
+                if batch_norm and not config.sync_bn
+                else ""
+            )
+        )
     stored = meta.get("config") or {}
     changes = _changes(stored, config) if isinstance(stored, Mapping) else []
     for name, _, new in changes:

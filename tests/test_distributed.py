@@ -126,6 +126,7 @@ def test_numbacnn_train_under_mpiexec(tmp_path):
     res = _run([os.path.join(BIN, "numbacnn"), "train", "--out", "run", "--resume", "--epochs", "2",
                 "--no-progress"], tmp_path)  # fmt: skip
     assert res.returncode == 0, res.stderr
+    assert "resuming on 1 rank(s) a run written by 2: the global batches are the same\n" in res.stderr
     rows = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [(r["epoch"], r["world_size"]) for r in rows] == [(1, 2), (2, 1)]
     assert rows[1]["test_accuracy"] > rows[0]["test_accuracy"]
