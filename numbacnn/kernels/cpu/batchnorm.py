@@ -123,28 +123,43 @@ def batch_norm_backward(dy3, x3, gamma, eps, dx3, dgamma, dbeta):
     for c in prange(C):
         mean, var = _channel_mean_var(x3, c)
         s = 1.0 / math.sqrt(var + eps)
-        sum_dy = 0.0
-        sum_dy_xc = 0.0  # sum dy * (x - mean)
-        for n in range(N):
-            gr = dy3[n, c]  # gr, xr: (L,)
-            xr = x3[n, c]
-            for l in range(L):
-                g = gr[l]
-                sum_dy += g
-                sum_dy_xc += g * (xr[l] - mean)
+        sum_dy, sum_dy_xc = _channel_dy_sums(dy3, x3, c, mean)
         sum_dy_xhat = sum_dy_xc * s
         dbeta[c] = sum_dy
         dgamma[c] = sum_dy_xhat
-        # dx = gamma*s*(dy - sum_dy/n - xhat*sum_dy_xhat/n), xhat = (x-mean)*s
-        k = gamma[c] * s
-        mean_dy = sum_dy / cnt
-        coef = s * sum_dy_xhat / cnt  # xhat * coef = (x-mean) * s*s*sum/n
-        for n in range(N):
-            gr = dy3[n, c]  # gr, xr, dr: (L,)
-            xr = x3[n, c]
-            dr = dx3[n, c]
-            for l in range(L):
-                dr[l] = k * (gr[l] - mean_dy - (xr[l] - mean) * coef)
+        _channel_dx(dy3, x3, dx3, c, mean, s, gamma[c], sum_dy / cnt, sum_dy_xhat / cnt)
+
+
+@njit(cache=True, fastmath=_FAST)
+def _channel_dy_sums(dy3, x3, c, mean):
+    """(sum dy, sum dy * (x - mean)) over channel c, in float64."""
+    # dy3, x3: (N, C, L)
+    N, _, L = x3.shape
+    sum_dy = 0.0
+    sum_dy_xc = 0.0
+    for n in range(N):
+        gr = dy3[n, c]  # gr, xr: (L,)
+        xr = x3[n, c]
+        for l in range(L):
+            g = gr[l]
+            sum_dy += g
+            sum_dy_xc += g * (xr[l] - mean)
+    return sum_dy, sum_dy_xc
+
+
+@njit(cache=True, fastmath=_FAST)
+def _channel_dx(dy3, x3, dx3, c, mean, s, gamma_c, mean_dy, mean_dy_xhat):
+    """Channel c of dx = gamma*s*(dy - mean(dy) - xhat*mean(dy*xhat)), xhat = (x - mean)*s."""
+    # dy3, x3, dx3: (N, C, L)
+    N, _, L = x3.shape
+    k = gamma_c * s
+    coef = s * mean_dy_xhat  # xhat * mean_dy_xhat = (x - mean) * coef
+    for n in range(N):
+        gr = dy3[n, c]  # gr, xr, dr: (L,)
+        xr = x3[n, c]
+        dr = dx3[n, c]
+        for l in range(L):
+            dr[l] = k * (gr[l] - mean_dy - (xr[l] - mean) * coef)
 
 
 @njit(parallel=True, cache=True, fastmath=_FAST)
@@ -197,21 +212,10 @@ def batch_norm_backward_reduce(dy3, x3, mean, var, eps, sum_dy, sum_dy_xhat):
     """Per channel: sum dy and sum dy * xhat, xhat = (x - mean)/sqrt(var + eps) with the
     GIVEN (global) statistics; float64."""
     # dy3, x3: (N, C, L)   mean, var, sum_dy, sum_dy_xhat: (C,) float64
-    N, C, L = x3.shape
-    for c in prange(C):
-        s = 1.0 / math.sqrt(var[c] + eps)
-        mu = mean[c]
-        a = 0.0
-        b = 0.0  # sum dy * (x - mean)
-        for n in range(N):
-            gr = dy3[n, c]  # gr, xr: (L,)
-            xr = x3[n, c]
-            for l in range(L):
-                g = gr[l]
-                a += g
-                b += g * (xr[l] - mu)
+    for c in prange(x3.shape[1]):
+        a, b = _channel_dy_sums(dy3, x3, c, mean[c])
         sum_dy[c] = a
-        sum_dy_xhat[c] = b * s
+        sum_dy_xhat[c] = b * (1.0 / math.sqrt(var[c] + eps))
 
 
 @njit(parallel=True, cache=True, fastmath=_FAST)
@@ -219,16 +223,6 @@ def batch_norm_backward_elemt(dy3, x3, gamma, mean, var, eps, sum_dy, sum_dy_xha
     """dx = gamma * s * (dy - sum_dy/count - xhat * sum_dy_xhat/count): the training-mode
     input gradient given the GLOBAL statistics and sums over ``count`` values per channel."""
     # dy3, x3, dx3: (N, C, L)   gamma: (C,)   mean, var, sum_dy, sum_dy_xhat: (C,) float64
-    N, C, L = x3.shape
-    for c in prange(C):
+    for c in prange(x3.shape[1]):
         s = 1.0 / math.sqrt(var[c] + eps)
-        mu = mean[c]
-        k = gamma[c] * s
-        mean_dy = sum_dy[c] / count
-        coef = s * sum_dy_xhat[c] / count
-        for n in range(N):
-            gr = dy3[n, c]  # gr, xr, dr: (L,)
-            xr = x3[n, c]
-            dr = dx3[n, c]
-            for l in range(L):
-                dr[l] = k * (gr[l] - mean_dy - (xr[l] - mu) * coef)
+        _channel_dx(dy3, x3, dx3, c, mean[c], s, gamma[c], sum_dy[c] / count, sum_dy_xhat[c] / count)
