@@ -32,6 +32,10 @@ def allreduce():
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
+    if comm.Get_size() < 2:
+        raise SystemExit(
+            "bench_scaling.py allreduce: run it under mpiexec -n 2 (or more): one rank has no one to sum with"
+        )
     rows = []
     for k in range(10, 26, 1):
         n = 1 << k

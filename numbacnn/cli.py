@@ -689,19 +689,20 @@ def main(argv=None):
         return 2
     if world.size == 1:
         return _main(argv)
-    lines, state = [], {}
+    lines, state, who = [], {}, ""
     quiet = contextlib.nullcontext() if world.is_root else contextlib.redirect_stdout(io.StringIO())
     with quiet:  # rank 0 alone prints (--help, results)
         try:
-            code = _main(argv, f"[rank {world.rank} of {world.size}] ", lines.append, state, world)
+            who = f"[rank {world.rank} of {world.size}] "
+            code = _main(argv, who, lines.append, state, world)
         except SystemExit as e:  # --help
             code = e.code if isinstance(e.code, int) else 1
         except BaseException:  # a bug: its traceback, then every rank ends
             lines.append(traceback.format_exc().rstrip())
             code = 1
-    if code and not state.get("parsed"):  # the command line's mistake, made alike by every rank
-        if world.is_root:
-            print(*lines, sep="\n", file=sys.stderr, flush=True)
+    if code and (not state.get("parsed") or world.all_failed()):  # every rank met it: a mistake
+        if world.is_root:  # in the command line or the files it names; rank 0's line, no abort
+            print(*(line.replace(who, "", 1) for line in lines), sep="\n", file=sys.stderr, flush=True)
         return code
     if code:
         if not world.is_root:

@@ -43,6 +43,7 @@ import contextlib
 import ctypes
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -88,6 +89,9 @@ class World:
         self.rank = comm.Get_rank() if comm is not None else 0
         self.size = comm.Get_size() if comm is not None else 1
         self.is_root = self.rank == 0
+        # a second communicator, for failing ranks only (all_failed): its calls can never be
+        # matched with the training's collectives
+        self._failures = comm.Dup() if comm is not None else None
 
     def __repr__(self):
         return f"World(rank={self.rank}, size={self.size})"
@@ -101,9 +105,8 @@ class World:
         if self.size == 1:
             return
         state = model.state_dict()
-        self.check_same(
-            {"the model's state_dict (names and shapes)": [(k, np.shape(v)) for k, v in state.items()]}
-        )
+        layout = [(k, np.shape(v), str(np.asarray(v).dtype)) for k, v in state.items()]
+        self.check_same({"model's state_dict (names, shapes, dtypes)": layout})
         flat = np.concatenate([np.asarray(v, np.float64).ravel() for v in state.values()])
         self.comm.Bcast(flat, root=0)
         offset, arrays = 0, {}
@@ -121,8 +124,8 @@ class World:
 
     def check_same(self, values):
         """ValueError on every rank unless every rank passed equal ``values`` (a dict of
-        name -> any comparable, picklable value); the message names the first value that
-        differs and each rank's. One allgather."""
+        name -> plain value: numbers, strings, tuples and lists of them, compared with ==);
+        the message names the first value that differs and each rank's. One allgather."""
         if self.size == 1:
             return
         every = self.comm.allgather(values)
@@ -147,9 +150,46 @@ class World:
         lo = self.rank * base + min(self.rank, extra)
         return lo, lo + base + (1 if self.rank < extra else 0)
 
+    def bcast_object(self, obj):
+        """Rank 0's ``obj`` (any picklable object), on every rank."""
+        return self.comm.bcast(obj, root=0) if self.size > 1 else obj
+
+    def on_root(self, fn):
+        """fn() on rank 0 alone; its result on every rank, or its exception raised on every
+        rank (so one rank's refusal is every rank's, and none is left waiting)."""
+        if self.size == 1:
+            return fn()
+        outcome = None
+        if self.is_root:
+            try:
+                outcome = (True, fn())
+            except Exception as e:  # handed to every rank, raised there
+                outcome = (False, e)
+        ok, value = self.comm.bcast(outcome, root=0)
+        if not ok:
+            raise value
+        return value
+
+    @contextlib.contextmanager
     def lock(self, directory):
-        """Rank 0 locks OUT (numbacnn._io.directory_lock); the other ranks write nothing."""
-        return directory_lock(directory) if self.is_root else contextlib.nullcontext()
+        """Rank 0 locks OUT (numbacnn._io.directory_lock) for the block; the other ranks write
+        nothing. DirectoryInUse on every rank when another run holds it."""
+        with contextlib.ExitStack() as stack:
+            self.on_root(lambda: stack.enter_context(directory_lock(directory)) and None)
+            yield
+
+    def all_failed(self, timeout=2.0):
+        """Called by a rank that failed: True when every rank calls it within ``timeout``
+        seconds (they all met the failure, e.g. one mistake in their common arguments), so
+        they may all exit without MPI_Abort; False otherwise (then abort)."""
+        if self.size == 1:
+            return True
+        request, deadline = self._failures.Ibarrier(), time.monotonic() + timeout
+        while not request.Test():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def abort(self, code=1):
         """End every rank now (MPI_Abort): a failure on one rank must not leave the others
@@ -211,7 +251,8 @@ def _abort_on_uncaught_exceptions(comm):
     def hook(kind, value, tb):
         previous(kind, value, tb)
         sys.stderr.flush()
-        comm.Abort(130 if issubclass(kind, KeyboardInterrupt) else 1)
+        if not _WORLD.all_failed():  # unless every rank failed alike: then they all end alone
+            comm.Abort(130 if issubclass(kind, KeyboardInterrupt) else 1)
 
     sys.excepthook = hook
 

@@ -166,8 +166,7 @@ def run(config, *, resume=False, overwrite=False, progress=True, log=None, on_ba
     elif config.sync_bn and world.size == 1:
         log("note: --sync-bn does nothing on one process (it is for mpiexec -n K, K > 1)")
     try:
-        if world.is_root:
-            os.makedirs(out, exist_ok=True)
+        world.on_root(lambda: os.makedirs(out, exist_ok=True))  # a refusal is every rank's
     except OSError as e:  # a path os.access misjudged (/proc, a read-only mount)
         raise ConfigError(f"out {out!r} cannot be created: {e.strerror}") from None
     with world.lock(out):  # before the data loads: a second run on OUT refuses at once

@@ -146,12 +146,18 @@ def announce_and_apply(meta, config, optimizer, schedule, log, world_size=1, bat
     exactly as it would have."""
     before = meta.get("world_size", 1)
     if before != world_size:
+        stored_sync = bool((meta.get("config") or {}).get("sync_bn", False))
+
+        def seen(ranks, sync):  # the part of a global batch each batch norm normalises
+            return "all" if ranks == 1 or sync else f"1/{ranks}"
+
+        then, now = seen(before, stored_sync), seen(world_size, config.sync_bn)
         log(
-            f"resuming on {world_size} rank(s) a run written by {before}: the global batches are the same"
+            f"resuming on {world_size} rank{'s' if world_size > 1 else ''} a run written by {before}: the "
+            "global batches are the same"
             + (
-                f", but each batch norm now normalises 1/{world_size} of a batch, not 1/{before} "
-                "(--sync-bn: all of it)"
-                if batch_norm and not config.sync_bn
+                f", but each batch norm now normalises {now} of a batch, not {then}"
+                if batch_norm and now != then
                 else ""
             )
         )

@@ -41,6 +41,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from . import distributed
 from . import functional as F
 from . import random as nrandom
 from ._checks import is_int
@@ -242,16 +243,18 @@ def fit(
     to simulate Ctrl-C). log: a print-like function (default: print to stderr).
     on_resume(meta): called once the checkpoint is restored, before the first resumed epoch
     (numbacnn.recipe uses it to apply optimizer settings the user changed on resume).
-    world: a ``numbacnn.distributed.World`` (default: one rank): data-parallel training
-    over its ranks. Every rank passes the same model, loaders and epochs (checked first:
+    world: a ``numbacnn.distributed.World``: data-parallel training over its ranks. Every
+    rank passes the same model, optimizer settings, loaders and epochs (checked first:
     ValueError on every rank naming what differs); rank 0 alone logs, evaluates and writes
-    OUT and returns the metrics; the other ranks return [].
+    OUT; every rank returns rank 0's metrics, once rank 0 has written them. Default: this
+    process's ``numbacnn.distributed.world()`` (one rank unless launched by mpiexec).
     """
-    world = world or World()
+    world = distributed.world() if world is None else world
+    if not isinstance(world, World):
+        raise TypeError(f"fit: world must be a numbacnn.distributed.World, got {type(world).__name__}")
     log = (log or (lambda *a: print(*a, file=sys.stderr, flush=True))) if world.is_root else (lambda *a: None)
     out_dir = os.fspath(out_dir)
-    if world.is_root:
-        os.makedirs(out_dir, exist_ok=True)
+    world.on_root(lambda: os.makedirs(out_dir, exist_ok=True))
     with world.lock(out_dir):  # a second run on the same OUT refuses instead of racing
         return _fit(model, optimizer, train_loader, test_loader, epochs, out_dir, schedule, resume,
                     dict(config or {}), progress, on_batch, log, on_resume, world)  # fmt: skip
@@ -339,14 +342,15 @@ def _fit(model, optimizer, train_loader, test_loader, epochs, out_dir, schedule,
     last_complete = ckpt_path if resume else None
     saved_epoch = done
     if world.size > 1:  # the ranks must draw one global batch order and step together
-        labels = getattr(train_loader, "y", None)
         world.check_same({
             "number of epochs": (epochs, done),
             "number of training batches per epoch": len(train_loader),
             "training batch size": getattr(train_loader, "batch_size", None),
             "shuffling seed": getattr(train_loader, "seed", None),
-            "training labels (count, CRC-32)": None if labels is None else
-                (len(labels), zlib.crc32(np.ascontiguousarray(labels).tobytes())),
+            "training images (CRC-32)": _crc(getattr(train_loader, "x", None)),
+            "training labels (CRC-32)": _crc(getattr(train_loader, "y", None)),
+            "optimizer and its settings": (type(optimizer).__name__, sorted(
+                (k, v) for k, v in vars(optimizer).items() if isinstance(v, (bool, int, float, str, tuple)))),
         })  # fmt: skip
     world.broadcast(model)  # 1. every rank starts from rank 0's parameters and buffers
     exchange = GradientExchange(world).attach(model)
@@ -425,7 +429,12 @@ def _fit(model, optimizer, train_loader, test_loader, epochs, out_dir, schedule,
         raise TrainingInterrupted(last_complete, completed) from None
     finally:
         exchange.detach()
-    return metrics if world.is_root else []
+    return world.bcast_object(metrics)  # every rank returns once rank 0 has written
+
+
+def _crc(a):
+    """CRC-32 of an array's bytes (None for None): a cheap fingerprint to compare ranks' data."""
+    return None if a is None else zlib.crc32(np.ascontiguousarray(a).data)
 
 
 def _version():

@@ -78,14 +78,41 @@ def test_a_failing_rank_ends_every_rank(tmp_path, mode):
     assert "ValueError: injected failure on rank 1" in res.stderr
 
 
-def test_ranks_given_different_data_are_refused(tmp_path):
-    """Rank 1's loader holds 256 images, rank 0's 320: fit refuses on every rank, naming
-    what differs and each rank's value, before any batch (no hang, no mixed-up batch)."""
+@pytest.mark.parametrize(
+    "mode, words",
+    [
+        ("unequal", "the same number of training batches per epoch, got rank 0: 5, rank 1: 4"),
+        ("noise", "the same training images (CRC-32), got rank 0: "),
+        (
+            "dtype",
+            "the same model's state_dict (names, shapes, dtypes), got rank 0: "
+            "[('conv1.weight', (6, 1, 5, 5), 'float32')",
+        ),
+    ],
+)
+def test_ranks_given_different_data_or_models_are_refused(tmp_path, mode, words):
+    """Rank 1's loader holds 256 images to rank 0's 320, or other images with the same labels,
+    or its model is float64: fit refuses on every rank before any batch, naming what differs
+    and each rank's value (no hang, no mixed-up batch, no NaN); every rank failed alike, so
+    mpiexec ends without MPI_Abort."""
     script = os.path.join(HERE, "mpi", "fail_rank.py")
-    res = _run([MPIEXEC, "-n", "2", sys.executable, script, "unequal", "out"], tmp_path, timeout=60)
+    res = _run([MPIEXEC, "-n", "2", sys.executable, script, mode, "out"], tmp_path, timeout=60)
     assert res.returncode != 0
-    assert ("every rank must be given the same number of training batches per epoch, got rank 0: 5, "
-            "rank 1: 4") in res.stderr  # fmt: skip
+    assert "every rank must be given " + words in res.stderr and "MPI_Abort" not in res.stderr
+
+
+def test_fit_returns_on_every_rank_after_rank_0_wrote(tmp_path):
+    """Every rank returns rank 0's metrics, once rank 0 has written the last checkpoint; a
+    refusal met by rank 0 alone (OUT locked by a live process) is raised on every rank, so a
+    script's sys.exit on each ends the run instead of leaving a rank waiting."""
+    script = os.path.join(HERE, "mpi", "fail_rank.py")
+    res = _run([MPIEXEC, "-n", "2", sys.executable, script, "returns", "out"], tmp_path, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert sorted(res.stdout.splitlines()) == [
+        f"returned 2 rows, checkpoint epoch 2 on rank {r}" for r in (0, 1)
+    ]
+    res = _run([MPIEXEC, "-n", "2", sys.executable, script, "locked", "held"], tmp_path, timeout=60)
+    assert res.returncode == 2, res.stderr
 
 
 def test_a_mistake_under_mpiexec_is_one_line(tmp_path):
@@ -97,6 +124,12 @@ def test_a_mistake_under_mpiexec_is_one_line(tmp_path):
     assert res.stderr.startswith("numbacnn: error: argument --model: ")
     res = _run([MPIEXEC, "-n", "2", os.path.join(BIN, "numbacnn"), "train", "--help"], tmp_path)
     assert res.returncode == 0 and res.stdout.count("usage: numbacnn train") == 1
+    # found after parsing, still every rank's: one plain line, no MPI_Abort
+    res = _run(
+        [MPIEXEC, "-n", "2", os.path.join(BIN, "numbacnn"), "train", "--resume", "--overwrite"], tmp_path
+    )
+    assert res.returncode == 2 and res.stderr.startswith("numbacnn: error: --resume continues")
+    assert len(res.stderr.splitlines()) == 1, res.stderr
 
 
 @needs_mnist
@@ -126,7 +159,7 @@ def test_numbacnn_train_under_mpiexec(tmp_path):
     res = _run([os.path.join(BIN, "numbacnn"), "train", "--out", "run", "--resume", "--epochs", "2",
                 "--no-progress"], tmp_path)  # fmt: skip
     assert res.returncode == 0, res.stderr
-    assert "resuming on 1 rank(s) a run written by 2: the global batches are the same\n" in res.stderr
+    assert "resuming on 1 rank a run written by 2: the global batches are the same\n" in res.stderr
     rows = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [(r["epoch"], r["world_size"]) for r in rows] == [(1, 2), (2, 1)]
     assert rows[1]["test_accuracy"] > rows[0]["test_accuracy"]
