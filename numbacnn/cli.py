@@ -24,7 +24,9 @@ import io
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -670,8 +672,15 @@ def build_parser():
     return p
 
 
+def _terminated(signum, frame):
+    """SIGTERM (kill, a batch system's time limit) stops a run as Ctrl-C does: the last
+    complete checkpoint stays, the lock goes, and the run says where to --resume from."""
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
-    """Entry point of the ``numbacnn`` console script; returns the exit status.
+    """Entry point of the ``numbacnn`` console script; returns the exit status. SIGTERM is
+    handled as Ctrl-C (exit 130).
 
     Under ``mpiexec -n K`` (K > 1) every rank runs it, and rank 0 alone prints. ``train``
     runs on every rank (data-parallel); the other commands run on rank 0 only. A mistake on
@@ -679,6 +688,8 @@ def main(argv=None):
     it. A rank that fails later prints its one line, prefixed ``[rank r of K]``, and ends
     every rank (MPI_Abort) instead of leaving them waiting in a collective call: mpiexec then
     exits non-zero within seconds."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
     if distributed.launched_ranks() <= 1:
         return _main(argv)
     try:

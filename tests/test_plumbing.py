@@ -6,6 +6,7 @@ any work starts (no data loaded, no directory created)."""
 
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -225,6 +226,29 @@ def test_two_real_runs_on_one_directory(tmp_path, capsys):
 
     assert checkpoint.load(out / "checkpoint.npz").meta["epoch"] == 2
     assert not (out / LOCK_NAME).exists()
+
+
+@needs_mnist
+def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
+    """SIGTERM (kill, a batch system's time limit) mid-run: exit 130, the last complete
+    checkpoint kept and named, the lock gone; the run resumes from it."""
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "numbacnn.cli", "train", "--out", str(out), "--epochs", "50",
+         "--limit-train", "8192", "--limit-test", "256", "--no-progress"],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while not (out / "checkpoint.npz").exists() and run.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130, err
+    assert err.endswith(f"{out / 'checkpoint.npz'} — continue with --resume\nnumbacnn: interrupted\n"), err
+    from numbacnn import checkpoint
+
+    assert checkpoint.load(out / "checkpoint.npz").meta["epoch"] >= 1 and not (out / LOCK_NAME).exists()
 
 
 # --------------------------------------------------------------------------- a last batch of one
