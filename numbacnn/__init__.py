@@ -2,7 +2,9 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["load", "__version__"]
+from .gradient_check import gradcheck
+
+__all__ = ["load", "gradcheck", "__version__"]
 
 
 def load(path, model=None):

@@ -33,6 +33,7 @@ import traceback
 import numpy as np
 
 from . import distributed
+from . import random as nrandom
 from ._io import DirectoryInUse
 from .checkpoint import CheckpointError, load
 from .config import (
@@ -421,6 +422,31 @@ def cmd_summary(args):
     return 0
 
 
+def cmd_gradcheck(args):
+    """numbacnn.gradcheck on a zoo model: the table, exit 1 when a tensor fails."""
+    from .gradient_check import gradcheck
+
+    channels, side = (args.input_shape[0], args.input_shape[1:]) if args.input_shape else (1, None)
+    nrandom.seed(args.seed)  # the model's initial weights too
+    model = _build_model(args.model, num_classes=args.num_classes, in_channels=channels)
+    if side is None:
+        side = [model_info(args.model).min_side] * 2  # the smallest it takes: the fastest check
+    shape = (args.batch_size, channels, *side)
+    try:
+        model.output_shape(shape)
+    except ValueError as e:
+        raise ConfigError(f"{args.model} does not accept input shape {shape[1:]}: {e}") from None
+    try:
+        report = gradcheck(model, shape, samples=args.samples, training=not args.eval, seed=args.seed,
+                           tolerance=args.tolerance)  # fmt: skip
+    except ValueError as e:  # a batch norm with too few values: say which option fixes it
+        fix = "--batch-size 4 or more, a larger --input-shape, or --eval"
+        raise ConfigError(str(e).replace("a larger batch (or image), or training=False", fix)) from None
+    mode = "eval" if args.eval else "training"
+    print(f"gradient check of {args.model} ({mode} mode), input {shape}, float64:\n{report}")
+    return 0 if report.passed else 1
+
+
 # --------------------------------------------------------------------------- parser
 def _add_checkpoint(parser):
     parser.add_argument("--checkpoint", type=_file, required=True, help="path to a checkpoint.npz")
@@ -669,6 +695,30 @@ def build_parser():
     )
     s.add_argument("--num-classes", type=_int_between(1, 10**5), default=10, help="(default: 10)")
     s.set_defaults(func=cmd_summary)
+
+    g = sub.add_parser(
+        "gradcheck",
+        help="check a model's backward pass against finite differences",
+        description="Check a zoo model's backward pass (every parameter and the input) against "
+        "float64 central finite differences of its forward pass, and print one row per tensor "
+        "(numbacnn.gradcheck). Exit status 1 when a tensor fails.",
+    )
+    g.add_argument("model", type=_model, help=f"one of {', '.join(sorted(MODELS))}")
+    g.add_argument("--input-shape", type=_int_between(1, 4096), nargs=3, metavar=("C", "H", "W"),
+                   help="per-image input shape (default: 1 SIDE SIDE, its smallest side)")  # fmt: skip
+    g.add_argument(
+        "--batch-size", type=_int_between(1, 64), default=2, help="images in the batch (default: 2)"
+    )
+    g.add_argument("--samples", type=_int_between(1, 10**6), default=6,
+                   help="elements checked per tensor, two forward passes each (default: 6)")  # fmt: skip
+    g.add_argument("--eval", action="store_true", help="check the eval-mode pass (default: training mode)")
+    g.add_argument("--tolerance", type=_option_type(_positive), default=1e-6,
+                   help="largest relative error that passes (default: 1e-6)")  # fmt: skip
+    g.add_argument(
+        "--seed", type=_nonneg_int, default=0, help="for the input, the elements and dropout (default: 0)"
+    )
+    g.add_argument("--num-classes", type=_int_between(1, 10**5), default=10, help="(default: 10)")
+    g.set_defaults(func=cmd_gradcheck)
     return p
 
 
