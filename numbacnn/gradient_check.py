@@ -12,7 +12,9 @@ upstream gradient R of the output's shape, the scalar L(theta) = sum(model(x) * 
 for every parameter element theta_i and every input element x_i, and ``model.backward(R)``
 must give the same numbers. A few elements of each tensor are checked (``samples``, chosen
 at random, the tensor's largest-gradient element among them), each costing two forward
-passes. A tensor's error is max |analytic - numeric| / max(max |analytic|, max |numeric|,
+passes; they are spread over the tensor's rows (its first axis: a conv's output channels, a
+Linear's outputs), so a bug confined to one row is found once the samples cover the rows. A
+tensor's error is max |analytic - numeric| / max(max |analytic|, max |numeric|,
 FLOOR * G) over its checked elements, G the largest analytic gradient of the whole model:
 relative to the tensor's gradient scale, so one element near 0 does not make a correct
 gradient look wrong, and a tensor whose true gradient is 0 (a conv's bias before a batch
@@ -84,19 +86,20 @@ class GradcheckReport(list):
         return "\n".join(lines)
 
 
-def gradcheck(model, input_shape, *, samples=6, training=True, seed=0, tolerance=1e-6):
+def gradcheck(model, input_shape, *, samples=8, training=True, seed=0, tolerance=1e-6):
     """Check ``model``'s backward pass (every parameter and the input) against float64
     central finite differences of its forward pass (see the module docstring).
 
     model: a numbacnn Module (a whole model or one layer). input_shape: the shape of x, with
     its batch: (N, C, H, W) for a CNN, (N, features) for a Linear; N >= 2 keeps batch norm
     defined in training mode. samples: elements checked per tensor (>= 1; all of a smaller
-    tensor). training: check the training-mode pass (batch statistics, dropout with a fixed
+    tensor), in different rows. training: check the training-mode pass (batch statistics, dropout with a fixed
     seed) or, False, the eval-mode one. seed: for x, R, the elements and dropout.
     tolerance: the largest relative error that passes.
 
     Returns a GradcheckReport (``.passed``, one row per tensor, ``print`` shows the table).
-    Raises TypeError / ValueError naming a bad argument, and ValueError when the model does
+    Raises TypeError / ValueError naming a bad argument, ValueError when the backward pass
+    returns a gradient of another shape than its tensor's, and ValueError when the model does
     not take ``input_shape`` (its own message)."""
     if not isinstance(model, Module):
         raise TypeError(f"gradcheck: model must be a numbacnn Module, got {type(model).__name__}")
@@ -132,9 +135,13 @@ def gradcheck(model, input_shape, *, samples=6, training=True, seed=0, tolerance
         def loss(inp):
             return float(np.sum(forward(inp) * upstream))
 
-        tensors = [("input", x, np.asarray(dx))] + [
-            (n, p.data, p.grad.copy()) for n, p in net.named_parameters()
-        ]
+        tensors = [("input", x, dx)] + [(n, p.data, p.grad.copy()) for n, p in net.named_parameters()]
+        for name, values, grad in tensors:  # a backward pass that returns the wrong thing
+            if not isinstance(grad, np.ndarray) or grad.shape != values.shape:
+                got = f"shape {grad.shape}" if hasattr(grad, "shape") else type(grad).__name__
+                what = "dx" if name == "input" else f"{name}.grad"
+                raise ValueError(f"gradcheck: the backward pass gave {what} of {got}, expected an array of "
+                                 f"shape {values.shape}")  # fmt: skip
         floor = FLOOR * max(float(np.max(np.abs(g), initial=0.0)) for _, _, g in tensors)
         rows = [_check(n, v, g, lambda: loss(x), samples, rng, tolerance, floor) for n, v, g in tensors]
     finally:
@@ -162,11 +169,18 @@ def _check(name, values, analytic, loss, samples, rng, tolerance, floor):
     flat, grad = values.reshape(-1), np.asarray(analytic, np.float64).reshape(-1)
     if flat.size <= samples:
         picked = np.arange(flat.size)
-    else:  # the largest gradient, and samples - 1 others at random
-        top = int(np.argmax(np.abs(grad)))
-        others = rng.choice(flat.size - 1, size=samples - 1, replace=False)
-        others[others >= top] += 1  # skip top
-        picked = np.concatenate([[top], others])
+    else:  # the largest gradient, and samples - 1 others at random, in as many rows as they
+        top = int(np.argmax(np.abs(grad)))  # can: a bug in one row (one output channel) shows
+        rows, per_row = values.shape[0], flat.size // values.shape[0]
+        picked = [top]
+        if rows > 1:
+            for r in rng.permutation(np.delete(np.arange(rows), top // per_row))[: samples - 1]:
+                picked.append(int(r) * per_row + int(rng.integers(per_row)))
+        while len(picked) < samples:  # fewer rows than samples: more elements, anywhere
+            i = int(rng.integers(flat.size))
+            if i not in picked:
+                picked.append(i)
+        picked = np.array(picked)
     numeric = np.empty(len(picked))
     for k, i in enumerate(picked):
         keep, best = flat[i], None

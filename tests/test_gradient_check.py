@@ -1,13 +1,15 @@
 """numbacnn.gradcheck and `numbacnn gradcheck`: a learner's check of a backward pass against
 float64 central finite differences (issue 10, item 2)."""
 
+import re
+
 import numpy as np
 import pytest
 
 import numbacnn
 from numbacnn.cli import main
 from numbacnn.graph import Sequential
-from numbacnn.layers import BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
+from numbacnn.layers import BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Tanh
 from numbacnn.module import Module
 
 
@@ -70,7 +72,50 @@ def test_too_few_values_for_batch_norm_and_bad_arguments(capsys):
             numbacnn.gradcheck(*args)
     with pytest.raises(ValueError, match="samples must be >= 1"):
         numbacnn.gradcheck(net, (2, 1, 3, 3), samples=0)
-    assert main(["gradcheck", "resnet18", "--samples", "1"]) == 2
+    assert main(["gradcheck", "resnet18", "--samples", "1", "--batch-size", "2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("numbacnn: error: gradcheck: batch norm 'layer4.0.bn1' normalises 2 value(s)")
     assert "--batch-size 4 or more" in err and len(err.splitlines()) == 1
+
+
+class WrongDx(Module):
+    """The identity whose backward returns a dx of another shape, or None."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x):
+        return x
+
+    def backward(self, dy):
+        return None if self.kind == "none" else np.concatenate([dy, dy]) if self.kind == "big" else dy.T
+
+
+@pytest.mark.parametrize(
+    "kind, got", [("big", "shape (6, 8)"), ("transposed", "shape (8, 3)"), ("none", "NoneType")]
+)
+def test_a_gradient_of_the_wrong_shape_is_named(kind, got):
+    """A backward pass that returns dx of another shape (a conv that forgot to un-pad) or
+    None is refused, naming what it returned and what was expected."""
+    with pytest.raises(
+        ValueError, match=rf"gave dx of {re.escape(got)}, expected an array of shape \(3, 8\)"
+    ):
+        numbacnn.gradcheck(Sequential(WrongDx(kind), Linear(8, 2)), (3, 8))
+
+
+class ZeroLastRow(Linear):
+    """A planted bug confined to one row: the last output's weight gradient is dropped."""
+
+    def backward(self, dy):
+        dx = super().backward(dy)
+        self.weight.grad[-1] = 0
+        return dx
+
+
+def test_a_bug_in_one_row_is_found():
+    """The samples go to different rows: with 8 samples every row of an 8 x 8 weight is
+    checked, so a bug in its last row fails whatever the seed."""
+    for seed in range(4):
+        report = numbacnn.gradcheck(Sequential(ZeroLastRow(8, 8), Tanh(), Linear(8, 4)), (3, 8), seed=seed)
+        assert {row.name for row in report if not row.passed} == {"0.weight"}, str(report)
