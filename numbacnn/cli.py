@@ -452,6 +452,25 @@ def cmd_gradcheck(args):
     return 0 if report.passed else 1
 
 
+def cmd_graph(args):
+    """Graph.draw of a zoo model into --out."""
+    channels = args.input_shape[0] if args.input_shape else 1
+    model = _build_model(args.model, num_classes=args.num_classes, in_channels=channels)
+    side = model_info(args.model).side
+    shape = tuple(args.input_shape) if args.input_shape else (1, side, side)
+    out = args.out or f"{args.model}.png"
+    if os.path.splitext(out)[1].lower() not in (".png", ".svg", ".pdf"):
+        raise ConfigError(f"--out {out!r}: the picture is written as .png, .svg or .pdf")
+    check_directory("--out", os.path.dirname(os.path.abspath(out)))
+    try:
+        model.output_shape((1, *shape))
+    except ValueError as e:
+        raise ConfigError(f"{args.model} does not accept input shape {shape}: {e}") from None
+    model.draw(shape, out, depth=args.depth)
+    print(f"wrote {out} ({args.model}, input {'x'.join(map(str, shape))})")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 def _add_checkpoint(parser):
     parser.add_argument("--checkpoint", type=_file, required=True, help="path to a checkpoint.npz")
@@ -462,7 +481,7 @@ def build_parser():
         prog="numbacnn",
         description="numbacnn: train, evaluate and inspect CNNs whose kernels are explicit Numba loop nests.",
     )
-    sub = p.add_subparsers(dest="command", metavar="{train,evaluate,predict,export,summary,gradcheck}")
+    sub = p.add_subparsers(dest="command", metavar="{train,evaluate,predict,export,summary,gradcheck,graph}")
     sub.required = True
 
     # Train options default to SUPPRESS: args holds only what was typed (so --resume can
@@ -723,6 +742,16 @@ def build_parser():
     )
     g.add_argument("--num-classes", type=_int_between(1, 10**5), default=10, help="(default: 10)")
     g.set_defaults(func=cmd_gradcheck)
+
+    d = sub.add_parser("graph", help="draw a model's layer graph (matplotlib)")
+    d.add_argument("model", type=_model, help=f"one of {', '.join(sorted(MODELS))}")
+    d.add_argument("--out", help="the picture: .png, .svg or .pdf (default: MODEL.png)")
+    d.add_argument("--depth", type=_int_between(1, 100), default=None,
+                   help="expand nested blocks down to this many levels (default: all)")  # fmt: skip
+    d.add_argument("--input-shape", type=_int_between(1, 4096), nargs=3, metavar=("C", "H", "W"),
+                   help="per-image input shape (default: 1 SIDE SIDE, the model's side)")  # fmt: skip
+    d.add_argument("--num-classes", type=_int_between(1, 10**5), default=10, help="(default: 10)")
+    d.set_defaults(func=cmd_graph)
     return p
 
 

@@ -294,6 +294,15 @@ class Graph(Module):
                     )
                 )
 
+    def draw(self, input_shape, out=None, depth=None, title=None):
+        """Draw this graph with matplotlib (numbacnn.drawing.draw_graph): one box per node
+        (name, layer, output shape per image, parameters), skip connections as arcs, nested
+        graphs expanded down to ``depth`` levels (None: all). input_shape: (C, H, W) or
+        (N, C, H, W). Saves to ``out`` (.png, .svg, .pdf) if given; returns the Figure."""
+        from .drawing import draw_graph
+
+        return draw_graph(self, input_shape, out, depth, title)
+
     def extra_repr(self):
         return f"{len(self._inputs)} nodes"
 

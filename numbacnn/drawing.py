@@ -1,0 +1,103 @@
+"""Draw a model's layer graph with matplotlib: ``numbacnn graph MODEL --out g.png`` and
+``Graph.draw(input_shape, out)``.
+
+One box per node, top to bottom in the scheduler's (topological) order, each with its
+dotted name, layer, output shape (C x H x W, per image) and parameter count. An edge from
+one node to the next is a short arrow; any other edge (a residual connection, a
+downsample branch) is an arc on the right, so a ResNet's skips are visible at a glance.
+Nested graphs (a ResNet's stages and blocks) are expanded down to ``depth`` levels; below
+that a nested graph is one box.
+"""
+
+import numpy as np
+
+__all__ = ["flat_nodes", "draw_graph"]
+
+
+def flat_nodes(graph, input_shape, depth=None):
+    """The graph as a flat list of nodes, nested graphs expanded down to ``depth`` levels
+    (None: all): [(path, layer, input paths, output shape)] in topological order; the
+    graph's input is the path "input". input_shape: (N, C, H, W) or (C, H, W)."""
+    from .graph import Graph
+
+    shape = tuple(input_shape) if len(input_shape) == 4 else (1, *input_shape)
+    nodes = []
+
+    def walk(g, prefix, sources, level, in_shape):
+        shapes = g.check(in_shape)
+        where = {g.input_name: sources}  # node name -> the flat path that holds its value
+        for name in g.order:
+            layer = g._modules[name]
+            inputs = [where[i] for i in g._inputs[name]]
+            path = prefix + name
+            if isinstance(layer, Graph) and (depth is None or level < depth):
+                in_shapes = [shapes[i] if i in shapes else in_shape for i in g._inputs[name]]
+                where[name] = walk(layer, path + ".", inputs[0], level + 1, in_shapes[0])
+            else:
+                nodes.append((path, layer, inputs, shapes[name]))
+                where[name] = path
+        return where[g.output]
+
+    walk(graph, "", "input", 1, shape)
+    return nodes
+
+
+def _label(path, layer, out_shape):
+    kind = repr(layer) if len(repr(layer)) <= 72 else type(layer).__name__
+    dims = "x".join(map(str, out_shape[1:]))
+    params = layer.num_parameters()
+    return f"{path}: {kind}\n{dims}" + (f"   {params:,} params" if params else "")
+
+
+def draw_graph(graph, input_shape, out=None, depth=None, title=None):
+    """Draw ``graph`` (see the module docstring) for ``input_shape``; save it to ``out``
+    (.png, .svg, .pdf: matplotlib's formats) if given. Returns the matplotlib Figure.
+    Raises the graph's own GraphError when ``input_shape`` does not fit it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    nodes = flat_nodes(graph, input_shape, depth)
+    row = {"input": 0}
+    for k, (path, _, _, _) in enumerate(nodes, start=1):
+        row[path] = k
+    height = 0.62 * (len(nodes) + 1) + 0.8
+    fig, ax = plt.subplots(figsize=(7.5, height))
+    box_w, box_h = 4.6, 0.46
+    shape = tuple(input_shape) if len(input_shape) == 4 else (1, *input_shape)
+    labels = [("input", "x".join(map(str, shape[1:])))] + [
+        (path, _label(path, layer, out_shape)) for path, layer, _, out_shape in nodes
+    ]
+    spans = []
+    for path, text in labels:
+        y = -row[path]
+        colour = "#e8eef7" if path == "input" else "#fdf6e3"
+        ax.add_patch(FancyBboxPatch((-box_w / 2, y - box_h / 2), box_w, box_h, boxstyle="round,pad=0.04",
+                                    facecolor=colour, edgecolor="#555555", linewidth=0.8))  # fmt: skip
+        ax.text(0, y, text, ha="center", va="center", fontsize=7.5, family="monospace")
+    for path, _, inputs, _ in nodes:
+        for source in inputs:
+            a, b = row[source], row[path]
+            if b == a + 1:  # the next box: a short arrow
+                start, end, style = (0, -a - box_h / 2), (0, -b + box_h / 2), "arc3"
+            else:  # a skip: an arc on the right, wider for longer spans
+                spans.append(b - a)
+                start, end = (box_w / 2, -a), (box_w / 2, -b)
+                style = f"arc3,rad={-min(0.6, 0.25 + 0.03 * (b - a))}"
+            colour = "#555555" if b == a + 1 else "#2a6fb0"
+            arrow = FancyArrowPatch(start, end, connectionstyle=style, arrowstyle="-|>", mutation_scale=9,
+                                    color=colour, linewidth=0.9)  # fmt: skip
+            ax.add_patch(arrow)
+    reach = box_w / 2 + 0.35 * max([3] + spans) ** 0.5 + 0.8
+    ax.set_xlim(-box_w / 2 - 0.3, reach)
+    ax.set_ylim(-len(nodes) - 0.7, 0.7)
+    ax.axis("off")
+    params = int(np.sum([layer.num_parameters() for _, layer, _, _ in nodes]))
+    skips = "; skip connections in blue" if spans else ""
+    ax.set_title(title or f"{len(nodes)} nodes, {params:,} parameters{skips}", fontsize=9)
+    fig.tight_layout()
+    if out is not None:
+        fig.savefig(out, dpi=110)
+    return fig
