@@ -458,15 +458,24 @@ def cmd_graph(args):
     model = _build_model(args.model, num_classes=args.num_classes, in_channels=channels)
     side = model_info(args.model).side
     shape = tuple(args.input_shape) if args.input_shape else (1, side, side)
-    out = args.out or f"{args.model}.png"
+    out = f"{args.model}.png" if args.out is None else args.out
     if os.path.splitext(out)[1].lower() not in (".png", ".svg", ".pdf"):
         raise ConfigError(f"--out {out!r}: the picture is written as .png, .svg or .pdf")
+    if os.path.isdir(out):
+        raise ConfigError(f"--out {out!r} is a directory: name the picture's file")
     check_directory("--out", os.path.dirname(os.path.abspath(out)))
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out!r}: its directory cannot be created: {e.strerror}") from None
     try:
         model.output_shape((1, *shape))
     except ValueError as e:
         raise ConfigError(f"{args.model} does not accept input shape {shape}: {e}") from None
-    model.draw(shape, out, depth=args.depth)
+    try:
+        model.draw(shape, out, depth=args.depth)
+    except OSError as e:
+        raise ConfigError(f"--out {out!r} cannot be written: {e.strerror}") from None
     print(f"wrote {out} ({args.model}, input {'x'.join(map(str, shape))})")
     return 0
 
@@ -747,7 +756,7 @@ def build_parser():
     d.add_argument("model", type=_model, help=f"one of {', '.join(sorted(MODELS))}")
     d.add_argument("--out", help="the picture: .png, .svg or .pdf (default: MODEL.png)")
     d.add_argument("--depth", type=_int_between(1, 100), default=None,
-                   help="expand nested blocks down to this many levels (default: all)")  # fmt: skip
+                   help="levels of nesting drawn: 1 = the top level only (default: all)")  # fmt: skip
     d.add_argument("--input-shape", type=_int_between(1, 4096), nargs=3, metavar=("C", "H", "W"),
                    help="per-image input shape (default: 1 SIDE SIDE, the model's side)")  # fmt: skip
     d.add_argument("--num-classes", type=_int_between(1, 10**5), default=10, help="(default: 10)")

@@ -20,10 +20,14 @@ def flat_nodes(graph, input_shape, depth=None):
     graph's input is the path "input". input_shape: (N, C, H, W) or (C, H, W)."""
     from .graph import Graph
 
-    shape = tuple(input_shape) if len(input_shape) == 4 else (1, *input_shape)
+    shape = _batch_shape(input_shape)
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
+        raise ValueError(f"draw: depth must be an int >= 1 (1: the top level only) or None, got {depth!r}")
     nodes = []
 
     def walk(g, prefix, sources, level, in_shape):
+        if not len(g):  # an empty Sequential passes its input through
+            return sources
         shapes = g.check(in_shape)
         where = {g.input_name: sources}  # node name -> the flat path that holds its value
         for name in g.order:
@@ -42,31 +46,47 @@ def flat_nodes(graph, input_shape, depth=None):
     return nodes
 
 
+def _batch_shape(input_shape):
+    """(N, C, H, W) from (C, H, W) or (N, C, H, W); ValueError otherwise."""
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
+    if shape is None or len(shape) not in (3, 4):
+        raise ValueError(f"draw: input_shape must be (C, H, W) or (N, C, H, W), got {input_shape!r}")
+    return shape if len(shape) == 4 else (1, *shape)
+
+
 def _label(path, layer, out_shape):
-    kind = repr(layer) if len(repr(layer)) <= 72 else type(layer).__name__
+    kind = " ".join(repr(layer).split())  # one line
+    kind = kind if len(kind) <= 72 else type(layer).__name__
+    first = f"{path}: {kind}"
+    first = first if len(first) <= 80 else first[:77] + "..."
     dims = "x".join(map(str, out_shape[1:]))
     params = layer.num_parameters()
-    return f"{path}: {kind}\n{dims}" + (f"   {params:,} params" if params else "")
+    return f"{first}\n{dims}" + (f"   {params:,} params" if params else "")
 
 
 def draw_graph(graph, input_shape, out=None, depth=None, title=None):
     """Draw ``graph`` (see the module docstring) for ``input_shape``; save it to ``out``
-    (.png, .svg, .pdf: matplotlib's formats) if given. Returns the matplotlib Figure.
-    Raises the graph's own GraphError when ``input_shape`` does not fit it."""
-    import matplotlib
+    (.png, .svg with its text as text, .pdf) if given. Returns the matplotlib Figure (made
+    without pyplot: no backend is switched, no figure is left open). Raises ValueError for
+    another suffix, a depth below 1 or an input_shape that is not (C, H, W) or (N, C, H,
+    W), and the graph's own GraphError when ``input_shape`` does not fit it."""
+    import os
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib
+    from matplotlib.figure import Figure
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
+    if out is not None and os.path.splitext(os.fspath(out))[1].lower() not in (".png", ".svg", ".pdf"):
+        raise ValueError(f"draw: out must end in .png, .svg or .pdf, got {os.fspath(out)!r}")
     nodes = flat_nodes(graph, input_shape, depth)
     row = {"input": 0}
     for k, (path, _, _, _) in enumerate(nodes, start=1):
         row[path] = k
     height = 0.62 * (len(nodes) + 1) + 0.8
-    fig, ax = plt.subplots(figsize=(7.5, height))
+    fig = Figure(figsize=(7.5, height))
+    ax = fig.add_subplot()
     box_w, box_h = 4.6, 0.46
-    shape = tuple(input_shape) if len(input_shape) == 4 else (1, *input_shape)
+    shape = _batch_shape(input_shape)
     labels = [("input", "x".join(map(str, shape[1:])))] + [
         (path, _label(path, layer, out_shape)) for path, layer, _, out_shape in nodes
     ]
@@ -95,9 +115,10 @@ def draw_graph(graph, input_shape, out=None, depth=None, title=None):
     ax.set_ylim(-len(nodes) - 0.7, 0.7)
     ax.axis("off")
     params = int(np.sum([layer.num_parameters() for _, layer, _, _ in nodes]))
-    skips = "; skip connections in blue" if spans else ""
+    skips = "; edges that pass boxes by (skips, branches) in blue" if spans else ""
     ax.set_title(title or f"{len(nodes)} nodes, {params:,} parameters{skips}", fontsize=9)
     fig.tight_layout()
     if out is not None:
-        fig.savefig(out, dpi=110)
+        with matplotlib.rc_context({"svg.fonttype": "none"}):  # SVG labels stay searchable text
+            fig.savefig(out, dpi=110)
     return fig

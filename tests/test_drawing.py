@@ -46,3 +46,32 @@ def test_numbacnn_graph_mistakes_are_one_line(tmp_path, capsys):
     errors = capsys.readouterr().err.splitlines()
     assert errors[0].endswith("the picture is written as .png, .svg or .pdf")
     assert errors[1].startswith("numbacnn: error: lenet5 does not accept input shape (1, 8, 8)")
+
+
+def test_draw_checks_its_arguments_and_leaves_matplotlib_alone(tmp_path):
+    """An empty Sequential is a pass-through (as in forward); bad shapes, suffixes and depths
+    are named; no pyplot figure is left open and the backend is not switched; --out's
+    directory is created, a directory given as --out is one line."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from numbacnn.graph import Sequential
+    from numbacnn.layers import Conv2d, Flatten, Linear
+
+    backend, figures = matplotlib.get_backend(), len(plt.get_fignums())
+    net = Sequential(
+        ("stem", Conv2d(1, 2, 3)), ("empty", Sequential()), ("flat", Flatten()), ("fc", Linear(392, 3))
+    )
+    net.draw((1, 16, 16), tmp_path / "e.png")
+    assert [p for p, *_ in flat_nodes(net, (1, 16, 16))] == ["stem", "flat", "fc"]
+    for args, kwargs, words in [
+        (((16, 16),), {}, "input_shape must be"),
+        (((1, 16, 16),), {"out": tmp_path / "a.jpg"}, "out must end in .png, .svg or .pdf"),
+        (((1, 16, 16),), {"depth": 0}, "depth must be an int >= 1"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            net.draw(*args, **kwargs)
+    assert matplotlib.get_backend() == backend and len(plt.get_fignums()) == figures
+    assert main(["graph", "lenet5", "--out", str(tmp_path / "new" / "dir" / "g.png")]) == 0
+    assert (tmp_path / "new" / "dir" / "g.png").exists()
+    assert main(["graph", "lenet5", "--out", str(tmp_path / "new")]) == 2
