@@ -11,39 +11,18 @@ that a nested graph is one box.
 
 import numpy as np
 
+from .graph import _with_batch
+
 __all__ = ["flat_nodes", "draw_graph"]
 
 
 def flat_nodes(graph, input_shape, depth=None):
-    """The graph as a flat list of nodes, nested graphs expanded down to ``depth`` levels
-    (None: all): [(path, layer, input paths, output shape)] in topological order; the
-    graph's input is the path "input". input_shape: (N, C, H, W) or (C, H, W)."""
-    from .graph import Graph
-
-    shape = _batch_shape(input_shape)
+    """``graph.flat_nodes(input_shape, depth)`` (Graph.flat_nodes), with the arguments
+    checked: ValueError for an input_shape that is not (C, H, W) or (N, C, H, W), or a
+    depth below 1."""
     if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
         raise ValueError(f"draw: depth must be an int >= 1 (1: the top level only) or None, got {depth!r}")
-    nodes = []
-
-    def walk(g, prefix, sources, level, in_shape):
-        if not len(g):  # an empty Sequential passes its input through
-            return sources
-        shapes = g.check(in_shape)
-        where = {g.input_name: sources}  # node name -> the flat path that holds its value
-        for name in g.order:
-            layer = g._modules[name]
-            inputs = [where[i] for i in g._inputs[name]]
-            path = prefix + name
-            if isinstance(layer, Graph) and (depth is None or level < depth):
-                in_shapes = [shapes[i] if i in shapes else in_shape for i in g._inputs[name]]
-                where[name] = walk(layer, path + ".", inputs[0], level + 1, in_shapes[0])
-            else:
-                nodes.append((path, layer, inputs, shapes[name]))
-                where[name] = path
-        return where[g.output]
-
-    walk(graph, "", "input", 1, shape)
-    return nodes
+    return graph.flat_nodes(_batch_shape(input_shape), depth)
 
 
 def _batch_shape(input_shape):
@@ -51,7 +30,7 @@ def _batch_shape(input_shape):
     shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
     if shape is None or len(shape) not in (3, 4):
         raise ValueError(f"draw: input_shape must be (C, H, W) or (N, C, H, W), got {input_shape!r}")
-    return shape if len(shape) == 4 else (1, *shape)
+    return _with_batch(shape)
 
 
 def _label(path, layer, out_shape):

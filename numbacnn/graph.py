@@ -267,32 +267,42 @@ class Graph(Module):
         MACs = multiply-accumulates of conv and linear layers for the given batch (use
         N = 1 for per-image numbers); the lecture's "FLOP" column counts the same thing."""
         input_shape = _with_batch(input_shape)
-        rows = []
-        self._summary_rows(input_shape, "", 1, max_depth, rows)
+        shapes, rows = {"input": input_shape}, []
+        for path, layer, inputs, out_shape in self.flat_nodes(input_shape, max_depth):
+            shapes[path] = out_shape
+            macs = layer.macs(*[shapes[i] for i in inputs])
+            params = layer.num_parameters()
+            rows.append(dict(name=path, layer=repr(layer), output_shape=out_shape, params=params, macs=macs))
         table = Summary(input_shape, rows)
         if print_table:
             print(table)
         return table
 
-    def _summary_rows(self, input_shape, prefix, depth, max_depth, rows):
-        shapes = self.check(input_shape)
-        shapes[self.input_name] = input_shape
-        for name in self.order:
-            layer = self._modules[name]
-            in_shapes = [shapes[i] for i in self._inputs[name]]
-            path = prefix + name
-            if isinstance(layer, Graph) and (max_depth is None or depth < max_depth):
-                layer._summary_rows(in_shapes[0], path + ".", depth + 1, max_depth, rows)
-            else:
-                rows.append(
-                    dict(
-                        name=path,
-                        layer=repr(layer),
-                        output_shape=shapes[name],
-                        params=layer.num_parameters(),
-                        macs=layer.macs(*in_shapes),
-                    )
-                )
+    def flat_nodes(self, input_shape, depth=None):
+        """The graph as a flat list of nodes, nested graphs expanded down to ``depth`` levels
+        (None: all; 1: this graph's own nodes): [(dotted path, layer, input paths, output
+        shape)] in topological order, the graph's input being the path "input"; an empty
+        nested graph passes its input through. Used by summary and draw. input_shape:
+        (N, C, H, W) or (C, H, W); GraphError naming the node when it does not fit."""
+        nodes = []
+
+        def walk(g, prefix, source, level, in_shape):
+            if not len(g):  # an empty Sequential passes its input through
+                return source
+            shapes = {g.input_name: in_shape, **g.check(in_shape)}
+            where = {g.input_name: source}  # node name -> the flat path that holds its value
+            for name in g.order:
+                layer, inputs = g._modules[name], g._inputs[name]
+                path = prefix + name
+                if isinstance(layer, Graph) and (depth is None or level < depth):
+                    where[name] = walk(layer, path + ".", where[inputs[0]], level + 1, shapes[inputs[0]])
+                else:
+                    nodes.append((path, layer, [where[i] for i in inputs], shapes[name]))
+                    where[name] = path
+            return where[g.output]
+
+        walk(self, "", "input", 1, _with_batch(input_shape))
+        return nodes
 
     def draw(self, input_shape, out=None, depth=None, title=None):
         """Draw this graph with matplotlib (numbacnn.drawing.draw_graph): one box per node
