@@ -175,7 +175,7 @@ class World:
         """Rank 0 locks OUT (numbacnn._io.directory_lock) for the block; the other ranks write
         nothing. DirectoryInUse on every rank when another run holds it."""
         with contextlib.ExitStack() as stack:
-            self.on_root(lambda: stack.enter_context(directory_lock(directory)) and None)
+            self.on_root(lambda: stack.enter_context(directory_lock(directory)))  # the lock yields None
             yield
 
     def all_failed(self, timeout=2.0):

@@ -203,20 +203,26 @@ def test_a_lock_left_by_a_dead_run_is_taken_over(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "curves.png", "metrics.json"]
 
 
+def _train_in_background(out, epochs, limit_train, until):
+    """A real `numbacnn train` process into OUT, returned once the file OUT/until exists (or
+    the process ended, or 120 s passed)."""
+    run = subprocess.Popen(
+        [sys.executable, "-m", "numbacnn.cli", "train", "--out", str(out), "--epochs", str(epochs),
+         "--limit-train", str(limit_train), "--limit-test", "256", "--no-progress"],
+        env=dict(os.environ, PYTHONPATH=ROOT), stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while not (out / until).exists() and run.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    return run
+
+
 @needs_mnist
 def test_two_real_runs_on_one_directory(tmp_path, capsys):
     """A real second process while the first one trains: it refuses; the first finishes
     and its files are whole."""
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    first = subprocess.Popen(
-        [sys.executable, "-m", "numbacnn.cli", "train", "--out", str(out), "--epochs", "2",
-         "--limit-train", "4096", "--limit-test", "256", "--no-progress"],
-        env=env, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.time() + 120
-    while not (out / LOCK_NAME).exists() and first.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    first = _train_in_background(out, 2, 4096, until=LOCK_NAME)
     assert (out / LOCK_NAME).exists(), "the first run never took the lock"
     err = _one_line_error(["train", "--out", str(out), "--overwrite", *QUICK], capsys)
     assert "in use by another numbacnn run" in err
@@ -231,17 +237,9 @@ def test_two_real_runs_on_one_directory(tmp_path, capsys):
 @needs_mnist
 def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
     """SIGTERM (kill, a batch system's time limit) mid-run: exit 130, the last complete
-    checkpoint kept and named, the lock gone; the run resumes from it."""
+    checkpoint kept, loadable and named with the advice to --resume, the lock gone."""
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    run = subprocess.Popen(
-        [sys.executable, "-m", "numbacnn.cli", "train", "--out", str(out), "--epochs", "50",
-         "--limit-train", "8192", "--limit-test", "256", "--no-progress"],
-        env=env, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.time() + 120
-    while not (out / "checkpoint.npz").exists() and run.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    run = _train_in_background(out, 50, 8192, until="checkpoint.npz")
     run.send_signal(signal.SIGTERM)
     _, err = run.communicate(timeout=60)
     assert run.returncode == 130, err
