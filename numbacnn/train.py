@@ -277,10 +277,9 @@ def _train_epoch(model, optimizer, loader, epoch, epochs, progress, on_batch, wo
     try:
         for i, (xb, yb) in enumerate(batches):
             b = len(yb)
-            if world.size > 1:
-                lo, hi = world.shard(b)  # this rank's images of the global batch
-                xb, yb = xb[lo:hi], yb[lo:hi]
-            with nrandom.rows_from(lo if world.size > 1 else 0):  # dropout: the global rows' masks
+            lo, hi = world.shard(b)  # this rank's images of the global batch (one rank: all)
+            xb, yb = xb[lo:hi], yb[lo:hi]
+            with nrandom.rows_from(lo):  # dropout: the global rows' masks
                 logits = model(xb)
             if world.size == 1:
                 loss = float(F.cross_entropy(logits, yb))
