@@ -792,11 +792,10 @@ def main(argv=None):
         return 2
     if world.size == 1:
         return _main(argv)
-    lines, state, who = [], {}, ""
+    lines, state, who = [], {}, f"[rank {world.rank} of {world.size}] "
     quiet = contextlib.nullcontext() if world.is_root else contextlib.redirect_stdout(io.StringIO())
     with quiet:  # rank 0 alone prints (--help, results)
         try:
-            who = f"[rank {world.rank} of {world.size}] "
             code = _main(argv, who, lines.append, state, world)
         except SystemExit as e:  # --help
             code = e.code if isinstance(e.code, int) else 1
@@ -809,7 +808,7 @@ def main(argv=None):
         return code
     if code:
         if not world.is_root:
-            time.sleep(0.5)  # a failure every rank meets: rank 0's line is the one shown
+            time.sleep(0.5)  # ranks that fail apart, later than all_failed waits: rank 0's line first
         print(*lines, sep="\n", file=sys.stderr, flush=True)
         world.abort(code)
     return code
