@@ -209,6 +209,14 @@ def _bn_view(op, x):
     return x, x.reshape(N, C, int(np.prod(x.shape[2:], dtype=np.int64)))
 
 
+def _bn_dy(op, dy, x):
+    """dy checked against x: a float array of x's shape and dtype."""
+    dy = _float_array(op, "dy", dy, (2, 4))
+    _same_shape(op, "dy", dy, x.shape, " (same as x)")
+    _same_dtype(op, dy=dy, x=x)
+    return dy
+
+
 def _bn_param(op, name, a, C, x, fill):
     if a is None:
         return _full(x, (C,), fill)
@@ -281,11 +289,10 @@ def batch_norm_backward(dy, x, weight, eps=1e-5, running_mean=None, running_var=
     """
     op = "batch_norm_backward"
     x, x3 = _bn_view(op, x)
-    dy = _float_array(op, "dy", dy, (2, 4))
-    _same_shape(op, "dy", dy, x.shape, " (same as x)")
+    dy = _bn_dy(op, dy, x)
     N, C, L = x3.shape
     weight = _bn_param(op, "weight", weight, C, x, 1.0)
-    _same_dtype(op, dy=dy, x=x, weight=weight)
+    _same_dtype(op, x=x, weight=weight)  # dy: _bn_dy
     eps = _check_number(op, "eps", eps, above=0.0)
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{op}: give both running_mean and running_var (eval mode) or neither")
@@ -339,8 +346,7 @@ def batch_norm_backward_reduce(dy, x, mean, var, eps=1e-5):
     (torch.batch_norm_backward_reduce): float64 (C,) each, to be summed over ranks."""
     op = "batch_norm_backward_reduce"
     x, x3 = _bn_view(op, x)
-    dy = _float_array(op, "dy", dy, (2, 4))
-    _same_shape(op, "dy", dy, x.shape, " (same as x)")
+    dy = _bn_dy(op, dy, x)
     N, C, L = x3.shape
     mean, var = _stat_vectors(op, C, mean=mean, var=var)
     sum_dy, sum_dy_xhat = np.empty(C), np.empty(C)
@@ -356,10 +362,10 @@ def batch_norm_backward_elemt(dy, x, weight, mean, var, eps, sum_dy, sum_dy_xhat
     dx = weight * s * (dy - sum_dy/count - xhat * sum_dy_xhat/count), s = 1/sqrt(var + eps)."""
     op = "batch_norm_backward_elemt"
     x, x3 = _bn_view(op, x)
-    dy = _float_array(op, "dy", dy, (2, 4))
-    _same_shape(op, "dy", dy, x.shape, " (same as x)")
+    dy = _bn_dy(op, dy, x)
     N, C, L = x3.shape
     weight = _bn_param(op, "weight", weight, C, x, 1.0)
+    _same_dtype(op, x=x, weight=weight)
     mean, var, sum_dy, sum_dy_xhat = _stat_vectors(op, C, mean=mean, var=var, sum_dy=sum_dy,
                                                    sum_dy_xhat=sum_dy_xhat)  # fmt: skip
     count = _check_number(op, "count", count, above=0.0)

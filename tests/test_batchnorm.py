@@ -224,3 +224,10 @@ def test_sync_pieces_compose_to_batch_norm(dtype):
     assert F.batch_norm_stats(x[:0])[0] == 0 and not F.batch_norm_stats(x[:0])[2].any()
     with pytest.raises(ValueError, match=r"batch_norm_elemt: mean must have shape \(3,\)"):
         F.batch_norm_elemt(x, w, b, mean[:2], var)
+    other = np.float32 if dtype == np.float64 else np.float64  # the backward pieces check dtypes as
+    for call in (  # batch_norm_backward does
+        lambda: F.batch_norm_backward_reduce(dy.astype(other), x, mean, var),
+        lambda: F.batch_norm_backward_elemt(dy, x, w.astype(other), mean, var, 1e-5, sdy, sdx, n),
+    ):
+        with pytest.raises(TypeError, match="arguments must share one dtype"):
+            call()
