@@ -473,7 +473,7 @@ def dropout(x, p=0.5, training=True, seed=None, offset=0):
         from . import random as _random
 
         seed = int(_random.rng().integers(0, 2**62))
-    x = np.ascontiguousarray(x)
+    x = np.asarray(x)  # (np.ascontiguousarray would make a 0-D x 1-D)
     mask = np.empty(x.shape, dtype=np.uint8)
     mflat = mask.reshape(-1)
     for k in range(mflat.size):

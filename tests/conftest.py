@@ -13,12 +13,12 @@ set ``max_examples`` themselves, so both profiles run them in full.
 The finite-difference helpers are exposed as the session fixture ``gradcheck`` (session
 scope, so hypothesis tests may use it too).
 
-Shared assertions (import them: ``from conftest import assert_close, check_op``):
+Shared assertions (import them: ``from conftest import assert_close, check_op_vs_torch``):
 
 * ``TOLERANCES`` / ``tolerance(dtype, kind)`` -- the one tolerance table of the suite;
 * ``assert_close(actual, expected, *, dtype, kind)`` -- every numeric comparison of an op's
   result with an oracle goes through it;
-* ``check_op(name, *inputs, dtype, **kwargs)`` -- numbacnn.functional vs numbacnn.reference
+* ``check_op_vs_torch(name, *inputs, dtype, **kwargs)`` -- numbacnn.functional vs numbacnn.reference
   vs PyTorch, forward and backward, in one line (in the spirit of tinygrad's helper_test_op).
 
 tests/ is not a package, so pytest imports this file and tests/cuda/conftest.py under the
@@ -36,7 +36,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
-__all__ = ["TOLERANCES", "ATOL_SCALED", "tolerance", "assert_close", "check_op", "needs_mnist"]
+from numbacnn.testing.tolerances import ATOL_SCALED, TOLERANCES, assert_close, tolerance
+
+__all__ = ["TOLERANCES", "ATOL_SCALED", "tolerance", "assert_close", "check_op_vs_torch", "needs_mnist"]
 sys.modules["_numbacnn_tests_conftest"] = sys.modules[__name__]
 
 for _name, _derandomize in (("ci", False), ("dev", True)):
@@ -143,73 +145,7 @@ def rng():
 
 
 # ----------------------------------------------------------------------------------------
-# the tolerance table and the one comparison helper
-#
-# Each kind is named after the reason results may differ from their oracle; the number is
-# the relative tolerance rtol per dtype. atol (the floor for values near 0) equals rtol,
-# except for the kinds in ATOL_SCALED, where it is rtol * max(1, max|expected|): their
-# outputs are long sums that grow with the problem, so cancellation near 0 leaves an error
-# proportional to the size of the terms, not to the (small) result.
-
-TOLERANCES = {
-    # A copy, a selection or a maximum: no arithmetic, so no rounding to forgive.
-    "exact": {np.float32: 0.0, np.float64: 0.0},
-    # One formula per element (relu, tanh, sigmoid, dropout's scaling, add), the kernel's
-    # own formula against libm: float32 tanh is a rational approximation within 8 ulp
-    # (~5e-7). 1e-5 is ~80 float32 ulp, 1e-12 ~4500 float64 ulp; the values are O(1).
-    "elementwise": {np.float32: 1e-5, np.float64: 1e-12},
-    # Short sums added in another order: a pooling window (and the backward's overlapping
-    # windows adding into one dx), a softmax row, a dense layer's dot products of O(1)
-    # terms (up to ~500 of them in the tests). The same numbers as "elementwise" today, kept
-    # apart so that either can be tightened on its own.
-    "short_sum": {np.float32: 1e-5, np.float64: 1e-12},
-    # Per-channel statistics over all N*H*W values (batch norm's mean and variance, the
-    # backward's two more sums over them, then a division by the standard deviation),
-    # accumulated in another order than the oracle and PyTorch: 2e-5 / 1e-10.
-    "reduction": {np.float32: 2e-5, np.float64: 1e-10},
-    # Convolution: sums of C_in/groups*kH*kW products (forward, dx) or N*H_out*W_out
-    # products (dweight), blocked and (strided) polyphase-decomposed, against scipy's and
-    # PyTorch's orders: 1e-4 / 1e-10, atol scaled by max|expected|.
-    "conv": {np.float32: 1e-4, np.float64: 1e-10},
-    # The same op on two backends (the CUDA kernels against the CPU kernels): different
-    # blocking and summation order for every op, convolutions and dense layers included,
-    # whose outputs grow with the sums: 1e-5 / 1e-12, atol scaled by max|expected|.
-    "backend": {np.float32: 1e-5, np.float64: 1e-12},
-}
-ATOL_SCALED = frozenset({"conv", "backend"})
-
-
-def tolerance(dtype, kind):
-    """The relative tolerance TOLERANCES[kind] for `dtype` (np.float32 or np.float64)."""
-    if kind not in TOLERANCES:
-        raise KeyError(f"unknown tolerance kind {kind!r}; known: {sorted(TOLERANCES)}")
-    return TOLERANCES[kind][np.dtype(dtype).type]
-
-
-def assert_close(actual, expected, *, dtype, kind, what=""):
-    """Assert that `actual` (ours) matches `expected` (an oracle) within the tolerance of `kind`.
-
-    Elementwise |actual - expected| <= atol + rtol * |expected| (np.testing.assert_allclose;
-    NaNs must sit at the same places, infinities must be equal), with rtol = tolerance(dtype,
-    kind) and atol = rtol, or rtol * max(1, max|expected| over its finite values) for the
-    kinds in ATOL_SCALED (an infinity in `expected` must not make atol infinite). Also
-    asserts that the shapes are equal and that `actual` has the dtype `dtype` (an op's
-    output keeps its input's dtype). `what` names the comparison in the failure message.
-    """
-    rtol = tolerance(dtype, kind)
-    actual = np.asarray(actual)
-    expected = np.asarray(expected)
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    assert actual.dtype == np.dtype(dtype), f"{what}: dtype {actual.dtype} != {np.dtype(dtype)}"
-    atol = rtol
-    if kind in ATOL_SCALED:
-        finite = np.abs(expected[np.isfinite(expected)])
-        atol = rtol * max(1.0, float(finite.max()) if finite.size else 1.0)
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
-
-
-# ----------------------------------------------------------------------------------------
-# check_op: numbacnn.functional == numbacnn.reference == PyTorch, forward and backward
+# check_op_vs_torch: numbacnn.functional == numbacnn.reference == PyTorch, forward and backward
 
 
 def _torch_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -224,7 +160,7 @@ def _torch_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=
         total = (dil_h * (kH - 1), dil_w * (kW - 1))
         if total[0] % 2 or total[1] % 2:
             raise ValueError(
-                f"check_op: padding='same' with an even dilated kernel extent "
+                f"check_op_vs_torch: padding='same' with an even dilated kernel extent "
                 f"(kernel {(kH, kW)}, dilation {(dil_h, dil_w)}) puts the extra row/column "
                 f"top/left, PyTorch bottom/right: a deliberate difference (README)"
             )
@@ -295,7 +231,7 @@ _OPS = {
 }
 
 
-def check_op(name, *inputs, dtype, **kwargs):
+def check_op_vs_torch(name, *inputs, dtype, **kwargs):
     """Check one op three ways in one line: numbacnn.functional.<name>, numbacnn.reference.<name>
     and PyTorch agree, forward and backward, within assert_close's tolerance for the op.
 
@@ -324,7 +260,7 @@ def check_op(name, *inputs, dtype, **kwargs):
     from numbacnn import reference as R
 
     if name not in _OPS:
-        raise KeyError(f"check_op: no spec for {name!r}; known: {sorted(_OPS)}")
+        raise KeyError(f"check_op_vs_torch: no spec for {name!r}; known: {sorted(_OPS)}")
     kind, grad_kind, wrt, grads_of = _OPS[name]
     rng = np.random.default_rng(0)
     given = []

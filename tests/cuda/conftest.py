@@ -13,7 +13,7 @@ The simulator evaluates the dropout hash with NumPy uint64 scalars, whose (inten
 wrap-around multiplication emits "overflow encountered" RuntimeWarnings: test_cuda_sim.py
 silences them (pytestmark).
 
-The shared assertions of tests/conftest.py (assert_close, check_op, the tolerance table) are
+The shared assertions of tests/conftest.py (assert_close, check_op_vs_torch, the tolerance table) are
 re-exported here: both files are imported under the module name "conftest", and a test
 module's `from conftest import assert_close` gets whichever pytest imported last, so it must
 find the same names in this one (tests/conftest.py explains the alias it registers).

@@ -1,0 +1,366 @@
+"""check_op: property-test your own implementation of one of numbacnn.functional's ops.
+
+    from numbacnn.testing import check_op
+    check_op("conv2d", my_conv2d)              # 200 Hypothesis examples; AssertionError if wrong
+    check_op("max_pool2d_backward", my_pool_backward, examples=50)
+
+A forward candidate gets the forward's arguments, drawn by the strategy of its op family
+(``numbacnn.testing.strategies``), and its result is compared with ``numbacnn.reference``
+(and, for conv2d, with ``scipy.signal.correlate`` too): shape, dtype (an op keeps its
+input's dtype) and values within the tolerance of the op's kind
+(``numbacnn.testing.tolerances``); it must not modify its inputs, except batch_norm, whose
+running statistics must be updated exactly as the reference updates them.
+
+A backward candidate (``<op>_backward``) gets the backward's arguments for a drawn forward
+call and a random dy (upstream gradient, small integers or normal values), and each
+gradient it returns is compared with the reference backward and, for float64 examples
+without a kink (no ReLU input at 0, no tie inside a max-pool window), with float64 central
+finite differences of the forward (SciPy's convolution for conv2d, the reference otherwise)
+along a random direction: (L(a + h v) - L(a - h v)) / 2h = sum(dL/da * v), L = sum(y * dy).
+
+On a failure Hypothesis shrinks the case, and check_op raises an AssertionError that shows
+that smallest case (small arrays in full), the first wrong index and both values.
+"""
+
+import inspect
+import traceback
+from typing import NamedTuple
+
+import numpy as np
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hypothesis_seed
+
+from .. import reference
+from .._checks import check_int
+from . import strategies as S
+from .oracles import directional_derivative, scipy_conv2d
+from .tolerances import tolerances
+
+__all__ = ["check_op", "CheckReport", "OPS"]
+
+FD_STEP = 1e-6  # central-difference step h (float64)
+FD_TOLERANCE = 1e-6  # |numeric - analytic| <= FD_TOLERANCE * max(|numeric|, |analytic|, G) + FD_FLOOR,
+FD_FLOOR = 1e-10  # G the largest gradient norm of the op (|v| = 1): a zero gradient is judged on that scale
+
+
+class _Op(NamedTuple):
+    strategy: object  # () -> a Hypothesis strategy of Cases (the forward's arguments)
+    kind: str  # tolerance kind of the forward's outputs
+    grad_kind: str  # tolerance kind of the gradients
+    wrt: tuple  # the forward arguments whose gradients <op>_backward returns, in order
+    backward_args: object  # (case, y, dy) -> the positional arguments of <op>_backward
+    smooth: object = lambda case: True  # False: a kink makes finite differences meaningless
+
+
+def _conv_backward_args(c, y, dy):
+    return dy, c["x"], c["weight"], c["stride"], c["padding"], c["dilation"], c["groups"]
+
+
+def _pool_backward_args(c, y, dy):
+    return dy, c["x"], c["kernel_size"], c["stride"], c["padding"]
+
+
+def _bn_backward_args(c, y, dy):
+    if c["training"]:  # the batch statistics, recomputed from x
+        return dy, c["x"], c["weight"], c["eps"], None, None
+    return dy, c["x"], c["weight"], c["eps"], c["running_mean"], c["running_var"]
+
+
+def _elementwise(op, names=("x",)):
+    return lambda: S.elementwise_configs(op=op, names=names)
+
+
+def _no_ties(case):
+    return case.fill != "integers"
+
+
+OPS = {
+    "conv2d": _Op(S.conv2d_configs, "conv", "conv", ("x", "weight", "bias"), _conv_backward_args),
+    "max_pool2d": _Op(
+        lambda: S.pool2d_configs(op="max_pool2d"), "exact", "short_sum", ("x",), _pool_backward_args, _no_ties
+    ),
+    "avg_pool2d": _Op(
+        lambda: S.pool2d_configs(op="avg_pool2d"), "short_sum", "short_sum", ("x",), _pool_backward_args
+    ),
+    "batch_norm": _Op(
+        S.batch_norm_configs, "reduction", "reduction", ("x", "weight", "bias"), _bn_backward_args
+    ),
+    "linear": _Op(
+        S.linear_configs,
+        "short_sum",
+        "short_sum",
+        ("x", "weight", "bias"),
+        lambda c, y, dy: (dy, c["x"], c["weight"]),
+    ),
+    "relu": _Op(_elementwise("relu"), "exact", "exact", ("x",), lambda c, y, dy: (dy, c["x"]), _no_ties),
+    "tanh": _Op(_elementwise("tanh"), "elementwise", "elementwise", ("x",), lambda c, y, dy: (dy, y)),
+    "sigmoid": _Op(_elementwise("sigmoid"), "elementwise", "elementwise", ("x",), lambda c, y, dy: (dy, y)),
+    "add": _Op(_elementwise("add", ("a", "b")), "elementwise", "exact", ("a", "b"), lambda c, y, dy: (dy,)),
+    "dropout": _Op(
+        S.dropout_configs, "elementwise", "elementwise", ("x",), lambda c, y, dy: (dy, y[1], c["p"])
+    ),
+    "cross_entropy": _Op(
+        S.cross_entropy_configs,
+        "short_sum",
+        "short_sum",
+        ("logits",),
+        lambda c, y, dy: (c["logits"], c["labels"]),
+    ),
+}
+# the value a None argument stands for, for finite differences along it
+_NEUTRAL = {"weight": 1.0, "bias": 0.0}
+
+
+class CheckReport(NamedTuple):
+    """What check_op ran: the ``op``, the ``candidate``'s name, the ``examples`` it passed,
+    how many of them were also checked by ``finite_differences`` (backward ops), and the
+    oracles it was compared ``against``."""
+
+    op: str
+    candidate: str
+    examples: int
+    finite_differences: int
+    against: tuple
+
+    def __str__(self):
+        fd = ""
+        if self.op.endswith("_backward"):
+            fd = f", {self.finite_differences} of them also against float64 finite differences"
+        against = " and ".join(self.against)
+        return f"{self.op}: {self.candidate} passed {self.examples} examples against {against}{fd}"
+
+
+def _lookup(op):
+    name = getattr(op, "__name__", op)
+    if not isinstance(name, str):
+        raise TypeError(f"check_op: op must be the name of a numbacnn.functional op, got {type(op).__name__}")
+    forward = name[: -len("_backward")] if name.endswith("_backward") else name
+    if forward not in OPS:
+        known = ", ".join(f"{n}, {n}_backward" for n in OPS)
+        raise ValueError(f"check_op: no checks for op {name!r}; known: {known}")
+    return name, forward, OPS[forward]
+
+
+def _call_args(fn_name, case):
+    """The case's values in the order of reference.<fn_name>'s parameters."""
+    params = inspect.signature(getattr(reference, fn_name)).parameters
+    return [case[p] for p in params]
+
+
+def _copy(v):
+    return v.copy() if isinstance(v, np.ndarray) else v
+
+
+def _copied(case):
+    return S.Case(case.op, case.fill, **{k: _copy(v) for k, v in case.items()})
+
+
+def _where(exc):
+    """'file:line' of the innermost frame of an exception's traceback outside numbacnn.testing."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "numbacnn/testing" not in f.filename]
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
+def _mismatch(what, got, expected, dtype, kind):
+    """A sentence on how `got` differs from `expected`, or None when it does not."""
+    if expected is None:
+        return None if got is None else f"{what}: got {type(got).__name__}, expected None"
+    if np.ndim(expected) == 0 and not isinstance(expected, np.ndarray):  # a Python float (the loss)
+        if isinstance(got, np.ndarray) and got.ndim == 0:
+            got = got.item()
+        if not isinstance(got, (float, int, np.floating)):
+            return f"{what}: got {type(got).__name__}, expected a float"
+        rtol, atol = tolerances(dtype, kind, expected)
+        if abs(float(got) - expected) <= atol + rtol * abs(expected) or (
+            np.isnan(got) and np.isnan(expected)
+        ):
+            return None
+        return f"{what}: got {float(got)!r}, expected {expected!r} (rtol {rtol:.0e}, atol {atol:.1e})"
+    if not isinstance(got, np.ndarray):
+        return f"{what}: got {type(got).__name__}, expected a NumPy array of shape {expected.shape}"
+    if got.shape != expected.shape:
+        return f"{what}: shape {got.shape}, expected {expected.shape}"
+    if got.dtype != expected.dtype:
+        return (
+            f"{what}: dtype {got.dtype}, expected {expected.dtype} (an op's output keeps its input's "
+            f"dtype: allocate it with dtype=x.dtype)"
+        )
+    g, e = got.astype(np.float64), expected.astype(np.float64)
+    rtol, atol = tolerances(dtype, kind, e) if kind != "exact" else (0.0, 0.0)
+    with np.errstate(invalid="ignore"):
+        ok = (np.abs(g - e) <= atol + rtol * np.abs(e)) | (g == e) | (np.isnan(g) & np.isnan(e))
+    if ok.all():
+        return None
+    bad = np.argwhere(~ok)
+    index = tuple(int(i) for i in bad[0])
+    return (
+        f"{what}: {len(bad)} of {e.size} elements differ; the first at index {index}: got "
+        f"{got[index]!r}, expected {expected[index]!r} (rtol {rtol:.0e}, atol {atol:.1e})"
+    )
+
+
+def _forward_outputs(forward, result):
+    """A forward's result as {output name: value}."""
+    if forward == "dropout":
+        if not (isinstance(result, tuple) and len(result) == 2):
+            return {"(y, mask)": result}
+        return {"y": result[0], "mask": result[1]}
+    return {"loss" if forward == "cross_entropy" else "y": result}
+
+
+def _gradient_outputs(spec, result):
+    names = tuple("d" + w for w in spec.wrt)
+    if len(names) == 1:
+        return {names[0]: result}
+    if not (isinstance(result, tuple) and len(result) == len(names)):
+        return {"(" + ", ".join(names) + ")": result}
+    return dict(zip(names, result, strict=True))
+
+
+def _dy(case, shape, dtype):
+    rng = np.random.default_rng(1)
+    if case.fill == "integers":
+        return rng.integers(-3, 4, size=shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def _loss_along(forward, case, name, dy):
+    """a -> L = sum(forward(case with `name` = a) * dy) (the loss itself for cross_entropy),
+    in float64, through SciPy for conv2d and the reference otherwise."""
+
+    def L(a):
+        c = _copied(case)
+        c[name] = a
+        if forward == "conv2d":
+            return np.sum(scipy_conv2d(*_call_args("conv2d", c)) * dy)
+        out = getattr(reference, forward)(*_call_args(forward, c))
+        if forward == "cross_entropy":
+            return out
+        return np.sum((out[0] if forward == "dropout" else out) * dy)
+
+    return L
+
+
+def _check_one(name, forward, spec, candidate, case, counts):
+    """Run the candidate on one case; return a description of what is wrong, or None."""
+    dtype = case.dtype
+    ref_case = _copied(case)
+    y_ref = getattr(reference, forward)(*_call_args(forward, ref_case))
+    if name == forward:  # a forward candidate
+        args = _call_args(forward, _copied(case))
+        expected = _forward_outputs(forward, y_ref)
+        if forward == "conv2d":
+            expected_scipy = scipy_conv2d(*args).astype(dtype)
+        if forward == "batch_norm":  # updated in place
+            expected.update(running_mean=ref_case["running_mean"], running_var=ref_case["running_var"])
+        kind = {"mask": "exact"}
+        dy = None
+    else:
+        dy = (
+            None
+            if forward == "cross_entropy"
+            else _dy(case, np.shape(y_ref[0] if forward == "dropout" else y_ref), dtype)
+        )
+        args = [_copy(a) for a in spec.backward_args(_copied(case), y_ref, dy)]
+        expected = _gradient_outputs(spec, getattr(reference, name)(*[_copy(a) for a in args]))
+        kind = {}
+    given_args = [_copy(a) for a in args]
+    try:
+        result = candidate(*args)
+    except Exception as exc:  # the candidate's own error, shown with the case
+        return f"raised {type(exc).__name__}: {exc}{_where(exc)}", dy
+    if name == forward:
+        got = _forward_outputs(forward, result)
+        if forward == "batch_norm":
+            got.update(running_mean=args[3], running_var=args[4])
+    else:
+        got = _gradient_outputs(spec, result)
+    for out, value in expected.items():
+        if out not in got:
+            return f"returned {type(result).__name__} {result!r:.60}, expected {', '.join(expected)}", dy
+        problem = _mismatch(
+            out, got[out], value, dtype, kind.get(out, spec.kind if name == forward else spec.grad_kind)
+        )
+        if problem:
+            return f"{problem} (vs numbacnn.reference.{name})", dy
+    if forward == "conv2d" and name == forward:
+        problem = _mismatch("y", got["y"], expected_scipy, dtype, "conv")
+        if problem:
+            return f"{problem} (vs scipy.signal.correlate)", dy
+    for i, (a, before) in enumerate(zip(args, given_args, strict=True)):
+        changed = isinstance(a, np.ndarray) and not np.array_equal(a, before, equal_nan=True)
+        if changed and not (forward == "batch_norm" and name == forward and i in (3, 4)):
+            param = list(inspect.signature(getattr(reference, name)).parameters)[i]
+            return f"modified its input {param} (an op must not write to its arguments)", dy
+    if name != forward and dtype == np.float64 and spec.smooth(case):
+        counts["fd"] += 1
+        rng = np.random.default_rng(2)
+        G = max(float(np.linalg.norm(expected["d" + w])) for w in spec.wrt)
+        for w in spec.wrt:
+            a = case[w] if case[w] is not None else np.full(expected["d" + w].shape, _NEUTRAL[w])
+            v = rng.standard_normal(a.shape)
+            v /= max(np.linalg.norm(v), 1e-300)
+            numeric = directional_derivative(
+                _loss_along(forward, case, w, dy), a.astype(np.float64), v, FD_STEP
+            )
+            analytic = float(np.sum(np.asarray(got["d" + w], dtype=np.float64) * v))
+            if abs(numeric - analytic) > FD_TOLERANCE * max(abs(numeric), abs(analytic), G) + FD_FLOOR:
+                return (
+                    f"d{w} disagrees with float64 central finite differences of the forward along a random "
+                    f"direction v: sum(d{w} * v) = {analytic!r}, the difference quotient {numeric!r}"
+                ), dy
+    counts["examples"] += 1
+    return None, dy
+
+
+def check_op(op, candidate, *, examples=200, seed=None):
+    """Property-test ``candidate``, your implementation of ``numbacnn.functional.<op>``.
+
+    op: the name (or the function) of a forward op (conv2d, max_pool2d, avg_pool2d,
+    batch_norm, linear, relu, tanh, sigmoid, add, dropout, cross_entropy) or of its
+    ``<op>_backward``; candidate: a function with that op's signature (its arguments in the
+    same order; see numbacnn.functional) returning what it returns (arrays of the input's
+    dtype); examples: how many cases Hypothesis draws (a positive int); seed: None for the
+    same examples every run (derandomised), or an int for another reproducible set.
+
+    Returns a CheckReport (its str() is one line) when every example passes. Raises
+    AssertionError naming the smallest failing case Hypothesis found, what differs (the
+    first wrong index and both values) and the oracle; ValueError for an unknown op or a bad
+    ``examples``, TypeError for a candidate that is not callable.
+    """
+    name, forward, spec = _lookup(op)
+    if not callable(candidate):
+        raise TypeError(f"check_op: candidate must be a function, got {type(candidate).__name__}")
+    examples = check_int("check_op", "examples", examples, minimum=1)
+    label = getattr(candidate, "__qualname__", None) or repr(candidate)
+    counts = {"examples": 0, "fd": 0}
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=seed is None,
+        print_blob=False,
+        suppress_health_check=list(HealthCheck),
+        phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink),
+    )
+    @given(case=spec.strategy())
+    def run(case):
+        problem, dy = _check_one(name, forward, spec, candidate, case, counts)
+        if problem:
+            shown = f"\n  dy = {S.show(dy)}" if dy is not None else ""
+            raise AssertionError(
+                f"{name}: {label} is wrong on this case (the smallest one Hypothesis found):\n"
+                f"  {case!r}{shown}\n  {problem}"
+            )
+
+    if seed is not None:
+        run = hypothesis_seed(check_int("check_op", "seed", seed))(run)
+    try:
+        run()
+    except AssertionError as exc:
+        raise AssertionError(str(exc)) from None
+    against = [f"numbacnn.reference.{name}"]
+    if name == "conv2d":
+        against.append("scipy.signal.correlate")
+    return CheckReport(name, label, counts["examples"], counts["fd"], tuple(against))
