@@ -452,6 +452,70 @@ def cmd_gradcheck(args):
     return 0 if report.passed else 1
 
 
+def _load_candidate(spec):
+    """FILE.py:FUNCTION or MODULE:FUNCTION -> (the function, its label). A file is imported
+    with its own folder on sys.path (so its imports of its neighbours work), a module with the
+    working directory on it."""
+    import importlib
+    import importlib.util
+
+    where, sep, func = spec.rpartition(":")
+    if not sep or not where or not func:
+        raise ConfigError(f"{spec!r}: name the function as FILE.py:FUNCTION or MODULE:FUNCTION")
+    if where.endswith(".py"):
+        if not os.path.isfile(where):
+            raise ConfigError(
+                f"{where!r}: {'a directory' if os.path.isdir(where) else 'not found'}, expected a .py file"
+            )
+        folder = os.path.dirname(os.path.abspath(where))
+        name = os.path.splitext(os.path.basename(where))[0]
+        load = importlib.util.spec_from_file_location(name, where)
+        module = importlib.util.module_from_spec(load)
+        run = lambda: load.loader.exec_module(module)  # noqa: E731
+    else:
+        folder, module = os.getcwd(), None
+        run = lambda: importlib.import_module(where)  # noqa: E731
+    sys.path.insert(0, folder)
+    try:
+        module = run() or module
+    except ModuleNotFoundError as e:
+        if e.name == where.split(".")[0]:
+            raise ConfigError(f"no module named {where!r} (a file is named FILE.py:FUNCTION)") from None
+        raise DataError(f"importing {where} raised ModuleNotFoundError: {e}") from None
+    except Exception as e:  # the user's code failed at import: its own error, in one line
+        raise DataError(f"importing {where} raised {type(e).__name__}: {e}") from None
+    finally:
+        sys.path.remove(folder)
+    candidate = getattr(module, func, None)
+    if not callable(candidate):
+        defined = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+        what = "is not a function" if hasattr(module, func) else "is not defined"
+        raise ConfigError(f"{func!r} {what} in {where} (its functions: {', '.join(defined) or 'none'})")
+    return candidate
+
+
+def cmd_verify(args):
+    """numbacnn.testing.check_op on a user's function: one line when it passes, exit 0; the
+    smallest failing case, exit 1."""
+    from .testing import OPS, check_op
+
+    if args.op.removesuffix("_backward") not in OPS:
+        known = ", ".join(n for op in OPS for n in (op, op + "_backward"))
+        raise ConfigError(f"--op {args.op!r}: no checks for it (choose from: {known})")
+    candidate = _load_candidate(args.function)
+    print(
+        f"checking {args.function} as numbacnn.functional.{args.op} on {args.examples} examples ...",
+        flush=True,
+    )
+    try:
+        report = check_op(args.op, candidate, examples=args.examples, seed=args.seed)
+    except AssertionError as e:
+        print(f"FAILED {e}")
+        return 1
+    print(report)
+    return 0
+
+
 def cmd_graph(args):
     """Graph.draw of a zoo model into --out."""
     channels = args.input_shape[0] if args.input_shape else 1
@@ -480,6 +544,64 @@ def cmd_graph(args):
     return 0
 
 
+def cmd_explain(args):
+    """numbacnn.explain's page of a training checkpoint: its network, the filters of its
+    first conv layers, and the feature maps and class probabilities of --images test
+    images of its dataset (the test split as in training, prepared as the checkpoint
+    records), written to --out as one self-contained HTML file."""
+    from .explain import write_explain_page
+
+    out = args.out
+    if os.path.isdir(out):
+        raise ConfigError(
+            f"--out {out!r} is a directory: name the page's file, e.g. {os.path.join(out, 'explain.html')}"
+        )
+    check_directory("--out's folder", os.path.dirname(os.path.abspath(out)))
+    if not args.checkpoint.lower().endswith(".npz"):
+        raise ConfigError(
+            f"{args.checkpoint}: a weights file names no dataset to show images of: pass a checkpoint.npz"
+        )
+    model, info = _load_checkpoint_model(args.checkpoint)
+    meta = load(args.checkpoint).meta
+    stored = meta.get("config") or {}
+    preprocess = info["preprocess"]
+    if preprocess is None:
+        raise ConfigError(
+            f"{args.checkpoint} does not record how its images were prepared (numbacnn.preprocess)"
+        )
+    spec = stored.get("dataset", "mnist")
+    channels = preprocess["channels"] if spec.startswith("folder:") else None  # folders: read as trained
+    source = open_dataset(spec, stored.get("test_split", 0.1), args.cache_dir, False, training=False,
+                          channels=channels)  # fmt: skip
+    classes = info["classes"] or source.classes
+    if list(source.classes) != list(classes):
+        raise ConfigError(
+            f"{spec} now has classes {source.classes}; {args.checkpoint} was trained on {classes}"
+        )
+    if args.index >= source.n_test:
+        raise ConfigError(f"--index {args.index}: {spec} has {_plural(source.n_test, 'test image')}")
+    _, _, images, labels = load_inputs(source, preprocess, limit_train=0, limit_test=args.index + args.images)
+    images, labels = images[args.index :], labels[args.index :]
+    name, epoch = info["model"], meta.get("epoch")
+    about = [("model", name), ("checkpoint", args.checkpoint), ("dataset", f"{spec}, test split")]
+    if epoch is not None:
+        about.append(("epoch", epoch))
+    metrics = meta.get("metrics") or []
+    if metrics and metrics[-1].get("test_accuracy") is not None:
+        about.append(("test accuracy", f"{100 * metrics[-1]['test_accuracy']:.2f}%"))
+    shown = write_explain_page(
+        model, images, labels, out, class_names=classes, mean=preprocess["mean"], std=preprocess["std"],
+        depth=args.depth, title=f"numbacnn explain: {name}", about=about,
+        indices=range(args.index, args.index + len(labels)),
+    )  # fmt: skip
+    right = int(np.sum(shown.predictions == labels))
+    print(
+        f"wrote {out} ({name}: test images {args.index}..{args.index + len(labels) - 1} of {spec}, "
+        f"{right}/{len(labels)} predicted right; {shown.size / 1e6:.1f} MB)"
+    )
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 def _add_checkpoint(parser):
     parser.add_argument("--checkpoint", type=_file, required=True, help="path to a checkpoint.npz")
@@ -490,7 +612,9 @@ def build_parser():
         prog="numbacnn",
         description="numbacnn: train, evaluate and inspect CNNs whose kernels are explicit Numba loop nests.",
     )
-    sub = p.add_subparsers(dest="command", metavar="{train,evaluate,predict,export,summary,gradcheck,graph}")
+    sub = p.add_subparsers(
+        dest="command", metavar="{train,evaluate,predict,export,summary,gradcheck,graph,explain}"
+    )
     sub.required = True
 
     # Train options default to SUPPRESS: args holds only what was typed (so --resume can
@@ -752,6 +876,25 @@ def build_parser():
     g.add_argument("--num-classes", type=_int_between(1, 10**5), default=10, help="(default: 10)")
     g.set_defaults(func=cmd_gradcheck)
 
+    v = sub.add_parser(
+        "verify",
+        help="property-test your own kernel against numbacnn.reference",
+        description="Property-test FUNCTION, your implementation of numbacnn.functional.OP (same "
+        "signature), with Hypothesis (numbacnn.testing.check_op): against numbacnn.reference, SciPy for "
+        "conv2d, float64 finite differences for a *_backward. On a failure it prints the smallest "
+        "failing case, the first wrong index and both values, and exits with status 1.",
+    )
+    v.add_argument("function", metavar="FILE.py:FUNCTION", help="your function (or MODULE:FUNCTION)")
+    v.add_argument("--op", required=True, metavar="OP",
+                   help="conv2d, max_pool2d, avg_pool2d, batch_norm, linear, relu, tanh, sigmoid, add, "
+                   "dropout, cross_entropy, or one of them + _backward")  # fmt: skip
+    v.add_argument(
+        "--examples", type=_int_between(1, 10**6), default=200, help="cases to draw (default: 200)"
+    )
+    v.add_argument("--seed", type=_nonneg_int, default=None,
+                   help="another reproducible set of cases (default: the same cases every run)")  # fmt: skip
+    v.set_defaults(func=cmd_verify)
+
     d = sub.add_parser("graph", help="draw a model's layer graph (matplotlib)")
     d.add_argument("model", type=_model, help=f"one of {', '.join(sorted(MODELS))}")
     d.add_argument("--out", help="the picture: .png, .svg or .pdf (default: MODEL.png)")
@@ -761,6 +904,25 @@ def build_parser():
                    help="per-image input shape (default: 1 SIDE SIDE, the model's side)")  # fmt: skip
     d.add_argument("--num-classes", type=_int_between(1, 10**5), default=10, help="(default: 10)")
     d.set_defaults(func=cmd_graph)
+
+    ex = sub.add_parser(
+        "explain",
+        help="one HTML page of a checkpoint's network, filters, feature maps and predictions",
+        description="Write one self-contained HTML page (no server, no network): the checkpoint's "
+        "network, the filters of its first conv layers, and for --images test images of its dataset "
+        "(chosen in the page) every layer's feature maps and the class probabilities.",
+    )
+    _add_checkpoint(ex)
+    ex.add_argument("--out", default="explain.html", help="the page to write (default: explain.html)")
+    ex.add_argument("--images", type=_int_between(1, 100), default=10, metavar="N",
+                    help="test images in the page, 1 to 100 (default: 10)")  # fmt: skip
+    ex.add_argument("--index", type=_nonneg_int, default=0, help="the first test image's number (default: 0)")
+    ex.add_argument("--depth", type=_int_between(1, 100), default=None,
+                    help="levels of nesting shown: 1 = the top level only (default: all)")  # fmt: skip
+    ex.add_argument(
+        "--cache-dir", type=_dir, default=None, help="MNIST cache directory (default: ~/.cache/numbacnn)"
+    )
+    ex.set_defaults(func=cmd_explain)
     return p
 
 

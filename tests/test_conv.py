@@ -1,26 +1,24 @@
 """conv2d / conv2d_backward: against scipy.signal.correlate (hypothesis), finite differences,
 the readable oracle (numbacnn.reference) and PyTorch.
 
-The scipy oracle is built independently of numbacnn: the input is padded explicitly with
-np.pad (asymmetrically for "same" with an even kernel: the extra row/column on top/left, as
-in the lecture), the kernel is dilated by inserting zeros, each group's channels are sliced
-out, the 'valid' correlation is taken, and it is subsampled for the stride.
+The strategy (conv2d_configs) and the SciPy oracle (scipy_conv2d, built independently of
+numbacnn) are the public ones of numbacnn.testing, which learners point at their own kernels.
 """
 
 import numpy as np
 import pytest
-import scipy.signal
 import torch
 import torch.nn.functional as TF
 from conftest import assert_close
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from numbacnn import functional as F
 from numbacnn import reference as R
+from numbacnn.testing import conv2d_configs, scipy_conv2d
+from numbacnn.testing.strategies import same_pads
 
 # ----------------------------------------------------------------------------------------
-# an independent oracle: scipy.signal.correlate
+# padding for PyTorch, applied explicitly
 
 
 def _pads(padding, kH, kW, dil_h, dil_w):
@@ -29,82 +27,9 @@ def _pads(padding, kH, kW, dil_h, dil_w):
     if padding == "valid":
         return 0, 0, 0, 0
     if padding == "same":
-        total_h, total_w = dil_h * (kH - 1), dil_w * (kW - 1)
-        return total_h - total_h // 2, total_h // 2, total_w - total_w // 2, total_w // 2
+        return (*same_pads(kH, dil_h), *same_pads(kW, dil_w))
     pad_h, pad_w = (padding, padding) if isinstance(padding, int) else padding
     return pad_h, pad_h, pad_w, pad_w
-
-
-def scipy_conv2d(x, w, b, stride, padding, dilation, groups):
-    """conv2d in float64 via scipy.signal.correlate(mode='valid')."""
-    stride_h, stride_w = (stride, stride) if isinstance(stride, int) else stride
-    dil_h, dil_w = (dilation, dilation) if isinstance(dilation, int) else dilation
-    N, C_in = x.shape[:2]
-    C_out, C_in_g, kH, kW = w.shape
-    pad_top, pad_bottom, pad_left, pad_right = _pads(padding, kH, kW, dil_h, dil_w)
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad_top, pad_bottom), (pad_left, pad_right)))
-    wd = np.zeros((C_out, C_in_g, dil_h * (kH - 1) + 1, dil_w * (kW - 1) + 1))
-    wd[:, :, ::dil_h, ::dil_w] = w  # dilation: zeros inserted between the taps
-    C_out_g = C_out // groups
-    ys = []
-    for n in range(N):
-        rows = []
-        for co in range(C_out):
-            g = co // C_out_g
-            xg = xp[n, g * C_in_g : (g + 1) * C_in_g]  # this group's input channels
-            full = scipy.signal.correlate(xg, wd[co], mode="valid", method="direct")[0]
-            rows.append(full[::stride_h, ::stride_w] + (0.0 if b is None else float(b[co])))
-        ys.append(rows)
-    return np.array(ys)
-
-
-# ----------------------------------------------------------------------------------------
-# hypothesis strategy for a valid conv2d call (built valid: no filtering needed)
-
-PADDINGS = st.one_of(
-    st.integers(0, 2), st.tuples(st.integers(0, 2), st.integers(0, 2)), st.just("valid"), st.just("same")
-)
-
-
-def _int_or_pair(draw, lo, hi):
-    """Draw an int or a pair; return (argument as passed, (h, w))."""
-    a = draw(st.integers(lo, hi))
-    if draw(st.booleans()):
-        return a, (a, a)
-    b = draw(st.integers(lo, hi))
-    return (a, b), (a, b)
-
-
-@st.composite
-def conv_cases(draw, small=False, dtypes=(np.float32, np.float64)):
-    if draw(st.booleans()):  # depthwise: one input channel per group
-        groups = draw(st.integers(1, 3 if small else 4))
-        c_in_g, c_out_g = 1, draw(st.integers(1, 2))
-    else:
-        groups = draw(st.sampled_from([1, 2] if small else [1, 1, 2, 3]))
-        c_in_g = draw(st.integers(1, 2 if small else 3))
-        c_out_g = draw(st.integers(1, 2 if small else 3))
-    N = draw(st.integers(1, 1 if small else 2))
-    kH, kW = draw(st.integers(1, 3 if small else 4)), draw(st.integers(1, 3 if small else 4))
-    dilation, (dil_h, dil_w) = _int_or_pair(draw, 1, 2 if small else 3)
-    stride, _ = _int_or_pair(draw, 1, 3)
-    padding = draw(PADDINGS)
-    pad_top, pad_bottom, pad_left, pad_right = _pads(padding, kH, kW, dil_h, dil_w)
-    # smallest input such that the dilated kernel fits the padded input; drawing exactly that
-    # size gives "kernel = (padded) input size" cases, which hypothesis then hits often.
-    min_h = max(1, dil_h * (kH - 1) + 1 - pad_top - pad_bottom)
-    min_w = max(1, dil_w * (kW - 1) + 1 - pad_left - pad_right)
-    extra = 2 if small else 5
-    H = draw(st.one_of(st.just(min_h), st.integers(min_h, min_h + extra)))
-    W = draw(st.one_of(st.just(min_w), st.integers(min_w, min_w + extra)))
-    dtype = draw(st.sampled_from(dtypes))
-    with_bias = draw(st.booleans())
-    seed = draw(st.integers(0, 2**32 - 1))
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((N, groups * c_in_g, H, W)).astype(dtype)
-    w = rng.standard_normal((groups * c_out_g, c_in_g, kH, kW)).astype(dtype)
-    b = rng.standard_normal(groups * c_out_g).astype(dtype) if with_bias else None
-    return dict(x=x, weight=w, bias=b, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
 # ----------------------------------------------------------------------------------------
@@ -114,7 +39,7 @@ _FORWARD_EXAMPLES = [0]
 
 
 @settings(max_examples=250)
-@given(case=conv_cases())
+@given(case=conv2d_configs())
 def _conv2d_forward_matches_scipy(case):
     x, w, b = case["x"], case["weight"], case["bias"]
     kw = {k: case[k] for k in ("stride", "padding", "dilation", "groups")}
@@ -138,7 +63,7 @@ def test_conv2d_strategy_covers_the_interesting_cases():
     seen = set()
 
     @settings(max_examples=300, derandomize=True, database=None)
-    @given(case=conv_cases())
+    @given(case=conv2d_configs())
     def collect(case):
         x, w = case["x"], case["weight"]
         kh, kw = w.shape[2:]
@@ -222,7 +147,7 @@ def test_conv2d_backward_matches_finite_differences(cfg, gradcheck):
 
 
 @settings(max_examples=20)
-@given(case=conv_cases(small=True, dtypes=(np.float64,)))
+@given(case=conv2d_configs(small=True, dtypes=(np.float64,)))
 def test_conv2d_backward_matches_finite_differences_hypothesis(case, gradcheck):
     b = case["bias"]
     if b is None:

@@ -6,30 +6,17 @@ import torch
 import torch.nn.functional as TF
 from conftest import assert_close
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from numbacnn import functional as F
 from numbacnn import reference as R
+from numbacnn.testing import pool2d_configs
 
 
-@st.composite
-def pool_cases(draw, dtypes=(np.float32, np.float64)):
-    kH, kW = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    kernel_size = kH if draw(st.booleans()) and kH == kW else (kH, kW)
-    stride = draw(st.one_of(st.none(), st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3))))
-    pad_h, pad_w = draw(st.integers(0, kH // 2)), draw(st.integers(0, kW // 2))
-    padding = pad_h if pad_h == pad_w and draw(st.booleans()) else (pad_h, pad_w)
-    N, C = draw(st.integers(1, 2)), draw(st.integers(1, 3))
-    H = draw(st.integers(max(1, kH - 2 * pad_h), 7))
-    W = draw(st.integers(max(1, kW - 2 * pad_w), 7))
-    dtype = draw(st.sampled_from(dtypes))
-    ties = draw(st.booleans())
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    if ties:  # few distinct values: many ties inside windows
-        x = rng.integers(-2, 3, size=(N, C, H, W)).astype(dtype)
-    else:
-        x = rng.standard_normal((N, C, H, W)).astype(dtype)
-    return x, dict(kernel_size=kernel_size, stride=stride, padding=padding)
+def pool_cases(**kwargs):
+    """numbacnn.testing's pool2d_configs as (x, the keyword arguments)."""
+    return pool2d_configs(**kwargs).map(
+        lambda c: (c["x"], {k: c[k] for k in ("kernel_size", "stride", "padding")})
+    )
 
 
 def _torch_kw(kw):

@@ -176,6 +176,8 @@ def _mismatch(what, got, expected, dtype, kind):
         ):
             return None
         return f"{what}: got {float(got)!r}, expected {expected!r} (rtol {rtol:.0e}, atol {atol:.1e})"
+    if isinstance(got, np.generic) and expected.ndim == 0:
+        got = np.asarray(got)  # NumPy's ufuncs turn a 0-D array into a scalar: the same thing
     if not isinstance(got, np.ndarray):
         return f"{what}: got {type(got).__name__}, expected a NumPy array of shape {expected.shape}"
     if got.shape != expected.shape:
@@ -195,7 +197,7 @@ def _mismatch(what, got, expected, dtype, kind):
     index = tuple(int(i) for i in bad[0])
     return (
         f"{what}: {len(bad)} of {e.size} elements differ; the first at index {index}: got "
-        f"{got[index]!r}, expected {expected[index]!r} (rtol {rtol:.0e}, atol {atol:.1e})"
+        f"{got[index].item()!r}, expected {expected[index].item()!r} (rtol {rtol:.0e}, atol {atol:.1e})"
     )
 
 
@@ -351,7 +353,7 @@ def check_op(op, candidate, *, examples=200, seed=None):
             shown = f"\n  dy = {S.show(dy)}" if dy is not None else ""
             raise AssertionError(
                 f"{name}: {label} is wrong on this case (the smallest one Hypothesis found):\n"
-                f"  {case!r}{shown}\n  {problem}"
+                f"  {'the call' if name == forward else 'the forward call'} {case!r}{shown}\n  {problem}"
             )
 
     if seed is not None:

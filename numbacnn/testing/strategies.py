@@ -66,7 +66,7 @@ def show(v):
     shape and dtype."""
     if isinstance(v, np.ndarray):
         if v.size <= _SHOW:
-            body = np.array2string(v, separator=", ", threshold=_SHOW).replace("\n", "")
+            body = np.array2string(v, separator=", ", threshold=_SHOW, max_line_width=10**6)
             return f"np.array({body}, dtype=np.{v.dtype})"
         return f"<array shape={v.shape} dtype={v.dtype}>"
     return repr(v)
