@@ -559,7 +559,8 @@ def cmd_explain(args):
     check_directory("--out's folder", os.path.dirname(os.path.abspath(out)))
     if not args.checkpoint.lower().endswith(".npz"):
         raise ConfigError(
-            f"{args.checkpoint}: a weights file names no dataset to show images of: pass a checkpoint.npz"
+            f"{args.checkpoint} is not a checkpoint.npz: explain shows the test images of the dataset "
+            "a training checkpoint records"
         )
     model, info = _load_checkpoint_model(args.checkpoint)
     meta = load(args.checkpoint).meta
@@ -579,7 +580,11 @@ def cmd_explain(args):
             f"{spec} now has classes {source.classes}; {args.checkpoint} was trained on {classes}"
         )
     if args.index >= source.n_test:
-        raise ConfigError(f"--index {args.index}: {spec} has {_plural(source.n_test, 'test image')}")
+        last = f" (0..{source.n_test - 1})" if source.n_test else ""
+        raise ConfigError(
+            f"--index {args.index} is past the end: {spec}'s test split has "
+            f"{_plural(source.n_test, 'image')}{last}"
+        )
     _, _, images, labels = load_inputs(source, preprocess, limit_train=0, limit_test=args.index + args.images)
     images, labels = images[args.index :], labels[args.index :]
     name, epoch = info["model"], meta.get("epoch")
@@ -613,7 +618,7 @@ def build_parser():
         description="numbacnn: train, evaluate and inspect CNNs whose kernels are explicit Numba loop nests.",
     )
     sub = p.add_subparsers(
-        dest="command", metavar="{train,evaluate,predict,export,summary,gradcheck,graph,explain}"
+        dest="command", metavar="{train,evaluate,predict,export,summary,gradcheck,verify,graph,explain}"
     )
     sub.required = True
 

@@ -1,5 +1,6 @@
 """The examples run end to end: the lecture filters write their PNG grid, the LeNet-5
-recipe example trains (and resumes) on a slice of MNIST."""
+recipe example trains (and resumes) on a slice of MNIST, the verify example catches its
+student's bug."""
 
 import os
 import subprocess
@@ -54,3 +55,13 @@ def test_train_lenet_mnist_example_runs_the_recipe(tmp_path):
     # the example spells out SGD's defaults (lr 0.05, momentum 0.9), as the README's command does
     expected = TrainConfig(epochs=2, out=str(out), limit_train=256, lr=0.05, momentum=0.9)
     assert TrainConfig.from_dict(meta["config"]) == expected
+
+
+def test_verify_your_kernel_example_catches_the_bug_and_passes_the_fix():
+    """examples/verify_your_kernel.py: the student's off-by-one is caught, the fix passes."""
+    script = os.path.join(ROOT, "examples", "verify_your_kernel.py")
+    done = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "hand-made tests: pass" in done.stdout
+    assert "conv2d: conv2d_student is wrong on this case" in done.stdout
+    assert "conv2d: conv2d_fixed passed 200 examples" in done.stdout

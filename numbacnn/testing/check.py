@@ -74,6 +74,10 @@ def _no_ties(case):
     return case.fill != "integers"
 
 
+def _away_from_zero(case):
+    return not (np.abs(case["x"]) <= 10 * FD_STEP).any()
+
+
 OPS = {
     "conv2d": _Op(S.conv2d_configs, "conv", "conv", ("x", "weight", "bias"), _conv_backward_args),
     "max_pool2d": _Op(
@@ -92,7 +96,9 @@ OPS = {
         ("x", "weight", "bias"),
         lambda c, y, dy: (dy, c["x"], c["weight"]),
     ),
-    "relu": _Op(_elementwise("relu"), "exact", "exact", ("x",), lambda c, y, dy: (dy, c["x"]), _no_ties),
+    "relu": _Op(
+        _elementwise("relu"), "exact", "exact", ("x",), lambda c, y, dy: (dy, c["x"]), _away_from_zero
+    ),
     "tanh": _Op(_elementwise("tanh"), "elementwise", "elementwise", ("x",), lambda c, y, dy: (dy, y)),
     "sigmoid": _Op(_elementwise("sigmoid"), "elementwise", "elementwise", ("x",), lambda c, y, dy: (dy, y)),
     "add": _Op(_elementwise("add", ("a", "b")), "elementwise", "exact", ("a", "b"), lambda c, y, dy: (dy,)),

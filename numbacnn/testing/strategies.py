@@ -38,7 +38,7 @@ __all__ = [
     "show",
 ]
 
-DTYPES = (np.float32, np.float64)
+DTYPES = (np.float64, np.float32)  # float64 first: a shrunk case is float64 unless float32 matters
 _SHOW = 36  # arrays up to this many elements are printed in full
 
 
@@ -66,7 +66,7 @@ def show(v):
     shape and dtype."""
     if isinstance(v, np.ndarray):
         if v.size <= _SHOW:
-            body = np.array2string(v, separator=", ", threshold=_SHOW, max_line_width=10**6)
+            body = " ".join(np.array2string(v, separator=", ", threshold=_SHOW).split())  # one line
             return f"np.array({body}, dtype=np.{v.dtype})"
         return f"<array shape={v.shape} dtype={v.dtype}>"
     return repr(v)
