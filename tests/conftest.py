@@ -15,7 +15,8 @@ scope, so hypothesis tests may use it too).
 
 Shared assertions (import them: ``from conftest import assert_close, check_op_vs_torch``):
 
-* ``TOLERANCES`` / ``tolerance(dtype, kind)`` -- the one tolerance table of the suite;
+* ``TOLERANCES`` / ``tolerance(dtype, kind)`` -- the one tolerance table of the suite (it
+  lives in numbacnn.testing.tolerances, public, so check_op judges learners' kernels by it);
 * ``assert_close(actual, expected, *, dtype, kind)`` -- every numeric comparison of an op's
   result with an oracle goes through it;
 * ``check_op_vs_torch(name, *inputs, dtype, **kwargs)`` -- numbacnn.functional vs numbacnn.reference
