@@ -304,6 +304,35 @@ class Graph(Module):
         walk(self, "", "input", 1, _with_batch(input_shape))
         return nodes
 
+    def node_outputs(self, x, depth=None):
+        """Run the forward pass on ``x`` and keep every node's output: {dotted path: array}
+        with the paths and order of ``flat_nodes`` (nested graphs expanded down to ``depth``
+        levels; None: all), the input first under the path "input". The output node's value
+        is the one ``forward(x)`` returns (the layers run in the mode they are in: call
+        ``eval()`` first for inference). x: (N, C, H, W) (or whatever the first layer takes);
+        an error is re-raised as forward's, with the dotted path of the node in front."""
+        outputs = {"input": x}
+
+        def walk(g, prefix, source, level):
+            if not len(g):  # an empty Sequential passes its input through
+                return source
+            g._ran_forward = True  # as g.forward would: each layer keeps what its backward needs
+            values = {g.input_name: source}
+            for name in g.order:
+                layer, inputs = g._modules[name], g._inputs[name]
+                if isinstance(layer, Graph) and (depth is None or level < depth):
+                    values[name] = walk(layer, prefix + name + ".", values[inputs[0]], level + 1)
+                    continue
+                try:
+                    values[name] = layer(*[values[i] for i in inputs])
+                except (ValueError, TypeError) as e:
+                    raise _with_node(e, prefix + name, layer) from e
+                outputs[prefix + name] = values[name]
+            return values[g.output]
+
+        walk(self, "", x, 1)
+        return outputs
+
     def draw(self, input_shape, out=None, depth=None, title=None):
         """Draw this graph with matplotlib (numbacnn.drawing.draw_graph): one box per node
         (name, layer, output shape per image, parameters), skip connections as arcs, nested
