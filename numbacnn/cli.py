@@ -1,4 +1,5 @@
-"""The ``numbacnn`` command line: train | evaluate | predict | export | summary.
+"""The ``numbacnn`` command line: train | evaluate | predict | export | summary | gradcheck |
+verify | graph | explain.
 
     numbacnn train --model lenet5 --dataset mnist --epochs 3 --batch-size 64 --lr 0.05 \\
                    --momentum 0.9 --out runs/lenet5
@@ -7,6 +8,10 @@
     numbacnn predict --checkpoint runs/lenet5/checkpoint.npz digit.png
     numbacnn export --checkpoint runs/lenet5/checkpoint.npz --out lenet5.onnx   # or .safetensors
     numbacnn summary lenet5 --input-shape 1 32 32
+    numbacnn gradcheck resnet_cifar              # a model's backward vs finite differences
+    numbacnn verify my_conv.py:conv2d --op conv2d   # property-test your own kernel
+    numbacnn graph resnet_cifar --out g.png      # the layer graph
+    numbacnn explain --checkpoint runs/lenet5/checkpoint.npz --out explain.html
 
 ``train`` is parse -> ``numbacnn.recipe.TrainConfig`` -> ``numbacnn.recipe.run``; the
 model facts (input sides) come from the registry in ``numbacnn.models``.
