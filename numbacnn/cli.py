@@ -465,8 +465,10 @@ def _load_candidate(spec):
     import importlib.util
 
     where, sep, func = spec.rpartition(":")
-    if not sep or not where or not func:
+    if not sep or not where or not func or ":" in where:
         raise ConfigError(f"{spec!r}: name the function as FILE.py:FUNCTION or MODULE:FUNCTION")
+    if os.path.isdir(where):
+        raise ConfigError(f"{where!r} is a directory: name a .py file (FILE.py:FUNCTION) or a module")
     if where.endswith(".py"):
         if not os.path.isfile(where):
             raise ConfigError(
@@ -487,6 +489,8 @@ def _load_candidate(spec):
         if e.name == where.split(".")[0]:
             raise ConfigError(f"no module named {where!r} (a file is named FILE.py:FUNCTION)") from None
         raise DataError(f"importing {where} raised ModuleNotFoundError: {e}") from None
+    except SystemExit as e:  # exit() at the top of the user's file
+        raise DataError(f"importing {where} called sys.exit({e.code!r})") from None
     except Exception as e:  # the user's code failed at import: its own error, in one line
         raise DataError(f"importing {where} raised {type(e).__name__}: {e}") from None
     finally:
@@ -502,6 +506,8 @@ def _load_candidate(spec):
 def cmd_verify(args):
     """numbacnn.testing.check_op on a user's function: one line when it passes, exit 0; the
     smallest failing case, exit 1."""
+    # Hypothesis keeps a cache; in ~/.cache/numbacnn, not in a .hypothesis folder where you stand
+    os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.expanduser("~/.cache/numbacnn/hypothesis"))
     from .testing import OPS, check_op
 
     if args.op.removesuffix("_backward") not in OPS:

@@ -470,7 +470,7 @@ def relu(x):
 
 
 def relu_backward(dy, x):
-    """dy where x > 0, else 0 (x is the forward INPUT)."""
+    """0 where x <= 0, else dy (x is the forward INPUT; a NaN x passes dy on, as PyTorch)."""
     return _elementwise("relu_backward", lambda activation: activation.relu_backward, dy=dy, x=x)
 
 

@@ -249,10 +249,13 @@ def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.
     (the lecture folds eps into sigma_B^2.) In training mode, the running statistics are
     updated in place: r <- (1 - momentum) r + momentum * stat, with the UNBIASED variance
     sigma_B^2 |B| / (|B| - 1) for running_var (PyTorch). In eval mode, mu and sigma^2 are
-    the running statistics. weight/bias None mean gamma = 1, beta = 0.
+    the running statistics. weight/bias None mean gamma = 1, beta = 0. An empty batch has
+    no statistics: y is empty and the running statistics stay (PyTorch).
     """
     C = x.shape[1]
     y = np.empty(x.shape, dtype=np.float64)
+    if training and x.size == 0:
+        return y.astype(x.dtype)
     for c in range(C):
         gamma = 1.0 if weight is None else float(weight[c])
         beta = 0.0 if bias is None else float(bias[c])
@@ -279,9 +282,11 @@ def batch_norm_backward(dy, x, weight, eps=1e-5, running_mean=None, running_var=
 
     Eval mode (running_mean and running_var given, fixed): the same dbeta and dgamma with
     xhat = (x - running_mean) / sqrt(running_var + eps), and dx_i = gamma dy_i / sqrt(running_var + eps).
-    Returns (dx, dweight, dbias).
+    Returns (dx, dweight, dbias); an empty batch gives an empty dx and zero dweight, dbias.
     """
     C = x.shape[1]
+    if x.size == 0:
+        return np.empty(x.shape, x.dtype), np.zeros(C, x.dtype), np.zeros(C, x.dtype)
     dx = np.empty(x.shape, dtype=np.float64)
     dweight = np.empty(C, dtype=np.float64)
     dbias = np.empty(C, dtype=np.float64)
@@ -398,8 +403,9 @@ def relu(x):
 
 
 def relu_backward(dy, x):
-    """d ReLU / dx = 1 for x > 0, else 0 (0 at x = 0, as PyTorch)."""
-    return _map(lambda d, v: d if v > 0 else 0.0, dy, x)
+    """d ReLU / dx = 0 for x <= 0 (0 at x = 0, as PyTorch), else 1: a NaN x passes dy on, as
+    PyTorch's threshold_backward."""
+    return _map(lambda d, v: 0.0 if v <= 0 else d, dy, x)
 
 
 def tanh(x):
@@ -512,7 +518,7 @@ def cross_entropy(logits, labels):
     for n in range(N):
         z, e = _row_exp(logits[n])
         total += max(z) + math.log(sum(e)) - z[int(labels[n])]
-    return total / N
+    return total / N if N else math.nan  # the mean of no losses (PyTorch: NaN)
 
 
 def cross_entropy_backward(logits, labels):

@@ -19,6 +19,7 @@ from numbacnn.testing import (
     check_op,
     cross_entropy_configs,
     elementwise_configs,
+    linear_configs,
     pool2d_configs,
 )
 
@@ -128,13 +129,15 @@ def test_average_pooling_without_the_padding_in_the_divisor_is_caught():
         ).astype(x.dtype)
 
     message = _caught("avg_pool2d", avg_pool2d_exclude_pad)
-    assert re.search(r"padding=(\(?[1-9])", message), message
+    assert re.search(r"padding=(\d+|\(\d, \d\))", message).group(1) not in ("0", "(0, 0)"), message
 
 
 def _batch_norm(unbiased_running_var):
     def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
         axes = (0, *range(2, x.ndim))
         per_channel = (1, -1) + (1,) * (x.ndim - 2)
+        if training and x.shape[0] == 0:  # an empty batch: nothing to normalise, no statistics
+            return np.empty_like(x)
         if training:
             mean, var = x.mean(axis=axes, dtype=np.float64), x.var(axis=axes, dtype=np.float64)
             m = x.size // x.shape[1]
@@ -176,6 +179,92 @@ def test_a_dropout_that_keeps_with_probability_p_is_caught():
         return (x * mask / p if p else x * 0).astype(x.dtype), mask
 
     _caught("dropout", dropout_keep_p)
+
+
+def test_a_blocked_loop_that_drops_its_remainder_is_caught():
+    def linear_blocks_of_8(x, weight, bias=None):
+        N, IN = x.shape
+        y = np.zeros((N, weight.shape[0]), x.dtype)
+        for b in range(max(1, IN // 8)):  # BUG: the last IN % 8 features are left out past 8
+            y += x[:, b * 8 : (b + 1) * 8] @ weight[:, b * 8 : (b + 1) * 8].T
+        return y if bias is None else y + bias
+
+    assert "y: " in _caught("linear", linear_blocks_of_8)
+
+
+def _bn_float32(two_pass):
+    """batch norm computed in x's dtype: two-pass variance, or E[x^2] - E[x]^2 (cancels)."""
+
+    def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+        axes, per_channel = (0, *range(2, x.ndim)), (1, -1) + (1,) * (x.ndim - 2)
+        if training and x.shape[0] == 0:
+            return np.empty_like(x)
+        if training:
+            mean = x.mean(axis=axes, dtype=x.dtype)
+            if two_pass:
+                var = ((x - mean.reshape(per_channel)) ** 2).mean(axis=axes, dtype=x.dtype)
+            else:
+                var = (x * x).mean(axis=axes, dtype=x.dtype) - mean * mean
+            m = x.size // x.shape[1]
+            if running_mean is not None:
+                running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+                running_var[...] = (1 - momentum) * running_var + momentum * var * m / (m - 1)
+        else:
+            mean, var = running_mean, running_var
+        y = (x - mean.reshape(per_channel)) / np.sqrt(var.reshape(per_channel) + x.dtype.type(eps))
+        if weight is not None:
+            y = y * weight.reshape(per_channel) + bias.reshape(per_channel)
+        return y.astype(x.dtype)
+
+    return batch_norm
+
+
+def test_a_float32_variance_that_cancels_is_caught_and_the_two_pass_one_passes():
+    assert "float32" in _caught("batch_norm", _bn_float32(two_pass=False))
+    assert check_op("batch_norm", _bn_float32(two_pass=True)).examples == 200
+
+
+def test_a_float32_log_sum_exp_loss_passes_on_its_logits_scale():
+    def cross_entropy(logits, labels):
+        if logits.shape[0] == 0:
+            return float("nan")
+        m = logits.max(axis=1)
+        lse = m + np.log(np.exp(logits - m[:, None]).sum(axis=1))
+        return float((lse - logits[np.arange(len(labels)), labels]).mean())
+
+    assert check_op("cross_entropy", cross_entropy).examples == 200
+
+
+def test_a_max_pool_that_ignores_nan_and_an_op_that_refuses_an_empty_batch_are_caught():
+    def max_pool2d_fmax(x, kernel_size, stride=None, padding=0):
+        y = R.max_pool2d(np.nan_to_num(x, nan=-np.inf), kernel_size, stride, padding)  # BUG: NaN ignored
+        return y
+
+    assert "expected nan" in _caught("max_pool2d", max_pool2d_fmax)
+
+    def linear_no_empty(x, weight, bias=None):
+        if x.shape[0] == 0:
+            raise ValueError("empty batch")
+        return R.linear(x, weight, bias)
+
+    message = _caught("linear", linear_no_empty)
+    assert "raised ValueError: empty batch" in message and "np.zeros((0," in message
+
+
+def test_a_candidate_that_exits_or_changes_its_mind_fails_cleanly():
+    def linear_exits(x, weight, bias=None):
+        raise SystemExit(0)
+
+    assert "called sys.exit(0)" in _caught("linear", linear_exits)
+    calls = [0]
+
+    def linear_flaky(x, weight, bias=None):
+        calls[0] += 1
+        y = R.linear(x, weight, bias)
+        return y + 1 if calls[0] == 7 else y  # wrong once
+
+    with pytest.raises(AssertionError, match="gives different results for the same arguments"):
+        check_op("linear", linear_flaky, examples=50)
 
 
 def test_a_candidate_that_raises_or_writes_its_input_is_named():
@@ -231,6 +320,10 @@ def _window_tie(c):
 def test_the_strategies_draw_the_hard_cases():
     pool = {
         "tie in a window": _window_tie,
+        "NaN": lambda c: np.isnan(c["x"]).any(),
+        "empty": lambda c: c["x"].shape[0] == 0,
+        "non-contiguous": lambda c: not c["x"].flags.c_contiguous,
+        "16 rows": lambda c: c["x"].shape[2] > 7,
         "stride > window": lambda c: (
             c["stride"] is not None and min(_pair(c["stride"])) > max(_pair(c["kernel_size"]))
         ),
@@ -245,19 +338,27 @@ def test_the_strategies_draw_the_hard_cases():
         "eval": lambda c: not c["training"],
         "no running stats": lambda c: c["running_mean"] is None,
         "no affine": lambda c: c["weight"] is None,
+        "mean 100": lambda c: c["x"].size and c["x"].mean() > 50,
+        "empty": lambda c: c["x"].shape[0] == 0,
     }
     assert _collect(batch_norm_configs(), bn) == set(bn)
     act = {
         "0-D": lambda c: c["x"].ndim == 0,
         "zero": lambda c: (c["x"] == 0).any(),
         "saturating": lambda c: (np.abs(c["x"]) >= 1000).any(),
+        "NaN": lambda c: np.isnan(c["x"]).any(),
+        "non-contiguous": lambda c: not c["x"].flags.c_contiguous,
+        "over 200 elements": lambda c: c["x"].size > 200,
     }
     assert _collect(elementwise_configs(), act) == set(act)
     ce = {
-        "huge logits": lambda c: np.abs(c["logits"]).max() >= 300,
+        "huge logits": lambda c: np.abs(c["logits"]).max(initial=0) >= 300,
         "one class": lambda c: c["logits"].shape[1] == 1,
+        "empty": lambda c: c["logits"].shape[0] == 0,
     }
     assert _collect(cross_entropy_configs(), ce) == set(ce)
+    dense = {"IN > 16": lambda c: c["x"].shape[1] > 16, "N > 8": lambda c: c["x"].shape[0] > 8}
+    assert _collect(linear_configs(), dense) == set(dense)
 
 
 # ----------------------------------------------------------------------------------------
@@ -303,6 +404,8 @@ def test_verify_mistakes_are_one_line(argv, code, error, tmp_path, capsys, monke
     monkeypatch.chdir(tmp_path)
     (tmp_path / "my_relu.py").write_text("import numpy as np\ndef relu(x):\n    return np.maximum(x, 0)\n")
     (tmp_path / "broken.py").write_text("def f(:\n")
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit(0)\n")
+    (tmp_path / "sub").mkdir()
     assert main(["verify", *argv]) == code
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("numbacnn: error: ") and error in err[0], err

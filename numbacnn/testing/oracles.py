@@ -47,6 +47,10 @@ def scipy_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1
             full = scipy.signal.correlate(xg, wd[co], mode="valid", method="direct")[0]
             maps.append(full[::stride_h, ::stride_w] + (0.0 if bias is None else float(bias[co])))
         y.append(maps)
+    if N == 0:  # no images: no correlations, but the output's shape all the same
+        H_out = (x.shape[2] + sum(pads_h) - dil_h * (kH - 1) - 1) // stride_h + 1
+        W_out = (x.shape[3] + sum(pads_w) - dil_w * (kW - 1) - 1) // stride_w + 1
+        return np.zeros((0, C_out, H_out, W_out))
     return np.array(y, dtype=np.float64)
 
 

@@ -7,19 +7,26 @@ the cases where hand-written kernels go wrong:
 
 * conv2d: N = 1; 1x1, non-square and input-sized kernels; stride larger than the kernel;
   padding wider than the kernel's reach (a border of zeros only); "same" with even kernels
-  (the extra row/column on top/left, lecture "Padding"); dilation; groups and depthwise;
-* pooling: ties inside a window (small integer values), stride larger than the window,
-  padding up to half the window (PyTorch's limit);
-* batch norm: 2-D and 4-D x, one image (N = 1), a constant channel (zero variance), training
-  and eval, weight/bias None;
-* element-wise ops and the loss: 0-D to 4-D arrays, zeros (ReLU's kink), saturating values
-  (|x| up to 1000 for sigmoid and tanh, logits of 1000 for the log-sum-exp).
+  (the extra row/column on top/left, lecture "Padding"), with a stride too; dilation; groups
+  and depthwise;
+* pooling: ties inside a window (small integer values), a NaN in a window (it wins, as in
+  PyTorch), stride larger than the window, padding up to half the window (PyTorch's limit);
+* batch norm: 2-D and 4-D x, one image (N = 1), a constant channel (zero variance), a mean
+  of 100 (E[x^2] - E[x]^2 cancels in float32), training and eval, weight/bias None;
+* element-wise ops and the loss: 0-D to 4-D arrays, zeros (ReLU's kink), NaN (stays NaN),
+  saturating values (|x| up to 1000 for sigmoid and tanh, logits of 1000 for the
+  log-sum-exp).
+
+Now and then (and never in a shrunk case unless it matters) a strategy also draws an empty
+batch (N = 0, which the ops define), an input that is a non-contiguous view (``strided``),
+or larger sizes (a reduction of up to 40 terms, planes of up to 16 x 16), where a blocked
+loop's remainder goes wrong.
 
 Array values are drawn from a seed, with small integers first: when Hypothesis shrinks a
 failing case, it ends on a small shape filled with readable integers (like the lecture's
 0..8 input), which ``Case``'s repr prints in full.
 
-Every strategy takes ``dtypes`` (default float32 and float64).
+Every strategy takes ``dtypes`` (default float64 and float32).
 """
 
 import numpy as np
@@ -36,6 +43,7 @@ __all__ = [
     "cross_entropy_configs",
     "same_pads",
     "show",
+    "strided",
 ]
 
 DTYPES = (np.float64, np.float32)  # float64 first: a shrunk case is float64 unless float32 matters
@@ -63,13 +71,45 @@ class Case(dict):
 
 def show(v):
     """repr of a value, an array of up to 36 elements in full (as code), a larger one as its
-    shape and dtype."""
+    shape and dtype; a non-contiguous array says so."""
     if isinstance(v, np.ndarray):
+        view = "" if v.flags.c_contiguous else " (a non-contiguous view)"
+        if v.size == 0:
+            return f"np.zeros({v.shape}, dtype=np.{v.dtype})"
         if v.size <= _SHOW:
             body = " ".join(np.array2string(v, separator=", ", threshold=_SHOW).split())  # one line
-            return f"np.array({body}, dtype=np.{v.dtype})"
-        return f"<array shape={v.shape} dtype={v.dtype}>"
+            return f"np.array({body}, dtype=np.{v.dtype}){view}"
+        return f"<array shape={v.shape} dtype={v.dtype}>{view}"
     return repr(v)
+
+
+def strided(a):
+    """`a`'s values as a non-contiguous view: every other element of a buffer along the last
+    axis (a 0-D or empty `a` is returned as it is)."""
+    if a.ndim == 0 or a.size == 0:
+        return a
+    buffer = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+    buffer[..., ::2] = a
+    return buffer[..., ::2]
+
+
+def _now_and_then(draw, one_in=5):
+    """True about once in `one_in` draws; shrinks to False, so a shrunk case has the special
+    feature only when the failure needs it."""
+    return draw(st.sampled_from(range(one_in))) == one_in - 1  # (integers() draws the end rarely)
+
+
+def _with_nan(draw, a):
+    """A copy of the float array `a` with a NaN at a drawn place (`a` itself when empty)."""
+    if a.size == 0:
+        return a
+    a = a.copy()
+    a.flat[draw(st.integers(0, a.size - 1))] = np.nan
+    return a
+
+
+def _maybe_strided(draw, a):
+    return strided(a) if _now_and_then(draw) else a
 
 
 def same_pads(kernel, dilation):
@@ -110,14 +150,17 @@ def conv2d_configs(draw, *, dtypes=DTYPES, small=False):
     x (N, C_in, H, W), weight (C_out, C_in/groups, kH, kW), bias (C_out,) or None, stride,
     padding (int, pair, "valid" or "same"), dilation, groups. ``small`` keeps every size
     tiny (finite differences and plain-Python candidates)."""
-    if draw(st.booleans()):  # depthwise: one input channel per group
+    big = not small and _now_and_then(draw)  # a reduction of up to 12 x 9 terms, larger planes
+    if big:
+        groups, c_in_g, c_out_g = 1, draw(st.integers(4, 12)), draw(st.integers(1, 2))
+    elif draw(st.booleans()):  # depthwise: one input channel per group
         groups = draw(st.integers(1, 3 if small else 4))
         c_in_g, c_out_g = 1, draw(st.integers(1, 2))
     else:
         groups = draw(st.sampled_from([1, 2] if small else [1, 1, 2, 3]))
         c_in_g = draw(st.integers(1, 2 if small else 3))
         c_out_g = draw(st.integers(1, 2 if small else 3))
-    N = draw(st.integers(1, 1 if small else 2))
+    N = 0 if _now_and_then(draw, 20) else draw(st.integers(1, 1 if small else 2))
     kH, kW = draw(st.integers(1, 3 if small else 4)), draw(st.integers(1, 3 if small else 4))
     dilation, (dil_h, dil_w) = _int_or_pair(draw, 1, 2 if small else 3)
     stride, _ = _int_or_pair(draw, 1, 3)
@@ -140,7 +183,7 @@ def conv2d_configs(draw, *, dtypes=DTYPES, small=False):
     # "kernel = (padded) input" cases, which Hypothesis then hits often
     min_h = max(1, dil_h * (kH - 1) + 1 - sum(pads_h))
     min_w = max(1, dil_w * (kW - 1) + 1 - sum(pads_w))
-    extra = 2 if small else 5
+    extra = 2 if small else 9 if big else 5
     H = draw(st.one_of(st.just(min_h), st.integers(min_h, min_h + extra)))
     W = draw(st.one_of(st.just(min_w), st.integers(min_w, min_w + extra)))
     dtype = draw(st.sampled_from(dtypes))
@@ -149,7 +192,7 @@ def conv2d_configs(draw, *, dtypes=DTYPES, small=False):
     return Case(
         "conv2d",
         values,
-        x=fill((N, groups * c_in_g, H, W), dtype),
+        x=_maybe_strided(draw, fill((N, groups * c_in_g, H, W), dtype)),
         weight=fill((groups * c_out_g, c_in_g, kH, kW), dtype),
         bias=fill((groups * c_out_g,), dtype) if with_bias else None,
         stride=stride,
@@ -163,20 +206,25 @@ def conv2d_configs(draw, *, dtypes=DTYPES, small=False):
 def pool2d_configs(draw, *, dtypes=DTYPES, op="max_pool2d"):
     """Calls of max_pool2d / avg_pool2d(x, kernel_size, stride, padding): a Case with keys
     x (N, C, H, W), kernel_size (int or pair), stride (None = kernel_size, int or pair) and
-    padding (int or pair, at most half the window). Integer values make ties."""
+    padding (int or pair, at most half the window). Integer values make ties; max_pool2d's x
+    may hold a NaN."""
     kH, kW = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     kernel_size = kH if kH == kW and draw(st.booleans()) else (kH, kW)
     stride = draw(st.one_of(st.none(), st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3))))
     pad_h, pad_w = draw(st.integers(0, kH // 2)), draw(st.integers(0, kW // 2))
     padding = pad_h if pad_h == pad_w and draw(st.booleans()) else (pad_h, pad_w)
-    N, C = draw(st.integers(1, 2)), draw(st.integers(1, 3))
-    H = draw(st.integers(max(1, kH - 2 * pad_h), 7))
-    W = draw(st.integers(max(1, kW - 2 * pad_w), 7))
+    N = 0 if _now_and_then(draw, 20) else draw(st.integers(1, 2))
+    C = draw(st.integers(1, 3))
+    side = 16 if _now_and_then(draw) else 7
+    H = draw(st.integers(max(1, kH - 2 * pad_h), side))
+    W = draw(st.integers(max(1, kW - 2 * pad_w), side))
     dtype = draw(st.sampled_from(dtypes))
     values, fill = draw(_filler())
-    return Case(
-        op, values, x=fill((N, C, H, W), dtype), kernel_size=kernel_size, stride=stride, padding=padding
-    )
+    x = fill((N, C, H, W), dtype)
+    if op == "max_pool2d" and _now_and_then(draw):
+        x = _with_nan(draw, x)
+    x = _maybe_strided(draw, x)
+    return Case(op, values, x=x, kernel_size=kernel_size, stride=stride, padding=padding)
 
 
 @st.composite
@@ -184,23 +232,31 @@ def batch_norm_configs(draw, *, dtypes=DTYPES):
     """Calls of batch_norm(x, weight, bias, running_mean, running_var, training, momentum,
     eps): x (N, C, H, W) or (N, C) with more than one value per channel, weight and bias (C,)
     or None, running statistics (C,) (None sometimes in training), training, momentum in
-    [0, 1], eps. Values are centred away from 0 (the mean matters) and one channel may be
-    constant (zero variance: only eps keeps the division finite)."""
+    [0, 1], eps. Values are centred away from 0 (the mean matters; up to 100) and one
+    channel may be constant (zero variance: only eps keeps the division finite)."""
     four_d = draw(st.booleans())
     C = draw(st.integers(1, 3))
+    big = _now_and_then(draw)
+    empty = _now_and_then(draw, 20)
     if four_d:
-        N, H, W = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
+        side = 8 if big else 4
+        N, H, W = (
+            draw(st.integers(1, 4 if big else 3)),
+            draw(st.integers(1, side)),
+            draw(st.integers(1, side)),
+        )
         if N * H * W == 1:
             W = 2
-        shape = (N, C, H, W)
+        shape = (0 if empty else N, C, H, W)
     else:
-        shape = (draw(st.integers(2, 6)), C)
+        shape = (0 if empty else draw(st.integers(2, 40 if big else 6)), C)
     dtype = draw(st.sampled_from(dtypes))
     training = draw(st.booleans())
     values, fill = draw(_filler())
-    x = fill(shape, dtype) + dtype(draw(st.sampled_from([0.0, 0.5, 3.0])))
+    x = fill(shape, dtype) + dtype(draw(st.sampled_from([0.0, 0.5, 3.0, 100.0])))
     if draw(st.booleans()):  # a constant channel
         x[:, 0] = dtype(1.5)
+    x = _maybe_strided(draw, x)
     affine = draw(st.booleans())
     weight = (np.abs(fill((C,), dtype)) + dtype(0.5)) if affine else None
     bias = fill((C,), dtype) if affine else None
@@ -223,40 +279,47 @@ def batch_norm_configs(draw, *, dtypes=DTYPES):
 
 @st.composite
 def linear_configs(draw, *, dtypes=DTYPES):
-    """Calls of linear(x, weight, bias): x (N, IN), weight (OUT, IN), bias (OUT,) or None."""
-    N, IN, OUT = draw(st.integers(1, 4)), draw(st.integers(1, 6)), draw(st.integers(1, 5))
+    """Calls of linear(x, weight, bias): x (N, IN), weight (OUT, IN), bias (OUT,) or None;
+    now and then IN up to 40, OUT up to 12 and N up to 10 (past a blocked loop's block)."""
+    big = _now_and_then(draw)
+    N = 0 if _now_and_then(draw, 20) else draw(st.integers(1, 10 if big else 4))
+    IN, OUT = draw(st.integers(1, 40 if big else 6)), draw(st.integers(1, 12 if big else 5))
     dtype = draw(st.sampled_from(dtypes))
     values, fill = draw(_filler())
     with_bias = draw(st.booleans())
     return Case(
         "linear",
         values,
-        x=fill((N, IN), dtype),
+        x=_maybe_strided(draw, fill((N, IN), dtype)),
         weight=fill((OUT, IN), dtype),
         bias=fill((OUT,), dtype) if with_bias else None,
     )
 
 
 _SHAPES = st.lists(st.integers(1, 4), min_size=0, max_size=4).map(tuple)
+_BIG_SHAPES = st.lists(st.integers(6, 10), min_size=3, max_size=4).map(tuple)  # 216 to 10^4 elements
 
 
 @st.composite
 def elementwise_configs(draw, *, dtypes=DTYPES, op="relu", names=("x",)):
     """Calls of an element-wise op (relu, tanh, sigmoid: names ("x",); add: ("a", "b")):
     one array per name, all of one drawn shape (0-D to 4-D) and dtype. Integer values put
-    zeros at ReLU's kink; "saturating" values reach +-50 and +-1000 (exp overflows there)."""
-    shape = draw(_SHAPES)
+    zeros at ReLU's kink; "saturating" values reach +-50 and +-1000 (exp overflows there);
+    now and then an array holds a NaN, is a non-contiguous view, or has up to 10^4 elements."""
+    shape = draw(_BIG_SHAPES if _now_and_then(draw) else _SHAPES)
     dtype = draw(st.sampled_from(dtypes))
     values, fill = draw(_filler())
-    if values == "normal" and draw(st.booleans()):
-        values = "saturating"
-        arrays = {}
-        for name in names:
-            a = fill(shape, dtype)
+    saturating = values == "normal" and draw(st.booleans())
+    arrays = {}
+    for name in names:
+        a = fill(shape, dtype)
+        if saturating:
             big = np.asarray(draw(st.sampled_from([50.0, 1000.0])), dtype)
-            arrays[name] = np.where(np.abs(a) > 1.0, np.sign(a) * big, a).astype(dtype)
-        return Case(op, values, **arrays)
-    return Case(op, values, **{name: fill(shape, dtype) for name in names})
+            a = np.where(np.abs(a) > 1.0, np.sign(a) * big, a).astype(dtype)
+        if _now_and_then(draw, 10):
+            a = _with_nan(draw, a)
+        arrays[name] = _maybe_strided(draw, a)
+    return Case(op, "saturating" if saturating else values, **arrays)
 
 
 @st.composite
@@ -280,12 +343,15 @@ def dropout_configs(draw, *, dtypes=DTYPES):
 @st.composite
 def cross_entropy_configs(draw, *, dtypes=DTYPES):
     """Calls of cross_entropy(logits, labels): logits (N, K) with N >= 1 and K >= 1, some
-    rows scaled to +-1000 (a naive exp overflows), labels (N,) int64 in [0, K)."""
-    N, K = draw(st.integers(1, 5)), draw(st.integers(1, 6))
+    rows scaled to +-1000 (a naive exp overflows), labels (N,) int64 in [0, K); now and then
+    N = 0 (the loss is NaN, as PyTorch's mean of nothing) or up to 10 rows of 20 classes."""
+    big = _now_and_then(draw)
+    N = 0 if _now_and_then(draw, 20) else draw(st.integers(1, 10 if big else 5))
+    K = draw(st.integers(1, 20 if big else 6))
     dtype = draw(st.sampled_from(dtypes))
     values, fill = draw(_filler())
     logits = fill((N, K), dtype)
-    if draw(st.booleans()):
+    if N and draw(st.booleans()):
         logits[0] = logits[0] * dtype(1000.0 / 3.0)
     labels = np.asarray(draw(st.lists(st.integers(0, K - 1), min_size=N, max_size=N)), dtype=np.int64)
     return Case("cross_entropy", values, logits=logits, labels=labels)
