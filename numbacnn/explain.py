@@ -5,8 +5,9 @@
 The page holds, for a set of images (thumbnails to choose from; the arrow keys step through
 them):
 
-* the network, the SVG that ``numbacnn.drawing`` draws (a node's name in it is a link to
-  its feature maps);
+* the network as a diagram, drawn by the page's script as inline SVG from the model's flat
+  node list (``Graph.flat_nodes``: one box per node with its type and output shape, skip
+  connections as arcs); a node's box links to its feature maps;
 * the class probabilities (softmax of the model's output), the true label beside the
   predicted class;
 * the filters of the first conv layers (their weights, on a diverging colour map: blue
@@ -19,7 +20,7 @@ Everything is inline: the images are small PNGs (palette mode, the colour map in
 palette) in base64 ``data:`` URIs inside one JSON document, drawn on ``<canvas>`` by the
 script of ``explain_template.html``; a Content-Security-Policy forbids any request, so the
 page opens from a file, offline, with no server. LeNet-5's page with 10 MNIST digits is
-about 0.2 MB, resnet_cifar's about 2 MB.
+about 0.2 MB, resnet_cifar's about 4 MB.
 
 Per-node outputs come from ``Graph.node_outputs`` (one forward pass; the model runs in
 eval mode, as for inference).
