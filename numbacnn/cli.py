@@ -513,13 +513,16 @@ def cmd_verify(args):
     if args.op.removesuffix("_backward") not in OPS:
         known = ", ".join(n for op in OPS for n in (op, op + "_backward"))
         raise ConfigError(f"--op {args.op!r}: no checks for it (choose from: {known})")
+    if args.defaults_only and args.op.removesuffix("_backward") not in ("conv2d", "max_pool2d", "avg_pool2d"):
+        raise ConfigError(f"--defaults-only is for conv2d and the pooling ops, not {args.op}")
     candidate = _load_candidate(args.function)
     print(
         f"checking {args.function} as numbacnn.functional.{args.op} on {args.examples} examples ...",
         flush=True,
     )
     try:
-        report = check_op(args.op, candidate, examples=args.examples, seed=args.seed)
+        report = check_op(args.op, candidate, examples=args.examples, seed=args.seed,
+                          defaults_only=args.defaults_only)  # fmt: skip
     except AssertionError as e:
         print(f"FAILED {e}")
         return 1
@@ -909,6 +912,8 @@ def build_parser():
     )
     v.add_argument("--seed", type=_nonneg_int, default=None,
                    help="another reproducible set of cases (default: the same cases every run)")  # fmt: skip
+    v.add_argument("--defaults-only", action="store_true",
+                   help="conv2d, pooling: stride, padding, dilation, groups at their defaults")  # fmt: skip
     v.set_defaults(func=cmd_verify)
 
     d = sub.add_parser("graph", help="draw a model's layer graph (matplotlib)")

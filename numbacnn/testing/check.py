@@ -45,7 +45,7 @@ FD_FLOOR = 1e-10  # G the largest gradient norm of the op (|v| = 1): a zero grad
 
 
 class _Op(NamedTuple):
-    strategy: object  # () -> a Hypothesis strategy of Cases (the forward's arguments)
+    strategy: object  # (backward, defaults_only) -> a Hypothesis strategy of Cases (the forward's arguments)
     kind: str  # tolerance kind of the forward's outputs
     grad_kind: str  # tolerance kind of the gradients
     wrt: tuple  # the forward arguments whose gradients <op>_backward returns, in order
@@ -68,7 +68,24 @@ def _bn_backward_args(c, y, dy):
 
 
 def _elementwise(op, names=("x",)):
-    return lambda: S.elementwise_configs(op=op, names=names)
+    return lambda backward, defaults_only: S.elementwise_configs(op=op, names=names)
+
+
+def _plain(strategy):
+    """An op family whose strategy is the same for the forward and the backward."""
+    return lambda backward, defaults_only: strategy()
+
+
+def _pool(op):
+    return lambda backward, defaults_only: S.pool2d_configs(
+        op=op, defaults_only=defaults_only, nan=not backward
+    )
+
+
+def _batch_norm(backward, defaults_only):
+    # a mean of 100 finds E[x^2] - E[x]^2 in a forward; a backward in float32 loses digits
+    # there whatever it does, so its cases stay near 0
+    return S.batch_norm_configs(offsets=(0.0, 0.5, 3.0) if backward else (0.0, 0.5, 3.0, 100.0))
 
 
 def _no_ties(case):
@@ -80,18 +97,18 @@ def _away_from_zero(case):
 
 
 OPS = {
-    "conv2d": _Op(S.conv2d_configs, "conv", "conv", ("x", "weight", "bias"), _conv_backward_args),
-    "max_pool2d": _Op(
-        lambda: S.pool2d_configs(op="max_pool2d"), "exact", "short_sum", ("x",), _pool_backward_args, _no_ties
+    "conv2d": _Op(
+        lambda backward, defaults_only: S.conv2d_configs(defaults_only=defaults_only),
+        "conv",
+        "conv",
+        ("x", "weight", "bias"),
+        _conv_backward_args,
     ),
-    "avg_pool2d": _Op(
-        lambda: S.pool2d_configs(op="avg_pool2d"), "short_sum", "short_sum", ("x",), _pool_backward_args
-    ),
-    "batch_norm": _Op(
-        S.batch_norm_configs, "reduction", "reduction", ("x", "weight", "bias"), _bn_backward_args
-    ),
+    "max_pool2d": _Op(_pool("max_pool2d"), "exact", "short_sum", ("x",), _pool_backward_args, _no_ties),
+    "avg_pool2d": _Op(_pool("avg_pool2d"), "short_sum", "short_sum", ("x",), _pool_backward_args),
+    "batch_norm": _Op(_batch_norm, "reduction", "reduction", ("x", "weight", "bias"), _bn_backward_args),
     "linear": _Op(
-        S.linear_configs,
+        _plain(S.linear_configs),
         "short_sum",
         "short_sum",
         ("x", "weight", "bias"),
@@ -104,10 +121,10 @@ OPS = {
     "sigmoid": _Op(_elementwise("sigmoid"), "elementwise", "elementwise", ("x",), lambda c, y, dy: (dy, y)),
     "add": _Op(_elementwise("add", ("a", "b")), "elementwise", "exact", ("a", "b"), lambda c, y, dy: (dy,)),
     "dropout": _Op(
-        S.dropout_configs, "elementwise", "elementwise", ("x",), lambda c, y, dy: (dy, y[1], c["p"])
+        _plain(S.dropout_configs), "elementwise", "elementwise", ("x",), lambda c, y, dy: (dy, y[1], c["p"])
     ),
     "cross_entropy": _Op(
-        S.cross_entropy_configs,
+        _plain(S.cross_entropy_configs),
         "short_sum",
         "short_sum",
         ("logits",),
@@ -217,9 +234,14 @@ def _mismatch(what, got, expected, dtype, kind, scale=None):
         return None
     bad = np.argwhere(~ok)
     index = tuple(int(i) for i in bad[0])
+    hint = ""
+    if np.isnan(e[index]):
+        hint = " (a NaN in the input stays NaN, and wins a max-pool window: numbacnn's rule, as PyTorch's)"
+    elif g[index] != 0 and abs(g[index]) < 1e-300:
+        hint = " (a value this tiny is often memory np.empty left uninitialised)"
     return (
         f"{what}: {len(bad)} of {e.size} elements differ; the first at index {index}: got "
-        f"{got[index].item()!r}, expected {expected[index].item()!r} (rtol {rtol:.0e}, atol {atol:.1e})"
+        f"{got[index].item()!r}, expected {expected[index].item()!r} (rtol {rtol:.0e}, atol {atol:.1e}){hint}"
     )
 
 
@@ -266,7 +288,8 @@ def _loss_along(forward, case, name, dy):
 
 
 def _check_one(name, forward, spec, candidate, case, counts):
-    """Run the candidate on one case; return a description of what is wrong, or None."""
+    """Run the candidate on one case; return (a description of what is wrong or None, the
+    backward's call as a Case or None)."""
     dtype = case.dtype
     ref_case = _copied(case)
     y_ref = getattr(reference, forward)(*_call_args(forward, ref_case))
@@ -289,13 +312,17 @@ def _check_one(name, forward, spec, candidate, case, counts):
         expected = _gradient_outputs(spec, getattr(reference, name)(*[_copy(a) for a in args]))
         kind = {}
     given_args = [_copy(a) for a in args]
+    call = None  # a backward's own call, shown beside the forward's
+    if name != forward:
+        params = inspect.signature(getattr(reference, name)).parameters
+        call = S.Case(name, case.fill, **dict(zip(params, given_args, strict=True)))
     try:
         result = candidate(*args)
     except SystemExit as exc:  # exit() in the candidate: a failure, not the end of the check
-        return f"called sys.exit({exc.code!r}){_where(exc)}", dy
+        return f"called sys.exit({exc.code!r}){_where(exc)}", call
     except Exception as exc:  # the candidate's own error, shown with the case
         text = str(exc) if len(str(exc)) <= 400 else str(exc)[:400] + " ..."
-        return f"raised {type(exc).__name__}: {text}{_where(exc)}", dy
+        return f"raised {type(exc).__name__}: {text}{_where(exc)}", call
     if name == forward:
         got = _forward_outputs(forward, result)
         if forward == "batch_norm":
@@ -304,21 +331,21 @@ def _check_one(name, forward, spec, candidate, case, counts):
         got = _gradient_outputs(spec, result)
     for out, value in expected.items():
         if out not in got:
-            return f"returned {type(result).__name__} {result!r:.60}, expected {', '.join(expected)}", dy
+            return f"returned {type(result).__name__} {result!r:.60}, expected {', '.join(expected)}", call
         scale = float(np.abs(case["logits"]).max(initial=0.0)) if out == "loss" else None
         out_kind = kind.get(out, spec.kind if name == forward else spec.grad_kind)
         problem = _mismatch(out, got[out], value, dtype, out_kind, scale)
         if problem:
-            return f"{problem} (vs numbacnn.reference.{name})", dy
+            return f"{problem} (vs numbacnn.reference.{name})", call
     if forward == "conv2d" and name == forward:
         problem = _mismatch("y", got["y"], expected_scipy, dtype, "conv")
         if problem:
-            return f"{problem} (vs scipy.signal.correlate)", dy
+            return f"{problem} (vs scipy.signal.correlate)", call
     for i, (a, before) in enumerate(zip(args, given_args, strict=True)):
         changed = isinstance(a, np.ndarray) and not np.array_equal(a, before, equal_nan=True)
         if changed and not (forward == "batch_norm" and name == forward and i in (3, 4)):
             param = list(inspect.signature(getattr(reference, name)).parameters)[i]
-            return f"modified its input {param} (an op must not write to its arguments)", dy
+            return f"modified its input {param} (an op must not write to its arguments)", call
     if name != forward and dtype == np.float64 and _finite(case) and spec.smooth(case):
         counts["fd"] += 1
         rng = np.random.default_rng(2)
@@ -335,12 +362,12 @@ def _check_one(name, forward, spec, candidate, case, counts):
                 return (
                     f"d{w} disagrees with float64 central finite differences of the forward along a random "
                     f"direction v: sum(d{w} * v) = {analytic!r}, the difference quotient {numeric!r}"
-                ), dy
+                ), call
     counts["examples"] += 1
-    return None, dy
+    return None, call
 
 
-def check_op(op, candidate, *, examples=200, seed=None):
+def check_op(op, candidate, *, examples=200, seed=None, defaults_only=False):
     """Property-test ``candidate``, your implementation of ``numbacnn.functional.<op>``.
 
     op: the name (or the function) of a forward op (conv2d, max_pool2d, avg_pool2d,
@@ -348,22 +375,30 @@ def check_op(op, candidate, *, examples=200, seed=None):
     ``<op>_backward``; candidate: a function with that op's signature (its arguments in the
     same order; see numbacnn.functional) returning what it returns (arrays of the input's
     dtype); examples: how many cases Hypothesis draws (a positive int); seed: None for the
-    same examples every run (derandomised), or an int for another reproducible set.
+    same examples every run (derandomised), or an int for another reproducible set;
+    defaults_only: conv2d and the pooling ops (forward or backward) only, their stride,
+    padding, dilation and groups left at the defaults (a first kernel, before padding and
+    stride: the guide's chapter 1).
 
     Returns a CheckReport (its str() is one line) when every example passes. Raises
     AssertionError naming the smallest failing case Hypothesis found, what differs (the
     first wrong index and both values) and the oracle; ValueError for an unknown op or a bad
-    ``examples``, TypeError for a candidate that is not callable.
+    ``examples`` or a ``defaults_only`` for another op, TypeError for a candidate that is not
+    callable.
     """
     name, forward, spec = _lookup(op)
     if not callable(candidate):
         raise TypeError(f"check_op: candidate must be a function, got {type(candidate).__name__}")
     examples = check_int("check_op", "examples", examples, minimum=1)
+    if defaults_only and forward not in ("conv2d", "max_pool2d", "avg_pool2d"):
+        raise ValueError(f"check_op: defaults_only is for conv2d and the pooling ops, not {name}")
     label = getattr(candidate, "__qualname__", None) or f"a {type(candidate).__name__}"
     counts = {"examples": 0, "fd": 0}
     # NaN inputs check a forward's NaN rules (NaN stays, NaN wins a max-pool window); a
     # gradient's convention at NaN is an accident of PyTorch's code, not asked of a candidate
-    strategy = spec.strategy() if name == forward else spec.strategy().filter(_finite)
+    strategy = spec.strategy(name != forward, defaults_only)
+    if name != forward:
+        strategy = strategy.filter(_finite)
 
     @settings(
         max_examples=examples,
@@ -377,12 +412,16 @@ def check_op(op, candidate, *, examples=200, seed=None):
     )
     @given(case=strategy)
     def run(case):
-        problem, dy = _check_one(name, forward, spec, candidate, case, counts)
+        problem, call = _check_one(name, forward, spec, candidate, case, counts)
         if problem:
-            shown = f"\n  dy = {S.show(dy)}" if dy is not None else ""
             raise AssertionError(
                 f"{name}: {label} is wrong on this case (the smallest one Hypothesis found):\n"
-                f"  {'the call' if name == forward else 'the forward call'} {case!r}{shown}\n  {problem}"
+                + (
+                    f"  the call {case!r}\n"
+                    if call is None
+                    else f"  the call {call!r}\n  for the forward call {case!r}\n"
+                )
+                + f"  {problem}"
             )
 
     if seed is not None:

@@ -145,13 +145,17 @@ def _int_or_pair(draw, lo, hi):
 
 
 @st.composite
-def conv2d_configs(draw, *, dtypes=DTYPES, small=False):
+def conv2d_configs(draw, *, dtypes=DTYPES, small=False, defaults_only=False):
     """Calls of conv2d(x, weight, bias, stride, padding, dilation, groups): a Case with keys
     x (N, C_in, H, W), weight (C_out, C_in/groups, kH, kW), bias (C_out,) or None, stride,
     padding (int, pair, "valid" or "same"), dilation, groups. ``small`` keeps every size
-    tiny (finite differences and plain-Python candidates)."""
+    tiny (finite differences and plain-Python candidates); ``defaults_only`` keeps stride,
+    padding, dilation and groups at their defaults (1, 0, 1, 1: the lecture's first
+    convolution, multi-channel and batched)."""
     big = not small and _now_and_then(draw)  # a reduction of up to 12 x 9 terms, larger planes
-    if big:
+    if defaults_only:
+        groups, c_in_g, c_out_g = 1, draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    elif big:
         groups, c_in_g, c_out_g = 1, draw(st.integers(4, 12)), draw(st.integers(1, 2))
     elif draw(st.booleans()):  # depthwise: one input channel per group
         groups = draw(st.integers(1, 3 if small else 4))
@@ -162,16 +166,19 @@ def conv2d_configs(draw, *, dtypes=DTYPES, small=False):
         c_out_g = draw(st.integers(1, 2 if small else 3))
     N = 0 if _now_and_then(draw, 20) else draw(st.integers(1, 1 if small else 2))
     kH, kW = draw(st.integers(1, 3 if small else 4)), draw(st.integers(1, 3 if small else 4))
-    dilation, (dil_h, dil_w) = _int_or_pair(draw, 1, 2 if small else 3)
-    stride, _ = _int_or_pair(draw, 1, 3)
-    padding = draw(
-        st.one_of(
-            st.integers(0, 2),
-            st.tuples(st.integers(0, 2), st.integers(0, 2)),
-            st.just("valid"),
-            st.just("same"),
+    if defaults_only:
+        dilation, (dil_h, dil_w), stride, padding = 1, (1, 1), 1, 0
+    else:
+        dilation, (dil_h, dil_w) = _int_or_pair(draw, 1, 2 if small else 3)
+        stride, _ = _int_or_pair(draw, 1, 3)
+        padding = draw(
+            st.one_of(
+                st.integers(0, 2),
+                st.tuples(st.integers(0, 2), st.integers(0, 2)),
+                st.just("valid"),
+                st.just("same"),
+            )
         )
-    )
     if padding == "valid":
         pads_h = pads_w = (0, 0)
     elif padding == "same":
@@ -203,16 +210,21 @@ def conv2d_configs(draw, *, dtypes=DTYPES, small=False):
 
 
 @st.composite
-def pool2d_configs(draw, *, dtypes=DTYPES, op="max_pool2d"):
+def pool2d_configs(draw, *, dtypes=DTYPES, op="max_pool2d", defaults_only=False, nan=True):
     """Calls of max_pool2d / avg_pool2d(x, kernel_size, stride, padding): a Case with keys
     x (N, C, H, W), kernel_size (int or pair), stride (None = kernel_size, int or pair) and
     padding (int or pair, at most half the window). Integer values make ties; max_pool2d's x
-    may hold a NaN."""
+    may hold a NaN (unless ``nan`` is False). ``defaults_only``: stride None, padding 0."""
     kH, kW = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     kernel_size = kH if kH == kW and draw(st.booleans()) else (kH, kW)
-    stride = draw(st.one_of(st.none(), st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3))))
-    pad_h, pad_w = draw(st.integers(0, kH // 2)), draw(st.integers(0, kW // 2))
-    padding = pad_h if pad_h == pad_w and draw(st.booleans()) else (pad_h, pad_w)
+    if defaults_only:
+        stride, pad_h, pad_w, padding = None, 0, 0, 0
+    else:
+        stride = draw(
+            st.one_of(st.none(), st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3)))
+        )
+        pad_h, pad_w = draw(st.integers(0, kH // 2)), draw(st.integers(0, kW // 2))
+        padding = pad_h if pad_h == pad_w and draw(st.booleans()) else (pad_h, pad_w)
     N = 0 if _now_and_then(draw, 20) else draw(st.integers(1, 2))
     C = draw(st.integers(1, 3))
     side = 16 if _now_and_then(draw) else 7
@@ -221,19 +233,20 @@ def pool2d_configs(draw, *, dtypes=DTYPES, op="max_pool2d"):
     dtype = draw(st.sampled_from(dtypes))
     values, fill = draw(_filler())
     x = fill((N, C, H, W), dtype)
-    if op == "max_pool2d" and _now_and_then(draw):
+    if op == "max_pool2d" and nan and _now_and_then(draw):
         x = _with_nan(draw, x)
     x = _maybe_strided(draw, x)
     return Case(op, values, x=x, kernel_size=kernel_size, stride=stride, padding=padding)
 
 
 @st.composite
-def batch_norm_configs(draw, *, dtypes=DTYPES):
+def batch_norm_configs(draw, *, dtypes=DTYPES, offsets=(0.0, 0.5, 3.0, 100.0)):
     """Calls of batch_norm(x, weight, bias, running_mean, running_var, training, momentum,
     eps): x (N, C, H, W) or (N, C) with more than one value per channel, weight and bias (C,)
     or None, running statistics (C,) (None sometimes in training), training, momentum in
-    [0, 1], eps. Values are centred away from 0 (the mean matters; up to 100) and one
-    channel may be constant (zero variance: only eps keeps the division finite)."""
+    [0, 1], eps. Values are centred away from 0 (the mean matters; one of ``offsets``, up to
+    100, where E[x^2] - E[x]^2 cancels in float32) and one channel may be constant (zero
+    variance: only eps keeps the division finite)."""
     four_d = draw(st.booleans())
     C = draw(st.integers(1, 3))
     big = _now_and_then(draw)
@@ -253,7 +266,7 @@ def batch_norm_configs(draw, *, dtypes=DTYPES):
     dtype = draw(st.sampled_from(dtypes))
     training = draw(st.booleans())
     values, fill = draw(_filler())
-    x = fill(shape, dtype) + dtype(draw(st.sampled_from([0.0, 0.5, 3.0, 100.0])))
+    x = fill(shape, dtype) + dtype(draw(st.sampled_from(offsets)))
     if draw(st.booleans()):  # a constant channel
         x[:, 0] = dtype(1.5)
     x = _maybe_strided(draw, x)
