@@ -409,3 +409,30 @@ def test_verify_mistakes_are_one_line(argv, code, error, tmp_path, capsys, monke
     assert main(["verify", *argv]) == code
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("numbacnn: error: ") and error in err[0], err
+
+
+def test_defaults_only_draws_the_first_kernel_a_learner_writes():
+    def conv2d_stride_1_no_padding(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+        return R.conv2d(x, weight, bias)  # ignores stride, padding, dilation and groups
+
+    assert check_op("conv2d", conv2d_stride_1_no_padding, defaults_only=True).examples == 200
+    _caught("conv2d", conv2d_stride_1_no_padding)  # the full check draws them
+    with pytest.raises(ValueError, match="defaults_only is for conv2d and the pooling ops, not relu"):
+        check_op("relu", F.relu, defaults_only=True)
+
+
+def test_a_backward_failure_shows_the_backward_call_and_the_forward_call():
+    def sigmoid_backward_from_x(dy, y):  # BUG: treats y as x
+        s = 1 / (1 + np.exp(-y))
+        return (dy * s * (1 - s)).astype(y.dtype)
+
+    message = _caught("sigmoid_backward", sigmoid_backward_from_x)
+    assert "the call sigmoid_backward(dy=" in message and ", y=" in message
+    assert "for the forward call sigmoid(x=" in message
+
+
+def test_a_lost_nan_gets_a_hint():
+    def relu_where(x):
+        return np.where(x > 0, x, 0).astype(x.dtype)  # NaN > 0 is False: the NaN becomes 0
+
+    assert "a NaN in the input stays NaN" in _caught("relu", relu_where)
