@@ -398,6 +398,18 @@ def test_verify_command(tmp_path, capsys, monkeypatch):
             2,
             "--examples: expected an integer between 1",
         ),
+        (
+            ["my_relu.py:relu:x", "--op", "relu"],
+            2,
+            "name the function as FILE.py:FUNCTION or MODULE:FUNCTION",
+        ),
+        (["sub:relu", "--op", "relu"], 2, "'sub' is a directory: name a .py file"),
+        (["exits.py:f", "--op", "relu"], 1, "importing exits.py called sys.exit(0)"),
+        (
+            ["my_relu.py:relu", "--op", "relu", "--defaults-only"],
+            2,
+            "--defaults-only is for conv2d and the pooling",
+        ),
     ],
 )
 def test_verify_mistakes_are_one_line(argv, code, error, tmp_path, capsys, monkeypatch):
