@@ -178,6 +178,12 @@ def _directory(text):
     return text
 
 
+def _nonempty(text):
+    if not text:
+        raise ValueError("expected a path, got an empty one")
+    return text
+
+
 def _existing_file(text):
     if not os.path.isfile(text):
         what = "a directory" if os.path.isdir(text) else "not found"
@@ -228,6 +234,37 @@ def cmd_train(args):
     return 0
 
 
+def _fitting_dataset(checkpoint, info, stored, spec, cache_dir, download):
+    """The dataset `spec` opened for a checkpoint's model (its test split as in training),
+    checked to fit it: (source, the model's classes, its preprocess record). ConfigError
+    names what does not fit (classes, channels, image size)."""
+    preprocess = info["preprocess"]
+    if preprocess is None:
+        raise ConfigError(f"{checkpoint} does not record how its images were prepared (numbacnn.preprocess)")
+    channels = preprocess["channels"] if spec.startswith("folder:") else None  # folders: read as trained
+    source = open_dataset(spec, stored.get("test_split", 0.1), cache_dir, download, training=False,
+                          channels=channels)  # fmt: skip
+    classes = info["classes"] or source.classes
+    unknown = [c for c in source.classes if c not in classes]
+    if unknown or source.channels != preprocess["channels"]:
+        raise ConfigError(
+            f"{spec} has classes {source.classes} and {_plural(source.channels, 'channel')}; "
+            f"{checkpoint} knows {classes} with {_plural(preprocess['channels'], 'channel')}"
+        )
+    if source.kind != "folder" and list(source.size) != list(preprocess["size"]):
+        h, w = preprocess["size"]
+        raise ConfigError(
+            f"{spec} has {source.size[0]}x{source.size[1]} images; {checkpoint} takes {h}x{w} "
+            "(only folder: images are resized)"
+        )
+    return source, classes, preprocess
+
+
+def _model_labels(source, classes, labels):
+    """A dataset's labels (indices into source.classes) as the model's (indices into classes)."""
+    return np.array([classes.index(c) for c in source.classes], np.int64)[labels]
+
+
 def cmd_evaluate(args):
     """A model's test loss, accuracy, per-class accuracy and confusion matrix
     (numbacnn.report): a training checkpoint on its own dataset's test split, or any
@@ -242,33 +279,14 @@ def cmd_evaluate(args):
     stored = meta.get("config") or {}
     if not is_checkpoint and args.dataset is None:
         raise ConfigError(f"{args.checkpoint} is a weights file without a dataset: pass --dataset")
-    preprocess = info["preprocess"]
-    if preprocess is None:
-        raise ConfigError(
-            f"{args.checkpoint} does not record how its images were prepared (numbacnn.preprocess)"
-        )
     spec = args.dataset or stored.get("dataset", "mnist")
     whole = args.split == "all" or (args.split is None and args.dataset not in (None, stored.get("dataset")))
-    channels = preprocess["channels"] if spec.startswith("folder:") else None  # folders: read as trained
-    source = open_dataset(spec, stored.get("test_split", 0.1), args.cache_dir, args.download, training=False,
-                          channels=channels)  # fmt: skip
-    classes = info["classes"] or source.classes
-    unknown = [c for c in source.classes if c not in classes]
-    if unknown or source.channels != preprocess["channels"]:
-        raise ConfigError(
-            f"{spec} has classes {source.classes} and {_plural(source.channels, 'channel')}; "
-            f"{args.checkpoint} knows {classes} with {_plural(preprocess['channels'], 'channel')}"
-        )
-    if source.kind != "folder" and list(source.size) != list(preprocess["size"]):
-        h, w = preprocess["size"]
-        raise ConfigError(
-            f"{spec} has {source.size[0]}x{source.size[1]} images; {args.checkpoint} takes {h}x{w} "
-            "(only folder: images are resized)"
-        )
+    source, classes, preprocess = _fitting_dataset(args.checkpoint, info, stored, spec, args.cache_dir,
+                                                   args.download)  # fmt: skip
     xtr, ytr, xte, yte = load_inputs(source, preprocess, limit_train=None if whole else 0)
     if whole:
         xte, yte = np.concatenate([xtr, xte]), np.concatenate([ytr, yte])
-    yte = np.array([classes.index(c) for c in source.classes], np.int64)[yte]  # its labels -> the model's
+    yte = _model_labels(source, classes, yte)
     xte, yte = xte[: args.limit_test], yte[: args.limit_test]
     if len(yte) == 0:
         raise ConfigError(f"{spec} has no test images (a class needs 2 or more images to give one)")
@@ -570,7 +588,12 @@ def cmd_explain(args):
         raise ConfigError(
             f"--out {out!r} is a directory: name the page's file, e.g. {os.path.join(out, 'explain.html')}"
         )
-    check_directory("--out's folder", os.path.dirname(os.path.abspath(out)))
+    if os.path.splitext(out)[1].lower() not in (".html", ".htm"):
+        raise ConfigError(f"--out {out!r}: the page is written as .html (nothing else is overwritten)")
+    if os.path.lexists(out) and not os.path.isfile(out):
+        raise ConfigError(f"--out {out!r} exists and is not a file: name the page's file")
+    out = os.path.realpath(out)  # through a symlink: the file it names is the page
+    check_directory("--out's folder", os.path.dirname(out))
     if not args.checkpoint.lower().endswith(".npz"):
         raise ConfigError(
             f"{args.checkpoint} is not a checkpoint.npz: explain shows the test images of the dataset "
@@ -579,20 +602,8 @@ def cmd_explain(args):
     model, info = _load_checkpoint_model(args.checkpoint)
     meta = load(args.checkpoint).meta
     stored = meta.get("config") or {}
-    preprocess = info["preprocess"]
-    if preprocess is None:
-        raise ConfigError(
-            f"{args.checkpoint} does not record how its images were prepared (numbacnn.preprocess)"
-        )
-    spec = stored.get("dataset", "mnist")
-    channels = preprocess["channels"] if spec.startswith("folder:") else None  # folders: read as trained
-    source = open_dataset(spec, stored.get("test_split", 0.1), args.cache_dir, False, training=False,
-                          channels=channels)  # fmt: skip
-    classes = info["classes"] or source.classes
-    if list(source.classes) != list(classes):
-        raise ConfigError(
-            f"{spec} now has classes {source.classes}; {args.checkpoint} was trained on {classes}"
-        )
+    spec = args.dataset or stored.get("dataset", "mnist")
+    source, classes, preprocess = _fitting_dataset(args.checkpoint, info, stored, spec, args.cache_dir, False)
     if args.index >= source.n_test:
         last = f" (0..{source.n_test - 1})" if source.n_test else ""
         raise ConfigError(
@@ -600,14 +611,16 @@ def cmd_explain(args):
             f"{_plural(source.n_test, 'image')}{last}"
         )
     _, _, images, labels = load_inputs(source, preprocess, limit_train=0, limit_test=args.index + args.images)
-    images, labels = images[args.index :], labels[args.index :]
+    images, labels = images[args.index :], _model_labels(source, classes, labels[args.index :])
     name, epoch = info["model"], meta.get("epoch")
     about = [("model", name), ("checkpoint", args.checkpoint), ("dataset", f"{spec}, test split")]
     if epoch is not None:
         about.append(("epoch", epoch))
     metrics = meta.get("metrics") or []
     if metrics and metrics[-1].get("test_accuracy") is not None:
-        about.append(("test accuracy", f"{100 * metrics[-1]['test_accuracy']:.2f}%"))
+        limit = stored.get("limit_test")
+        on = f" (on its first {limit} test images, in training)" if limit else " (in training)"
+        about.append(("test accuracy", f"{100 * metrics[-1]['test_accuracy']:.2f}%{on}"))
     shown = write_explain_page(
         model, images, labels, out, class_names=classes, mean=preprocess["mean"], std=preprocess["std"],
         depth=args.depth, title=f"numbacnn explain: {name}", about=about,
@@ -934,10 +947,14 @@ def build_parser():
         "(chosen in the page) every layer's feature maps and the class probabilities.",
     )
     _add_checkpoint(ex)
-    ex.add_argument("--out", default="explain.html", help="the page to write (default: explain.html)")
+    ex.add_argument("--out", type=_option_type(_nonempty), default="explain.html",
+                    help="the page to write, .html (default: explain.html)")  # fmt: skip
     ex.add_argument("--images", type=_int_between(1, 100), default=10, metavar="N",
                     help="test images in the page, 1 to 100 (default: 10)")  # fmt: skip
     ex.add_argument("--index", type=_nonneg_int, default=0, help="the first test image's number (default: 0)")
+    ex.add_argument("--dataset", type=_option_type(_dataset_spec), default=None,
+                    help="mnist, folder:PATH or npz:FILE with the checkpoint's classes, its test split as in "
+                    "training (default: the checkpoint's dataset; name it when that has moved)")  # fmt: skip
     ex.add_argument("--depth", type=_int_between(1, 100), default=None,
                     help="levels of nesting shown: 1 = the top level only (default: all)")  # fmt: skip
     ex.add_argument(

@@ -142,7 +142,7 @@ def _first_convs(nodes, count):
     return [(path, layer) for path, layer, _, _ in nodes if isinstance(layer, Conv2d)][:count]
 
 
-def _filter_entry(path, layer):
+def _filter_entry(path, layer, input_names=None):
     """A conv layer's weights (C_out, C_in/groups, kH, kW), at most MAX_CHANNELS filters
     of MAX_CHANNELS input channels, as one palette PNG: row o holds filter o's kernels side
     by side (one per input channel), on RdBu_r from -lim to +lim, lim = max |w| shown."""
@@ -162,6 +162,7 @@ def _filter_entry(path, layer):
         "tile": [kh, kw],
         "lim": lim,
         "ranges": [[[float(k.min()), float(k.max())] for k in row] for row in shown],
+        "inputNames": input_names,
         "sprite": _png(sprite, _palette(_FILTER_CMAP)),
     }
 
@@ -250,6 +251,7 @@ def explain_data(model, images, labels=None, *, class_names=None, mean=None, std
         })  # fmt: skip
     for image in shown_images:
         image["input"] = _png(image["input"])
+    rgb = ["R", "G", "B"] if x.shape[1] == 3 else None  # the first conv's input channels, by name
     data = {
         "title": title or "numbacnn explain",
         "about": [[str(a), str(b)] for a, b in (about or [])],
@@ -262,7 +264,10 @@ def explain_data(model, images, labels=None, *, class_names=None, mean=None, std
         "images": shown_images,
         "nodes": maps,
         "flat": flat,
-        "filters": [_filter_entry(path, layer) for path, layer in _first_convs(nodes, _FILTER_LAYERS)],
+        "filters": [  # the first conv layers at every depth (a collapsed block still has its own)
+            _filter_entry(path, layer, rgb if i == 0 and layer.weight.data.shape[1] == 3 else None)
+            for i, (path, layer) in enumerate(_first_convs(model.flat_nodes(x.shape), _FILTER_LAYERS))
+        ],
         "graph": [{"path": "input", "kind": "input", "layer": "the image", "inputs": [],
                    "shape": list(x.shape[1:]), "params": 0}]
         + [{"path": path, "kind": type(layer).__name__, "layer": " ".join(repr(layer).split()),

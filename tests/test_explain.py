@@ -192,6 +192,28 @@ def test_resnet_cifar_page_in_chromium(browser, tmp_path, capsys):
     assert page.locator("[data-node-card='layer3.0.conv1'] .warn").text_content() == "first 16 of 64 channels"
     _check_page(page, seen, out, probabilities, labels, ["red", "green", "blue"], 73,
                 tmp_path / "resnet_cifar.png")  # fmt: skip
+    assert '"inputNames":["R","G","B"]' in out.read_text()  # conv1's kernels named by colour
+
+    # the data moved: --dataset names it; data that no longer fits is one line; the page never
+    # overwrites anything but a page
+    os.replace(tmp_path / "shapes.npz", tmp_path / "moved.npz")
+    ck = str(run / "checkpoint.npz")
+    assert (
+        main(["explain", "--checkpoint", ck, "--dataset", f"npz:{tmp_path / 'moved.npz'}", "--out", str(out)])
+        == 0
+    )
+    np.savez(tmp_path / "small.npz", x=x[:, :, :28, :28], y=y, classes=np.array(["red", "green", "blue"]))
+    before = (run / "checkpoint.npz").read_bytes()
+    capsys.readouterr()
+    for argv, message in [
+        (["--dataset", f"npz:{tmp_path / 'small.npz'}"], "has 28x28 images; "),
+        (["--out", ck], "the page is written as .html (nothing else is overwritten)"),
+        (["--out", ""], "argument --out: expected a path, got an empty one"),
+    ]:
+        assert main(["explain", "--checkpoint", ck, *argv]) == 2, argv
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and message in err[0], (argv, err)
+    assert (run / "checkpoint.npz").read_bytes() == before
 
 
 def test_node_outputs_are_the_forward_pass_node_by_node():
