@@ -37,6 +37,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+from numbacnn.testing.oracles import numerical_gradient
 from numbacnn.testing.tolerances import ATOL_SCALED, TOLERANCES, assert_close, tolerance
 
 __all__ = ["TOLERANCES", "ATOL_SCALED", "tolerance", "assert_close", "check_op_vs_torch", "needs_mnist"]
@@ -86,19 +87,7 @@ class GradCheck:
 
         `scalar_fn()` must read `arr` (the same object) and return a float.
         """
-        h = GradCheck.h if h is None else h
-        assert arr.flags.c_contiguous and arr.dtype == np.float64
-        flat = arr.reshape(-1)  # a view: writes go into arr
-        grad = np.zeros(arr.size, dtype=np.float64)
-        for k in range(flat.size):
-            old = flat[k]
-            flat[k] = old + h
-            f_plus = float(scalar_fn())
-            flat[k] = old - h
-            f_minus = float(scalar_fn())
-            flat[k] = old
-            grad[k] = (f_plus - f_minus) / (2.0 * h)
-        return grad.reshape(arr.shape)
+        return numerical_gradient(scalar_fn, arr, GradCheck.h if h is None else h)
 
     @staticmethod
     def rel_error(num, ana):
