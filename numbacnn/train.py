@@ -47,6 +47,7 @@ from . import random as nrandom
 from ._checks import is_int
 from ._io import atomic_write
 from .distributed import GradientExchange, World
+from .kernels import jit_counts
 
 __all__ = [
     "fit",
@@ -260,12 +261,28 @@ def fit(
                     dict(config or {}), progress, on_batch, log, on_resume, world)  # fmt: skip
 
 
-def _train_epoch(model, optimizer, loader, epoch, epochs, progress, on_batch, world, exchange):
+def _first_batch_note(before, seconds):
+    """What the first batch spent on Numba's JIT, in one line (None when it compiled or loaded
+    nothing): `before` is kernels.jit_counts() from before it."""
+    compiled, loaded = (after - b for after, b in zip(jit_counts(), before, strict=True))
+    if compiled:
+        return (
+            f"the first batch compiled its kernels in {seconds:.1f} s (Numba's JIT, once: they are "
+            "cached on disk, and later runs load them)"
+        )
+    if loaded:
+        return f"the first batch loaded its compiled kernels from Numba's cache in {seconds:.1f} s"
+    return None
+
+
+def _train_epoch(model, optimizer, loader, epoch, epochs, progress, on_batch, world, exchange, log=None):
     """One pass over ``loader``: (mean loss, accuracy, images, seconds). Stops at once, before
     the optimizer step, when the loss is not finite (TrainingDiverged). Under MPI (``world``
     of K ranks) each global batch is shared out (``world.shard``), this rank's gradient is
     scaled by its share, and ``exchange`` sums the gradients over the ranks, so every rank
-    takes the step one process would take on the whole batch (numbacnn.distributed)."""
+    takes the step one process would take on the whole batch (numbacnn.distributed). Given
+    ``log``, the first batch says once what it spent compiling (or loading) kernels: a cold
+    start's wait is Numba's JIT, not training."""
     total_loss, correct, seen = 0.0, 0, 0
     bar = None
     batches = loader
@@ -274,6 +291,10 @@ def _train_epoch(model, optimizer, loader, epoch, epochs, progress, on_batch, wo
                    dynamic_ncols=True, file=sys.stderr)  # fmt: skip
         batches = bar
     t0 = time.perf_counter()
+    if log is not None:
+        jit_before = jit_counts()
+        if bar is not None:
+            bar.set_postfix_str("first batch: compiling or loading the kernels", refresh=True)
     try:
         for i, (xb, yb) in enumerate(batches):
             b = len(yb)
@@ -304,6 +325,13 @@ def _train_epoch(model, optimizer, loader, epoch, epochs, progress, on_batch, wo
             total_loss += loss * b
             correct += hits
             seen += b
+            if i == 0 and log is not None:
+                note = _first_batch_note(jit_before, time.perf_counter() - t0)
+                if note:
+                    if bar is not None:
+                        tqdm.write(note, file=sys.stderr)  # above the bar, which stays whole
+                    else:
+                        log(note)
             if bar is not None and (i % 10 == 0 or i == len(loader) - 1):
                 elapsed = time.perf_counter() - t0
                 img_s = f"{seen / max(elapsed, 1e-9):.0f}"
@@ -373,6 +401,7 @@ def _fit(model, optimizer, train_loader, test_loader, epochs, out_dir, schedule,
                 on_batch,
                 world,
                 exchange,
+                log if epoch == done + 1 else None,  # the run's first batch says what the JIT took
             )
             if schedule is not None:
                 schedule.step()

@@ -768,3 +768,25 @@ def test_train_config_optimizer_fields():
         TrainConfig(optimizer="adam", betas=0.9)
     with pytest.raises(ConfigError, match="eps must be > 0"):
         TrainConfig(optimizer="adam", eps=0.0)
+
+
+@needs_mnist
+def test_the_first_batch_says_what_the_jit_took(tmp_path, monkeypatch, capsys):
+    """A cold start's wait is Numba compiling the kernels: the run's first batch says so once,
+    with the time (a cached start says it loaded them). The counts come from numba's
+    dispatcher statistics (kernels.jit_counts), faked here: this process compiled long ago."""
+    import numbacnn.train as train
+    from numbacnn.kernels import jit_counts
+
+    compiled, loaded = jit_counts()
+    assert isinstance(compiled, int) and isinstance(loaded, int) and min(compiled, loaded) >= 0
+    counts = iter([(0, 0), (7, 0), (7, 0), (7, 3)])
+    monkeypatch.setattr(train, "jit_counts", lambda: next(counts))
+    argv = ["train", "--model", "lenet5", "--epochs", "2", "--limit-train", "128", "--limit-test", "64",
+            "--no-progress", "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("the first batch compiled its kernels in ") == 1  # once a run, not per epoch
+    assert "Numba's JIT, once: they are cached on disk" in err
+    assert main([*argv[:4], "3", *argv[5:], "--resume"]) == 0  # a new run: its own first batch
+    assert "the first batch loaded its compiled kernels from Numba's cache in " in capsys.readouterr().err

@@ -15,7 +15,7 @@ package it returns on first use, so CPU-only code never loads numba.cuda.
 
 import numpy as np
 
-__all__ = ["is_device_array", "backend"]
+__all__ = ["is_device_array", "backend", "jit_counts"]
 
 
 def is_device_array(a):
@@ -24,6 +24,26 @@ def is_device_array(a):
     if isinstance(a, np.ndarray):
         return False
     return bool(getattr(a, "__cuda_ndarray__", False)) or hasattr(a, "__cuda_array_interface__")
+
+
+def jit_counts():
+    """(compiled, loaded): how many specialisations of numbacnn's CPU kernels this process has
+    compiled so far, and how many it loaded from Numba's on-disk cache instead (cache=True),
+    from the dispatchers' statistics (numba's ``Dispatcher.stats``). Only the kernel modules
+    already imported are counted; nothing is imported or compiled here."""
+    import sys
+
+    from numba.core.registry import CPUDispatcher
+
+    dispatchers = {}
+    for name, module in list(sys.modules.items()):
+        if name.startswith("numbacnn.kernels.cpu") and module is not None:
+            for value in vars(module).values():
+                if isinstance(value, CPUDispatcher):
+                    dispatchers[id(value)] = value  # one kernel imported into several modules
+    compiled = sum(sum(d.stats.cache_misses.values()) for d in dispatchers.values())
+    loaded = sum(sum(d.stats.cache_hits.values()) for d in dispatchers.values())
+    return compiled, loaded
 
 
 def backend(x):
