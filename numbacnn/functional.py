@@ -116,11 +116,17 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return y
 
 
-def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1):
+def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, output_mask=(True, True, True)):
     """Gradients of conv2d: dy (N, C_out, H_out, W_out) -> (dx, dweight, dbias) with the
-    shapes of x, weight and (C_out,). dbias is always returned (dy summed over N, H_out,
-    W_out). The chain rule of the lecture's "Backward Pass"; PyTorch's convolution_backward."""
+    shapes of x, weight and (C_out,); dbias is dy summed over N, H_out, W_out, returned for
+    a conv without a bias too. The chain rule of the lecture's "Backward Pass"; PyTorch's
+    convolution_backward, whose output_mask (three bools) it shares: a gradient masked off
+    is not computed, and None stands in its place (a conv without a bias skips dbias).
+    Raises TypeError for an output_mask that is not three bools."""
     op = "conv2d_backward"
+    if not (isinstance(output_mask, (tuple, list)) and len(output_mask) == 3):
+        raise TypeError(f"{op}: output_mask must be three bools (dx, dweight, dbias), got {output_mask!r}")
+    need_dx, need_dw, need_db = (_check_bool(op, "output_mask", m) for m in output_mask)
     dy = _float_array(op, "dy", dy, (4,))
     x = _float_array(op, "x", x, (4,))
     weight = _float_array(op, "weight", weight, (4,))
@@ -134,12 +140,16 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1):
         f" (the conv2d output for x.shape={x.shape}, weight.shape={weight.shape})",
     )
     conv = _backend(x).conv
-    dx = _empty(x)
-    dweight = _empty(weight)
-    dbias = _empty(x, (weight.shape[0],))
-    conv.conv2d_backward_input(dy, weight, dx, *geo.kernel_args)
-    conv.conv2d_backward_weight(dy, x, dweight, *geo.kernel_args)
-    conv.conv2d_backward_bias(dy, dbias)
+    dx = dweight = dbias = None
+    if need_dx:
+        dx = _empty(x)
+        conv.conv2d_backward_input(dy, weight, dx, *geo.kernel_args)
+    if need_dw:
+        dweight = _empty(weight)
+        conv.conv2d_backward_weight(dy, x, dweight, *geo.kernel_args)
+    if need_db:
+        dbias = _empty(x, (weight.shape[0],))
+        conv.conv2d_backward_bias(dy, dbias)
     return dx, dweight, dbias
 
 

@@ -123,7 +123,8 @@ class Conv2d(Module):
         return F.conv2d(x, self.weight.data, b, **self._args())  # (N, C_out, H_out, W_out)
 
     def backward(self, dy):
-        dx, dw, db = F.conv2d_backward(dy, self._x, self.weight.data, **self._args())
+        mask = (True, True, self.bias is not None)  # no bias, no dbias to compute
+        dx, dw, db = F.conv2d_backward(dy, self._x, self.weight.data, **self._args(), output_mask=mask)
         self.weight.grad += dw
         if self.bias is not None:
             self.bias.grad += db

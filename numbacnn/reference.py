@@ -95,7 +95,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return y.astype(x.dtype)
 
 
-def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1):
+def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, output_mask=(True, True, True)):
     """Gradients of conv2d by the chain rule (lecture, "Backward Pass"), written as a scatter.
 
     Every term  w[co, ci_l, kh, kw] * xpad[n, ci, ih, iw]  of y[n, co, oh, ow] (ih = oh*stride_h
@@ -103,7 +103,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1):
     dy[n, co, oh, ow] * w[co, ci_l, kh, kw]  to dxpad[n, ci, ih, iw] and
     dy[n, co, oh, ow] * xpad[n, ci, ih, iw]  to dw[co, ci_l, kh, kw];
     db[co] = sum_{n, oh, ow} dy[n, co, oh, ow]. dx is dxpad with the padding cut off.
-    Returns (dx, dweight, dbias).
+    Returns (dx, dweight, dbias), None where output_mask is False.
     """
     N, C_in, H, W = x.shape
     C_out, C_in_g, kH, kW = weight.shape
@@ -132,7 +132,8 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1):
                                 dweight[co, ci_l, kh, kw] += d * xpad[n, ci, ih, iw]
     dx = dxpad[:, :, pad_top : pad_top + H, pad_left : pad_left + W]
     dbias = g_dy.sum(axis=(0, 2, 3))
-    return dx.astype(x.dtype), dweight.astype(x.dtype), dbias.astype(x.dtype)
+    grads = (dx.astype(x.dtype), dweight.astype(x.dtype), dbias.astype(x.dtype))
+    return tuple(g if wanted else None for g, wanted in zip(grads, output_mask, strict=True))
 
 
 # ----------------------------------------------------------------------------------------

@@ -185,6 +185,35 @@ def test_conv2d_bias_none_equals_zero_bias_and_dbias_always_returned():
     np.testing.assert_allclose(db, np.full(w.shape[0], y.shape[0] * y.shape[2] * y.shape[3]))
 
 
+def test_conv2d_backward_output_mask_skips_what_is_not_wanted():
+    """PyTorch's output_mask: a masked gradient is not computed and comes back None; the
+    others are bit for bit the unmasked ones. A Conv2d without a bias asks for no dbias."""
+    from numbacnn.layers import Conv2d
+
+    x, w, _, kw = _conv_case(BACKWARD_CONFIGS[3])
+    dy = np.random.default_rng(2).standard_normal(F.conv2d(x, w, **kw).shape)
+    full = F.conv2d_backward(dy, x, w, **kw)
+    for mask in [(True, True, False), (False, True, False), (True, False, True), (False, False, False)]:
+        for got, ref, want, name in zip(
+            F.conv2d_backward(dy, x, w, **kw, output_mask=mask), full, mask, "xwb", strict=True
+        ):
+            if want:
+                np.testing.assert_array_equal(got, ref, err_msg=name)
+            else:
+                assert got is None, (mask, name)
+        ref = R.conv2d_backward(dy, x, w, **kw, output_mask=mask)
+        assert [g is None for g in ref] == [not m for m in mask]
+    for bad in [(True, True), (1, 1, 1), "yes"]:
+        with pytest.raises(TypeError, match="output_mask must be"):
+            F.conv2d_backward(dy, x, w, **kw, output_mask=bad)
+    layer = Conv2d(4, 4, 2, padding="same", groups=2, bias=False).astype(np.float64)
+    layer.weight.data[...] = w
+    layer.weight.grad[...] = 0
+    np.testing.assert_array_equal(layer(x), F.conv2d(x, w, **kw))
+    np.testing.assert_array_equal(layer.backward(dy), full[0])
+    np.testing.assert_array_equal(layer.weight.grad, full[1])
+
+
 # ----------------------------------------------------------------------------------------
 # against PyTorch (CPU)
 
