@@ -315,7 +315,7 @@ def _check_one(name, forward, spec, candidate, case, counts):
     call = None  # a backward's own call, shown beside the forward's
     if name != forward:
         params = inspect.signature(getattr(reference, name)).parameters
-        call = S.Case(name, case.fill, **dict(zip(params, given_args, strict=True)))
+        call = S.Case(name, case.fill, **dict(zip(list(params)[: len(given_args)], given_args, strict=True)))
     try:
         result = candidate(*args)
     except SystemExit as exc:  # exit() in the candidate: a failure, not the end of the check
