@@ -634,6 +634,15 @@ def cmd_explain(args):
     return 0
 
 
+def cmd_bench(args):
+    """numbacnn.bench.run: the table, OUT/bench.json and OUT/bench.png."""
+    from .bench import run as bench_run
+
+    check_directory("--out", args.out)
+    bench_run(quick=args.quick, out=args.out, dtype=np.dtype(args.dtype))
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 def _add_checkpoint(parser):
     parser.add_argument("--checkpoint", type=_file, required=True, help="path to a checkpoint.npz")
@@ -645,7 +654,7 @@ def build_parser():
         description="numbacnn: train, evaluate and inspect CNNs whose kernels are explicit Numba loop nests.",
     )
     sub = p.add_subparsers(
-        dest="command", metavar="{train,evaluate,predict,export,summary,gradcheck,verify,graph,explain}"
+        dest="command", metavar="{train,evaluate,predict,export,summary,gradcheck,verify,graph,explain,bench}"
     )
     sub.required = True
 
@@ -961,6 +970,21 @@ def build_parser():
         "--cache-dir", type=_dir, default=None, help="MNIST cache directory (default: ~/.cache/numbacnn)"
     )
     ex.set_defaults(func=cmd_explain)
+
+    bn = sub.add_parser(
+        "bench",
+        help="time the kernels and training steps beside NumPy, SciPy and PyTorch",
+        description="Time conv2d (forward, dx, dw), pooling, batch norm and training steps (LeNet-5, "
+        "ResNet-20, a VGG block) with numbacnn (all threads and one), NumPy im2col, SciPy and PyTorch "
+        "CPU, each baseline in its own process; print the table (median ms, GFLOP/s, the ratio to "
+        "PyTorch, the share of this machine's peak) and write OUT/bench.json and OUT/bench.png.",
+    )
+    bn.add_argument("--quick", action="store_true", help="a smoke run of a few seconds (small batches)")
+    bn.add_argument(
+        "--out", type=_dir, default="bench", help="folder for bench.json and bench.png (default: bench)"
+    )
+    bn.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="(default: float32)")
+    bn.set_defaults(func=cmd_bench)
     return p
 
 

@@ -1,0 +1,464 @@
+"""``numbacnn bench``: numbacnn's kernels and training steps side by side with other
+implementations, in one table, a JSON file and a PNG chart.
+
+    numbacnn bench                 # the full run (a few minutes on 2 cores)
+    numbacnn bench --quick         # a smoke run of a few seconds (CI)
+
+Rows: conv2d forward, input gradient (dx) and weight gradient (dw) on the lecture's LeNet
+shapes and on ResNet/VGG 3x3 shapes (stride 1 and 2, and the 1x1 stride-2 downsample); max
+and average pooling; batch norm forward and backward (training mode); a training step (SGD)
+of LeNet-5 and ResNet-20 (resnet_cifar) at batch 64 and of a VGG block.
+
+Columns, each the MEDIAN of repeated warm calls (after a warm-up call that compiles):
+numbacnn with all threads and with one; NumPy im2col (the textbook conv as one matrix
+product: BLAS does the multiply-adds), SciPy (scipy.signal.correlate, conv forward only) and
+PyTorch CPU, each external baseline in a process of its own (importing PyTorch beside Numba
+slows Numba here). GFLOP/s = 2 x multiply-adds / time; "vs torch" = torch's time / ours; "of
+peak" = the share of this machine's peak (cores x FMA units x SIMD lanes x 2 x clock,
+derived and printed at the top, as the lecture's "0.15 TF CPU" slide does).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+__all__ = ["cases", "machine_peak", "run"]
+
+IMPLS = ("numbacnn", "numbacnn 1 thread", "numpy im2col", "scipy", "torch")
+EXTERNAL = ("numpy im2col", "scipy", "torch")  # each in its own process
+
+
+# ----------------------------------------------------------------------------------------
+# the cases: (name, kind, parameters, multiply-adds)
+
+
+def _conv_out(n, k, stride, pad):
+    return (n + 2 * pad - k) // stride + 1
+
+
+def cases(quick=False):
+    """[(name, kind, params, macs)]: kind is "conv2d", "dx", "dw", "max_pool2d", "avg_pool2d",
+    "batch_norm", "batch_norm_backward" or "step"; params a dict (shapes as lists)."""
+    n = 8 if quick else 64
+    convs = [  # (label, N, C_in, C_out, H, k, stride, pad)
+        ("LeNet C1 1->6 5x5 32x32", n, 1, 6, 32, 5, 1, 0),
+        ("LeNet C3 6->16 5x5 14x14", n, 6, 16, 14, 5, 1, 0),
+        ("ResNet 16->16 3x3 32x32", n, 16, 16, 32, 3, 1, 1),
+        ("ResNet 64->64 3x3 8x8", n, 64, 64, 8, 3, 1, 1),
+        ("ResNet 16->32 3x3 s2 32x32", n, 16, 32, 32, 3, 2, 1),
+        ("ResNet 16->32 1x1 s2 32x32", n, 16, 32, 32, 1, 2, 0),
+        ("VGG 64->64 3x3 32x32", n // 4 or 1, 64, 64, 32, 3, 1, 1),
+    ]
+    if quick:
+        convs = convs[:2]
+    out = []
+    for label, N, ci, co, H, k, s, p in convs:
+        Ho = _conv_out(H, k, s, p)
+        macs = N * co * Ho * Ho * ci * k * k
+        params = dict(N=N, C_in=ci, C_out=co, H=H, k=k, stride=s, padding=p)
+        out += [(f"{label} {kind}", kind, params, macs) for kind in ("conv2d", "dx", "dw")]
+    for kind, label, N, C, H, k in [
+        ("max_pool2d", "max pool 2x2 16x32x32", n, 16, 32, 2),
+        ("avg_pool2d", "avg pool 2x2 6x28x28", n, 6, 28, 2),
+    ]:
+        out.append((label, kind, dict(N=N, C=C, H=H, k=k), N * C * H * H))  # one add per input
+    for kind, label in (("batch_norm", "forward"), ("batch_norm_backward", "backward")):
+        out.append((f"batch norm {label} 64x8x8", kind, dict(N=n, C=64, H=8), n * 64 * 64))
+    steps = [("LeNet-5 step", "lenet5", 1, 32, n), ("ResNet-20 step", "resnet_cifar", 3, 32, n)]
+    steps.append(("VGG block step", "vgg_block", 64, 32, n // 4 or 1))
+    for label, model, C, H, N in steps[:1] if quick else steps:
+        out.append((f"{label} b{N}", "step", dict(model=model, C=C, H=H, N=N), _step_macs(model, C, H, N)))
+    return out
+
+
+def _vgg_block():
+    from .graph import Sequential
+    from .layers import BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU
+
+    return Sequential(
+        ("conv1", Conv2d(64, 64, 3, padding=1, bias=False)), ("bn1", BatchNorm2d(64)), ("relu1", ReLU()),
+        ("conv2", Conv2d(64, 64, 3, padding=1, bias=False)), ("bn2", BatchNorm2d(64)), ("relu2", ReLU()),
+        ("pool", MaxPool2d(2)), ("flatten", Flatten()), ("fc", Linear(64 * 16 * 16, 10)),
+    )  # fmt: skip
+
+
+def _model(name, C):
+    from .models import build_model
+
+    return _vgg_block() if name == "vgg_block" else build_model(name, in_channels=C)
+
+
+def _step_macs(model, C, H, N):
+    """A training step's multiply-adds: 3x the forward's (forward, dx, dw)."""
+    return 3 * N * _model(model, C).macs((1, C, H, H))
+
+
+def _arrays(kind, p, dtype):
+    rng = np.random.default_rng(0)
+    if kind in ("conv2d", "dx", "dw"):
+        Ho = _conv_out(p["H"], p["k"], p["stride"], p["padding"])
+        x = rng.standard_normal((p["N"], p["C_in"], p["H"], p["H"])).astype(dtype)
+        w = rng.standard_normal((p["C_out"], p["C_in"], p["k"], p["k"])).astype(dtype)
+        dy = rng.standard_normal((p["N"], p["C_out"], Ho, Ho)).astype(dtype)
+        return x, w, dy
+    if kind == "step":
+        x = rng.standard_normal((p["N"], p["C"], p["H"], p["H"])).astype(dtype)
+        return x, rng.integers(0, 10, p["N"])
+    x = rng.standard_normal((p["N"], p["C"], p["H"], p["H"])).astype(dtype)
+    return (x,)
+
+
+# ----------------------------------------------------------------------------------------
+# implementations: each returns a function of no arguments that runs the case once
+
+
+def _numbacnn(kind, p, dtype):
+    from . import functional as F
+    from .optim import SGD
+
+    a = _arrays(kind, p, dtype)
+    conv = dict(stride=p.get("stride"), padding=p.get("padding"))
+    if kind == "conv2d":
+        return lambda: F.conv2d(a[0], a[1], **conv)
+    if kind == "dx":
+        return lambda: F.conv2d_backward(a[2], a[0], a[1], **conv, output_mask=(True, False, False))
+    if kind == "dw":
+        return lambda: F.conv2d_backward(a[2], a[0], a[1], **conv, output_mask=(False, True, False))
+    if kind in ("max_pool2d", "avg_pool2d"):
+        return lambda: getattr(F, kind)(a[0], p["k"])
+    if kind == "batch_norm":
+        C = p["C"]
+        return lambda: F.batch_norm(a[0], None, None, np.zeros(C, dtype), np.ones(C, dtype), True)
+    if kind == "batch_norm_backward":
+        return lambda: F.batch_norm_backward(a[0], a[0], None)
+    model = _model(p["model"], p["C"]).astype(dtype)
+    opt = SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = a
+
+    def step():
+        model.zero_grad()
+        logits = model(x)
+        model.backward(F.cross_entropy_backward(logits, y))
+        opt.step()
+
+    return step
+
+
+def _im2col(x, k, stride, pad):
+    """x (N, C, H, W) -> cols (N, C*k*k, Ho*Wo): every receptive field as a column."""
+    N, C, H, W = x.shape
+    Ho, Wo = _conv_out(H, k, stride, pad), _conv_out(W, k, stride, pad)
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    cols = np.empty((N, C, k, k, Ho, Wo), x.dtype)
+    for i in range(k):
+        for j in range(k):
+            cols[:, :, i, j] = xp[:, :, i : i + stride * Ho : stride, j : j + stride * Wo : stride]
+    return cols.reshape(N, C * k * k, Ho * Wo)
+
+
+def _numpy(kind, p, dtype):
+    if kind not in ("conv2d", "dx", "dw"):
+        return None
+    x, w, dy = _arrays(kind, p, dtype)
+    k, s, pad = p["k"], p["stride"], p["padding"]
+    N, C_out = dy.shape[:2]
+    wm, dym = w.reshape(C_out, -1), dy.reshape(N, C_out, -1)
+    if kind == "conv2d":
+        return lambda: np.matmul(wm, _im2col(x, k, s, pad))
+    if kind == "dw":
+        return lambda: np.einsum("nop,nkp->ok", dym, _im2col(x, k, s, pad), optimize=True)
+
+    def dx():  # col2im of w^T dy: every column's gradient added back to its receptive field
+        cols = np.matmul(wm.T, dym).reshape(N, p["C_in"], k, k, *dy.shape[2:])
+        H = x.shape[2]
+        g = np.zeros((N, p["C_in"], H + 2 * pad, H + 2 * pad), dtype)
+        Ho = dy.shape[2]
+        for i in range(k):
+            for j in range(k):
+                g[:, :, i : i + s * Ho : s, j : j + s * Ho : s] += cols[:, :, i, j]
+        return g[:, :, pad : pad + H, pad : pad + H]
+
+    return dx
+
+
+def _scipy(kind, p, dtype):
+    if kind != "conv2d":
+        return None
+    from .testing.oracles import scipy_conv2d
+
+    x, w, _ = _arrays(kind, p, dtype)
+    return lambda: scipy_conv2d(x, w, None, p["stride"], p["padding"])
+
+
+def _torch_model(name, C):
+    """The numbacnn model's graph rebuilt from torch modules, node by node (same shapes)."""
+    import torch
+    from torch import nn
+
+    from . import layers as L
+
+    net = _model(name, C)
+    nodes = net.flat_nodes((1, C, 32, 32))
+
+    def mirror(layer):
+        if isinstance(layer, L.Conv2d):
+            return nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                             layer.padding, bias=layer.bias is not None)  # fmt: skip
+        if isinstance(layer, L.BatchNorm2d):
+            return nn.BatchNorm2d(layer.num_features)
+        if isinstance(layer, L.Linear):
+            return nn.Linear(layer.in_features, layer.out_features)
+        if isinstance(layer, (L.MaxPool2d, L.AvgPool2d)):
+            cls = nn.MaxPool2d if isinstance(layer, L.MaxPool2d) else nn.AvgPool2d
+            return cls(layer.kernel_size, layer.stride, layer.padding)
+        simple = {L.ReLU: nn.ReLU(), L.Tanh: nn.Tanh(), L.Sigmoid: nn.Sigmoid(), L.Flatten: nn.Flatten()}
+        for cls, module in simple.items():
+            if isinstance(layer, cls):
+                return module
+        if isinstance(layer, L.Dropout):
+            return nn.Dropout(layer.p)
+        if isinstance(layer, L.GlobalAvgPool2d):
+            return nn.AdaptiveAvgPool2d(1)
+        if isinstance(layer, L.Add):
+            return None
+        raise TypeError(f"bench: no torch mirror for {type(layer).__name__}")
+
+    class Mirror(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ops = nn.ModuleList([mirror(layer) or nn.Identity() for _, layer, _, _ in nodes])
+
+        def forward(self, x):
+            values = {"input": x}
+            for (path, layer, inputs, _), op in zip(nodes, self.ops, strict=True):
+                args = [values[i] for i in inputs]
+                values[path] = torch.add(*args) if isinstance(layer, L.Add) else op(*args)
+            return values[nodes[-1][0]]
+
+    return Mirror()
+
+
+def _torch(kind, p, dtype):
+    import torch
+    import torch.nn.functional as TF
+
+    a = [torch.from_numpy(v) for v in _arrays(kind, p, dtype)]
+    if kind in ("conv2d", "dx", "dw"):
+        x, w, dy = a
+        s, pad, C_out = p["stride"], p["padding"], p["C_out"]
+        if kind == "conv2d":
+            return lambda: TF.conv2d(x, w, None, s, pad)
+        mask = [kind == "dx", kind == "dw", False]
+        geometry = ([C_out], [s, s], [pad, pad], [1, 1], False, [0, 0], 1)
+        return lambda: torch.ops.aten.convolution_backward(dy, x, w, *geometry, mask)
+    if kind == "max_pool2d":
+        return lambda: TF.max_pool2d(a[0], p["k"])
+    if kind == "avg_pool2d":
+        return lambda: TF.avg_pool2d(a[0], p["k"])
+    if kind == "batch_norm":
+        return lambda: TF.batch_norm(a[0], torch.zeros(p["C"]), torch.ones(p["C"]), training=True)
+    if kind == "batch_norm_backward":
+        x = a[0].clone().requires_grad_(True)
+        y = TF.batch_norm(x, None, None, training=True)
+        g = torch.randn_like(y)
+        return lambda: torch.autograd.grad(y, x, g, retain_graph=True)
+    model = _torch_model(p["model"], p["C"]).to(getattr(torch, np.dtype(dtype).name))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = a
+
+    def step():
+        opt.zero_grad()
+        TF.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+# ----------------------------------------------------------------------------------------
+# timing and the machine
+
+
+def median_time(fn, quick):
+    """Median seconds of one call of fn() over >= 3 (quick) or >= 5 calls filling 0.2 s,
+    after one untimed call (the JIT compiles or loads its kernels there)."""
+    fn()
+    times, start = [], time.perf_counter()
+    while len(times) < (3 if quick else 5) or (
+        not quick and time.perf_counter() - start < 0.2 and len(times) < 200
+    ):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def _time_all(impl, quick, dtype):
+    """{case name: median seconds} for one implementation (None where it does not apply)."""
+    make = {"numbacnn": _numbacnn, "numpy im2col": _numpy, "scipy": _scipy, "torch": _torch}[impl]
+    if impl == "torch":
+        import torch
+
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+    result = {}
+    for name, kind, params, _ in cases(quick):
+        if impl == "scipy" and kind == "conv2d" and not quick and params["C_in"] * params["C_out"] > 256:
+            result[name] = None  # scipy's per-(image, channel) correlations: minutes at VGG's widths
+            continue
+        fn = make(kind, params, dtype)
+        result[name] = None if fn is None else median_time(fn, quick)
+    return result
+
+
+def machine_peak():
+    """(GFLOP/s, how it was derived): cores x FMA units x float32 SIMD lanes x 2 x clock, from
+    the CPU flags and clock in /proc/cpuinfo (2 FMA units per core assumed, as on the
+    AVX-512 and AVX2 server cores this project runs on)."""
+    cores = len(os.sched_getaffinity(0))
+    flags, mhz, model = "", None, "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "flags" and not flags:
+                    flags = value
+                elif key == "cpu MHz" and mhz is None:
+                    mhz = float(value)
+                elif key == "model name" and model == "unknown CPU":
+                    model = value
+    except OSError:
+        pass
+    lanes, isa = (
+        (16, "AVX-512")
+        if "avx512f" in flags.split()
+        else (8, "AVX2")
+        if "avx2" in flags.split()
+        else (4, "SSE")
+    )
+    ghz = (mhz or 2000.0) / 1000.0
+    peak = cores * 2 * lanes * 2 * ghz
+    how = (f"{cores} cores x 2 FMA units x {lanes} float32 lanes ({isa}) x 2 flops x {ghz:.2f} GHz "
+           f"= {peak:.0f} GFLOP/s ({model}; an estimate: 2 FMA units of full width assumed, the clock "
+           "as /proc/cpuinfo reports it)")  # fmt: skip
+    return peak, how
+
+
+def _external(impl, quick, dtype):
+    """Run one external baseline in a process of its own; {case: seconds} or an error string."""
+    cmd = [sys.executable, "-m", "numbacnn.bench", "--worker", impl, "--dtype", np.dtype(dtype).name]
+    done = subprocess.run(cmd + (["--quick"] if quick else []), capture_output=True, text=True)
+    if done.returncode != 0:
+        return done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run(quick=False, out="bench", dtype=np.float32, say=print):
+    """Time every case with every implementation, print the table, write OUT/bench.json and
+    OUT/bench.png; return the JSON-ready dict."""
+    import numba
+
+    peak, how = machine_peak()
+    say(f"machine peak (float32): {how}")
+    threads = numba.get_num_threads()
+    results = {"numbacnn": _time_all("numbacnn", quick, dtype)}
+    numba.set_num_threads(1)
+    try:
+        results["numbacnn 1 thread"] = _time_all("numbacnn", quick, dtype)
+    finally:
+        numba.set_num_threads(threads)
+    notes = {}
+    for impl in EXTERNAL:
+        got = _external(impl, quick, dtype)
+        if isinstance(got, str):
+            notes[impl] = got
+            results[impl] = {}
+        else:
+            results[impl] = got
+    rows = []
+    for name, kind, _, macs in cases(quick):
+        row = {"case": name, "kind": kind, "macs": macs}
+        for impl in IMPLS:
+            t = results[impl].get(name)
+            row[impl] = None if t is None else {"ms": 1e3 * t, "gflops": 2 * macs / t / 1e9}
+        ours, torch_t = results["numbacnn"].get(name), results["torch"].get(name)
+        row["vs_torch"] = None if not (ours and torch_t) else torch_t / ours
+        row["of_peak"] = 2 * macs / ours / 1e9 / peak if ours else None
+        rows.append(row)
+    _print_table(rows, say)
+    for impl, why in notes.items():
+        say(f"{impl}: not run ({why})")
+    report = {"machine": how, "peak_gflops": peak, "threads": threads, "dtype": np.dtype(dtype).name,
+              "quick": quick, "notes": notes, "rows": rows}  # fmt: skip
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "bench.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    _chart(rows, os.path.join(out, "bench.png"), how)
+    say(f"wrote {os.path.join(out, 'bench.json')} and {os.path.join(out, 'bench.png')}")
+    return report
+
+
+def _print_table(rows, say):
+    cols = [("numbacnn", "numbacnn"), ("numbacnn 1 thread", "1 thread"), ("numpy im2col", "im2col"),
+            ("scipy", "scipy"), ("torch", "torch")]  # fmt: skip
+    head = (
+        f"{'case':34s}"
+        + "".join(f"{label:>10s}" for _, label in cols)
+        + f"{'GFLOP/s':>9s}{'vs torch':>9s}{'of peak':>8s}"
+    )
+    say(
+        "median ms per call; GFLOP/s and 'of peak' are numbacnn's (all threads); "
+        "vs torch = torch ms / numbacnn ms"
+    )
+    say(head)
+    say("-" * len(head))
+    for r in rows:
+        cells = "".join(f"{r[impl]['ms']:10.2f}" if r[impl] else f"{'-':>10s}" for impl, _ in cols)
+        g = f"{r['numbacnn']['gflops']:9.1f}" if r["numbacnn"] else f"{'-':>9s}"
+        vs = f"{r['vs_torch']:9.2f}" if r["vs_torch"] else f"{'-':>9s}"
+        pk = f"{100 * r['of_peak']:7.1f}%" if r["of_peak"] else f"{'-':>8s}"
+        say(f"{r['case'][:34]:34s}{cells}{g}{vs}{pk}")
+
+
+def _chart(rows, path, how):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    impls = [i for i in IMPLS if any(r[i] for r in rows)]
+    fig = Figure(figsize=(11, 0.32 * len(rows) + 1.6))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    height = 0.8 / len(impls)
+    for k, impl in enumerate(impls):
+        ys = [i + k * height for i in range(len(rows))]
+        ax.barh(ys, [r[impl]["gflops"] if r[impl] else 0 for r in rows], height, label=impl)
+    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(rows))], [r["case"] for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("GFLOP/s (2 x multiply-adds / median time)")
+    ax.set_title(f"numbacnn bench: {how}", fontsize=7)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _worker(argv):
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m numbacnn.bench")
+    ap.add_argument("--worker", choices=EXTERNAL, required=True)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    if args.worker == "torch":
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            sys.exit("PyTorch is not installed (pip install torch==2.13.0, the CPU build)")
+    print(json.dumps(_time_all(args.worker, args.quick, np.dtype(args.dtype))))
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1:])
