@@ -1,5 +1,5 @@
 """The ``numbacnn`` command line: train | evaluate | predict | export | summary | gradcheck |
-verify | graph | explain.
+verify | graph | explain | bench.
 
     numbacnn train --model lenet5 --dataset mnist --epochs 3 --batch-size 64 --lr 0.05 \\
                    --momentum 0.9 --out runs/lenet5
@@ -12,6 +12,7 @@ verify | graph | explain.
     numbacnn verify my_conv.py:conv2d --op conv2d   # property-test your own kernel
     numbacnn graph resnet_cifar --out g.png      # the layer graph
     numbacnn explain --checkpoint runs/lenet5/checkpoint.npz --out explain.html
+    numbacnn bench --quick                       # kernels and steps beside NumPy, SciPy, PyTorch
 
 ``train`` is parse -> ``numbacnn.recipe.TrainConfig`` -> ``numbacnn.recipe.run``; the
 model facts (input sides) come from the registry in ``numbacnn.models``.
