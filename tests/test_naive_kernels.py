@@ -1,6 +1,6 @@
 """The naive CPU conv kernels (kernels/cpu/conv/naive.py), which the docs tell students to
 read first, against the readable oracle (numbacnn.reference), and every fast strategy
-(direct, gather, polyphase, dense, and the dispatch) against the naive kernels.
+(direct, gather, polyphase, gemm, dense, and the dispatch) against the naive kernels.
 
 The strategies are called directly with the kernel interface (outputs preallocated, top/left
 padding only), so each one is tested on every configuration it accepts, not only on the
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from numbacnn import reference as R
 from numbacnn.kernels.cpu import conv
-from numbacnn.kernels.cpu.conv import direct, naive, polyphase
+from numbacnn.kernels.cpu.conv import direct, gemm, naive, polyphase
 
 
 def close(actual, expected, what):
@@ -110,6 +110,10 @@ def test_every_fast_strategy_matches_naive(case):
         dx = out(dx0)
         direct.conv2d_backward_input_gather(dy, w, dx, pad_top, pad_left, dil_h, dil_w, groups)
         checks.append(("gather backward_input", dx, dx0))
+    if groups == 1:  # the packed-GEMM weight gradient applies to every groups-1 conv (called directly)
+        dw = out(dw0)
+        gemm.conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
+        checks.append(("gemm backward_weight", dw, dw0))
     if (stride_h > 1 or stride_w > 1) and dil_h == 1 and dil_w == 1:  # polyphase applies (called directly)
         y, dx, dw = out(y0), out(dx0), out(dw0)
         polyphase.conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, groups)
@@ -166,3 +170,26 @@ def test_dense_path_matches_naive(dtype):
     conv.conv2d_backward_weight(dy, x, dw, *geo)
     for what, got, want in (("y", y, y0), ("dx", dx, dx0), ("dw", dw, dw0)):
         close(got, want, f"dense {what}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "N,C_in,C_out,H,k,stride,pad,dil",
+    [(3, 5, 6, 8, 3, 1, 1, 1), (2, 4, 9, 16, 3, 2, 1, 1), (2, 3, 4, 9, 1, 2, 0, 1), (1, 7, 5, 7, 3, 1, 2, 2)],
+    ids=str,
+)
+def test_gemm_weight_gradient_tiles_and_edges_match_naive(N, C_in, C_out, H, k, stride, pad, dil, dtype):
+    """gemm.py's 4 x 4 tiles and its edge tiles (C_out, C_in*k*k not multiples of 4), strides,
+    dilation and padding wider than the kernel's reach, against the naive weight gradient."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, C_in, H, H)).astype(dtype)
+    H_out = (H + 2 * pad - dil * (k - 1) - 1) // stride + 1
+    dy = rng.standard_normal((N, C_out, H_out, H_out)).astype(dtype)
+    dw, dw0 = np.empty((C_out, C_in, k, k), dtype), np.empty((C_out, C_in, k, k), dtype)
+    naive.conv2d_backward_weight(dy, x, dw0, stride, stride, pad, pad, dil, dil, 1)
+    gemm.conv2d_backward_weight(dy, x, dw, stride, stride, pad, pad, dil, dil)
+    close(dw, dw0, f"gemm backward_weight {N, C_in, C_out, H, k, stride, pad, dil}")
+    assert gemm.use_gemm(dy.shape, dw.shape, stride, stride, 1, dw.itemsize) == (
+        H_out**2 <= 100 or stride > 1
+    )
+    assert not gemm.use_gemm(dy.shape, dw.shape, stride, stride, 2, dw.itemsize)  # groups: direct.py
