@@ -190,6 +190,18 @@ def test_gemm_weight_gradient_tiles_and_edges_match_naive(N, C_in, C_out, H, k, 
     gemm.conv2d_backward_weight(dy, x, dw, stride, stride, pad, pad, dil, dil)
     close(dw, dw0, f"gemm backward_weight {N, C_in, C_out, H, k, stride, pad, dil}")
     assert gemm.use_gemm(dy.shape, dw.shape, stride, stride, 1, dw.itemsize) == (
-        H_out**2 <= 100 or stride > 1
+        H_out**2 <= 100 or stride > 1 or C_in * k * k >= 288
     )
     assert not gemm.use_gemm(dy.shape, dw.shape, stride, stride, 2, dw.itemsize)  # groups: direct.py
+
+
+def test_gemm_dispatch_rule():
+    """Stride 1 planes over 100 positions stay on direct.py unless the reduction rows are long
+    (C_in*kH*kW >= 288); a panel over 64 MB never takes the packed path."""
+    use = gemm.use_gemm
+    assert not use((64, 16, 32, 32), (16, 16, 3, 3), 1, 1, 1, 4)  # ResNet-20's 16-channel stage
+    assert use((64, 32, 16, 16), (32, 32, 3, 3), 1, 1, 1, 4)  # K = 288
+    assert use((64, 64, 8, 8), (64, 64, 3, 3), 1, 1, 1, 4)  # a small plane
+    assert use((64, 32, 16, 16), (32, 16, 3, 3), 2, 2, 1, 4)  # strided
+    assert not use((456, 64, 8, 8), (64, 64, 3, 3), 1, 1, 1, 4)  # 64.1 MB of panel
+    assert not use((0, 64, 8, 8), (64, 64, 3, 3), 1, 1, 1, 4)  # no images

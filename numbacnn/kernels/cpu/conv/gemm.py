@@ -37,12 +37,15 @@ import numpy as np
 from numba import njit, prange
 
 # A weight gradient takes this path (groups 1) when its output planes have at most MAX_PLANE
-# positions, or when it is strided, and its packed X fits in MAX_PANEL bytes.  Measured
-# against direct.py (and polyphase.py for strides) at batch 64, float32, 2 threads: 64->64 3x3
-# on 8x8 3.4x faster, 32->32 on 10x10 1.6x, LeNet C3 (plane 100) 1.05x, 16->16 on 12x12 0.85x
-# (plane 144: direct wins from here on stride 1, 0.14x on 32x32); strided: 16->32 3x3 s2 on
-# 32x32 1.8x, 32->64 4.6x, 1x1 s2 2.6-4.7x, 64->128 3x3 s2 on 56x56 (batch 8) 3.2x.
+# positions, or it is strided, or its reduction rows are long (C_in*kH*kW >= MIN_K), and its
+# packed X fits in MAX_PANEL bytes.  Measured against direct.py (and polyphase.py for strides)
+# at batch 64, float32, 2 threads: 64->64 3x3 on 8x8 3.4x faster, 32->32 on 10x10 1.6x, LeNet
+# C3 (plane 100) 1.05x; stride 1, larger planes: 64->64 on 11x11 1.9x, 128->128 on 12x12 1.5x,
+# 32->32 on 16x16 1.14x, 64->64 on 32x32 (batch 16) 1.05x, but 16->16 (C_in*kH*kW = 144) on
+# 12x12 0.85x and on 32x32 0.6x: direct.py keeps those; strided: 16->32 3x3 s2 on 32x32 1.8x,
+# 32->64 4.6x, 1x1 s2 2.6-5.5x, 64->128 3x3 s2 on 56x56 (batch 8) 3.2x.
 MAX_PLANE = 100
+MIN_K = 288
 MAX_PANEL = 1 << 26  # 64 MB for X (K x P): ResNet-50's layers at batch 256 would need GBs
 
 
@@ -51,8 +54,9 @@ def use_gemm(dy_shape, w_shape, stride_h, stride_w, groups, itemsize):
     kW) should take this path."""
     N, _, H_out, W_out = dy_shape
     panel = w_shape[1] * w_shape[2] * w_shape[3] * N * H_out * W_out * itemsize
-    small_or_strided = H_out * W_out <= MAX_PLANE or stride_h > 1 or stride_w > 1
-    return groups == 1 and N > 0 and small_or_strided and panel <= MAX_PANEL
+    K = w_shape[1] * w_shape[2] * w_shape[3]
+    wins = H_out * W_out <= MAX_PLANE or stride_h > 1 or stride_w > 1 or K >= MIN_K
+    return groups == 1 and N > 0 and wins and panel <= MAX_PANEL
 
 
 @njit(cache=True, parallel=True)
