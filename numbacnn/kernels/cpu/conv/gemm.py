@@ -21,7 +21,8 @@ running sums kept in registers across the whole reduction: 8 loads feed 16 multi
 Loop nest:
     pack_x   parallel over k: X[k, :] (im2col, zeros for the padding)      X: (K, P)
     pack_dy  parallel over co: dY[co, :]                                   dY: (C_out, P)
-    tiles    parallel over (co tile, k tile): _tile_4x4 over p, SIMD over p
+    tiles    parallel over k tiles (4 rows of X), each passing every co tile: _tile_4x4
+             over p, SIMD over p
              (edge tiles of fewer than 4 rows: one _dot per element)
 
 Optimizations:
@@ -46,6 +47,7 @@ from numba import njit, prange
 # 32->64 4.6x, 1x1 s2 2.6-5.5x, 64->128 3x3 s2 on 56x56 (batch 8) 3.2x.
 MAX_PLANE = 100
 MIN_K = 288
+ROW_PAD = 16  # elements between packed rows beyond P (see conv2d_backward_weight)
 MAX_PANEL = 1 << 26  # 64 MB for X (K x P): ResNet-50's layers at batch 256 would need GBs
 
 
@@ -94,13 +96,14 @@ def _pack_dy(dy, D):
 
 
 @njit(cache=True, fastmath=True)
-def _tile_4x4(a0, a1, a2, a3, b0, b1, b2, b3):
-    """The 16 dot products a_i . b_j of four rows of dY and four rows of X (length P)."""
-    # a0..a3, b0..b3: (P,)
+def _tile_4x4(a0, a1, a2, a3, b0, b1, b2, b3, P):
+    """The 16 dot products a_i . b_j of four rows of dY and four rows of X, over their first
+    P elements."""
+    # a0..a3, b0..b3: (P_row,), P <= P_row
     z = a0.dtype.type(0.0)
     s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = z
     s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = z
-    for p in range(a0.shape[0]):
+    for p in range(P):
         x0, x1, x2, x3 = b0[p], b1[p], b2[p], b3[p]
         d = a0[p]
         s00 += d * x0
@@ -126,33 +129,35 @@ def _tile_4x4(a0, a1, a2, a3, b0, b1, b2, b3):
 
 
 @njit(cache=True, fastmath=True)
-def _dot(a, b):
-    """a . b over two rows of length P (an edge tile's element)."""
-    # a, b: (P,)
+def _dot(a, b, P):
+    """a . b over the first P elements of two rows (an edge tile's element)."""
+    # a, b: (P_row,), P <= P_row
     s = a.dtype.type(0.0)
-    for p in range(a.shape[0]):
+    for p in range(P):
         s += a[p] * b[p]
     return s
 
 
 @njit(cache=True, parallel=True)
-def _tiles(D, X, out):
-    """out[co, k] = D[co] . X[k], in 4 x 4 tiles, one task per tile."""
-    # D: (C_out, P)   X: (K, P)   out: (C_out, K)
+def _tiles(D, X, out, P):
+    """out[co, k] = D[co, :P] . X[k, :P] in 4 x 4 tiles: one task per 4 rows of X (they stay
+    in cache while every tile of D's rows passes them), so X is read from memory once."""
+    # D: (C_out, P_row)   X: (K, P_row)   out: (C_out, K)
     C_out, K = out.shape
-    n_k = (K + 3) // 4
-    for t in prange(((C_out + 3) // 4) * n_k):
-        c0 = (t // n_k) * 4
-        k0 = (t % n_k) * 4
-        if c0 + 4 <= C_out and k0 + 4 <= K:
-            s = _tile_4x4(D[c0], D[c0 + 1], D[c0 + 2], D[c0 + 3], X[k0], X[k0 + 1], X[k0 + 2], X[k0 + 3])
-            for i in range(4):
-                for j in range(4):
-                    out[c0 + i, k0 + j] = s[i * 4 + j]
-        else:
-            for co in range(c0, min(c0 + 4, C_out)):
-                for k in range(k0, min(k0 + 4, K)):
-                    out[co, k] = _dot(D[co], X[k])
+    for kt in prange((K + 3) // 4):
+        k0 = kt * 4
+        for c0 in range(0, C_out, 4):
+            if c0 + 4 <= C_out and k0 + 4 <= K:
+                s = _tile_4x4(
+                    D[c0], D[c0 + 1], D[c0 + 2], D[c0 + 3], X[k0], X[k0 + 1], X[k0 + 2], X[k0 + 3], P
+                )
+                for i in range(4):
+                    for j in range(4):
+                        out[c0 + i, k0 + j] = s[i * 4 + j]
+            else:
+                for co in range(c0, min(c0 + 4, C_out)):
+                    for k in range(k0, min(k0 + 4, K)):
+                        out[co, k] = _dot(D[co], X[k], P)
 
 
 def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
@@ -160,8 +165,13 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
     # dy: (N, C_out, H_out, W_out)   x: (N, C_in, H, W)   dw: (C_out, C_in, kH, kW)
     N, C_out, H_out, W_out = dy.shape
     C_in, kH, kW = dw.shape[1:]
-    X = np.empty((C_in * kH * kW, N * H_out * W_out), x.dtype)  # X: (K, P)
-    D = np.empty((C_out, N * H_out * W_out), dy.dtype)  # D: (C_out, P)
+    P = N * H_out * W_out
+    # Rows P_row = P + ROW_PAD elements apart: 8 rows a power of two apart (P = 64 x 64 = 4096)
+    # would fall into the same L1 sets and thrash them (2 threads on sibling cores: 2x slower
+    # than one); one cache line more per row spreads them.
+    P_row = P + ROW_PAD
+    X = np.empty((C_in * kH * kW, P_row), x.dtype)  # X: (K, P_row), columns P.. unused
+    D = np.empty((C_out, P_row), dy.dtype)  # D: (C_out, P_row)
     _pack_x(x, X, kH, kW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, H_out, W_out)
     _pack_dy(dy, D)
-    _tiles(D, X, dw.reshape(C_out, C_in * kH * kW))
+    _tiles(D, X, dw.reshape(C_out, C_in * kH * kW), P)
