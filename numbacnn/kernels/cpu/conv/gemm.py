@@ -40,8 +40,8 @@ from numba import njit, prange
 # A weight gradient takes this path (groups 1) when its output planes have at most MAX_PLANE
 # positions, or it is strided, or its reduction rows are long (C_in*kH*kW >= MIN_K), and its
 # packed X fits in MAX_PANEL bytes.  Measured against direct.py (and polyphase.py for strides)
-# at batch 64, float32, 2 threads: 64->64 3x3 on 8x8 3.4x faster, 32->32 on 10x10 1.6x, LeNet
-# C3 (plane 100) 1.05x; stride 1, larger planes: 64->64 on 11x11 1.9x, 128->128 on 12x12 1.5x,
+# at batch 64, float32, 2 threads: 64->64 3x3 on 8x8 3.8x faster, 32->32 on 10x10 1.6x, LeNet
+# C3 (plane 100) 1.4x; stride 1, larger planes: 64->64 on 11x11 1.9x, 128->128 on 12x12 1.5x,
 # 32->32 on 16x16 1.14x, 64->64 on 32x32 (batch 16) 1.05x, but 16->16 (C_in*kH*kW = 144) on
 # 12x12 0.85x and on 32x32 0.6x: direct.py keeps those; strided: 16->32 3x3 s2 on 32x32 1.8x,
 # 32->64 4.6x, 1x1 s2 2.6-5.5x, 64->128 3x3 s2 on 56x56 (batch 8) 3.2x.
