@@ -26,6 +26,8 @@ import time
 
 import numpy as np
 
+from .shapes import conv_output_size
+
 __all__ = ["cases", "machine_peak", "run"]
 
 IMPLS = ("numbacnn", "numbacnn 1 thread", "numpy im2col", "scipy", "torch")
@@ -34,10 +36,6 @@ EXTERNAL = ("numpy im2col", "scipy", "torch")  # each in its own process
 
 # ----------------------------------------------------------------------------------------
 # the cases: (name, kind, parameters, multiply-adds)
-
-
-def _conv_out(n, k, stride, pad):
-    return (n + 2 * pad - k) // stride + 1
 
 
 def cases(quick=False):
@@ -57,7 +55,7 @@ def cases(quick=False):
         convs = convs[:2]
     out = []
     for label, N, ci, co, H, k, s, p in convs:
-        Ho = _conv_out(H, k, s, p)
+        Ho = conv_output_size(H, k, s, 2 * p)
         macs = N * co * Ho * Ho * ci * k * k
         params = dict(N=N, C_in=ci, C_out=co, H=H, k=k, stride=s, padding=p)
         out += [(f"{label} {kind}", kind, params, macs) for kind in ("conv2d", "dx", "dw")]
@@ -100,7 +98,7 @@ def _step_macs(model, C, H, N):
 def _arrays(kind, p, dtype):
     rng = np.random.default_rng(0)
     if kind in ("conv2d", "dx", "dw"):
-        Ho = _conv_out(p["H"], p["k"], p["stride"], p["padding"])
+        Ho = conv_output_size(p["H"], p["k"], p["stride"], 2 * p["padding"])
         x = rng.standard_normal((p["N"], p["C_in"], p["H"], p["H"])).astype(dtype)
         w = rng.standard_normal((p["C_out"], p["C_in"], p["k"], p["k"])).astype(dtype)
         dy = rng.standard_normal((p["N"], p["C_out"], Ho, Ho)).astype(dtype)
@@ -151,7 +149,7 @@ def _numbacnn(kind, p, dtype):
 def _im2col(x, k, stride, pad):
     """x (N, C, H, W) -> cols (N, C*k*k, Ho*Wo): every receptive field as a column."""
     N, C, H, W = x.shape
-    Ho, Wo = _conv_out(H, k, stride, pad), _conv_out(W, k, stride, pad)
+    Ho, Wo = conv_output_size(H, k, stride, 2 * pad), conv_output_size(W, k, stride, 2 * pad)
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     cols = np.empty((N, C, k, k, Ho, Wo), x.dtype)
     for i in range(k):

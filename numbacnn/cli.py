@@ -477,7 +477,7 @@ def cmd_gradcheck(args):
 
 
 def _load_candidate(spec):
-    """FILE.py:FUNCTION or MODULE:FUNCTION -> (the function, its label). A file is imported
+    """FILE.py:FUNCTION or MODULE:FUNCTION -> the function. A file is imported
     with its own folder on sys.path (so its imports of its neighbours work), a module with the
     working directory on it."""
     import importlib
@@ -489,10 +489,8 @@ def _load_candidate(spec):
     if os.path.isdir(where):
         raise ConfigError(f"{where!r} is a directory: name a .py file (FILE.py:FUNCTION) or a module")
     if where.endswith(".py"):
-        if not os.path.isfile(where):
-            raise ConfigError(
-                f"{where!r}: {'a directory' if os.path.isdir(where) else 'not found'}, expected a .py file"
-            )
+        if not os.path.isfile(where):  # (a directory was refused above)
+            raise ConfigError(f"{where!r}: not found, expected a .py file")
         folder = os.path.dirname(os.path.abspath(where))
         name = os.path.splitext(os.path.basename(where))[0]
         load = importlib.util.spec_from_file_location(name, where)
@@ -527,12 +525,12 @@ def cmd_verify(args):
     smallest failing case, exit 1."""
     # Hypothesis keeps a cache; in ~/.cache/numbacnn, not in a .hypothesis folder where you stand
     os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.expanduser("~/.cache/numbacnn/hypothesis"))
-    from .testing import OPS, check_op
+    from .testing import DEFAULTS_ONLY_OPS, OPS, check_op
 
     if args.op.removesuffix("_backward") not in OPS:
         known = ", ".join(n for op in OPS for n in (op, op + "_backward"))
         raise ConfigError(f"--op {args.op!r}: no checks for it (choose from: {known})")
-    if args.defaults_only and args.op.removesuffix("_backward") not in ("conv2d", "max_pool2d", "avg_pool2d"):
+    if args.defaults_only and args.op.removesuffix("_backward") not in DEFAULTS_ONLY_OPS:
         raise ConfigError(f"--defaults-only is for conv2d and the pooling ops, not {args.op}")
     candidate = _load_candidate(args.function)
     print(
@@ -549,6 +547,18 @@ def cmd_verify(args):
     return 0
 
 
+def _output_file(out, what, kinds, suffixes, example):
+    """--out checked to name a file (not a directory) ending in one of `suffixes`, in a folder
+    that can be written or created: ConfigError naming the mistake."""
+    if os.path.isdir(out):
+        raise ConfigError(
+            f"--out {out!r} is a directory: name the {what}'s file, e.g. {os.path.join(out, example)}"
+        )
+    if os.path.splitext(out)[1].lower() not in suffixes:
+        raise ConfigError(f"--out {out!r}: the {what} is written as {kinds}")
+    check_directory("--out's folder", os.path.dirname(os.path.abspath(out)))
+
+
 def cmd_graph(args):
     """Graph.draw of a zoo model into --out."""
     channels = args.input_shape[0] if args.input_shape else 1
@@ -556,11 +566,7 @@ def cmd_graph(args):
     side = model_info(args.model).side
     shape = tuple(args.input_shape) if args.input_shape else (1, side, side)
     out = f"{args.model}.png" if args.out is None else args.out
-    if os.path.splitext(out)[1].lower() not in (".png", ".svg", ".pdf"):
-        raise ConfigError(f"--out {out!r}: the picture is written as .png, .svg or .pdf")
-    if os.path.isdir(out):
-        raise ConfigError(f"--out {out!r} is a directory: name the picture's file")
-    check_directory("--out", os.path.dirname(os.path.abspath(out)))
+    _output_file(out, "picture", ".png, .svg or .pdf", (".png", ".svg", ".pdf"), f"{args.model}.png")
     try:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     except OSError as e:
@@ -585,13 +591,8 @@ def cmd_explain(args):
     from .explain import write_explain_page
 
     out = args.out
-    if os.path.isdir(out):
-        raise ConfigError(
-            f"--out {out!r} is a directory: name the page's file, e.g. {os.path.join(out, 'explain.html')}"
-        )
-    if os.path.splitext(out)[1].lower() not in (".html", ".htm"):
-        raise ConfigError(f"--out {out!r}: the page is written as .html (nothing else is overwritten)")
-    if os.path.lexists(out) and not os.path.isfile(out):
+    _output_file(out, "page", ".html (nothing else is overwritten)", (".html", ".htm"), "explain.html")
+    if os.path.lexists(out) and not os.path.isfile(out):  # the page replaces its file atomically
         raise ConfigError(f"--out {out!r} exists and is not a file: name the page's file")
     out = os.path.realpath(out)  # through a symlink: the file it names is the page
     check_directory("--out's folder", os.path.dirname(out))
@@ -639,9 +640,8 @@ def cmd_bench(args):
     """numbacnn.bench.run: the table, OUT/bench.json and OUT/bench.png."""
     from .bench import run as bench_run
 
-    check_directory("--out", args.out)
-    try:
-        os.makedirs(args.out, exist_ok=True)  # now, not after the run
+    try:  # --out was checked when parsed (_dir); made now, not after the run
+        os.makedirs(args.out, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"--out {args.out!r} cannot be created: {e.strerror}") from None
     bench_run(quick=args.quick, out=args.out, dtype=np.dtype(args.dtype))

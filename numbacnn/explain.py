@@ -39,6 +39,7 @@ import numpy as np
 
 from ._io import atomic_write
 from .graph import Graph
+from .report import softmax
 
 __all__ = ["MAX_CHANNELS", "MAX_SIDE", "MAX_IMAGES", "Explained", "explain_data", "render_page",
            "write_explain_page"]  # fmt: skip
@@ -127,12 +128,6 @@ def _input_pixels(x, mean, std):
         pixels = _levels(x, float(x.min()), float(x.max())).astype(np.float64)
     pixels = np.round(pixels).astype(np.uint8)
     return pixels.transpose(1, 2, 0) if x.shape[0] == 3 else pixels[0]
-
-
-def _softmax(logits):
-    z = np.asarray(logits, np.float64)
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
 
 
 def _first_convs(nodes, count):
@@ -238,7 +233,7 @@ def explain_data(model, images, labels=None, *, class_names=None, mean=None, std
             del outputs
     finally:
         model.train(was_training)
-    probabilities = _softmax(np.concatenate(logits))
+    probabilities = softmax(np.concatenate(logits))
     predictions = probabilities.argmax(axis=1)
     shown_images = []
     for i in range(n):

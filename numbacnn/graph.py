@@ -201,12 +201,17 @@ class Graph(Module):
         self._ran_forward = True
         values = {self.input_name: x}
         for name in self.order:
-            layer = self._modules[name]
-            try:
-                values[name] = layer(*[values[i] for i in self._inputs[name]])
-            except (ValueError, TypeError) as e:
-                raise _with_node(e, name, layer) from e
+            values[name] = self._run_node(name, values)
         return values[self.output]
+
+    def _run_node(self, name, values, path=None):
+        """Node `name`'s output from the `values` of its inputs; a ValueError or TypeError is
+        re-raised naming the node (by `path`, default its name) in front."""
+        layer = self._modules[name]
+        try:
+            return layer(*[values[i] for i in self._inputs[name]])
+        except (ValueError, TypeError) as e:
+            raise _with_node(e, path or name, layer) from e
 
     def backward(self, dy):
         """Reverse order; gradients of a value consumed by several nodes are summed."""
@@ -323,11 +328,7 @@ class Graph(Module):
                 if isinstance(layer, Graph) and (depth is None or level < depth):
                     values[name] = walk(layer, prefix + name + ".", values[inputs[0]], level + 1)
                     continue
-                try:
-                    values[name] = layer(*[values[i] for i in inputs])
-                except (ValueError, TypeError) as e:
-                    raise _with_node(e, prefix + name, layer) from e
-                outputs[prefix + name] = values[name]
+                values[name] = outputs[prefix + name] = g._run_node(name, values, prefix + name)
             return values[g.output]
 
         walk(self, "", x, 1)

@@ -16,7 +16,7 @@
 Needs Hypothesis (a dependency of numbacnn).
 """
 
-from .check import OPS, CheckReport, check_op
+from .check import DEFAULTS_ONLY_OPS, OPS, CheckReport, check_op
 from .oracles import directional_derivative, numerical_gradient, scipy_conv2d
 from .strategies import (
     Case,
@@ -34,6 +34,7 @@ __all__ = [
     "check_op",
     "CheckReport",
     "OPS",
+    "DEFAULTS_ONLY_OPS",
     "Case",
     "conv2d_configs",
     "pool2d_configs",

@@ -22,6 +22,7 @@ On a failure Hypothesis shrinks the case, and check_op raises an AssertionError 
 that smallest case (small arrays in full), the first wrong index and both values.
 """
 
+import functools
 import inspect
 import traceback
 from typing import NamedTuple
@@ -37,7 +38,7 @@ from . import strategies as S
 from .oracles import directional_derivative, scipy_conv2d
 from .tolerances import tolerances
 
-__all__ = ["check_op", "CheckReport", "OPS"]
+__all__ = ["check_op", "CheckReport", "OPS", "DEFAULTS_ONLY_OPS"]
 
 FD_STEP = 1e-6  # central-difference step h (float64)
 FD_TOLERANCE = 1e-6  # |numeric - analytic| <= FD_TOLERANCE * max(|numeric|, |analytic|, G) + FD_FLOOR,
@@ -131,6 +132,7 @@ OPS = {
         lambda c, y, dy: (c["logits"], c["labels"]),
     ),
 }
+DEFAULTS_ONLY_OPS = ("conv2d", "max_pool2d", "avg_pool2d")  # the ops check_op(defaults_only=True) takes
 # the value a None argument stands for, for finite differences along it
 _NEUTRAL = {"weight": 1.0, "bias": 0.0}
 
@@ -165,10 +167,15 @@ def _lookup(op):
     return name, forward, OPS[forward]
 
 
+@functools.cache
+def _params(fn_name):
+    """The parameter names of reference.<fn_name>, in order."""
+    return list(inspect.signature(getattr(reference, fn_name)).parameters)
+
+
 def _call_args(fn_name, case):
     """The case's values in the order of reference.<fn_name>'s parameters."""
-    params = inspect.signature(getattr(reference, fn_name)).parameters
-    return [case[p] for p in params]
+    return [case[p] for p in _params(fn_name)]
 
 
 def _finite(case):
@@ -198,6 +205,12 @@ def _where(exc):
     return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
+def _close(g, e, rtol, atol):
+    """|g - e| <= atol + rtol |e| elementwise, equal infinities and NaN against NaN passing."""
+    with np.errstate(invalid="ignore"):
+        return (np.abs(g - e) <= atol + rtol * np.abs(e)) | (g == e) | (np.isnan(g) & np.isnan(e))
+
+
 def _mismatch(what, got, expected, dtype, kind, scale=None):
     """A sentence on how `got` differs from `expected`, or None when it does not. `scale`
     (a scalar's) replaces max(1, |expected|) in atol: the loss is judged on its logits' scale."""
@@ -210,9 +223,7 @@ def _mismatch(what, got, expected, dtype, kind, scale=None):
             return f"{what}: got {type(got).__name__}, expected a float"
         rtol, atol = tolerances(dtype, kind, expected)
         atol = atol if scale is None else rtol * max(1.0, scale)
-        if abs(float(got) - expected) <= atol + rtol * abs(expected) or (
-            np.isnan(got) and np.isnan(expected)
-        ):
+        if _close(float(got), expected, rtol, atol):
             return None
         return f"{what}: got {float(got)!r}, expected {expected!r} (rtol {rtol:.0e}, atol {atol:.1e})"
     if isinstance(got, np.generic) and expected.ndim == 0:
@@ -227,9 +238,8 @@ def _mismatch(what, got, expected, dtype, kind, scale=None):
             f"float inputs)"
         )
     g, e = got.astype(np.float64), expected.astype(np.float64)
-    rtol, atol = tolerances(dtype, kind, e) if kind != "exact" else (0.0, 0.0)
-    with np.errstate(invalid="ignore"):
-        ok = (np.abs(g - e) <= atol + rtol * np.abs(e)) | (g == e) | (np.isnan(g) & np.isnan(e))
+    rtol, atol = tolerances(dtype, kind, e)  # "exact": (0, 0)
+    ok = _close(g, e, rtol, atol)
     if ok.all():
         return None
     bad = np.argwhere(~ok)
@@ -308,14 +318,13 @@ def _check_one(name, forward, spec, candidate, case, counts):
             if forward == "cross_entropy"
             else _dy(case, np.shape(y_ref[0] if forward == "dropout" else y_ref), dtype)
         )
-        args = [_copy(a) for a in spec.backward_args(_copied(case), y_ref, dy)]
+        args = [_copy(a) for a in spec.backward_args(case, y_ref, dy)]
         expected = _gradient_outputs(spec, getattr(reference, name)(*[_copy(a) for a in args]))
         kind = {}
     given_args = [_copy(a) for a in args]
     call = None  # a backward's own call, shown beside the forward's
     if name != forward:
-        params = inspect.signature(getattr(reference, name)).parameters
-        call = S.Case(name, case.fill, **dict(zip(list(params)[: len(given_args)], given_args, strict=True)))
+        call = S.Case(name, case.fill, **dict(zip(_params(name)[: len(given_args)], given_args, strict=True)))
     try:
         result = candidate(*args)
     except SystemExit as exc:  # exit() in the candidate: a failure, not the end of the check
@@ -344,8 +353,7 @@ def _check_one(name, forward, spec, candidate, case, counts):
     for i, (a, before) in enumerate(zip(args, given_args, strict=True)):
         changed = isinstance(a, np.ndarray) and not np.array_equal(a, before, equal_nan=True)
         if changed and not (forward == "batch_norm" and name == forward and i in (3, 4)):
-            param = list(inspect.signature(getattr(reference, name)).parameters)[i]
-            return f"modified its input {param} (an op must not write to its arguments)", call
+            return f"modified its input {_params(name)[i]} (an op must not write to its arguments)", call
     if name != forward and dtype == np.float64 and _finite(case) and spec.smooth(case):
         counts["fd"] += 1
         rng = np.random.default_rng(2)
@@ -390,7 +398,7 @@ def check_op(op, candidate, *, examples=200, seed=None, defaults_only=False):
     if not callable(candidate):
         raise TypeError(f"check_op: candidate must be a function, got {type(candidate).__name__}")
     examples = check_int("check_op", "examples", examples, minimum=1)
-    if defaults_only and forward not in ("conv2d", "max_pool2d", "avg_pool2d"):
+    if defaults_only and forward not in DEFAULTS_ONLY_OPS:
         raise ValueError(f"check_op: defaults_only is for conv2d and the pooling ops, not {name}")
     label = getattr(candidate, "__qualname__", None) or f"a {type(candidate).__name__}"
     counts = {"examples": 0, "fd": 0}
