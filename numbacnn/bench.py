@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 
+from ._io import atomic_write
 from .shapes import conv_output_size
 
 __all__ = ["cases", "machine_peak", "run"]
@@ -412,8 +413,8 @@ def run(quick=False, out="bench", dtype=np.float32, say=print):
     report = {"machine": how, "peak_gflops": peak, "threads": threads, "dtype": np.dtype(dtype).name,
               "quick": quick, "notes": notes, "rows": rows}  # fmt: skip
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "bench.json"), "w") as f:
-        json.dump(report, f, indent=1)
+    text = json.dumps(report, indent=1).encode("utf-8")
+    atomic_write(os.path.join(out, "bench.json"), lambda f: f.write(text))
     _chart(rows, os.path.join(out, "bench.png"), how)
     say(f"wrote {os.path.join(out, 'bench.json')} and {os.path.join(out, 'bench.png')}")
     return report
@@ -459,7 +460,7 @@ def _chart(rows, path, how):
     ax.set_title("numbacnn bench: " + how.replace(" = ", "\n= ", 1), fontsize=7)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
 def _worker(argv):

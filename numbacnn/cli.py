@@ -533,10 +533,8 @@ def cmd_verify(args):
     if args.defaults_only and args.op.removesuffix("_backward") not in DEFAULTS_ONLY_OPS:
         raise ConfigError(f"--defaults-only is for conv2d and the pooling ops, not {args.op}")
     candidate = _load_candidate(args.function)
-    print(
-        f"checking {args.function} as numbacnn.functional.{args.op} on {args.examples} examples ...",
-        flush=True,
-    )
+    examples = _plural(args.examples, "example")
+    print(f"checking {args.function} as numbacnn.functional.{args.op} on {examples} ...", flush=True)
     try:
         report = check_op(args.op, candidate, examples=args.examples, seed=args.seed,
                           defaults_only=args.defaults_only)  # fmt: skip
@@ -556,7 +554,16 @@ def _output_file(out, what, kinds, suffixes, example):
         )
     if os.path.splitext(out)[1].lower() not in suffixes:
         raise ConfigError(f"--out {out!r}: the {what} is written as {kinds}")
+    _replaceable(out)
     check_directory("--out's folder", os.path.dirname(os.path.abspath(out)))
+
+
+def _replaceable(path):
+    """ConfigError when an output `path` exists and is neither a file nor a link (a FIFO, a
+    device): the atomic write (_io) would replace it. A link is replaced; the file it names is
+    kept."""
+    if os.path.lexists(path) and not (os.path.isfile(path) or os.path.islink(path)):
+        raise ConfigError(f"--out: {path!r} exists and is not a file (numbacnn writes only files)")
 
 
 def cmd_graph(args):
@@ -578,7 +585,7 @@ def cmd_graph(args):
     try:
         model.draw(shape, out, depth=args.depth)
     except OSError as e:
-        raise ConfigError(f"--out {out!r} cannot be written: {e.strerror}") from None
+        raise ConfigError(f"--out {out!r} cannot be written: {e.strerror or e}") from None
     print(f"wrote {out} ({args.model}, input {'x'.join(map(str, shape))})")
     return 0
 
@@ -592,10 +599,6 @@ def cmd_explain(args):
 
     out = args.out
     _output_file(out, "page", ".html (nothing else is overwritten)", (".html", ".htm"), "explain.html")
-    if os.path.lexists(out) and not os.path.isfile(out):  # the page replaces its file atomically
-        raise ConfigError(f"--out {out!r} exists and is not a file: name the page's file")
-    out = os.path.realpath(out)  # through a symlink: the file it names is the page
-    check_directory("--out's folder", os.path.dirname(out))
     if not args.checkpoint.lower().endswith(".npz"):
         raise ConfigError(
             f"{args.checkpoint} is not a checkpoint.npz: explain shows the test images of the dataset "
@@ -623,11 +626,14 @@ def cmd_explain(args):
         limit = stored.get("limit_test")
         on = f" (on its first {limit} test images, in training)" if limit else " (in training)"
         about.append(("test accuracy", f"{100 * metrics[-1]['test_accuracy']:.2f}%{on}"))
-    shown = write_explain_page(
-        model, images, labels, out, class_names=classes, mean=preprocess["mean"], std=preprocess["std"],
-        depth=args.depth, title=f"numbacnn explain: {name}", about=about,
-        indices=range(args.index, args.index + len(labels)),
-    )  # fmt: skip
+    try:
+        shown = write_explain_page(
+            model, images, labels, out, class_names=classes, mean=preprocess["mean"], std=preprocess["std"],
+            depth=args.depth, title=f"numbacnn explain: {name}", about=about,
+            indices=range(args.index, args.index + len(labels)),
+        )  # fmt: skip
+    except OSError as e:
+        raise ConfigError(f"--out {out!r} cannot be written: {e.strerror or e}") from None
     right = int(np.sum(shown.predictions == labels))
     print(
         f"wrote {out} ({name}: test images {args.index}..{args.index + len(labels) - 1} of {spec}, "
@@ -640,6 +646,8 @@ def cmd_bench(args):
     """numbacnn.bench.run: the table, OUT/bench.json and OUT/bench.png."""
     from .bench import run as bench_run
 
+    for name in ("bench.json", "bench.png"):
+        _replaceable(os.path.join(args.out, name))
     try:  # --out was checked when parsed (_dir); made now, not after the run
         os.makedirs(args.out, exist_ok=True)
     except OSError as e:

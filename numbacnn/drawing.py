@@ -11,6 +11,7 @@ that a nested graph is one box.
 
 import numpy as np
 
+from ._io import atomic_write
 from .graph import _with_batch
 
 __all__ = ["flat_nodes", "draw_graph"]
@@ -97,7 +98,8 @@ def draw_graph(graph, input_shape, out=None, depth=None, title=None):
     skips = "; edges that pass boxes by (skips, branches) in blue" if spans else ""
     ax.set_title(title or f"{len(nodes)} nodes, {params:,} parameters{skips}", fontsize=9)
     fig.tight_layout()
-    if out is not None:
+    if out is not None:  # atomically, as every file numbacnn writes (_io): a link is replaced, not followed
+        suffix = os.path.splitext(os.fspath(out))[1].lower()[1:]
         with matplotlib.rc_context({"svg.fonttype": "none"}):  # SVG labels stay searchable text
-            fig.savefig(out, dpi=110)
+            atomic_write(out, lambda f: fig.savefig(f, format=suffix, dpi=110))
     return fig

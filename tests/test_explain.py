@@ -270,3 +270,32 @@ def test_explain_mistakes_are_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.splitlines()
         assert len(err) == 1 and err[0].startswith("numbacnn: error: ") and message in err[0], (argv, err)
     assert not (tmp_path / "p.html").exists()
+
+
+@needs_mnist
+def test_outputs_replace_a_link_never_the_file_it_names(mnist_run, tmp_path, capsys):
+    """explain, graph and bench write atomically (numbacnn._io): an --out that is a symlink to
+    a checkpoint is replaced by the page, the checkpoint is kept; a FIFO is refused before
+    any work (one line, exit 2)."""
+    ck = mnist_run / "checkpoint.npz"
+    before = ck.read_bytes()
+    for name in ("page.html", "graph.png"):
+        os.symlink(ck, tmp_path / name)
+    assert main(["explain", "--checkpoint", str(ck), "--out", str(tmp_path / "page.html")]) == 0
+    assert main(["graph", "lenet5", "--out", str(tmp_path / "graph.png")]) == 0
+    assert ck.read_bytes() == before
+    assert not os.path.islink(tmp_path / "page.html") and not os.path.islink(tmp_path / "graph.png")
+    assert (tmp_path / "page.html").read_text().startswith("<!DOCTYPE html>")
+    capsys.readouterr()
+    os.mkfifo(tmp_path / "fifo.png")
+    os.mkfifo(tmp_path / "fifo.html")
+    (tmp_path / "b").mkdir()
+    os.mkfifo(tmp_path / "b" / "bench.json")
+    for argv in (
+        ["graph", "lenet5", "--out", str(tmp_path / "fifo.png")],
+        ["explain", "--checkpoint", str(ck), "--out", str(tmp_path / "fifo.html")],
+        ["bench", "--quick", "--out", str(tmp_path / "b")],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and "exists and is not a file (numbacnn writes only files)" in err[0], err
