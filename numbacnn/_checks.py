@@ -11,6 +11,7 @@ import numpy as np
 from .kernels import backend, is_device_array
 
 __all__ = [
+    "labels_checked",
     "is_int",
     "check_int",
     "check_bool",
@@ -145,6 +146,20 @@ def inplace_vector(op, name, a, C, x):
     return a
 
 
+_CHECKED_LABELS = {}  # id(device labels) -> (weak reference, (lo, hi))
+
+
+def labels_checked(labels, lo, hi):
+    """Record that device array ``labels`` holds values in [lo, hi], checked on the host
+    before upload (numbacnn.data.device_batches does it once per data set), so that
+    class_labels needs no device-to-host copy for it. The record goes with the array."""
+    import weakref
+
+    key = id(labels)
+    _CHECKED_LABELS[key] = (weakref.ref(labels, lambda _: _CHECKED_LABELS.pop(key, None)), (int(lo), int(hi)))
+    return labels
+
+
 def class_labels(op, labels, logits):
     """Integer class labels (N,) for logits (N, K), each in [0, K), on the logits' device.
     Array-likes are converted with np.asarray; an empty batch (N = 0) is allowed."""
@@ -162,8 +177,12 @@ def class_labels(op, labels, logits):
             f"{op}: labels must have shape ({N},) to match logits.shape={logits.shape}, "
             f"got labels.shape={labels.shape}"
         )
-    host_labels = backend(labels).to_host(labels)
-    lo, hi = (int(host_labels.min()), int(host_labels.max())) if N else (0, 0)
+    checked = _CHECKED_LABELS.get(id(labels))
+    if checked is not None and checked[0]() is labels:  # range known from the host: no copy
+        lo, hi = checked[1]
+    else:
+        host_labels = backend(labels).to_host(labels)
+        lo, hi = (int(host_labels.min()), int(host_labels.max())) if N else (0, 0)
     if lo < 0 or hi >= K:
         raise ValueError(
             f"{op}: labels must be in [0, {K - 1}] for logits.shape={logits.shape}, "

@@ -38,7 +38,7 @@ import traceback
 
 import numpy as np
 
-from . import distributed
+from . import device, distributed
 from . import random as nrandom
 from ._io import DirectoryInUse
 from .checkpoint import CheckpointError, load
@@ -54,6 +54,7 @@ from .config import (
 )
 from .data.images import DataError
 from .data.mnist import MNISTIntegrityError, MNISTNotFoundError
+from .device import DeviceUnavailable
 from .models import MODELS, build_model, model_info
 from .recipe import input_pad, load_dataset, load_inputs, make_transform, open_dataset, resume_config, run
 from .train import TrainingDiverged
@@ -220,6 +221,7 @@ def cmd_train(args):
         raise ConfigError("--resume continues the run in --out and --overwrite starts it over: choose one")
     typed = {name: getattr(args, name) for name in _DEFAULTS if hasattr(args, name)}
     if args.resume:  # the typed options go over the stored ones: checked together there
+        typed.setdefault("device", "cpu")  # where a run trains is this machine's, not the checkpoint's
         out = typed.get("out") or os.path.join("runs", typed.get("model", _DEFAULTS["model"]))
         config = resume_config(out, **typed)
     else:
@@ -274,7 +276,9 @@ def cmd_evaluate(args):
 
     out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     check_directory("--out", out_dir)
+    device.require("evaluate", args.device)
     model, info = _load_checkpoint_model(args.checkpoint, args.model)
+    model.to(args.device)
     is_checkpoint = args.checkpoint.lower().endswith(".npz")
     meta = load(args.checkpoint).meta if is_checkpoint else {}
     stored = meta.get("config") or {}
@@ -788,6 +792,12 @@ def build_parser():
         metavar="N",
         help="use only the first N test images, or all (default: all)",
     )
+    t.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        help="where the model, the optimizer and each batch live: cuda trains on the GPU "
+        "(numbacnn[cuda]); not taken from the checkpoint on --resume (default: cpu)",
+    )
     t.add_argument("--cache-dir", type=_dir, help="MNIST cache directory (default: ~/.cache/numbacnn)")
     t.add_argument(
         "--download", action=argparse.BooleanOptionalAction, help="download MNIST if not found (default: off)"
@@ -842,6 +852,7 @@ def build_parser():
         "checkpoint's dataset, all for another)",
     )
     e.add_argument("--batch-size", type=_positive_int, default=1000, help="(default: 1000)")
+    e.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="run the model on (default: cpu)")
     e.add_argument("--limit-test", type=_positive_int, default=None, metavar="N", help="(default: all)")
     e.add_argument(
         "--out",
@@ -1075,6 +1086,8 @@ def _main(argv=None, who="", say=None, state=None, world=None):
     except CheckpointError as e:
         return error(f"bad checkpoint: {e}", 1)
     except DirectoryInUse as e:
+        return error(e, 2)
+    except DeviceUnavailable as e:
         return error(e, 2)
     except (MNISTNotFoundError, MNISTIntegrityError, TrainingDiverged, DataError) as e:
         return error(e, 1)

@@ -220,7 +220,9 @@ class TrainConfig:
     batch of ONE image is still left out when the model has batch norm (which cannot
     normalise a single value per channel in training mode), with a notice at the start.
     sync_bn: under mpiexec, batch norm uses the statistics of the whole global batch
-    (numbacnn.distributed.SyncBatchNorm) instead of each rank's share.
+    (numbacnn.distributed.SyncBatchNorm) instead of each rank's share. device: "cpu" or
+    "cuda" (the model, its optimizer and each batch on the GPU; numbacnn.device says what is
+    missing when CUDA cannot run).
 
     Frozen: change a field with ``dataclasses.replace`` (which checks again). Raises
     ConfigError (a ValueError) for a bad value, TypeError for a bad type; both name the
@@ -254,6 +256,7 @@ class TrainConfig:
     download: bool = False
     drop_last: bool = False
     sync_bn: bool = False
+    device: str = "cpu"
 
     def __post_init__(self):
         checked = {
@@ -284,6 +287,7 @@ class TrainConfig:
             "download": _flag("download", self.download),
             "drop_last": _flag("drop_last", self.drop_last),
             "sync_bn": _flag("sync_bn", self.sync_bn),
+            "device": _choice("device", self.device, ("cpu", "cuda"), "device"),
         }
         if checked["image_size"] is not None and not (
             checked["dataset"].startswith("folder:") and checked["resize"]

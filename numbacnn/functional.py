@@ -56,6 +56,7 @@ __all__ = [
     "dropout_backward",
     "cross_entropy",
     "cross_entropy_backward",
+    "loss_and_hits",
     "add",
     "add_backward",
 ]
@@ -586,3 +587,23 @@ def cross_entropy_backward(logits, labels):
     dlogits = _empty(logits)
     _backend(logits).loss.cross_entropy_backward(logits, labels, dlogits)
     return dlogits
+
+
+def loss_and_hits(logits, labels, totals):
+    """Add a batch's summed cross-entropy and its number of correct predictions to
+    ``totals``, in place: totals[0] += sum_n (logsumexp(logits[n]) - logits[n, labels[n]]),
+    totals[1] += #{n: argmax_k logits[n, k] == labels[n]} (NumPy's argmax: the first
+    maximum). logits (N, K) float, labels (N,) integers in [0, K), totals a float64 (2,)
+    array on the logits' device. A training loop's running sums: on a GPU nothing crosses to
+    the host until the loop reads totals (numbacnn.train, once per logging interval).
+    Raises TypeError / ValueError naming the argument."""
+    op = "loss_and_hits"
+    logits, labels = _ce_args(op, logits, labels)
+    if getattr(totals, "dtype", None) != np.float64 or getattr(totals, "shape", None) != (2,):
+        got = f"{getattr(totals, 'dtype', type(totals).__name__)} {getattr(totals, 'shape', '')}"
+        raise TypeError(f"{op}: totals must be a float64 array of shape (2,), got {got}")
+    if _is_device_array(totals) != _is_device_array(logits):
+        raise TypeError(f"{op}: totals and logits must be on one device")
+    if not _backend(totals).is_contiguous(totals):
+        raise ValueError(f"{op}: totals is updated in place and must be contiguous and writeable")
+    _backend(logits).loss.loss_and_hits(logits, labels, totals)

@@ -125,9 +125,9 @@ class Conv2d(Module):
     def backward(self, dy):
         mask = (True, True, self.bias is not None)  # no bias, no dbias to compute
         dx, dw, db = F.conv2d_backward(dy, self._x, self.weight.data, **self._args(), output_mask=mask)
-        self.weight.grad += dw
+        self.weight.accumulate_grad(dw)
         if self.bias is not None:
-            self.bias.grad += db
+            self.bias.accumulate_grad(db)
         return dx
 
     def output_shape(self, input_shape):
@@ -181,9 +181,9 @@ class Linear(Module):
 
     def backward(self, dy):
         dx, dw, db = F.linear_backward(dy, self._x, self.weight.data)
-        self.weight.grad += dw
+        self.weight.accumulate_grad(dw)
         if self.bias is not None:
-            self.bias.grad += db
+            self.bias.accumulate_grad(db)
         return dx
 
     def output_shape(self, input_shape):
@@ -321,8 +321,8 @@ class _BatchNorm(Module):
             dx, dgamma, dbeta = F.batch_norm_backward(
                 dy, self._x, self.weight.data, self.eps, self.running_mean, self.running_var
             )
-        self.weight.grad += dgamma
-        self.bias.grad += dbeta
+        self.weight.accumulate_grad(dgamma)
+        self.bias.accumulate_grad(dbeta)
         return dx.reshape(shape)
 
     def output_shape(self, input_shape):

@@ -15,20 +15,34 @@ import os
 
 import numpy as np
 
-__all__ = ["Parameter", "Module"]
+from . import device as _device
+from .kernels import backend as _backend
+from .kernels import get as _kernels_for
+from .kernels import is_device_array as _is_device_array
+
+__all__ = ["Parameter", "Module", "FlatStorage", "flat_runs", "zero_grads"]
 
 
 class Parameter:
-    """A trainable array `data` and its gradient `grad` (same shape and dtype).
+    """A trainable array `data` and its gradient `grad` (same shape, dtype and device).
 
-    `grad` starts at zero and is accumulated (+=) by every backward pass.
+    `data` is a NumPy array or a numba.cuda device array (Module.to moves it). `grad` starts
+    at zero and is accumulated by every backward pass (`accumulate_grad`, on the device of
+    `grad`). `flat` is (FlatStorage, offset) when data and grad are views of a model's flat
+    arrays (Module.to("cuda")), else None.
     """
 
-    __slots__ = ("data", "grad")
+    __slots__ = ("data", "grad", "flat")
 
     def __init__(self, data):
-        self.data = np.ascontiguousarray(data)
-        self.grad = np.zeros(self.data.shape, self.data.dtype)
+        if _is_device_array(data):
+            be = _backend(data)
+            self.data = be.ascontiguous(data)
+            self.grad = be.full(self.data.shape, 0.0, self.data.dtype)
+        else:
+            self.data = np.ascontiguousarray(data)
+            self.grad = np.zeros(self.data.shape, self.data.dtype)
+        self.flat = None
 
     @property
     def shape(self):
@@ -38,11 +52,101 @@ class Parameter:
     def size(self):
         return self.data.size
 
+    @property
+    def device(self):
+        """ "cpu" or "cuda": where `data` lives."""
+        return _device.device_of(self.data)
+
     def zero_grad(self):
-        self.grad[...] = 0
+        """grad[...] = 0 on grad's device."""
+        _backend(self.grad).fill_(self.grad, 0.0)
+
+    def accumulate_grad(self, g):
+        """grad += g, in place on grad's device (the backward passes' sum, as torch's autograd).
+        g: an array of grad's shape, dtype and device (ValueError / TypeError otherwise)."""
+        if tuple(g.shape) != tuple(self.grad.shape):
+            raise ValueError(
+                f"{self!r}.accumulate_grad: g.shape={tuple(g.shape)}, expected {self.grad.shape}"
+            )
+        if g.dtype != self.grad.dtype or _is_device_array(g) != _is_device_array(self.grad):
+            raise TypeError(
+                f"{self!r}.accumulate_grad: g is {g.dtype} on {_device.device_of(g)}, the gradient "
+                f"{self.grad.dtype} on {_device.device_of(self.grad)}"
+            )
+        _backend(self.grad).add_(self.grad, g)
 
     def __repr__(self):
-        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+        where = ", device='cuda'" if _is_device_array(self.data) else ""
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype}{where})"
+
+
+class FlatStorage:
+    """The parameters of a model in one flat data array and one flat gradient array.
+
+    Module.to("cuda") puts them there: each Parameter's data and grad become views (in
+    parameters() order, one dtype), so zero_grad is one fill and SGD one fused kernel over the
+    whole model (numbacnn.optim), instead of one launch per parameter.
+
+    data, grad: (total,) arrays on one device; views[k] = (data view, grad view) of params[k].
+    """
+
+    def __init__(self, params, device):
+        be = _kernels_for(device)
+        dtypes = {p.data.dtype for p in params}
+        if len(dtypes) > 1:
+            raise TypeError(
+                f"FlatStorage: the parameters must share one dtype, got {sorted(map(str, dtypes))}"
+            )
+        dtype = dtypes.pop() if dtypes else np.dtype(np.float32)
+        total = sum(p.size for p in params)
+        self.device, self.dtype, self.size = device, dtype, total
+        self.data = be.empty((total,), dtype)
+        self.grad = be.full((total,), 0.0, dtype)
+        self.views = []
+        offset = 0
+        for p in params:
+            n = p.size
+            d = self.data[offset : offset + n].reshape(p.shape)
+            g = self.grad[offset : offset + n].reshape(p.shape)
+            be.copy_(d, p.data)
+            be.copy_(g, p.grad)
+            p.data, p.grad, p.flat = d, g, (self, offset)
+            self.views.append((d, g))
+            offset += n
+
+    def holds(self, p):
+        """True while p's data and grad are still this storage's views (nobody replaced them)."""
+        if p.flat is None or p.flat[0] is not self:
+            return False
+        return any(p.data is d and p.grad is g for d, g in self.views)
+
+
+def flat_runs(params):
+    """params split into runs of consecutive slices of one FlatStorage: a list of
+    (storage, start, stop, indices); a parameter outside any storage is a run of its own
+    with storage None (start, stop its size)."""
+    runs = []
+    for i, p in enumerate(params):
+        flat = getattr(p, "flat", None)  # the optimizers take any object with .data and .grad
+        storage = flat[0] if flat is not None and flat[0].holds(p) else None
+        if storage is not None and runs and runs[-1][0] is storage and runs[-1][2] == flat[1]:
+            st, start, stop, idx = runs[-1]
+            runs[-1] = (st, start, stop + p.data.size, idx + [i])
+        elif storage is not None:
+            runs.append((storage, flat[1], flat[1] + p.data.size, [i]))
+        else:
+            runs.append((None, 0, p.data.size, [i]))
+    return runs
+
+
+def zero_grads(params):
+    """Every gradient set to 0: one fill per run of flat storage, one per other parameter."""
+    for storage, start, stop, idx in flat_runs(params):
+        if storage is None:
+            g = params[idx[0]].grad
+            _backend(g).fill_(g, 0.0)
+        else:
+            _kernels_for(storage.device).fill_(storage.grad[start:stop], 0.0)
 
 
 class Module:
@@ -146,13 +250,17 @@ class Module:
         return self.train(False)
 
     def zero_grad(self):
-        """Set every parameter gradient to 0 (backward ACCUMULATES into .grad)."""
-        for p in self.parameters():
-            p.zero_grad()
+        """Set every parameter gradient to 0 (backward ACCUMULATES into .grad); on a model
+        moved to "cuda", one kernel for all of them."""
+        zero_grads(self.parameters())
 
     def astype(self, dtype):
-        """Cast parameters (and zero their grads) and float buffers to `dtype`, in place."""
+        """Cast parameters (and zero their grads) and float buffers to `dtype`, in place (on
+        the model's device: a "cuda" model is cast on the host and moved back)."""
         dtype = np.dtype(dtype)
+        device = self.device
+        if device != "cpu":
+            self.to("cpu")
         for _, mod in self.named_modules():
             for p in mod._parameters.values():
                 p.data = p.data.astype(dtype)
@@ -160,11 +268,47 @@ class Module:
             for name, b in list(mod._buffers.items()):
                 if np.issubdtype(b.dtype, np.floating):
                     mod._buffers[name] = b.astype(dtype)
+        return self.to(device) if device != "cpu" else self
+
+    # ---- devices ------------------------------------------------------------------------------
+    @property
+    def device(self):
+        """ "cuda" when the parameters (and float buffers) live on the GPU, else "cpu"."""
+        for p in self.parameters():
+            return p.device
+        for _, b in self.named_buffers():
+            if _is_device_array(b):
+                return "cuda"
+        return "cpu"
+
+    def to(self, device):
+        """Move parameters, gradients and float buffers to ``device`` ("cpu" or "cuda"), in
+        place, as torch.nn.Module.to; returns self. On "cuda" the parameters become views of
+        one flat data array and one flat gradient array (FlatStorage): zero_grad and SGD are
+        then one kernel each. Integer buffers (num_batches_tracked) stay on the host. Make
+        the optimizer after moving the model (as torch advises): it holds the Parameters,
+        which stay the same objects. Raises ValueError for another name,
+        numbacnn.device.DeviceUnavailable (one sentence: what is missing) when CUDA cannot
+        run here, TypeError for parameters of mixed dtypes."""
+        device = _device.require(f"{type(self).__name__}.to", device)
+        params = list({id(p): p for p in self.parameters()}.values())  # a shared one once
+        for _, mod in self.named_modules():
+            for name, b in list(mod._buffers.items()):
+                if np.issubdtype(b.dtype, np.floating):
+                    mod._buffers[name] = _move(b, device)
+        if device == "cpu":
+            for p in params:
+                p.data, p.grad, p.flat = _move(p.data, "cpu"), _move(p.grad, "cpu"), None
+        else:
+            for p in params:  # FlatStorage copies each into its place on the device
+                p.flat = None
+            FlatStorage(params, device)
         return self
 
     # ---- state dict -------------------------------------------------------------------------
     def state_dict(self):
-        """{torch-style name: copy of the array}: parameters and buffers, in torch's order.
+        """{torch-style name: NumPy copy of the array}: parameters and buffers, in torch's
+        order (copied to the host from a "cuda" model).
 
         Buffers include BatchNorm's running_mean, running_var and num_batches_tracked (an
         int64 0-d array), exactly the keys of the equivalent torch model's state_dict().
@@ -172,9 +316,9 @@ class Module:
         out = {}
         for mod_prefix, mod in self.named_modules():
             for name, p in mod._parameters.items():
-                out[f"{mod_prefix}.{name}" if mod_prefix else name] = p.data.copy()
+                out[f"{mod_prefix}.{name}" if mod_prefix else name] = _host_copy(p.data)
             for name, b in mod._buffers.items():
-                out[f"{mod_prefix}.{name}" if mod_prefix else name] = np.array(b, copy=True)
+                out[f"{mod_prefix}.{name}" if mod_prefix else name] = _host_copy(b)
         return out
 
     def load_state_dict(self, state, strict=True):
@@ -220,11 +364,8 @@ class Module:
         for k, (mod, name) in targets.items():
             if k not in arrays:
                 continue
-            if name in mod._parameters:
-                p = mod._parameters[name]
-                np.copyto(p.data, arrays[k].astype(p.data.dtype, copy=False))
-            else:
-                np.copyto(mod._buffers[name], arrays[k].astype(mod._buffers[name].dtype, copy=False))
+            target = mod._parameters[name].data if name in mod._parameters else mod._buffers[name]
+            _backend(target).copy_(target, arrays[k].astype(target.dtype, copy=False))
 
     # ---- the layer protocol -----------------------------------------------------------------
     def __call__(self, *inputs):
@@ -252,3 +393,15 @@ class Module:
     def _fail(self, msg):
         """A shape error that names the layer."""
         raise ValueError(f"{self!r}: {msg}")
+
+
+def _host_copy(a):
+    """A NumPy copy of a host or device array."""
+    return np.array(_backend(a).to_host(a), copy=True) if _is_device_array(a) else np.array(a, copy=True)
+
+
+def _move(a, device):
+    """a on ``device`` (a itself when it is there already)."""
+    if device == "cpu":
+        return _backend(a).to_host(a) if _is_device_array(a) else a
+    return a if _is_device_array(a) else _kernels_for(device).ascontiguous(np.ascontiguousarray(a))

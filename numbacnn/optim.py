@@ -11,9 +11,11 @@ The lecture's SGD step is ``theta = theta - eta * g`` with ``g`` the mini-batch 
     g   = g + momentum * buf     if nesterov else buf
     p  -= lr * g
 
-SGD's update is done in place on ``Parameter.data`` with NumPy, in the parameter's dtype;
-Adam, AdamW and RMSprop are one Numba kernel pass per parameter (numbacnn/kernels/cpu/optim.py,
-whose docstring has their formulas: torch's single-tensor implementations, term for term).
+Every update is a kernel on the parameter's device, in its dtype (numbacnn/kernels/cpu/optim.py
+and its CUDA twin, whose docstring has the formulas: torch's single-tensor implementations,
+term for term). SGD updates a model moved with ``Module.to("cuda")`` in ONE launch: its
+parameters, gradients and momentum buffers are views of one flat array each (the fused
+update); elsewhere, and for Adam, AdamW and RMSprop, it is one launch per parameter.
 
 Every optimizer has ``lr`` (a schedule sets it each epoch), ``step()``, ``zero_grad()``, and
 ``state_dict()`` / ``load_state_dict()`` of plain arrays (hyper-parameters as 0-d arrays,
@@ -24,6 +26,7 @@ import numpy as np
 
 from ._checks import check_bool, check_number
 from .kernels import backend
+from .module import flat_runs, zero_grads
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "OPTIMIZERS", "build_optimizer",
            "ConstantLR", "StepLR", "CosineLR", "build_schedule"]  # fmt: skip
@@ -49,10 +52,9 @@ class Optimizer:
                 )
 
     def zero_grad(self):
-        """Set every parameter's gradient to zero (in place when it exists)."""
-        for p in self.params:
-            if p.grad is not None:
-                p.grad[...] = 0
+        """Set every parameter's gradient to zero, in place, on its device (one kernel for the
+        parameters of a model moved to "cuda")."""
+        zero_grads([p for p in self.params if p.grad is not None])
 
     def _grads(self):
         """(i, parameter, gradient) of the parameters that have a gradient (torch skips the
@@ -88,28 +90,74 @@ class SGD(Optimizer):
         self.weight_decay = weight_decay
         self.nesterov = bool(nesterov)
         self.buffers = [None] * len(self.params)  # momentum buffers, created on first step
+        self._flat_momentum = {}  # (id(storage), start, stop) -> (flat buffer, views, storage)
         self.step_count = 0
 
     def step(self):
-        """One update of every parameter from its current ``.grad``."""
-        lr, mu, wd = self.lr, self.momentum, self.weight_decay
-        for i, p, g in self._grads():
-            if wd != 0.0:
-                g = g + p.data.dtype.type(wd) * p.data
-            if mu != 0.0:
-                buf = self.buffers[i]
-                if buf is None:
-                    buf = np.array(g, dtype=p.data.dtype, copy=True)
-                    self.buffers[i] = buf
-                else:
-                    buf *= p.data.dtype.type(mu)
-                    buf += g
-                if self.nesterov:
-                    g = g + p.data.dtype.type(mu) * buf
-                else:
-                    g = buf
-            p.data -= p.data.dtype.type(lr) * g
+        """One update of every parameter from its current ``.grad``, in place on its device:
+        one kernel (``kernels.<device>.optim.sgd_step``) per run of a model's flat storage
+        (the whole model after Module.to("cuda")), one per other parameter."""
+        self._check_grads()
+        for run in flat_runs(self.params):
+            if run[0] is None or not self._fused_step(*run):
+                for i in run[3]:
+                    self._step_one(i)
         self.step_count += 1
+
+    def _check_grads(self):
+        for _ in self._grads():  # shape checks, before anything changes
+            pass
+
+    def _settings(self):
+        return self.lr, self.momentum, self.weight_decay, self.nesterov
+
+    def _step_one(self, i):
+        """Update parameter i alone (its own launch)."""
+        p = self.params[i]
+        if p.grad is None:
+            return
+        be = backend(p.data)
+        g = be.ascontiguous(p.grad)
+        first = self.momentum != 0.0 and self.buffers[i] is None
+        if first:
+            self.buffers[i] = be.empty(p.data.shape, p.data.dtype)
+        buf = self.buffers[i] if self.momentum != 0.0 else g  # mu = 0: not read, not written
+        be.optim.sgd_step(p.data.reshape(-1), g.reshape(-1), buf.reshape(-1), first, *self._settings())
+
+    def _fused_step(self, storage, start, stop, idx):
+        """One launch over storage[start:stop] (parameters idx); False when their momentum
+        buffers are half started (a partial state_dict), to update them one by one."""
+        be = backend(storage.data)
+        first = False
+        if self.momentum != 0.0:
+            started = [self.buffers[i] is not None for i in idx]
+            if any(started) and not all(started):
+                return False
+            first = not started[0]
+            flat = self._flat_momentum.get((id(storage), start, stop))
+            if flat is None or any(self.buffers[i] is not v for i, v in zip(idx, flat[1], strict=True)):
+                flat = self._momentum_views(be, storage, start, stop, idx, copy=not first)
+            buf = flat[0]
+        else:
+            buf = storage.grad[start:stop]
+        be.optim.sgd_step(storage.data[start:stop], storage.grad[start:stop], buf, first, *self._settings())
+        return True
+
+    def _momentum_views(self, be, storage, start, stop, idx, copy):
+        """One flat momentum array for a run, its parameters' buffers views of it (their
+        values copied in when ``copy``: a restored state)."""
+        flat = be.empty((stop - start,), storage.dtype)
+        views, offset = [], 0
+        for i in idx:
+            n = self.params[i].size
+            view = flat[offset : offset + n].reshape(self.params[i].shape)
+            if copy:
+                be.copy_(view, self.buffers[i])
+            self.buffers[i] = view
+            views.append(view)
+            offset += n
+        self._flat_momentum[(id(storage), start, stop)] = (flat, views, storage)
+        return self._flat_momentum[(id(storage), start, stop)]
 
     # --- state (plain arrays, so a checkpoint can store it without pickle) -------------
     def state_dict(self):
@@ -124,7 +172,7 @@ class SGD(Optimizer):
         }
         for i, buf in enumerate(self.buffers):
             if buf is not None:
-                state[f"momentum_buffer.{i}"] = buf.copy()
+                state[f"momentum_buffer.{i}"] = _host_copy(buf)
         return state
 
     def load_state_dict(self, state):
@@ -157,13 +205,14 @@ class SGD(Optimizer):
                     f"SGD.load_state_dict: {key!r} has shape {value.shape} but parameter {i} "
                     f"has shape {p.data.shape}"
                 )
-            buffers[i] = np.array(value, dtype=p.data.dtype, copy=True)
+            buffers[i] = _on_device_of(p.data, np.array(value, dtype=p.data.dtype, copy=True))
         self.lr = float(state["lr"])
         self.momentum = float(state["momentum"])
         self.weight_decay = float(state["weight_decay"])
         self.nesterov = bool(state["nesterov"])
         self.step_count = int(state["step_count"])
         self.buffers = buffers
+        self._flat_momentum = {}
 
 
 class _Adaptive(Optimizer):
@@ -180,7 +229,8 @@ class _Adaptive(Optimizer):
 
     def _state(self, i, p):
         if self.state[i] is None:
-            self.state[i] = {"step": 0, **{b: np.zeros(p.data.shape, p.data.dtype) for b in self.BUFFERS}}
+            be = backend(p.data)
+            self.state[i] = {"step": 0, **{b: be.full(p.data.shape, 0.0, p.data.dtype) for b in self.BUFFERS}}
         self.state[i]["step"] += 1
         return self.state[i]
 
@@ -190,7 +240,7 @@ class _Adaptive(Optimizer):
         for i, st in enumerate(self.state):
             if st is not None:
                 out[f"step.{i}"] = np.array(st["step"], dtype=np.int64)
-                out.update({f"{b}.{i}": st[b].copy() for b in self.BUFFERS})
+                out.update({f"{b}.{i}": _host_copy(st[b]) for b in self.BUFFERS})
         return out
 
     def load_state_dict(self, state):
@@ -215,7 +265,7 @@ class _Adaptive(Optimizer):
                     raise ValueError(
                         f"{name}.load_state_dict: {k!r} has shape {value.shape}, parameter {i} {p.data.shape}"
                     )
-                st[b] = np.array(value, dtype=p.data.dtype)
+                st[b] = _on_device_of(p.data, np.array(value, dtype=p.data.dtype))
             restored[i] = st
         for key in self.HYPER:
             setattr(self, key, float(state[key]))
@@ -327,3 +377,13 @@ def build_optimizer(name, params, lr, **settings):
 
 
 from .schedules import ConstantLR, CosineLR, StepLR, build_schedule  # noqa: E402  (re-exported)
+
+
+def _host_copy(a):
+    """A NumPy copy of an optimizer buffer (copied from the device when it lives there)."""
+    return np.array(backend(a).to_host(a), copy=True)
+
+
+def _on_device_of(like, a):
+    """NumPy array ``a`` on the device of ``like`` (uploaded for a device parameter)."""
+    return backend(like).ascontiguous(a)

@@ -28,7 +28,7 @@ import sys
 from typing import NamedTuple
 
 from . import config as config_module
-from . import distributed
+from . import device, distributed
 from . import random as nrandom
 from .config import (
     AUGMENTS,
@@ -154,6 +154,11 @@ def run(config, *, resume=False, overwrite=False, progress=True, log=None, on_ba
             "--overwrite to start over, or choose another --out"
         )
 
+    device.require("train", config.device)  # before any work: one sentence when CUDA cannot run
+    if config.device != "cpu" and world.size > 1:
+        raise ConfigError(
+            f"--device {config.device} trains on one process only so far, not {world.size} ranks"
+        )
     nrandom.seed(config.seed)  # the model's initial weights
     plan = _plan(config, log, world)  # everything knowable before any work
     if stored is not None:
@@ -297,6 +302,7 @@ def _train(config, out, resume, progress, log, on_batch, plan, stored_preprocess
     train_loader = DataLoader(xtr, ytr, config.batch_size, shuffle=True, seed=config.seed,
                               transform=transform, drop_last=plan.drop_last)  # fmt: skip
     test_loader = DataLoader(xte, yte, config.eval_batch_size)
+    model.to(config.device)  # before the optimizer, which keeps the (moved) parameters
     optimizer = build_optimizer(config.optimizer, model.parameters(), **config.optimizer_settings)
     schedule = build_schedule(
         config.schedule, optimizer, config.epochs, step_size=config.step_size, gamma=config.gamma

@@ -534,6 +534,20 @@ def cross_entropy_backward(logits, labels):
     return d.astype(logits.dtype)
 
 
+def loss_and_hits(logits, labels, totals):
+    """totals[0] += sum_n (logsumexp(z_n) - z_{n, y_n}); totals[1] += #{n: argmax z_n == y_n}
+    (the first maximum; a NaN wins). In place, as numbacnn.functional.loss_and_hits."""
+    N, K = logits.shape
+    for n in range(N):
+        z, e = _row_exp(logits[n])
+        totals[0] += max(z) + math.log(sum(e)) - z[int(labels[n])]
+        best = 0
+        for k in range(1, K):
+            if (z[k] > z[best] or z[k] != z[k]) and z[best] == z[best]:
+                best = k
+        totals[1] += 1.0 if best == int(labels[n]) else 0.0
+
+
 def _defined_here(value):
     return callable(value) and getattr(value, "__module__", "") == __name__
 

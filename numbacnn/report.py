@@ -17,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import functional as F
+from . import kernels
 from ._io import atomic_write
 from .data.images import read_image
 from .data.sources import normalize
@@ -64,13 +65,16 @@ class Evaluation(NamedTuple):
 
 def evaluate_predictions(model, x, y, num_classes, batch_size=1000):
     """Eval-mode loss, accuracy and confusion matrix of ``model`` on images x (N, C, H, W)
-    and labels y (N,), in batches of ``batch_size``. Restores the model's mode."""
+    and labels y (N,), in batches of ``batch_size``, on the model's device (the logits come
+    back to the host per batch). Restores the model's mode."""
     was_training = model.training
     model.eval()
+    be = kernels.get(model.device)  # a model on "cuda": each batch up, its logits back
     total, preds = 0.0, []
     try:
         for i in range(0, len(y), batch_size):
-            logits = model(x[i : i + batch_size])
+            xb = x[i : i + batch_size]
+            logits = be.to_host(model(be.ascontiguous(np.ascontiguousarray(xb))))
             total += float(F.cross_entropy(logits, y[i : i + batch_size])) * len(logits)
             preds.append(np.argmax(logits, axis=1))
     finally:

@@ -41,11 +41,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from . import distributed
+from . import distributed, kernels
 from . import functional as F
 from . import random as nrandom
 from ._checks import is_int
 from ._io import atomic_write
+from .data.loader import DeviceLoader
 from .distributed import GradientExchange, World
 from .kernels import jit_counts
 
@@ -82,6 +83,11 @@ _SCHED_PREFIX = "schedule."
 # among K classes, means the logits have blown up: no run that is learning gets near it.
 DIVERGED = 1000.0
 
+# A model on "cuda" keeps the epoch's loss and hits on the device and reads them back (one
+# 16-byte copy) every READ_EVERY batches and at the end of the epoch; the divergence check
+# runs on each read, over the batches since the last one. On the CPU every batch is read.
+READ_EVERY = 10
+
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN, infinite, or larger than DIVERGED * log(K): training
@@ -113,22 +119,23 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 def evaluate(model, loader):
     """Mean cross-entropy and accuracy (0-1) of ``model`` in eval mode over ``loader``.
-    Restores the model's previous mode."""
+    Restores the model's previous mode. A model on "cuda" gets each batch uploaded once
+    (DeviceLoader); its loss and hits are summed on the device and read once, at the end."""
     was_training = getattr(model, "training", True)
     model.eval()
-    total_loss, correct, n = 0.0, 0, 0
+    device = model.device
+    totals = kernels.get(device).full((2,), 0.0, np.float64)  # (loss sum, hits) on the device
+    n = 0
     try:
-        for xb, yb in loader:
-            logits = model(xb)
-            b = len(yb)
-            total_loss += float(F.cross_entropy(logits, yb)) * b
-            correct += int(np.count_nonzero(np.argmax(logits, axis=1) == yb))
-            n += b
+        for xb, yb in DeviceLoader(loader) if device == "cuda" else loader:
+            F.loss_and_hits(model(xb), yb, totals)
+            n += yb.shape[0]
     finally:
         model.train(was_training)
     if n == 0:
         raise ValueError("evaluate: the loader yielded no samples")
-    return total_loss / n, correct / n
+    total_loss, correct = kernels.get(device).to_host(totals)
+    return float(total_loss) / n, float(correct) / n
 
 
 def _atomic_text(path, text):
@@ -253,6 +260,10 @@ def fit(
     world = distributed.world() if world is None else world
     if not isinstance(world, World):
         raise TypeError(f"fit: world must be a numbacnn.distributed.World, got {type(world).__name__}")
+    if world.size > 1 and model.device != "cpu":
+        raise ValueError(
+            f"fit: a model on {model.device!r} trains on one process only so far ({world.size} ranks)"
+        )
     log = (log or (lambda *a: print(*a, file=sys.stderr, flush=True))) if world.is_root else (lambda *a: None)
     out_dir = os.fspath(out_dir)
     world.on_root(lambda: os.makedirs(out_dir, exist_ok=True))
@@ -277,17 +288,23 @@ def _first_batch_note(before, seconds):
 
 def _train_epoch(model, optimizer, loader, epoch, epochs, progress, on_batch, world, exchange, log=None):
     """One pass over ``loader``: (mean loss, accuracy, images, seconds). Stops at once, before
-    the optimizer step, when the loss is not finite (TrainingDiverged). Under MPI (``world``
+    the optimizer step, when the loss is not finite (TrainingDiverged; a model on "cuda"
+    checks at each read of its device-side sums, every READ_EVERY batches). Under MPI (``world``
     of K ranks) each global batch is shared out (``world.shard``), this rank's gradient is
     scaled by its share, and ``exchange`` sums the gradients over the ranks, so every rank
     takes the step one process would take on the whole batch (numbacnn.distributed). Given
     ``log``, the first batch says once what it spent compiling (or loading) kernels: a cold
     start's wait is Numba's JIT, not training."""
-    total_loss, correct, seen = 0.0, 0, 0
+    device = model.device
+    be = kernels.get(device)
+    read_every = READ_EVERY if device == "cuda" else 1
+    totals = be.full((2,), 0.0, np.float64)  # this epoch's (loss sum, hits), on the model's device
+    total_loss, correct, seen = 0.0, 0, 0  # as of the last read
+    loss = math.nan
     bar = None
-    batches = loader
+    batches = DeviceLoader(loader) if device == "cuda" else loader
     if progress:
-        bar = tqdm(loader, total=len(loader), desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True,
+        bar = tqdm(batches, total=len(loader), desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True,
                    dynamic_ncols=True, file=sys.stderr)  # fmt: skip
         batches = bar
     t0 = time.perf_counter()
@@ -296,23 +313,29 @@ def _train_epoch(model, optimizer, loader, epoch, epochs, progress, on_batch, wo
         if bar is not None:
             bar.set_postfix_str("first batch: compiling or loading the kernels", refresh=True)
     try:
+        unread = 0  # images since the last read
         for i, (xb, yb) in enumerate(batches):
-            b = len(yb)
+            b = yb.shape[0]
             lo, hi = world.shard(b)  # this rank's images of the global batch (one rank: all)
-            xb, yb = xb[lo:hi], yb[lo:hi]
+            if (lo, hi) != (0, b):
+                xb, yb = xb[lo:hi], yb[lo:hi]
             with nrandom.rows_from(lo):  # dropout: the global rows' masks
                 logits = model(xb)
             if world.size == 1:
-                loss = float(F.cross_entropy(logits, yb))
-                hits = int(np.count_nonzero(np.argmax(logits, axis=1) == yb))
+                F.loss_and_hits(logits, yb, totals)
+                unread += b
+                if (i + 1) % read_every == 0 or i == len(loader) - 1:
+                    loss_sum, hits = (float(v) for v in be.to_host(totals))
+                    loss = (loss_sum - total_loss) / unread  # mean over the batches since the last read
+                    total_loss, correct, seen, unread = loss_sum, int(hits), seen + unread, 0
             else:  # the global batch's mean loss and hits, on every rank (all stop together)
-                mine = [
-                    float(F.cross_entropy(logits, yb)) * len(yb),
-                    np.count_nonzero(logits.argmax(1) == yb),
-                ]
-                loss_sum, hits = world.allreduce(mine if len(yb) else [0.0, 0])
-                loss, hits = loss_sum / b, int(hits)
-            if not loss <= DIVERGED * math.log(logits.shape[1]):  # NaN fails the test too
+                mine = np.zeros(2)
+                if hi > lo:
+                    F.loss_and_hits(logits, yb, mine)
+                loss_sum, hits = world.allreduce([float(mine[0]), int(mine[1])])
+                loss, total_loss = loss_sum / b, total_loss + loss_sum
+                correct, seen = correct + int(hits), seen + b
+            if unread == 0 and not loss <= DIVERGED * math.log(logits.shape[1]):  # NaN fails it too
                 raise TrainingDiverged(epoch, i + 1, loss, optimizer.lr)
             model.zero_grad()
             dlogits = F.cross_entropy_backward(logits, yb)  # of this rank's mean loss
@@ -322,9 +345,6 @@ def _train_epoch(model, optimizer, loader, epoch, epochs, progress, on_batch, wo
             model.backward(dlogits)
             exchange.finish()  # the gradients summed over the ranks
             optimizer.step()
-            total_loss += loss * b
-            correct += hits
-            seen += b
             if i == 0 and log is not None:
                 note = _first_batch_note(jit_before, time.perf_counter() - t0)
                 if note:
@@ -332,7 +352,7 @@ def _train_epoch(model, optimizer, loader, epoch, epochs, progress, on_batch, wo
                         tqdm.write(note, file=sys.stderr)  # above the bar, which stays whole
                     else:
                         log(note)
-            if bar is not None and (i % 10 == 0 or i == len(loader) - 1):
+            if bar is not None and unread == 0 and (read_every > 1 or i % 10 == 0 or i == len(loader) - 1):
                 elapsed = time.perf_counter() - t0
                 img_s = f"{seen / max(elapsed, 1e-9):.0f}"
                 bar.set_postfix(loss=f"{total_loss / seen:.4f}", img_s=img_s, refresh=False)

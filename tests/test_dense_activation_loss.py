@@ -294,3 +294,29 @@ def test_elementwise_ops_keep_a_0d_shape(op):
     x = np.array(0.75, np.float32)
     assert op(x).shape == ()
     assert F.add(x, x).shape == () and F.dropout(x, 0.5, seed=3)[0].shape == ()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_loss_and_hits_adds_the_summed_loss_and_the_hits(dtype):
+    """functional.loss_and_hits adds (summed cross-entropy, correct argmaxes) into totals,
+    as the reference does, and as cross_entropy times N and NumPy's argmax give; ties go to
+    the first maximum, a NaN row's argmax is its NaN."""
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((37, 10)).astype(dtype) * 3
+    logits[5, [2, 7]] = 9.0  # a tie: the first (2) is the prediction
+    labels = rng.integers(0, 10, 37)
+    labels[5] = 2
+    totals = np.array([1.5, 2.0])
+    F.loss_and_hits(logits, labels, totals)
+    expected = np.array([1.5, 2.0])
+    R.loss_and_hits(logits, labels, expected)
+    assert totals[1] == expected[1] == 2.0 + np.count_nonzero(np.argmax(logits, 1) == labels)
+    assert totals[0] == pytest.approx(expected[0], rel=1e-12)
+    assert totals[0] == pytest.approx(1.5 + 37 * F.cross_entropy(logits, labels), rel=1e-12)
+    logits[0, 4] = np.nan
+    labels[0] = 4
+    nan_totals = np.zeros(2)
+    F.loss_and_hits(logits[:1], labels[:1], nan_totals)
+    assert np.isnan(nan_totals[0]) and nan_totals[1] == 1.0
+    with pytest.raises(TypeError, match="totals must be a float64 array of shape"):
+        F.loss_and_hits(logits, labels, np.zeros(2, np.float32))

@@ -442,6 +442,8 @@ def test_train_config_defaults_are_the_cli_defaults(capsys):
                 "--drop-last",
                 "--no-resize",
                 "--sync-bn",
+                "--device",
+                "cuda",
             ]
         )
     )

@@ -17,7 +17,7 @@ from .augment import (
     random_translate,
     shift,
 )
-from .loader import DataLoader
+from .loader import DataLoader, DeviceLoader
 from .mnist import MNISTIntegrityError, MNISTNotFoundError, load_mnist, preprocess
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "MNISTNotFoundError",
     "MNISTIntegrityError",
     "DataLoader",
+    "DeviceLoader",
     "Compose",
     "RandomCrop",
     "RandomHFlip",

@@ -18,9 +18,10 @@ the same batches).
 
 import numpy as np
 
-from .._checks import check_bool, check_int
+from .._checks import check_bool, check_int, labels_checked
+from ..kernels import get as _kernels_for
 
-__all__ = ["DataLoader"]
+__all__ = ["DataLoader", "DeviceLoader"]
 
 
 class DataLoader:
@@ -123,3 +124,58 @@ class DataLoader:
             f"DataLoader(N={self.x.shape[0]}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
             f"seed={self.seed}, epoch={self.epoch}, transform={self.transform!r}, drop_last={self.drop_last})"
         )
+
+
+class DeviceLoader:
+    """A loader's (x, y) batches on the GPU: each batch uploaded once, the next one queued
+    while the current one trains.
+
+    loader: a DataLoader (or any iterable of NumPy (x, y) batches; ``len``, ``set_epoch``
+    and the other attributes pass through). Each batch is copied into page-locked (pinned)
+    host memory, two slots used in turn, and uploaded on a stream of its own; batch i + 1's
+    upload is queued before batch i is handed out, and waited for only when it is needed.
+    The labels are range-checked ONCE, on the host: a DataLoader's whole ``y`` at
+    construction (any other loader's batches as they come); ``numbacnn.functional`` then
+    needs no device-to-host copy to check them (``_checks.labels_checked``).
+
+    Yields (xb, yb): numba.cuda device arrays, xb of the loader's float dtype, yb int64.
+    """
+
+    def __init__(self, loader):
+        self.loader = loader
+        y = getattr(loader, "y", None)
+        self._range = (int(np.min(y)), int(np.max(y))) if isinstance(y, np.ndarray) and y.size else None
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __getattr__(self, name):  # batch_size, seed, set_epoch, x, y, ...
+        if name == "loader":
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+    def __iter__(self):
+        be = _kernels_for("cuda")
+        stream = be.new_stream()
+        slots = [{}, {}]  # two pinned host buffers per (shape, dtype), used in turn
+        ready = None
+        for i, (xb, yb) in enumerate(self.loader):
+            queued = self._queue(be, stream, slots[i % 2], np.asarray(xb), np.asarray(yb))
+            if ready is not None:
+                yield ready  # trains while `queued` uploads
+            stream.synchronize()
+            ready = queued
+        if ready is not None:
+            yield ready
+
+    def _queue(self, be, stream, slot, xb, yb):
+        yb = np.ascontiguousarray(yb, dtype=np.int64)
+        lo, hi = self._range if self._range else ((int(yb.min()), int(yb.max())) if yb.size else (0, 0))
+        out = []
+        for a in (np.ascontiguousarray(xb), yb):
+            key = (a.shape, a.dtype.str, len(out))
+            if key not in slot:
+                slot[key] = be.pinned_empty(a.shape, a.dtype)
+            np.copyto(slot[key], a)
+            out.append(be.upload(slot[key], stream))
+        return out[0], labels_checked(out[1], lo, hi)

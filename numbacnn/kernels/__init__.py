@@ -15,7 +15,7 @@ package it returns on first use, so CPU-only code never loads numba.cuda.
 
 import numpy as np
 
-__all__ = ["is_device_array", "backend", "jit_counts"]
+__all__ = ["is_device_array", "backend", "get", "jit_counts"]
 
 
 def is_device_array(a):
@@ -44,6 +44,17 @@ def jit_counts():
     compiled = sum(sum(d.stats.cache_misses.values()) for d in dispatchers.values())
     loaded = sum(sum(d.stats.cache_hits.values()) for d in dispatchers.values())
     return compiled, loaded
+
+
+def get(device):
+    """The kernel package of a device named "cpu" or "cuda" (numbacnn.device checks names)."""
+    if device == "cuda":
+        from . import cuda
+
+        return cuda
+    from . import cpu
+
+    return cpu
 
 
 def backend(x):

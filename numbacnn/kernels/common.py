@@ -81,10 +81,42 @@ def row_max_logsumexp(logits, n):
     return m, math.log(s)
 
 
+def row_hit(logits, labels, n):
+    """1.0 if row n's first maximum (NumPy's argmax; a NaN wins, the first NaN) is at
+    labels[n], else 0.0: one term of a batch's number of correct predictions."""
+    # logits: (N, K)   labels: (N,) int64
+    best = 0
+    for k in range(1, logits.shape[1]):
+        v = logits[n, k]
+        b = logits[n, best]
+        if (v > b or v != v) and b == b:
+            best = k
+    return 1.0 if best == labels[n] else 0.0
+
+
 # ---------------------------------------------------------------------------- optimizers
 # One element of an optimizer update (kernels/cpu/optim.py and kernels/cuda/optim.py loop
 # over the elements and call these). Every scalar arrives already in the parameter's dtype
 # (the callers round torch's Python-float hyper-parameters once), so float32 stays float32.
+def sgd_element(p, g, buf, first, lr, mu, decay, nesterov):
+    """SGD with momentum, weight decay and Nesterov momentum (torch.optim.SGD, dampening 0),
+    term for term; returns the new (p, buf):
+    g += decay * p;  buf = g (first step) or mu * buf + g;  g = g + mu * buf (nesterov) or
+    buf;  p -= lr * g. mu = 0 leaves buf alone (the caller does not store it)."""
+    if decay != 0:
+        g = g + decay * p
+    if mu != 0:
+        if first:
+            buf = g
+        else:
+            buf = mu * buf + g
+        if nesterov:
+            g = g + mu * buf
+        else:
+            g = buf
+    return p - lr * g, buf
+
+
 def adam_element(p, g, m, v, decoupled, decay, keep, w1, w2, b2, neg_step, bc2, eps):
     """Adam (decoupled=False: L2 decay folded into g) or AdamW (decoupled: p *= keep first);
     returns the new (p, m, v). torch.optim.Adam's single-tensor step, term for term:

@@ -2,7 +2,9 @@
 (conv is a package of strategies: naive, direct, polyphase; see its __init__).
 
 They are called only by numbacnn.functional, which validates arguments and allocates outputs
-with the helpers below (the CUDA package, numbacnn.kernels.cuda, mirrors names and helpers).
+with the helpers below (empty, full, ascontiguous, is_contiguous, to_host, as_int64, and the
+in-place fill_, add_ and copy_ of the parameter plumbing; the CUDA package,
+numbacnn.kernels.cuda, mirrors names and helpers).
 """
 
 import numpy as np
@@ -30,6 +32,21 @@ def is_contiguous(a):
 def to_host(a):
     """A NumPy array is already on the host."""
     return a
+
+
+def fill_(a, value):
+    """a[...] = value, in place (a gradient's zero_grad)."""
+    a[...] = value
+
+
+def add_(dst, src):
+    """dst += src, in place (a backward pass accumulating into a gradient); same shape."""
+    np.add(dst, src, out=dst)
+
+
+def copy_(dst, src):
+    """dst[...] = src (an array of dst's shape, cast to dst's dtype), in place."""
+    np.copyto(dst, src, casting="unsafe")
 
 
 def as_int64(a):

@@ -39,6 +39,7 @@ from .. import common
 
 # (m, log sum_k exp(z[n,k] - m)) of one row, in float64 (written once, in kernels/common.py).
 row_max_logsumexp = njit(inline="always")(common.row_max_logsumexp)
+row_hit = njit(inline="always")(common.row_hit)
 
 
 # ------------------------------------------------------------------------------- forward
@@ -57,6 +58,20 @@ def cross_entropy_forward(logits, labels):
     for n in range(N):  # serial: a deterministic sum
         total += row[n]
     return total / N
+
+
+@njit(cache=True)
+def loss_and_hits(logits, labels, totals):
+    """totals[0] += sum_n loss_n, totals[1] += #{n: argmax_k logits[n, k] == labels[n]}, in
+    place: a training loop's running sums (a serial, deterministic sum)."""
+    # logits: (N, K)   labels: (N,) int64   totals: (2,) float64
+    loss, hits = 0.0, 0.0
+    for n in range(logits.shape[0]):
+        m, lse = row_max_logsumexp(logits, n)
+        loss += (m + lse) - np.float64(logits[n, labels[n]])
+        hits += row_hit(logits, labels, n)
+    totals[0] += loss
+    totals[1] += hits
 
 
 # ------------------------------------------------------------------------------ backward

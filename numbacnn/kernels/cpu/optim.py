@@ -2,7 +2,12 @@
 
 Formulas (PyTorch's torch.optim single-tensor implementations, term for term, in the
 parameter's dtype; t is the step count after this step, g the gradient), written once in
-kernels/common.py (adam_element, rmsprop_element) and compiled here and in kernels/cuda:
+kernels/common.py (sgd_element, adam_element, rmsprop_element) and compiled here and in
+kernels/cuda:
+
+    SGD (dampening 0)
+        g = g + weight_decay * p;  buf = g (first step) or momentum * buf + g
+        g = g + momentum * buf (nesterov) or buf;  p = p - lr * g
 
     Adam / AdamW (Kingma & Ba 2015; Loshchilov & Hutter 2019 for AdamW's decoupled decay)
         AdamW:  p = p * (1 - lr * weight_decay)          Adam: g = g + weight_decay * p
@@ -27,8 +32,26 @@ from numba import njit, prange
 from .. import common
 
 _CHUNK = 16384  # elements per parallel task
+sgd_element = njit(inline="always")(common.sgd_element)
 adam_element = njit(inline="always")(common.adam_element)
 rmsprop_element = njit(inline="always")(common.rmsprop_element)
+
+
+@njit(parallel=True, cache=True)
+def sgd_step(p, g, buf, first, lr, momentum, weight_decay, nesterov):
+    """One SGD update of p (and of its momentum buffer buf, when momentum > 0) in place;
+    first: the buffer's first step (buf = g). The CPU twin of the CUDA fused update."""
+    # p, g, buf: (n,) flat views of parameters, their gradients and momentum buffers
+    n = p.shape[0]
+    dt = p.dtype.type
+    lr_, mu, decay = dt(lr), dt(momentum), dt(weight_decay)
+    keep_buf = momentum != 0.0
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        for i in range(c * _CHUNK, min(n, c * _CHUNK + _CHUNK)):
+            new_p, new_buf = sgd_element(p[i], g[i], buf[i], first, lr_, mu, decay, nesterov)
+            p[i] = new_p
+            if keep_buf:
+                buf[i] = new_buf
 
 
 @njit(parallel=True, cache=True)

@@ -17,6 +17,18 @@ arrays (the same six as numbacnn.kernels.cpu), plus is_device_array(a):
     to_host(a)                 a NumPy copy
     as_int64(a)                a contiguous int64 device array (labels)
 
+and the in-place helpers of the parameter plumbing (numbacnn.module, numbacnn.optim):
+
+    fill_(a, value)            a[...] = value, one kernel (zero_grad)
+    add_(dst, src)             dst += src, one kernel (gradient accumulation)
+    copy_(dst, src)            dst[...] = src, from the host or the device (load_state_dict)
+
+and the transfers of numbacnn.data.DeviceLoader:
+
+    new_stream()               a CUDA stream for uploads
+    pinned_empty(shape, dtype) page-locked host memory (an asynchronous upload's source)
+    upload(host, stream)       a device copy of a host array, queued on `stream`
+
 They also run under Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1 set before numba is
 imported), where device arrays are FakeCUDAArray objects wrapping NumPy arrays.
 """
@@ -35,6 +47,12 @@ __all__ = [
     "is_contiguous",
     "to_host",
     "as_int64",
+    "fill_",
+    "add_",
+    "copy_",
+    "new_stream",
+    "pinned_empty",
+    "upload",
     "is_device_array",
     "activation",
     "batchnorm",
@@ -106,6 +124,13 @@ def _copy4(src, dst):
 _COPY = {1: _copy1, 2: _copy2, 3: _copy3, 4: _copy4}
 
 
+@cuda.jit
+def _add_inplace(dst, src):
+    """dst += src, grid-stride loop.   dst, src: (n,)"""
+    for i in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):
+        dst[i] += src[i]
+
+
 # --------------------------------------------------------------------------- helpers
 def empty(shape, dtype):
     """Uninitialised device array."""
@@ -159,3 +184,57 @@ def as_int64(a):
     if a.dtype == np.int64 and a.is_c_contiguous():
         return a
     return cuda.to_device(np.ascontiguousarray(a.copy_to_host(), dtype=np.int64))
+
+
+def _flat(a):
+    """A C-contiguous device array as its 1-D view."""
+    a = _as_numba(a)
+    if not a.is_c_contiguous():
+        raise ValueError(f"expected a C-contiguous device array, got strides {a.strides}")
+    return a.reshape(a.size)
+
+
+def fill_(a, value):
+    """a[...] = value on the device, in place (one kernel; nothing crosses to the host)."""
+    if a.size:
+        flat = _flat(a)
+        fill_kernel[stride_blocks(a.size), TPB](flat, np.dtype(a.dtype).type(value))
+
+
+def add_(dst, src):
+    """dst += src on the device, in place; src a device array of dst's shape and dtype."""
+    if dst.shape != src.shape:
+        raise ValueError(f"add_: src.shape={src.shape} differs from dst.shape={dst.shape}")
+    if dst.size:
+        _add_inplace[stride_blocks(dst.size), TPB](_flat(dst), _flat(ascontiguous(src)))
+
+
+def copy_(dst, src):
+    """dst[...] = src, in place: src a NumPy array of dst's shape (cast to dst's dtype and
+    uploaded) or a device array of dst's shape and dtype (copied on the device)."""
+    if tuple(src.shape) != tuple(dst.shape):
+        raise ValueError(f"copy_: src.shape={src.shape} differs from dst.shape={dst.shape}")
+    if not dst.size:
+        return
+    if isinstance(src, np.ndarray):
+        _as_numba(dst).copy_to_device(np.ascontiguousarray(src, dtype=dst.dtype))
+    elif src.dtype != dst.dtype:
+        raise TypeError(f"copy_: src.dtype={src.dtype} differs from dst.dtype={dst.dtype}")
+    else:
+        _as_numba(dst).copy_to_device(ascontiguous(src))
+
+
+def new_stream():
+    """A new CUDA stream (numba.cuda.stream())."""
+    return cuda.stream()
+
+
+def pinned_empty(shape, dtype):
+    """Page-locked host memory: an upload from it can run asynchronously on a stream."""
+    return cuda.pinned_array(tuple(int(s) for s in shape), dtype=np.dtype(dtype))
+
+
+def upload(host, stream=None):
+    """A device copy of NumPy array ``host``, queued on ``stream`` (asynchronous when host is
+    pinned; synchronise the stream before the copy is used), or synchronous without one."""
+    return cuda.to_device(host, stream=stream) if stream is not None else cuda.to_device(host)

@@ -13,6 +13,8 @@ Thread mapping
                             tree reduction; the 8-byte total is copied to the host and
                             divided by N (a Python float is returned).
     cross_entropy_backward: one thread per row n writes dz[n, :].
+    loss_and_hits:          ONE block: thread j takes rows j, j + RED_TPB, ... and the
+                            block's tree sums add the loss and the hits into totals (2,).
 
 Optimisation contract
 ---------------------
@@ -31,10 +33,11 @@ import numpy as np
 from numba import cuda, float64
 
 from .. import common
-from ._launch import RED_TPB, TPB, blocks_for, sum_rows_kernel
+from ._launch import RED_TPB, TPB, block_sum, blocks_for, sum_rows_kernel
 
 # (m, log sum_k exp(z[n,k] - m)) of one row, in float64 (written once, in kernels/common.py).
 row_max_logsumexp = cuda.jit(device=True)(common.row_max_logsumexp)
+row_hit = cuda.jit(device=True)(common.row_hit)
 
 
 @cuda.jit
@@ -57,6 +60,30 @@ def cross_entropy_forward(logits, labels):
     total = cuda.device_array(1, dtype=np.float64)  # total: (1,)
     sum_rows_kernel[1, RED_TPB](rows, total)
     return float(total.copy_to_host()[0]) / N
+
+
+@cuda.jit
+def _loss_and_hits_kernel(logits, labels, totals):
+    # logits: (N, K)   labels: (N,) int64   totals: (2,) float64; ONE block of RED_TPB threads
+    buf = cuda.shared.array(RED_TPB, float64)
+    loss, hits = float64(0.0), float64(0.0)
+    for n in range(cuda.threadIdx.x, logits.shape[0], RED_TPB):  # rows n, n + RED_TPB, ...
+        m, lse = row_max_logsumexp(logits, n)
+        loss += (m + lse) - float64(logits[n, labels[n]])
+        hits += row_hit(logits, labels, n)
+    loss = block_sum(buf, loss)
+    hits = block_sum(buf, hits)
+    if cuda.threadIdx.x == 0:
+        totals[0] += loss
+        totals[1] += hits
+
+
+def loss_and_hits(logits, labels, totals):
+    """totals[0] += the batch's summed cross-entropy, totals[1] += its correct predictions,
+    in place on the device: one block, a fixed-order tree (deterministic), nothing copied to
+    the host (a training loop reads totals once per logging interval)."""
+    if logits.shape[0]:
+        _loss_and_hits_kernel[1, RED_TPB](logits, labels, totals)
 
 
 @cuda.jit

@@ -1,6 +1,6 @@
 """Optimizer updates: CUDA kernels (numba.cuda), twins of numbacnn.kernels.cpu.optim (same
-names, same argument order, the same element formulas: kernels/common.py's adam_element
-and rmsprop_element, compiled here as device functions).
+names, same argument order, the same element formulas: kernels/common.py's sgd_element,
+adam_element and rmsprop_element, compiled here as device functions).
 
 Thread mapping: a grid-stride loop over the flat parameter; thread t owns elements t,
 t + G, t + 2G, ... and updates p, its gradient's moments and buffers there. One writer per
@@ -14,8 +14,31 @@ from numba import cuda
 from .. import common
 from ._launch import TPB, stride_blocks
 
+sgd_element = cuda.jit(device=True)(common.sgd_element)
 adam_element = cuda.jit(device=True)(common.adam_element)
 rmsprop_element = cuda.jit(device=True)(common.rmsprop_element)
+
+
+@cuda.jit
+def _sgd_kernel(p, g, buf, first, lr, mu, decay, nesterov, keep_buf):
+    # p, g, buf: (n,)
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):  # owns p[i], buf[i]
+        new_p, new_buf = sgd_element(p[i], g[i], buf[i], first, lr, mu, decay, nesterov)
+        p[i] = new_p
+        if keep_buf:
+            buf[i] = new_buf
+
+
+def sgd_step(p, g, buf, first, lr, momentum, weight_decay, nesterov):
+    """One SGD update of p (and buf when momentum > 0) in place. numbacnn.optim.SGD calls it
+    once for all the parameters of a model moved with Module.to("cuda"), whose parameters,
+    gradients and momentum buffers are views of one flat array each: the fused update."""
+    if p.shape[0] == 0:
+        return
+    dt = p.dtype.type
+    _sgd_kernel[stride_blocks(p.shape[0]), TPB](
+        p, g, buf, bool(first), dt(lr), dt(momentum), dt(weight_decay), bool(nesterov), momentum != 0.0
+    )
 
 
 @cuda.jit
