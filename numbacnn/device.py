@@ -68,7 +68,7 @@ def require(op, device):
     if device == "cuda":
         problem = cuda_problem()
         if problem:
-            raise DeviceUnavailable(f"{op}: --device cuda cannot run here: {problem}")
+            raise DeviceUnavailable(f"{op}: CUDA cannot run here: {problem}")
     return device
 
 

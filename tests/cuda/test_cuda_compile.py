@@ -18,68 +18,17 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
 try:
     from numba import types
     from numba.cuda.compiler import compile_cuda
-    from numba.cuda.np.numpy_support import from_dtype
 
-    import numbacnn.kernels.cuda as kcuda
-    from numbacnn.kernels.cuda import _launch, activation, batchnorm, conv, dense, loss, optim, pool
+    from numbacnn.kernels.cuda import signatures
 except Exception as exc:  # pragma: no cover - depends on the installation
     pytest.skip(f"numba-cuda is not importable: {exc}", allow_module_level=True)
 
 CC = (8, 0)
-I = types.int64
-
-
-def A(dt, nd):
-    return types.Array(from_dtype(np.dtype(dt)), nd, "C")
-
-
-def S(dt):
-    return from_dtype(np.dtype(dt))
 
 
 def _signatures(dt):
-    """(kernel, argument types) for every @cuda.jit kernel of the package."""
-    a1, a2, a3, a4 = (A(dt, n) for n in (1, 2, 3, 4))
-    f, f64, u8 = S(dt), types.float64, A(np.uint8, 1)
-    conv_geo = (I,) * 7
-    pool_geo = (I,) * 6
-    return [
-        (conv._conv2d_forward_kernel, (a4, a4, a1, a4) + conv_geo),
-        (conv._conv2d_backward_input_kernel, (a4, a4, a4) + conv_geo + (f,)),
-        (conv._conv2d_backward_weight_kernel, (a4, a4, a4) + conv_geo + (f,)),
-        (conv._conv2d_backward_bias_kernel, (a4, a1)),
-        (pool._max_pool2d_forward_kernel, (a4, a4) + pool_geo + (f,)),
-        (pool._avg_pool2d_forward_kernel, (a4, a4) + pool_geo + (f, f)),
-        (pool._max_pool2d_backward_kernel, (a4, a4, a4) + pool_geo + (f, f)),
-        (pool._avg_pool2d_backward_kernel, (a4, a4) + pool_geo + (f, f)),
-        (batchnorm._bn_forward_train_kernel, (a3, a1, a1, a1, a1, f64, f64, a3)),
-        (batchnorm._bn_forward_eval_kernel, (a3, a1, a1, a1, a1, f64, a3)),
-        (batchnorm._bn_backward_kernel, (a3, a3, a1, f64, a3, a1, a1)),
-        (batchnorm._bn_backward_eval_kernel, (a3, a3, a1, a1, a1, f64, a3, a1, a1)),
-        (dense._linear_forward_naive_kernel, (a2, a2, a1, a2, f)),
-        (dense._TILED[np.dtype(dt)], (a2, a2, a1, a2, f)),
-        (dense._combine_rows_kernel, (a2, a2, a2, f)),
-        (dense._linear_backward_bias_kernel, (a2, a1)),
-        (activation._relu_forward_kernel, (a1, a1, f)),
-        (activation._relu_backward_kernel, (a1, a1, a1, f)),
-        (activation._tanh_forward_kernel, (a1, a1)),
-        (activation._tanh_backward_kernel, (a1, a1, a1, f)),
-        (activation._sigmoid_forward_kernel, (a1, a1, f)),
-        (activation._sigmoid_backward_kernel, (a1, a1, a1, f)),
-        (activation._dropout_forward_kernel, (a1, a1, u8, f64, types.int64, types.int64, f, f)),
-        (activation._dropout_backward_kernel, (a1, u8, a1, f, f)),
-        (activation._add_forward_kernel, (a1, a1, a1)),
-        (loss._ce_rows_kernel, (a2, A(np.int64, 1), A(np.float64, 1))),
-        (loss._ce_backward_kernel, (a2, A(np.int64, 1), a2)),
-        (optim._adam_kernel, (a1, a1, a1, a1, types.boolean) + (f,) * 8),
-        (optim._rmsprop_kernel, (a1,) * 5 + (types.boolean, types.boolean) + (f,) * 6),
-        (_launch.fill_kernel, (a1, f)),
-        (_launch.sum_rows_kernel, (A(np.float64, 1), A(np.float64, 1))),
-        (kcuda._copy1, (types.Array(S(dt), 1, "A"), a1)),
-        (kcuda._copy2, (types.Array(S(dt), 2, "A"), a2)),
-        (kcuda._copy3, (types.Array(S(dt), 3, "A"), a3)),
-        (kcuda._copy4, (types.Array(S(dt), 4, "A"), a4)),
-    ]
+    """(kernel, argument types) for every @cuda.jit kernel of the package (signatures.py)."""
+    return [(k.dispatcher, k.argtypes) for k in signatures.kernels(dt)]
 
 
 def _ids():
@@ -138,4 +87,7 @@ _F32_PURE = {
     "_add_forward_kernel",
     "_adam_kernel",
     "_rmsprop_kernel",
+    "_sgd_kernel",
+    "_add_inplace",
+    "_sum_splits_kernel",
 }

@@ -36,11 +36,11 @@ Optimisation contract
 """
 
 import numpy as np
-from numba import cuda, float32, float64
+from numba import config, cuda, float32, float64
 
 from ._launch import TPB, blocks_for
 
-_T = 16  # tile edge of the tiled forward
+_T = 8 if config.ENABLE_CUDASIM else 16  # tile edge of the tiled forward (the simulator: fewer threads)
 _T1 = _T + 1  # padded row length of the shared tiles (no bank conflicts)
 
 

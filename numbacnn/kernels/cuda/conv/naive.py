@@ -47,7 +47,7 @@ Optimisation contract
 
 from numba import cuda, float64
 
-from ._launch import RED_TPB, TPB, block_sum, blocks_for, fill_kernel, owned_element, stride_blocks
+from .._launch import RED_TPB, TPB, block_sum, blocks_for, fill_kernel, owned_element, stride_blocks
 
 
 # ============================================================================== forward
@@ -75,8 +75,8 @@ def _conv2d_forward_kernel(x, w, b, y, stride_h, stride_w, pad_top, pad_left, di
     y[n, co, oh, ow] = acc
 
 
-def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
-    """y = conv2d(x, w) + b: one thread per output element."""
+def conv2d_forward_naive(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
+    """y = conv2d(x, w) + b: one thread per output element (the reference of conv2d_forward)."""
     total = y.size
     if total == 0:
         return
@@ -119,7 +119,7 @@ def _conv2d_backward_input_kernel(
     dx[n, ci, ih, iw] = acc
 
 
-def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
+def conv2d_backward_input_naive(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
     """dx = transposed conv of dy: one thread per dx element, gathering (no atomics)."""
     total = dx.size
     if total == 0:
@@ -154,7 +154,7 @@ def _conv2d_backward_weight_kernel(
     dw[co, ci_l, kh, kw] = acc
 
 
-def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
+def conv2d_backward_weight_naive(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
     """dw = correlation of x with dy: one thread per dw element, looping over (n, oh, ow)."""
     total = dw.size
     if total == 0:
