@@ -376,8 +376,8 @@ class GradientExchange:
     def _hook(self, module, bucket_ids):
         original = module.backward
 
-        def backward(dy):
-            dx = original(dy)
+        def backward(dy, **options):  # options: input_grad (Conv2d, Graph)
+            dx = original(dy, **options)
             for b in bucket_ids:
                 self._ready[b] -= 1
             self._launch_ready()

@@ -213,8 +213,13 @@ class Graph(Module):
         except (ValueError, TypeError) as e:
             raise _with_node(e, path or name, layer) from e
 
-    def backward(self, dy):
-        """Reverse order; gradients of a value consumed by several nodes are summed."""
+    input_grad_optional = True
+
+    def backward(self, dy, input_grad=True):
+        """Reverse order; gradients of a value consumed by several nodes are summed. Returns
+        the gradient of the graph's input, or None with input_grad=False: then a layer that
+        reads only the input and can skip its input gradient (Conv2d, a nested Graph:
+        ``input_grad_optional``) does not compute it (a training step's first conv)."""
         if not getattr(self, "_ran_forward", False):
             raise GraphError(
                 str(self.output),
@@ -226,14 +231,24 @@ class Graph(Module):
             if name not in grads:
                 continue  # the output does not depend on this node
             layer = self._modules[name]
+            skip = not input_grad and self._inputs[name] == (self.input_name,)
+            skip = skip and getattr(layer, "input_grad_optional", False)
             try:
-                dxs = layer.backward(grads.pop(name))
+                dxs = (
+                    layer.backward(grads.pop(name), input_grad=False)
+                    if skip
+                    else layer.backward(grads.pop(name))
+                )
             except (ValueError, TypeError) as e:
                 raise _with_node(e, name, layer) from e
+            if skip:
+                continue
             if layer.num_inputs == 1:
                 dxs = (dxs,)
             for i, dx in zip(self._inputs[name], dxs, strict=True):
                 grads[i] = F.add(grads[i], dx) if i in grads else dx  # out of place: dxs may alias
+        if not input_grad:
+            return None
         if self.input_name not in grads:
             raise GraphError(
                 str(self.output), f"the output does not depend on the graph input '{self.input_name}'"
@@ -370,8 +385,10 @@ class Sequential(Graph):
     def forward(self, x):
         return x if not len(self) else super().forward(x)
 
-    def backward(self, dy):
-        return dy if not len(self) else super().backward(dy)
+    def backward(self, dy, input_grad=True):
+        if not len(self):
+            return dy if input_grad else None
+        return super().backward(dy, input_grad)
 
     def check(self, input_shape):
         return {} if not len(self) else super().check(input_shape)

@@ -122,8 +122,12 @@ class Conv2d(Module):
         b = self.bias.data if self.bias is not None else None
         return F.conv2d(x, self.weight.data, b, **self._args())  # (N, C_out, H_out, W_out)
 
-    def backward(self, dy):
-        mask = (True, True, self.bias is not None)  # no bias, no dbias to compute
+    input_grad_optional = True  # backward(dy, input_grad=False) skips dx (a model's first layer)
+
+    def backward(self, dy, input_grad=True):
+        """dx (None when input_grad is False: nothing upstream needs it); dweight and dbias are
+        accumulated into the parameters' .grad."""
+        mask = (bool(input_grad), True, self.bias is not None)  # no bias, no dbias to compute
         dx, dw, db = F.conv2d_backward(dy, self._x, self.weight.data, **self._args(), output_mask=mask)
         self.weight.accumulate_grad(dw)
         if self.bias is not None:

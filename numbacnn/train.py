@@ -342,7 +342,10 @@ def _train_epoch(model, optimizer, loader, epoch, epochs, progress, on_batch, wo
             if world.size > 1:
                 dlogits *= dlogits.dtype.type(len(yb) / b)  # its share of the global mean
             exchange.start()
-            model.backward(dlogits)
+            if getattr(model, "input_grad_optional", False):
+                model.backward(dlogits, input_grad=False)  # nothing needs the images' gradient
+            else:
+                model.backward(dlogits)
             exchange.finish()  # the gradients summed over the ranks
             optimizer.step()
             if i == 0 and log is not None:

@@ -369,3 +369,32 @@ def test_backward_before_forward_and_wrong_dy_shape_name_the_node():
     model(np.zeros((2, 1, 32, 32), np.float32))
     with pytest.raises(ValueError, match=r"node 'fc2' \(Linear\).*dy must have shape \(2, 10\).*\(3, 10\)"):
         model.backward(np.zeros((3, 10), np.float32))
+
+
+def test_backward_without_the_input_gradient_skips_the_first_conv(monkeypatch):
+    """model.backward(dy, input_grad=False) (fit's training step) returns None, gives the same
+    parameter gradients, and the first conv computes no dx; a conv deeper in still does."""
+    from numbacnn import functional
+    from numbacnn.models import lenet5, resnet_cifar
+
+    for build, shape in ((lenet5, (2, 1, 32, 32)), (lambda: resnet_cifar(depth=8), (2, 3, 8, 8))):
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        grads = []
+        for input_grad in (True, False):
+            nrandom.seed(0)
+            model = build()
+            y = model(x)
+            masks = []
+            real = functional.conv2d_backward
+
+            def spy(*a, output_mask=(True, True, True), _real=real, _masks=masks, **k):
+                _masks.append(output_mask[0])
+                return _real(*a, output_mask=output_mask, **k)
+
+            monkeypatch.setattr(functional, "conv2d_backward", spy)
+            dx = model.backward(np.ones_like(y), input_grad=input_grad)
+            monkeypatch.undo()
+            assert (dx is None) == (not input_grad)
+            assert masks[-1] == input_grad and all(masks[:-1])  # only the first conv (last to run)
+            grads.append({n: p.grad.copy() for n, p in model.named_parameters()})
+        assert all(np.array_equal(grads[0][n], grads[1][n]) for n in grads[0])

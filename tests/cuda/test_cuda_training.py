@@ -236,3 +236,43 @@ def test_numbacnn_train_device_cuda_runs_end_to_end(tmp_path, capsys):
         assert metrics["cuda"][key] == pytest.approx(metrics["cpu"][key], rel=1e-4, abs=1e-6), key
     state = load(str(tmp_path / "cuda" / "checkpoint.npz")).model_state
     assert all(isinstance(v, np.ndarray) for v in state.values())
+
+
+BN_SHAPES = [(4, 3, 5), (3, 2, 70), (5, 6, 1), (1, 2, 9), (2, 1, 33)]  # (N, C, L); RED_TPB is 32 here
+
+
+@pytest.mark.parametrize("shape", BN_SHAPES, ids=[f"{n}x{c}x{l}" for n, c, l in BN_SHAPES])
+def test_split_batch_norm_agrees_with_the_block_per_channel_kernels(shape):
+    """The two-level batch-norm kernels (each channel over several blocks) give the one-block
+    kernels' y, running statistics, dx, dgamma and dbeta, training and eval mode."""
+    from numbacnn.kernels.cuda import batchnorm as bn
+
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape) * 3 + 1
+    dy = rng.standard_normal(shape)
+    N, C, L = shape
+    gamma, beta = rng.standard_normal(C), rng.standard_normal(C)
+    rm, rv = rng.standard_normal(C), rng.random(C) + 0.5
+    assert bn.splits(N, C) == max(1, min(N, -(-bn.TARGET_BLOCKS // C)))
+    d = cuda.to_device
+
+    def run(suffix):
+        out = {}
+        y, run_mean, run_var = d(np.full(shape, np.nan)), d(rm.copy()), d(rv.copy())
+        getattr(bn, "batch_norm_forward_train" + suffix)(
+            d(x), d(gamma), d(beta), run_mean, run_var, 0.1, 1e-5, y
+        )
+        out.update(y=y, running_mean=run_mean, running_var=run_var)
+        for mode in ("", "_eval"):
+            dx, dg, db = d(np.full(shape, np.nan)), d(np.full(C, np.nan)), d(np.full(C, np.nan))
+            stats = (d(rm), d(rv)) if mode else ()
+            getattr(bn, "batch_norm_backward" + mode + suffix)(
+                d(dy), d(x), d(gamma), *stats, 1e-5, dx, dg, db
+            )
+            out.update({f"dx{mode}": dx, f"dgamma{mode}": dg, f"dbeta{mode}": db})
+        return {k: v.copy_to_host() for k, v in out.items()}
+
+    split, naive_ = run(""), run("_naive")
+    for name in naive_:
+        assert not np.isnan(split[name]).any(), name
+        np.testing.assert_allclose(split[name], naive_[name], rtol=1e-12, atol=1e-12, err_msg=name)

@@ -12,9 +12,28 @@ the n = N*L values x3[:, c, :]:
     backward (training mode), s = 1/sqrt(var + eps), xhat = (x - mu) s:
     dbeta = sum dy,  dgamma = sum dy xhat,  dx = gamma s (dy - dbeta/n - xhat dgamma/n)
 
-Thread mapping
---------------
-    batch_norm_forward_train:  one BLOCK per channel c (grid = C blocks of RED_TPB threads).
+Two versions
+------------
+The exported batch_norm_forward_train / batch_norm_backward / batch_norm_backward_eval split
+each channel over S blocks (a two-level reduction, below); the *_naive versions give a
+channel one block (64 channels leave half of an H100 idle) and stay as their reference.
+
+Split versions: grid (S, C), S = splits(N, C) so that about TARGET_BLOCKS blocks run.
+    Block (s, c) owns the images n = s*lanes + tid // L, stepping by S*lanes, of channel c,
+    with lanes = max(1, RED_TPB // L) images side by side when a plane is smaller than the
+    block; its threads stride over l. One division per thread, none per element.
+    Level 1: every block writes its float64 partial sum to part[c, s] (block_sum).
+    Level 2: the next kernel adds part[c, 0..S) in order (deterministic), per channel.
+    forward (training):  _sum (x) -> _centered (sum (x - mean)^2, mean from level 2)
+                         -> _finish (one thread per channel: mean, var, scale, shift and
+                         the running statistics) -> _affine (y = x scale + shift)
+    backward (training): _sum, _centered as above -> _dy_sums (sum dy, sum dy (x - mean))
+                         -> _finish_backward (dgamma, dbeta and dx's coefficients)
+                         -> _affine_backward (dx = k (dy - mean_dy - (x - mean) coef))
+    backward (eval):     _dy_sums -> _finish_backward_eval -> _affine_backward
+
+Naive versions:
+    batch_norm_forward_train_naive:  one BLOCK per channel c (grid = C blocks of RED_TPB threads).
         The threads stride over the channel's n values (j = n*L + l, consecutive threads ->
         consecutive l: coalesced), each keeps a float64 partial sum, and the block combines
         them with a shared-memory tree reduction (`block_sum`): mean, then the centred
@@ -42,9 +61,15 @@ Optimisation contract
 
 import math
 
-from numba import cuda, float64
+import numpy as np
+from numba import config, cuda, float64
 
 from ._launch import RED_TPB, TPB, block_sum, blocks_for
+
+_SIM = bool(config.ENABLE_CUDASIM)
+# The split versions give each channel SPLITS blocks, so that this many blocks run at once
+# (four per SM of a 132-SM H100); under the simulator a few, to exercise the splits.
+TARGET_BLOCKS = 4 if _SIM else 528
 
 
 @cuda.jit(device=True)
@@ -105,7 +130,7 @@ def _bn_forward_train_kernel(x3, gamma, beta, running_mean, running_var, momentu
         running_var[c] = (1.0 - momentum) * float64(running_var[c]) + momentum * unbiased
 
 
-def batch_norm_forward_train(x3, gamma, beta, running_mean, running_var, momentum, eps, y3):
+def batch_norm_forward_train_naive(x3, gamma, beta, running_mean, running_var, momentum, eps, y3):
     """y3 = batch-normalised x3; updates running_mean/running_var in place (one block per channel)."""
     C = x3.shape[1]
     if C == 0:
@@ -165,7 +190,7 @@ def _bn_backward_kernel(dy3, x3, gamma, eps, dx3, dgamma, dbeta):
         dx3[n, c, l] = k * (dy3[n, c, l] - mean_dy - (x3[n, c, l] - mean) * coef)
 
 
-def batch_norm_backward(dy3, x3, gamma, eps, dx3, dgamma, dbeta):
+def batch_norm_backward_naive(dy3, x3, gamma, eps, dx3, dgamma, dbeta):
     """Training-mode gradient (batch statistics recomputed): one block per channel."""
     C = x3.shape[1]
     if C == 0:
@@ -193,7 +218,7 @@ def _bn_backward_eval_kernel(dy3, x3, gamma, running_mean, running_var, eps, dx3
         dgamma[c] = sum_dy_xc * sd
 
 
-def batch_norm_backward_eval(dy3, x3, gamma, running_mean, running_var, eps, dx3, dgamma, dbeta):
+def batch_norm_backward_eval_naive(dy3, x3, gamma, running_mean, running_var, eps, dx3, dgamma, dbeta):
     """Eval-mode gradient (fixed running statistics): one block per channel."""
     C = x3.shape[1]
     if C == 0:
@@ -201,3 +226,234 @@ def batch_norm_backward_eval(dy3, x3, gamma, running_mean, running_var, eps, dx3
     _bn_backward_eval_kernel[C, RED_TPB](
         dy3, x3, gamma, running_mean, running_var, float(eps), dx3, dgamma, dbeta
     )
+
+
+# ====================================================================== split versions
+def splits(N, C):
+    """Blocks per channel: enough for TARGET_BLOCKS blocks in all, at most one per image."""
+    return max(1, min(N, -(-TARGET_BLOCKS // max(C, 1))))
+
+
+@cuda.jit(device=True, inline=True)
+def _slice(N, L, s, S):
+    """This thread's part of channel slice s of S: (n0, n_step, l0, l_step). A plane smaller
+    than the block takes `lanes` images side by side; threads left over get n0 = N."""
+    tid = cuda.threadIdx.x
+    if L >= RED_TPB:
+        return s, S, tid, RED_TPB
+    lanes = RED_TPB // L
+    lane = tid // L
+    n0 = s * lanes + lane if lane < lanes else N
+    return n0, S * lanes, tid - lane * L, L
+
+
+@cuda.jit
+def _sum_kernel(x3, part):
+    # x3: (N, C, L)   part: (C, S) float64 partial sums of x
+    N, C, L = x3.shape
+    S = part.shape[1]
+    s, c = cuda.blockIdx.x, cuda.blockIdx.y  # block (s, c) owns slice s of channel c
+    buf = cuda.shared.array(RED_TPB, float64)
+    n0, n_step, l0, l_step = _slice(N, L, s, S)
+    acc = float64(0.0)
+    for n in range(n0, N, n_step):
+        for l in range(l0, L, l_step):
+            acc += x3[n, c, l]
+    total = block_sum(buf, acc)
+    if cuda.threadIdx.x == 0:
+        part[c, s] = total
+
+
+@cuda.jit(device=True, inline=True)
+def _mean_of(part, c, cnt):
+    """The channel's mean from its partial sums, added in split order."""
+    acc = float64(0.0)
+    for s in range(part.shape[1]):
+        acc += part[c, s]
+    return acc / cnt
+
+
+@cuda.jit
+def _centered_kernel(x3, part_sum, part_q):
+    # x3: (N, C, L)   part_sum, part_q: (C, S) float64; part_q = partial sums of (x - mean)^2
+    N, C, L = x3.shape
+    S = part_q.shape[1]
+    s, c = cuda.blockIdx.x, cuda.blockIdx.y
+    buf = cuda.shared.array(RED_TPB, float64)
+    mean = _mean_of(part_sum, c, N * L)
+    n0, n_step, l0, l_step = _slice(N, L, s, S)
+    acc = float64(0.0)
+    for n in range(n0, N, n_step):
+        for l in range(l0, L, l_step):
+            d = x3[n, c, l] - mean
+            acc += d * d
+    total = block_sum(buf, acc)
+    if cuda.threadIdx.x == 0:
+        part_q[c, s] = total
+
+
+@cuda.jit
+def _finish_kernel(part_sum, part_q, cnt, gamma, beta, running_mean, running_var, momentum, eps, coef):
+    # part_sum, part_q: (C, S)   gamma, beta, running_*: (C,)   coef: (C, 4) float64 <- (mean, scale,
+    # shift, 0); one thread per channel
+    c = cuda.grid(1)  # one thread per channel
+    if c >= coef.shape[0]:
+        return
+    mean = _mean_of(part_sum, c, cnt)
+    var = _mean_of(part_q, c, cnt)
+    scale = float64(gamma[c]) / math.sqrt(var + eps)
+    coef[c, 0] = mean
+    coef[c, 1] = scale
+    coef[c, 2] = float64(beta[c]) - mean * scale
+    coef[c, 3] = 0.0
+    unbiased = var * cnt / (cnt - 1) if cnt > 1 else var
+    running_mean[c] = (1.0 - momentum) * float64(running_mean[c]) + momentum * mean
+    running_var[c] = (1.0 - momentum) * float64(running_var[c]) + momentum * unbiased
+
+
+@cuda.jit
+def _affine_kernel(x3, coef, y3):
+    # x3, y3: (N, C, L)   coef: (C, 4): y = x * coef[c, 1] + coef[c, 2]
+    N, C, L = x3.shape
+    S = cuda.gridDim.x
+    s, c = cuda.blockIdx.x, cuda.blockIdx.y
+    scale, shift = coef[c, 1], coef[c, 2]
+    n0, n_step, l0, l_step = _slice(N, L, s, S)
+    for n in range(n0, N, n_step):
+        for l in range(l0, L, l_step):
+            y3[n, c, l] = x3[n, c, l] * scale + shift
+
+
+@cuda.jit
+def _dy_sums_kernel(dy3, x3, mean_of, part_a, part_b):
+    # dy3, x3: (N, C, L)   mean_of: (C, 4) float64, column 0 the mean   part_a, part_b: (C, S)
+    N, C, L = x3.shape
+    S = part_a.shape[1]
+    s, c = cuda.blockIdx.x, cuda.blockIdx.y
+    buf = cuda.shared.array(RED_TPB, float64)
+    mean = mean_of[c, 0]
+    n0, n_step, l0, l_step = _slice(N, L, s, S)
+    a = float64(0.0)  # sum dy
+    b = float64(0.0)  # sum dy * (x - mean)
+    for n in range(n0, N, n_step):
+        for l in range(l0, L, l_step):
+            g = dy3[n, c, l]
+            a += g
+            b += g * (x3[n, c, l] - mean)
+    a = block_sum(buf, a)
+    b = block_sum(buf, b)
+    if cuda.threadIdx.x == 0:
+        part_a[c, s] = a
+        part_b[c, s] = b
+
+
+@cuda.jit
+def _stats_kernel(part_sum, part_q, cnt, eps, coef):
+    # coef: (C, 4) float64 <- (mean, 1/sqrt(var + eps), 0, 0): the batch statistics
+    c = cuda.grid(1)
+    if c >= coef.shape[0]:
+        return
+    coef[c, 0] = _mean_of(part_sum, c, cnt)
+    coef[c, 1] = 1.0 / math.sqrt(_mean_of(part_q, c, cnt) + eps)
+    coef[c, 2] = 0.0
+    coef[c, 3] = 0.0
+
+
+@cuda.jit
+def _eval_stats_kernel(running_mean, running_var, eps, coef):
+    # coef: (C, 4) float64 <- (running_mean, 1/sqrt(running_var + eps), 0, 0)
+    c = cuda.grid(1)
+    if c >= coef.shape[0]:
+        return
+    coef[c, 0] = float64(running_mean[c])
+    coef[c, 1] = 1.0 / math.sqrt(float64(running_var[c]) + eps)
+    coef[c, 2] = 0.0
+    coef[c, 3] = 0.0
+
+
+@cuda.jit
+def _finish_backward_kernel(part_a, part_b, cnt, gamma, train, coef, dgamma, dbeta):
+    # part_a, part_b: (C, S) partial sums of dy and dy (x - mean)   gamma, dgamma, dbeta: (C,)
+    # coef: (C, 4) float64, in (mean, sd, 0, 0), out (mean, k, mean_dy, c3) so that
+    # dx = k (dy - mean_dy - (x - mean) c3); eval mode (fixed statistics): dx = k dy
+    c = cuda.grid(1)
+    if c >= coef.shape[0]:
+        return
+    sd = coef[c, 1]
+    sum_dy = _mean_of(part_a, c, 1)
+    sum_dy_xhat = _mean_of(part_b, c, 1) * sd
+    dbeta[c] = sum_dy
+    dgamma[c] = sum_dy_xhat
+    coef[c, 1] = float64(gamma[c]) * sd
+    if train:
+        coef[c, 2] = sum_dy / cnt
+        coef[c, 3] = sd * sum_dy_xhat / cnt
+
+
+@cuda.jit
+def _affine_backward_kernel(dy3, x3, coef, dx3):
+    # dy3, x3, dx3: (N, C, L)   coef: (C, 4): dx = k (dy - mean_dy - (x - mean) c3)
+    N, C, L = x3.shape
+    S = cuda.gridDim.x
+    s, c = cuda.blockIdx.x, cuda.blockIdx.y
+    mean, k, mean_dy, c3 = coef[c, 0], coef[c, 1], coef[c, 2], coef[c, 3]
+    n0, n_step, l0, l_step = _slice(N, L, s, S)
+    for n in range(n0, N, n_step):
+        for l in range(l0, L, l_step):
+            dx3[n, c, l] = k * (dy3[n, c, l] - mean_dy - (x3[n, c, l] - mean) * c3)
+
+
+def _statistics(x3, S):
+    """(part_sum, part_q): the level-1 partial sums of x and of (x - mean)^2, (C, S) each."""
+    N, C, L = x3.shape
+    part_sum = cuda.device_array((C, S), np.float64)
+    part_q = cuda.device_array((C, S), np.float64)
+    _sum_kernel[(S, C), RED_TPB](x3, part_sum)
+    _centered_kernel[(S, C), RED_TPB](x3, part_sum, part_q)
+    return part_sum, part_q
+
+
+def batch_norm_forward_train(x3, gamma, beta, running_mean, running_var, momentum, eps, y3):
+    """y3 = batch-normalised x3; updates running_mean/running_var in place. Each channel is
+    split over S blocks (a two-level reduction, fixed order: deterministic)."""
+    N, C, L = x3.shape
+    if C == 0:
+        return
+    S = splits(N, C)
+    part_sum, part_q = _statistics(x3, S)
+    coef = cuda.device_array((C, 4), np.float64)
+    _finish_kernel[blocks_for(C), TPB](part_sum, part_q, N * L, gamma, beta, running_mean, running_var,
+                                       float(momentum), float(eps), coef)  # fmt: skip
+    _affine_kernel[(S, C), RED_TPB](x3, coef, y3)
+
+
+def _backward(dy3, x3, gamma, coef, train, dx3, dgamma, dbeta, S):
+    N, C, L = x3.shape
+    part_a = cuda.device_array((C, S), np.float64)
+    part_b = cuda.device_array((C, S), np.float64)
+    _dy_sums_kernel[(S, C), RED_TPB](dy3, x3, coef, part_a, part_b)
+    _finish_backward_kernel[blocks_for(C), TPB](part_a, part_b, N * L, gamma, train, coef, dgamma, dbeta)
+    _affine_backward_kernel[(S, C), RED_TPB](dy3, x3, coef, dx3)
+
+
+def batch_norm_backward(dy3, x3, gamma, eps, dx3, dgamma, dbeta):
+    """Training-mode gradient (batch statistics recomputed), each channel over S blocks."""
+    N, C, L = x3.shape
+    if C == 0:
+        return
+    S = splits(N, C)
+    part_sum, part_q = _statistics(x3, S)
+    coef = cuda.device_array((C, 4), np.float64)
+    _stats_kernel[blocks_for(C), TPB](part_sum, part_q, N * L, float(eps), coef)
+    _backward(dy3, x3, gamma, coef, True, dx3, dgamma, dbeta, S)
+
+
+def batch_norm_backward_eval(dy3, x3, gamma, running_mean, running_var, eps, dx3, dgamma, dbeta):
+    """Eval-mode gradient (fixed running statistics), each channel over S blocks."""
+    N, C, L = x3.shape
+    if C == 0:
+        return
+    S = splits(N, C)
+    coef = cuda.device_array((C, 4), np.float64)
+    _eval_stats_kernel[blocks_for(C), TPB](running_mean, running_var, float(eps), coef)
+    _backward(dy3, x3, gamma, coef, False, dx3, dgamma, dbeta, S)

@@ -52,6 +52,7 @@ def kernels(dtype):
     a1, a2, a3, a4 = (_array(dt, n) for n in (1, 2, 3, 4))
     f, f64, i64, b = from_dtype(dt), types.float64, types.int64, types.boolean
     u8, l64, d1 = _array(np.uint8, 1), _array(np.int64, 1), _array(np.float64, 1)
+    d2 = _array(np.float64, 2)
     conv_geo, pool_geo = (i64,) * 7, (i64,) * 6
     gemm_args = (a1, a1, a1, a1, types.UniTuple(i64, 17)) + (i64,) * 5
     naive = conv.naive
@@ -68,9 +69,23 @@ def kernels(dtype):
         ("avg_pool_forward", pool._avg_pool2d_forward_kernel, (a4, a4) + pool_geo + (f, f), TPB),
         ("max_pool_backward", pool._max_pool2d_backward_kernel, (a4, a4, a4) + pool_geo + (f, f), TPB),
         ("avg_pool_backward", pool._avg_pool2d_backward_kernel, (a4, a4) + pool_geo + (f, f), TPB),
-        ("bn_forward_train", batchnorm._bn_forward_train_kernel, (a3, a1, a1, a1, a1, f64, f64, a3), RED_TPB),
+        ("bn_sum", batchnorm._sum_kernel, (a3, d2), RED_TPB),
+        ("bn_centered", batchnorm._centered_kernel, (a3, d2, d2), RED_TPB),
+        ("bn_finish", batchnorm._finish_kernel, (d2, d2, i64, a1, a1, a1, a1, f64, f64, d2), TPB),
+        ("bn_affine", batchnorm._affine_kernel, (a3, d2, a3), RED_TPB),
+        ("bn_dy_sums", batchnorm._dy_sums_kernel, (a3, a3, d2, d2, d2), RED_TPB),
+        ("bn_stats", batchnorm._stats_kernel, (d2, d2, i64, f64, d2), TPB),
+        ("bn_eval_stats", batchnorm._eval_stats_kernel, (a1, a1, f64, d2), TPB),
+        ("bn_finish_backward", batchnorm._finish_backward_kernel, (d2, d2, i64, a1, b, d2, a1, a1), TPB),
+        ("bn_affine_backward", batchnorm._affine_backward_kernel, (a3, a3, d2, a3), RED_TPB),
+        (
+            "bn_forward_train_naive",
+            batchnorm._bn_forward_train_kernel,
+            (a3, a1, a1, a1, a1, f64, f64, a3),
+            RED_TPB,
+        ),
         ("bn_forward_eval", batchnorm._bn_forward_eval_kernel, (a3, a1, a1, a1, a1, f64, a3), TPB),
-        ("bn_backward", batchnorm._bn_backward_kernel, (a3, a3, a1, f64, a3, a1, a1), RED_TPB),
+        ("bn_backward_naive", batchnorm._bn_backward_kernel, (a3, a3, a1, f64, a3, a1, a1), RED_TPB),
         (
             "bn_backward_eval",
             batchnorm._bn_backward_eval_kernel,
