@@ -87,7 +87,7 @@ def kernels(dtype):
         ("bn_forward_eval", batchnorm._bn_forward_eval_kernel, (a3, a1, a1, a1, a1, f64, a3), TPB),
         ("bn_backward_naive", batchnorm._bn_backward_kernel, (a3, a3, a1, f64, a3, a1, a1), RED_TPB),
         (
-            "bn_backward_eval",
+            "bn_backward_eval_naive",
             batchnorm._bn_backward_eval_kernel,
             (a3, a3, a1, a1, a1, f64, a3, a1, a1),
             RED_TPB,
