@@ -308,7 +308,7 @@ def main(argv=None):
                 ),
                 (
                     "dropout_forward",
-                    lambda: activation.dropout_forward(yf, of, mask, 0.5, 1234),
+                    lambda: activation.dropout_forward(yf, of, mask, 0.5, 1234, 0),
                     (lambda: TF.dropout(T(yf), 0.5, True)) if torch else None,
                 ),
                 (

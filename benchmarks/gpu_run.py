@@ -177,7 +177,7 @@ def main(argv=None):
                 continue
             cmd = [py, "-m", "benchmarks.gpu_run", "--worker", impl, model_name, tf32]
             cmd += ["--smoke"] if args.smoke else []
-            rc, out = part(f"step {model_name} {impl} tf32 {tf32}", cmd, 120)
+            rc, out = part(f"step {model_name} {impl} tf32 {tf32}", cmd, 600 if args.smoke else 120)
             lines = [ln for ln in out.splitlines() if ln.startswith("{")]
             if rc == 0 and lines:
                 steps.append(json.loads(lines[-1]))
