@@ -36,12 +36,25 @@ order). The summary table is numbacnn.summary.
 """
 
 import heapq
+import inspect
 
 import numpy as np
 
 from numbacnn import functional as F
 from numbacnn.module import Module
 from numbacnn.summary import Summary, format_shape, human  # noqa: F401  (re-exported)
+
+
+def takes_input_grad(module):
+    """True when ``module.backward`` can skip its input gradient: it declares
+    ``input_grad_optional`` and its backward (perhaps a subclass's override with the plain
+    ``backward(self, dy)``) takes an ``input_grad`` argument."""
+    if not getattr(module, "input_grad_optional", False):
+        return False
+    try:
+        return "input_grad" in inspect.signature(module.backward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class GraphError(ValueError):
@@ -232,7 +245,7 @@ class Graph(Module):
                 continue  # the output does not depend on this node
             layer = self._modules[name]
             skip = not input_grad and self._inputs[name] == (self.input_name,)
-            skip = skip and getattr(layer, "input_grad_optional", False)
+            skip = skip and takes_input_grad(layer)
             try:
                 dxs = (
                     layer.backward(grads.pop(name), input_grad=False)

@@ -292,6 +292,12 @@ class Module:
         run here, TypeError for parameters of mixed dtypes."""
         device = _device.require(f"{type(self).__name__}.to", device)
         params = list({id(p): p for p in self.parameters()}.values())  # a shared one once
+        dtypes = {p.data.dtype for p in params}
+        if device != "cpu" and len(dtypes) > 1:  # refused before anything moves
+            raise TypeError(
+                f"{type(self).__name__}.to({device!r}): the parameters must share one dtype (one flat "
+                f"array holds them), got {sorted(map(str, dtypes))}: cast with astype first"
+            )
         for _, mod in self.named_modules():
             for name, b in list(mod._buffers.items()):
                 if np.issubdtype(b.dtype, np.floating):

@@ -25,7 +25,7 @@ per-parameter state as ``<name>.<i>``), which checkpoints store, so a run resume
 import numpy as np
 
 from ._checks import check_bool, check_number
-from .kernels import backend
+from .kernels import backend, is_device_array
 from .module import flat_runs, zero_grads
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "OPTIMIZERS", "build_optimizer",
@@ -55,6 +55,13 @@ class Optimizer:
         """Set every parameter's gradient to zero, in place, on its device (one kernel for the
         parameters of a model moved to "cuda")."""
         zero_grads([p for p in self.params if p.grad is not None])
+
+    def _follow(self, state, p):
+        """An optimizer buffer on the device of parameter ``p`` (copied there when the model
+        was moved after the optimizer stepped: the state follows the parameters)."""
+        if state is None or is_device_array(state) == is_device_array(p.data):
+            return state
+        return _on_device_of(p.data, backend(state).to_host(state))
 
     def _grads(self):
         """(i, parameter, gradient) of the parameters that have a gradient (torch skips the
@@ -105,8 +112,10 @@ class SGD(Optimizer):
         self.step_count += 1
 
     def _check_grads(self):
-        for _ in self._grads():  # shape checks, before anything changes
-            pass
+        for i, p, _ in self._grads():  # shape checks, before anything changes
+            moved = self._follow(self.buffers[i], p)
+            if moved is not self.buffers[i]:
+                self.buffers[i] = moved
 
     def _settings(self):
         return self.lr, self.momentum, self.weight_decay, self.nesterov
@@ -231,6 +240,8 @@ class _Adaptive(Optimizer):
         if self.state[i] is None:
             be = backend(p.data)
             self.state[i] = {"step": 0, **{b: be.full(p.data.shape, 0.0, p.data.dtype) for b in self.BUFFERS}}
+        for b in self.BUFFERS:  # on the parameter's device, if the model moved since
+            self.state[i][b] = self._follow(self.state[i][b], p)
         self.state[i]["step"] += 1
         return self.state[i]
 

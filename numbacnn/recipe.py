@@ -324,6 +324,7 @@ def _train(config, out, resume, progress, log, on_batch, plan, stored_preprocess
             if world and world.size > 1
             else ""
         )
+        + (f", on {config.device}" if config.device != "cpu" else "")
         + f", out {out}"
     )
     return fit(

@@ -48,6 +48,7 @@ from ._checks import is_int
 from ._io import atomic_write
 from .data.loader import DeviceLoader
 from .distributed import GradientExchange, World
+from .graph import takes_input_grad
 from .kernels import jit_counts
 
 __all__ = [
@@ -272,9 +273,12 @@ def fit(
                     dict(config or {}), progress, on_batch, log, on_resume, world)  # fmt: skip
 
 
-def _first_batch_note(before, seconds):
+def _first_batch_note(before, seconds, device="cpu"):
     """What the first batch spent on Numba's JIT, in one line (None when it compiled or loaded
-    nothing): `before` is kernels.jit_counts() from before it."""
+    nothing): `before` is kernels.jit_counts() from before it. On "cuda" the kernels are
+    compiled at their first launch in every run (numba.cuda keeps no disk cache here)."""
+    if device == "cuda":
+        return f"the first batch compiled its CUDA kernels in {seconds:.1f} s (Numba's JIT, once per run)"
     compiled, loaded = (after - b for after, b in zip(jit_counts(), before, strict=True))
     if compiled:
         return (
@@ -342,14 +346,14 @@ def _train_epoch(model, optimizer, loader, epoch, epochs, progress, on_batch, wo
             if world.size > 1:
                 dlogits *= dlogits.dtype.type(len(yb) / b)  # its share of the global mean
             exchange.start()
-            if getattr(model, "input_grad_optional", False):
+            if takes_input_grad(model):
                 model.backward(dlogits, input_grad=False)  # nothing needs the images' gradient
             else:
                 model.backward(dlogits)
             exchange.finish()  # the gradients summed over the ranks
             optimizer.step()
             if i == 0 and log is not None:
-                note = _first_batch_note(jit_before, time.perf_counter() - t0)
+                note = _first_batch_note(jit_before, time.perf_counter() - t0, device)
                 if note:
                     if bar is not None:
                         tqdm.write(note, file=sys.stderr)  # above the bar, which stays whole

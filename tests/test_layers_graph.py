@@ -398,3 +398,31 @@ def test_backward_without_the_input_gradient_skips_the_first_conv(monkeypatch):
             assert masks[-1] == input_grad and all(masks[:-1])  # only the first conv (last to run)
             grads.append({n: p.grad.copy() for n, p in model.named_parameters()})
         assert all(np.array_equal(grads[0][n], grads[1][n]) for n in grads[0])
+
+
+def test_fit_trains_layers_whose_backward_takes_only_dy(tmp_path):
+    """A subclass overriding backward(self, dy) (the documented protocol) still trains: the
+    first layer's input gradient is skipped only for a backward that takes input_grad."""
+    from numbacnn import train
+    from numbacnn.data import DataLoader
+    from numbacnn.graph import takes_input_grad
+    from numbacnn.optim import SGD
+
+    class LoggingConv(Conv2d):
+        def backward(self, dy):
+            return super().backward(dy)
+
+    class MyNet(Sequential):
+        def backward(self, dy):
+            return super().backward(dy)
+
+    assert takes_input_grad(Conv2d(1, 2, 3)) and takes_input_grad(Sequential(Conv2d(1, 2, 3)))
+    assert not takes_input_grad(LoggingConv(1, 2, 3)) and not takes_input_grad(MyNet(Conv2d(1, 2, 3)))
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((8, 1, 4, 4)).astype(np.float32), rng.integers(0, 3, 8)
+    for model in (Sequential(LoggingConv(1, 2, 3), ReLU(), Flatten(), Linear(8, 3)),
+                  MyNet(Conv2d(1, 2, 3), ReLU(), Flatten(), Linear(8, 3))):  # fmt: skip
+        loader = DataLoader(x, y, 4)
+        metrics = train.fit(model, SGD(model.parameters(), lr=0.1), loader, loader, 1,
+                            tmp_path / type(model).__name__, progress=False, log=lambda *a: None)  # fmt: skip
+        assert len(metrics) == 1 and np.isfinite(metrics[0]["train_loss"])

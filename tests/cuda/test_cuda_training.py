@@ -276,3 +276,37 @@ def test_split_batch_norm_agrees_with_the_block_per_channel_kernels(shape):
     for name in naive_:
         assert not np.isnan(split[name]).any(), name
         np.testing.assert_allclose(split[name], naive_[name], rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_optimizer_state_follows_the_model_between_devices():
+    """SGD's momentum and Adam's moments move with the parameters when the model moves after
+    the optimizer stepped (cpu -> cuda -> cpu), giving the all-CPU run's weights; a model whose
+    parameters have mixed dtypes is refused by to("cuda") before anything moves."""
+    from numbacnn import optim
+    from numbacnn.graph import Sequential
+    from numbacnn.layers import BatchNorm2d
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((2, 1, 4, 4)).astype(np.float32), np.array([0, 2])
+    for make in (lambda p: optim.SGD(p, lr=0.1, momentum=0.9), lambda p: optim.Adam(p, lr=0.01)):
+        states = []
+        for path in (("cpu", "cpu", "cpu"), ("cuda", "cpu", "cuda"), ("cpu", "cuda", "cpu")):
+            numbacnn.random.seed(0)
+            model = Sequential(Conv2d(1, 2, 3), Flatten(), Linear(8, 3))
+            opt = make(model.parameters())
+            for device in path:
+                model.to(device)
+                xb, yb = (cuda.to_device(x), cuda.to_device(y)) if device == "cuda" else (x, y)
+                logits = model(xb)
+                model.zero_grad()
+                model.backward(F.cross_entropy_backward(logits, yb))
+                opt.step()
+            states.append(model.to("cpu").state_dict())
+        for state in states[1:]:
+            for k in state:
+                np.testing.assert_allclose(state[k], states[0][k], rtol=1e-5, atol=1e-6, err_msg=k)
+    mixed = Sequential(Conv2d(1, 2, 3, padding=1), BatchNorm2d(2), Flatten(), Linear(32, 3))
+    mixed[3].weight.data = mixed[3].weight.data.astype(np.float64)
+    with pytest.raises(TypeError, match=r"to\('cuda'\): the parameters must share one dtype"):
+        mixed.to("cuda")
+    assert isinstance(mixed[1].running_mean, np.ndarray) and mixed.device == "cpu"
