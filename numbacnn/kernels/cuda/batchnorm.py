@@ -403,14 +403,16 @@ def _affine_backward_kernel(dy3, x3, coef, dx3):
             dx3[n, c, l] = k * (dy3[n, c, l] - mean_dy - (x3[n, c, l] - mean) * c3)
 
 
-def _statistics(x3, S):
-    """(part_sum, part_q): the level-1 partial sums of x and of (x - mean)^2, (C, S) each."""
+def _statistics(x3):
+    """(S, part_sum, part_q, coef): the splits per channel, the level-1 partial sums of x and
+    of (x - mean)^2, (C, S) each, and the (C, 4) float64 coefficients for the next kernels."""
     N, C, L = x3.shape
+    S = splits(N, C)
     part_sum = cuda.device_array((C, S), np.float64)
     part_q = cuda.device_array((C, S), np.float64)
     _sum_kernel[(S, C), RED_TPB](x3, part_sum)
     _centered_kernel[(S, C), RED_TPB](x3, part_sum, part_q)
-    return part_sum, part_q
+    return S, part_sum, part_q, cuda.device_array((C, 4), np.float64)
 
 
 def batch_norm_forward_train(x3, gamma, beta, running_mean, running_var, momentum, eps, y3):
@@ -419,9 +421,7 @@ def batch_norm_forward_train(x3, gamma, beta, running_mean, running_var, momentu
     N, C, L = x3.shape
     if C == 0:
         return
-    S = splits(N, C)
-    part_sum, part_q = _statistics(x3, S)
-    coef = cuda.device_array((C, 4), np.float64)
+    S, part_sum, part_q, coef = _statistics(x3)
     _finish_kernel[blocks_for(C), TPB](part_sum, part_q, N * L, gamma, beta, running_mean, running_var,
                                        float(momentum), float(eps), coef)  # fmt: skip
     _affine_kernel[(S, C), RED_TPB](x3, coef, y3)
@@ -441,9 +441,7 @@ def batch_norm_backward(dy3, x3, gamma, eps, dx3, dgamma, dbeta):
     N, C, L = x3.shape
     if C == 0:
         return
-    S = splits(N, C)
-    part_sum, part_q = _statistics(x3, S)
-    coef = cuda.device_array((C, 4), np.float64)
+    S, part_sum, part_q, coef = _statistics(x3)
     _stats_kernel[blocks_for(C), TPB](part_sum, part_q, N * L, float(eps), coef)
     _backward(dy3, x3, gamma, coef, True, dx3, dgamma, dbeta, S)
 

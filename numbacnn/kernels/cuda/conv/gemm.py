@@ -65,9 +65,19 @@ _BOUNDS = {} if _SIM else {"launch_bounds": LAUNCH_BOUNDS}  # the simulator take
 # geo = (N, C_in, H, W, C_out, H_out, W_out, kH, kW, stride_h, stride_w, pad_top, pad_left,
 #        dil_h, dil_w, C_in_g, C_out_g): every array is passed flat (C order).
 @cuda.jit(device=True, inline=True)
-def _x_at(x, geo, g, n, ci_l, ih, iw):
-    """x[n, g*C_in_g + ci_l, ih, iw], or 0 in the padding."""
-    C_in, H, W = geo[1], geo[2], geo[3]
+def _x_unfolded(x, geo, g, tap, pos):
+    """x unfolded (im2col, never stored): x[n, g*C_in_g + ci_l, oh*stride_h - pad_top +
+    kh*dil_h, ow*stride_w - pad_left + kw*dil_w] for tap = (ci_l, kh, kw) and output position
+    pos = (n, oh, ow), flattened; 0 in the padding."""
+    C_in, H, W, H_out, W_out, kH, kW = geo[1], geo[2], geo[3], geo[5], geo[6], geo[7], geo[8]
+    kw = tap % kW
+    kh = (tap // kW) % kH
+    ci_l = tap // (kW * kH)
+    ow = pos % W_out
+    oh = (pos // W_out) % H_out
+    n = pos // (W_out * H_out)
+    ih = oh * geo[9] - geo[11] + kh * geo[13]
+    iw = ow * geo[10] - geo[12] + kw * geo[14]
     if 0 <= ih < H and 0 <= iw < W:
         return x[((n * C_in + g * geo[15] + ci_l) * H + ih) * W + iw]
     return x.dtype.type(0)
@@ -83,19 +93,10 @@ def _fwd_a(w, geo, g, m, r, M, r_end):
 
 @cuda.jit(device=True, inline=True)
 def _fwd_b(x, geo, g, r, q, Q, r_end):
-    # B[r, q] = x[n, ci, oh*stride_h - pad_top + kh*dil_h, ow*stride_w - pad_left + kw*dil_w]
+    # B[r, q] = x unfolded: tap r = (ci_l, kh, kw), position q = (n, oh, ow)
     if r >= r_end or q >= Q:
         return x.dtype.type(0)
-    kH, kW, H_out, W_out = geo[7], geo[8], geo[5], geo[6]
-    kw = r % kW
-    kh = (r // kW) % kH
-    ci_l = r // (kW * kH)
-    ow = q % W_out
-    oh = (q // W_out) % H_out
-    n = q // (W_out * H_out)
-    ih = oh * geo[9] - geo[11] + kh * geo[13]
-    iw = ow * geo[10] - geo[12] + kw * geo[14]
-    return _x_at(x, geo, g, n, ci_l, ih, iw)
+    return _x_unfolded(x, geo, g, r, q)
 
 
 @cuda.jit(device=True, inline=True)
@@ -167,19 +168,10 @@ def _dw_a(dy, geo, g, m, r, M, r_end):
 
 @cuda.jit(device=True, inline=True)
 def _dw_b(x, geo, g, r, q, Q, r_end):
-    # B[r, q] = x[n, ci, ih, iw]: r = (n, oh, ow) a position, q = (ci_l, kh, kw) a tap
+    # B[r, q] = x unfolded, transposed: position r = (n, oh, ow), tap q = (ci_l, kh, kw)
     if r >= r_end or q >= Q:
         return x.dtype.type(0)
-    kH, kW, H_out, W_out = geo[7], geo[8], geo[5], geo[6]
-    kw = q % kW
-    kh = (q // kW) % kH
-    ci_l = q // (kW * kH)
-    ow = r % W_out
-    oh = (r // W_out) % H_out
-    n = r // (W_out * H_out)
-    ih = oh * geo[9] - geo[11] + kh * geo[13]
-    iw = ow * geo[10] - geo[12] + kw * geo[14]
-    return _x_at(x, geo, g, n, ci_l, ih, iw)
+    return _x_unfolded(x, geo, g, q, r)
 
 
 @cuda.jit(device=True, inline=True)
