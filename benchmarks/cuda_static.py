@@ -15,7 +15,8 @@ FMA of the innermost loop that holds FMAs (FFMA for float32, DFMA for float64).
 Then the launches of every ResNet-50 conv (batch 64, 224 x 224): forward, input gradient
 and weight gradient, with their blocks.
 
-Exit status 1 on a compile error, any spill, a float32 conv GEMM inner loop above
+Exit status 1 on a compile error, float64 arithmetic in the PTX of a float32 kernel meant
+to have none (signatures.F32_PURE), any spill, a float32 conv GEMM inner loop above
 MAX_SASS_PER_FFMA instructions per FFMA, or a ResNet-50 conv launch below MIN_BLOCKS blocks
 (two per SM of an H100). --json writes the rows as a list of objects (keys `kernel`, `dtype`,
 `cc`, `registers`, `spill_bytes`, `shared_bytes`, `occupancy`, `sass_per_ffma`; then
@@ -23,6 +24,7 @@ MAX_SASS_PER_FFMA instructions per FFMA, or a ResNet-50 conv launch below MIN_BL
 """
 
 import argparse
+import concurrent.futures
 import glob
 import json
 import os
@@ -76,6 +78,7 @@ def occupancy(registers, shared_bytes, threads, cc):
     return round(min(blocks * warps, 64) / 64, 3)
 
 
+_F64_OP = re.compile(r"\b(?:add|sub|mul|fma|div)(?:\.rn)?\.f64\b")
 _INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)(.*?);")
 _LABEL = re.compile(r"^\s*(\.L_x_\d+):")
 _BRANCH = re.compile(r"BRA\s+`?\(?(\.L_x_\d+)")
@@ -107,8 +110,9 @@ def sass_per_fma(sass, fma="FFMA"):
     return None if best is None else round(best[0] / best[1], 2)
 
 
-def compile_all(ccs, tmp, ptxas, nvdisasm, log):
-    """Rows of (kernel, dtype, cc) and a list of failures."""
+def compile_all(ccs, tmp, ptxas, nvdisasm, log, shard=(0, 1)):
+    """Rows of (kernel, dtype, cc) and a list of failures; shard (k, K): every K-th kernel
+    from the k-th (a worker's share)."""
     import numba.cuda.dispatcher as dispatcher
     from numba import cuda
     from numba.cuda.compiler import _compile_pyfunc_with_fixup
@@ -116,11 +120,11 @@ def compile_all(ccs, tmp, ptxas, nvdisasm, log):
     if not cuda.is_available():  # device functions ask the current GPU for its compute capability
         dispatcher.get_current_device = lambda: type("NoGPU", (), {"compute_capability": (8, 0)})()
 
-    from numbacnn.kernels.cuda.signatures import CONV_GEMM, kernels
+    from numbacnn.kernels.cuda.signatures import CONV_GEMM, F32_PURE, kernels
 
     rows, failures = [], []
     for dtype in ("float32", "float64"):
-        for k in kernels(np.dtype(dtype)):
+        for k in kernels(np.dtype(dtype))[shard[0] :: shard[1]]:
             try:
                 # typed and lowered once (as a kernel: the entry point ptxas needs), then NVVM per cc
                 lib, _ = _compile_pyfunc_with_fixup(
@@ -146,6 +150,11 @@ def compile_all(ccs, tmp, ptxas, nvdisasm, log):
                     failures.append(f"{k.name} {dtype} sm_{cc}: {getattr(e, 'stderr', '') or e}")
                     continue
                 info = _ptxas_info(out.stderr + out.stdout)
+                if dtype == "float32" and k.name in F32_PURE and _F64_OP.search(ptx):
+                    op = _F64_OP.search(ptx).group(0)
+                    failures.append(
+                        f"{k.name} float32 sm_{cc}: float64 arithmetic in its PTX ({op}): promoted"
+                    )
                 row = dict(kernel=k.name, dtype=dtype, cc=cc, **info,
                            occupancy=occupancy(info["registers"], info["shared_bytes"], k.threads, cc),
                            sass_per_ffma=None)  # fmt: skip
@@ -156,6 +165,10 @@ def compile_all(ccs, tmp, ptxas, nvdisasm, log):
                 rows.append(row)
                 log(_row_text(row))
     return rows, failures
+
+
+def _quiet(*args):
+    pass
 
 
 def _row_text(r):
@@ -213,7 +226,16 @@ def main(argv=None):
     print(f"ptxas {ptxas}\nnvdisasm {nvdisasm}")
     print(f"{'kernel':22s} {'dtype':8s} cc      regs  spill    smem  occup SASS/FMA")
     with tempfile.TemporaryDirectory() as tmp:
-        rows, failures = compile_all(args.cc, tmp, ptxas, nvdisasm, print)
+        # two processes, each compiling every other kernel (Numba's typing and NVVM use one core)
+        with concurrent.futures.ProcessPoolExecutor(2) as pool:
+            jobs = [pool.submit(compile_all, args.cc, tmp, ptxas, nvdisasm, _quiet, (k, 2)) for k in range(2)]
+            rows, failures = [], []
+            for job in jobs:
+                r, f = job.result()
+                rows += r
+                failures += f
+        for row in rows:
+            print(_row_text(row))
     launches = resnet50_launches()
     print(f"\nResNet-50 conv launches, batch 64, 224x224 ({len(launches)}): fewest blocks per kernel")
     for kernel in ("conv_gemm_forward", "conv_gemm_input", "conv_gemm_weight"):

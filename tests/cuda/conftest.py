@@ -28,7 +28,7 @@ SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 if SIM:
     # Speed, not behaviour: the simulator's block scheduler (BlockManager.run) polls its
     # threads in a loop that holds the GIL, so the Python threads that ARE the CUDA threads
-    # wait for it. The same loop, sleeping 0.2 ms per round, runs the tiled kernels (a
+    # wait for it. The same loop, sleeping 50 us per round, runs the tiled kernels (a
     # cuda.syncthreads() per staged tile) about 2x faster.
     import time
 
@@ -47,7 +47,7 @@ if SIM:
             threads.add(t)
             live.add(t)
         while live:
-            time.sleep(0.0002)  # the only change: let the block's threads run
+            time.sleep(0.00005)  # the only change: let the block's threads run
             for t in live:
                 if t.syncthreads_blocked:
                     blocked.add(t)

@@ -23,6 +23,28 @@ try:
 except Exception as exc:  # pragma: no cover - depends on the installation
     pytest.skip(f"numba-cuda is not importable: {exc}", allow_module_level=True)
 
+
+def _static_check_runs():
+    """True when benchmarks/cuda_static.py can run here (ptxas and nvdisasm found): it types,
+    lowers and compiles every kernel further, to PTX and SASS, with this file's float64 check
+    (signatures.F32_PURE), and tests/test_device.py runs it."""
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, root)
+    try:
+        from benchmarks.cuda_static import _tool
+    except Exception:  # pragma: no cover
+        return False
+    finally:
+        sys.path.remove(root)
+    return bool(_tool("ptxas", "nvidia/cu*/bin/ptxas") and _tool("nvdisasm", "nvidia/cu*/bin/nvdisasm"))
+
+
+if _static_check_runs():
+    pytest.skip("tests/test_device.py's static check compiles every kernel to SASS (a superset of this test)",
+                allow_module_level=True)  # fmt: skip
+
 CC = (8, 0)
 
 

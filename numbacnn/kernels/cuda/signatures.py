@@ -28,11 +28,22 @@ from . import (
 )
 from ._launch import RED_TPB, TPB
 
-__all__ = ["Kernel", "kernels", "CONV_GEMM"]
+__all__ = ["Kernel", "kernels", "CONV_GEMM", "F32_PURE"]
 
 # The implicit-GEMM conv kernels (conv/gemm.py): the ones whose inner loop is held to a few
 # SASS instructions per FFMA.
 CONV_GEMM = ("conv_gemm_forward", "conv_gemm_input", "conv_gemm_weight")
+
+
+# Kernels whose float32 instance must do no float64 arithmetic (the others accumulate in
+# float64 on purpose: batch norm's statistics, the losses, the bias gradients).
+F32_PURE = frozenset({
+    "conv_gemm_forward", "conv_gemm_input", "conv_gemm_weight", "conv_sum_splits", "conv_forward_naive",
+    "conv_input_naive", "conv_weight_naive", "max_pool_forward", "avg_pool_forward", "max_pool_backward",
+    "avg_pool_backward", "linear_forward_naive", "linear_forward_tiled", "linear_combine_rows",
+    "relu_forward", "relu_backward", "tanh_forward", "tanh_backward", "sigmoid_forward", "sigmoid_backward",
+    "dropout_backward", "add_forward", "sgd", "adam", "rmsprop", "fill", "add_inplace",
+})  # fmt: skip
 
 
 class Kernel(NamedTuple):
