@@ -141,7 +141,7 @@ def _numbacnn(kind, p, dtype):
     def step():
         model.zero_grad()
         logits = model(x)
-        model.backward(F.cross_entropy_backward(logits, y))
+        model.backward(F.cross_entropy_backward(logits, y), input_grad=False)  # as fit (and torch) do
         opt.step()
 
     return step
