@@ -110,7 +110,7 @@ def sass_per_fma(sass, fma="FFMA"):
     return None if best is None else round(best[0] / best[1], 2)
 
 
-def compile_all(ccs, tmp, ptxas, nvdisasm, log, shard=(0, 1)):
+def compile_all(ccs, tmp, ptxas, nvdisasm, shard=(0, 1)):
     """Rows of (kernel, dtype, cc) and a list of failures; shard (k, K): every K-th kernel
     from the k-th (a worker's share)."""
     import numba.cuda.dispatcher as dispatcher
@@ -163,12 +163,7 @@ def compile_all(ccs, tmp, ptxas, nvdisasm, log, shard=(0, 1)):
                                           check=True).stdout  # fmt: skip
                     row["sass_per_ffma"] = sass_per_fma(sass, "FFMA" if dtype == "float32" else "DFMA")
                 rows.append(row)
-                log(_row_text(row))
     return rows, failures
-
-
-def _quiet(*args):
-    pass
 
 
 def _row_text(r):
@@ -228,7 +223,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         # two processes, each compiling every other kernel (Numba's typing and NVVM use one core)
         with concurrent.futures.ProcessPoolExecutor(2) as pool:
-            jobs = [pool.submit(compile_all, args.cc, tmp, ptxas, nvdisasm, _quiet, (k, 2)) for k in range(2)]
+            jobs = [pool.submit(compile_all, args.cc, tmp, ptxas, nvdisasm, (k, 2)) for k in range(2)]
             rows, failures = [], []
             for job in jobs:
                 r, f = job.result()

@@ -151,7 +151,7 @@ _CHECKED_LABELS = {}  # id(device labels) -> (weak reference, (lo, hi))
 
 def labels_checked(labels, lo, hi):
     """Record that device array ``labels`` holds values in [lo, hi], checked on the host
-    before upload (numbacnn.data.device_batches does it once per data set), so that
+    before upload (numbacnn.data.DeviceLoader does it once per data set), so that
     class_labels needs no device-to-host copy for it. The record goes with the array."""
     import weakref
 

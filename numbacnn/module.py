@@ -20,7 +20,7 @@ from .kernels import backend as _backend
 from .kernels import get as _kernels_for
 from .kernels import is_device_array as _is_device_array
 
-__all__ = ["Parameter", "Module", "FlatStorage", "flat_runs", "zero_grads"]
+__all__ = ["Parameter", "Module", "FlatStorage", "flat_runs", "zero_grads", "split", "host_copy", "move"]
 
 
 class Parameter:
@@ -102,23 +102,30 @@ class FlatStorage:
         self.device, self.dtype, self.size = device, dtype, total
         self.data = be.empty((total,), dtype)
         self.grad = be.full((total,), 0.0, dtype)
-        self.views = []
+        shapes = [p.shape for p in params]
+        self.views = list(zip(split(self.data, shapes), split(self.grad, shapes), strict=True))
         offset = 0
-        for p in params:
-            n = p.size
-            d = self.data[offset : offset + n].reshape(p.shape)
-            g = self.grad[offset : offset + n].reshape(p.shape)
+        for p, (d, g) in zip(params, self.views, strict=True):
             be.copy_(d, p.data)
             be.copy_(g, p.grad)
             p.data, p.grad, p.flat = d, g, (self, offset)
-            self.views.append((d, g))
-            offset += n
+            offset += p.size
 
     def holds(self, p):
         """True while p's data and grad are still this storage's views (nobody replaced them)."""
         if p.flat is None or p.flat[0] is not self:
             return False
         return any(p.data is d and p.grad is g for d, g in self.views)
+
+
+def split(flat, shapes):
+    """Views of consecutive slices of the 1-D array ``flat``, one per shape, in order."""
+    views, offset = [], 0
+    for shape in shapes:
+        n = int(np.prod(shape, dtype=np.int64))
+        views.append(flat[offset : offset + n].reshape(shape))
+        offset += n
+    return views
 
 
 def flat_runs(params):
@@ -301,10 +308,10 @@ class Module:
         for _, mod in self.named_modules():
             for name, b in list(mod._buffers.items()):
                 if np.issubdtype(b.dtype, np.floating):
-                    mod._buffers[name] = _move(b, device)
+                    mod._buffers[name] = move(b, device)
         if device == "cpu":
             for p in params:
-                p.data, p.grad, p.flat = _move(p.data, "cpu"), _move(p.grad, "cpu"), None
+                p.data, p.grad, p.flat = move(p.data, "cpu"), move(p.grad, "cpu"), None
         else:
             for p in params:  # FlatStorage copies each into its place on the device
                 p.flat = None
@@ -322,9 +329,9 @@ class Module:
         out = {}
         for mod_prefix, mod in self.named_modules():
             for name, p in mod._parameters.items():
-                out[f"{mod_prefix}.{name}" if mod_prefix else name] = _host_copy(p.data)
+                out[f"{mod_prefix}.{name}" if mod_prefix else name] = host_copy(p.data)
             for name, b in mod._buffers.items():
-                out[f"{mod_prefix}.{name}" if mod_prefix else name] = _host_copy(b)
+                out[f"{mod_prefix}.{name}" if mod_prefix else name] = host_copy(b)
         return out
 
     def load_state_dict(self, state, strict=True):
@@ -401,13 +408,14 @@ class Module:
         raise ValueError(f"{self!r}: {msg}")
 
 
-def _host_copy(a):
-    """A NumPy copy of a host or device array."""
-    return np.array(_backend(a).to_host(a), copy=True) if _is_device_array(a) else np.array(a, copy=True)
+def host_copy(a):
+    """A NumPy copy of a host or device array (state_dict, an optimizer's state_dict)."""
+    return _backend(a).to_host(a) if _is_device_array(a) else np.array(a, copy=True)
 
 
-def _move(a, device):
-    """a on ``device`` (a itself when it is there already)."""
+def move(a, device):
+    """Array ``a`` on ``device`` ("cpu" or "cuda"): ``a`` itself when it is there already,
+    else a copy (Module.to; an optimizer's state following its parameters)."""
     if device == "cpu":
         return _backend(a).to_host(a) if _is_device_array(a) else a
-    return a if _is_device_array(a) else _kernels_for(device).ascontiguous(np.ascontiguousarray(a))
+    return a if _is_device_array(a) else _kernels_for(device).ascontiguous(a)

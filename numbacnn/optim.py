@@ -25,8 +25,9 @@ per-parameter state as ``<name>.<i>``), which checkpoints store, so a run resume
 import numpy as np
 
 from ._checks import check_bool, check_number
-from .kernels import backend, is_device_array
-from .module import flat_runs, zero_grads
+from .device import device_of
+from .kernels import backend
+from .module import flat_runs, host_copy, move, split, zero_grads
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "OPTIMIZERS", "build_optimizer",
            "ConstantLR", "StepLR", "CosineLR", "build_schedule"]  # fmt: skip
@@ -55,13 +56,6 @@ class Optimizer:
         """Set every parameter's gradient to zero, in place, on its device (one kernel for the
         parameters of a model moved to "cuda")."""
         zero_grads([p for p in self.params if p.grad is not None])
-
-    def _follow(self, state, p):
-        """An optimizer buffer on the device of parameter ``p`` (copied there when the model
-        was moved after the optimizer stepped: the state follows the parameters)."""
-        if state is None or is_device_array(state) == is_device_array(p.data):
-            return state
-        return _on_device_of(p.data, backend(state).to_host(state))
 
     def _grads(self):
         """(i, parameter, gradient) of the parameters that have a gradient (torch skips the
@@ -104,18 +98,19 @@ class SGD(Optimizer):
         """One update of every parameter from its current ``.grad``, in place on its device:
         one kernel (``kernels.<device>.optim.sgd_step``) per run of a model's flat storage
         (the whole model after Module.to("cuda")), one per other parameter."""
-        self._check_grads()
+        self._prepare()
         for run in flat_runs(self.params):
             if run[0] is None or not self._fused_step(*run):
                 for i in run[3]:
                     self._step_one(i)
         self.step_count += 1
 
-    def _check_grads(self):
-        for i, p, _ in self._grads():  # shape checks, before anything changes
-            moved = self._follow(self.buffers[i], p)
-            if moved is not self.buffers[i]:
-                self.buffers[i] = moved
+    def _prepare(self):
+        """Before anything changes: the gradients' shapes checked (_grads), and each momentum
+        buffer on its parameter's device (copied there if the model moved since its step)."""
+        for i, p, _ in self._grads():
+            if self.buffers[i] is not None:
+                self.buffers[i] = move(self.buffers[i], device_of(p.data))
 
     def _settings(self):
         return self.lr, self.momentum, self.weight_decay, self.nesterov
@@ -156,15 +151,11 @@ class SGD(Optimizer):
         """One flat momentum array for a run, its parameters' buffers views of it (their
         values copied in when ``copy``: a restored state)."""
         flat = be.empty((stop - start,), storage.dtype)
-        views, offset = [], 0
-        for i in idx:
-            n = self.params[i].size
-            view = flat[offset : offset + n].reshape(self.params[i].shape)
+        views = split(flat, [self.params[i].shape for i in idx])
+        for i, view in zip(idx, views, strict=True):
             if copy:
                 be.copy_(view, self.buffers[i])
             self.buffers[i] = view
-            views.append(view)
-            offset += n
         self._flat_momentum[(id(storage), start, stop)] = (flat, views, storage)
         return self._flat_momentum[(id(storage), start, stop)]
 
@@ -181,7 +172,7 @@ class SGD(Optimizer):
         }
         for i, buf in enumerate(self.buffers):
             if buf is not None:
-                state[f"momentum_buffer.{i}"] = _host_copy(buf)
+                state[f"momentum_buffer.{i}"] = host_copy(buf)
         return state
 
     def load_state_dict(self, state):
@@ -214,7 +205,7 @@ class SGD(Optimizer):
                     f"SGD.load_state_dict: {key!r} has shape {value.shape} but parameter {i} "
                     f"has shape {p.data.shape}"
                 )
-            buffers[i] = _on_device_of(p.data, np.array(value, dtype=p.data.dtype, copy=True))
+            buffers[i] = move(np.array(value, dtype=p.data.dtype, copy=True), device_of(p.data))
         self.lr = float(state["lr"])
         self.momentum = float(state["momentum"])
         self.weight_decay = float(state["weight_decay"])
@@ -241,7 +232,7 @@ class _Adaptive(Optimizer):
             be = backend(p.data)
             self.state[i] = {"step": 0, **{b: be.full(p.data.shape, 0.0, p.data.dtype) for b in self.BUFFERS}}
         for b in self.BUFFERS:  # on the parameter's device, if the model moved since
-            self.state[i][b] = self._follow(self.state[i][b], p)
+            self.state[i][b] = move(self.state[i][b], device_of(p.data))
         self.state[i]["step"] += 1
         return self.state[i]
 
@@ -251,7 +242,7 @@ class _Adaptive(Optimizer):
         for i, st in enumerate(self.state):
             if st is not None:
                 out[f"step.{i}"] = np.array(st["step"], dtype=np.int64)
-                out.update({f"{b}.{i}": _host_copy(st[b]) for b in self.BUFFERS})
+                out.update({f"{b}.{i}": host_copy(st[b]) for b in self.BUFFERS})
         return out
 
     def load_state_dict(self, state):
@@ -276,7 +267,7 @@ class _Adaptive(Optimizer):
                     raise ValueError(
                         f"{name}.load_state_dict: {k!r} has shape {value.shape}, parameter {i} {p.data.shape}"
                     )
-                st[b] = _on_device_of(p.data, np.array(value, dtype=p.data.dtype))
+                st[b] = move(np.array(value, dtype=p.data.dtype), device_of(p.data))
             restored[i] = st
         for key in self.HYPER:
             setattr(self, key, float(state[key]))
@@ -388,13 +379,3 @@ def build_optimizer(name, params, lr, **settings):
 
 
 from .schedules import ConstantLR, CosineLR, StepLR, build_schedule  # noqa: E402  (re-exported)
-
-
-def _host_copy(a):
-    """A NumPy copy of an optimizer buffer (copied from the device when it lives there)."""
-    return np.array(backend(a).to_host(a), copy=True)
-
-
-def _on_device_of(like, a):
-    """NumPy array ``a`` on the device of ``like`` (uploaded for a device parameter)."""
-    return backend(like).ascontiguous(a)

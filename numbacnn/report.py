@@ -74,7 +74,7 @@ def evaluate_predictions(model, x, y, num_classes, batch_size=1000):
     try:
         for i in range(0, len(y), batch_size):
             xb = x[i : i + batch_size]
-            logits = be.to_host(model(be.ascontiguous(np.ascontiguousarray(xb))))
+            logits = be.to_host(model(be.ascontiguous(xb)))
             total += float(F.cross_entropy(logits, y[i : i + batch_size])) * len(logits)
             preds.append(np.argmax(logits, axis=1))
     finally:

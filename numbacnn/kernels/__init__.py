@@ -63,11 +63,7 @@ def backend(x):
     Raises TypeError if x is neither a numpy.ndarray nor a device array.
     """
     if isinstance(x, np.ndarray):
-        from . import cpu
-
-        return cpu
+        return get("cpu")
     if is_device_array(x):
-        from . import cuda
-
-        return cuda
+        return get("cuda")
     raise TypeError(f"expected a numpy.ndarray or a numba.cuda device array, got {type(x).__name__}")

@@ -140,10 +140,7 @@ def empty(shape, dtype):
 def full(shape, value, dtype):
     """Device array of `value` (filled on the device)."""
     a = empty(shape, dtype)
-    n = a.size
-    if n:
-        flat = a.reshape(n)
-        fill_kernel[stride_blocks(n), TPB](flat, np.dtype(dtype).type(value))
+    fill_(a, value)
     return a
 
 

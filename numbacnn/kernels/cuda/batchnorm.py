@@ -265,12 +265,18 @@ def _sum_kernel(x3, part):
 
 
 @cuda.jit(device=True, inline=True)
-def _mean_of(part, c, cnt):
-    """The channel's mean from its partial sums, added in split order."""
+def _sum_of(part, c):
+    """Channel c's total from its level-1 partial sums, added in split order."""
     acc = float64(0.0)
     for s in range(part.shape[1]):
         acc += part[c, s]
-    return acc / cnt
+    return acc
+
+
+@cuda.jit(device=True, inline=True)
+def _mean_of(part, c, cnt):
+    """The channel's mean from its partial sums."""
+    return _sum_of(part, c) / cnt
 
 
 @cuda.jit
@@ -380,8 +386,8 @@ def _finish_backward_kernel(part_a, part_b, cnt, gamma, train, coef, dgamma, dbe
     if c >= coef.shape[0]:
         return
     sd = coef[c, 1]
-    sum_dy = _mean_of(part_a, c, 1)
-    sum_dy_xhat = _mean_of(part_b, c, 1) * sd
+    sum_dy = _sum_of(part_a, c)
+    sum_dy_xhat = _sum_of(part_b, c) * sd
     dbeta[c] = sum_dy
     dgamma[c] = sum_dy_xhat
     coef[c, 1] = float64(gamma[c]) * sd
