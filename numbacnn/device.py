@@ -16,7 +16,7 @@ DEVICES = ("cpu", "cuda")
 
 _HOW = (
     "on a machine with an NVIDIA GPU and its driver (CUDA 12 or 13: driver 525 or newer for "
-    "CUDA 12, 580 or newer for CUDA 13), install the extra with `pip install numbacnn[cuda]`; "
+    "CUDA 12, 580 or newer for CUDA 13), install the extra with `pip install 'numbacnn[cuda]'`; "
     "to try the CUDA path without a GPU, set NUMBA_ENABLE_CUDASIM=1 (Numba's simulator, slow)"
 )
 
@@ -34,7 +34,10 @@ def check_device(op, device):
             name = "cuda"
         if name in DEVICES:
             return name
-    raise ValueError(f"{op}: device must be one of {', '.join(map(repr, DEVICES))}, got {device!r}")
+    raise ValueError(
+        f"{op}: device must be one of {', '.join(map(repr, DEVICES))}, got {device!r} (case does not "
+        "matter, and 'cuda:0' is 'cuda': numbacnn uses one GPU)"
+    )
 
 
 def cuda_problem():

@@ -278,6 +278,13 @@ def _first_batch_note(before, seconds, device="cpu"):
     nothing): `before` is kernels.jit_counts() from before it. On "cuda" the kernels are
     compiled at their first launch in every run (numba.cuda keeps no disk cache here)."""
     if device == "cuda":
+        from numba import config
+
+        if config.ENABLE_CUDASIM:
+            return (
+                f"the first batch took {seconds:.1f} s in Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1: "
+                "every CUDA thread runs as Python, slowly; nothing is compiled)"
+            )
         return f"the first batch compiled its CUDA kernels in {seconds:.1f} s (Numba's JIT, once per run)"
     compiled, loaded = (after - b for after, b in zip(jit_counts(), before, strict=True))
     if compiled:
