@@ -3,6 +3,7 @@ implementations, in one table, a JSON file and a PNG chart.
 
     numbacnn bench                 # the full run (about 45 s on 2 cores, warm JIT cache)
     numbacnn bench --quick         # a smoke run: about 6 s warm, 35 s from a cold JIT cache
+    numbacnn bench --kernel my_conv.py:conv2d   # YOUR conv2d in the same table, checked first
 
 Rows: conv2d forward, input gradient (dx) and weight gradient (dw) on the lecture's LeNet
 shapes and on ResNet/VGG 3x3 shapes (stride 1 and 2, and the 1x1 stride-2 downsample); max
@@ -16,6 +17,14 @@ PyTorch CPU, each external baseline in a process of its own (importing PyTorch b
 slows Numba here). GFLOP/s = 2 x multiply-adds / time; "vs torch" = torch's time / ours; "of
 peak" = the share of this machine's peak (cores x FMA units x SIMD lanes x 2 x clock,
 derived and printed at the top, as the lecture's "0.15 TF CPU" slide does).
+
+Your own kernels (``run(kernels=...)``, ``--kernel FILE.py:FUNCTION`` or ``MODULE:FUNCTION``,
+repeatable): a function with the signature of ``numbacnn.functional.conv2d`` gets a column
+on the conv2d forward rows, in this process, after numbacnn's. On each row it is first called
+once and its output compared with an independent float64 oracle (the im2col product in
+NumPy) within the conv tolerance of numbacnn.testing; only a right answer is timed, and a
+wrong one (or an exception) shows as "wrong" (or "error") with the first wrong element named
+below the table. ``numbacnn verify FILE.py:FUNCTION --op conv2d`` property-tests it further.
 """
 
 import json
@@ -29,7 +38,7 @@ import numpy as np
 from ._io import atomic_write
 from .shapes import conv_output_size
 
-__all__ = ["cases", "machine_peak", "run"]
+__all__ = ["cases", "machine_peak", "run", "check_kernel"]
 
 IMPLS = ("numbacnn", "numbacnn 1 thread", "numpy im2col", "scipy", "torch")
 EXTERNAL = ("numpy im2col", "scipy", "torch")  # each in its own process
@@ -182,6 +191,61 @@ def _numpy(kind, p, dtype):
         return g[:, :, pad : pad + H, pad : pad + H]
 
     return dx
+
+
+def _oracle_conv2d(x, w, stride, pad):
+    """conv2d(x, w) (no bias, groups 1, dilation 1) in float64 as one im2col product: an
+    oracle that shares no code with numbacnn's kernels."""
+    # x: (N, C_in, H, W)   w: (C_out, C_in, k, k)  ->  (N, C_out, H_out, W_out)
+    N, C_out, k = x.shape[0], w.shape[0], w.shape[2]
+    H_out, W_out = (
+        conv_output_size(x.shape[2], k, stride, 2 * pad),
+        conv_output_size(x.shape[3], k, stride, 2 * pad),
+    )
+    cols = _im2col(x.astype(np.float64), k, stride, pad)  # cols: (N, C_in*k*k, H_out*W_out)
+    return np.matmul(w.reshape(C_out, -1).astype(np.float64), cols).reshape(N, C_out, H_out, W_out)
+
+
+def check_kernel(fn, x, w, stride, padding):
+    """None when fn(x, w, None, stride, padding) (the signature of functional.conv2d) returns
+    the conv2d of x and w, else why not, in one line ("returned ...", "wrong: ..." or
+    "raised ..."). The oracle is `_oracle_conv2d`; the tolerance numbacnn.testing's "conv"
+    (rtol 1e-4 for float32, 1e-10 for float64, atol scaled by max|expected|)."""
+    from .testing.tolerances import tolerances
+
+    try:
+        got = fn(x, w, None, stride, padding)
+    except Exception as e:  # the user's kernel failed: its own error, in one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return f"raised {type(e).__name__}" + (f": {first[:200]}" if first else "")
+    expected = _oracle_conv2d(x, w, stride, padding)
+    if not isinstance(got, np.ndarray):
+        return f"returned a {type(got).__name__}, expected a NumPy array of shape {expected.shape}"
+    if got.shape != expected.shape or got.dtype != x.dtype:
+        return f"returned {got.dtype} {got.shape}, expected {x.dtype} {expected.shape}"
+    rtol, atol = tolerances(x.dtype, "conv", expected)
+    bad = ~np.isclose(got.astype(np.float64), expected, rtol=rtol, atol=atol)  # NaN counts as wrong
+    if not bad.any():
+        return None
+    i = tuple(int(v) for v in np.argwhere(bad)[0])
+    return (f"wrong: y{list(i)} = {got[i]:.6g}, expected {expected[i]:.6g} ({int(bad.sum())} of {bad.size} "
+            f"elements outside rtol {rtol:g}, atol {atol:.3g})")  # fmt: skip
+
+
+def _user_column(fn, quick, dtype):
+    """({case: seconds or None}, {case: why not timed}) for a user's conv2d on the forward rows."""
+    times, why = {}, {}
+    for name, kind, p, _ in cases(quick):
+        if kind != "conv2d":
+            continue
+        x, w, _ = _arrays(kind, p, dtype)
+        problem = check_kernel(fn, x, w, p["stride"], p["padding"])
+        if problem:
+            times[name], why[name] = None, problem
+        else:
+            args = (x, w, None, p["stride"], p["padding"])
+            times[name] = median_time(lambda args=args: fn(*args), quick)
+    return times, why
 
 
 def _scipy(kind, p, dtype):
@@ -365,11 +429,20 @@ def _external(impl, quick, dtype):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run(quick=False, out="bench", dtype=np.float32, say=print):
+def run(quick=False, out="bench", dtype=np.float32, say=print, kernels=()):
     """Time every case with every implementation, print the table, write OUT/bench.json and
-    OUT/bench.png; return the JSON-ready dict."""
+    OUT/bench.png; return the JSON-ready dict.
+
+    kernels: [(label, function)], your conv2d kernels (the signature of functional.conv2d),
+    each a column on the conv2d forward rows, timed only where `check_kernel` finds its
+    output right; the label names the column (its first 9 characters in the printed table)
+    and the JSON's key, and must differ from the built-in columns' names (ValueError)."""
     import numba
 
+    labels = [label for label, _ in kernels]
+    clash = [label for label in labels if label in IMPLS or labels.count(label) > 1]
+    if clash:
+        raise ValueError(f"bench: kernel label {clash[0]!r} is used twice or names a built-in column")
     peak, how = machine_peak(dtype)
     threads = numba.get_num_threads()
     say(f"machine peak ({np.dtype(dtype).name}): {how}; numbacnn runs {threads} threads")
@@ -379,7 +452,9 @@ def run(quick=False, out="bench", dtype=np.float32, say=print):
         results["numbacnn 1 thread"] = _time_all("numbacnn", quick, dtype)
     finally:
         numba.set_num_threads(threads)
-    notes = {}
+    notes, checks = {}, {}
+    for label, fn in kernels:
+        results[label], checks[label] = _user_column(fn, quick, dtype)
     for impl in EXTERNAL:
         got = _external(impl, quick, dtype)
         if isinstance(got, str):
@@ -387,23 +462,27 @@ def run(quick=False, out="bench", dtype=np.float32, say=print):
             results[impl] = {}
         else:
             results[impl] = got
+    impls = IMPLS[:2] + tuple(labels) + IMPLS[2:]
     rows = []
     for name, kind, _, macs in cases(quick):
         row = {"case": name, "kind": kind, "macs": macs}
-        for impl in IMPLS:
+        for impl in impls:
             t = results[impl].get(name)
             row[impl] = None if t is None else {"ms": 1e3 * t, "gflops": 2 * macs / t / 1e9}
         ours, torch_t = results["numbacnn"].get(name), results["torch"].get(name)
         row["vs_torch"] = None if not (ours and torch_t) else torch_t / ours
         row["of_peak"] = 2 * macs / ours / 1e9 / peak if ours else None
         rows.append(row)
-    _print_table(rows, say)
+    _print_table(rows, say, labels, checks)
     for impl, why in notes.items():
         say(f"{impl}: not run ({why})")
+    for label in labels:
+        for case, why in checks[label].items():
+            say(f"{label} on {case}: not timed, {why}")
     best = max(
         (r[i]["gflops"], i, r["case"])
         for r in rows
-        for i in IMPLS
+        for i in impls
         if r[i] and r["kind"] in ("conv2d", "dx", "dw")
     )
     if best[0] > peak:
@@ -411,18 +490,20 @@ def run(quick=False, out="bench", dtype=np.float32, say=print):
             "faster than the clock /proc/cpuinfo reports, so 'of peak' is too high")  # fmt: skip
     say("pooling and batch norm count one flop per element; they are bound by memory, not flops")
     report = {"machine": how, "peak_gflops": peak, "threads": threads, "dtype": np.dtype(dtype).name,
-              "quick": quick, "notes": notes, "rows": rows}  # fmt: skip
+              "quick": quick, "notes": notes, "kernels": labels, "kernel_checks": checks,
+              "rows": rows}  # fmt: skip
     os.makedirs(out, exist_ok=True)
     text = json.dumps(report, indent=1).encode("utf-8")
     atomic_write(os.path.join(out, "bench.json"), lambda f: f.write(text))
-    _chart(rows, os.path.join(out, "bench.png"), how)
+    _chart(rows, os.path.join(out, "bench.png"), how, impls)
     say(f"wrote {os.path.join(out, 'bench.json')} and {os.path.join(out, 'bench.png')}")
     return report
 
 
-def _print_table(rows, say):
-    cols = [("numbacnn", "numbacnn"), ("numbacnn 1 thread", "1 thread"), ("numpy im2col", "im2col"),
-            ("scipy", "scipy"), ("torch", "torch")]  # fmt: skip
+def _print_table(rows, say, labels=(), checks=None):
+    cols = [("numbacnn", "numbacnn"), ("numbacnn 1 thread", "1 thread")]
+    cols += [(label, label[:9]) for label in labels]  # 9 characters: a space between columns
+    cols += [("numpy im2col", "im2col"), ("scipy", "scipy"), ("torch", "torch")]
     head = (
         f"{'case':34s}"
         + "".join(f"{label:>10s}" for _, label in cols)
@@ -434,19 +515,26 @@ def _print_table(rows, say):
     )
     say(head)
     say("-" * len(head))
+
+    def cell(r, impl):
+        if r[impl]:
+            return f"{r[impl]['ms']:10.2f}"
+        why = (checks or {}).get(impl, {}).get(r["case"], "")
+        return f"{'error' if why.startswith('raised') else 'wrong' if why else '-':>10s}"
+
     for r in rows:
-        cells = "".join(f"{r[impl]['ms']:10.2f}" if r[impl] else f"{'-':>10s}" for impl, _ in cols)
+        cells = "".join(cell(r, impl) for impl, _ in cols)
         g = f"{r['numbacnn']['gflops']:9.1f}" if r["numbacnn"] else f"{'-':>9s}"
         vs = f"{r['vs_torch']:9.2f}" if r["vs_torch"] else f"{'-':>9s}"
         pk = f"{100 * r['of_peak']:7.1f}%" if r["of_peak"] else f"{'-':>8s}"
         say(f"{r['case'][:34]:34s}{cells}{g}{vs}{pk}")
 
 
-def _chart(rows, path, how):
+def _chart(rows, path, how, impls=IMPLS):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    impls = [i for i in IMPLS if any(r[i] for r in rows)]
+    impls = [i for i in impls if any(r[i] for r in rows)]
     fig = Figure(figsize=(11, 0.32 * len(rows) + 1.6))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)

@@ -648,15 +648,20 @@ def cmd_explain(args):
 
 def cmd_bench(args):
     """numbacnn.bench.run: the table, OUT/bench.json and OUT/bench.png."""
+    from .bench import IMPLS
     from .bench import run as bench_run
 
+    specs = list(dict.fromkeys(args.kernel or ()))  # a spec given twice is one column
+    names = [spec.rpartition(":")[2] for spec in specs]
+    labels = [spec if names.count(n) > 1 or n in IMPLS else n for spec, n in zip(specs, names, strict=True)]
+    kernels = [(label, _load_candidate(spec)) for label, spec in zip(labels, specs, strict=True)]
     for name in ("bench.json", "bench.png"):
         _replaceable(os.path.join(args.out, name))
     try:  # --out was checked when parsed (_dir); made now, not after the run
         os.makedirs(args.out, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"--out {args.out!r} cannot be created: {e.strerror}") from None
-    bench_run(quick=args.quick, out=args.out, dtype=np.dtype(args.dtype))
+    bench_run(quick=args.quick, out=args.out, dtype=np.dtype(args.dtype), kernels=kernels)
     return 0
 
 
@@ -1009,6 +1014,14 @@ def build_parser():
         "--out", type=_dir, default="bench", help="folder for bench.json and bench.png (default: bench)"
     )
     bn.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="(default: float32)")
+    bn.add_argument(
+        "--kernel",
+        action="append",
+        metavar="FILE.py:FUNCTION",
+        help="your conv2d (the signature of numbacnn.functional.conv2d: x, weight, bias, stride, padding, "
+        "...) as a column on the conv2d forward rows; each row checks its output against a float64 "
+        "im2col oracle before timing it (repeatable; MODULE:FUNCTION works too)",
+    )
     bn.set_defaults(func=cmd_bench)
     return p
 

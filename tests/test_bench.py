@@ -1,18 +1,38 @@
 """numbacnn bench: the smoke run writes its table, JSON and chart, with every implementation
 timed (each external baseline in its own process); the PyTorch mirror of a model has the
-numbacnn model's parameters."""
+numbacnn model's parameters; a user's conv2d (--kernel) is checked against the oracle before
+it is timed, and a wrong one is shown, not timed."""
 
 import json
 
 import numpy as np
 import pytest
 
-from numbacnn.bench import _model, _torch_model, cases, machine_peak
+from numbacnn import functional as F
+from numbacnn.bench import _model, _torch_model, cases, check_kernel, machine_peak
 from numbacnn.cli import main
+
+USER_KERNELS = """
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    k = weight.shape[2]
+    win = sliding_window_view(xp, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]
+    return np.einsum("nchwij,ocij->nohw", win, weight).astype(x.dtype)
+
+
+def flipped(x, weight, bias=None, stride=1, padding=0):  # a convolution, not a cross-correlation
+    return conv2d(x, np.ascontiguousarray(weight[:, :, ::-1, ::-1]), bias, stride, padding)
+"""
 
 
 def test_bench_quick_writes_the_table_json_and_chart(tmp_path, capsys):
-    assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0
+    (tmp_path / "mine.py").write_text(USER_KERNELS)
+    kernels = ["--kernel", f"{tmp_path / 'mine.py'}:conv2d", "--kernel", f"{tmp_path / 'mine.py'}:flipped"]
+    assert main(["bench", "--quick", "--out", str(tmp_path)] + kernels) == 0
     out = capsys.readouterr().out
     assert "machine peak (float32): " in out and " x 2 flops x " in out and "vs torch" in out
     report = json.loads((tmp_path / "bench.json").read_text())
@@ -23,6 +43,16 @@ def test_bench_quick_writes_the_table_json_and_chart(tmp_path, capsys):
     for impl in ("numbacnn", "numbacnn 1 thread", "numpy im2col", "scipy", "torch"):
         assert conv[impl]["ms"] > 0 and conv[impl]["gflops"] > 0, impl
     assert conv["vs_torch"] == pytest.approx(conv["torch"]["ms"] / conv["numbacnn"]["ms"])
+    # your kernels: a right one is timed on the forward rows only, a wrong one is not timed
+    assert report["kernels"] == ["conv2d", "flipped"] and "conv2d   flipped" in out
+    assert conv["conv2d"]["ms"] > 0 and conv["flipped"] is None
+    assert rows["LeNet C3 6->16 5x5 14x14 dw"]["conv2d"] is None
+    assert report["kernel_checks"]["conv2d"] == {}
+    why = report["kernel_checks"]["flipped"]["LeNet C3 6->16 5x5 14x14 conv2d"]
+    assert (
+        why.startswith("wrong: y[0, 0, 0, 0] = ")
+        and "flipped on LeNet C3 6->16 5x5 14x14 conv2d: not timed" in out
+    )
     step = rows["LeNet-5 step b8"]
     assert step["numbacnn"]["ms"] > 0 and step["torch"]["ms"] > 0 and step["scipy"] is None
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -37,3 +67,37 @@ def test_the_torch_mirror_has_the_models_parameters(name, channels):
     assert sum(p.numel() for p in theirs.parameters()) == ours.num_parameters()
     x = torch.from_numpy(np.zeros((2, channels, 32, 32), np.float32))
     assert tuple(theirs(x).shape) == (2, 10)
+
+
+def test_check_kernel_names_what_is_wrong():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    y = F.conv2d(x, w, None, 2, 1)
+    assert check_kernel(lambda *a: y.copy(), x, w, 2, 1) is None
+    assert check_kernel(lambda *a: y.astype(np.float64), x, w, 2, 1) == (
+        "returned float64 (2, 4, 5, 5), expected float32 (2, 4, 5, 5)"
+    )
+    assert check_kernel(lambda *a: y[:, :, :4], x, w, 2, 1).startswith("returned float32 (2, 4, 4, 5)")
+    assert check_kernel(lambda *a: y.tolist(), x, w, 2, 1).startswith("returned a list, expected a NumPy")
+    nan = y.copy()
+    nan[1, 2, 3, 4] = np.nan
+    assert check_kernel(lambda *a: nan, x, w, 2, 1).startswith("wrong: y[1, 2, 3, 4] = nan, expected ")
+
+    def fails(x, w, b, stride, padding):
+        raise ValueError("only stride 1\nsecond line")
+
+    assert check_kernel(fails, x, w, 2, 1) == "raised ValueError: only stride 1"
+
+
+def test_bench_kernel_mistakes_are_one_line(tmp_path, capsys):
+    (tmp_path / "mine.py").write_text(USER_KERNELS)
+    for spec, says in [
+        (f"{tmp_path / 'mine.py'}:nope", "'nope' is not defined in"),
+        (f"{tmp_path / 'absent.py'}:conv2d", "not found, expected a .py file"),
+        ("conv2d", "name the function as FILE.py:FUNCTION or MODULE:FUNCTION"),
+    ]:
+        assert main(["bench", "--quick", "--out", str(tmp_path / "b"), "--kernel", spec]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("numbacnn: error: ") and says in err[0], err
+    assert not (tmp_path / "b" / "bench.json").exists()
