@@ -184,3 +184,30 @@ def test_pools_on_larger_planes_match_torch(dtype):
             dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
             yt.backward(torch.tensor(dy))
             assert_close(bwd(dy, x, **kw), xt.grad.numpy(), dtype=dtype, kind="short_sum", what=bwd.__name__)
+
+
+# ----------------------------------------------------------------------------------------
+# the fast average-pooling kernels against their naive twins (kept beside them)
+
+
+@settings(max_examples=60)
+@given(case=pool_cases())
+def test_avg_pool2d_row_kernels_match_the_naive_ones(case):
+    from numbacnn.kernels.cpu import pool as P
+    from numbacnn.shapes import pool2d_geometry
+
+    x, kw = case
+    geo = pool2d_geometry("avg_pool2d", x.shape, kw["kernel_size"], kw["stride"], kw["padding"])
+    out_shape = x.shape[:2] + (geo.H_out, geo.W_out)
+    y, y_naive = np.empty(out_shape, x.dtype), np.full(out_shape, 7, x.dtype)
+    P.avg_pool2d_forward(x, y, *geo.kernel_args)
+    P.avg_pool2d_forward_naive(x, y_naive, *geo.kernel_args)
+    np.testing.assert_array_equal(y, y_naive)  # each output adds its taps in the same order
+    dy = np.random.default_rng(2).standard_normal(y.shape).astype(x.dtype)
+    dx, dx_naive = np.full_like(x, 5), np.full_like(x, 3)  # both kernels overwrite dx
+    P.avg_pool2d_backward(dy, dx, *geo.kernel_args)
+    P.avg_pool2d_backward_naive(dy, dx_naive, *geo.kernel_args)
+    if geo.stride_h >= geo.kH and geo.stride_w >= geo.kW:  # windows do not overlap: one share per element
+        np.testing.assert_array_equal(dx, dx_naive)
+    else:  # overlapping windows' shares are added in another order
+        assert_close(dx, dx_naive, dtype=x.dtype, kind="short_sum")

@@ -25,14 +25,20 @@ array and the contract stays (dy, x) -> dx.  NaN behaves as in PyTorch: a NaN in
 window wins (the last NaN, as PyTorch's `val > max || isnan(val)` test).  A window whose
 values are all -inf sends its gradient to its first in-range position, as PyTorch.
 
-Loop nest (all four kernels)
-----------------------------
+Loop nests
+----------
+    max (and the *_naive average kernels, the formula as written):
     for p in prange(N*C):                # one (n, c) plane per iteration  <- parallel axis
         for oh in range(H_out):
             for ow in range(W_out):
                 for kh in window rows clipped to [0, H):
                     for kw in window cols clipped to [0, W):
                         ...
+    average (a row at a time, see "average pooling" below):
+    for p in prange(N*C):
+        for oh in range(H_out):
+            for kh in window rows clipped to [0, H):
+                clipped border columns, then  for kw: for ow in interior: y_row[ow] += x_row[...]
 
 Optimisation contract
 ---------------------
@@ -57,6 +63,8 @@ from .. import common
 
 # The clipped window of one output index (written once, in kernels/common.py).
 window = njit(inline="always")(common.window)
+interior = njit(inline="always")(common.interior)
+uidx = np.uint64  # an index known to be >= 0: no wrap-around test, so loops vectorise
 
 
 # --------------------------------------------------------------------------- max pooling
@@ -120,9 +128,103 @@ def max_pool2d_backward(dy, x, dx, kH, kW, stride_h, stride_w, pad_top, pad_left
 
 
 # ----------------------------------------------------------------------- average pooling
+# The fast kernels work a ROW at a time: for each output row oh and each window row kh, and
+# each window column kw, one loop over the output columns ow whose windows lie wholly inside
+# the input (`interior`), with no clipping and unsigned indices, so LLVM vectorises it (a
+# strided load, a contiguous store); the few border columns take the clipped loop.  Each
+# output still adds its taps in the order (kh, kw), so the forward equals the naive kernel
+# bit for bit; the backward adds overlapping windows' shares to a dx element in another
+# order (the same sum up to rounding), and exactly when windows do not overlap.
+# avg pool 2x2 on 64x6x28x28 float32, 2 threads: forward 121 us (naive 285), backward 121 us
+# (naive 366); 3x3 on 16x64x32x32: 341 / 340 us (naive 549 / 682).
+
+
 @njit(parallel=True, cache=True)
 def avg_pool2d_forward(x, y, kH, kW, stride_h, stride_w, pad_top, pad_left):
     """y = sum over each (kH, kW) window of x / (kH*kW); padding counts as 0."""
+    # x: (N, C, H, W)   y: (N, C, H_out, W_out)
+    N, C, H, W = x.shape
+    H_out, W_out = y.shape[2], y.shape[3]
+    inv = x.dtype.type(1.0 / (kH * kW))  # count_include_pad=True: always kH*kW
+    ow_lo, ow_hi = interior(W_out, stride_w, pad_left, kW, W)  # columns needing no clipping
+    for p in prange(N * C):
+        n = p // C
+        c = p - n * C
+        for oh in range(H_out):
+            y_row = y[n, c, oh]  # y_row: (W_out,) the sums, then the averages
+            for ow in range(W_out):
+                y_row[uidx(ow)] = 0.0
+            h0, kh_lo, kh_hi = window(oh, stride_h, pad_top, kH, H)
+            for kh in range(kh_lo, kh_hi):
+                x_row = x[n, c, h0 + kh]  # x_row: (W,) one input row of the windows
+                for ow in range(ow_lo):  # border columns: windows clipped
+                    y_row[ow] = _add_row_taps(y_row[ow], x_row, ow, stride_w, pad_left, kW, W)
+                for ow in range(ow_hi, W_out):
+                    y_row[ow] = _add_row_taps(y_row[ow], x_row, ow, stride_w, pad_left, kW, W)
+                for kw in range(kW):  # interior columns: every tap inside
+                    for ow in range(ow_lo, ow_hi):
+                        y_row[uidx(ow)] += x_row[uidx(ow * stride_w - pad_left + kw)]
+            for ow in range(W_out):
+                y_row[uidx(ow)] *= inv
+
+
+@njit(parallel=True, cache=True)
+def avg_pool2d_backward(dy, dx, kH, kW, stride_h, stride_w, pad_top, pad_left):
+    """dx[every in-range position of a window] += dy[window] / (kH*kW)."""
+    # dy: (N, C, H_out, W_out)   dx: (N, C, H, W)
+    N, C, H, W = dx.shape
+    H_out, W_out = dy.shape[2], dy.shape[3]
+    inv = dx.dtype.type(1.0 / (kH * kW))
+    ow_lo, ow_hi = interior(W_out, stride_w, pad_left, kW, W)
+    g = np.empty((N * C, W_out), dx.dtype)  # g: (N*C, W_out) one row of dy / (kH*kW) per task
+    for p in prange(N * C):
+        n = p // C
+        c = p - n * C
+        dx_nc = dx[n, c].reshape(H * W)  # dx_nc: (H*W,) owned by this thread
+        for i in range(H * W):
+            dx_nc[uidx(i)] = 0.0
+        g_row = g[p]  # g_row: (W_out,)
+        for oh in range(H_out):
+            dy_row = dy[n, c, oh]  # dy_row: (W_out,)
+            for ow in range(W_out):
+                g_row[uidx(ow)] = dy_row[uidx(ow)] * inv
+            h0, kh_lo, kh_hi = window(oh, stride_h, pad_top, kH, H)
+            for kh in range(kh_lo, kh_hi):
+                dx_row = dx[n, c, h0 + kh]  # dx_row: (W,)
+                for ow in range(ow_lo):
+                    _row_scatter(dx_row, g_row[ow], ow, stride_w, pad_left, kW, W)
+                for ow in range(ow_hi, W_out):
+                    _row_scatter(dx_row, g_row[ow], ow, stride_w, pad_left, kW, W)
+                for kw in range(kW):
+                    for ow in range(ow_lo, ow_hi):
+                        dx_row[uidx(ow * stride_w - pad_left + kw)] += g_row[uidx(ow)]
+
+
+@njit(cache=True)
+def _add_row_taps(s, x_row, ow, stride_w, pad_left, kW, W):
+    """s + the in-range taps of output column ow's window in one input row, added in order."""
+    # x_row: (W,)
+    w0, kw_lo, kw_hi = window(ow, stride_w, pad_left, kW, W)
+    for kw in range(kw_lo, kw_hi):
+        s += x_row[w0 + kw]
+    return s
+
+
+@njit(cache=True)
+def _row_scatter(dx_row, g, ow, stride_w, pad_left, kW, W):
+    """dx_row[in-range taps of output column ow's window] += g."""
+    # dx_row: (W,)
+    w0, kw_lo, kw_hi = window(ow, stride_w, pad_left, kW, W)
+    for kw in range(kw_lo, kw_hi):
+        dx_row[w0 + kw] += g
+
+
+# ----------------------------------------------------------------------- average pooling
+@njit(parallel=True, cache=True)
+def avg_pool2d_forward_naive(x, y, kH, kW, stride_h, stride_w, pad_top, pad_left):
+    """y = sum over each (kH, kW) window of x / (kH*kW); padding counts as 0 (the loop nest of
+    the formula: one output at a time, its window clipped; `avg_pool2d_forward` is the fast
+    twin, tested against this one)."""
     # x: (N, C, H, W)   y: (N, C, H_out, W_out)
     N, C, H, W = x.shape
     H_out, W_out = y.shape[2], y.shape[3]
@@ -144,8 +246,9 @@ def avg_pool2d_forward(x, y, kH, kW, stride_h, stride_w, pad_top, pad_left):
 
 
 @njit(parallel=True, cache=True)
-def avg_pool2d_backward(dy, dx, kH, kW, stride_h, stride_w, pad_top, pad_left):
-    """dx[every in-range position of a window] += dy[window] / (kH*kW)."""
+def avg_pool2d_backward_naive(dy, dx, kH, kW, stride_h, stride_w, pad_top, pad_left):
+    """dx[every in-range position of a window] += dy[window] / (kH*kW) (one window at a time;
+    `avg_pool2d_backward` is the fast twin, tested against this one)."""
     # dy: (N, C, H_out, W_out)   dx: (N, C, H, W)
     N, C, H, W = dx.shape
     H_out, W_out = dy.shape[2], dy.shape[3]

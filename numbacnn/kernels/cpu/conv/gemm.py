@@ -19,8 +19,9 @@ batch 64), and each task computes a 4 x 4 tile of dw (4 output channels x 4 taps
 running sums kept in registers across the whole reduction: 8 loads feed 16 multiply-adds.
 
 Loop nest:
-    pack_x   parallel over k: X[k, :] (im2col, zeros for the padding)      X: (K, P)
-    pack_dy  parallel over co: dY[co, :]                                   dY: (C_out, P)
+    pack     parallel over the rows of both panels:
+               X[k, :] (im2col, zeros for the padding)                     X: (K, P)
+               dY[co, :]                                                   dY: (C_out, P)
     tiles    parallel over k tiles (4 rows of X), each passing every co tile: _tile_4x4
              over p, SIMD over p
              (edge tiles of fewer than 4 rows: one _dot per element)
@@ -36,6 +37,8 @@ Optimizations:
 
 import numpy as np
 from numba import njit, prange
+
+from .planes import uidx
 
 # A weight gradient takes this path (groups 1) when its output planes have at most MAX_PLANE
 # positions, or it is strided, or its reduction rows are long (C_in*kH*kW >= MIN_K), and its
@@ -61,38 +64,70 @@ def use_gemm(dy_shape, w_shape, stride_h, stride_w, groups, itemsize):
     return groups == 1 and N > 0 and wins and panel <= MAX_PANEL
 
 
-@njit(cache=True, parallel=True)
-def _pack_x(x, X, kH, kW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, H_out, W_out):
-    """X[k, p] = x[n, ci, ih, iw] for k = (ci, kh, kw), p = (n, oh, ow); 0 in the padding."""
-    # x: (N, C_in, H, W)   X: (C_in*kH*kW, N*H_out*W_out)
-    N, C_in, H, W = x.shape
+@njit(cache=True)
+def _pack_x_row(x, row, k, kH, kW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, H_out, W_out):
+    """row[p] = X[k, p] = x[n, ci, ih, iw] for k = (ci, kh, kw), p = (n, oh, ow); 0 in the padding.
+
+    Per output row, the columns whose tap is inside the input, [ow_lo, ow_hi), are one strided
+    copy (unsigned indices: vectorised); the columns left and right of them are zeros."""
+    # x: (N, C_in, H, W)   row: (>= N*H_out*W_out,)
+    N, _, H, W = x.shape
     plane = H_out * W_out
-    for k in prange(C_in * kH * kW):
-        ci = k // (kH * kW)
-        kh = (k // kW) % kH
-        kw = k % kW
-        row = X[k]
-        for n in range(N):
-            for oh in range(H_out):
-                ih = oh * stride_h - pad_top + kh * dil_h
-                base = n * plane + oh * W_out
+    ci = k // (kH * kW)
+    kh = (k // kW) % kH
+    kw = k % kW
+    off = kw * dil_w - pad_left  # iw = ow*stride_w + off
+    ow_lo, ow_hi = _inside(off, stride_w, W, W_out)
+    for n in range(N):
+        for oh in range(H_out):
+            ih = oh * stride_h - pad_top + kh * dil_h
+            base = n * plane + oh * W_out
+            if ih < 0 or ih >= H:
                 for ow in range(W_out):
-                    iw = ow * stride_w - pad_left + kw * dil_w
-                    inside = 0 <= ih < H and 0 <= iw < W
-                    row[base + ow] = x[n, ci, ih, iw] if inside else 0.0
+                    row[uidx(base + ow)] = 0.0
+                continue
+            x_row = x[n, ci, ih]  # x_row: (W,)
+            for ow in range(ow_lo):
+                row[uidx(base + ow)] = 0.0
+            for ow in range(ow_lo, ow_hi):
+                row[uidx(base + ow)] = x_row[uidx(ow * stride_w + off)]
+            for ow in range(ow_hi, W_out):
+                row[uidx(base + ow)] = 0.0
+
+
+@njit(cache=True)
+def _inside(off, stride, n, n_out):
+    """The outputs [lo, hi) whose input index o*stride + off lies in [0, n); lo <= hi."""
+    lo = min(n_out, max(0, (-off + stride - 1) // stride))
+    hi = max(lo, min(n_out, (n - 1 - off) // stride + 1 if n - 1 - off >= 0 else 0))
+    return lo, hi
+
+
+@njit(cache=True)
+def _pack_dy_row(dy, row, co):
+    """row[p] = D[co, p] = dy[n, co, oh, ow]."""
+    # dy: (N, C_out, H_out, W_out)   row: (>= N*H_out*W_out,)
+    N, _, H_out, W_out = dy.shape
+    plane = H_out * W_out
+    for n in range(N):
+        for oh in range(H_out):
+            dy_row = dy[n, co, oh]  # dy_row: (W_out,)
+            base = n * plane + oh * W_out
+            for ow in range(W_out):
+                row[uidx(base + ow)] = dy_row[uidx(ow)]
 
 
 @njit(cache=True, parallel=True)
-def _pack_dy(dy, D):
-    """D[co, p] = dy[n, co, oh, ow]."""
-    # dy: (N, C_out, H_out, W_out)   D: (C_out, N*H_out*W_out)
-    N, C_out, H_out, W_out = dy.shape
-    plane = H_out * W_out
-    for co in prange(C_out):
-        for n in range(N):
-            for oh in range(H_out):
-                for ow in range(W_out):
-                    D[co, n * plane + oh * W_out + ow] = dy[n, co, oh, ow]
+def _pack(x, dy, X, D, kH, kW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
+    """Both panels in one parallel loop (one parallel kernel: less JIT), a row per task."""
+    # x: (N, C_in, H, W)   dy: (N, C_out, H_out, W_out)   X: (C_in*kH*kW, P_row)   D: (C_out, P_row)
+    K, C_out = X.shape[0], D.shape[0]
+    H_out, W_out = dy.shape[2], dy.shape[3]
+    for r in prange(K + C_out):
+        if r < K:
+            _pack_x_row(x, X[r], r, kH, kW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, H_out, W_out)
+        else:
+            _pack_dy_row(dy, D[r - K], r - K)
 
 
 @njit(cache=True, fastmath=True)
@@ -172,6 +207,5 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
     P_row = P + ROW_PAD
     X = np.empty((C_in * kH * kW, P_row), x.dtype)  # X: (K, P_row), columns P.. unused
     D = np.empty((C_out, P_row), dy.dtype)  # D: (C_out, P_row)
-    _pack_x(x, X, kH, kW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, H_out, W_out)
-    _pack_dy(dy, D)
+    _pack(x, dy, X, D, kH, kW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     _tiles(D, X, dw.reshape(C_out, C_in * kH * kW), P)
