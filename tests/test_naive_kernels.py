@@ -189,19 +189,59 @@ def test_gemm_weight_gradient_tiles_and_edges_match_naive(N, C_in, C_out, H, k, 
     naive.conv2d_backward_weight(dy, x, dw0, stride, stride, pad, pad, dil, dil, 1)
     gemm.conv2d_backward_weight(dy, x, dw, stride, stride, pad, pad, dil, dil)
     close(dw, dw0, f"gemm backward_weight {N, C_in, C_out, H, k, stride, pad, dil}")
-    assert gemm.use_gemm(dy.shape, dw.shape, stride, stride, 1, dw.itemsize) == (
-        H_out**2 <= 100 or stride > 1 or C_in * k * k >= 288
-    )
+    assert gemm.use_gemm(dy.shape, dw.shape, stride, stride, 1, dw.itemsize, dil)
     assert not gemm.use_gemm(dy.shape, dw.shape, stride, stride, 2, dw.itemsize)  # groups: direct.py
 
 
 def test_gemm_dispatch_rule():
-    """Stride 1 planes over 100 positions stay on direct.py unless the reduction rows are long
-    (C_in*kH*kW >= 288); a panel over 64 MB never takes the packed path."""
+    """Every groups-1 weight gradient takes the packed path unless its panel is over 64 MB
+    (X's rows: one per (ci, kh) for stride 1, shifted per kw; one per tap otherwise)."""
     use = gemm.use_gemm
-    assert not use((64, 16, 32, 32), (16, 16, 3, 3), 1, 1, 1, 4)  # ResNet-20's 16-channel stage
-    assert use((64, 32, 16, 16), (32, 32, 3, 3), 1, 1, 1, 4)  # K = 288
-    assert use((64, 64, 8, 8), (64, 64, 3, 3), 1, 1, 1, 4)  # a small plane
+    assert use((64, 16, 32, 32), (16, 16, 3, 3), 1, 1, 1, 4)  # ResNet-20's 16-channel stage
+    assert use((64, 6, 28, 28), (6, 1, 5, 5), 1, 1, 1, 4)  # LeNet's C1
     assert use((64, 32, 16, 16), (32, 16, 3, 3), 2, 2, 1, 4)  # strided
-    assert not use((456, 64, 8, 8), (64, 64, 3, 3), 1, 1, 1, 4)  # 64.1 MB of panel
+    assert use((64, 64, 8, 8), (64, 64, 3, 3), 1, 1, 1, 4)  # a small plane: 4.4 MB
+    assert not use((64, 64, 8, 8), (64, 64, 3, 3), 1, 1, 2, 4)  # groups: direct.py
+    assert use((1090, 64, 8, 8), (64, 64, 3, 3), 1, 1, 1, 4)  # 63.9 MB of panel
+    assert not use((1100, 64, 8, 8), (64, 64, 3, 3), 1, 1, 1, 4)  # 64.5 MB
     assert not use((0, 64, 8, 8), (64, 64, 3, 3), 1, 1, 1, 4)  # no images
+
+
+def test_gemm_weight_gradient_is_the_same_for_any_thread_count():
+    """LeNet C1's shape at batch 8 splits the reduction into slices (few tap tiles); the
+    slices and their order come from the shape, so 1 and 2 threads give the same bits."""
+    import numba
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((8, 1, 32, 32)).astype(np.float32)
+    dy = rng.standard_normal((8, 6, 28, 28)).astype(np.float32)
+    assert gemm.slices(25, gemm.geometry(dy.shape, (6, 1, 5, 5), 1, 1)[2]) > 1
+    results = []
+    threads = numba.get_num_threads()
+    try:
+        for n in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(n)
+            dw = np.empty((6, 1, 5, 5), np.float32)
+            gemm.conv2d_backward_weight(dy, x, dw, 1, 1, 0, 0, 1, 1)
+            results.append(dw)
+    finally:
+        numba.set_num_threads(threads)
+    assert all(np.array_equal(results[0], r) for r in results)
+    dw0 = np.empty_like(results[0])
+    naive.conv2d_backward_weight(dy, x, dw0, 1, 1, 0, 0, 1, 1, 1)
+    close(results[0], dw0, "gemm backward_weight with slices")
+
+
+def test_scratch_blocks_are_reused_grown_and_released():
+    from numbacnn.kernels.cpu import workspace
+
+    workspace.release()
+    a = workspace.scratch("t", (4, 8), np.float32)
+    a[:] = 1
+    b = workspace.scratch("t", (2, 3), np.float64)  # smaller: the same memory again
+    assert b.shape == (2, 3) and b.dtype == np.float64 and np.shares_memory(a, b)
+    c = workspace.scratch("t", (100,), np.float32)  # larger: a new block
+    assert not np.shares_memory(a, c) and workspace.held_bytes() == 400
+    assert workspace.scratch("t", (0, 5), np.float32).shape == (0, 5)
+    workspace.release()
+    assert workspace.held_bytes() == 0

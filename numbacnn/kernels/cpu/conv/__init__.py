@@ -11,7 +11,7 @@ Read the strategies in this order:
     planes.py     the flattened, zero-padded plane layout the fast kernels work on
     direct.py     the fast stride-1 (and strided, dilated) kernels on those planes
     polyphase.py  a strided conv as a sum of stride-1 convs, on direct.py's kernels
-    gemm.py       the weight gradient of small or strided planes as one packed matrix product
+    gemm.py       the weight gradient (groups 1) as one packed matrix product
 
 docs/kernels/conv_cpu.md explains the layout, the register blocking and the measurements.
 
@@ -19,7 +19,7 @@ Dispatch (the contract names below; functional.conv2d* call them, validated and 
 
     dense      the single output of each plane sees the whole unpadded input (LeNet's C5):
                a fully connected layer on the flattened input -> kernels/cpu/dense.py
-    gemm       backward_weight, groups 1, output planes of at most 100 positions or strided -> gemm.py
+    gemm       backward_weight, groups 1, its packed panel within 64 MB -> gemm.py
     polyphase  stride > 1, dilation 1 (unless the stride is far longer than the input) -> polyphase.py
     gather     backward_input with stride 1 and padding no wider than the kernel's reach:
                a forward conv of dy with the flipped weights -> direct.conv2d_backward_input_gather
@@ -106,7 +106,7 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
     if _is_dense(x.shape, dw.shape, dy.shape, pad_top, pad_left, dil_h, dil_w, groups):
         N, C_out, K = dy.shape[0], dy.shape[1], dw[0].size
         _dense.linear_backward_weight(dy.reshape(N, C_out), x.reshape(N, K), dw.reshape(C_out, K))
-    elif gemm.use_gemm(dy.shape, dw.shape, stride_h, stride_w, groups, dw.itemsize):
+    elif gemm.use_gemm(dy.shape, dw.shape, stride_h, stride_w, groups, dw.itemsize, dil_w):
         gemm.conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     elif polyphase.use_polyphase(
         x.shape, dw.shape, dy.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w
