@@ -115,15 +115,10 @@ def test_every_fast_strategy_matches_naive(case):
         gemm.conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
         checks.append(("gemm backward_weight", dw, dw0))
     if (stride_h > 1 or stride_w > 1) and dil_h == 1 and dil_w == 1:  # polyphase applies (called directly)
-        y, dx, dw = out(y0), out(dx0), out(dw0)
-        polyphase.conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, groups)
+        dx, dw = out(dx0), out(dw0)
         polyphase.conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, groups)
         polyphase.conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, groups)
-        checks += [
-            ("polyphase forward", y, y0),
-            ("polyphase backward_input", dx, dx0),
-            ("polyphase backward_weight", dw, dw0),
-        ]
+        checks += [("polyphase backward_input", dx, dx0), ("polyphase backward_weight", dw, dw0)]
     y, dx, dw, db = out(y0), out(dx0), out(dw0), out(db0)
     conv.conv2d_forward(x, w, b, y, *geo)
     conv.conv2d_backward_input(dy, w, dx, *geo)

@@ -9,8 +9,8 @@ Read the strategies in this order:
 
     naive.py      the formulas written out literally, a bounds test per tap (the "before")
     planes.py     the flattened, zero-padded plane layout the fast kernels work on
-    direct.py     the fast stride-1 (and strided, dilated) kernels on those planes
-    polyphase.py  a strided conv as a sum of stride-1 convs, on direct.py's kernels
+    direct.py     the fast kernels on those planes (a strided forward on phase planes)
+    polyphase.py  a strided conv's gradients as sums of stride-1 ones, on direct.py's kernels
     gemm.py       the weight gradient (groups 1) as one packed matrix product
 
 docs/kernels/conv_cpu.md explains the layout, the register blocking and the measurements.
@@ -20,7 +20,8 @@ Dispatch (the contract names below; functional.conv2d* call them, validated and 
     dense      the single output of each plane sees the whole unpadded input (LeNet's C5):
                a fully connected layer on the flattened input -> kernels/cpu/dense.py
     gemm       backward_weight, groups 1, its packed panel within 64 MB -> gemm.py
-    polyphase  stride > 1, dilation 1 (unless the stride is far longer than the input) -> polyphase.py
+    polyphase  backward, stride > 1, dilation 1 (unless the stride is far longer than the input)
+               -> polyphase.py (the forward splits its planes into phases itself: direct.py)
     gather     backward_input with stride 1 and padding no wider than the kernel's reach:
                a forward conv of dy with the flipped weights -> direct.conv2d_backward_input_gather
     direct     everything else -> direct.py
@@ -76,11 +77,7 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
     if _is_dense(x.shape, w.shape, y.shape, pad_top, pad_left, dil_h, dil_w, groups):
         N, C_out, K = y.shape[0], y.shape[1], w[0].size  # K = C_in*kH*kW (explicit: N may be 0)
         _dense.linear_forward(x.reshape(N, K), w.reshape(C_out, K), b, y.reshape(N, C_out))
-    elif polyphase.use_polyphase(
-        x.shape, w.shape, y.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w
-    ):
-        polyphase.conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, groups)
-    else:
+    else:  # any stride and dilation: strided convs on phase planes (planes.split_plane)
         direct.conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups)
 
 

@@ -13,12 +13,15 @@ through tap o is xp[j + o], so a whole output plane is ONE contiguous loop over 
     y_grid[j] += w[o] * xp[j + o]          (the Wp - W_out columns past a row's end are
                                             garbage: computed, never read back)
 
-For stride > 1 the same loop runs one segment per output row (`planes.segments`).
+For stride > 1 the forward first splits each padded plane into its phases (plane (a, b) =
+xpad[a::stride_h, b::stride_w], `planes.split_plane`): a strided conv is then a stride-1 conv
+over phase planes, the same one loop; the scatter input gradient and the plane weight
+gradient instead run one segment per output row (`planes.segments`).
 
 Loop nests (who owns what; every output element has exactly one writer)
 
     conv2d_forward           for (n, group, block of CO_BLOCK channels) in prange:
-                                 xp = padded x[n, group's channels]; acc[cb, H_out*Wp] = b
+                                 xp = padded (phase) planes of x[n, group's channels]; acc[cb, H_out*Wq] = b
                                  for 4 channels, for 4 taps (in order): for j: acc[c, j] += w*xp[j+o]
                                  y[n, co0:co0+cb] = acc at the real positions
     conv2d_backward_input    stride 1: gather = conv2d_forward on dy with flipped weights
@@ -41,7 +44,18 @@ Optimisations (each measured; see the doc):
 import numpy as np
 from numba import njit, prange
 
-from .planes import from_grid, pad_plane, padded_extent, segments, tap_offsets, to_grid, uidx
+from .planes import (
+    from_grid,
+    pad_plane,
+    padded_extent,
+    phase_index,
+    phase_tap_offsets,
+    segments,
+    split_plane,
+    tap_offsets,
+    to_grid,
+    uidx,
+)
 
 # Output channels computed together by one forward task (they share its padded input).
 CO_BLOCK = 8
@@ -143,42 +157,48 @@ def _taps_1ch(a0, w0, xp, offs, n_seg, seg_len, Wp, stride_h, stride_w):
 
 @njit(cache=True, parallel=True, fastmath=False)
 def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
-    """y = conv2d(x, w) + b on flattened padded planes.
+    """y = conv2d(x, w) + b on flattened padded (phase) planes.
 
     Against naive.conv2d_forward: a task is (n, group, block of up to CO_BLOCK output
-    channels), whose padded input planes are built once and serve cb channels; no bounds
-    test (taps in the padding read xp's zeros); the innermost loop runs over the contiguous
+    channels), whose padded input planes are built once and serve cb channels (for a stride
+    > 1, split into their phases, `planes.split_plane`, so every conv runs as stride 1); no
+    bounds test (taps in the padding read zeros); the innermost loop runs over the contiguous
     grid positions j into the accumulators acc[c] (SIMD, no sum reordered); channels 4 at a
     time x taps 4 at a time (`_taps_4ch`), leftover channels singly (`_taps_1ch`).  Each y
     element is b + the taps in the naive order (ci_l, kh, kw), so results equal the naive
-    kernel's bit for bit.
+    kernel's bit for bit (strided and dilated convs included).
     """
     # x: (N, C_in, H, W)   w: (C_out, C_in_g, kH, kW)   b: (C_out,)   y: (N, C_out, H_out, W_out)
     N, C_in, H, W = x.shape
     C_out, C_in_g, kH, kW = w.shape
     H_out, W_out = y.shape[2], y.shape[3]
     C_out_g = C_out // groups
-    Hp, Wp = padded_extent(H, W, H_out, W_out, kH, kW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
-    n_seg, seg_len = segments(H_out, W_out, Wp, stride_h, stride_w)
-    P = Hp * Wp
-    offs = tap_offsets(C_in_g, kH, kW, P, Wp, dil_h, dil_w)  # offs: (T,)
+    idx_h, n_h = phase_index(kH, dil_h, stride_h)  # the phases the taps read (stride 1: one)
+    idx_w, n_w = phase_index(kW, dil_w, stride_w)
+    Hq = H_out + (kH - 1) * dil_h // stride_h  # a phase plane: Hq x Wq
+    Wq = W_out + (kW - 1) * dil_w // stride_w
+    P = n_h * n_w * Hq * Wq  # the phase planes of one input channel
+    seg_len = (H_out - 1) * Wq + W_out  # grid positions from the first output to the last
+    offs = phase_tap_offsets(C_in_g, kH, kW, dil_h, dil_w, stride_h, stride_w, idx_h, idx_w, n_w, Hq, Wq)
     wt = w.reshape(C_out, C_in_g * kH * kW)  # wt: (C_out, T) weights in tap order
     n_blk = (C_out_g + CO_BLOCK - 1) // CO_BLOCK  # channel blocks per group
     tasks_per_n = groups * n_blk
+    one = min(stride_h, 1)  # 1 (a variable: passing the literal 1 measured 20-40% slower)
     for t in prange(N * tasks_per_n):  # parallel over (n, g, block): owns y[n, co0:co0+cb]
         n = t // tasks_per_n
         r = t - n * tasks_per_n
         g = r // n_blk
         co0 = g * C_out_g + (r - g * n_blk) * CO_BLOCK
         cb = min(CO_BLOCK, (g + 1) * C_out_g - co0)  # channels in this block
-        xp = np.empty(C_in_g * P, x.dtype)  # xp: (C_in_g*Hp*Wp,) padded input planes
+        xp = np.empty(C_in_g * P, x.dtype)  # xp: (C_in_g*P,) padded (phase) planes
         for ci_l in range(C_in_g):
-            pad_plane(x[n, g * C_in_g + ci_l], xp[ci_l * P : (ci_l + 1) * P], pad_top, pad_left, Wp)
-        acc = np.empty((cb, H_out * Wp), y.dtype)  # acc: (cb, H_out*Wp) output grids
+            split_plane(x[n, g * C_in_g + ci_l], xp[ci_l * P : (ci_l + 1) * P], pad_top, pad_left,
+                        stride_h, stride_w, idx_h, idx_w, Hq, Wq)  # fmt: skip
+        acc = np.empty((cb, H_out * Wq), y.dtype)  # acc: (cb, H_out*Wq) output grids
         for c in range(cb):
-            arow = acc[c]  # arow: (H_out*Wp,)
+            arow = acc[c]  # arow: (H_out*Wq,)
             bc = b[co0 + c]
-            for j in range(H_out * Wp):
+            for j in range(H_out * Wq):
                 arow[uidx(j)] = bc
         c = 0
         while c + 4 <= cb:
@@ -193,18 +213,18 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
                 wt[co0 + c + 3],
                 xp,
                 offs,
-                n_seg,
+                one,
                 seg_len,
-                Wp,
-                stride_h,
-                stride_w,
+                Wq,
+                one,
+                one,
             )
             c += 4
         while c < cb:
-            _taps_1ch(acc[c], wt[co0 + c], xp, offs, n_seg, seg_len, Wp, stride_h, stride_w)
+            _taps_1ch(acc[c], wt[co0 + c], xp, offs, one, seg_len, Wq, one, one)
             c += 1
         for c in range(cb):
-            from_grid(acc[c], 0, Wp, y[n, co0 + c])
+            from_grid(acc[c], 0, Wq, y[n, co0 + c])
 
 
 # --------------------------------------------------------------------------- backward

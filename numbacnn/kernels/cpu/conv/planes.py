@@ -83,3 +83,80 @@ def from_grid(src, base, Wp, dst):
         drow = dst[r]  # drow: (C,)
         for c in range(C):
             drow[uidx(c)] = src[uidx(base + r * Wp + c)]
+
+
+# ------------------------------------------------------------------ phase planes (stride > 1)
+# A strided conv reads every stride-th input position.  Splitting each padded plane into its
+# stride_h x stride_w PHASES, plane (a, b) holding xpad[a::stride_h, b::stride_w], makes it a
+# stride-1 conv again: tap (kh, kw) reads phase ((kh*dil_h) % stride_h, (kw*dil_w) % stride_w)
+# at offset ((kh*dil_h) // stride_h, (kw*dil_w) // stride_w), so an output plane is once more
+# ONE contiguous loop over the grid j = oh*Wq + ow.  For stride 1 there is one phase: the
+# padded plane itself.  Only the phases some tap reads are built (a 1x1 stride-2 conv: one).
+
+
+@njit(cache=True)
+def phase_index(k, dil, stride):
+    """(index, count): index[a] = the position of phase a among the phases the taps
+    kh*dil (kh < k) read, -1 for a phase none reads; count = how many are read."""
+    index = np.full(stride, -1, np.int64)  # index: (stride,)
+    for kh in range(k):
+        index[(kh * dil) % stride] = 0
+    count = 0
+    for a in range(stride):
+        if index[a] >= 0:
+            index[a] = count
+            count += 1
+    return index, count
+
+
+@njit(cache=True)
+def phase_tap_offsets(C_in_g, kH, kW, dil_h, dil_w, stride_h, stride_w, idx_h, idx_w, n_w, Hq, Wq):
+    """Offset of every tap (ci_l, kh, kw), in that order, into C_in_g channels of phase planes
+    (each channel: the read phases, (a, b) at (idx_h[a]*n_w + idx_w[b])*Hq*Wq, each Hq x Wq)."""
+    Pq = Hq * Wq
+    n_planes = (np.max(idx_h) + 1) * n_w  # phase planes per channel
+    offs = np.empty(C_in_g * kH * kW, np.int64)  # offs: (C_in_g*kH*kW,)
+    t = 0
+    for ci_l in range(C_in_g):
+        for kh in range(kH):
+            rh = kh * dil_h
+            for kw in range(kW):
+                rw = kw * dil_w
+                plane = idx_h[rh % stride_h] * n_w + idx_w[rw % stride_w]
+                offs[t] = (ci_l * n_planes + plane) * Pq + (rh // stride_h) * Wq + rw // stride_w
+                t += 1
+    return offs
+
+
+@njit(cache=True)
+def split_plane(src, dst, pad_top, pad_left, stride_h, stride_w, idx_h, idx_w, Hq, Wq):
+    """dst[plane (a, b)] (Hq x Wq, flat) = the zero-padded src (H, W) at rows a, a + stride_h,
+    ... and columns b, b + stride_w, ... for every read phase (a, b) (idx_h[a], idx_w[b] >= 0)."""
+    # src: (H, W)   dst: (n_planes*Hq*Wq,)
+    H, W = src.shape
+    n_w = np.max(idx_w) + 1
+    Pq = Hq * Wq
+    for a in range(stride_h):
+        if idx_h[a] < 0:
+            continue
+        for b in range(stride_w):
+            if idx_w[b] < 0:
+                continue
+            base = (idx_h[a] * n_w + idx_w[b]) * Pq
+            off = b - pad_left  # iw = c*stride_w + off
+            c_lo = min(Wq, max(0, (-off + stride_w - 1) // stride_w))
+            c_hi = max(c_lo, min(Wq, (W - 1 - off) // stride_w + 1 if W - 1 - off >= 0 else 0))
+            for r in range(Hq):
+                row = base + r * Wq
+                ih = r * stride_h + a - pad_top
+                if ih < 0 or ih >= H:
+                    for c in range(Wq):
+                        dst[uidx(row + c)] = 0.0
+                    continue
+                srow = src[ih]  # srow: (W,)
+                for c in range(c_lo):
+                    dst[uidx(row + c)] = 0.0
+                for c in range(c_lo, c_hi):
+                    dst[uidx(row + c)] = srow[uidx(c * stride_w + off)]
+                for c in range(c_hi, Wq):
+                    dst[uidx(row + c)] = 0.0
