@@ -240,3 +240,36 @@ def test_scratch_blocks_are_reused_grown_and_released():
     assert workspace.scratch("t", (0, 5), np.float32).shape == (0, 5)
     workspace.release()
     assert workspace.held_bytes() == 0
+
+
+@pytest.mark.parametrize(
+    "C_in,C_out,H,k,stride,pad,dil,groups",
+    [(3, 5, 6, 3, 1, 1, 1, 1), (4, 6, 7, 3, 2, 1, 1, 2), (2, 3, 9, 2, 3, 0, 2, 1), (4, 4, 5, 1, 2, 0, 1, 4)],
+    ids=str,
+)
+def test_direct_forward_folds_images_and_splits_phases_bit_for_bit(
+    C_in, C_out, H, k, stride, pad, dil, groups
+):
+    """direct._forward with 1, 2 or 3 images per task (5 images: a partial last block), on
+    phase planes when strided, equals the naive kernel exactly: the taps are added in the
+    naive order whatever the layout."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((5, C_in, H, H))
+    w = rng.standard_normal((C_out, C_in // groups, k, k))
+    b = rng.standard_normal(C_out)
+    H_out = (H + 2 * pad - dil * (k - 1) - 1) // stride + 1
+    y0 = np.empty((5, C_out, H_out, H_out))
+    naive.conv2d_forward(x, w, b, y0, stride, stride, pad, pad, dil, dil, groups)
+    for fold in (1, 2, 3):
+        y = np.full_like(y0, np.nan)
+        direct._forward(x, w, b, y, stride, stride, pad, pad, dil, dil, groups, fold)
+        np.testing.assert_array_equal(y, y0, err_msg=f"fold {fold}")
+
+
+def test_fold_rule():
+    """Small stride-1 planes that are mostly real outputs fold images; others do not."""
+    assert direct.fold_images(64, (64, 64, 3, 3), (64, 64, 8, 8), 1, 1, 1, 1) == 10  # 64 of 100
+    assert direct.fold_images(4, (64, 64, 3, 3), (4, 64, 8, 8), 1, 1, 1, 1) == 4  # at most N
+    assert direct.fold_images(64, (16, 6, 5, 5), (64, 16, 10, 10), 1, 1, 1, 1) == 1  # C3: 100 of 196
+    assert direct.fold_images(64, (64, 32, 3, 3), (64, 64, 8, 8), 2, 2, 1, 1) == 1  # strided
+    assert direct.fold_images(64, (16, 16, 3, 3), (64, 16, 32, 32), 1, 1, 1, 1) == 1  # a large plane

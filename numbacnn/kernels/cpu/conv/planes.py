@@ -110,11 +110,11 @@ def phase_index(k, dil, stride):
 
 
 @njit(cache=True)
-def phase_tap_offsets(C_in_g, kH, kW, dil_h, dil_w, stride_h, stride_w, idx_h, idx_w, n_w, Hq, Wq):
+def phase_tap_offsets(C_in_g, kH, kW, dil_h, dil_w, stride_h, stride_w, idx_h, idx_w, n_w, Hq, Wq, chan):
     """Offset of every tap (ci_l, kh, kw), in that order, into C_in_g channels of phase planes
-    (each channel: the read phases, (a, b) at (idx_h[a]*n_w + idx_w[b])*Hq*Wq, each Hq x Wq)."""
+    `chan` elements apart (each channel: the read phases, (a, b) at (idx_h[a]*n_w +
+    idx_w[b])*Hq*Wq, each Hq x Wq)."""
     Pq = Hq * Wq
-    n_planes = (np.max(idx_h) + 1) * n_w  # phase planes per channel
     offs = np.empty(C_in_g * kH * kW, np.int64)  # offs: (C_in_g*kH*kW,)
     t = 0
     for ci_l in range(C_in_g):
@@ -123,7 +123,7 @@ def phase_tap_offsets(C_in_g, kH, kW, dil_h, dil_w, stride_h, stride_w, idx_h, i
             for kw in range(kW):
                 rw = kw * dil_w
                 plane = idx_h[rh % stride_h] * n_w + idx_w[rw % stride_w]
-                offs[t] = (ci_l * n_planes + plane) * Pq + (rh // stride_h) * Wq + rw // stride_w
+                offs[t] = ci_l * chan + plane * Pq + (rh // stride_h) * Wq + rw // stride_w
                 t += 1
     return offs
 
