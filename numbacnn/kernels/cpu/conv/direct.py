@@ -123,6 +123,46 @@ def _taps_4ch(a0, a1, a2, a3, w0, w1, w2, w3, xp, offs, n_seg, seg_len, Wp, stri
 
 
 @njit(cache=True)
+def _taps_2ch(a0, a1, w0, w1, xp, offs, n_seg, seg_len, Wp, stride_h, stride_w):
+    """_taps_4ch for two channels (a leftover pair, e.g. LeNet's 6 = 4 + 2): 4 taps per pass."""
+    # a0, a1: (H_out*Wp,) output grids   w0, w1: (T,) weights   xp: padded planes   offs: (T,)
+    T = offs.shape[0]
+    t = 0
+    while t + 4 <= T:
+        o0 = offs[t]
+        o1 = offs[t + 1]
+        o2 = offs[t + 2]
+        o3 = offs[t + 3]
+        w00, w01, w02, w03 = w0[t], w0[t + 1], w0[t + 2], w0[t + 3]
+        w10, w11, w12, w13 = w1[t], w1[t + 1], w1[t + 2], w1[t + 3]
+        for s in range(n_seg):
+            gb = s * Wp
+            xb = s * stride_h * Wp
+            for j in range(seg_len):
+                g = uidx(gb + j)
+                xi = xb + j * stride_w
+                x0 = xp[uidx(xi + o0)]
+                x1 = xp[uidx(xi + o1)]
+                x2 = xp[uidx(xi + o2)]
+                x3 = xp[uidx(xi + o3)]
+                a0[g] = a0[g] + w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
+                a1[g] = a1[g] + w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
+        t += 4
+    while t < T:
+        o0 = offs[t]
+        w00, w10 = w0[t], w1[t]
+        for s in range(n_seg):
+            gb = s * Wp
+            xb = s * stride_h * Wp + o0
+            for j in range(seg_len):
+                g = uidx(gb + j)
+                x0 = xp[uidx(xb + j * stride_w)]
+                a0[g] += w00 * x0
+                a1[g] += w10 * x0
+        t += 1
+
+
+@njit(cache=True)
 def _taps_1ch(a0, w0, xp, offs, n_seg, seg_len, Wp, stride_h, stride_w):
     """_taps_4ch for a single channel (the C_out % 4 leftover ones): 4 taps per pass."""
     # a0: (H_out*Wp,) output grid   w0: (T,) weights   xp: padded planes   offs: (T,)
@@ -192,8 +232,8 @@ def _forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, gr
     stride 1); the images of a block lie one after the other in each channel, so one grid
     loop runs over all of them; no bounds test (taps in the padding read zeros); the
     innermost loop runs over the contiguous grid positions j into the accumulators acc[c]
-    (SIMD, no sum reordered); channels 4 at a time x taps 4 at a time (`_taps_4ch`),
-    leftover channels singly (`_taps_1ch`).  Each y element is b + the taps in the naive
+    (SIMD, no sum reordered); channels 4 at a time x taps 4 at a time (`_taps_4ch`), a
+    leftover pair by `_taps_2ch`, a last one by `_taps_1ch`.  Each y element is b + the taps in the naive
     order (ci_l, kh, kw), so results equal the naive kernel's bit for bit (strided and
     dilated convs, and any fold, included).
     """
@@ -256,7 +296,10 @@ def _forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, gr
                 one,
             )
             c += 4
-        while c < cb:
+        if c + 2 <= cb:
+            _taps_2ch(acc[c], acc[c + 1], wt[co0 + c], wt[co0 + c + 1], xp, offs, one, seg_len, Wq, one, one)
+            c += 2
+        if c < cb:
             _taps_1ch(acc[c], wt[co0 + c], xp, offs, one, seg_len, Wq, one, one)
             c += 1
         for c in range(cb):
