@@ -50,7 +50,7 @@ EXTERNAL = ("numpy im2col", "scipy", "torch")  # each in its own process
 
 def cases(quick=False):
     """[(name, kind, params, macs)]: kind is "conv2d", "dx", "dw", "max_pool2d", "avg_pool2d",
-    "batch_norm", "batch_norm_backward" or "step"; params a dict (shapes as lists)."""
+    "batch_norm", "batch_norm_backward", "step" or "epoch"; params a dict (shapes as lists)."""
     n = 8 if quick else 64
     convs = [  # (label, N, C_in, C_out, H, k, stride, pad)
         ("LeNet C1 1->6 5x5 32x32", n, 1, 6, 32, 5, 1, 0),
@@ -80,6 +80,9 @@ def cases(quick=False):
     steps.append(("VGG block step", "vgg_block", 64, 32, n // 4 or 1))
     for label, model, C, H, N in steps[:1] if quick else steps:
         out.append((f"{label} b{N}", "step", dict(model=model, C=C, H=H, N=N), _step_macs(model, C, H, N)))
+    if not quick:  # the README recipe's warm epoch: 60,000 MNIST images, 938 steps
+        out.append(("LeNet-5 MNIST epoch b64", "epoch", dict(model="lenet5", C=1, H=32, N=64),
+                    _step_macs("lenet5", 1, 32, 60000)))  # fmt: skip
     return out
 
 
@@ -143,6 +146,8 @@ def _numbacnn(kind, p, dtype):
         return lambda: F.batch_norm(a[0], None, None, np.zeros(C, dtype), np.ones(C, dtype), True)
     if kind == "batch_norm_backward":
         return lambda: F.batch_norm_backward(a[0], a[0], None)
+    if kind == "epoch":
+        return _numbacnn_epoch(dtype)
     model = _model(p["model"], p["C"]).astype(dtype)
     opt = SGD(model.parameters(), lr=0.01, momentum=0.9)
     x, y = a
@@ -154,6 +159,41 @@ def _numbacnn(kind, p, dtype):
         opt.step()
 
     return step
+
+
+def _mnist():
+    """(x_train, y_train) as `numbacnn train --dataset mnist` sees them (32 x 32, normalised),
+    or None when the MNIST package is not installed."""
+    from .data.mnist import MNISTIntegrityError, MNISTNotFoundError
+    from .recipe import load_dataset
+
+    try:
+        return load_dataset("mnist")[:2]
+    except (MNISTNotFoundError, MNISTIntegrityError):
+        return None
+
+
+def _numbacnn_epoch(dtype):
+    """One epoch of the README recipe's training loop (train._train_epoch: shuffled batches of
+    64, loss and hits on the device, SGD with momentum), without the progress bar, the test
+    pass and the checkpoint."""
+    from .data import DataLoader
+    from .distributed import World
+    from .models import build_model
+    from .optim import SGD
+    from .train import _train_epoch
+
+    data = _mnist()
+    if data is None:
+        return None
+    model = build_model("lenet5").astype(dtype)
+    opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
+    loader = DataLoader(*data, 64, shuffle=True, seed=0, dtype=dtype)
+
+    class _Alone:  # one process: no gradient exchange
+        start = finish = staticmethod(lambda: None)
+
+    return lambda: _train_epoch(model, opt, loader, 1, 1, False, None, World(), _Alone())
 
 
 def _im2col(x, k, stride, pad):
@@ -305,6 +345,39 @@ def _torch_model(name, C):
     return Mirror()
 
 
+def _torch_epoch(dtype):
+    """The same epoch in PyTorch's idiom: a fresh permutation, batches of 64 indexed from
+    the tensors, zero_grad / forward / cross_entropy / backward / step, loss and hits read
+    every batch."""
+    import torch
+    import torch.nn.functional as TF
+
+    data = _mnist()
+    if data is None:
+        return None
+    x, y = (torch.from_numpy(v) for v in data)
+    x = x.to(getattr(torch, np.dtype(dtype).name))
+    model = _torch_model("lenet5", 1).to(x.dtype)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    def epoch():
+        loss_sum, hits = 0.0, 0
+        order = torch.randperm(len(y))
+        for i in range(0, len(y), 64):
+            idx = order[i : i + 64]
+            xb, yb = x[idx], y[idx]
+            opt.zero_grad()
+            logits = model(xb)
+            loss = TF.cross_entropy(logits, yb)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(yb)
+            hits += int((logits.argmax(1) == yb).sum())
+        return loss_sum, hits
+
+    return epoch
+
+
 def _torch(kind, p, dtype):
     import torch
     import torch.nn.functional as TF
@@ -330,6 +403,8 @@ def _torch(kind, p, dtype):
         y = TF.batch_norm(x, None, None, training=True)
         g = torch.randn_like(y)
         return lambda: torch.autograd.grad(y, x, g, retain_graph=True)
+    if kind == "epoch":
+        return _torch_epoch(dtype)
     model = _torch_model(p["model"], p["C"]).to(getattr(torch, np.dtype(dtype).name))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x, y = a
@@ -360,6 +435,12 @@ def median_time(fn, quick):
     return float(np.median(times))
 
 
+def _seconds(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def _time_all(impl, quick, dtype):
     """{case name: median seconds} for one implementation (None where it does not apply)."""
     make = {"numbacnn": _numbacnn, "numpy im2col": _numpy, "scipy": _scipy, "torch": _torch}[impl]
@@ -373,7 +454,12 @@ def _time_all(impl, quick, dtype):
             result[name] = None  # scipy's per-(image, channel) correlations: minutes at VGG's widths
             continue
         fn = make(kind, params, dtype)
-        result[name] = None if fn is None else median_time(fn, quick)
+        if fn is None:
+            result[name] = None
+        elif kind == "epoch":  # a whole epoch: warmed by the step rows, best of 2
+            result[name] = min(_seconds(fn) for _ in range(2))
+        else:
+            result[name] = median_time(fn, quick)
     return result
 
 
