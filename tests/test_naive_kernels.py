@@ -273,3 +273,34 @@ def test_fold_rule():
     assert direct.fold_images(64, (16, 6, 5, 5), (64, 16, 10, 10), 1, 1, 1, 1) == 1  # C3: 100 of 196
     assert direct.fold_images(64, (64, 32, 3, 3), (64, 64, 8, 8), 2, 2, 1, 1) == 1  # strided
     assert direct.fold_images(64, (16, 16, 3, 3), (64, 16, 32, 32), 1, 1, 1, 1) == 1  # a large plane
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "N,C_in,C_out,H,W,k,stride,pad",
+    [(3, 5, 6, 7, 5, 3, 1, 1), (1, 2, 9, 6, 9, 3, 2, 0), (2, 4, 4, 5, 5, 2, 1, 2), (2, 8, 7, 4, 4, 3, 3, 1)],
+    ids=str,
+)
+def test_gemm_forward_matches_naive(N, C_in, C_out, H, W, k, stride, pad, dtype):
+    """gemm.conv2d_forward (channels-last receptive fields, 4 x 4 tiles; edges: C_out and
+    W_out not multiples of 4), strided and padded (even wider than the kernel), against naive."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((N, C_in, H, W)).astype(dtype)
+    w = rng.standard_normal((C_out, C_in, k, k)).astype(dtype)
+    b = rng.standard_normal(C_out).astype(dtype)
+    H_out, W_out = (H + 2 * pad - k) // stride + 1, (W + 2 * pad - k) // stride + 1
+    y, y0 = np.full((N, C_out, H_out, W_out), np.nan, dtype), np.empty((N, C_out, H_out, W_out), dtype)
+    naive.conv2d_forward(x, w, b, y0, stride, stride, pad, pad, 1, 1, 1)
+    gemm.conv2d_forward(x, w, b, y, stride, stride, pad, pad)
+    close(y, y0, f"gemm forward {N, C_in, C_out, H, W, k, stride, pad}")
+
+
+def test_gemm_forward_dispatch_rule():
+    """Long reductions (C_in*kH*kW >= 512) on small planes (<= 64 positions), groups 1 and
+    no dilation take the gemm forward; the gather input gradient follows the same rule."""
+    use = gemm.use_gemm_forward
+    assert use((64, 64, 8, 8), (64, 64, 3, 3), (64, 64, 8, 8), 1, 1, 1, 1)  # ResNet-20's last stage
+    assert not use((64, 32, 16, 16), (64, 32, 3, 3), (64, 64, 8, 8), 2, 1, 1, 1)  # K = 288
+    assert not use((64, 32, 16, 16), (32, 32, 3, 3), (64, 32, 16, 16), 1, 1, 1, 1)  # 256 positions
+    assert not use((64, 64, 8, 8), (64, 64, 3, 3), (64, 64, 8, 8), 1, 2, 2, 1)  # dilated
+    assert not use((64, 64, 8, 8), (64, 32, 3, 3), (64, 64, 8, 8), 1, 1, 1, 2)  # grouped

@@ -11,7 +11,8 @@ Read the strategies in this order:
     planes.py     the flattened, zero-padded plane layout the fast kernels work on
     direct.py     the fast kernels on those planes (a strided forward on phase planes)
     polyphase.py  a strided conv's gradients as sums of stride-1 ones, on direct.py's kernels
-    gemm.py       the weight gradient (groups 1) as one packed matrix product
+    gemm.py       the weight gradient (groups 1) as one packed matrix product, and the
+                  forward of small planes with long reductions as dot products
 
 docs/kernels/conv_cpu.md explains the layout, the register blocking and the measurements.
 
@@ -19,7 +20,9 @@ Dispatch (the contract names below; functional.conv2d* call them, validated and 
 
     dense      the single output of each plane sees the whole unpadded input (LeNet's C5):
                a fully connected layer on the flattened input -> kernels/cpu/dense.py
-    gemm       backward_weight, groups 1, its packed panel within 64 MB -> gemm.py
+    gemm       backward_weight, groups 1, its packed panel within 64 MB -> gemm.py;
+               forward (and the gather input gradient), groups 1, no dilation, C_in*kH*kW >= 512
+               on planes of at most 64 positions -> gemm.conv2d_forward
     polyphase  backward, stride > 1, dilation 1 (unless the stride is far longer than the input)
                -> polyphase.py (the forward splits its planes into phases itself: direct.py)
     gather     backward_input with stride 1 and padding no wider than the kernel's reach:
@@ -29,9 +32,9 @@ Dispatch (the contract names below; functional.conv2d* call them, validated and 
 Every kernel fully overwrites its output (np.empty is fine), writes each element from one
 thread (no atomics, no races) and sums in a fixed order, so results do not depend on the
 number of threads.  The forward and the gather input gradient add the taps in the naive
-order (ci_l, kh, kw), bit for bit, except on the dense path (the dense kernels' tiled sums)
-and for strided convs (the phases are summed one after another); the weight gradient sums
-in its own fixed order.  No BLAS and no np.dot: every multiply-add is in these loops.
+order (ci_l, kh, kw), bit for bit, strided and dilated convs included, except on the dense
+path (the dense kernels' tiled sums) and the gemm forward (its dot products' SIMD order);
+the weight gradient sums in its own fixed order.  No BLAS and no np.dot: every multiply-add is in these loops.
 """
 
 from .. import dense as _dense
@@ -77,6 +80,8 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
     if _is_dense(x.shape, w.shape, y.shape, pad_top, pad_left, dil_h, dil_w, groups):
         N, C_out, K = y.shape[0], y.shape[1], w[0].size  # K = C_in*kH*kW (explicit: N may be 0)
         _dense.linear_forward(x.reshape(N, K), w.reshape(C_out, K), b, y.reshape(N, C_out))
+    elif gemm.use_gemm_forward(x.shape, w.shape, y.shape, stride_w, dil_h, dil_w, groups):
+        gemm.conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left)
     else:  # any stride and dilation: strided convs on phase planes (planes.split_plane)
         direct.conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups)
 
@@ -92,7 +97,10 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_
     ):
         polyphase.conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, groups)
     elif direct.can_gather(w.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
-        direct.conv2d_backward_input_gather(dy, w, dx, pad_top, pad_left, dil_h, dil_w, groups)
+        # a forward conv of dy: whichever forward kernel that conv takes
+        direct.conv2d_backward_input_gather(
+            dy, w, dx, pad_top, pad_left, dil_h, dil_w, groups, conv2d_forward
+        )
     else:
         direct.conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups)
 

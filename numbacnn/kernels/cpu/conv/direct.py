@@ -308,7 +308,7 @@ def _forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, gr
 
 
 # --------------------------------------------------------------------------- backward
-def conv2d_backward_input_gather(dy, w, dx, pad_top, pad_left, dil_h, dil_w, groups):
+def conv2d_backward_input_gather(dy, w, dx, pad_top, pad_left, dil_h, dil_w, groups, forward=None):
     """dx for a STRIDE-1 conv as a forward conv of dy (GATHER form): each dx element is
     written once instead of being scattered into C_out_g*kH*kW times.
 
@@ -320,7 +320,8 @@ def conv2d_backward_input_gather(dy, w, dx, pad_top, pad_left, dil_h, dil_w, gro
     with pad_top' = (kH-1)*dil_h - pad_top and pad_left' = (kW-1)*dil_w - pad_left: the forward
     conv of dy (C_out input channels, same groups) with the flipped, in/out-swapped weights
     w_flip (C_in, C_out_g, kH, kW).  Needs pad_top' >= 0 and pad_left' >= 0 (a padding no wider
-    than the kernel's reach); `can_gather` says whether it applies.
+    than the kernel's reach); `can_gather` says whether it applies.  forward: the forward
+    kernel to run (a function of conv2d_forward's arguments; default this module's).
     """
     # dy: (N, C_out, H_out, W_out)   w: (C_out, C_in_g, kH, kW)   dx: (N, C_in, H, W)
     C_out, C_in_g, kH, kW = w.shape
@@ -331,7 +332,7 @@ def conv2d_backward_input_gather(dy, w, dx, pad_top, pad_left, dil_h, dil_w, gro
     ).reshape(C_in, C_out_g, kH, kW)
     pad_top_flip = (kH - 1) * dil_h - pad_top
     pad_left_flip = (kW - 1) * dil_w - pad_left
-    conv2d_forward(
+    (forward or conv2d_forward)(
         dy, w_flip, np.zeros(C_in, dx.dtype), dx, 1, 1, pad_top_flip, pad_left_flip, dil_h, dil_w, groups
     )
 
