@@ -296,11 +296,12 @@ def test_gemm_forward_matches_naive(N, C_in, C_out, H, W, k, stride, pad, dtype)
 
 
 def test_gemm_forward_dispatch_rule():
-    """Long reductions (C_in*kH*kW >= 512) on small planes (<= 64 positions), groups 1 and
+    """Long reductions (C_in*kH*kW >= 256) on small planes (<= 64 positions), groups 1 and
     no dilation take the gemm forward; the gather input gradient follows the same rule."""
     use = gemm.use_gemm_forward
     assert use((64, 64, 8, 8), (64, 64, 3, 3), (64, 64, 8, 8), 1, 1, 1, 1)  # ResNet-20's last stage
-    assert not use((64, 32, 16, 16), (64, 32, 3, 3), (64, 64, 8, 8), 2, 1, 1, 1)  # K = 288
+    assert use((64, 32, 16, 16), (64, 32, 3, 3), (64, 64, 8, 8), 2, 1, 1, 1)  # strided to 8 x 8, K = 288
+    assert not use((64, 16, 16, 16), (32, 16, 3, 3), (64, 32, 8, 8), 2, 1, 1, 1)  # K = 144
     assert not use((64, 32, 16, 16), (32, 32, 3, 3), (64, 32, 16, 16), 1, 1, 1, 1)  # 256 positions
     assert not use((64, 64, 8, 8), (64, 64, 3, 3), (64, 64, 8, 8), 1, 2, 2, 1)  # dilated
     assert not use((64, 64, 8, 8), (64, 32, 3, 3), (64, 64, 8, 8), 1, 1, 1, 2)  # grouped

@@ -21,7 +21,7 @@ Dispatch (the contract names below; functional.conv2d* call them, validated and 
     dense      the single output of each plane sees the whole unpadded input (LeNet's C5):
                a fully connected layer on the flattened input -> kernels/cpu/dense.py
     gemm       backward_weight, groups 1, its packed panel within 64 MB -> gemm.py;
-               forward (and the gather input gradient), groups 1, no dilation, C_in*kH*kW >= 512
+               forward (and the gather input gradient), groups 1, no dilation, C_in*kH*kW >= 256
                on planes of at most 64 positions -> gemm.conv2d_forward
     polyphase  backward, stride > 1, dilation 1 (unless the stride is far longer than the input)
                -> polyphase.py (the forward splits its planes into phases itself: direct.py)

@@ -320,15 +320,17 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
 # channels, positions) over them.  It pays off when K is long (horizontal sums and packing
 # per output are amortised) and the planes are small (the plane kernel's loops are short):
 # `use_gemm_forward`.
-MIN_K_FORWARD = 512  # taps, at least
+MIN_K_FORWARD = 256  # taps, at least
 MAX_PLANE_FORWARD = 64  # output positions per plane, at most
 
 
 def use_gemm_forward(x_shape, w_shape, y_shape, stride_w, dil_h, dil_w, groups):
     """True when the forward of x for w (and the gather input gradient, the same conv on dy)
     should take this path.  Measured at batch 64, 2 threads, against direct.py (A/B in one
-    process): 64->64 3x3 on 8x8 (K = 576) 1.83x faster; 32->32 on 16x16 (K = 288) 0.72x,
-    16->16 on 32x32 (K = 144) 0.23x, 64->64 on 32x32 (K = 576, batch 16) 0.77x."""
+    process), the output plane decides: 64->64 3x3 on 8x8 (K = 576) 1.79x faster, 32->64 3x3
+    stride 2 to 8x8 (K = 288) 2.44x; but 32->32 on 16x16 (256 positions) 0.81x, 16->32 stride
+    2 to 16x16 0.94x, 64->64 on 32x32 (batch 16) 0.85x, 16->16 5x5 on 10x10 (K = 400) 0.66x,
+    LeNet's C3 (K = 150) 0.41x."""
     C_in, kH, kW = w_shape[1], w_shape[2], w_shape[3]
     K = C_in * kH * kW
     small = y_shape[2] * y_shape[3] <= MAX_PLANE_FORWARD
