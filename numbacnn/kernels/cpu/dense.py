@@ -22,7 +22,7 @@ Loop nests
                                                     for k in range(K):
                                                         for r in range(4):
                                                             out[r, tile] += coef[r, k] * rows[k, tile]
-    linear_backward_bias:    for o in prange(OUT): db[o] = sum_n dy[n, o]
+    linear_backward_bias:    for o in range(OUT): db[o] = sum_n dy[n, o]   (serial: tiny)
 
 Optimisation contract
 ---------------------
@@ -154,12 +154,13 @@ def linear_backward_weight(dy, x, dw):
     _combine_rows(np.ascontiguousarray(dy.T), x, dw)  # dy.T: (OUT, N), a small copy
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def linear_backward_bias(dy, db):
-    """db = sum over the batch of dy (float64 accumulator)."""
+    """db = sum over the batch of dy (float64 accumulator).  Serial: 64 x 120 takes 4.0 us
+    (3.4 us on 2 threads), and a parallel kernel costs 0.3 s more of JIT."""
     # dy: (N, OUT)   db: (OUT,)
     N, OUT = dy.shape
-    for o in prange(OUT):
+    for o in range(OUT):
         s = 0.0
         for n in range(N):
             s += dy[n, o]
