@@ -267,11 +267,11 @@ def test_direct_forward_folds_images_and_splits_phases_bit_for_bit(
 
 
 def test_fold_rule():
-    """Small stride-1 planes that are mostly real outputs fold images; others do not."""
+    """Small (phase) planes that are mostly real outputs fold images; others do not."""
     assert direct.fold_images(64, (64, 64, 3, 3), (64, 64, 8, 8), 1, 1, 1, 1) == 10  # 64 of 100
     assert direct.fold_images(4, (64, 64, 3, 3), (4, 64, 8, 8), 1, 1, 1, 1) == 4  # at most N
     assert direct.fold_images(64, (16, 6, 5, 5), (64, 16, 10, 10), 1, 1, 1, 1) == 1  # C3: 100 of 196
-    assert direct.fold_images(64, (64, 32, 3, 3), (64, 64, 8, 8), 2, 2, 1, 1) == 1  # strided
+    assert direct.fold_images(64, (64, 32, 3, 3), (64, 64, 8, 8), 2, 2, 1, 1) == 12  # strided: 9 x 9 phases
     assert direct.fold_images(64, (16, 16, 3, 3), (64, 16, 32, 32), 1, 1, 1, 1) == 1  # a large plane
 
 

@@ -208,16 +208,19 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
 
 
 def fold_images(N, w_shape, y_shape, stride_h, stride_w, dil_h, dil_w):
-    """Images per forward task: 1, or for a small stride-1 plane whose grid is mostly real
-    outputs (at least 60%), enough images for about FOLD grid positions, at most N.
+    """Images per forward task: 1, or for a small (phase) plane whose grid is mostly real
+    outputs (at least 60%), enough images for about FOLD grid positions, at most N.  A
+    task's images lie one after the other within each phase, so a strided conv folds too.
 
     Measured at batch 64 against one image per task (A/B in one process): 64->64 3x3 on 8x8
-    (64 of 100 grid positions real) 1.2x faster with 10 images; LeNet's C3 (100 of 196) 0.92x
-    and strided convs (their grid spans every phase plane) 0.7-0.95x, so those keep 1."""
+    (64 of 100 grid positions real) 1.18x faster with 10 images, 32->32 on 16x16 1.05x,
+    16->32 3x3 stride 2 1.04x, 1x1 stride 2 0.93-1.0x; LeNet's C3 (100 of 196) was 0.92x
+    folded, so it keeps 1."""
     kH, kW = w_shape[2], w_shape[3]
     H_out, W_out = y_shape[2], y_shape[3]
-    Hq, Wq = H_out + (kH - 1) * dil_h, W_out + (kW - 1) * dil_w
-    if stride_h > 1 or stride_w > 1 or H_out * W_out < 0.6 * Hq * Wq:
+    Hq = H_out + (kH - 1) * dil_h // stride_h  # a phase plane (the plane itself for stride 1)
+    Wq = W_out + (kW - 1) * dil_w // stride_w
+    if H_out * W_out < 0.6 * Hq * Wq:
         return 1
     return max(1, min(N, FOLD // (Hq * Wq)))
 
@@ -229,8 +232,8 @@ def _forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, gr
     Against naive.conv2d_forward: a task is (block of `fold` images, group, block of up to
     CO_BLOCK output channels), whose padded input planes are built once and serve cb channels
     (for a stride > 1, split into their phases, `planes.split_plane`, so every conv runs as
-    stride 1); the images of a block lie one after the other in each channel, so one grid
-    loop runs over all of them; no bounds test (taps in the padding read zeros); the
+    stride 1); the images of a block lie one after the other in each phase of each channel,
+    so one grid loop runs over all of them; no bounds test (taps in the padding read zeros); the
     innermost loop runs over the contiguous grid positions j into the accumulators acc[c]
     (SIMD, no sum reordered); channels 4 at a time x taps 4 at a time (`_taps_4ch`), a
     leftover pair by `_taps_2ch`, a last one by `_taps_1ch`.  Each y element is b + the taps in the naive
@@ -246,10 +249,11 @@ def _forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, gr
     idx_w, n_w = phase_index(kW, dil_w, stride_w)
     Hq = H_out + (kH - 1) * dil_h // stride_h  # a phase plane: Hq x Wq
     Wq = W_out + (kW - 1) * dil_w // stride_w
-    P = n_h * n_w * Hq * Wq  # the phase planes of one image's input channel
-    chan = fold * P  # one input channel of a task: its images' planes, one after the other
+    Pq = Hq * Wq  # one phase plane of one image
+    phase = fold * Pq  # a phase of a task's channel: its images' phase planes, one after the other
+    chan = n_h * n_w * phase  # one input channel of a task: its phases
     offs = phase_tap_offsets(
-        C_in_g, kH, kW, dil_h, dil_w, stride_h, stride_w, idx_h, idx_w, n_w, Hq, Wq, chan
+        C_in_g, kH, kW, dil_h, dil_w, stride_h, stride_w, idx_h, idx_w, n_w, Wq, chan, phase
     )
     wt = w.reshape(C_out, C_in_g * kH * kW)  # wt: (C_out, T) weights in tap order
     n_blk = (C_out_g + CO_BLOCK - 1) // CO_BLOCK  # channel blocks per group
@@ -263,18 +267,18 @@ def _forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, gr
         g = r // n_blk
         co0 = g * C_out_g + (r - g * n_blk) * CO_BLOCK
         cb = min(CO_BLOCK, (g + 1) * C_out_g - co0)  # channels in this block
-        xp = np.empty(C_in_g * chan, x.dtype)  # xp: (C_in_g, fold, P) padded (phase) planes, flat
+        xp = np.empty(C_in_g * chan, x.dtype)  # xp: (C_in_g, phases, fold, Hq*Wq) padded planes, flat
         for ci_l in range(C_in_g):
-            for i in range(nb):
-                at = ci_l * chan + i * P
-                split_plane(x[n0 + i, g * C_in_g + ci_l], xp[at : at + P], pad_top, pad_left,
-                            stride_h, stride_w, idx_h, idx_w, Hq, Wq)  # fmt: skip
-        seg_len = (nb - 1) * P + (H_out - 1) * Wq + W_out  # grid positions, first output to last
-        acc = np.empty((cb, nb * P), y.dtype)  # acc: (cb, nb*P) output grids, image after image
+            for i in range(nb):  # image i's phases: at i*Pq in each phase's block
+                at = ci_l * chan + i * Pq
+                split_plane(x[n0 + i, g * C_in_g + ci_l], xp[at : (ci_l + 1) * chan], pad_top, pad_left,
+                            stride_h, stride_w, idx_h, idx_w, Hq, Wq, phase)  # fmt: skip
+        seg_len = (nb - 1) * Pq + (H_out - 1) * Wq + W_out  # grid positions, first output to last
+        acc = np.empty((cb, nb * Pq), y.dtype)  # acc: (cb, nb*Pq) output grids, image after image
         for c in range(cb):
-            arow = acc[c]  # arow: (nb*P,)
+            arow = acc[c]  # arow: (nb*Pq,)
             bc = b[co0 + c]
-            for j in range(nb * P):
+            for j in range(nb * Pq):
                 arow[uidx(j)] = bc
         c = 0
         while c + 4 <= cb:
@@ -304,7 +308,7 @@ def _forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, gr
             c += 1
         for c in range(cb):
             for i in range(nb):
-                from_grid(acc[c], i * P, Wq, y[n0 + i, co0 + c])
+                from_grid(acc[c], i * Pq, Wq, y[n0 + i, co0 + c])
 
 
 # --------------------------------------------------------------------------- backward

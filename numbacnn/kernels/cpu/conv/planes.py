@@ -110,11 +110,10 @@ def phase_index(k, dil, stride):
 
 
 @njit(cache=True)
-def phase_tap_offsets(C_in_g, kH, kW, dil_h, dil_w, stride_h, stride_w, idx_h, idx_w, n_w, Hq, Wq, chan):
-    """Offset of every tap (ci_l, kh, kw), in that order, into C_in_g channels of phase planes
-    `chan` elements apart (each channel: the read phases, (a, b) at (idx_h[a]*n_w +
-    idx_w[b])*Hq*Wq, each Hq x Wq)."""
-    Pq = Hq * Wq
+def phase_tap_offsets(C_in_g, kH, kW, dil_h, dil_w, stride_h, stride_w, idx_h, idx_w, n_w, Wq, chan, phase):
+    """Offset of every tap (ci_l, kh, kw), in that order, into C_in_g channels `chan` elements
+    apart, each holding the read phases (a, b) `phase` elements apart, in the order
+    idx_h[a]*n_w + idx_w[b]; a phase plane has rows of Wq."""
     offs = np.empty(C_in_g * kH * kW, np.int64)  # offs: (C_in_g*kH*kW,)
     t = 0
     for ci_l in range(C_in_g):
@@ -123,26 +122,26 @@ def phase_tap_offsets(C_in_g, kH, kW, dil_h, dil_w, stride_h, stride_w, idx_h, i
             for kw in range(kW):
                 rw = kw * dil_w
                 plane = idx_h[rh % stride_h] * n_w + idx_w[rw % stride_w]
-                offs[t] = ci_l * chan + plane * Pq + (rh // stride_h) * Wq + rw // stride_w
+                offs[t] = ci_l * chan + plane * phase + (rh // stride_h) * Wq + rw // stride_w
                 t += 1
     return offs
 
 
 @njit(cache=True)
-def split_plane(src, dst, pad_top, pad_left, stride_h, stride_w, idx_h, idx_w, Hq, Wq):
-    """dst[plane (a, b)] (Hq x Wq, flat) = the zero-padded src (H, W) at rows a, a + stride_h,
-    ... and columns b, b + stride_w, ... for every read phase (a, b) (idx_h[a], idx_w[b] >= 0)."""
-    # src: (H, W)   dst: (n_planes*Hq*Wq,)
+def split_plane(src, dst, pad_top, pad_left, stride_h, stride_w, idx_h, idx_w, Hq, Wq, phase):
+    """dst[plane (a, b)] (Hq x Wq, flat, at (idx_h[a]*n_w + idx_w[b])*phase) = the zero-padded
+    src (H, W) at rows a, a + stride_h, ... and columns b, b + stride_w, ... for every read
+    phase (a, b) (idx_h[a], idx_w[b] >= 0)."""
+    # src: (H, W)   dst: (>= (n_planes-1)*phase + Hq*Wq,)
     H, W = src.shape
     n_w = np.max(idx_w) + 1
-    Pq = Hq * Wq
     for a in range(stride_h):
         if idx_h[a] < 0:
             continue
         for b in range(stride_w):
             if idx_w[b] < 0:
                 continue
-            base = (idx_h[a] * n_w + idx_w[b]) * Pq
+            base = (idx_h[a] * n_w + idx_w[b]) * phase
             off = b - pad_left  # iw = c*stride_w + off
             c_lo = min(Wq, max(0, (-off + stride_w - 1) // stride_w))
             c_hi = max(c_lo, min(Wq, (W - 1 - off) // stride_w + 1 if W - 1 - off >= 0 else 0))
