@@ -46,15 +46,21 @@ def jit_counts():
     return compiled, loaded
 
 
+_packages = {}  # "cpu" / "cuda" -> the package, once imported (an import statement per op
+# call cost 1.5 us, and a LeNet-5 step looks its backend up about 130 times)
+
+
 def get(device):
     """The kernel package of a device named "cpu" or "cuda" (numbacnn.device checks names)."""
-    if device == "cuda":
-        from . import cuda
-
-        return cuda
-    from . import cpu
-
-    return cpu
+    name = "cuda" if device == "cuda" else "cpu"
+    package = _packages.get(name)
+    if package is None:
+        if name == "cuda":
+            from . import cuda as package
+        else:
+            from . import cpu as package
+        _packages[name] = package
+    return package
 
 
 def backend(x):
