@@ -83,6 +83,47 @@ class ConvGeometry(NamedTuple):
         return self[:7]
 
 
+# Validated geometries by call: a layer calls with the same shapes and arguments every step,
+# and the checks cost ~15 us a conv call (a LeNet-5 step makes 6).  Only calls whose every
+# argument is a plain int, str, None or a tuple of ints are remembered, keyed with the types
+# (so 2, 2.0 and True stay apart), and only once they have passed.
+_MEMO = {}
+_MEMO_SIZE = 1024
+
+
+def _memo_key(*args):
+    """A hashable key of args with their types, or None when an argument is of another kind."""
+    key = []
+    for a in args:
+        if a is None or type(a) in (int, str):
+            key.append((type(a), a))
+        elif type(a) is tuple and all(type(v) is int for v in a):
+            key.append((tuple, a))
+        else:
+            return None
+    return tuple(key)
+
+
+def _remembered(fn):
+    """fn(op, *args) validated once per distinct key (`_memo_key`), then looked up."""
+
+    def wrapper(op, *args):
+        key = _memo_key(fn.__name__, op, *args)
+        if key is None:
+            return fn(op, *args)
+        found = _MEMO.get(key)
+        if found is None:
+            found = fn(op, *args)  # raises for a bad call: nothing is remembered
+            if len(_MEMO) >= _MEMO_SIZE:
+                _MEMO.clear()
+            _MEMO[key] = found
+        return found
+
+    wrapper.__name__, wrapper.__qualname__, wrapper.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+    wrapper.__wrapped__ = fn
+    return wrapper
+
+
 def conv2d_geometry(op, x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1):
     """Validate a conv2d call given the SHAPES x_shape (N, C_in, H, W) and w_shape (C_out,
     C_in/groups, kH, kW); return its ConvGeometry (PyTorch's conv2d rules).
@@ -90,9 +131,14 @@ def conv2d_geometry(op, x_shape, w_shape, stride=1, padding=0, dilation=1, group
     Raises TypeError for non-int stride/dilation/groups/padding entries, ValueError for
     non-positive ones, groups that do not divide both channel counts, a weight whose
     C_in/groups disagrees with x, an empty weight, or a dilated kernel larger than the
-    padded input. Every message names the argument and both shapes.
+    padded input. Every message names the argument and both shapes. A call repeated with
+    the same shapes and plain arguments is validated once (remembered).
     """
-    x_shape, w_shape = tuple(x_shape), tuple(w_shape)
+    return _conv2d_geometry(op, tuple(x_shape), tuple(w_shape), stride, padding, dilation, groups)
+
+
+@_remembered
+def _conv2d_geometry(op, x_shape, w_shape, stride, padding, dilation, groups):
     N, C_in, H, W = x_shape
     C_out, C_in_g, kH, kW = w_shape
     shapes = f"x.shape={x_shape}, weight.shape={w_shape}"
@@ -147,8 +193,14 @@ def pool2d_geometry(op, x_shape, kernel_size, stride=None, padding=0):
 
     Raises TypeError for non-int entries, ValueError for a non-positive kernel_size or
     stride, a negative padding or one wider than half the window, or a window larger than
-    the padded input.
+    the padded input. A call repeated with the same shape and plain arguments is validated
+    once (remembered).
     """
+    return _pool2d_geometry(op, tuple(x_shape), kernel_size, stride, padding)
+
+
+@_remembered
+def _pool2d_geometry(op, x_shape, kernel_size, stride, padding):
     kH, kW = positive_pair(kernel_size, "kernel_size", op)
     stride_h, stride_w = (kH, kW) if stride is None else positive_pair(stride, "stride", op)
     pad_h, pad_w = pair(padding, "padding", op)

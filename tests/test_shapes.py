@@ -147,3 +147,24 @@ def test_an_empty_batch_through_lenet5_agrees_with_shape_inference():
 
     model = build_model("lenet5").eval()
     assert model(np.zeros((0, 1, 32, 32), np.float32)).shape == model.output_shape((0, 1, 32, 32)) == (0, 10)
+
+
+def test_geometry_is_remembered_per_call_but_never_an_error():
+    """A conv/pool call repeated with the same shapes and plain arguments is validated once;
+    a bad call raises every time, and 1, 1.0 and True stay different arguments."""
+    shapes._MEMO.clear()
+    good = shapes.conv2d_geometry("conv2d", (2, 3, 8, 8), (4, 3, 3, 3), 2, 1)
+    assert shapes.conv2d_geometry("conv2d", (2, 3, 8, 8), (4, 3, 3, 3), 2, 1) is good
+    assert len(shapes._MEMO) == 1
+    for bad in (2.0, True):
+        for _ in range(2):
+            with pytest.raises(TypeError, match="stride must be an int"):
+                shapes.conv2d_geometry("conv2d", (2, 3, 8, 8), (4, 3, 3, 3), bad, 1)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="larger than the padded input"):
+            shapes.conv2d_geometry("conv2d", (2, 3, 2, 2), (4, 3, 5, 5), 1, 0)
+    assert len(shapes._MEMO) == 1
+    assert shapes.conv2d_geometry("conv2d", [2, 3, 8, 8], (4, 3, 3, 3), [2, 2], 1) == good  # a list: not kept
+    assert len(shapes._MEMO) == 1
+    pool = shapes.pool2d_geometry("max_pool2d", (2, 3, 8, 8), 2)
+    assert shapes.pool2d_geometry("max_pool2d", (2, 3, 8, 8), 2) is pool and len(shapes._MEMO) == 2

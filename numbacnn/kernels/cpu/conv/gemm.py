@@ -45,6 +45,8 @@ Optimizations:
       (they differ from the naive order by rounding).
 """
 
+import functools
+
 import numpy as np
 from numba import njit, prange
 
@@ -293,6 +295,16 @@ def geometry(dy_shape, w_shape, stride_w, dil_w):
     return kW_packed, Wq, P, P_row
 
 
+@functools.lru_cache(maxsize=256)
+def _tap_rows(K, kW, kW_packed, dil_w):
+    """(krow, kshift): tap k's packed row of X and its shift along it, remembered per geometry
+    (building them cost more than a small layer's pack; the kernels only read them)."""
+    k = np.arange(K)
+    krow = k // kW * kW_packed + (k % kW) * (kW_packed > 1)  # krow: (K,)
+    kshift = (k % kW) * dil_w * (kW_packed == 1)  # kshift: (K,)
+    return krow, kshift
+
+
 def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
     """dw = dL/dw for groups 1 (fully overwrites dw), through the packed panels above."""
     # dy: (N, C_out, H_out, W_out)   x: (N, C_in, H, W)   dw: (C_out, C_in, kH, kW)
@@ -300,9 +312,7 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
     C_in, kH, kW = dw.shape[1:]
     kW_packed, Wq, P, P_row = geometry(dy.shape, dw.shape, stride_w, dil_w)
     K = C_in * kH * kW
-    k = np.arange(K)
-    krow = k // kW * kW_packed + (k % kW) * (kW_packed > 1)  # krow: (K,) tap k's packed row
-    kshift = (k % kW) * dil_w * (kW_packed == 1)  # kshift: (K,) and its shift along it
+    krow, kshift = _tap_rows(K, kW, kW_packed, dil_w)
     # the panels are scratch (workspace.py): reused across calls, not fresh pages each time
     X = scratch("conv_gemm_X", (C_in * kH * kW_packed, P_row), x.dtype)  # X: (rows, P_row)
     D = scratch("conv_gemm_D", (C_out, P_row), dy.dtype)  # D: (C_out, P_row)
