@@ -23,8 +23,8 @@ repeatable): a function with the signature of ``numbacnn.functional.conv2d`` get
 on the conv2d forward rows, in this process, after numbacnn's. On each row it is first called
 once and its output compared with an independent float64 oracle (the im2col product in
 NumPy) within the conv tolerance of numbacnn.testing; only a right answer is timed, and a
-wrong one (or an exception) shows as "wrong" (or "error") with the first wrong element named
-below the table. ``numbacnn verify FILE.py:FUNCTION --op conv2d`` property-tests it further.
+wrong one (or one that changed its inputs, or an exception) shows as "wrong" (or "error")
+with the reason, such as the first wrong element, below the table. ``numbacnn verify FILE.py:FUNCTION --op conv2d`` property-tests it further.
 """
 
 import json
@@ -248,17 +248,23 @@ def _oracle_conv2d(x, w, stride, pad):
 
 def check_kernel(fn, x, w, stride, padding):
     """None when fn(x, w, None, stride, padding) (the signature of functional.conv2d) returns
-    the conv2d of x and w, else why not, in one line ("returned ...", "wrong: ..." or
-    "raised ..."). The oracle is `_oracle_conv2d`; the tolerance numbacnn.testing's "conv"
-    (rtol 1e-4 for float32, 1e-10 for float64, atol scaled by max|expected|)."""
+    the conv2d of x and w and leaves x and w as they were, else why not, in one line
+    ("returned ...", "wrong: ...", "modified ..." or "raised ..."). The oracle is
+    `_oracle_conv2d`; the tolerance numbacnn.testing's "conv" (rtol 1e-4 for float32, 1e-10
+    for float64, atol scaled by max|expected|)."""
     from .testing.tolerances import tolerances
 
+    expected = _oracle_conv2d(x, w, stride, padding)
+    x0, w0 = x.copy(), w.copy()
     try:
         got = fn(x, w, None, stride, padding)
     except Exception as e:  # the user's kernel failed: its own error, in one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         return f"raised {type(e).__name__}" + (f": {first[:200]}" if first else "")
-    expected = _oracle_conv2d(x, w, stride, padding)
+    for name, before, after in (("x", x0, x), ("weight", w0, w)):
+        if not np.array_equal(before, after, equal_nan=True):
+            after[...] = before  # the next kernels get the case's arrays back
+            return f"modified its argument {name} (a conv2d must leave its inputs as they were)"
     if not isinstance(got, np.ndarray):
         return f"returned a {type(got).__name__}, expected a NumPy array of shape {expected.shape}"
     if got.shape != expected.shape or got.dtype != x.dtype:

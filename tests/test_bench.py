@@ -89,6 +89,17 @@ def test_check_kernel_names_what_is_wrong():
 
     assert check_kernel(fails, x, w, 2, 1) == "raised ValueError: only stride 1"
 
+    def scribbles(x, w, b, stride, padding):
+        y = F.conv2d(x, w, None, stride, padding)
+        x[0, 0, 0, 0] = 7.0
+        return y
+
+    x_before = x.copy()
+    assert check_kernel(scribbles, x, w, 2, 1) == (
+        "modified its argument x (a conv2d must leave its inputs as they were)"
+    )
+    np.testing.assert_array_equal(x, x_before)  # put back for the next kernels
+
 
 def test_bench_kernel_mistakes_are_one_line(tmp_path, capsys):
     (tmp_path / "mine.py").write_text(USER_KERNELS)
