@@ -24,7 +24,8 @@ on the conv2d forward rows, in this process, after numbacnn's. On each row it is
 once and its output compared with an independent float64 oracle (the im2col product in
 NumPy) within the conv tolerance of numbacnn.testing; only a right answer is timed, and a
 wrong one (or one that changed its inputs, or an exception) shows as "wrong" (or "error")
-with the reason, such as the first wrong element, below the table. ``numbacnn verify FILE.py:FUNCTION --op conv2d`` property-tests it further.
+with the reason, such as the first wrong element, below the table.
+``numbacnn verify FILE.py:FUNCTION --op conv2d`` property-tests it further.
 """
 
 import json
