@@ -305,3 +305,28 @@ def test_gemm_forward_dispatch_rule():
     assert not use((64, 32, 16, 16), (32, 32, 3, 3), (64, 32, 16, 16), 1, 1, 1, 1)  # 256 positions
     assert not use((64, 64, 8, 8), (64, 64, 3, 3), (64, 64, 8, 8), 1, 2, 2, 1)  # dilated
     assert not use((64, 64, 8, 8), (64, 32, 3, 3), (64, 64, 8, 8), 1, 1, 1, 2)  # grouped
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+@pytest.mark.parametrize(
+    "N,C_in,C_out,H,k,pad", [(1, 1, 1, 5, 3, 0), (2, 3, 4, 9, 3, 1), (2, 16, 8, 8, 3, 1)], ids=str
+)
+def test_weight_gradient_with_a_non_finite_input_matches_naive(N, C_in, C_out, H, k, pad, value):
+    """A NaN or inf in x reaches only the weights whose sums read it, as in the naive kernel
+    and PyTorch: the shifted-row GEMM (whose extra columns multiply real inputs by 0) is not
+    used for such an x (found by a cold review: a NaN at the right edge made dw[..., 0] NaN)."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((N, C_in, H, H))
+    x[0, 0, H // 2, H - 1] = value  # the right edge: tap kw = 0 of an unpadded conv never reads it
+    w = rng.standard_normal((C_out, C_in, k, k))
+    H_out = H + 2 * pad - k + 1
+    dy = rng.standard_normal((N, C_out, H_out, H_out))
+    dw0 = np.empty_like(w)
+    naive.conv2d_backward_weight(dy, x, dw0, 1, 1, pad, pad, 1, 1, 1)
+    assert not gemm.exact_for(x, w.shape, 1) and gemm.exact_for(x, w.shape, 2)
+    dw = np.empty_like(w)
+    conv.conv2d_backward_weight(dy, x, dw, 1, 1, pad, pad, 1, 1, 1)
+    np.testing.assert_array_equal(np.isnan(dw), np.isnan(dw0))
+    np.testing.assert_array_equal(np.isinf(dw), np.isinf(dw0))
+    finite = np.isfinite(dw0)
+    np.testing.assert_allclose(dw[finite], dw0[finite], rtol=1e-10, atol=1e-10)

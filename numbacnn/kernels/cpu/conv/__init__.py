@@ -20,7 +20,8 @@ Dispatch (the contract names below; functional.conv2d* call them, validated and 
 
     dense      the single output of each plane sees the whole unpadded input (LeNet's C5):
                a fully connected layer on the flattened input -> kernels/cpu/dense.py
-    gemm       backward_weight, groups 1, its packed panel within 64 MB -> gemm.py;
+    gemm       backward_weight, groups 1, its packed panel within 64 MB (and, for shared shifted
+               rows, a finite x: gemm.exact_for) -> gemm.py;
                forward (and the gather input gradient), groups 1, no dilation, C_in*kH*kW >= 256
                on planes of at most 64 positions -> gemm.conv2d_forward
     polyphase  backward, stride > 1, dilation 1 (unless the stride is far longer than the input)
@@ -111,7 +112,9 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
     if _is_dense(x.shape, dw.shape, dy.shape, pad_top, pad_left, dil_h, dil_w, groups):
         N, C_out, K = dy.shape[0], dy.shape[1], dw[0].size
         _dense.linear_backward_weight(dy.reshape(N, C_out), x.reshape(N, K), dw.reshape(C_out, K))
-    elif gemm.use_gemm(dy.shape, dw.shape, stride_h, stride_w, groups, dw.itemsize, dil_w):
+    elif gemm.use_gemm(dy.shape, dw.shape, stride_h, stride_w, groups, dw.itemsize, dil_w) and gemm.exact_for(
+        x, dw.shape, stride_w
+    ):
         gemm.conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     elif polyphase.use_polyphase(
         x.shape, dw.shape, dy.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w

@@ -22,7 +22,8 @@ Shifted rows (`geometry`).  For stride_w 1 the taps kw of a kernel row read one 
 kw*dil_w further along, so X keeps ONE packed row per (ci, kh), laid on a grid of
 Wq = W_out + (kW-1)*dil_w columns per output row, and tap kw is that row viewed from kw*dil_w
 on; dY is 0 in the Wq - W_out extra columns, which adds (Wq/W_out - 1) of work and cuts the
-pack kW-fold.  (An infinite input can then show as NaN where PyTorch gives +-inf: 0 x inf.)
+pack kW-fold.  Those zeros meet real inputs (0 x inf is NaN), so an x holding a NaN or an inf
+goes to the plane kernels instead (`exact_for`; checking costs ~3% of the gradient).
 
 Loop nest:
     pack     parallel over the rows of both panels (copies in strided runs, zeros outside):
@@ -295,6 +296,14 @@ def geometry(dy_shape, w_shape, stride_w, dil_w):
     # thrash them (2 threads on sibling cores: 2x slower than one); a cache line more spreads them.
     P_row = P + ROW_PAD + (Wq - W_out)
     return kW_packed, Wq, P, P_row
+
+
+def exact_for(x, w_shape, stride_w):
+    """False when the shifted rows would give a wrong answer: x holds a NaN or an inf and the
+    taps share packed rows (stride_w 1, kW > 1).  A shared row is multiplied by dY's zeros in
+    the grid's extra columns, and 0 * inf is NaN, which would reach taps whose true sum never
+    reads that input (the plane kernels, which discard their extra columns, take those calls)."""
+    return stride_w > 1 or w_shape[3] == 1 or bool(np.isfinite(x).all())
 
 
 @functools.lru_cache(maxsize=256)
