@@ -1,7 +1,7 @@
 """``numbacnn bench``: numbacnn's kernels and training steps side by side with other
 implementations, in one table, a JSON file and a PNG chart.
 
-    numbacnn bench                 # the full run (about 45 s on 2 cores, warm JIT cache)
+    numbacnn bench                 # the full run (about 80 s on 2 cores, warm JIT cache)
     numbacnn bench --quick         # a smoke run: about 6 s warm, 35 s from a cold JIT cache
     numbacnn bench --kernel my_conv.py:conv2d   # YOUR conv2d in the same table, checked first
 
@@ -42,6 +42,10 @@ from .shapes import conv_output_size
 __all__ = ["cases", "machine_peak", "run", "check_kernel"]
 
 IMPLS = ("numbacnn", "numbacnn 1 thread", "numpy im2col", "scipy", "torch")
+HEADERS = {"numbacnn": "numbacnn", "numbacnn 1 thread": "1 thread", "numpy im2col": "im2col",
+           "scipy": "scipy", "torch": "torch"}  # fmt: skip
+ROW_KEYS = ("case", "kind", "macs", "vs_torch", "of_peak")  # a JSON row's other keys
+RESERVED = frozenset(IMPLS) | frozenset(HEADERS.values()) | frozenset(ROW_KEYS)  # not a kernel's label
 EXTERNAL = ("numpy im2col", "scipy", "torch")  # each in its own process
 
 
@@ -259,6 +263,8 @@ def check_kernel(fn, x, w, stride, padding):
     x0, w0 = x.copy(), w.copy()
     try:
         got = fn(x, w, None, stride, padding)
+    except SystemExit as e:
+        return f"raised SystemExit (it called sys.exit({e.code!r}))"
     except Exception as e:  # the user's kernel failed: its own error, in one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         return f"raised {type(e).__name__}" + (f": {first[:200]}" if first else "")
@@ -268,6 +274,7 @@ def check_kernel(fn, x, w, stride, padding):
             return f"modified its argument {name} (a conv2d must leave its inputs as they were)"
     if not isinstance(got, np.ndarray):
         return f"returned a {type(got).__name__}, expected a NumPy array of shape {expected.shape}"
+    got = np.asarray(got)  # a subclass (a masked array) is judged by the values it holds
     if got.shape != expected.shape or got.dtype != x.dtype:
         return f"returned {got.dtype} {got.shape}, expected {x.dtype} {expected.shape}"
     rtol, atol = tolerances(x.dtype, "conv", expected)
@@ -289,9 +296,17 @@ def _user_column(fn, quick, dtype):
         problem = check_kernel(fn, x, w, p["stride"], p["padding"])
         if problem:
             times[name], why[name] = None, problem
-        else:
-            args = (x, w, None, p["stride"], p["padding"])
+            continue
+        args = (x, w, None, p["stride"], p["padding"])
+        try:
             times[name] = median_time(lambda args=args: fn(*args), quick)
+        except (Exception, SystemExit) as e:  # it failed on a later call: an error, not a crash
+            times[name] = None
+            if isinstance(e, SystemExit):
+                why[name] = f"raised SystemExit (it called sys.exit({e.code!r})) while it was timed"
+            else:
+                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+                why[name] = f"raised {type(e).__name__} while it was timed" + (f": {first}" if first else "")
     return times, why
 
 
@@ -533,9 +548,12 @@ def run(quick=False, out="bench", dtype=np.float32, say=print, kernels=()):
     import numba
 
     labels = [label for label, _ in kernels]
-    clash = [label for label in labels if label in IMPLS or labels.count(label) > 1]
+    clash = [label for label in labels if label in RESERVED or labels.count(label) > 1]
     if clash:
-        raise ValueError(f"bench: kernel label {clash[0]!r} is used twice or names a built-in column")
+        raise ValueError(
+            f"bench: kernel label {clash[0]!r} is used twice or is a built-in column or row key "
+            f"({', '.join(sorted(RESERVED))})"
+        )
     peak, how = machine_peak(dtype)
     threads = numba.get_num_threads()
     say(f"machine peak ({np.dtype(dtype).name}): {how}; numbacnn runs {threads} threads")
@@ -588,15 +606,30 @@ def run(quick=False, out="bench", dtype=np.float32, say=print, kernels=()):
     os.makedirs(out, exist_ok=True)
     text = json.dumps(report, indent=1).encode("utf-8")
     atomic_write(os.path.join(out, "bench.json"), lambda f: f.write(text))
-    _chart(rows, os.path.join(out, "bench.png"), how, impls)
+    _chart(rows, os.path.join(out, "bench.png"), how, impls, checks)
     say(f"wrote {os.path.join(out, 'bench.json')} and {os.path.join(out, 'bench.png')}")
     return report
 
 
+def _headers(labels):
+    """{label: its column header}: the label when it fits 9 characters (a space between
+    columns) and is unique among the headers, else "kernel<i>" (a legend line names it)."""
+    short = [label[:9] for label in labels]
+    taken = set(HEADERS.values())
+    return {
+        label: s if len(label) <= 9 and short.count(s) == 1 and s not in taken else f"kernel{i + 1}"
+        for i, (label, s) in enumerate(zip(labels, short, strict=True))
+    }
+
+
 def _print_table(rows, say, labels=(), checks=None):
+    headers = _headers(labels)
     cols = [("numbacnn", "numbacnn"), ("numbacnn 1 thread", "1 thread")]
-    cols += [(label, label[:9]) for label in labels]  # 9 characters: a space between columns
+    cols += [(label, headers[label]) for label in labels]
     cols += [("numpy im2col", "im2col"), ("scipy", "scipy"), ("torch", "torch")]
+    for label, head in headers.items():
+        if head != label:
+            say(f"{head} = {label}")
     head = (
         f"{'case':34s}"
         + "".join(f"{label:>10s}" for _, label in cols)
@@ -623,18 +656,20 @@ def _print_table(rows, say, labels=(), checks=None):
         say(f"{r['case'][:34]:34s}{cells}{g}{vs}{pk}")
 
 
-def _chart(rows, path, how, impls=IMPLS):
+def _chart(rows, path, how, impls=IMPLS, checks=None):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    impls = [i for i in impls if any(r[i] for r in rows)]
+    untimed = {impl: len(why) for impl, why in (checks or {}).items() if why}
+    impls = [i for i in impls if any(r[i] for r in rows) or i in untimed]
     fig = Figure(figsize=(11, 0.32 * len(rows) + 1.6))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     height = 0.8 / len(impls)
     for k, impl in enumerate(impls):
         ys = [i + k * height for i in range(len(rows))]
-        ax.barh(ys, [r[impl]["gflops"] if r[impl] else 0 for r in rows], height, label=impl)
+        label = impl + (f" (not timed on {untimed[impl]} rows: wrong or error)" if impl in untimed else "")
+        ax.barh(ys, [r[impl]["gflops"] if r[impl] else 0 for r in rows], height, label=label)
     ax.set_yticks([i + 0.4 - height / 2 for i in range(len(rows))], [r["case"] for r in rows], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("GFLOP/s (2 x multiply-adds / median time)")

@@ -648,21 +648,41 @@ def cmd_explain(args):
 
 def cmd_bench(args):
     """numbacnn.bench.run: the table, OUT/bench.json and OUT/bench.png."""
-    from .bench import IMPLS
+    from .bench import RESERVED
     from .bench import run as bench_run
 
     specs = list(dict.fromkeys(args.kernel or ()))  # a spec given twice is one column
-    names = [spec.rpartition(":")[2] for spec in specs]
-    labels = [spec if names.count(n) > 1 or n in IMPLS else n for spec, n in zip(specs, names, strict=True)]
+    labels = _kernel_labels(specs, RESERVED)
     kernels = [(label, _load_candidate(spec)) for label, spec in zip(labels, specs, strict=True)]
     for name in ("bench.json", "bench.png"):
         _replaceable(os.path.join(args.out, name))
+    made = []  # the folders this run creates, deepest first
+    folder = os.path.abspath(args.out)
+    while not os.path.isdir(folder) and folder != os.path.dirname(folder):
+        made.append(folder)
+        folder = os.path.dirname(folder)
     try:  # --out was checked when parsed (_dir); made now, not after the run
         os.makedirs(args.out, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"--out {args.out!r} cannot be created: {e.strerror}") from None
-    bench_run(quick=args.quick, out=args.out, dtype=np.dtype(args.dtype), kernels=kernels)
+    try:
+        bench_run(quick=args.quick, out=args.out, dtype=np.dtype(args.dtype), kernels=kernels)
+    except BaseException:
+        for folder in made:  # a run that wrote nothing leaves none of the folders it made
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
+        raise
     return 0
+
+
+def _kernel_labels(specs, reserved):
+    """A column label per --kernel spec: the function's name; FILE:FUNCTION (the file's own
+    name) when two specs share a function name or the name is a built-in column or row key;
+    the whole spec when even that repeats."""
+    names = [spec.rpartition(":")[2] for spec in specs]
+    short = [f"{os.path.basename(spec.rpartition(':')[0])}:{n}" for spec, n in zip(specs, names, strict=True)]
+    labels = [s if names.count(n) > 1 or n in reserved else n for s, n in zip(short, names, strict=True)]
+    return [spec if labels.count(label) > 1 else label for spec, label in zip(specs, labels, strict=True)]
 
 
 # --------------------------------------------------------------------------- parser

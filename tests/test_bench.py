@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from numbacnn import functional as F
-from numbacnn.bench import _model, _torch_model, cases, check_kernel, machine_peak
+from numbacnn.bench import _model, _torch_model, cases, check_kernel, machine_peak, run
 from numbacnn.cli import main
 
 USER_KERNELS = """
@@ -112,3 +112,72 @@ def test_bench_kernel_mistakes_are_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("numbacnn: error: ") and says in err[0], err
     assert not (tmp_path / "b" / "bench.json").exists()
+
+
+def test_kernel_labels_and_headers_never_clash():
+    """Column labels: the function's name, FILE:FUNCTION when names repeat or are reserved
+    (a built-in column or a JSON row key), the whole spec when even that repeats; headers
+    longer than 9 characters or equal after cutting become kernel<i>, named in a legend."""
+    from numbacnn.bench import RESERVED, _headers
+    from numbacnn.cli import _kernel_labels
+
+    specs = ["a/good.py:conv2d", "b/good2.py:conv2d", "x.py:case", "y.py:torch", "z.py:fast"]
+    assert _kernel_labels(specs, RESERVED) == [
+        "good.py:conv2d",
+        "good2.py:conv2d",
+        "x.py:case",
+        "y.py:torch",
+        "fast",
+    ]
+    assert _kernel_labels(["a/k.py:f", "b/k.py:f"], RESERVED) == ["a/k.py:f", "b/k.py:f"]
+    heads = _headers(["good.py:conv2d", "good2.py:conv2d", "fast", "im2col"])
+    assert heads == {
+        "good.py:conv2d": "kernel1",
+        "good2.py:conv2d": "kernel2",
+        "fast": "fast",
+        "im2col": "kernel4",
+    }
+    with pytest.raises(ValueError, match="'macs' is used twice or is a built-in column or row key"):
+        run(quick=True, kernels=[("macs", F.conv2d)])
+
+
+def test_a_kernel_that_fails_while_timed_is_an_error_not_a_crash():
+    from numbacnn.bench import _user_column
+
+    calls = []
+
+    def once(x, w, b, stride, padding):  # right the first time, then it fails
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("only once")
+        return F.conv2d(x, w, None, stride, padding)
+
+    def leaves(x, w, b, stride, padding):
+        if calls:
+            raise SystemExit(3)
+        calls.append(1)
+        return F.conv2d(x, w, None, stride, padding)
+
+    times, why = _user_column(once, True, np.float32)
+    first, second = why.values()  # the first row fails while timed, the second when checked
+    assert (first, second) == (
+        "raised RuntimeError while it was timed: only once",
+        "raised RuntimeError: only once",
+    )
+    assert all(t is None for t in times.values())
+    calls.clear()
+    times, why = _user_column(leaves, True, np.float32)
+    assert list(why.values()) == [
+        "raised SystemExit (it called sys.exit(3)) while it was timed",
+        "raised SystemExit (it called sys.exit(3))",
+    ]
+    masked = np.ma.masked_array(np.zeros((8, 6, 28, 28), np.float32), mask=True)
+    _, why = _user_column(lambda *a: masked, True, np.float32)
+    assert all(w.startswith("returned float32") or w.startswith("wrong: ") for w in why.values())
+
+
+def test_an_interrupted_bench_leaves_no_empty_folder(tmp_path):
+    (tmp_path / "stop.py").write_text("def conv2d(*args):\n    raise KeyboardInterrupt\n")
+    out = tmp_path / "new" / "bench"
+    assert main(["bench", "--quick", "--out", str(out), "--kernel", f"{tmp_path / 'stop.py'}:conv2d"]) == 130
+    assert not (tmp_path / "new").exists()  # nor the folder made above it
