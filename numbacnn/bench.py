@@ -263,14 +263,12 @@ def check_kernel(fn, x, w, stride, padding):
     x0, w0 = x.copy(), w.copy()
     try:
         got = fn(x, w, None, stride, padding)
-    except SystemExit as e:
-        return f"raised SystemExit (it called sys.exit({e.code!r}))"
-    except Exception as e:  # the user's kernel failed: its own error, in one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        return f"raised {type(e).__name__}" + (f": {first[:200]}" if first else "")
-    for name, before, after in (("x", x0, x), ("weight", w0, w)):
-        if not np.array_equal(before, after, equal_nan=True):
-            after[...] = before  # the next kernels get the case's arrays back
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # the user's kernel failed (or exited): its own error, one line
+        return _raised(e)
+    for name, before, after in (("x", x0, x), ("weight", w0, w)):  # (each kernel gets fresh arrays)
+        if after.shape != before.shape or not np.array_equal(before, after, equal_nan=True):
             return f"modified its argument {name} (a conv2d must leave its inputs as they were)"
     if not isinstance(got, np.ndarray):
         return f"returned a {type(got).__name__}, expected a NumPy array of shape {expected.shape}"
@@ -284,6 +282,20 @@ def check_kernel(fn, x, w, stride, padding):
     i = tuple(int(v) for v in np.argwhere(bad)[0])
     return (f"wrong: y{list(i)} = {got[i]:.6g}, expected {expected[i]:.6g} ({int(bad.sum())} of {bad.size} "
             f"elements outside rtol {rtol:g}, atol {atol:.3g})")  # fmt: skip
+
+
+def _raised(e):
+    """'raised TYPE: first line of the message' (at most 200 characters), for any exception a
+    user's kernel raises, even one whose str() fails."""
+    if isinstance(e, SystemExit):
+        code = e.code[:200] if isinstance(e.code, str) else e.code
+        return f"raised SystemExit (it called sys.exit({code!r}))"
+    try:
+        text = str(e).strip()
+    except Exception:  # noqa: BLE001 - its __str__ failed: name the type alone
+        text = ""
+    first = text.splitlines()[0][:200] if text else ""
+    return f"raised {type(e).__name__}" + (f": {first}" if first else "")
 
 
 def _user_column(fn, quick, dtype):
@@ -300,13 +312,12 @@ def _user_column(fn, quick, dtype):
         args = (x, w, None, p["stride"], p["padding"])
         try:
             times[name] = median_time(lambda args=args: fn(*args), quick)
-        except (Exception, SystemExit) as e:  # it failed on a later call: an error, not a crash
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # it failed on a later call: an error, not a crash
             times[name] = None
-            if isinstance(e, SystemExit):
-                why[name] = f"raised SystemExit (it called sys.exit({e.code!r})) while it was timed"
-            else:
-                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-                why[name] = f"raised {type(e).__name__} while it was timed" + (f": {first}" if first else "")
+            kind, _, rest = _raised(e).partition(":")
+            why[name] = f"{kind} while it was timed" + (f":{rest}" if rest else "")
     return times, why
 
 
@@ -613,11 +624,12 @@ def run(quick=False, out="bench", dtype=np.float32, say=print, kernels=()):
 
 def _headers(labels):
     """{label: its column header}: the label when it fits 9 characters (a space between
-    columns) and is unique among the headers, else "kernel<i>" (a legend line names it)."""
+    columns) and is unique among the headers, else "#<i>" (no function is named so; a legend
+    line says which kernel it is)."""
     short = [label[:9] for label in labels]
     taken = set(HEADERS.values())
     return {
-        label: s if len(label) <= 9 and short.count(s) == 1 and s not in taken else f"kernel{i + 1}"
+        label: s if len(label) <= 9 and short.count(s) == 1 and s not in taken else f"#{i + 1}"
         for i, (label, s) in enumerate(zip(labels, short, strict=True))
     }
 
@@ -657,11 +669,13 @@ def _print_table(rows, say, labels=(), checks=None):
 
 
 def _chart(rows, path, how, impls=IMPLS, checks=None):
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     untimed = {impl: len(why) for impl, why in (checks or {}).items() if why}
     impls = [i for i in impls if any(r[i] for r in rows) or i in untimed]
+    colours = colormaps["tab20" if len(impls) > 10 else "tab10"].colors
     fig = Figure(figsize=(11, 0.32 * len(rows) + 1.6))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -669,12 +683,14 @@ def _chart(rows, path, how, impls=IMPLS, checks=None):
     for k, impl in enumerate(impls):
         ys = [i + k * height for i in range(len(rows))]
         label = impl + (f" (not timed on {untimed[impl]} rows: wrong or error)" if impl in untimed else "")
-        ax.barh(ys, [r[impl]["gflops"] if r[impl] else 0 for r in rows], height, label=label)
+        label = "kernel " + label if label.startswith("_") else label  # matplotlib hides "_..." labels
+        values = [r[impl]["gflops"] if r[impl] else 0 for r in rows]
+        ax.barh(ys, values, height, label=label, color=colours[k % len(colours)])
     ax.set_yticks([i + 0.4 - height / 2 for i in range(len(rows))], [r["case"] for r in rows], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("GFLOP/s (2 x multiply-adds / median time)")
     ax.set_title("numbacnn bench: " + how.replace(" = ", "\n= ", 1), fontsize=7)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
 

@@ -518,9 +518,14 @@ def _load_candidate(spec):
         sys.path.remove(folder)
     candidate = getattr(module, func, None)
     if not callable(candidate):
-        defined = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+        defined = sorted(
+            n
+            for n, v in vars(module).items()
+            if callable(v) and not isinstance(v, type) and not n.startswith("_")
+        )
+        listed = ", ".join(defined[:20]) + (f" and {len(defined) - 20} more" if len(defined) > 20 else "")
         what = "is not a function" if hasattr(module, func) else "is not defined"
-        raise ConfigError(f"{func!r} {what} in {where} (its functions: {', '.join(defined) or 'none'})")
+        raise ConfigError(f"{func!r} {what} in {where} (its functions: {listed or 'none'})")
     return candidate
 
 

@@ -330,3 +330,21 @@ def test_weight_gradient_with_a_non_finite_input_matches_naive(N, C_in, C_out, H
     np.testing.assert_array_equal(np.isinf(dw), np.isinf(dw0))
     finite = np.isfinite(dw0)
     np.testing.assert_allclose(dw[finite], dw0[finite], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("stride,pad,k", [(1, 1, 3), ((1, 3), 0, 2), (2, 1, 3), (1, 0, 5)], ids=str)
+def test_input_gradient_with_a_non_finite_weight_matches_naive(stride, pad, k):
+    """An inf in the weight reaches only the dx entries whose sums use it (as PyTorch): the
+    fast forms, which multiply every weight by zeros of dy's padding, are not used then."""
+    rng = np.random.default_rng(7)
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    x = rng.standard_normal((2, 3, 8, 9))
+    w = rng.standard_normal((4, 3, k, k))
+    w[1, 2, 0, 0] = np.inf
+    H_out, W_out = (8 + 2 * pad - k) // sh + 1, (9 + 2 * pad - k) // sw + 1
+    dy = rng.standard_normal((2, 4, H_out, W_out))
+    dx0, dx = np.empty_like(x), np.empty_like(x)
+    naive.conv2d_backward_input(dy, w, dx0, sh, sw, pad, pad, 1, 1, 1)
+    conv.conv2d_backward_input(dy, w, dx, sh, sw, pad, pad, 1, 1, 1)
+    assert np.isfinite(dx0).any()
+    np.testing.assert_array_equal(dx, dx0)

@@ -26,6 +26,8 @@ Dispatch (the contract names below; functional.conv2d* call them, validated and 
                on planes of at most 64 positions -> gemm.conv2d_forward
     polyphase  backward, stride > 1, dilation 1 (unless the stride is far longer than the input)
                -> polyphase.py (the forward splits its planes into phases itself: direct.py)
+    naive      backward_input when w holds a NaN or an inf (exact: the fast forms multiply
+               every weight by zeros of dy's padding or grid) -> naive.py
     gather     backward_input with stride 1 and padding no wider than the kernel's reach:
                a forward conv of dy with the flipped weights -> direct.conv2d_backward_input_gather
     direct     everything else -> direct.py
@@ -37,6 +39,8 @@ order (ci_l, kh, kw), bit for bit, strided and dilated convs included, except on
 path (the dense kernels' tiled sums) and the gemm forward (its dot products' SIMD order);
 the weight gradient sums in its own fixed order.  No BLAS and no np.dot: every multiply-add is in these loops.
 """
+
+import numpy as np
 
 from .. import dense as _dense
 from . import direct, gemm, naive, polyphase
@@ -93,6 +97,10 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_
     if _is_dense(dx.shape, w.shape, dy.shape, pad_top, pad_left, dil_h, dil_w, groups):
         N, C_out, K = dy.shape[0], dy.shape[1], w[0].size
         _dense.linear_backward_input(dy.reshape(N, C_out), w.reshape(C_out, K), dx.reshape(N, K))
+    elif not np.isfinite(w).all():
+        # the fast forms multiply every weight with dy's padding or grid zeros (0 * inf = NaN
+        # where the true sum never uses that weight); the naive scatter adds real terms only
+        naive.conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups)
     elif polyphase.use_polyphase(
         dx.shape, w.shape, dy.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w
     ):
