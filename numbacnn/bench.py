@@ -183,7 +183,7 @@ def _numbacnn_epoch(dtype):
     64, loss and hits on the device, SGD with momentum), without the progress bar, the test
     pass and the checkpoint."""
     from .data import DataLoader
-    from .distributed import World
+    from .distributed import GradientExchange, World
     from .models import build_model
     from .optim import SGD
     from .train import _train_epoch
@@ -194,11 +194,9 @@ def _numbacnn_epoch(dtype):
     model = build_model("lenet5").astype(dtype)
     opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
     loader = DataLoader(*data, 64, shuffle=True, seed=0, dtype=dtype)
-
-    class _Alone:  # one process: no gradient exchange
-        start = finish = staticmethod(lambda: None)
-
-    return lambda: _train_epoch(model, opt, loader, 1, 1, False, None, World(), _Alone())
+    world = World()  # one process, as fit builds it: its exchange of gradients does nothing
+    exchange = GradientExchange(world).attach(model)
+    return lambda: _train_epoch(model, opt, loader, 1, 1, False, None, world, exchange)
 
 
 def _im2col(x, k, stride, pad):

@@ -22,6 +22,7 @@ For an even kernel p is odd: the lecture puts ceil(p/2) on top/left and floor(p/
 bottom/right. (PyTorch's padding="same" puts the extra row/column bottom/right instead.)
 """
 
+import functools
 from typing import NamedTuple
 
 from ._checks import check_int, pair, positive_pair
@@ -107,6 +108,7 @@ def _memo_key(*args):
 def _remembered(fn):
     """fn(op, *args) validated once per distinct key (`_memo_key`), then looked up."""
 
+    @functools.wraps(fn)
     def wrapper(op, *args):
         key = _memo_key(fn.__name__, op, *args)
         if key is None:
@@ -119,8 +121,6 @@ def _remembered(fn):
             _MEMO[key] = found
         return found
 
-    wrapper.__name__, wrapper.__qualname__, wrapper.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
-    wrapper.__wrapped__ = fn
     return wrapper
 
 

@@ -18,7 +18,6 @@ import numpy as np
 
 __all__ = [
     "window",
-    "interior",
     "GOLDEN",
     "mix64",
     "unit_uniform",
@@ -35,15 +34,6 @@ def window(o, stride, pad, k, n):
     outside [0, n) are padding)."""
     start = o * stride - pad
     return start, max(0, -start), min(k, n - start)
-
-
-def interior(n_out, stride, pad, k, n):
-    """The outputs [lo, hi) along one axis whose windows lie wholly inside the input (no tap
-    in the padding): o*stride - pad >= 0 and o*stride - pad + k <= n; lo <= hi, both in
-    [0, n_out]."""
-    lo = min(n_out, (pad + stride - 1) // stride)
-    hi = max(lo, min(n_out, (n - k + pad) // stride + 1 if n - k + pad >= 0 else 0))
-    return lo, hi
 
 
 # ------------------------------------------------------------------------- dropout hash

@@ -60,11 +60,20 @@ import numpy as np
 from numba import njit, prange
 
 from .. import common
+from .conv.planes import uidx  # an index known to be >= 0: no wrap-around test, so loops vectorise
 
 # The clipped window of one output index (written once, in kernels/common.py).
 window = njit(inline="always")(common.window)
-interior = njit(inline="always")(common.interior)
-uidx = np.uint64  # an index known to be >= 0: no wrap-around test, so loops vectorise
+
+
+@njit(inline="always")
+def interior(n_out, stride, pad, k, n):
+    """The outputs [lo, hi) along one axis whose windows lie wholly inside the input (no tap
+    in the padding): o*stride - pad >= 0 and o*stride - pad + k <= n; lo <= hi, both in
+    [0, n_out]."""
+    lo = min(n_out, (pad + stride - 1) // stride)
+    hi = max(lo, min(n_out, (n - k + pad) // stride + 1 if n - k + pad >= 0 else 0))
+    return lo, hi
 
 
 # --------------------------------------------------------------------------- max pooling

@@ -52,7 +52,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..workspace import scratch
-from .planes import uidx
+from .planes import inside, uidx
 
 # Every groups-1 weight gradient takes this path while its packed X fits in MAX_PANEL bytes
 # (direct.py and polyphase.py keep grouped convs and larger panels).  Measured against them at
@@ -88,7 +88,7 @@ def _pack_x_row(x, row, ci, kh, kw, Wq, stride_h, stride_w, pad_top, pad_left, d
     N, _, H, W = x.shape
     plane = H_out * Wq
     off = kw * dil_w - pad_left  # iw = c*stride_w + off
-    c_lo, c_hi = _inside(off, stride_w, W, Wq)
+    c_lo, c_hi = inside(off, stride_w, W, Wq)
     for n in range(N):
         for oh in range(H_out):
             ih = oh * stride_h - pad_top + kh * dil_h
@@ -106,14 +106,6 @@ def _pack_x_row(x, row, ci, kh, kw, Wq, stride_h, stride_w, pad_top, pad_left, d
                 row[uidx(base + c)] = 0.0
     for i in range(N * plane, row.shape[0]):  # the tail: shifted views read into it
         row[i] = 0.0
-
-
-@njit(cache=True)
-def _inside(off, stride, n, n_out):
-    """The outputs [lo, hi) whose input index o*stride + off lies in [0, n); lo <= hi."""
-    lo = min(n_out, max(0, (-off + stride - 1) // stride))
-    hi = max(lo, min(n_out, (n - 1 - off) // stride + 1 if n - 1 - off >= 0 else 0))
-    return lo, hi
 
 
 @njit(cache=True)

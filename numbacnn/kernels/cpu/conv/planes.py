@@ -128,6 +128,14 @@ def phase_tap_offsets(C_in_g, kH, kW, dil_h, dil_w, stride_h, stride_w, idx_h, i
 
 
 @njit(cache=True)
+def inside(off, stride, n, n_out):
+    """The outputs [lo, hi) whose input index o*stride + off lies in [0, n); lo <= hi."""
+    lo = min(n_out, max(0, (-off + stride - 1) // stride))
+    hi = max(lo, min(n_out, (n - 1 - off) // stride + 1 if n - 1 - off >= 0 else 0))
+    return lo, hi
+
+
+@njit(cache=True)
 def split_plane(src, dst, pad_top, pad_left, stride_h, stride_w, idx_h, idx_w, Hq, Wq, phase):
     """dst[plane (a, b)] (Hq x Wq, flat, at (idx_h[a]*n_w + idx_w[b])*phase) = the zero-padded
     src (H, W) at rows a, a + stride_h, ... and columns b, b + stride_w, ... for every read
@@ -143,8 +151,7 @@ def split_plane(src, dst, pad_top, pad_left, stride_h, stride_w, idx_h, idx_w, H
                 continue
             base = (idx_h[a] * n_w + idx_w[b]) * phase
             off = b - pad_left  # iw = c*stride_w + off
-            c_lo = min(Wq, max(0, (-off + stride_w - 1) // stride_w))
-            c_hi = max(c_lo, min(Wq, (W - 1 - off) // stride_w + 1 if W - 1 - off >= 0 else 0))
+            c_lo, c_hi = inside(off, stride_w, W, Wq)
             for r in range(Hq):
                 row = base + r * Wq
                 ih = r * stride_h + a - pad_top
