@@ -314,8 +314,8 @@ def _user_column(fn, quick, dtype):
             raise
         except BaseException as e:  # it failed on a later call: an error, not a crash
             times[name] = None
-            kind, _, rest = _raised(e).partition(":")
-            why[name] = f"{kind} while it was timed" + (f":{rest}" if rest else "")
+            head, _, rest = _raised(e).partition(":")
+            why[name] = f"{head} while it was timed" + (f":{rest}" if rest else "")
     return times, why
 
 
@@ -552,8 +552,9 @@ def run(quick=False, out="bench", dtype=np.float32, say=print, kernels=()):
 
     kernels: [(label, function)], your conv2d kernels (the signature of functional.conv2d),
     each a column on the conv2d forward rows, timed only where `check_kernel` finds its
-    output right; the label names the column (its first 9 characters in the printed table)
-    and the JSON's key, and must differ from the built-in columns' names (ValueError)."""
+    output right; the label is the JSON's key and heads the printed column (`_headers`), and
+    must differ from the others and from RESERVED, the built-in columns and row keys
+    (ValueError)."""
     import numba
 
     labels = [label for label, _ in kernels]
@@ -634,9 +635,9 @@ def _headers(labels):
 
 def _print_table(rows, say, labels=(), checks=None):
     headers = _headers(labels)
-    cols = [("numbacnn", "numbacnn"), ("numbacnn 1 thread", "1 thread")]
+    cols = [(impl, HEADERS[impl]) for impl in IMPLS[:2]]
     cols += [(label, headers[label]) for label in labels]
-    cols += [("numpy im2col", "im2col"), ("scipy", "scipy"), ("torch", "torch")]
+    cols += [(impl, HEADERS[impl]) for impl in IMPLS[2:]]
     for label, head in headers.items():
         if head != label:
             say(f"{head} = {label}")
