@@ -40,6 +40,10 @@ __all__ = [
     "avg_pool2d_backward",
     "batch_norm",
     "batch_norm_backward",
+    "batch_norm_relu",
+    "batch_norm_relu_backward",
+    "fuse_conv_bn_weights",
+    "fuse_conv_bn_weights_backward",
     "batch_norm_stats",
     "batch_norm_elemt",
     "batch_norm_backward_reduce",
@@ -59,6 +63,7 @@ __all__ = [
     "loss_and_hits",
     "add",
     "add_backward",
+    "add_relu",
 ]
 
 
@@ -248,7 +253,20 @@ def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.
     momentum=None is BatchNorm1d/2d's, which count their batches); eps > 0; training a bool.
     Raises TypeError / ValueError naming the argument.
     """
-    op = "batch_norm"
+    return _batch_norm("batch_norm", x, weight, bias, running_mean, running_var, training, momentum, eps)
+
+
+def batch_norm_relu(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+    """relu(batch_norm(x, ...)) in one pass over the output (numbacnn.fusion: a BatchNorm
+    followed by a ReLU, ResNet's bn1 -> relu1): the arguments, errors and running-statistics
+    update of batch_norm; y = max(batch_norm(x), 0), NaN kept as ReLU keeps it. Training mode
+    is one fused kernel; eval mode normalises, then applies ReLU in place. Its gradient is
+    batch_norm_relu_backward, which needs this y."""
+    return _batch_norm("batch_norm_relu", x, weight, bias, running_mean, running_var, training, momentum,
+                       eps, relu=True)  # fmt: skip
+
+
+def _batch_norm(op, x, weight, bias, running_mean, running_var, training, momentum, eps, relu=False):
     x, x3 = _bn_view(op, x)
     N, C, L = x3.shape
     weight = _bn_param(op, "weight", weight, C, x, 1.0)
@@ -280,13 +298,16 @@ def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.
             running_mean = _inplace_vector(op, "running_mean", running_mean, C, x)
             running_var = _inplace_vector(op, "running_var", running_var, C, x)
         if N * L:  # an empty batch has no statistics: y is empty, the running ones stay
-            k.batch_norm_forward_train(x3, weight, bias, running_mean, running_var, momentum, eps, y3)
+            forward = k.batch_norm_relu_forward_train if relu else k.batch_norm_forward_train
+            forward(x3, weight, bias, running_mean, running_var, momentum, eps, y3)
     else:
         if running_mean is None or running_var is None:
             raise ValueError(f"{op}: eval mode needs running_mean and running_var")
         running_mean = _inplace_vector(op, "running_mean", running_mean, C, x)
         running_var = _inplace_vector(op, "running_var", running_var, C, x)
         k.batch_norm_forward_eval(x3, weight, bias, running_mean, running_var, eps, y3)
+        if relu:
+            _relu_inplace(op, y)
     return y
 
 
@@ -298,7 +319,25 @@ def batch_norm_backward(dy, x, weight, eps=1e-5, running_mean=None, running_var=
     fixed affine map: dx = weight * dy / sqrt(running_var + eps). An empty batch gives an
     empty dx and zero dweight, dbias. eps > 0.
     """
-    op = "batch_norm_backward"
+    return _batch_norm_backward("batch_norm_backward", dy, None, x, weight, eps, running_mean, running_var)
+
+
+def batch_norm_relu_backward(dy, y, x, weight, eps=1e-5, running_mean=None, running_var=None):
+    """Gradient of batch_norm_relu: dy and y (its output) of x's shape -> (dx, dweight, dbias),
+    as batch_norm_backward(relu_backward(dy, batch_norm(x)), x, ...) but with the ReLU mask
+    read from y (y > 0 exactly where the normalised x was > 0) inside the batch-norm
+    gradient's own passes (training mode: one fused kernel). running_mean and running_var:
+    eval mode, as batch_norm_backward."""
+    op = "batch_norm_relu_backward"
+    x = _float_array(op, "x", x, (2, 4))
+    y = _float_array(op, "y", y, (2, 4))
+    _same_shape(op, "y", y, x.shape, " (same as x)")
+    _same_dtype(op, y=y, x=x)
+    return _batch_norm_backward(op, dy, y, x, weight, eps, running_mean, running_var)
+
+
+def _batch_norm_backward(op, dy, y, x, weight, eps, running_mean, running_var):
+    """batch_norm_backward; given y (the output of batch_norm_relu), dy is gated by y > 0."""
     x, x3 = _bn_view(op, x)
     dy = _bn_dy(op, dy, x)
     N, C, L = x3.shape
@@ -312,15 +351,86 @@ def batch_norm_backward(dy, x, weight, eps=1e-5, running_mean=None, running_var=
         return dx, _full(x, (C,), 0.0), _full(x, (C,), 0.0)
     dweight = _empty(x, (C,))
     dbias = _empty(x, (C,))
-    dy3, dx3 = dy.reshape(N, C, L), dx.reshape(N, C, L)
     k = _backend(x).batchnorm
-    if running_mean is None:
+    if y is not None and running_mean is not None:  # eval mode: the mask first, then as batch_norm
+        dy = relu_backward(dy, y)
+    dy3, dx3 = dy.reshape(N, C, L), dx.reshape(N, C, L)
+    if running_mean is None and y is not None:
+        k.batch_norm_relu_backward(dy3, y.reshape(N, C, L), x3, weight, eps, dx3, dweight, dbias)
+    elif running_mean is None:
         k.batch_norm_backward(dy3, x3, weight, eps, dx3, dweight, dbias)
     else:
         running_mean = _inplace_vector(op, "running_mean", running_mean, C, x)
         running_var = _inplace_vector(op, "running_var", running_var, C, x)
         k.batch_norm_backward_eval(dy3, x3, weight, running_mean, running_var, eps, dx3, dweight, dbias)
     return dx, dweight, dbias
+
+
+def fuse_conv_bn_weights(conv_w, conv_b, bn_rm, bn_rv, bn_eps, bn_w, bn_b):
+    """Fold an eval-mode batch norm into the conv before it, as
+    torch.nn.utils.fusion.fuse_conv_bn_weights (same arguments): with
+    scale = bn_w / sqrt(bn_rv + bn_eps) per output channel,
+
+        w = conv_w * scale[co],   b = (conv_b - bn_rm) * scale + bn_b
+
+    so conv2d(x, w, b, ...) equals batch_norm(conv2d(x, conv_w, conv_b, ...), eval) up to
+    rounding (numbacnn.fusion runs a Conv2d -> BatchNorm2d pair of an eval-mode model so).
+    conv_w (C_out, C_in/groups, kH, kW); conv_b (C_out,) or None (zeros); bn_* (C_out,),
+    bn_w / bn_b None for 1 / 0 (BatchNorm without affine). Returns new (w, b) of conv_w's
+    dtype and device. Raises TypeError / ValueError naming the argument."""
+    op = "fuse_conv_bn_weights"
+    conv_w = _float_array(op, "conv_w", conv_w, (4,))
+    C = conv_w.shape[0]
+    conv_b = _bn_param(op, "conv_b", conv_b, C, conv_w, 0.0)
+    bn_w = _bn_param(op, "bn_w", bn_w, C, conv_w, 1.0)
+    bn_b = _bn_param(op, "bn_b", bn_b, C, conv_w, 0.0)
+    bn_rm = _bn_param(op, "bn_rm", bn_rm, C, conv_w, 0.0)
+    bn_rv = _bn_param(op, "bn_rv", bn_rv, C, conv_w, 1.0)
+    _same_dtype(op, conv_w=conv_w, conv_b=conv_b, bn_rm=bn_rm, bn_rv=bn_rv, bn_w=bn_w, bn_b=bn_b)
+    eps = _check_number(op, "bn_eps", bn_eps, above=0.0)
+    w, b = _empty(conv_w), _empty(conv_w, (C,))
+    shape2 = (C, conv_w.size // C if C else 0)
+    _backend(conv_w).batchnorm.fuse_conv_bn_weights(conv_w.reshape(shape2), conv_b, bn_w, bn_b, bn_rm, bn_rv,
+                                                    eps, w.reshape(shape2), b)  # fmt: skip
+    return w, b
+
+
+def fuse_conv_bn_weights_backward(dw, db, conv_w, conv_b, bn_rm, bn_rv, bn_eps, bn_w):
+    """Gradient of fuse_conv_bn_weights: the gradients dw (C_out, C_in/groups, kH, kW) and db
+    (C_out,) of the folded (w, b) -> (dconv_w, dconv_b, dbn_w, dbn_b), with sigma =
+    sqrt(bn_rv + bn_eps) and scale = bn_w / sigma per output channel:
+
+        dconv_w = dw * scale,  dconv_b = db * scale,  dbn_b = db,
+        dbn_w   = (sum over (ci, kh, kw) of dw * conv_w + db * (conv_b - bn_rm)) / sigma
+
+    the chain rule through w = conv_w * scale, b = (conv_b - bn_rm) * scale + bn_b (bn_rm and
+    bn_rv are fixed statistics: eval mode). dbn_w equals batch_norm_backward's eval-mode
+    dweight, sum dy * xhat. conv_b / bn_w None: zeros / ones. Raises TypeError / ValueError
+    naming the argument."""
+    op = "fuse_conv_bn_weights_backward"
+    conv_w = _float_array(op, "conv_w", conv_w, (4,))
+    dw = _float_array(op, "dw", dw, (4,))
+    _same_shape(op, "dw", dw, conv_w.shape, " (same as conv_w)")
+    C = conv_w.shape[0]
+    db = _bn_param(op, "db", db, C, conv_w, 0.0)
+    conv_b = _bn_param(op, "conv_b", conv_b, C, conv_w, 0.0)
+    bn_w = _bn_param(op, "bn_w", bn_w, C, conv_w, 1.0)
+    bn_rm = _bn_param(op, "bn_rm", bn_rm, C, conv_w, 0.0)
+    bn_rv = _bn_param(op, "bn_rv", bn_rv, C, conv_w, 1.0)
+    _same_dtype(op, dw=dw, db=db, conv_w=conv_w, conv_b=conv_b, bn_rm=bn_rm, bn_rv=bn_rv, bn_w=bn_w)
+    eps = _check_number(op, "bn_eps", bn_eps, above=0.0)
+    dconv_w, dconv_b, dbn_w, dbn_b = (
+        _empty(conv_w),
+        _empty(conv_w, (C,)),
+        _empty(conv_w, (C,)),
+        _empty(conv_w, (C,)),
+    )
+    shape2 = (C, conv_w.size // C if C else 0)
+    _backend(conv_w).batchnorm.fuse_conv_bn_weights_backward(dw.reshape(shape2), db, conv_w.reshape(shape2),
+                                                             conv_b, bn_w, bn_rm, bn_rv, eps,
+                                                             dconv_w.reshape(shape2), dconv_b, dbn_w,
+                                                             dbn_b)  # fmt: skip
+    return dconv_w, dconv_b, dbn_w, dbn_b
 
 
 def batch_norm_stats(x):
@@ -475,9 +585,23 @@ def _elementwise(op, kernel, **arrays):
     return out
 
 
-def relu(x):
-    """max(x, 0) elementwise (lecture, "ReLU Activation"); NaN stays NaN, as PyTorch."""
+def relu(x, inplace=False):
+    """max(x, 0) elementwise (lecture, "ReLU Activation"); NaN stays NaN, as PyTorch.
+    inplace=True overwrites x and returns it (torch.nn.functional.relu's inplace)."""
+    if _check_bool("relu", "inplace", inplace):
+        return _relu_inplace("relu", x)
     return _elementwise("relu", lambda activation: activation.relu_forward, x=x)
+
+
+def _relu_inplace(op, x):
+    """max(x, 0) written into x, which is returned (torch.relu_); x must be C-contiguous."""
+    y = _float_array(op, "x", x, range(0, 33))  # checks the type; a strided x is copied, so:
+    if not _backend(x).is_contiguous(x):
+        raise ValueError(f"{op}: x must be C-contiguous and writeable to be overwritten in place, "
+                         f"got x.shape={x.shape}")  # fmt: skip
+    flat = y.reshape(-1)
+    _backend(x).activation.relu_forward(flat, flat)  # element i reads x[i], then writes it
+    return x
 
 
 def relu_backward(dy, x):
@@ -508,6 +632,12 @@ def sigmoid_backward(dy, y):
 def add(a, b):
     """a + b elementwise (the residual join; same shape and dtype)."""
     return _elementwise("add", lambda activation: activation.add_forward, a=a, b=b)
+
+
+def add_relu(a, b):
+    """max(a + b, 0) in one pass (numbacnn.fusion: ResNet's residual join and the ReLU after
+    it); the gradient of both inputs is relu_backward(dy, y) with y this output."""
+    return _elementwise("add_relu", lambda activation: activation.add_relu_forward, a=a, b=b)
 
 
 def add_backward(dy):

@@ -41,6 +41,7 @@ import inspect
 import numpy as np
 
 from numbacnn import functional as F
+from numbacnn import fusion
 from numbacnn.module import Module
 from numbacnn.summary import Summary, format_shape, human  # noqa: F401  (re-exported)
 
@@ -74,6 +75,8 @@ class Graph(Module):
         self._inputs = {}  # node name -> tuple of input names (layers live in _modules)
         self._output = None
         self._order = None  # cached topological order
+        self._fusion = None  # (order, fusable chains, {layer modes: steps}), see _steps
+        self._steps_run = None  # the steps of the last forward, walked back by backward
 
     # ---- building -----------------------------------------------------------------------
     def add(self, name, layer, inputs=None):
@@ -209,13 +212,54 @@ class Graph(Module):
         loop = seen[seen.index(node) :] + [node]
         return list(reversed(loop))  # in data-flow direction
 
+    fusion = True  # run BN -> ReLU, Add -> ReLU, eval Conv -> BN [-> ReLU] fused: set_fusion
+
+    def set_fusion(self, enabled=True):
+        """Run the fusable chains of this graph and of the graphs nested in it as one step
+        each (True, the default) or layer by layer (False); see numbacnn.fusion. The
+        results are the same either way. Returns self."""
+        enabled = bool(enabled)
+        for _, module in self.named_modules():
+            if isinstance(module, Graph):
+                module.fusion = enabled
+        return self
+
+    def _steps(self):
+        """This forward's steps: node names, and fused steps (numbacnn.fusion) where the
+        layers' current modes allow; the chains are found once per order."""
+        order = self.order
+        if not self.fusion:
+            return order
+        cache = self._fusion
+        if cache is None or cache[0] is not order:
+            cache = self._fusion = (order, fusion.chains(self), {})
+        if not cache[1]:
+            return order
+        modes = tuple(self._modules[chain[1]].training for chain in cache[1])
+        steps = cache[2].get(modes)
+        if steps is None:
+            steps = cache[2][modes] = fusion.plan(self, cache[1])
+        return steps
+
     def forward(self, x):
-        """Run every node in topological order; return the output node's value."""
+        """Run every node in topological order (fused chains as one step); return the output
+        node's value."""
         self._ran_forward = True
         values = {self.input_name: x}
-        for name in self.order:
-            values[name] = self._run_node(name, values)
+        steps = self._steps_run = self._steps()
+        for step in steps:
+            if type(step) is str:
+                values[step] = self._run_node(step, values)
+            else:
+                values[step.output] = self._run_fused(step, values)
         return values[self.output]
+
+    def _run_fused(self, step, values):
+        """A fused step's output; an error is re-raised naming the node it arose in."""
+        try:
+            return step.forward(*[values[i] for i in step.inputs])
+        except (ValueError, TypeError) as e:
+            raise _with_node(e, step.at, self._modules[step.at]) from e
 
     def _run_node(self, name, values, path=None):
         """Node `name`'s output from the `values` of its inputs; a ValueError or TypeError is
@@ -240,7 +284,11 @@ class Graph(Module):
                 "first (each layer keeps what its backward needs)",
             )
         grads = {self.output: dy}
-        for name in reversed(self.order):
+        for step in reversed(self._steps_run or self.order):
+            if type(step) is not str:
+                self._backward_fused(step, grads, input_grad)
+                continue
+            name = step
             if name not in grads:
                 continue  # the output does not depend on this node
             layer = self._modules[name]
@@ -267,6 +315,22 @@ class Graph(Module):
                 str(self.output), f"the output does not depend on the graph input '{self.input_name}'"
             )
         return grads[self.input_name]
+
+    def _backward_fused(self, step, grads, input_grad):
+        """A fused step's backward: its inputs' gradients added into `grads`."""
+        if step.output not in grads:
+            return
+        skip = not input_grad and step.inputs == (self.input_name,)
+        try:
+            dxs = step.backward(grads.pop(step.output), input_grad=not skip)
+        except (ValueError, TypeError) as e:
+            raise _with_node(e, step.at, self._modules[step.at]) from e
+        if skip:
+            return
+        if len(step.inputs) == 1:
+            dxs = (dxs,)
+        for i, dx in zip(step.inputs, dxs, strict=True):
+            grads[i] = F.add(grads[i], dx) if i in grads else dx
 
     # ---- shape inference and summary --------------------------------------------------------
     def check(self, input_shape):
@@ -340,9 +404,11 @@ class Graph(Module):
     def node_outputs(self, x, depth=None):
         """Run the forward pass on ``x`` and keep every node's output: {dotted path: array}
         with the paths and order of ``flat_nodes`` (nested graphs expanded down to ``depth``
-        levels; None: all), the input first under the path "input". The output node's value
-        is the one ``forward(x)`` returns (the layers run in the mode they are in: call
-        ``eval()`` first for inference). x: (N, C, H, W) (or whatever the first layer takes);
+        levels; None: all), the input first under the path "input". The layers run one by
+        one, in the mode they are in (call ``eval()`` first for inference), so the output
+        node's value is the one ``forward(x)`` returns, bit for bit with fusion off and in
+        training mode, and to rounding in eval mode, where forward folds each batch norm
+        into the conv before it (numbacnn.fusion). x: (N, C, H, W) (or whatever the first layer takes);
         an error is re-raised as forward's, with the dotted path of the node in front."""
         outputs = {"input": x}
 
@@ -350,6 +416,7 @@ class Graph(Module):
             if not len(g):  # an empty Sequential passes its input through
                 return source
             g._ran_forward = True  # as g.forward would: each layer keeps what its backward needs
+            g._steps_run = None  # layer by layer: backward walks g.order
             values = {g.input_name: source}
             for name in g.order:
                 layer, inputs = g._modules[name], g._inputs[name]

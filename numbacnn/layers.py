@@ -304,6 +304,10 @@ class _BatchNorm(Module):
         return x  # (N, C, H, W) or (N, C)
 
     def forward(self, x):
+        return self._forward(x, relu=False)
+
+    def _forward(self, x, relu):
+        """y = BN(x), or max(BN(x), 0) with relu (a fused BatchNorm -> ReLU: numbacnn.fusion)."""
         self.output_shape(x.shape)  # rank and channels, as torch (BatchNorm2d rejects 2-D input)
         xf = self._as_functional(x)
         self._x, self._trained = xf, self.training
@@ -312,19 +316,25 @@ class _BatchNorm(Module):
             self.num_batches_tracked += 1  # 0-d array, updated in place
             if factor is None:
                 factor = 1.0 / float(self.num_batches_tracked)
-        y = F.batch_norm(xf, self.weight.data, self.bias.data, self.running_mean, self.running_var,
-                         self.training, 0.0 if factor is None else factor, self.eps)  # fmt: skip
+        normalise = F.batch_norm_relu if relu else F.batch_norm
+        y = normalise(xf, self.weight.data, self.bias.data, self.running_mean, self.running_var,
+                      self.training, 0.0 if factor is None else factor, self.eps)  # fmt: skip
         return y.reshape(x.shape)
 
     def backward(self, dy):
+        return self._backward(dy)
+
+    def _backward(self, dy, y=None):
+        """dx; y: the output of a fused BatchNorm -> ReLU, whose mask y > 0 gates dy."""
         shape = dy.shape
         dy = self._as_functional(dy)
-        if self._trained:
-            dx, dgamma, dbeta = F.batch_norm_backward(dy, self._x, self.weight.data, self.eps)
-        else:  # eval mode: the fixed affine map of the running statistics
-            dx, dgamma, dbeta = F.batch_norm_backward(
-                dy, self._x, self.weight.data, self.eps, self.running_mean, self.running_var
-            )
+        # eval mode: the fixed affine map of the running statistics
+        stats = () if self._trained else (self.running_mean, self.running_var)
+        if y is None:
+            dx, dgamma, dbeta = F.batch_norm_backward(dy, self._x, self.weight.data, self.eps, *stats)
+        else:
+            y = self._as_functional(y)
+            dx, dgamma, dbeta = F.batch_norm_relu_backward(dy, y, self._x, self.weight.data, self.eps, *stats)
         self.weight.accumulate_grad(dgamma)
         self.bias.accumulate_grad(dbeta)
         return dx.reshape(shape)

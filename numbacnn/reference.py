@@ -311,6 +311,52 @@ def batch_norm_backward(dy, x, weight, eps=1e-5, running_mean=None, running_var=
     return dx.astype(x.dtype), dweight.astype(x.dtype), dbias.astype(x.dtype)
 
 
+def batch_norm_relu(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+    """relu(batch_norm(x, ...)): the composition, written as the two layers it fuses."""
+    return relu(batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps))
+
+
+def batch_norm_relu_backward(dy, y, x, weight, eps=1e-5, running_mean=None, running_var=None):
+    """Gradient of batch_norm_relu: ReLU's backward (its mask y > 0 read from the fused output
+    y, which is > 0 exactly where batch_norm(x) is), then batch_norm_backward."""
+    return batch_norm_backward(relu_backward(dy, y), x, weight, eps, running_mean, running_var)
+
+
+def fuse_conv_bn_weights(conv_w, conv_b, bn_rm, bn_rv, bn_eps, bn_w, bn_b):
+    """An eval-mode batch norm y = gamma (z - mean) / sqrt(var + eps) + beta of a conv's
+    output z = w * x + b is itself a conv: w' = w gamma / sqrt(var + eps) per output channel,
+    b' = (b - mean) gamma / sqrt(var + eps) + beta (torch.nn.utils.fusion)."""
+    C = conv_w.shape[0]
+    w = np.empty(conv_w.shape, np.float64)
+    b = np.empty(C, np.float64)
+    for co in range(C):
+        gamma = 1.0 if bn_w is None else float(bn_w[co])
+        beta = 0.0 if bn_b is None else float(bn_b[co])
+        bias = 0.0 if conv_b is None else float(conv_b[co])
+        scale = gamma / math.sqrt(float(bn_rv[co]) + bn_eps)
+        w[co] = conv_w[co].astype(np.float64) * scale
+        b[co] = (bias - float(bn_rm[co])) * scale + beta
+    return w.astype(conv_w.dtype), b.astype(conv_w.dtype)
+
+
+def fuse_conv_bn_weights_backward(dw, db, conv_w, conv_b, bn_rm, bn_rv, bn_eps, bn_w):
+    """The chain rule through w = conv_w * s, b = (conv_b - bn_rm) * s + bn_b, with
+    s = bn_w / sigma and sigma = sqrt(bn_rv + bn_eps): dconv_w = dw s, dconv_b = db s,
+    dbn_b = db, dbn_w = (sum dw * conv_w + db (conv_b - bn_rm)) / sigma."""
+    C = conv_w.shape[0]
+    out = [np.empty(conv_w.shape, np.float64)] + [np.empty(C, np.float64) for _ in range(3)]
+    for co in range(C):
+        sigma = math.sqrt(float(bn_rv[co]) + bn_eps)
+        s = (1.0 if bn_w is None else float(bn_w[co])) / sigma
+        bias = 0.0 if conv_b is None else float(conv_b[co])
+        g, d = dw[co].astype(np.float64), float(db[co])
+        out[0][co] = g * s
+        out[1][co] = d * s
+        out[2][co] = ((g * conv_w[co].astype(np.float64)).sum() + d * (bias - float(bn_rm[co]))) / sigma
+        out[3][co] = d
+    return tuple(a.astype(conv_w.dtype) for a in out)
+
+
 def batch_norm_stats(x):
     """(count, mean, m2) per channel: count = |B|, mean = mu_B, m2 = sum_i (x_i - mu_B)^2
     (the pieces K ranks combine into the whole batch's statistics)."""
@@ -398,9 +444,13 @@ def _map(f, *arrays):
     return out
 
 
-def relu(x):
-    """Lecture, "ReLU Activation": ReLU(x) = max(x, 0)."""
-    return _map(lambda v: max(v, 0.0), x)
+def relu(x, inplace=False):
+    """Lecture, "ReLU Activation": ReLU(x) = max(x, 0); inplace writes the result into x."""
+    y = _map(lambda v: max(v, 0.0), x)
+    if inplace:
+        x[...] = y
+        return x
+    return y
 
 
 def relu_backward(dy, x):
@@ -440,6 +490,11 @@ def sigmoid_backward(dy, y):
 def add(a, b):
     """a + b (the residual join f(x) = x + g(x), lecture "Residual Networks")."""
     return _map(lambda u, v: u + v, a, b)
+
+
+def add_relu(a, b):
+    """relu(a + b): the residual join and the ReLU after it."""
+    return relu(add(a, b))
 
 
 def add_backward(dy):

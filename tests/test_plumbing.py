@@ -290,10 +290,12 @@ def test_an_error_in_a_nested_graph_names_the_innermost_layer_and_its_path():
 
     model = Sequential(("stem", Conv2d(1, 2, 3)), ("layer1", Sequential(("conv", Conv2d(2, 2, 1)),
                        ("bn", BatchNorm2d(2)), ("relu", ReLU()))))  # fmt: skip
-    with pytest.raises(
-        ValueError, match=r"^node 'layer1\.bn' \(BatchNorm2d\): batch_norm: expected more than 1"
-    ):
-        model(np.zeros((1, 1, 3, 3), np.float32))
+    for fused, op in ((True, "batch_norm_relu"), (False, "batch_norm")):  # the function that ran
+        model.set_fusion(fused)
+        with pytest.raises(
+            ValueError, match=rf"^node 'layer1\.bn' \(BatchNorm2d\): {op}: expected more than 1"
+        ):
+            model(np.zeros((1, 1, 3, 3), np.float32))
 
 
 # --------------------------------------------------------------------------- containers

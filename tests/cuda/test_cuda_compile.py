@@ -107,6 +107,7 @@ _F32_PURE = {
     "_sigmoid_backward_kernel",
     "_dropout_backward_kernel",
     "_add_forward_kernel",
+    "_add_relu_forward_kernel",
     "_adam_kernel",
     "_rmsprop_kernel",
     "_sgd_kernel",

@@ -283,6 +283,44 @@ def test_add(dtype, rng):
     assert host(da) is not None and np.array_equal(host(da), a) and np.array_equal(host(db), a)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_fused_ops(dtype, rng):
+    """numbacnn.fusion's ops: batch_norm_relu (train, eval) and its backward, add_relu, relu
+    in place, fuse_conv_bn_weights and its backward, CUDA == CPU."""
+    shape, C = (3, 4, 3, 5), 4
+    x = randn(rng, shape, dtype)
+    g, b = randn(rng, C, dtype), randn(rng, C, dtype)
+    rm, rv = randn(rng, C, dtype), (rng.random(C) + 0.5).astype(dtype)
+    for training in (True, False):
+        rm_c, rv_c, rm_g, rv_g = rm.copy(), rv.copy(), dev(rm), dev(rv)
+        y_cpu = F.batch_norm_relu(x, g, b, rm_c, rv_c, training)
+        y_gpu = F.batch_norm_relu(dev(x), dev(g), dev(b), rm_g, rv_g, training)
+        assert_close(y_gpu, y_cpu, name=f"y training={training}")
+        assert_close(rm_g, rm_c, name="running_mean")
+        assert (host(y_gpu) == 0).any() and (host(y_gpu) > 0).any()
+        dy = randn(rng, shape, dtype)
+        stats = {} if training else dict(running_mean=rm, running_var=rv)
+        g_cpu = F.batch_norm_relu_backward(dy, y_cpu, x, g, **stats)
+        stats = {k: dev(v) for k, v in stats.items()}
+        g_gpu = F.batch_norm_relu_backward(dev(dy), dev(y_cpu), dev(x), dev(g), **stats)
+        for name, a, c in zip(("dx", "dgamma", "dbeta"), g_gpu, g_cpu, strict=True):
+            assert_close(a, c, name=f"{name} training={training}")
+    y_cpu, y_gpu = both(F.add_relu, x, randn(rng, shape, dtype))
+    assert_close(y_gpu, y_cpu, name="add_relu")
+    xg = dev(x)
+    assert F.relu(xg, inplace=True) is xg
+    assert_close(xg, F.relu(x), name="relu inplace")
+    w = randn(rng, (C, 2, 3, 3), dtype)
+    cb = randn(rng, C, dtype)
+    f_cpu, f_gpu = both(F.fuse_conv_bn_weights, w, cb, rm, rv, 1e-3, g, b)
+    for name, a, c in zip(("w", "b"), f_gpu, f_cpu, strict=True):
+        assert_close(a, c, name=name)
+    dw, db = randn(rng, w.shape, dtype), randn(rng, C, dtype)
+    f_cpu, f_gpu = both(F.fuse_conv_bn_weights_backward, dw, db, w, cb, rm, rv, 1e-3, g)
+    for name, a, c in zip(("dconv_w", "dconv_b", "dbn_w", "dbn_b"), f_gpu, f_cpu, strict=True):
+        assert_close(a, c, name=name)
+
+
 def test_grid_stride_loops_cover_more_than_one_grid(rng):
     """Element-wise kernels use a capped grid: arrays larger than the grid must be covered."""
     from numbacnn.kernels.cuda._launch import MAX_BLOCKS, TPB

@@ -12,6 +12,7 @@ The simulator runs every CUDA thread as Python, so the shapes are tiny; it skips
 without the simulator or a GPU (tests/cuda/conftest.py).
 """
 
+import copy
 import os
 
 import numpy as np
@@ -164,6 +165,30 @@ def test_small_resnet_trains_on_cuda_as_on_the_cpu():
     bn = [m for m in model.modules() if hasattr(m, "running_var")]
     assert bn and all(is_device_array(m.running_var) for m in bn)
     assert int(bn[0].num_batches_tracked) == 2
+
+
+def test_small_resnet_eval_folds_on_cuda_as_on_the_cpu():
+    """Eval mode: the folded Conv -> BN [-> ReLU] steps (numbacnn.fusion) on the device give
+    the CPU's output and gradients."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 2, 6, 6))
+    dy = rng.standard_normal((2, 3))
+    results, first = [], _small_resnet().astype(np.float64).eval()
+    for device in ("cpu", "cuda"):
+        model = copy.deepcopy(first)
+        if device == "cuda":
+            model.to("cuda")
+        y = model(cuda.to_device(x) if device == "cuda" else x)
+        dx = model.backward(cuda.to_device(dy) if device == "cuda" else dy)
+        grads = [p.grad for p in model.parameters()]
+        to_host = lambda a: a if isinstance(a, np.ndarray) else a.copy_to_host()  # noqa: E731
+        results.append([to_host(a) for a in [y, dx] + grads])
+        steps = model.layer1[0]._steps_run
+        assert [type(s).__name__ for s in steps if not isinstance(s, str)] == ["ConvBatchNorm"] * 2 + [
+            "AddReLU"
+        ]
+    for a, c in zip(*results, strict=True):
+        np.testing.assert_allclose(a, c, rtol=1e-9, atol=1e-12)
 
 
 def _count_copies_of_a_step(model, monkeypatch):

@@ -11,6 +11,7 @@ Formulas (lecture: "ReLU Activation", "Dropout Layer"; PyTorch semantics)
                mask_i = 1 if u(seed, i) >= p else 0,  y_i = x_i * mask_i / (1-p)   (p == 1: y = 0)
                dx_i   = dy_i * mask_i / (1-p)
     add:       y = a + b                (backward: (dy, dy), nothing to compute)
+    add_relu:  y = max(a + b, 0)        (backward: relu_backward with x = y, the fused OUTPUT)
 
 u(seed, i) is a uniform number in [0, 1) from a counter-based generator (kernels/common.py):
 the 64-bit splitmix64 finaliser applied to key(seed) + (i + 1) * golden, keeping the top 53
@@ -249,11 +250,23 @@ def dropout_backward(dy, mask, p, dx):
 
 
 # ------------------------------------------------------------------------------------ add
-@njit(parallel=True, cache=True)
 def add_forward(a, b, y):
     """y = a + b  (the residual connection; its backward just passes dy to both inputs)."""
+    _add(a, b, y, False)
+
+
+def add_relu_forward(a, b, y):
+    """y = max(a + b, 0): the residual join fused with the ReLU after it (numbacnn.fusion).
+    Its backward is relu_backward(dy, y, dx) with y this OUTPUT: y > 0 exactly where a + b > 0
+    (and NaN where a + b is NaN), so the mask is the same as ReLU's on its input."""
+    _add(a, b, y, True)
+
+
+@njit(parallel=True, cache=True)
+def _add(a, b, y, relu):
     # a, b, y: (n,)
     n = a.shape[0]
+    zero = a.dtype.type(0)
     for c in prange((n + _CHUNK - 1) // _CHUNK):
         i0 = c * _CHUNK
         i1 = min(i0 + _CHUNK, n)
@@ -261,4 +274,7 @@ def add_forward(a, b, y):
         bs = b[i0:i1]
         ys = y[i0:i1]
         for i in range(i1 - i0):
-            ys[i] = as_[i] + bs[i]
+            v = as_[i] + bs[i]
+            if relu and v <= zero:
+                v = zero
+            ys[i] = v

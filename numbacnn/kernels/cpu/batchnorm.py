@@ -19,6 +19,17 @@ Training also updates the running statistics IN PLACE (momentum m, PyTorch conve
 
 Evaluation normalises with running_mean / running_var instead of the batch statistics.
 
+Fused with the ReLU that follows (ResNet's bn1 -> relu1; numbacnn.fusion), training mode:
+
+    forward:   y_i  = max(gamma * xhat_i + beta, 0)            (NaN stays NaN, as ReLU)
+    backward:  dy'_i = dy_i if y_i > 0 else 0                   (the mask of ReLU's backward,
+               read from the fused output: y > 0 exactly where the BN output was > 0)
+               then the three formulas below with dy' in place of dy.
+
+One pass over y instead of three (BN's y, ReLU's read and write), and one over dy instead
+of two; the `relu` flag is an argument of one compiled kernel (LLVM unswitches the loop on
+it), so the plain and the fused forms cost one compilation.
+
 Backward (training mode: the batch statistics depend on x), with s = 1/sqrt(sigma_B^2 + eps):
 
     dbeta  = sum_i dy_i
@@ -78,9 +89,18 @@ def _channel_mean_var(x3, c):
 
 
 # ------------------------------------------------------------------------------- forward
-@njit(parallel=True, cache=True)
 def batch_norm_forward_train(x3, gamma, beta, running_mean, running_var, momentum, eps, y3):
     """y3 = gamma * (x3 - mu_B)/sqrt(var_B + eps) + beta; updates the running stats in place."""
+    _forward_train(x3, gamma, beta, running_mean, running_var, momentum, eps, y3, False)
+
+
+def batch_norm_relu_forward_train(x3, gamma, beta, running_mean, running_var, momentum, eps, y3):
+    """y3 = max(batch_norm(x3), 0), the fused BN -> ReLU; updates the running stats in place."""
+    _forward_train(x3, gamma, beta, running_mean, running_var, momentum, eps, y3, True)
+
+
+@njit(parallel=True, cache=True)
+def _forward_train(x3, gamma, beta, running_mean, running_var, momentum, eps, y3, relu):
     # x3: (N, C, L)   gamma, beta, running_mean, running_var: (C,)   y3: (N, C, L)
     N, C, L = x3.shape
     cnt = N * L
@@ -92,7 +112,10 @@ def batch_norm_forward_train(x3, gamma, beta, running_mean, running_var, momentu
             xr = x3[n, c]  # xr, yr: (L,)
             yr = y3[n, c]
             for l in range(L):
-                yr[l] = xr[l] * scale + shift
+                v = xr[l] * scale + shift
+                if relu and v <= 0.0:
+                    v = 0.0
+                yr[l] = v
         unbiased = var * cnt / (cnt - 1) if cnt > 1 else var
         running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mean
         running_var[c] = (1.0 - momentum) * running_var[c] + momentum * unbiased
@@ -114,52 +137,72 @@ def batch_norm_forward_eval(x3, gamma, beta, running_mean, running_var, eps, y3)
 
 
 # ------------------------------------------------------------------------------ backward
-@njit(parallel=True, cache=True, fastmath=_FAST)
 def batch_norm_backward(dy3, x3, gamma, eps, dx3, dgamma, dbeta):
     """Training-mode gradient: dx3, dgamma = sum dy*xhat, dbeta = sum dy (batch stats recomputed)."""
-    # dy3, x3, dx3: (N, C, L)   gamma, dgamma, dbeta: (C,)
+    _backward_train(dy3, x3, x3, gamma, eps, dx3, dgamma, dbeta, False)  # (y3 unused)
+
+
+def batch_norm_relu_backward(dy3, y3, x3, gamma, eps, dx3, dgamma, dbeta):
+    """Gradient of the fused BN -> ReLU: dy3 is the gradient of its output y3; the ReLU mask
+    (y3 > 0) gates dy3 on the fly, then as batch_norm_backward."""
+    _backward_train(dy3, y3, x3, gamma, eps, dx3, dgamma, dbeta, True)
+
+
+@njit(parallel=True, cache=True, fastmath=_FAST)
+def _backward_train(dy3, y3, x3, gamma, eps, dx3, dgamma, dbeta, relu):
+    # dy3, y3, x3, dx3: (N, C, L)   gamma, dgamma, dbeta: (C,); y3 is read only when relu
     N, C, L = x3.shape
     cnt = N * L
     for c in prange(C):
         mean, var = _channel_mean_var(x3, c)
         s = 1.0 / math.sqrt(var + eps)
-        sum_dy, sum_dy_xc = _channel_dy_sums(dy3, x3, c, mean)
+        sum_dy, sum_dy_xc = _channel_dy_sums(dy3, y3, x3, c, mean, relu)
         sum_dy_xhat = sum_dy_xc * s
         dbeta[c] = sum_dy
         dgamma[c] = sum_dy_xhat
-        _channel_dx(dy3, x3, dx3, c, mean, s, gamma[c], sum_dy / cnt, sum_dy_xhat / cnt)
+        _channel_dx(dy3, y3, x3, dx3, c, mean, s, gamma[c], sum_dy / cnt, sum_dy_xhat / cnt, relu)
 
 
 @njit(cache=True, fastmath=_FAST)
-def _channel_dy_sums(dy3, x3, c, mean):
-    """(sum dy, sum dy * (x - mean)) over channel c, in float64."""
-    # dy3, x3: (N, C, L)
+def _channel_dy_sums(dy3, y3, x3, c, mean, relu):
+    """(sum dy, sum dy * (x - mean)) over channel c, in float64; with relu, dy where y3 > 0."""
+    # dy3, y3, x3: (N, C, L)
     N, _, L = x3.shape
+    zero = dy3.dtype.type(0)
     sum_dy = 0.0
     sum_dy_xc = 0.0
     for n in range(N):
-        gr = dy3[n, c]  # gr, xr: (L,)
+        gr = dy3[n, c]  # gr, yr, xr: (L,)
+        yr = y3[n, c]
         xr = x3[n, c]
         for l in range(L):
             g = gr[l]
+            if relu and yr[l] <= zero:
+                g = zero
             sum_dy += g
             sum_dy_xc += g * (xr[l] - mean)
     return sum_dy, sum_dy_xc
 
 
 @njit(cache=True, fastmath=_FAST)
-def _channel_dx(dy3, x3, dx3, c, mean, s, gamma_c, mean_dy, mean_dy_xhat):
-    """Channel c of dx = gamma*s*(dy - mean(dy) - xhat*mean(dy*xhat)), xhat = (x - mean)*s."""
-    # dy3, x3, dx3: (N, C, L)
+def _channel_dx(dy3, y3, x3, dx3, c, mean, s, gamma_c, mean_dy, mean_dy_xhat, relu):
+    """Channel c of dx = gamma*s*(dy - mean(dy) - xhat*mean(dy*xhat)), xhat = (x - mean)*s
+    (with relu, dy where y3 > 0)."""
+    # dy3, y3, x3, dx3: (N, C, L)
     N, _, L = x3.shape
+    zero = dy3.dtype.type(0)
     k = gamma_c * s
     coef = s * mean_dy_xhat  # xhat * mean_dy_xhat = (x - mean) * coef
     for n in range(N):
-        gr = dy3[n, c]  # gr, xr, dr: (L,)
+        gr = dy3[n, c]  # gr, yr, xr, dr: (L,)
+        yr = y3[n, c]
         xr = x3[n, c]
         dr = dx3[n, c]
         for l in range(L):
-            dr[l] = k * (gr[l] - mean_dy - (xr[l] - mean) * coef)
+            g = gr[l]
+            if relu and yr[l] <= zero:
+                g = zero
+            dr[l] = k * (g - mean_dy - (xr[l] - mean) * coef)
 
 
 @njit(parallel=True, cache=True, fastmath=_FAST)
@@ -213,7 +256,7 @@ def batch_norm_backward_reduce(dy3, x3, mean, var, eps, sum_dy, sum_dy_xhat):
     GIVEN (global) statistics; float64."""
     # dy3, x3: (N, C, L)   mean, var, sum_dy, sum_dy_xhat: (C,) float64
     for c in prange(x3.shape[1]):
-        a, b = _channel_dy_sums(dy3, x3, c, mean[c])
+        a, b = _channel_dy_sums(dy3, x3, x3, c, mean[c], False)
         sum_dy[c] = a
         sum_dy_xhat[c] = b * (1.0 / math.sqrt(var[c] + eps))
 
@@ -225,4 +268,53 @@ def batch_norm_backward_elemt(dy3, x3, gamma, mean, var, eps, sum_dy, sum_dy_xha
     # dy3, x3, dx3: (N, C, L)   gamma: (C,)   mean, var, sum_dy, sum_dy_xhat: (C,) float64
     for c in prange(x3.shape[1]):
         s = 1.0 / math.sqrt(var[c] + eps)
-        _channel_dx(dy3, x3, dx3, c, mean[c], s, gamma[c], sum_dy[c] / count, sum_dy_xhat[c] / count)
+        _channel_dx(
+            dy3, x3, x3, dx3, c, mean[c], s, gamma[c], sum_dy[c] / count, sum_dy_xhat[c] / count, False
+        )
+
+
+# ------------------------------------------------------- eval: folded into the conv before it
+@njit(cache=True)
+def fuse_conv_bn_weights(weight2, bias, gamma, beta, running_mean, running_var, eps, w_out, b_out):
+    """Fold an eval-mode batch norm into the conv that feeds it (torch.nn.utils.fusion.
+    fuse_conv_bn_weights): with scale = gamma / sqrt(running_var + eps),
+
+        w_out[co, :] = weight2[co, :] * scale[co]
+        b_out[co]    = (bias[co] - running_mean[co]) * scale[co] + beta[co]
+
+    so that conv(x, w_out, b_out) = batch_norm_eval(conv(x, weight2, bias)) up to rounding.
+    Serial: C_out * C_in*kH*kW multiplies, a few microseconds."""
+    # weight2, w_out: (C_out, C_in/groups*kH*kW)   bias, gamma, beta, running_*, b_out: (C_out,)
+    C_out, K = weight2.shape
+    for co in range(C_out):
+        scale = gamma[co] / math.sqrt(running_var[co] + eps)  # float64
+        for k in range(K):
+            w_out[co, k] = weight2[co, k] * scale
+        b_out[co] = (bias[co] - running_mean[co]) * scale + beta[co]
+
+
+@njit(cache=True)
+def fuse_conv_bn_weights_backward(dw_fused2, db_fused, weight2, bias, gamma, running_mean, running_var, eps,
+                                  dweight2, dbias, dgamma, dbeta):  # fmt: skip
+    """Gradients of the conv's and the batch norm's parameters from those of the folded conv
+    (fuse_conv_bn_weights): with sigma = sqrt(running_var + eps) and scale = gamma / sigma,
+
+        dweight2[co, :] = dw_fused2[co, :] * scale[co]       dbias[co] = db_fused[co] * scale[co]
+        dgamma[co] = (sum_k dw_fused2[co, k] weight2[co, k] + db_fused[co] (bias[co] - running_mean[co]))
+                     / sigma[co]                            dbeta[co] = db_fused[co]
+
+    (dgamma is sum dy * xhat of batch_norm_backward_eval: sum dy * conv(x, w) per output
+    channel is the dot product of the weight and its gradient). Sums in float64; serial."""
+    # dw_fused2, weight2, dweight2: (C_out, K)   the rest: (C_out,)
+    C_out, K = weight2.shape
+    for co in range(C_out):
+        sigma = math.sqrt(running_var[co] + eps)  # float64
+        scale = gamma[co] / sigma
+        dot = 0.0
+        for k in range(K):
+            g = dw_fused2[co, k]
+            dweight2[co, k] = g * scale
+            dot += g * weight2[co, k]
+        dbias[co] = db_fused[co] * scale
+        dgamma[co] = (dot + db_fused[co] * (bias[co] - running_mean[co])) / sigma
+        dbeta[co] = db_fused[co]

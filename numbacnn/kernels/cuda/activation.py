@@ -176,3 +176,17 @@ def _add_forward_kernel(a, b, y):
 def add_forward(a, b, y):
     """y = a + b."""
     _launch(_add_forward_kernel, a.shape[0], a, b, y)
+
+
+@cuda.jit
+def _add_relu_forward_kernel(a, b, y, zero):
+    # a, b, y: (n,)
+    for i in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):  # owns y[i]
+        v = a[i] + b[i]
+        y[i] = zero if v <= zero else v
+
+
+def add_relu_forward(a, b, y):
+    """y = max(a + b, 0), the residual join fused with its ReLU (backward: relu_backward with
+    x = y, the fused output)."""
+    _launch(_add_relu_forward_kernel, a.shape[0], a, b, y, a.dtype.type(0))

@@ -12,6 +12,11 @@ the n = N*L values x3[:, c, :]:
     backward (training mode), s = 1/sqrt(var + eps), xhat = (x - mu) s:
     dbeta = sum dy,  dgamma = sum dy xhat,  dx = gamma s (dy - dbeta/n - xhat dgamma/n)
 
+Fused with the ReLU after it (training mode; numbacnn.fusion), as the CPU kernels:
+batch_norm_relu_forward_train writes y = max(x scale + shift, 0) and batch_norm_relu_backward
+reads dy only where the fused output y > 0 (the ReLU mask), in the split kernels' own loops
+(a `relu` flag of _affine / _dy_sums / _affine_backward).
+
 Two versions
 ------------
 The exported batch_norm_forward_train / batch_norm_backward / batch_norm_backward_eval split
@@ -318,8 +323,8 @@ def _finish_kernel(part_sum, part_q, cnt, gamma, beta, running_mean, running_var
 
 
 @cuda.jit
-def _affine_kernel(x3, coef, y3):
-    # x3, y3: (N, C, L)   coef: (C, 4): y = x * coef[c, 1] + coef[c, 2]
+def _affine_kernel(x3, coef, y3, relu):
+    # x3, y3: (N, C, L)   coef: (C, 4): y = x * coef[c, 1] + coef[c, 2], then max(y, 0) if relu
     N, C, L = x3.shape
     S = cuda.gridDim.x
     s, c = cuda.blockIdx.x, cuda.blockIdx.y
@@ -327,12 +332,16 @@ def _affine_kernel(x3, coef, y3):
     n0, n_step, l0, l_step = _slice(N, L, s, S)
     for n in range(n0, N, n_step):
         for l in range(l0, L, l_step):
-            y3[n, c, l] = x3[n, c, l] * scale + shift
+            v = x3[n, c, l] * scale + shift
+            if relu and v <= 0.0:
+                v = 0.0
+            y3[n, c, l] = v
 
 
 @cuda.jit
-def _dy_sums_kernel(dy3, x3, mean_of, part_a, part_b):
-    # dy3, x3: (N, C, L)   mean_of: (C, 4) float64, column 0 the mean   part_a, part_b: (C, S)
+def _dy_sums_kernel(dy3, y3, x3, mean_of, part_a, part_b, relu):
+    # dy3, y3, x3: (N, C, L)   mean_of: (C, 4) float64, column 0 the mean   part_a, part_b: (C, S)
+    # with relu, dy counts only where y3 (the fused BN -> ReLU output) > 0
     N, C, L = x3.shape
     S = part_a.shape[1]
     s, c = cuda.blockIdx.x, cuda.blockIdx.y
@@ -343,7 +352,9 @@ def _dy_sums_kernel(dy3, x3, mean_of, part_a, part_b):
     b = float64(0.0)  # sum dy * (x - mean)
     for n in range(n0, N, n_step):
         for l in range(l0, L, l_step):
-            g = dy3[n, c, l]
+            g = float64(dy3[n, c, l])
+            if relu and y3[n, c, l] <= 0:
+                g = 0.0
             a += g
             b += g * (x3[n, c, l] - mean)
     a = block_sum(buf, a)
@@ -397,8 +408,9 @@ def _finish_backward_kernel(part_a, part_b, cnt, gamma, train, coef, dgamma, dbe
 
 
 @cuda.jit
-def _affine_backward_kernel(dy3, x3, coef, dx3):
-    # dy3, x3, dx3: (N, C, L)   coef: (C, 4): dx = k (dy - mean_dy - (x - mean) c3)
+def _affine_backward_kernel(dy3, y3, x3, coef, dx3, relu):
+    # dy3, y3, x3, dx3: (N, C, L)   coef: (C, 4): dx = k (dy - mean_dy - (x - mean) c3), with
+    # relu dy only where y3 > 0
     N, C, L = x3.shape
     S = cuda.gridDim.x
     s, c = cuda.blockIdx.x, cuda.blockIdx.y
@@ -406,7 +418,10 @@ def _affine_backward_kernel(dy3, x3, coef, dx3):
     n0, n_step, l0, l_step = _slice(N, L, s, S)
     for n in range(n0, N, n_step):
         for l in range(l0, L, l_step):
-            dx3[n, c, l] = k * (dy3[n, c, l] - mean_dy - (x3[n, c, l] - mean) * c3)
+            g = float64(dy3[n, c, l])
+            if relu and y3[n, c, l] <= 0:
+                g = 0.0
+            dx3[n, c, l] = k * (g - mean_dy - (x3[n, c, l] - mean) * c3)
 
 
 def _statistics(x3):
@@ -424,32 +439,51 @@ def _statistics(x3):
 def batch_norm_forward_train(x3, gamma, beta, running_mean, running_var, momentum, eps, y3):
     """y3 = batch-normalised x3; updates running_mean/running_var in place. Each channel is
     split over S blocks (a two-level reduction, fixed order: deterministic)."""
+    _forward_train(x3, gamma, beta, running_mean, running_var, momentum, eps, y3, False)
+
+
+def batch_norm_relu_forward_train(x3, gamma, beta, running_mean, running_var, momentum, eps, y3):
+    """y3 = max(batch_norm(x3), 0), the fused BN -> ReLU; updates the running stats in place."""
+    _forward_train(x3, gamma, beta, running_mean, running_var, momentum, eps, y3, True)
+
+
+def _forward_train(x3, gamma, beta, running_mean, running_var, momentum, eps, y3, relu):
     N, C, L = x3.shape
     if C == 0:
         return
     S, part_sum, part_q, coef = _statistics(x3)
     _finish_kernel[blocks_for(C), TPB](part_sum, part_q, N * L, gamma, beta, running_mean, running_var,
                                        float(momentum), float(eps), coef)  # fmt: skip
-    _affine_kernel[(S, C), RED_TPB](x3, coef, y3)
+    _affine_kernel[(S, C), RED_TPB](x3, coef, y3, relu)
 
 
-def _backward(dy3, x3, gamma, coef, train, dx3, dgamma, dbeta, S):
+def _backward(dy3, y3, x3, gamma, coef, train, dx3, dgamma, dbeta, S, relu):
     N, C, L = x3.shape
     part_a = cuda.device_array((C, S), np.float64)
     part_b = cuda.device_array((C, S), np.float64)
-    _dy_sums_kernel[(S, C), RED_TPB](dy3, x3, coef, part_a, part_b)
+    _dy_sums_kernel[(S, C), RED_TPB](dy3, y3, x3, coef, part_a, part_b, relu)
     _finish_backward_kernel[blocks_for(C), TPB](part_a, part_b, N * L, gamma, train, coef, dgamma, dbeta)
-    _affine_backward_kernel[(S, C), RED_TPB](dy3, x3, coef, dx3)
+    _affine_backward_kernel[(S, C), RED_TPB](dy3, y3, x3, coef, dx3, relu)
 
 
 def batch_norm_backward(dy3, x3, gamma, eps, dx3, dgamma, dbeta):
     """Training-mode gradient (batch statistics recomputed), each channel over S blocks."""
+    _backward_train(dy3, x3, x3, gamma, eps, dx3, dgamma, dbeta, False)  # (y3 unused)
+
+
+def batch_norm_relu_backward(dy3, y3, x3, gamma, eps, dx3, dgamma, dbeta):
+    """Gradient of the fused BN -> ReLU: dy3 is the gradient of its output y3, gated by the
+    ReLU mask y3 > 0 on the fly; then as batch_norm_backward."""
+    _backward_train(dy3, y3, x3, gamma, eps, dx3, dgamma, dbeta, True)
+
+
+def _backward_train(dy3, y3, x3, gamma, eps, dx3, dgamma, dbeta, relu):
     N, C, L = x3.shape
     if C == 0:
         return
     S, part_sum, part_q, coef = _statistics(x3)
     _stats_kernel[blocks_for(C), TPB](part_sum, part_q, N * L, float(eps), coef)
-    _backward(dy3, x3, gamma, coef, True, dx3, dgamma, dbeta, S)
+    _backward(dy3, y3, x3, gamma, coef, True, dx3, dgamma, dbeta, S, relu)
 
 
 def batch_norm_backward_eval(dy3, x3, gamma, running_mean, running_var, eps, dx3, dgamma, dbeta):
@@ -460,4 +494,64 @@ def batch_norm_backward_eval(dy3, x3, gamma, running_mean, running_var, eps, dx3
     S = splits(N, C)
     coef = cuda.device_array((C, 4), np.float64)
     _eval_stats_kernel[blocks_for(C), TPB](running_mean, running_var, float(eps), coef)
-    _backward(dy3, x3, gamma, coef, False, dx3, dgamma, dbeta, S)
+    _backward(dy3, x3, x3, gamma, coef, False, dx3, dgamma, dbeta, S, False)
+
+
+# ------------------------------------------------------- eval: folded into the conv before it
+@cuda.jit
+def _fuse_conv_bn_kernel(weight2, bias, gamma, beta, running_mean, running_var, eps, w_out, b_out):
+    # weight2, w_out: (C_out, K)   bias, gamma, beta, running_*, b_out: (C_out,)
+    C_out, K = weight2.shape
+    t = cuda.grid(1)  # owns w_out[co, k] (and b_out[co] when k == 0)
+    if t >= C_out * K:
+        return
+    co = t // K
+    k = t - co * K
+    scale = float64(gamma[co]) / math.sqrt(float64(running_var[co]) + eps)
+    w_out[co, k] = weight2[co, k] * scale
+    if k == 0:
+        b_out[co] = (float64(bias[co]) - float64(running_mean[co])) * scale + float64(beta[co])
+
+
+def fuse_conv_bn_weights(weight2, bias, gamma, beta, running_mean, running_var, eps, w_out, b_out):
+    """w_out = weight2 * scale, b_out = (bias - running_mean) * scale + beta per output channel,
+    scale = gamma / sqrt(running_var + eps) (the CPU kernel's formula): one thread per weight."""
+    total = w_out.size
+    if total == 0:
+        return
+    _fuse_conv_bn_kernel[blocks_for(total), TPB](
+        weight2, bias, gamma, beta, running_mean, running_var, float(eps), w_out, b_out
+    )
+
+
+@cuda.jit
+def _fuse_conv_bn_backward_kernel(dw_fused2, db_fused, weight2, bias, gamma, running_mean, running_var, eps,
+                                  dweight2, dbias, dgamma, dbeta):  # fmt: skip
+    # dw_fused2, weight2, dweight2: (C_out, K)   the rest: (C_out,)
+    C_out, K = weight2.shape
+    co = cuda.grid(1)  # owns output channel co
+    if co >= C_out:
+        return
+    sigma = math.sqrt(float64(running_var[co]) + eps)
+    scale = float64(gamma[co]) / sigma
+    dot = float64(0.0)
+    for k in range(K):
+        g = float64(dw_fused2[co, k])
+        dweight2[co, k] = g * scale
+        dot += g * float64(weight2[co, k])
+    db = float64(db_fused[co])
+    dbias[co] = db * scale
+    dgamma[co] = (dot + db * (float64(bias[co]) - float64(running_mean[co]))) / sigma
+    dbeta[co] = db
+
+
+def fuse_conv_bn_weights_backward(dw_fused2, db_fused, weight2, bias, gamma, running_mean, running_var, eps,
+                                  dweight2, dbias, dgamma, dbeta):  # fmt: skip
+    """The CPU kernel's formulas (parameter gradients of a folded conv): one thread per
+    output channel."""
+    C_out = weight2.shape[0]
+    if C_out == 0:
+        return
+    _fuse_conv_bn_backward_kernel[blocks_for(C_out), TPB](dw_fused2, db_fused, weight2, bias, gamma,
+                                                         running_mean, running_var, float(eps), dweight2,
+                                                         dbias, dgamma, dbeta)  # fmt: skip

@@ -42,7 +42,7 @@ F32_PURE = frozenset({
     "conv_input_naive", "conv_weight_naive", "max_pool_forward", "avg_pool_forward", "max_pool_backward",
     "avg_pool_backward", "linear_forward_naive", "linear_forward_tiled", "linear_combine_rows",
     "relu_forward", "relu_backward", "tanh_forward", "tanh_backward", "sigmoid_forward", "sigmoid_backward",
-    "dropout_backward", "add_forward", "sgd", "adam", "rmsprop", "fill", "add_inplace",
+    "dropout_backward", "add_forward", "add_relu_forward", "sgd", "adam", "rmsprop", "fill", "add_inplace",
 })  # fmt: skip
 
 
@@ -83,12 +83,19 @@ def kernels(dtype):
         ("bn_sum", batchnorm._sum_kernel, (a3, d2), RED_TPB),
         ("bn_centered", batchnorm._centered_kernel, (a3, d2, d2), RED_TPB),
         ("bn_finish", batchnorm._finish_kernel, (d2, d2, i64, a1, a1, a1, a1, f64, f64, d2), TPB),
-        ("bn_affine", batchnorm._affine_kernel, (a3, d2, a3), RED_TPB),
-        ("bn_dy_sums", batchnorm._dy_sums_kernel, (a3, a3, d2, d2, d2), RED_TPB),
+        ("bn_affine", batchnorm._affine_kernel, (a3, d2, a3, b), RED_TPB),
+        ("bn_dy_sums", batchnorm._dy_sums_kernel, (a3, a3, a3, d2, d2, d2, b), RED_TPB),
         ("bn_stats", batchnorm._stats_kernel, (d2, d2, i64, f64, d2), TPB),
         ("bn_eval_stats", batchnorm._eval_stats_kernel, (a1, a1, f64, d2), TPB),
         ("bn_finish_backward", batchnorm._finish_backward_kernel, (d2, d2, i64, a1, b, d2, a1, a1), TPB),
-        ("bn_affine_backward", batchnorm._affine_backward_kernel, (a3, a3, d2, a3), RED_TPB),
+        ("bn_affine_backward", batchnorm._affine_backward_kernel, (a3, a3, a3, d2, a3, b), RED_TPB),
+        ("bn_fuse_conv", batchnorm._fuse_conv_bn_kernel, (a2, a1, a1, a1, a1, a1, f64, a2, a1), TPB),
+        (
+            "bn_fuse_conv_backward",
+            batchnorm._fuse_conv_bn_backward_kernel,
+            (a2, a1, a2, a1, a1, a1, a1, f64, a2, a1, a1, a1),
+            TPB,
+        ),
         (
             "bn_forward_train_naive",
             batchnorm._bn_forward_train_kernel,
@@ -116,6 +123,7 @@ def kernels(dtype):
         ("dropout_forward", activation._dropout_forward_kernel, (a1, a1, u8, f64, i64, i64, f, f), TPB),
         ("dropout_backward", activation._dropout_backward_kernel, (a1, u8, a1, f, f), TPB),
         ("add_forward", activation._add_forward_kernel, (a1, a1, a1), TPB),
+        ("add_relu_forward", activation._add_relu_forward_kernel, (a1, a1, a1, f), TPB),
         ("ce_rows", loss._ce_rows_kernel, (a2, l64, d1), TPB),
         ("ce_backward", loss._ce_backward_kernel, (a2, l64, a2), TPB),
         ("loss_and_hits", loss._loss_and_hits_kernel, (a2, l64, d1), RED_TPB),
