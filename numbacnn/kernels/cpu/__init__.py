@@ -9,9 +9,11 @@ numbacnn.kernels.cuda, mirrors names and helpers).
 
 import numpy as np
 
-from . import activation, batchnorm, conv, dense, loss, optim, pool  # noqa: F401
+from . import activation, batchnorm, conv, dense, loss, optim, pool, workspace  # noqa: F401
 
-empty = np.empty
+# Outputs come from a pool that hands an array out again once nothing refers to it
+# (workspace.empty): a training step after the first asks the operating system for nothing.
+empty = workspace.empty
 
 
 def ascontiguous(a):

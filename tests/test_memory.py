@@ -1,0 +1,129 @@
+"""The CPU backend's output pool (numbacnn.kernels.cpu.workspace.empty): an array is handed
+out again only once nothing refers to it, the pool stays within POOL_BYTES, and a training
+step after the first allocates nothing."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from numbacnn import functional as F
+from numbacnn.kernels.cpu import workspace as W
+from numbacnn.layers import ReLU
+from numbacnn.models import lenet5, resnet_cifar
+from numbacnn.optim import SGD
+
+SHAPE = (37, 41)  # a shape no other test allocates
+
+
+def _layer_caching(x):
+    layer = ReLU()
+    layer.forward(x)  # keeps x for its backward
+    return layer
+
+
+def test_an_array_comes_back_only_when_nothing_refers_to_it():
+    W.trim()
+    a = W.empty(SHAPE, np.float32)
+    first = id(a)
+    b = W.empty(SHAPE, np.float32)
+    assert b is not a  # a is still held
+    del a
+    c = W.empty(SHAPE, np.float32)
+    assert id(c) == first  # a was free: the same array again
+    holders = {
+        "a view": lambda x: x.reshape(-1)[3:],
+        "a memoryview": memoryview,
+        "a list": lambda x: [x],
+        "a layer's cache": _layer_caching,
+    }
+    for what, hold in holders.items():
+        keep = hold(c)
+        del c
+        d = W.empty(SHAPE, np.float32)
+        assert id(d) != first, what
+        del keep
+        c = W.empty(SHAPE, np.float32)
+        assert id(c) == first, what
+        del d
+    assert W.empty(SHAPE, np.float64) is not c  # another dtype, another array
+
+
+def test_an_array_its_user_changed_is_not_handed_out_again():
+    W.trim()
+    a = W.empty(SHAPE, np.float32)
+    a.shape = (41, 37)
+    del a
+    assert W.empty(SHAPE, np.float32).shape == SHAPE
+    b = W.empty(SHAPE, np.float32)
+    b.flags.writeable = False
+    first = id(b)
+    del b
+    c = W.empty(SHAPE, np.float32)
+    assert c.flags.writeable and id(c) != first
+
+
+def test_the_pool_stays_within_its_bytes(monkeypatch):
+    W.trim()
+    base, size = W.pool_stats()["bytes"], 37 * 41 * 4  # base: arrays other tests still hold
+    monkeypatch.setattr(W, "POOL_BYTES", base + 3 * size)
+    held = [W.empty(SHAPE, np.float32) for _ in range(5)]  # the last 2 do not fit: not kept
+    assert W.pool_stats()["bytes"] == base + 3 * size
+    del held
+    other = [W.empty((41, 37), np.float32) for _ in range(3)]  # the 3 free ones make room
+    assert W.pool_stats()["bytes"] == base + 3 * size
+    W.trim()  # nothing free left to drop: the 3 in use stay
+    assert W.pool_stats()["bytes"] == base + 3 * size
+    del other
+    W.trim()
+    assert W.pool_stats()["bytes"] == base
+
+
+def test_threads_never_share_an_array():
+    W.trim()
+    errors = []
+
+    def work(k):
+        for _ in range(300):
+            a = W.empty(SHAPE, np.float32)
+            a.fill(k)
+            b = W.empty(SHAPE, np.float32)
+            b.fill(-k)
+            if not ((a == k).all() and (b == -k).all()):
+                errors.append(k)
+            del a, b
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(1, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+@pytest.mark.parametrize(
+    "build, shape", [(lenet5, (64, 1, 32, 32)), (lambda: resnet_cifar(depth=8), (16, 3, 16, 16))]
+)
+def test_a_training_step_after_the_first_allocates_nothing(build, shape):
+    """Issue 9: workspaces allocated once per shape and reused across steps."""
+    rng = np.random.default_rng(0)
+    model = build()
+    x = rng.standard_normal(shape).astype(np.float32)
+    labels = rng.integers(0, 10, shape[0])
+    opt = SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step():
+        opt.zero_grad()
+        logits = model(x)
+        F.cross_entropy(logits, labels)
+        model.backward(F.cross_entropy_backward(logits, labels), input_grad=False)
+        opt.step()
+
+    step()
+    step()
+    before = W.pool_stats()
+    for _ in range(3):
+        step()
+    after = W.pool_stats()
+    assert after["misses"] == before["misses"]
+    assert after["hits"] > before["hits"]
