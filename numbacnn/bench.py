@@ -8,7 +8,9 @@ implementations, in one table, a JSON file and a PNG chart.
 Rows: conv2d forward, input gradient (dx) and weight gradient (dw) on the lecture's LeNet
 shapes and on ResNet/VGG 3x3 shapes (stride 1 and 2, and the 1x1 stride-2 downsample); max
 and average pooling; batch norm forward and backward (training mode); a training step (SGD)
-of LeNet-5 and ResNet-20 (resnet_cifar) at batch 64 and of a VGG block.
+of LeNet-5 and ResNet-20 (resnet_cifar) at batch 64 and of a VGG block; ResNet-20 inference
+(eval mode: numbacnn folds each batch norm into its conv, torch runs under no_grad); the
+README recipe's warm LeNet-5 MNIST epoch.
 
 Columns, each the MEDIAN of repeated warm calls (after a warm-up call that compiles):
 numbacnn with all threads and with one; NumPy im2col (the textbook conv as one matrix
@@ -55,7 +57,8 @@ EXTERNAL = ("numpy im2col", "scipy", "torch")  # each in its own process
 
 def cases(quick=False):
     """[(name, kind, params, macs)]: kind is "conv2d", "dx", "dw", "max_pool2d", "avg_pool2d",
-    "batch_norm", "batch_norm_backward", "step" or "epoch"; params a dict (shapes as lists)."""
+    "batch_norm", "batch_norm_backward", "step", "inference" or "epoch"; params a dict (shapes as
+    lists)."""
     n = 8 if quick else 64
     convs = [  # (label, N, C_in, C_out, H, k, stride, pad)
         ("LeNet C1 1->6 5x5 32x32", n, 1, 6, 32, 5, 1, 0),
@@ -85,6 +88,9 @@ def cases(quick=False):
     steps.append(("VGG block step", "vgg_block", 64, 32, n // 4 or 1))
     for label, model, C, H, N in steps[:1] if quick else steps:
         out.append((f"{label} b{N}", "step", dict(model=model, C=C, H=H, N=N), _step_macs(model, C, H, N)))
+    if not quick:  # eval mode, no gradient: numbacnn folds each batch norm into its conv
+        out.append((f"ResNet-20 inference b{n}", "inference", dict(model="resnet_cifar", C=3, H=32, N=n),
+                    _step_macs("resnet_cifar", 3, 32, n) // 3))  # fmt: skip
     if not quick:  # the README recipe's warm epoch: 60,000 MNIST images, 938 steps
         out.append(("LeNet-5 MNIST epoch b64", "epoch", dict(model="lenet5", C=1, H=32, N=64),
                     _step_macs("lenet5", 1, 32, 60000)))  # fmt: skip
@@ -121,7 +127,7 @@ def _arrays(kind, p, dtype):
         w = rng.standard_normal((p["C_out"], p["C_in"], p["k"], p["k"])).astype(dtype)
         dy = rng.standard_normal((p["N"], p["C_out"], Ho, Ho)).astype(dtype)
         return x, w, dy
-    if kind == "step":
+    if kind in ("step", "inference"):
         x = rng.standard_normal((p["N"], p["C"], p["H"], p["H"])).astype(dtype)
         return x, rng.integers(0, 10, p["N"])
     x = rng.standard_normal((p["N"], p["C"], p["H"], p["H"])).astype(dtype)
@@ -154,8 +160,11 @@ def _numbacnn(kind, p, dtype):
     if kind == "epoch":
         return _numbacnn_epoch(dtype)
     model = _model(p["model"], p["C"]).astype(dtype)
-    opt = SGD(model.parameters(), lr=0.01, momentum=0.9)
     x, y = a
+    if kind == "inference":
+        model.eval()
+        return lambda: model(x)
+    opt = SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def step():
         model.zero_grad()
@@ -437,8 +446,16 @@ def _torch(kind, p, dtype):
     if kind == "epoch":
         return _torch_epoch(dtype)
     model = _torch_model(p["model"], p["C"]).to(getattr(torch, np.dtype(dtype).name))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x, y = a
+    if kind == "inference":
+        model.eval()
+
+        def forward():
+            with torch.no_grad():
+                return model(x)
+
+        return forward
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def step():
         opt.zero_grad()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from numbacnn import functional as F
-from numbacnn.bench import _model, _torch_model, cases, check_kernel, machine_peak, run
+from numbacnn.bench import _model, _numbacnn, _torch, _torch_model, cases, check_kernel, machine_peak, run
 from numbacnn.cli import main
 
 USER_KERNELS = """
@@ -67,6 +67,19 @@ def test_the_torch_mirror_has_the_models_parameters(name, channels):
     assert sum(p.numel() for p in theirs.parameters()) == ours.num_parameters()
     x = torch.from_numpy(np.zeros((2, channels, 32, 32), np.float32))
     assert tuple(theirs(x).shape) == (2, 10)
+
+
+def test_the_inference_row_runs_eval_mode_forwards():
+    """The full run's ResNet-20 inference row: numbacnn in eval mode (batch norms folded into
+    the convs) and torch under no_grad, both giving the logits of the batch."""
+    (row,) = [c for c in cases() if c[1] == "inference"]
+    assert row[0] == "ResNet-20 inference b64" and row[3] == 64 * _model("resnet_cifar", 3).macs(
+        (1, 3, 32, 32)
+    )
+    params = dict(row[2], N=2)
+    assert _numbacnn("inference", params, np.float32)().shape == (2, 10)
+    assert tuple(_torch("inference", params, np.float32)().shape) == (2, 10)
+    assert not [c for c in cases(quick=True) if c[1] == "inference"]
 
 
 def test_check_kernel_names_what_is_wrong():

@@ -17,6 +17,8 @@ Two remedies, both kept until released:
   np.empty's memory would have been freed. So a training step after the first allocates
   nothing. The pool holds at most POOL_BYTES; past that, the least recently used free
   arrays go back to the operating system, and if all of them are in use, np.empty serves.
+  (A weak reference is not a reference: an output kept only through a weakref may be
+  reused, where np.empty's would have died. `trim()` lets go of every free array.)
 """
 
 import os
