@@ -1029,7 +1029,8 @@ def build_parser():
         "bench",
         help="time the kernels and training steps beside NumPy, SciPy and PyTorch",
         description="Time conv2d (forward, dx, dw), pooling, batch norm, training steps (LeNet-5, "
-        "ResNet-20, a VGG block), ResNet-20 inference and a LeNet-5 MNIST epoch with numbacnn (all threads and one), NumPy im2col, SciPy and PyTorch "
+        "ResNet-20, a VGG block), ResNet-20 inference and a LeNet-5 MNIST epoch with numbacnn (all "
+        "threads and one), NumPy im2col, SciPy and PyTorch "
         "CPU, each baseline in its own process; print the table (median ms, GFLOP/s, the ratio to "
         "PyTorch, the share of this machine's peak) and write OUT/bench.json and OUT/bench.png.",
     )
