@@ -366,6 +366,26 @@ def _batch_norm_backward(op, dy, y, x, weight, eps, running_mean, running_var):
     return dx, dweight, dbias
 
 
+_OPTIONAL = {"conv_b": 0.0, "bn_w": 1.0, "bn_b": 0.0}  # None means this (no bias, no affine)
+
+
+def _per_output_channel(op, conv_w, **vectors):
+    """The (C_out,) vectors of the conv-batch-norm folding, checked against conv_w's output
+    channels; conv_b, bn_w and bn_b may be None (_OPTIONAL's value), the others may not."""
+    C = conv_w.shape[0]
+    out = []
+    for name, a in vectors.items():
+        if a is None:
+            if name not in _OPTIONAL:
+                raise TypeError(f"{op}: {name} must be an array of shape ({C},), got None")
+            out.append(_full(conv_w, (C,), _OPTIONAL[name]))
+            continue
+        a = _float_array(op, name, a, (1,))
+        _same_shape(op, name, a, (C,), f" (one per output channel of conv_w.shape={conv_w.shape})")
+        out.append(a)
+    return out
+
+
 def fuse_conv_bn_weights(conv_w, conv_b, bn_rm, bn_rv, bn_eps, bn_w, bn_b):
     """Fold an eval-mode batch norm into the conv before it, as
     torch.nn.utils.fusion.fuse_conv_bn_weights (same arguments): with
@@ -375,19 +395,16 @@ def fuse_conv_bn_weights(conv_w, conv_b, bn_rm, bn_rv, bn_eps, bn_w, bn_b):
 
     so conv2d(x, w, b, ...) equals batch_norm(conv2d(x, conv_w, conv_b, ...), eval) up to
     rounding (numbacnn.fusion runs a Conv2d -> BatchNorm2d pair of an eval-mode model so).
-    conv_w (C_out, C_in/groups, kH, kW); conv_b (C_out,) or None (zeros); bn_* (C_out,),
-    bn_w / bn_b None for 1 / 0 (BatchNorm without affine). Returns new (w, b) of conv_w's
-    dtype and device. Raises TypeError / ValueError naming the argument."""
+    conv_w (C_out, C_in/groups, kH, kW); conv_b (C_out,) or None (zeros); bn_rm, bn_rv (C_out,);
+    bn_w, bn_b (C_out,) or None for 1 and 0 (a BatchNorm without affine). Returns new (w, b)
+    of conv_w's dtype and device. Raises TypeError / ValueError naming the argument."""
     op = "fuse_conv_bn_weights"
     conv_w = _float_array(op, "conv_w", conv_w, (4,))
-    C = conv_w.shape[0]
-    conv_b = _bn_param(op, "conv_b", conv_b, C, conv_w, 0.0)
-    bn_w = _bn_param(op, "bn_w", bn_w, C, conv_w, 1.0)
-    bn_b = _bn_param(op, "bn_b", bn_b, C, conv_w, 0.0)
-    bn_rm = _bn_param(op, "bn_rm", bn_rm, C, conv_w, 0.0)
-    bn_rv = _bn_param(op, "bn_rv", bn_rv, C, conv_w, 1.0)
+    conv_b, bn_w, bn_b, bn_rm, bn_rv = _per_output_channel(op, conv_w, conv_b=conv_b, bn_w=bn_w, bn_b=bn_b,
+                                                           bn_rm=bn_rm, bn_rv=bn_rv)  # fmt: skip
     _same_dtype(op, conv_w=conv_w, conv_b=conv_b, bn_rm=bn_rm, bn_rv=bn_rv, bn_w=bn_w, bn_b=bn_b)
     eps = _check_number(op, "bn_eps", bn_eps, above=0.0)
+    C = conv_w.shape[0]
     w, b = _empty(conv_w), _empty(conv_w, (C,))
     shape2 = (C, conv_w.size // C if C else 0)
     _backend(conv_w).batchnorm.fuse_conv_bn_weights(conv_w.reshape(shape2), conv_b, bn_w, bn_b, bn_rm, bn_rv,
@@ -405,20 +422,17 @@ def fuse_conv_bn_weights_backward(dw, db, conv_w, conv_b, bn_rm, bn_rv, bn_eps, 
 
     the chain rule through w = conv_w * scale, b = (conv_b - bn_rm) * scale + bn_b (bn_rm and
     bn_rv are fixed statistics: eval mode). dbn_w equals batch_norm_backward's eval-mode
-    dweight, sum dy * xhat. conv_b / bn_w None: zeros / ones. Raises TypeError / ValueError
-    naming the argument."""
+    dweight, sum dy * xhat. db, bn_rm, bn_rv (C_out,); conv_b, bn_w (C_out,) or None for
+    zeros and ones. Raises TypeError / ValueError naming the argument."""
     op = "fuse_conv_bn_weights_backward"
     conv_w = _float_array(op, "conv_w", conv_w, (4,))
     dw = _float_array(op, "dw", dw, (4,))
     _same_shape(op, "dw", dw, conv_w.shape, " (same as conv_w)")
-    C = conv_w.shape[0]
-    db = _bn_param(op, "db", db, C, conv_w, 0.0)
-    conv_b = _bn_param(op, "conv_b", conv_b, C, conv_w, 0.0)
-    bn_w = _bn_param(op, "bn_w", bn_w, C, conv_w, 1.0)
-    bn_rm = _bn_param(op, "bn_rm", bn_rm, C, conv_w, 0.0)
-    bn_rv = _bn_param(op, "bn_rv", bn_rv, C, conv_w, 1.0)
+    db, conv_b, bn_w, bn_rm, bn_rv = _per_output_channel(op, conv_w, db=db, conv_b=conv_b, bn_w=bn_w, bn_rm=bn_rm,
+                                                         bn_rv=bn_rv)  # fmt: skip
     _same_dtype(op, dw=dw, db=db, conv_w=conv_w, conv_b=conv_b, bn_rm=bn_rm, bn_rv=bn_rv, bn_w=bn_w)
     eps = _check_number(op, "bn_eps", bn_eps, above=0.0)
+    C = conv_w.shape[0]
     dconv_w, dconv_b, dbn_w, dbn_b = (
         _empty(conv_w),
         _empty(conv_w, (C,)),

@@ -133,7 +133,7 @@ class BatchNormReLU(_Fused):
         return y
 
     def backward(self, dy, input_grad=True):
-        self.at = self.names[0]
+        self.at = self.names[1]  # dy is the ReLU's output gradient: its node is named
         return self.bn._backward(dy, y=self.relu._x)
 
 

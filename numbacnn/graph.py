@@ -75,7 +75,7 @@ class Graph(Module):
         self._inputs = {}  # node name -> tuple of input names (layers live in _modules)
         self._output = None
         self._order = None  # cached topological order
-        self._fusion = None  # (order, fusable chains, {layer modes: steps}), see _steps
+        self._fusion = None  # (order, layers, fusable chains, {layer modes: steps}), see _steps
         self._steps_run = None  # the steps of the last forward, walked back by backward
 
     # ---- building -----------------------------------------------------------------------
@@ -226,19 +226,22 @@ class Graph(Module):
 
     def _steps(self):
         """This forward's steps: node names, and fused steps (numbacnn.fusion) where the
-        layers' current modes allow; the chains are found once per order."""
+        layers' current modes allow. The chains are found again whenever the order or a
+        node's layer changed (a layer replaced, e.g. by distributed.convert_sync_batchnorm)."""
         order = self.order
         if not self.fusion:
             return order
         cache = self._fusion
-        if cache is None or cache[0] is not order:
-            cache = self._fusion = (order, fusion.chains(self), {})
-        if not cache[1]:
+        layers = tuple(self._modules.values())
+        if cache is None or cache[0] is not order or cache[1] != layers:
+            cache = self._fusion = (order, layers, fusion.chains(self), {})
+        chains = cache[2]
+        if not chains:
             return order
-        modes = tuple(self._modules[chain[1]].training for chain in cache[1])
-        steps = cache[2].get(modes)
+        modes = tuple(self._modules[chain[1]].training for chain in chains)
+        steps = cache[3].get(modes)
         if steps is None:
-            steps = cache[2][modes] = fusion.plan(self, cache[1])
+            steps = cache[3][modes] = fusion.plan(self, chains)
         return steps
 
     def forward(self, x):
@@ -276,7 +279,12 @@ class Graph(Module):
         """Reverse order; gradients of a value consumed by several nodes are summed. Returns
         the gradient of the graph's input, or None with input_grad=False: then a layer that
         reads only the input and can skip its input gradient (Conv2d, a nested Graph:
-        ``input_grad_optional``) does not compute it (a training step's first conv)."""
+        ``input_grad_optional``) does not compute it (a training step's first conv).
+
+        The backward reads what the forward returned: Tanh, Sigmoid and the fused ReLUs
+        (numbacnn.fusion) take their gradient from their own output, so change the output
+        of ``forward`` in place only after ``backward`` (PyTorch refuses such a backward;
+        numbacnn cannot see the change)."""
         if not getattr(self, "_ran_forward", False):
             raise GraphError(
                 str(self.output),

@@ -11,7 +11,7 @@ from numbacnn import functional as F
 from numbacnn import fusion
 from numbacnn import reference as R
 from numbacnn.graph import Graph, Sequential
-from numbacnn.layers import Add, BatchNorm1d, BatchNorm2d, Conv2d, Linear, ReLU
+from numbacnn.layers import Add, BatchNorm1d, BatchNorm2d, Conv2d, Identity, Linear, ReLU
 from numbacnn.models import resnet_cifar
 
 DTYPES = (np.float32, np.float64)
@@ -269,3 +269,46 @@ def test_fused_errors_name_the_node():
     g.add("relu", ReLU())
     with pytest.raises(ValueError, match=r"node 'sum' \(Add\): add_relu: b must have the same shape"):
         g(np.ones((1, 1, 2, 2), np.float32))
+
+
+def test_a_replaced_layer_is_used_at_once():
+    """The fused plan follows the graph's layers: a layer replaced after a forward (a user's
+    swap, distributed.convert_sync_batchnorm) runs in the next forward."""
+    from numbacnn.distributed import SyncBatchNorm, convert_sync_batchnorm
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 2, 5, 5)).astype(np.float32)
+    m = Sequential(Conv2d(2, 3, 3), BatchNorm2d(3), ReLU())
+    assert (m(x) >= 0).all()
+    setattr(m, "2", Identity())  # the ReLU is gone: BN's output, negative values included
+    y = m(x)
+    assert (y < 0).any()
+    np.testing.assert_array_equal(y, copy.deepcopy(m).set_fusion(False)(x))
+    m = convert_sync_batchnorm(Sequential(Conv2d(2, 3, 3), BatchNorm2d(3), ReLU()))
+    calls = []
+    original = SyncBatchNorm.forward
+    SyncBatchNorm.forward = lambda self, v: calls.append(1) or original(self, v)
+    try:
+        m(x)
+    finally:
+        SyncBatchNorm.forward = original
+    assert calls == [1]
+
+
+def test_a_fused_backward_names_the_node_dy_enters():
+    m = Sequential(Conv2d(2, 3, 3), BatchNorm2d(3), ReLU())
+    y = m(np.ones((2, 2, 5, 5), np.float32) + np.arange(50, dtype=np.float32).reshape(2, 1, 5, 5))
+    with pytest.raises(ValueError, match=r"node '2' \(ReLU\): batch_norm_relu_backward: dy must have shape"):
+        m.backward(np.ones(y.shape[:1] + (1,) + y.shape[2:], np.float32))
+
+
+def test_fuse_conv_bn_weights_needs_the_statistics():
+    w, v = np.ones((3, 2, 1, 1), np.float32), np.ones(3, np.float32)
+    with pytest.raises(
+        TypeError, match=r"fuse_conv_bn_weights: bn_rm must be an array of shape \(3,\), got None"
+    ):
+        F.fuse_conv_bn_weights(w, None, None, v, 1e-5, v, v)
+    with pytest.raises(TypeError, match="fuse_conv_bn_weights_backward: db must be an array"):
+        F.fuse_conv_bn_weights_backward(w, None, w, None, v, v, 1e-5, v)
+    with pytest.raises(ValueError, match=r"one per output channel of conv_w.shape=\(3, 2, 1, 1\)"):
+        F.fuse_conv_bn_weights(w, None, v, v[:2], 1e-5, v, v)

@@ -321,6 +321,21 @@ def test_fused_ops(dtype, rng):
         assert_close(a, c, name=name)
 
 
+def test_eval_batch_norm_backward_keeps_a_nan_of_x_out_of_dx(rng):
+    """Eval mode: dx = gamma dy / sqrt(running_var + eps) does not read x, so a NaN in x stays
+    out of dx on the device as on the CPU (and in torch); dgamma, which reads x, is NaN."""
+    x = randn(rng, (2, 3, 2, 2), np.float64)
+    x[0, 1, 0, 0] = np.nan
+    dy, g = randn(rng, x.shape, np.float64), randn(rng, 3, np.float64)
+    rm, rv = randn(rng, 3, np.float64), rng.random(3) + 0.5
+    stats = dict(running_mean=rm, running_var=rv)
+    want = F.batch_norm_backward(dy, x, g, **stats)
+    got = F.batch_norm_backward(dev(dy), dev(x), dev(g), running_mean=dev(rm), running_var=dev(rv))
+    assert np.isfinite(want[0]).all() and np.isnan(want[1][1])
+    for name, a, c in zip(("dx", "dgamma", "dbeta"), got, want, strict=True):
+        assert_close(a, c, name=name)
+
+
 def test_grid_stride_loops_cover_more_than_one_grid(rng):
     """Element-wise kernels use a capped grid: arrays larger than the grid must be covered."""
     from numbacnn.kernels.cuda._launch import MAX_BLOCKS, TPB

@@ -15,8 +15,10 @@ Two remedies, both kept until released:
   once nothing refers to it any more: Python's reference count of the array is then the
   pool's own (a view, a memoryview or a layer's cache of it all count), exactly when
   np.empty's memory would have been freed. So a training step after the first allocates
-  nothing. The pool holds at most POOL_BYTES; past that, the least recently used free
-  arrays go back to the operating system, and if all of them are in use, np.empty serves.
+  nothing. The pool holds at most POOL_BYTES (a quarter of the memory the process may use),
+  MAX_SHAPES shapes and MAX_PER_SHAPE arrays of one shape; past that, the least recently
+  used free arrays go back to the operating system, and np.empty serves what does not fit.
+  Memory the pool holds stays with the process until `trim()`, as a cache's would.
   (A weak reference is not a reference: an output kept only through a weakref may be
   reused, where np.empty's would have died. `trim()` lets go of every free array.)
 """
@@ -28,7 +30,17 @@ from collections import OrderedDict
 
 import numpy as np
 
-__all__ = ["scratch", "release", "held_bytes", "empty", "trim", "pool_stats", "POOL_BYTES"]
+__all__ = [
+    "scratch",
+    "release",
+    "held_bytes",
+    "empty",
+    "trim",
+    "pool_stats",
+    "POOL_BYTES",
+    "MAX_SHAPES",
+    "MAX_PER_SHAPE",
+]
 
 _local = threading.local()
 
@@ -65,74 +77,110 @@ def held_bytes():
 
 
 # ------------------------------------------------------------------------------ outputs
-def _physical_bytes():
+def _memory_bytes():
+    """The memory this process may use: the machine's, or its cgroup's limit if lower."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover (not POSIX)
-        return 8 << 30
+        total = 8 << 30
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                limit = f.read().strip()
+        except OSError:
+            continue
+        if limit.isdigit():
+            total = min(total, int(limit))
+    return total
 
 
-POOL_BYTES = _physical_bytes() // 4  # the most the output pool keeps, in use or free
+POOL_BYTES = _memory_bytes() // 4  # the most the output pool keeps, in use or free
+MAX_SHAPES = 256  # (shape, dtype) keys kept; past that the least recently used are forgotten
+MAX_PER_SHAPE = 128  # arrays of one key kept: a user who keeps more gets plain np.empty ones
 
 _lock = threading.Lock()
-_arrays = OrderedDict()  # (shape, dtype) -> [array], least recently used key first
+# (shape, dtype) -> [sentinel, array, ...], the least recently used key first. The sentinel
+# (never handed out) has exactly the references a free array has, the list's and those of
+# the loop that looks at it, so a free array is one whose count equals the sentinel's,
+# measured by the same code a moment before: no constant that an interpreter version, or a
+# tracer holding frame locals, could make wrong.
+_arrays = OrderedDict()
 _held = [0, 0, 0]  # bytes held, hits, misses
 
 
-def _free_count():
-    """An array's reference count while `empty`'s loop looks at it and nothing else refers
-    to it: the pool's list, the loop variable and getrefcount's argument."""
-    arrays = [np.empty(1)]
-    for a in arrays:
-        return sys.getrefcount(a)
-
-
-_FREE = _free_count()
+def _nbytes(key):
+    shape, dtype = key
+    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
 
 
 def empty(shape, dtype):
-    """An uninitialised array of `shape` and `dtype`: one of the pool's that nothing refers to
-    any more, else a new one (kept by the pool if it fits in POOL_BYTES)."""
+    """An uninitialised C-contiguous array of `shape` and `dtype`: one of the pool's that
+    nothing refers to any more, else a new one (kept by the pool within POOL_BYTES,
+    MAX_SHAPES and MAX_PER_SHAPE)."""
     dtype = np.dtype(dtype)
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
     key = (shape, dtype)
     with _lock:
         arrays = _arrays.get(key)
         if arrays is not None:
-            for a in arrays:  # (the loop of _free_count: the same references)
-                if sys.getrefcount(a) == _FREE:
-                    if a.shape != shape or a.dtype != dtype or not a.flags.writeable:  # changed by its user
-                        arrays[:] = [b for b in arrays if b is not a]
-                        _held[0] -= a.nbytes
+            free = -1
+            for a in arrays:  # arrays[0] is the sentinel
+                if free < 0:
+                    free = sys.getrefcount(a)
+                elif sys.getrefcount(a) == free:
+                    if (
+                        a.shape != shape
+                        or a.dtype != dtype
+                        or not (a.flags.c_contiguous and a.flags.writeable)
+                    ):
+                        arrays[:] = [b for b in arrays if b is not a]  # changed by its user: forget it
+                        _held[0] -= _nbytes(key)
                         break
                     _arrays.move_to_end(key)
                     _held[1] += 1
                     return a
         _held[2] += 1
         a = np.empty(shape, dtype)
-        if _held[0] + a.nbytes > POOL_BYTES:
-            _drop_free(_held[0] + a.nbytes - POOL_BYTES)
-            if _held[0] + a.nbytes > POOL_BYTES:
+        size = _nbytes(key)
+        if arrays is not None and len(arrays) > MAX_PER_SHAPE:
+            return a
+        if _held[0] + size > POOL_BYTES:
+            _drop_free(_held[0] + size - POOL_BYTES)
+            if _held[0] + size > POOL_BYTES:
                 return a  # the pool is full of arrays in use: not kept
-        _arrays.setdefault(key, []).append(a)
+        if arrays is None:
+            arrays = _arrays[key] = [np.empty(0, dtype)]
+            while len(_arrays) > MAX_SHAPES:
+                _forget(next(iter(_arrays)))
+        arrays.append(a)
         _arrays.move_to_end(key)
-        _held[0] += a.nbytes
+        _held[0] += size
         return a
 
 
+def _forget(key):
+    """Stop tracking every array of `key` (free ones are freed now, the others when their
+    last user lets go). Called with the lock held."""
+    arrays = _arrays.pop(key)
+    _held[0] -= (len(arrays) - 1) * _nbytes(key)
+
+
 def _drop_free(need):
-    """Let go of free arrays, least recently used shapes first, until `need` bytes are gone
-    (or none is free). Called with the lock held."""
+    """Let go of free arrays, least recently used keys first, until `need` bytes are gone (or
+    none is free). Called with the lock held."""
     for key in list(_arrays):
-        arrays = _arrays[key]
-        kept = []
+        arrays, size = _arrays[key], _nbytes(key)
+        kept, free = [], -1
         for a in arrays:
-            if need > 0 and sys.getrefcount(a) == _FREE:
-                need -= a.nbytes
-                _held[0] -= a.nbytes
+            if free < 0:
+                free = sys.getrefcount(a)
+                kept.append(a)
+            elif need > 0 and sys.getrefcount(a) == free:
+                need -= size
+                _held[0] -= size
             else:
                 kept.append(a)
-        if kept:
+        if len(kept) > 1:
             _arrays[key] = kept
         else:
             del _arrays[key]
@@ -141,7 +189,8 @@ def _drop_free(need):
 
 
 def trim():
-    """Let go of every pooled array that nothing refers to (back to the operating system)."""
+    """Let go of every pooled array that nothing refers to (back to the operating system);
+    the pool keeps what it held otherwise, up to POOL_BYTES."""
     with _lock:
         _drop_free(_held[0] + 1)
 
@@ -150,5 +199,5 @@ def pool_stats():
     """{"bytes": held by the pool, "arrays": their number, "hits": arrays handed out again,
     "misses": arrays allocated} since the process started."""
     with _lock:
-        return {"bytes": _held[0], "arrays": sum(len(v) for v in _arrays.values()), "hits": _held[1],
+        return {"bytes": _held[0], "arrays": sum(len(v) - 1 for v in _arrays.values()), "hits": _held[1],
                 "misses": _held[2]}  # fmt: skip

@@ -408,9 +408,10 @@ def _finish_backward_kernel(part_a, part_b, cnt, gamma, train, coef, dgamma, dbe
 
 
 @cuda.jit
-def _affine_backward_kernel(dy3, y3, x3, coef, dx3, relu):
+def _affine_backward_kernel(dy3, y3, x3, coef, dx3, relu, train):
     # dy3, y3, x3, dx3: (N, C, L)   coef: (C, 4): dx = k (dy - mean_dy - (x - mean) c3), with
-    # relu dy only where y3 > 0
+    # relu dy only where y3 > 0; eval mode (fixed statistics): dx = k dy, x unread (a NaN in x
+    # must not reach dx through (x - mean) * 0, as on the CPU)
     N, C, L = x3.shape
     S = cuda.gridDim.x
     s, c = cuda.blockIdx.x, cuda.blockIdx.y
@@ -421,7 +422,7 @@ def _affine_backward_kernel(dy3, y3, x3, coef, dx3, relu):
             g = float64(dy3[n, c, l])
             if relu and y3[n, c, l] <= 0:
                 g = 0.0
-            dx3[n, c, l] = k * (g - mean_dy - (x3[n, c, l] - mean) * c3)
+            dx3[n, c, l] = k * (g - mean_dy - (x3[n, c, l] - mean) * c3) if train else k * g
 
 
 def _statistics(x3):
@@ -463,7 +464,7 @@ def _backward(dy3, y3, x3, gamma, coef, train, dx3, dgamma, dbeta, S, relu):
     part_b = cuda.device_array((C, S), np.float64)
     _dy_sums_kernel[(S, C), RED_TPB](dy3, y3, x3, coef, part_a, part_b, relu)
     _finish_backward_kernel[blocks_for(C), TPB](part_a, part_b, N * L, gamma, train, coef, dgamma, dbeta)
-    _affine_backward_kernel[(S, C), RED_TPB](dy3, y3, x3, coef, dx3, relu)
+    _affine_backward_kernel[(S, C), RED_TPB](dy3, y3, x3, coef, dx3, relu, train)
 
 
 def batch_norm_backward(dy3, x3, gamma, eps, dx3, dgamma, dbeta):

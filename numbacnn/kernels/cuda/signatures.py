@@ -88,7 +88,7 @@ def kernels(dtype):
         ("bn_stats", batchnorm._stats_kernel, (d2, d2, i64, f64, d2), TPB),
         ("bn_eval_stats", batchnorm._eval_stats_kernel, (a1, a1, f64, d2), TPB),
         ("bn_finish_backward", batchnorm._finish_backward_kernel, (d2, d2, i64, a1, b, d2, a1, a1), TPB),
-        ("bn_affine_backward", batchnorm._affine_backward_kernel, (a3, a3, a3, d2, a3, b), RED_TPB),
+        ("bn_affine_backward", batchnorm._affine_backward_kernel, (a3, a3, a3, d2, a3, b, b), RED_TPB),
         ("bn_fuse_conv", batchnorm._fuse_conv_bn_kernel, (a2, a1, a1, a1, a1, a1, f64, a2, a1), TPB),
         (
             "bn_fuse_conv_backward",
