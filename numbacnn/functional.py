@@ -428,8 +428,8 @@ def fuse_conv_bn_weights_backward(dw, db, conv_w, conv_b, bn_rm, bn_rv, bn_eps, 
     conv_w = _float_array(op, "conv_w", conv_w, (4,))
     dw = _float_array(op, "dw", dw, (4,))
     _same_shape(op, "dw", dw, conv_w.shape, " (same as conv_w)")
-    db, conv_b, bn_w, bn_rm, bn_rv = _per_output_channel(op, conv_w, db=db, conv_b=conv_b, bn_w=bn_w, bn_rm=bn_rm,
-                                                         bn_rv=bn_rv)  # fmt: skip
+    vectors = _per_output_channel(op, conv_w, db=db, conv_b=conv_b, bn_w=bn_w, bn_rm=bn_rm, bn_rv=bn_rv)
+    db, conv_b, bn_w, bn_rm, bn_rv = vectors
     _same_dtype(op, dw=dw, db=db, conv_w=conv_w, conv_b=conv_b, bn_rm=bn_rm, bn_rv=bn_rv, bn_w=bn_w)
     eps = _check_number(op, "bn_eps", bn_eps, above=0.0)
     C = conv_w.shape[0]

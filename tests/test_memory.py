@@ -161,7 +161,7 @@ def test_a_tracer_holding_frame_locals_never_makes_a_live_array_look_free():
     import sys
 
     def tracer(frame, event, arg):
-        frame.f_locals
+        frame.f_locals  # noqa: B018  (what a variable-watching debugger reads)
         return tracer
 
     x = np.arange(-3.0, 9.0, dtype=np.float32).reshape(3, 4)
