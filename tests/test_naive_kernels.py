@@ -170,9 +170,10 @@ def test_dense_path_matches_naive(dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     "N,C_in,C_out,H,k,stride,pad,dil",
-    [(3, 5, 6, 8, 3, 1, 1, 1), (2, 4, 9, 16, 3, 2, 1, 1), (2, 3, 4, 9, 1, 2, 0, 1), (1, 7, 5, 7, 3, 1, 2, 2)],
+    [(3, 5, 6, 8, 3, 1, 1, 1), (2, 4, 9, 16, 3, 2, 1, 1), (2, 3, 4, 9, 1, 2, 0, 1), (1, 7, 5, 7, 3, 1, 2, 2),
+     (2, 5, 6, 16, 3, 1, 1, 1), (1, 3, 5, 34, 3, 1, 2, 2), (1, 2, 3, 40, 5, 1, 2, 1)],  # rows shifted too
     ids=str,
-)
+)  # fmt: skip
 def test_gemm_weight_gradient_tiles_and_edges_match_naive(N, C_in, C_out, H, k, stride, pad, dil, dtype):
     """gemm.py's 4 x 4 tiles and its edge tiles (C_out, C_in*k*k not multiples of 4), strides,
     dilation and padding wider than the kernel's reach, against the naive weight gradient."""
@@ -186,6 +187,18 @@ def test_gemm_weight_gradient_tiles_and_edges_match_naive(N, C_in, C_out, H, k, 
     close(dw, dw0, f"gemm backward_weight {N, C_in, C_out, H, k, stride, pad, dil}")
     assert gemm.use_gemm(dy.shape, dw.shape, stride, stride, 1, dw.itemsize, dil)
     assert not gemm.use_gemm(dy.shape, dw.shape, stride, stride, 2, dw.itemsize)  # groups: direct.py
+
+
+def test_gemm_shifts_rows_on_planes_of_8_rows_per_extra_row():
+    """Stride 1 both ways: one packed row per ci (taps are views shifted along rows and
+    columns) when H_out >= 8 * (kH-1) * dil_h; else one per (ci, kh); strided: one per tap."""
+    g = gemm.geometry((64, 16, 32, 32), (16, 16, 3, 3), 1, 1, 1, 1)
+    assert (g.kH_packed, g.kW_packed, g.Hq, g.Wq) == (1, 1, 34, 34) and g.P == 64 * 34 * 34
+    assert g.P_row == g.P + gemm.ROW_PAD + 2 * 34 + 2  # the views' reach past P
+    assert gemm.geometry((64, 32, 16, 16), (32, 32, 3, 3), 1, 1, 1, 1)[:4] == (1, 1, 18, 18)
+    assert gemm.geometry((64, 64, 8, 8), (64, 64, 3, 3), 1, 1, 1, 1)[:4] == (3, 1, 8, 10)
+    assert gemm.geometry((64, 32, 16, 16), (32, 16, 3, 3), 2, 2, 1, 1)[:4] == (3, 3, 16, 16)
+    assert gemm.geometry((64, 32, 16, 16), (32, 16, 3, 3), 2, 1, 1, 1)[:4] == (3, 1, 16, 18)
 
 
 def test_gemm_dispatch_rule():
@@ -210,7 +223,7 @@ def test_gemm_weight_gradient_is_the_same_for_any_thread_count():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((8, 1, 32, 32)).astype(np.float32)
     dy = rng.standard_normal((8, 6, 28, 28)).astype(np.float32)
-    assert gemm.slices(25, gemm.geometry(dy.shape, (6, 1, 5, 5), 1, 1)[2]) > 1
+    assert gemm.slices(25, gemm.geometry(dy.shape, (6, 1, 5, 5), 1, 1, 1, 1).P) > 1
     results = []
     threads = numba.get_num_threads()
     try:
@@ -309,7 +322,9 @@ def test_gemm_forward_dispatch_rule():
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 @pytest.mark.parametrize(
-    "N,C_in,C_out,H,k,pad", [(1, 1, 1, 5, 3, 0), (2, 3, 4, 9, 3, 1), (2, 16, 8, 8, 3, 1)], ids=str
+    "N,C_in,C_out,H,k,pad",
+    [(1, 1, 1, 5, 3, 0), (2, 3, 4, 9, 3, 1), (2, 16, 8, 8, 3, 1), (2, 3, 4, 18, 3, 1)],
+    ids=str,
 )
 def test_weight_gradient_with_a_non_finite_input_matches_naive(N, C_in, C_out, H, k, pad, value):
     """A NaN or inf in x reaches only the weights whose sums read it, as in the naive kernel
@@ -323,7 +338,9 @@ def test_weight_gradient_with_a_non_finite_input_matches_naive(N, C_in, C_out, H
     dy = rng.standard_normal((N, C_out, H_out, H_out))
     dw0 = np.empty_like(w)
     naive.conv2d_backward_weight(dy, x, dw0, 1, 1, pad, pad, 1, 1, 1)
-    assert not gemm.exact_for(x, w.shape, 1) and gemm.exact_for(x, w.shape, 2)
+    grid = gemm.geometry(dy.shape, w.shape, 1, 1, 1, 1)
+    assert not gemm.exact_for(x, w.shape, grid)
+    assert gemm.exact_for(x, (C_out, C_in, 1, 1), gemm.geometry(dy.shape, (C_out, C_in, 1, 1), 1, 1, 1, 1))
     dw = np.empty_like(w)
     conv.conv2d_backward_weight(dy, x, dw, 1, 1, pad, pad, 1, 1, 1)
     np.testing.assert_array_equal(np.isnan(dw), np.isnan(dw0))

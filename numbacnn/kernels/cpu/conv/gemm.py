@@ -22,12 +22,17 @@ Shifted rows (`geometry`).  For stride_w 1 the taps kw of a kernel row read one 
 kw*dil_w further along, so X keeps ONE packed row per (ci, kh), laid on a grid of
 Wq = W_out + (kW-1)*dil_w columns per output row, and tap kw is that row viewed from kw*dil_w
 on; dY is 0 in the Wq - W_out extra columns, which adds (Wq/W_out - 1) of work and cuts the
-pack kW-fold.  Those zeros meet real inputs (0 x inf is NaN), so an x holding a NaN or an inf
-goes to the plane kernels instead (`exact_for`; checking costs ~3% of the gradient).
+pack kW-fold.  For stride 1 both ways on planes of at least 8*(kH-1)*dil_h rows the same holds
+for the rows: X keeps ONE row per ci, the padded input plane on Hq = H_out + (kH-1)*dil_h rows
+of Wq columns, tap (kh, kw) is it viewed from kh*dil_h*Wq + kw*dil_w on, and dY is 0 in the
+extra rows too (16->16 on 32x32: 2.96 -> 2.42 ms, 32->32 on 16x16: 2.54 -> 2.32; on 8x8 the
+25% extra work lost: 2.40 -> 2.64, so those keep a row per (ci, kh)).  Those zeros meet real
+inputs (0 x inf is NaN), so an x holding a NaN or an inf goes to the plane kernels instead
+(`exact_for`; checking costs ~3% of the gradient).
 
 Loop nest:
     pack     parallel over the rows of both panels (copies in strided runs, zeros outside):
-               X[(ci, kh[, kw]), :]                                        X: (rows, P_row)
+               X[(ci[, kh][, kw]), :]                                      X: (rows, P_row)
                dY[co, :]                                                   dY: (C_out, P_row)
     tiles    parallel over (4 taps, one of S slices of P): every 4 x 4 tile of (co, tap) over
              the slice (_tile_4x4, SIMD over p; edges by _tile_1x4 and _dot); then the S partial
@@ -47,6 +52,7 @@ Optimizations:
 """
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
@@ -67,30 +73,33 @@ TASKS = 32  # parallel tasks wanted at least (a fixed number: results must not d
 MIN_SLICE = 2048  # positions per slice of the reduction, at least
 
 
-def use_gemm(dy_shape, w_shape, stride_h, stride_w, groups, itemsize, dil_w=1):
+ROW_SHIFT_PLANE = 8  # rows of output plane per (kH-1)*dil_h extra grid row, at least (see geometry)
+
+
+def use_gemm(dy_shape, w_shape, stride_h, stride_w, groups, itemsize, dil_w=1, dil_h=1):
     """True when the weight gradient of dy: (N, C_out, H_out, W_out) for w: (C_out, C_in, kH,
     kW) should take this path: groups 1, at least one image, X's panel within MAX_PANEL."""
-    kW_packed, _, _, P_row = geometry(dy_shape, w_shape, stride_w, dil_w)
-    panel = w_shape[1] * w_shape[2] * kW_packed * P_row * itemsize
+    g = geometry(dy_shape, w_shape, stride_h, stride_w, dil_h, dil_w)
+    panel = w_shape[1] * g.kH_packed * g.kW_packed * g.P_row * itemsize
     return groups == 1 and dy_shape[0] > 0 and panel <= MAX_PANEL
 
 
 @njit(cache=True)
-def _pack_x_row(x, row, ci, kh, kw, Wq, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, H_out):
+def _pack_x_row(x, row, ci, kh, kw, Wq, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, Hq):
     """row[(n, oh, c)] = x[n, ci, oh*stride_h - pad_top + kh*dil_h, c*stride_w - pad_left + kw*dil_w]
-    for c < Wq, 0 in the padding; then zeros to the row's end.
+    for oh < Hq, c < Wq, 0 in the padding; then zeros to the row's end.
 
     Per output row, the columns whose input is inside, [c_lo, c_hi), are one strided copy
     (unsigned indices: vectorised); the columns left and right of them are zeros.
     (planes.split_plane copies its rows the same way; a helper shared by both, called per row,
     measured the packs 2-3x slower, so each keeps its loops.)"""
-    # x: (N, C_in, H, W)   row: (P_row,) with P_row >= N*H_out*Wq
+    # x: (N, C_in, H, W)   row: (P_row,) with P_row >= N*Hq*Wq
     N, _, H, W = x.shape
-    plane = H_out * Wq
+    plane = Hq * Wq
     off = kw * dil_w - pad_left  # iw = c*stride_w + off
     c_lo, c_hi = inside(off, stride_w, W, Wq)
     for n in range(N):
-        for oh in range(H_out):
+        for oh in range(Hq):
             ih = oh * stride_h - pad_top + kh * dil_h
             base = n * plane + oh * Wq
             if ih < 0 or ih >= H:
@@ -109,11 +118,12 @@ def _pack_x_row(x, row, ci, kh, kw, Wq, stride_h, stride_w, pad_top, pad_left, d
 
 
 @njit(cache=True)
-def _pack_dy_row(dy, row, co, Wq):
-    """row[(n, oh, c)] = dy[n, co, oh, c] for c < W_out, 0 for W_out <= c < Wq and to the row's end."""
-    # dy: (N, C_out, H_out, W_out)   row: (P_row,) with P_row >= N*H_out*Wq
+def _pack_dy_row(dy, row, co, Wq, Hq):
+    """row[(n, oh, c)] = dy[n, co, oh, c] for oh < H_out, c < W_out; 0 in the Wq - W_out extra
+    columns, the Hq - H_out extra rows and to the row's end."""
+    # dy: (N, C_out, H_out, W_out)   row: (P_row,) with P_row >= N*Hq*Wq
     N, _, H_out, W_out = dy.shape
-    plane = H_out * Wq
+    plane = Hq * Wq
     for n in range(N):
         for oh in range(H_out):
             dy_row = dy[n, co, oh]  # dy_row: (W_out,)
@@ -122,26 +132,27 @@ def _pack_dy_row(dy, row, co, Wq):
                 row[uidx(base + c)] = dy_row[uidx(c)]
             for c in range(W_out, Wq):
                 row[uidx(base + c)] = 0.0
+        for i in range(n * plane + H_out * Wq, (n + 1) * plane):
+            row[uidx(i)] = 0.0
     for i in range(N * plane, row.shape[0]):
         row[i] = 0.0
 
 
 @njit(cache=True, parallel=True)
-def _pack(x, dy, X, D, kH, kW, kW_packed, Wq, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
+def _pack(x, dy, X, D, kH_packed, kW_packed, Hq, Wq, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
     """Both panels in one parallel loop (one parallel kernel: less JIT), a row per task: X's
-    row r = (ci, kh, kw) of the kW_packed packed taps per kernel row (kW, or 1 when the taps
-    of a kernel row are shifted views of one row), then D's rows."""
+    row r = (ci, kh, kw) of the kH_packed x kW_packed packed taps per input channel (kH x kW,
+    fewer where taps are shifted views of one row: see geometry), then D's rows."""
     # x: (N, C_in, H, W)   dy: (N, C_out, H_out, W_out)   X: (rows, P_row)   D: (C_out, P_row)
     R, C_out = X.shape[0], D.shape[0]
-    H_out = dy.shape[2]
     for r in prange(R + C_out):
         if r < R:
-            ci = r // (kH * kW_packed)
-            kh = (r // kW_packed) % kH
+            ci = r // (kH_packed * kW_packed)
+            kh = (r // kW_packed) % kH_packed
             kw = r % kW_packed
-            _pack_x_row(x, X[r], ci, kh, kw, Wq, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, H_out)
+            _pack_x_row(x, X[r], ci, kh, kw, Wq, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, Hq)
         else:
-            _pack_dy_row(dy, D[r - R], r - R, Wq)
+            _pack_dy_row(dy, D[r - R], r - R, Wq, Hq)
 
 
 @njit(cache=True, fastmath=True)
@@ -270,41 +281,66 @@ def slices(K, P):
     return max(1, min(-(-TASKS // n_kt), P // MIN_SLICE))
 
 
-def geometry(dy_shape, w_shape, stride_w, dil_w):
-    """(kW_packed, Wq, P, P_row) of the packed panels.
+class Grid(NamedTuple):
+    """The packed panels' layout: kH_packed x kW_packed rows of X per input channel, each on a
+    grid of Hq x Wq positions per image, P = N*Hq*Wq of them, rows P_row apart."""
+
+    kH_packed: int
+    kW_packed: int
+    Hq: int
+    Wq: int
+    P: int
+    P_row: int
+
+
+@functools.lru_cache(maxsize=1024)
+def geometry(dy_shape, w_shape, stride_h, stride_w, dil_h, dil_w):
+    """The Grid of the packed panels.
 
     For stride_w 1 the taps kw of one kernel row read the same input row shifted by kw*dil_w,
     so X packs ONE row per (ci, kh) on a grid of Wq = W_out + (kW-1)*dil_w columns per output
     row (dY is 0 in the Wq - W_out extra columns) and tap kw is that row read from kw*dil_w on:
     the pack is kW times smaller for (Wq / W_out - 1) more multiply-adds (C3: 5x smaller, 1.4x
-    the work; a 3x3 conv on 32x32: 3x, 1.06x).  Otherwise one row per tap on W_out columns."""
+    the work; a 3x3 conv on 32x32: 3x, 1.06x).  With stride_h 1 too, and a plane of at least
+    ROW_SHIFT_PLANE rows per extra grid row, the kernel rows are shifted views as well: ONE row
+    per ci on Hq = H_out + (kH-1)*dil_h rows (dY 0 in the extra rows), tap (kh, kw) read from
+    kh*dil_h*Wq + kw*dil_w on.  Otherwise one row per tap on the H_out x W_out grid."""
     N, _, H_out, W_out = dy_shape
-    kW = w_shape[3]
+    kH, kW = w_shape[2], w_shape[3]
     shifted = stride_w == 1 and kW > 1
     kW_packed, Wq = (1, W_out + (kW - 1) * dil_w) if shifted else (kW, W_out)
-    P = N * H_out * Wq
-    # Rows P_row = P + tail elements apart: the shifted views read (kW-1)*dil_w past P, and 8
-    # rows a power of two apart (P = 64 x 64 = 4096) would fall into the same L1 sets and
-    # thrash them (2 threads on sibling cores: 2x slower than one); a cache line more spreads them.
-    P_row = P + ROW_PAD + (Wq - W_out)
-    return kW_packed, Wq, P, P_row
+    rows = (kH - 1) * dil_h
+    shifted_h = shifted and stride_h == 1 and kH > 1 and H_out >= ROW_SHIFT_PLANE * rows
+    kH_packed, Hq = (1, H_out + rows) if shifted_h else (kH, H_out)
+    P = N * Hq * Wq
+    # Rows P_row = P + tail elements apart: the shifted views read up to (Hq - H_out)*Wq +
+    # (Wq - W_out) past P, and 8 rows a power of two apart (P = 64 x 64 = 4096) would fall
+    # into the same L1 sets and thrash them (2 threads on sibling cores: 2x slower than one);
+    # a cache line more spreads them.
+    P_row = P + ROW_PAD + (Hq - H_out) * Wq + (Wq - W_out)
+    return Grid(kH_packed, kW_packed, Hq, Wq, P, P_row)
 
 
-def exact_for(x, w_shape, stride_w):
+def exact_for(x, w_shape, grid):
     """False when the shifted rows would give a wrong answer: x holds a NaN or an inf and the
-    taps share packed rows (stride_w 1, kW > 1).  A shared row is multiplied by dY's zeros in
-    the grid's extra columns, and 0 * inf is NaN, which would reach taps whose true sum never
-    reads that input (the plane kernels, which discard their extra columns, take those calls)."""
-    return stride_w > 1 or w_shape[3] == 1 or bool(np.isfinite(x).all())
+    taps share packed rows (grid: geometry's).  A shared row is multiplied by dY's zeros in
+    the grid's extra columns and rows, and 0 * inf is NaN, which would reach taps whose true
+    sum never reads that input (the plane kernels, which discard their extra columns, take
+    those calls)."""
+    shared = grid.kW_packed < w_shape[3] or grid.kH_packed < w_shape[2]
+    return not shared or bool(np.isfinite(x).all())
 
 
 @functools.lru_cache(maxsize=256)
-def _tap_rows(K, kW, kW_packed, dil_w):
-    """(krow, kshift): tap k's packed row of X and its shift along it, remembered per geometry
-    (building them cost more than a small layer's pack; the kernels only read them)."""
-    k = np.arange(K)
-    krow = k // kW * kW_packed + (k % kW) * (kW_packed > 1)  # krow: (K,)
-    kshift = (k % kW) * dil_w * (kW_packed == 1)  # kshift: (K,)
+def _tap_rows(C_in, kH, kW, grid, dil_h, dil_w):
+    """(krow, kshift): tap k = (ci, kh, kw)'s packed row of X and its shift along it,
+    remembered per geometry (building them cost more than a small layer's pack; the kernels
+    only read them)."""
+    k = np.arange(C_in * kH * kW)
+    ci, kh, kw = k // (kH * kW), (k // kW) % kH, k % kW
+    h_rows, w_rows = grid.kH_packed > 1, grid.kW_packed > 1  # a packed row per kh, per kw
+    krow = (ci * grid.kH_packed + kh * h_rows) * grid.kW_packed + kw * w_rows  # krow: (K,)
+    kshift = kh * dil_h * grid.Wq * (not h_rows) + kw * dil_w * (not w_rows)  # kshift: (K,)
     return krow, kshift
 
 
@@ -313,14 +349,16 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
     # dy: (N, C_out, H_out, W_out)   x: (N, C_in, H, W)   dw: (C_out, C_in, kH, kW)
     C_out = dy.shape[1]
     C_in, kH, kW = dw.shape[1:]
-    kW_packed, Wq, P, P_row = geometry(dy.shape, dw.shape, stride_w, dil_w)
+    g = geometry(dy.shape, dw.shape, stride_h, stride_w, dil_h, dil_w)
     K = C_in * kH * kW
-    krow, kshift = _tap_rows(K, kW, kW_packed, dil_w)
+    krow, kshift = _tap_rows(C_in, kH, kW, g, dil_h, dil_w)
     # the panels are scratch (workspace.py): reused across calls, not fresh pages each time
-    X = scratch("conv_gemm_X", (C_in * kH * kW_packed, P_row), x.dtype)  # X: (rows, P_row)
-    D = scratch("conv_gemm_D", (C_out, P_row), dy.dtype)  # D: (C_out, P_row)
-    _pack(x, dy, X, D, kH, kW, kW_packed, Wq, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
-    _tiles(D, X, dw.reshape(C_out, K), krow, kshift, P, slices(K, P))
+    X = scratch("conv_gemm_X", (C_in * g.kH_packed * g.kW_packed, g.P_row), x.dtype)  # X: (rows, P_row)
+    D = scratch("conv_gemm_D", (C_out, g.P_row), dy.dtype)  # D: (C_out, P_row)
+    _pack(
+        x, dy, X, D, g.kH_packed, g.kW_packed, g.Hq, g.Wq, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w
+    )
+    _tiles(D, X, dw.reshape(C_out, K), krow, kshift, g.P, slices(K, g.P))
 
 
 # --------------------------------------------------------------------------- forward
