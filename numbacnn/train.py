@@ -125,7 +125,9 @@ def evaluate(model, loader):
     was_training = getattr(model, "training", True)
     model.eval()
     device = model.device
-    totals = kernels.get(device).full((2,), 0.0, np.float64)  # (loss sum, hits) on the device
+    backend = kernels.get(device)
+    backend.trim()  # the training steps' free outputs: not held beside the test pass's
+    totals = backend.full((2,), 0.0, np.float64)  # (loss sum, hits) on the device
     n = 0
     try:
         for xb, yb in DeviceLoader(loader) if device == "cuda" else loader:
@@ -133,6 +135,7 @@ def evaluate(model, loader):
             n += yb.shape[0]
     finally:
         model.train(was_training)
+        backend.trim()  # and the test pass's, before training makes its own again
     if n == 0:
         raise ValueError("evaluate: the loader yielded no samples")
     total_loss, correct = kernels.get(device).to_host(totals)

@@ -14,6 +14,7 @@ from . import activation, batchnorm, conv, dense, loss, optim, pool, workspace  
 # Outputs come from a pool that hands an array out again once nothing refers to it
 # (workspace.empty): a training step after the first asks the operating system for nothing.
 empty = workspace.empty
+trim = workspace.trim  # give the pool's free arrays back (between phases of different shapes)
 
 
 def ascontiguous(a):

@@ -144,6 +144,11 @@ def full(shape, value, dtype):
     return a
 
 
+def trim():
+    """Nothing to give back: device outputs are numba.cuda's own allocations (the CPU
+    backend's trim empties its output pool)."""
+
+
 def is_contiguous(a):
     """C-contiguous (device memory is always writeable)."""
     return bool(_as_numba(a).is_c_contiguous())
