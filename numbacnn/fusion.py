@@ -27,6 +27,11 @@ What stays as the teaching material shows it:
   by layer and returns every node's output, the pre-activations included;
 * ``graph.set_fusion(False)`` turns fusion off for a graph and the graphs nested in it.
 
+A fused BatchNorm -> ReLU's backward is the batch norm's own ``backward`` (with the ReLU's
+output), so hooks on it run, as distributed.GradientExchange's that overlap the all-reduce
+with the backward pass. The eval-mode fold computes its layers' gradients itself: hooks on
+the conv's and the batch norm's backward do not run there (training never folds).
+
 Eval-mode backward through a folded conv (a saliency map, say) is the gradient of the folded
 conv that ran: conv2d_backward with the folded weight, then fuse_conv_bn_weights_backward
 for the conv's and the batch norm's parameters. (Differentiating the layer-by-layer function
@@ -134,7 +139,8 @@ class BatchNormReLU(_Fused):
 
     def backward(self, dy, input_grad=True):
         self.at = self.names[1]  # dy is the ReLU's output gradient: its node is named
-        return self.bn._backward(dy, y=self.relu._x)
+        # the layer's own backward (hooks on it, such as distributed.GradientExchange's, run)
+        return self.bn.backward(dy, relu_output=self.relu._x)
 
 
 class AddReLU(_Fused):

@@ -321,11 +321,11 @@ class _BatchNorm(Module):
                       self.training, 0.0 if factor is None else factor, self.eps)  # fmt: skip
         return y.reshape(x.shape)
 
-    def backward(self, dy):
-        return self._backward(dy)
-
-    def _backward(self, dy, y=None):
-        """dx; y: the output of a fused BatchNorm -> ReLU, whose mask y > 0 gates dy."""
+    def backward(self, dy, relu_output=None):
+        """dx; dweight and dbias are accumulated into the parameters' .grad. relu_output: the
+        output of a ReLU fused after this batch norm (numbacnn.fusion), whose mask (> 0) gates
+        dy, the gradient of that ReLU's output."""
+        y = relu_output
         shape = dy.shape
         dy = self._as_functional(dy)
         # eval mode: the fixed affine map of the running statistics

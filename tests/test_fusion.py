@@ -312,3 +312,21 @@ def test_fuse_conv_bn_weights_needs_the_statistics():
         F.fuse_conv_bn_weights_backward(w, None, w, None, v, v, 1e-5, v)
     with pytest.raises(ValueError, match=r"one per output channel of conv_w.shape=\(3, 2, 1, 1\)"):
         F.fuse_conv_bn_weights(w, None, v, v[:2], 1e-5, v, v)
+
+
+def test_a_fused_batch_norm_runs_hooks_on_its_backward():
+    """distributed.GradientExchange hooks each layer's own backward to launch a bucket's
+    all-reduce when its gradients are ready: a fused BatchNorm -> ReLU calls it."""
+    m = Sequential(Conv2d(2, 3, 3), BatchNorm2d(3), ReLU())
+    bn, seen = m["1"], []
+    original = bn.backward
+
+    def hooked(dy, **options):
+        seen.append(sorted(options))
+        return original(dy, **options)
+
+    bn.backward = hooked
+    y = m(np.random.default_rng(10).standard_normal((2, 2, 5, 5)).astype(np.float32))
+    m.backward(np.ones_like(y))
+    assert seen == [["relu_output"]]
+    assert "BatchNormReLU" in [type(s).__name__ for s in m._steps_run]

@@ -175,3 +175,67 @@ def test_a_tracer_holding_frame_locals_never_makes_a_live_array_look_free():
     assert a is not b and c is not a and c is not b
     np.testing.assert_array_equal(a, np.maximum(x, 0))
     np.testing.assert_array_equal(b, np.maximum(-x, 0))
+
+
+def test_threads_and_a_full_pool_keep_the_books(monkeypatch):
+    """Threads allocating while others drop, with a pool too small for them: no error, no
+    array in two hands, and nothing counted after trim() (a list _drop_free rebuilt under
+    empty() once lost its new array's bytes; found by a cold review)."""
+    import random
+    import sys
+
+    monkeypatch.setattr(W, "POOL_BYTES", W.pool_stats()["bytes"] + 1000)
+    monkeypatch.setattr(W, "MAX_SHAPES", 4)
+    monkeypatch.setattr(W, "MAX_PER_SHAPE", 3)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads interleave inside empty() as often as they can
+    shared, lock, errors = [], threading.Lock(), []
+
+    def produce(tid):
+        r = random.Random(tid)
+        for i in range(1500):
+            try:
+                a = W.empty((r.choice([8, 16, 24, 32, 40]),), np.float64)
+            except Exception as e:  # noqa: BLE001  (any failure is the finding)
+                errors.append(repr(e))
+                continue
+            a[:] = tid * 100000 + i
+            with lock:
+                shared.append((a, tid * 100000 + i))
+
+    def drop(k):
+        r = random.Random(1000 + k)
+        for _ in range(6000):
+            with lock:
+                item = shared.pop(r.randrange(len(shared))) if shared else None
+            if item is not None and (item[0] != item[1]).any():
+                errors.append("an array held by two")
+
+    threads = [threading.Thread(target=produce, args=(t,)) for t in range(3)]
+    threads += [threading.Thread(target=drop, args=(k,)) for k in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(switch)
+    shared.clear()
+    W.trim()
+    assert not errors
+    held = sum((len(arrays) - 1) * W._nbytes(key) for key, arrays in W._arrays.items())
+    assert W.pool_stats()["bytes"] == held  # every byte counted is an array tracked
+
+
+def test_zero_caps_keep_nothing(monkeypatch):
+    W.trim()
+    for name in ("MAX_SHAPES", "MAX_PER_SHAPE"):
+        with monkeypatch.context() as m:
+            m.setattr(W, name, 0)
+            before = W.pool_stats()
+            a = W.empty((3, 5, 7), np.float32)
+            assert a.shape == (3, 5, 7)
+            assert (
+                W.pool_stats()["bytes"] == before["bytes"]
+                and ((3, 5, 7), np.dtype(np.float32)) not in W._arrays
+            )

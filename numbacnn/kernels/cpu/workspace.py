@@ -120,10 +120,11 @@ def empty(shape, dtype):
     dtype = np.dtype(dtype)
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
     key = (shape, dtype)
+    size = _nbytes(key)
     with _lock:
         arrays = _arrays.get(key)
         if arrays is not None:
-            free = -1
+            free, changed = -1, []
             for a in arrays:  # arrays[0] is the sentinel
                 if free < 0:
                     free = sys.getrefcount(a)
@@ -133,25 +134,27 @@ def empty(shape, dtype):
                         or a.dtype != dtype
                         or not (a.flags.c_contiguous and a.flags.writeable)
                     ):
-                        arrays[:] = [b for b in arrays if b is not a]  # changed by its user: forget it
-                        _held[0] -= _nbytes(key)
-                        break
+                        changed.append(a)  # changed by its user: forgotten below
+                        continue
                     _arrays.move_to_end(key)
                     _held[1] += 1
                     return a
+            if changed:
+                arrays[:] = [b for b in arrays if not any(b is c for c in changed)]
+                _held[0] -= len(changed) * size
         _held[2] += 1
         a = np.empty(shape, dtype)
-        size = _nbytes(key)
-        if arrays is not None and len(arrays) > MAX_PER_SHAPE:
+        if (0 if arrays is None else len(arrays) - 1) >= MAX_PER_SHAPE or MAX_SHAPES < 1:
             return a
         if _held[0] + size > POOL_BYTES:
             _drop_free(_held[0] + size - POOL_BYTES)
             if _held[0] + size > POOL_BYTES:
                 return a  # the pool is full of arrays in use: not kept
+            arrays = _arrays.get(key)  # _drop_free may have let go of this key's arrays
         if arrays is None:
-            arrays = _arrays[key] = [np.empty(0, dtype)]
-            while len(_arrays) > MAX_SHAPES:
+            while len(_arrays) >= MAX_SHAPES:
                 _forget(next(iter(_arrays)))
+            arrays = _arrays[key] = [np.empty(0, dtype)]
         arrays.append(a)
         _arrays.move_to_end(key)
         _held[0] += size
@@ -167,7 +170,7 @@ def _forget(key):
 
 def _drop_free(need):
     """Let go of free arrays, least recently used keys first, until `need` bytes are gone (or
-    none is free). Called with the lock held."""
+    none is free); a key left with no array is forgotten. Called with the lock held."""
     for key in list(_arrays):
         arrays, size = _arrays[key], _nbytes(key)
         kept, free = [], -1
@@ -181,7 +184,7 @@ def _drop_free(need):
             else:
                 kept.append(a)
         if len(kept) > 1:
-            _arrays[key] = kept
+            arrays[:] = kept  # in place: a caller may hold this list
         else:
             del _arrays[key]
         if need <= 0:
