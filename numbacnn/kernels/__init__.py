@@ -7,7 +7,9 @@ numba.cuda device arrays on `numbacnn.kernels.cuda`. (Other objects exporting
 __cuda_array_interface__, such as CuPy arrays or PyTorch CUDA tensors, are recognised as
 device arrays here, but numbacnn.functional accepts only NumPy dtypes: wrap them with
 numba.cuda.as_cuda_array.)  Both packages also provide the allocation
-helpers numbacnn.functional uses: empty, full, ascontiguous, is_contiguous, to_host, as_int64.
+helpers numbacnn.functional uses: empty, full, ascontiguous, is_contiguous, to_host, as_int64,
+and trim (the CPU's `empty` is a pool of outputs, kernels/cpu/workspace.py; trim gives its
+free arrays back, as train.evaluate does around a test pass).
 
 This module imports neither numba.cuda nor the kernels themselves: `backend` imports the
 package it returns on first use, so CPU-only code never loads numba.cuda.

@@ -2,7 +2,8 @@
 (conv is a package of strategies: naive, direct, polyphase; see its __init__).
 
 They are called only by numbacnn.functional, which validates arguments and allocates outputs
-with the helpers below (empty, full, ascontiguous, is_contiguous, to_host, as_int64, and the
+with the helpers below (empty, the output pool of workspace.py, with trim; full, ascontiguous,
+is_contiguous, to_host, as_int64, and the
 in-place fill_, add_ and copy_ of the parameter plumbing; the CUDA package,
 numbacnn.kernels.cuda, mirrors names and helpers).
 """
