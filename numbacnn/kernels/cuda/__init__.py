@@ -16,6 +16,7 @@ arrays (the same six as numbacnn.kernels.cpu), plus is_device_array(a):
     is_contiguous(a)           C-contiguous (device arrays are always writeable)
     to_host(a)                 a NumPy copy
     as_int64(a)                a contiguous int64 device array (labels)
+    trim()                     nothing to give back (the CPU's empty is a pool; this is not)
 
 and the in-place helpers of the parameter plumbing (numbacnn.module, numbacnn.optim):
 
