@@ -319,7 +319,7 @@ def batch_norm_backward(dy, x, weight, eps=1e-5, running_mean=None, running_var=
     fixed affine map: dx = weight * dy / sqrt(running_var + eps). An empty batch gives an
     empty dx and zero dweight, dbias. eps > 0.
     """
-    return _batch_norm_backward("batch_norm_backward", dy, None, x, weight, eps, running_mean, running_var)
+    return _batch_norm_backward("batch_norm_backward", dy, x, weight, eps, running_mean, running_var)
 
 
 def batch_norm_relu_backward(dy, y, x, weight, eps=1e-5, running_mean=None, running_var=None):
@@ -329,16 +329,16 @@ def batch_norm_relu_backward(dy, y, x, weight, eps=1e-5, running_mean=None, runn
     gradient's own passes (training mode: one fused kernel). running_mean and running_var:
     eval mode, as batch_norm_backward."""
     op = "batch_norm_relu_backward"
-    x = _float_array(op, "x", x, (2, 4))
-    y = _float_array(op, "y", y, (2, 4))
-    _same_shape(op, "y", y, x.shape, " (same as x)")
-    _same_dtype(op, y=y, x=x)
-    return _batch_norm_backward(op, dy, y, x, weight, eps, running_mean, running_var)
+    return _batch_norm_backward(op, dy, x, weight, eps, running_mean, running_var, relu=True, y=y)
 
 
-def _batch_norm_backward(op, dy, y, x, weight, eps, running_mean, running_var):
-    """batch_norm_backward; given y (the output of batch_norm_relu), dy is gated by y > 0."""
+def _batch_norm_backward(op, dy, x, weight, eps, running_mean, running_var, relu=False, y=None):
+    """batch_norm_backward; with relu, dy is gated by y > 0, y the output of batch_norm_relu."""
     x, x3 = _bn_view(op, x)
+    if relu:
+        y = _float_array(op, "y", y, (2, 4))
+        _same_shape(op, "y", y, x.shape, " (same as x)")
+        _same_dtype(op, y=y, x=x)
     dy = _bn_dy(op, dy, x)
     N, C, L = x3.shape
     weight = _bn_param(op, "weight", weight, C, x, 1.0)
@@ -352,10 +352,10 @@ def _batch_norm_backward(op, dy, y, x, weight, eps, running_mean, running_var):
     dweight = _empty(x, (C,))
     dbias = _empty(x, (C,))
     k = _backend(x).batchnorm
-    if y is not None and running_mean is not None:  # eval mode: the mask first, then as batch_norm
+    if relu and running_mean is not None:  # eval mode: the mask first, then as batch_norm
         dy = relu_backward(dy, y)
     dy3, dx3 = dy.reshape(N, C, L), dx.reshape(N, C, L)
-    if running_mean is None and y is not None:
+    if running_mean is None and relu:
         k.batch_norm_relu_backward(dy3, y.reshape(N, C, L), x3, weight, eps, dx3, dweight, dbias)
     elif running_mean is None:
         k.batch_norm_backward(dy3, x3, weight, eps, dx3, dweight, dbias)

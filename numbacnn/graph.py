@@ -293,28 +293,24 @@ class Graph(Module):
             )
         grads = {self.output: dy}
         for step in reversed(self._steps_run or self.order):
-            if type(step) is not str:
-                self._backward_fused(step, grads, input_grad)
-                continue
-            name = step
-            if name not in grads:
-                continue  # the output does not depend on this node
-            layer = self._modules[name]
-            skip = not input_grad and self._inputs[name] == (self.input_name,)
-            skip = skip and takes_input_grad(layer)
+            fused = type(step) is not str  # a fused step (numbacnn.fusion) or a node's name
+            output = step.output if fused else step
+            if output not in grads:
+                continue  # the output does not depend on this step
+            inputs = step.inputs if fused else self._inputs[step]
+            run = step.backward if fused else self._modules[step].backward
+            skip = not input_grad and inputs == (self.input_name,)
+            skip = skip and (fused or takes_input_grad(self._modules[step]))
             try:
-                dxs = (
-                    layer.backward(grads.pop(name), input_grad=False)
-                    if skip
-                    else layer.backward(grads.pop(name))
-                )
+                dxs = run(grads.pop(output), input_grad=False) if skip else run(grads.pop(output))
             except (ValueError, TypeError) as e:
-                raise _with_node(e, name, layer) from e
+                node = step.at if fused else step  # a fused step names the node it failed in
+                raise _with_node(e, node, self._modules[node]) from e
             if skip:
                 continue
-            if layer.num_inputs == 1:
+            if len(inputs) == 1:
                 dxs = (dxs,)
-            for i, dx in zip(self._inputs[name], dxs, strict=True):
+            for i, dx in zip(inputs, dxs, strict=True):
                 grads[i] = F.add(grads[i], dx) if i in grads else dx  # out of place: dxs may alias
         if not input_grad:
             return None
@@ -323,22 +319,6 @@ class Graph(Module):
                 str(self.output), f"the output does not depend on the graph input '{self.input_name}'"
             )
         return grads[self.input_name]
-
-    def _backward_fused(self, step, grads, input_grad):
-        """A fused step's backward: its inputs' gradients added into `grads`."""
-        if step.output not in grads:
-            return
-        skip = not input_grad and step.inputs == (self.input_name,)
-        try:
-            dxs = step.backward(grads.pop(step.output), input_grad=not skip)
-        except (ValueError, TypeError) as e:
-            raise _with_node(e, step.at, self._modules[step.at]) from e
-        if skip:
-            return
-        if len(step.inputs) == 1:
-            dxs = (dxs,)
-        for i, dx in zip(step.inputs, dxs, strict=True):
-            grads[i] = F.add(grads[i], dx) if i in grads else dx
 
     # ---- shape inference and summary --------------------------------------------------------
     def check(self, input_shape):

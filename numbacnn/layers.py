@@ -325,15 +325,14 @@ class _BatchNorm(Module):
         """dx; dweight and dbias are accumulated into the parameters' .grad. relu_output: the
         output of a ReLU fused after this batch norm (numbacnn.fusion), whose mask (> 0) gates
         dy, the gradient of that ReLU's output."""
-        y = relu_output
         shape = dy.shape
         dy = self._as_functional(dy)
         # eval mode: the fixed affine map of the running statistics
         stats = () if self._trained else (self.running_mean, self.running_var)
-        if y is None:
+        if relu_output is None:
             dx, dgamma, dbeta = F.batch_norm_backward(dy, self._x, self.weight.data, self.eps, *stats)
         else:
-            y = self._as_functional(y)
+            y = self._as_functional(relu_output)
             dx, dgamma, dbeta = F.batch_norm_relu_backward(dy, y, self._x, self.weight.data, self.eps, *stats)
         self.weight.accumulate_grad(dgamma)
         self.bias.accumulate_grad(dbeta)

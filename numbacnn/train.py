@@ -138,7 +138,7 @@ def evaluate(model, loader):
         backend.trim()  # and the test pass's, before training makes its own again
     if n == 0:
         raise ValueError("evaluate: the loader yielded no samples")
-    total_loss, correct = kernels.get(device).to_host(totals)
+    total_loss, correct = backend.to_host(totals)
     return float(total_loss) / n, float(correct) / n
 
 
