@@ -71,8 +71,6 @@ ROW_PAD = 16  # elements between packed rows beyond P and the shifted views' rea
 MAX_PANEL = 1 << 26  # 64 MB for X (K x P): ResNet-50's layers at batch 256 would need GBs
 TASKS = 32  # parallel tasks wanted at least (a fixed number: results must not depend on threads)
 MIN_SLICE = 2048  # positions per slice of the reduction, at least
-
-
 ROW_SHIFT_PLANE = 8  # rows of output plane per (kH-1)*dil_h extra grid row, at least (see geometry)
 
 
