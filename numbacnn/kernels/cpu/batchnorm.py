@@ -27,8 +27,8 @@ Fused with the ReLU that follows (ResNet's bn1 -> relu1; numbacnn.fusion), train
                then the three formulas below with dy' in place of dy.
 
 One pass over y instead of three (BN's y, ReLU's read and write), and one over dy instead
-of two; the `relu` flag is an argument of one compiled kernel (LLVM unswitches the loop on
-it), so the plain and the fused forms cost one compilation.
+of two; the `relu` flag is an argument of one compiled kernel, so the plain and the fused
+forms cost one compilation.
 
 Backward (training mode: the batch statistics depend on x), with s = 1/sqrt(sigma_B^2 + eps):
 
