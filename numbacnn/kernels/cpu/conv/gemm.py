@@ -82,7 +82,11 @@ def use_gemm(dy_shape, w_shape, stride_h, stride_w, groups, itemsize, dil_w=1, d
     return groups == 1 and dy_shape[0] > 0 and panel <= MAX_PANEL
 
 
-@njit(cache=True)
+# The two row packers are inlined into _pack at Numba's IR level (inline="always"): a parallel
+# kernel's helpers are otherwise compiled on their own and then optimised and compiled again
+# inside each layer Numba builds around a prange body.  Measured from an empty cache: _pack
+# 4.2 -> 2.5 s alone, the README's first batch 20.6-20.9 -> 19.4 s; the packs time the same.
+@njit(cache=True, inline="always")
 def _pack_x_row(x, row, ci, kh, kw, Wq, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, Hq):
     """row[(n, oh, c)] = x[n, ci, oh*stride_h - pad_top + kh*dil_h, c*stride_w - pad_left + kw*dil_w]
     for oh < Hq, c < Wq, 0 in the padding; then zeros to the row's end.
@@ -115,7 +119,7 @@ def _pack_x_row(x, row, ci, kh, kw, Wq, stride_h, stride_w, pad_top, pad_left, d
         row[i] = 0.0
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _pack_dy_row(dy, row, co, Wq, Hq):
     """row[(n, oh, c)] = dy[n, co, oh, c] for oh < H_out, c < W_out; 0 in the Wq - W_out extra
     columns, the Hq - H_out extra rows and to the row's end."""
