@@ -418,6 +418,21 @@ def test_fit_trains_layers_whose_backward_takes_only_dy(tmp_path):
 
     assert takes_input_grad(Conv2d(1, 2, 3)) and takes_input_grad(Sequential(Conv2d(1, 2, 3)))
     assert not takes_input_grad(LoggingConv(1, 2, 3)) and not takes_input_grad(MyNet(Conv2d(1, 2, 3)))
+    # the answer is remembered per function, so asking again, or after an instance's backward
+    # is replaced (a plain-dy function, an unhashable callable), still gives the right one
+    conv = Conv2d(1, 2, 3)
+    assert takes_input_grad(conv) and takes_input_grad(conv)
+    conv.backward = lambda dy: Conv2d.backward(conv, dy)
+    assert not takes_input_grad(conv)
+
+    class Unhashable:
+        __hash__ = None
+
+        def __call__(self, dy, input_grad=True):
+            return None
+
+    conv.backward = Unhashable()
+    assert takes_input_grad(conv)
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((8, 1, 4, 4)).astype(np.float32), rng.integers(0, 3, 8)
     for model in (Sequential(LoggingConv(1, 2, 3), ReLU(), Flatten(), Linear(8, 3)),

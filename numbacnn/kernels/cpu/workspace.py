@@ -23,6 +23,7 @@ Two remedies, both kept until released:
   reused, where np.empty's would have died. `trim()` lets go of every free array.)
 """
 
+import math
 import os
 import sys
 import threading
@@ -110,7 +111,7 @@ _held = [0, 0, 0]  # bytes held, hits, misses
 
 def _nbytes(key):
     shape, dtype = key
-    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    return math.prod(shape) * dtype.itemsize  # (np.prod: 8 us a call, a third of the pool's time)
 
 
 def empty(shape, dtype):
@@ -120,7 +121,6 @@ def empty(shape, dtype):
     dtype = np.dtype(dtype)
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
     key = (shape, dtype)
-    size = _nbytes(key)
     with _lock:
         arrays = _arrays.get(key)
         if arrays is not None:
@@ -141,9 +141,10 @@ def empty(shape, dtype):
                     return a
             if changed:
                 arrays[:] = [b for b in arrays if not any(b is c for c in changed)]
-                _held[0] -= len(changed) * size
+                _held[0] -= len(changed) * _nbytes(key)
         _held[2] += 1
         a = np.empty(shape, dtype)
+        size = _nbytes(key)
         if (0 if arrays is None else len(arrays) - 1) >= MAX_PER_SHAPE or MAX_SHAPES < 1:
             return a
         if _held[0] + size > POOL_BYTES:
