@@ -44,6 +44,25 @@ def test_linear_matches_reference_and_torch(N, IN, OUT, dtype):
         assert_close(g, t.numpy(), dtype=dtype, kind="short_sum", what=name + " vs torch")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("R_,K,IN", [(4, 4, 1), (8, 7, 300), (6, 9, 513), (5, 120, 400), (3, 2, 5)])
+def test_linear_backward_rows_sum_in_k_order(R_, K, IN, dtype):
+    """The backward kernel's 4 x 4 register blocks (4 output rows, 4 terms k per pass) add each
+    element's terms one by one in k order: the same bits as a plain loop over k, remainders
+    (R % 4 rows, K % 4 terms, IN past one 256-wide tile) included."""
+    from numbacnn.kernels.cpu import dense
+
+    rng = np.random.default_rng(R_ * 1000 + K)
+    coef = rng.standard_normal((R_, K)).astype(dtype)
+    rows = rng.standard_normal((K, IN)).astype(dtype)
+    out = np.full((R_, IN), np.nan, dtype)
+    dense._combine_rows(coef, rows, out)
+    want = np.zeros((R_, IN), dtype)
+    for k in range(K):
+        want = want + coef[:, k : k + 1] * rows[k]  # rounded after each product and each sum
+    np.testing.assert_array_equal(out, want)
+
+
 def test_linear_backward_matches_finite_differences(gradcheck):
     rng = np.random.default_rng(0)
     x, w, b = rng.standard_normal((3, 5)), rng.standard_normal((4, 5)), rng.standard_normal(4)
