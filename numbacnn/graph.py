@@ -35,9 +35,9 @@ Sequential whose node "0" holds a block whose node "conv1" holds a Conv2d gives
 order). The summary table is numbacnn.summary.
 """
 
-import functools
 import heapq
 import inspect
+import weakref
 
 import numpy as np
 
@@ -54,21 +54,33 @@ def takes_input_grad(module):
     if not getattr(module, "input_grad_optional", False):
         return False
     backward = module.backward
-    fn = getattr(backward, "__func__", backward)  # the function: one answer per class
-    try:
-        return _has_input_grad(fn)
-    except TypeError:  # an unhashable callable: asked each time
-        return _has_input_grad.__wrapped__(fn)
+    # the class's function when bound to this module (one answer per class), else the callable
+    fn = backward.__func__ if getattr(backward, "__self__", None) is module else backward
+    return _has_input_grad(fn)
 
 
-@functools.lru_cache(maxsize=1024)
+# callable -> whether it takes input_grad, held weakly: a replaced backward (and whatever it
+# captures) is not kept alive by this table
+_INPUT_GRAD = weakref.WeakKeyDictionary()
+
+
 def _has_input_grad(fn):
-    """Whether callable `fn` takes an ``input_grad`` argument (inspect.signature cost about
-    50 us per backward step of a LeNet-5 before this was remembered)."""
+    """Whether callable `fn` takes an ``input_grad`` argument, remembered per callable
+    (inspect.signature cost about 50 us per backward step of a LeNet-5); a callable that
+    cannot be weakly referenced or hashed is asked each time."""
     try:
-        return "input_grad" in inspect.signature(fn).parameters
+        return _INPUT_GRAD[fn]
+    except (KeyError, TypeError):
+        pass
+    try:
+        answer = "input_grad" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
-        return False
+        answer = False
+    try:
+        _INPUT_GRAD[fn] = answer
+    except TypeError:
+        pass
+    return answer
 
 
 class GraphError(ValueError):

@@ -433,6 +433,24 @@ def test_fit_trains_layers_whose_backward_takes_only_dy(tmp_path):
 
     conv.backward = Unhashable()
     assert takes_input_grad(conv)
+    # a method bound to another object is asked as it is (its first parameter is not self here)
+    import types
+
+    conv.backward = types.MethodType(lambda input_grad, dy: Conv2d.backward(conv, dy), "other")
+    assert not takes_input_grad(conv)
+    # and the remembered answers do not keep a replaced backward, nor what it captures, alive
+    import gc
+    import weakref
+
+    def replaced():
+        c = Conv2d(1, 2, 3)
+        c.backward = lambda dy: Conv2d.backward(c, dy)
+        assert not takes_input_grad(c)
+        return weakref.ref(c)
+
+    ref = replaced()
+    gc.collect()
+    assert ref() is None
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((8, 1, 4, 4)).astype(np.float32), rng.integers(0, 3, 8)
     for model in (Sequential(LoggingConv(1, 2, 3), ReLU(), Flatten(), Linear(8, 3)),

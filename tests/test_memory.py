@@ -90,6 +90,26 @@ def test_the_pool_stays_within_its_bytes(monkeypatch):
     assert W.pool_stats()["bytes"] == base
 
 
+def test_numpy_integer_shapes_keep_the_books_in_python_ints(monkeypatch):
+    """Shapes of np.int32, np.int64 or np.uint64 do not turn the byte count into a NumPy
+    scalar (an np.int32 count wraps past 2 GiB; an np.int64 one does not serialise to JSON)."""
+    import json
+
+    W.trim()
+    base = W.pool_stats()["bytes"]
+    held = [
+        W.empty((np.int32(3), np.int32(11)), np.float32),
+        W.empty((np.uint64(3), np.int64(5)), np.float32),
+        W.empty(np.int64(7), np.float64),
+    ]
+    stats = W.pool_stats()
+    assert type(stats["bytes"]) is int and stats["bytes"] == base + 132 + 60 + 56
+    json.dumps(stats)
+    del held
+    W.trim()
+    assert W.pool_stats()["bytes"] == base and type(W.pool_stats()["bytes"]) is int
+
+
 def test_threads_never_share_an_array():
     W.trim()
     errors = []
