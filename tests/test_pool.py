@@ -211,3 +211,30 @@ def test_avg_pool2d_row_kernels_match_the_naive_ones(case):
         np.testing.assert_array_equal(dx, dx_naive)
     else:  # overlapping windows' shares are added in another order
         assert_close(dx, dx_naive, dtype=x.dtype, kind="short_sum")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [(1, 1), (2, 2), (3, 2), (1, 4), (4, 3)])
+def test_avg_pool2d_tile_backward_is_the_row_kernel_bit_for_bit(k, dtype):
+    """The backward of windows that tile the input (stride = kernel, no padding: LeNet's 2x2)
+    writes each share once (`_avg_pool2d_backward_tiles`): the row kernel's bits, signed zeros,
+    NaN and inf included, on planes whose last rows and columns lie past every window."""
+    from numbacnn.kernels.cpu import pool as P
+
+    kH, kW = k
+    rng = np.random.default_rng(kH * 10 + kW)
+    x = rng.standard_normal((3, 2, 9, 11)).astype(dtype)
+    x.flat[::7] = -0.0
+    x.flat[5::13] = np.nan
+    x.flat[3::17] = np.inf
+    H_out, W_out = 9 // kH, 11 // kW
+    args = (kH, kW, kH, kW, 0, 0)
+    assert P.tiles_plane(*args)
+    dy = rng.standard_normal((3, 2, H_out, W_out)).astype(dtype)
+    dy.flat[::5] = -0.0
+    dy.flat[2::9] = np.nan
+    dx_tiles, dx_rows = np.full_like(x, 3), np.full_like(x, 4)  # both overwrite dx
+    P._avg_pool2d_backward_tiles(dy, dx_tiles, kH, kW)
+    P._avg_pool2d_backward_rows(dy, dx_rows, *args)
+    np.testing.assert_array_equal(dx_tiles, dx_rows)
+    assert np.array_equal(np.signbit(dx_tiles), np.signbit(dx_rows))
