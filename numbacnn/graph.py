@@ -54,32 +54,35 @@ def takes_input_grad(module):
     if not getattr(module, "input_grad_optional", False):
         return False
     backward = module.backward
-    # the class's function when bound to this module (one answer per class), else the callable
-    fn = backward.__func__ if getattr(backward, "__self__", None) is module else backward
-    return _has_input_grad(fn)
+    if getattr(backward, "__self__", None) is module:  # bound to this module: the function's
+        return _takes_input_grad(backward.__func__, 1)  # answer, one per class; self not counted
+    return _takes_input_grad(backward, 0)
 
 
-# callable -> whether it takes input_grad, held weakly: a replaced backward (and whatever it
-# captures) is not kept alive by this table
-_INPUT_GRAD = weakref.WeakKeyDictionary()
+# (id(callable), bound) -> (weak reference to it, whether it takes input_grad): remembered per
+# callable by identity (not equality), held weakly, so a replaced backward, and whatever it
+# captures, is not kept alive by this table
+_INPUT_GRAD = {}
 
 
-def _has_input_grad(fn):
-    """Whether callable `fn` takes an ``input_grad`` argument, remembered per callable
-    (inspect.signature cost about 50 us per backward step of a LeNet-5); a callable that
-    cannot be weakly referenced or hashed is asked each time."""
+def _takes_input_grad(fn, skip):
+    """Whether callable `fn` takes an ``input_grad`` argument after its first `skip` parameters
+    (1: the self of a method bound to its module), remembered per callable (inspect.signature
+    cost about 50 us per backward step of a LeNet-5); one that cannot be weakly referenced is
+    asked each time."""
+    key = (id(fn), skip)
+    hit = _INPUT_GRAD.get(key)
+    if hit is not None and hit[0]() is fn:
+        return hit[1]
     try:
-        return _INPUT_GRAD[fn]
-    except (KeyError, TypeError):
-        pass
-    try:
-        answer = "input_grad" in inspect.signature(fn).parameters
+        answer = "input_grad" in list(inspect.signature(fn).parameters)[skip:]
     except (TypeError, ValueError):
         answer = False
     try:
-        _INPUT_GRAD[fn] = answer
+        ref = weakref.ref(fn, lambda _, key=key: _INPUT_GRAD.pop(key, None))
     except TypeError:
-        pass
+        return answer
+    _INPUT_GRAD[key] = (ref, answer)
     return answer
 
 

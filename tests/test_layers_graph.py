@@ -451,6 +451,29 @@ def test_fit_trains_layers_whose_backward_takes_only_dy(tmp_path):
     ref = replaced()
     gc.collect()
     assert ref() is None
+    # a method bound to the module is asked without its first parameter, whatever its name
+    conv.backward = types.MethodType(lambda input_grad, dy: Conv2d.backward(input_grad, dy), conv)
+    assert not takes_input_grad(conv)
+
+    # answers go by identity: two callables that compare equal keep their own answers
+    class Named:
+        def __eq__(self, other):
+            return isinstance(other, Named)
+
+        def __hash__(self):
+            return 1
+
+    class WithInputGrad(Named):
+        def __call__(self, dy, input_grad=True):
+            return None
+
+    class DyOnly(Named):
+        def __call__(self, dy):
+            return None
+
+    a, b = Conv2d(1, 2, 3), Conv2d(1, 2, 3)
+    a.backward, b.backward = WithInputGrad(), DyOnly()
+    assert takes_input_grad(a) and not takes_input_grad(b)
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((8, 1, 4, 4)).astype(np.float32), rng.integers(0, 3, 8)
     for model in (Sequential(LoggingConv(1, 2, 3), ReLU(), Flatten(), Linear(8, 3)),

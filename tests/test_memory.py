@@ -101,9 +101,11 @@ def test_numpy_integer_shapes_keep_the_books_in_python_ints(monkeypatch):
         W.empty((np.int32(3), np.int32(11)), np.float32),
         W.empty((np.uint64(3), np.int64(5)), np.float32),
         W.empty(np.int64(7), np.float64),
+        W.empty(np.array(5), np.float32),  # a 0-d integer array, as np.empty takes it
     ]
+    assert held[3].shape == (5,)
     stats = W.pool_stats()
-    assert type(stats["bytes"]) is int and stats["bytes"] == base + 132 + 60 + 56
+    assert type(stats["bytes"]) is int and stats["bytes"] == base + 132 + 60 + 56 + 20
     json.dumps(stats)
     del held
     W.trim()

@@ -24,6 +24,7 @@ Two remedies, both kept until released:
 """
 
 import math
+import operator
 import os
 import sys
 import threading
@@ -119,7 +120,10 @@ def empty(shape, dtype):
     nothing refers to any more, else a new one (kept by the pool within POOL_BYTES,
     MAX_SHAPES and MAX_PER_SHAPE)."""
     dtype = np.dtype(dtype)
-    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    if isinstance(shape, (int, np.integer)) or getattr(shape, "ndim", None) == 0:
+        shape = (operator.index(shape),)  # an integer, or a 0-d integer array, as np.empty takes it
+    else:
+        shape = tuple(shape)
     key = (shape, dtype)
     with _lock:
         arrays = _arrays.get(key)
