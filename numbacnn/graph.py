@@ -59,7 +59,7 @@ def takes_input_grad(module):
     return _takes_input_grad(backward, 0)
 
 
-# (id(callable), bound) -> (weak reference to it, whether it takes input_grad): remembered per
+# (id(callable), skip) -> (weak reference to it, whether it takes input_grad): remembered per
 # callable by identity (not equality), held weakly, so a replaced backward, and whatever it
 # captures, is not kept alive by this table
 _INPUT_GRAD = {}

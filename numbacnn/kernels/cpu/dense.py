@@ -33,8 +33,11 @@ Optimisation contract
   loaded once for 4 weight rows and each w value once for 2 batch rows, with 8 running sums
   in registers; consecutive tiles share the same 4 weight rows (tile index runs over n
   fastest), so w is streamed from memory about once.  The backward kernels update a 4-row
-  tile of BI = 256 columns (4 KiB of float32, in L1), 4 terms k per pass (`_combine_4rows`),
-  so every w (or x) value loaded serves 4 rows and every store 4 terms.
+  tile of BI = 256 columns (4 KiB of float32, in L1), 4 terms k per pass (the conv's
+  `_taps_4ch` register block: 4 + 4 loads and 4 stores per 16 multiply-adds instead of 2
+  loads and a store per one, each sum still in k order, bit for bit the one-row loop's),
+  so every w (or x) value loaded serves 4 rows and every store 4 terms.  On LeNet-5's dense
+  layers (batch 64, 2 threads): C5's dx + dw 252-260 -> 103-113 us, F6's 73-78 -> 39-40 us.
 * The dot products are sums, so the forward is compiled with fastmath={'reassoc',
   'contract'}: LLVM may reorder the sum to vectorise it (SIMD lanes hold partial sums) and
   fuse multiply-adds.  Only the summation order changes (rounding at the 1-ulp-per-term
@@ -49,6 +52,11 @@ Optimisation contract
 
 import numpy as np
 from numba import njit, prange
+
+# The conv's register block (4 output rows x 4 terms per pass, the terms added in order) is
+# the backward's: out[r, i] += sum_k coef[r, k] * rows[k, i] is its tap sum with row k at
+# "tap offset" k*IN of the flattened rows.
+from .conv.direct import _taps_4ch
 
 _BI = 256  # tile width along IN for the backward kernels (4 rows x 1 KiB in L1)
 _FAST = {"reassoc", "contract"}
@@ -125,6 +133,9 @@ def _combine_rows(coef, rows, out):
     IN = rows.shape[1]
     n_ib = (IN + _BI - 1) // _BI
     n_rb = (R + 3) // 4
+    flat = rows.reshape(-1)  # flat: (K*IN,) rows[k, i] at k*IN + i
+    offs = np.arange(K) * IN  # offs: (K,) where row k starts: the conv's "tap offsets"
+    one = min(IN, 1)  # 1 (a variable, as direct._forward passes it to _taps_4ch)
     for t in prange(n_rb * n_ib):  # parallel over tiles: owns out[r0:r1, i0:i1]
         rb = t // n_ib
         i0 = (t - rb * n_ib) * _BI
@@ -133,59 +144,18 @@ def _combine_rows(coef, rows, out):
         r1 = min(r0 + 4, R)
         for r in range(r0, r1):
             out[r, i0:i1] = 0
-        if r1 - r0 == 4:
-            _combine_4rows(coef, rows, out, r0, i0, i1)
+        if r1 - r0 == 4:  # out[r0 + c, i0 + j] += sum_k coef[r0 + c, k] * flat[i0 + j + offs[k]]
+            _taps_4ch(out[r0, i0:i1], out[r0 + 1, i0:i1], out[r0 + 2, i0:i1], out[r0 + 3, i0:i1],
+                      coef[r0], coef[r0 + 1], coef[r0 + 2], coef[r0 + 3], flat[i0:], offs, one, i1 - i0, IN,
+                      one, one)  # fmt: skip
             continue
         for k in range(K):
-            row = rows[k, i0:i1]  # row: (i1-i0,) loaded once for 4 output rows
+            row = rows[k, i0:i1]  # row: (i1-i0,) the last tile's R % 4 rows, one term at a time
             for r in range(r0, r1):
                 c = coef[r, k]
                 out_r = out[r, i0:i1]  # out_r: (i1-i0,)
                 for i in range(i1 - i0):
                     out_r[i] += c * row[i]
-
-
-@njit(cache=True)
-def _combine_4rows(coef, rows, out, r0, i0, i1):
-    """out[r0:r0+4, i0:i1] += sum_k coef[r, k] * rows[k, i0:i1], 4 rows k per pass over i (a
-    4 x 4 register block, as the conv's _taps_4ch): 4 + 4 loads and 4 stores per 16
-    multiply-adds instead of 2 loads and a store per one; each sum still adds its terms in
-    k order, so results are the one-row loop's bit for bit.  Measured on LeNet-5's dense
-    layers (batch 64, 2 threads): C5's dx 64x120 @ 120x400 and dw 120x64 @ 64x400 together
-    252-260 -> 125-150 us; F6 (84 x 120) 73-78 -> 43-52 us."""
-    # coef: (R, K)   rows: (K, IN)   out: (R, IN), the tile's 4 rows zeroed
-    K = coef.shape[1]
-    o0 = out[r0, i0:i1]  # o0..o3: (i1-i0,) the tile's output rows
-    o1 = out[r0 + 1, i0:i1]
-    o2 = out[r0 + 2, i0:i1]
-    o3 = out[r0 + 3, i0:i1]
-    k = 0
-    while k + 4 <= K:
-        x0 = rows[k, i0:i1]  # x0..x3: (i1-i0,) 4 rows, each loaded once for the 4 output rows
-        x1 = rows[k + 1, i0:i1]
-        x2 = rows[k + 2, i0:i1]
-        x3 = rows[k + 3, i0:i1]
-        c00, c01, c02, c03 = coef[r0, k], coef[r0, k + 1], coef[r0, k + 2], coef[r0, k + 3]
-        c10, c11, c12, c13 = coef[r0 + 1, k], coef[r0 + 1, k + 1], coef[r0 + 1, k + 2], coef[r0 + 1, k + 3]
-        c20, c21, c22, c23 = coef[r0 + 2, k], coef[r0 + 2, k + 1], coef[r0 + 2, k + 2], coef[r0 + 2, k + 3]
-        c30, c31, c32, c33 = coef[r0 + 3, k], coef[r0 + 3, k + 1], coef[r0 + 3, k + 2], coef[r0 + 3, k + 3]
-        for i in range(i1 - i0):
-            a, b, c, d = x0[i], x1[i], x2[i], x3[i]
-            o0[i] = o0[i] + c00 * a + c01 * b + c02 * c + c03 * d
-            o1[i] = o1[i] + c10 * a + c11 * b + c12 * c + c13 * d
-            o2[i] = o2[i] + c20 * a + c21 * b + c22 * c + c23 * d
-            o3[i] = o3[i] + c30 * a + c31 * b + c32 * c + c33 * d
-        k += 4
-    while k < K:
-        x0 = rows[k, i0:i1]
-        c0, c1, c2, c3 = coef[r0, k], coef[r0 + 1, k], coef[r0 + 2, k], coef[r0 + 3, k]
-        for i in range(i1 - i0):
-            a = x0[i]
-            o0[i] += c0 * a
-            o1[i] += c1 * a
-            o2[i] += c2 * a
-            o3[i] += c3 * a
-        k += 1
 
 
 def linear_backward_input(dy, w, dx):
