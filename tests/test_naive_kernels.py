@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from numbacnn import reference as R
 from numbacnn.kernels.cpu import conv
 from numbacnn.kernels.cpu.conv import direct, gemm, naive, polyphase
+from numbacnn.kernels.cpu.registers import slp_vectorize
 
 
 def close(actual, expected, what):
@@ -255,37 +256,65 @@ def test_scratch_blocks_are_reused_grown_and_released():
     assert workspace.held_bytes() == 0
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
-    "C_in,C_out,H,k,stride,pad,dil,groups",
-    [(3, 5, 6, 3, 1, 1, 1, 1), (4, 6, 7, 3, 2, 1, 1, 2), (2, 3, 9, 2, 3, 0, 2, 1), (4, 4, 5, 1, 2, 0, 1, 4)],
+    "C_in,C_out,H,W,k,stride,pad,dil,groups",
+    [
+        (3, 5, 6, 6, 3, 1, 1, 1, 1),  # no register tile (5 channels): 4 + 1 in memory
+        (3, 16, 6, 6, 3, 1, 1, 1, 1),  # two tiles
+        (5, 27, 9, 7, 3, 1, 2, 1, 1),  # 3 tiles + 2 + 1, a wide padding, a plane not square
+        (4, 18, 7, 7, 3, 2, 1, 1, 2),  # groups of 9: 1 tile + 1, strided (phase planes)
+        (2, 12, 9, 9, 2, 3, 0, 2, 1),  # dilated, stride 3
+        (8, 8, 5, 5, 1, 2, 0, 1, 4),  # 1x1, stride 2, groups of 2
+        (3, 24, 4, 4, 5, 1, 2, 1, 1),  # the grid shorter than one tile of positions
+        (16, 8, 11, 11, 3, 1, 1, 1, 1),  # a grid of 11*13 - 2: the last tile partly past it
+    ],
     ids=str,
 )
-def test_direct_forward_folds_images_and_splits_phases_bit_for_bit(
-    C_in, C_out, H, k, stride, pad, dil, groups
+def test_direct_forward_register_tiles_are_the_naive_sum_bit_for_bit(
+    C_in, C_out, H, W, k, stride, pad, dil, groups, dtype
 ):
-    """direct._forward with 1, 2 or 3 images per task (5 images: a partial last block), on
-    phase planes when strided, equals the naive kernel exactly: the taps are added in the
-    naive order whatever the layout."""
+    """direct._forward (8-channel register tiles for each 8 channels of a block, the rest in
+    memory; every block size), strided, dilated and grouped, equals the naive kernel exactly:
+    each sum is the bias + the taps in the naive order, a multiply and an add per tap."""
     rng = np.random.default_rng(4)
-    x = rng.standard_normal((5, C_in, H, H))
-    w = rng.standard_normal((C_out, C_in // groups, k, k))
-    b = rng.standard_normal(C_out)
+    N = 3
+    x = rng.standard_normal((N, C_in, H, W)).astype(dtype)
+    w = rng.standard_normal((C_out, C_in // groups, k, k)).astype(dtype)
+    b = rng.standard_normal(C_out).astype(dtype)
     H_out = (H + 2 * pad - dil * (k - 1) - 1) // stride + 1
-    y0 = np.empty((5, C_out, H_out, H_out))
+    W_out = (W + 2 * pad - dil * (k - 1) - 1) // stride + 1
+    y0 = np.empty((N, C_out, H_out, W_out), dtype)
     naive.conv2d_forward(x, w, b, y0, stride, stride, pad, pad, dil, dil, groups)
-    for fold in (1, 2, 3):
+    C_out_g = C_out // groups
+    blocks = {direct.channel_block(N, C_out, groups), C_out_g, 8, 9, 16, 64}
+    for co_block in sorted(bl for bl in blocks if bl <= max(C_out_g, 8)):
         y = np.full_like(y0, np.nan)
-        direct._forward(x, w, b, y, stride, stride, pad, pad, dil, dil, groups, fold)
-        np.testing.assert_array_equal(y, y0, err_msg=f"fold {fold}")
+        with slp_vectorize():
+            direct._forward(x, w, b, y, stride, stride, pad, pad, dil, dil, groups, co_block)
+        np.testing.assert_array_equal(y, y0, err_msg=f"co_block {co_block}")
 
 
-def test_fold_rule():
-    """Small (phase) planes that are mostly real outputs fold images; others do not."""
-    assert direct.fold_images(64, (64, 64, 3, 3), (64, 64, 8, 8), 1, 1, 1, 1) == 10  # 64 of 100
-    assert direct.fold_images(4, (64, 64, 3, 3), (4, 64, 8, 8), 1, 1, 1, 1) == 4  # at most N
-    assert direct.fold_images(64, (16, 6, 5, 5), (64, 16, 10, 10), 1, 1, 1, 1) == 1  # C3: 100 of 196
-    assert direct.fold_images(64, (64, 32, 3, 3), (64, 64, 8, 8), 2, 2, 1, 1) == 12  # strided: 9 x 9 phases
-    assert direct.fold_images(64, (16, 16, 3, 3), (64, 16, 32, 32), 1, 1, 1, 1) == 1  # a large plane
+def test_channel_block_rule():
+    """CO_BLOCK channels per task, fewer (by 8) only where the batch leaves too few tasks."""
+    assert direct.channel_block(64, 64, 1) == 64
+    assert direct.channel_block(64, 16, 1) == 16
+    assert direct.channel_block(1, 64, 1) == 8  # one image: 8 tasks of 8 channels
+    assert direct.channel_block(2, 64, 1) == 16  # 2 images x 4 blocks
+    assert direct.channel_block(1, 6, 1) == 6  # fewer than 8 channels: one block
+    assert direct.channel_block(1, 128, 2) == 16  # 2 groups x 4 blocks of 16
+
+
+def test_register_tile_needs_its_compile_flag_only_while_compiling():
+    """slp_vectorize() restores Numba's setting, also when the call raises."""
+    import numba
+
+    before = numba.config.SLP_VECTORIZE
+    with pytest.raises(RuntimeError):
+        with slp_vectorize():
+            assert numba.config.SLP_VECTORIZE == 1
+            raise RuntimeError
+    assert numba.config.SLP_VECTORIZE == before
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -309,15 +338,19 @@ def test_gemm_forward_matches_naive(N, C_in, C_out, H, W, k, stride, pad, dtype)
 
 
 def test_gemm_forward_dispatch_rule():
-    """Long reductions (C_in*kH*kW >= 256) on small planes (<= 64 positions), groups 1 and
-    no dilation take the gemm forward; the gather input gradient follows the same rule."""
+    """Long reductions (C_in*kH*kW >= 256) on planes so small that direct.py's register tiles
+    would mostly compute garbage positions (grid use < 0.6), groups 1 and no dilation, take
+    the gemm forward; the gather input gradient follows the same rule."""
     use = gemm.use_gemm_forward
-    assert use((64, 64, 8, 8), (64, 64, 3, 3), (64, 64, 8, 8), 1, 1, 1, 1)  # ResNet-20's last stage
-    assert use((64, 32, 16, 16), (64, 32, 3, 3), (64, 64, 8, 8), 2, 1, 1, 1)  # strided to 8 x 8, K = 288
-    assert not use((64, 16, 16, 16), (32, 16, 3, 3), (64, 32, 8, 8), 2, 1, 1, 1)  # K = 144
-    assert not use((64, 32, 16, 16), (32, 32, 3, 3), (64, 32, 16, 16), 1, 1, 1, 1)  # 256 positions
-    assert not use((64, 64, 8, 8), (64, 64, 3, 3), (64, 64, 8, 8), 1, 2, 2, 1)  # dilated
-    assert not use((64, 64, 8, 8), (64, 32, 3, 3), (64, 64, 8, 8), 1, 1, 1, 2)  # grouped
+    assert use((64, 128, 4, 4), (128, 128, 3, 3), (64, 128, 4, 4), 1, 1, 1, 1)  # 16 of 32: ResNet-18's 4 x 4
+    assert use((64, 64, 8, 8), (128, 64, 3, 3), (64, 128, 4, 4), 2, 1, 1, 1)  # strided to 4 x 4
+    assert not use((64, 64, 8, 8), (64, 64, 3, 3), (64, 64, 8, 8), 1, 1, 1, 1)  # 64 of 80: direct
+    assert not use((64, 32, 16, 16), (64, 32, 3, 3), (64, 64, 8, 8), 2, 1, 1, 1)  # strided to 8 x 8
+    assert not use((64, 8, 4, 4), (8, 8, 3, 3), (64, 8, 4, 4), 1, 1, 1, 1)  # K = 72
+    assert not use((64, 128, 4, 4), (128, 128, 3, 3), (64, 128, 4, 4), 1, 2, 2, 1)  # dilated
+    assert not use((64, 128, 4, 4), (128, 64, 3, 3), (64, 128, 4, 4), 1, 1, 1, 2)  # grouped
+    assert gemm.grid_use((64, 64, 8, 8), 3, 1, 1) == 64 / 80  # rows of 10, 78 positions: 5 tiles
+    assert gemm.grid_use((64, 16, 32, 32), 3, 1, 1) == 1024 / 1088  # 31*34 + 32 = 1086: 68 tiles
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])

@@ -21,8 +21,12 @@ gradient instead run one segment per output row (`planes.segments`).
 Loop nests (who owns what; every output element has exactly one writer)
 
     conv2d_forward           for (n, group, block of CO_BLOCK channels) in prange:
-                                 xp = padded (phase) planes of x[n, group's channels]; acc[cb, H_out*Wq] = b
-                                 for 4 channels, for 4 taps (in order): for j: acc[c, j] += w*xp[j+o]
+                                 xp = padded (phase) planes of x[n, group's channels]
+                                 for each tile of TILE grid positions j0, for 8 channels:
+                                     s[8, TILE] = b (in registers); for each tap (in order):
+                                         s[c, v] += w[c, tap] * xp[j0 + v + o]; acc[c, j0:] = s
+                                 leftover channels: acc = b; for 4 channels, for 4 taps (in
+                                     order): for j: acc[c, j] += w*xp[j+o]
                                  y[n, co0:co0+cb] = acc at the real positions
     conv2d_backward_input    stride 1: gather = conv2d_forward on dy with flipped weights
                              (`conv2d_backward_input_gather`); else a scatter per (n, ci) plane
@@ -33,6 +37,8 @@ Loop nests (who owns what; every output element has exactly one writer)
 
 Optimisations (each measured; see the doc):
     [x] innermost loop elementwise over contiguous j (SIMD without fastmath reordering a sum)
+    [x] forward: 8 channels x 16 positions of sums held in registers across all the taps
+        (`_taps_8ch_tile`; registers.py): one input load and 8 broadcasts per 128 multiply-adds
     [x] 4 x 4 register blocks (channels x taps, or taps x samples): fewer loads per multiply-add
     [x] padding materialised once per task: no bounds test in any loop
     [x] unsigned indices (`uidx`) in the inner loops: no negative-index wrap-around test
@@ -44,6 +50,7 @@ Optimisations (each measured; see the doc):
 import numpy as np
 from numba import njit, prange
 
+from ..registers import slp_vectorize, stack_array
 from .planes import (
     from_grid,
     pad_plane,
@@ -58,13 +65,11 @@ from .planes import (
 )
 
 # Output channels computed together by one forward task (they share its padded input).
-CO_BLOCK = 16
-# (16 against 8, A/B in one process at batch 64: 16->16 3x3 on 32x32 1.07x faster, 32->32 on
-# 16x16 1.12x, LeNet's C3 1.05x; 32 gained 1-3% more on 64 channels but halves the tasks.)
-
-# Grid positions a forward task aims at: small planes fold several images into one task's
-# loop (`fold_images`).
-FOLD = 1024
+# Output channels computed together by one forward task (they share its padded input, and
+# its register tiles read the same inputs one after the other), fewer where the batch is too
+# small for MIN_TASKS tasks (`channel_block`).
+CO_BLOCK = 64
+MIN_TASKS = 8
 
 # Output positions per chunk of the weight gradient's buffer (keeps buf in L1).
 DW_CHUNK = 512
@@ -201,46 +206,82 @@ def _taps_1ch(a0, w0, xp, offs, n_seg, seg_len, Wp, stride_h, stride_w):
         t += 1
 
 
+# The register tile.  _taps_4ch keeps its sums in memory: every pass over the grid loads and
+# stores acc for 4 taps' worth of multiply-adds.  This tile instead holds the sums of 8 output
+# channels x TILE grid positions in registers across ALL the taps (8 x 16 float32: eight
+# 512-bit registers), and stores each once: per tap, one load of TILE inputs and eight
+# broadcast weights feed 8 x TILE multiply-adds.  registers.py says what LLVM needs for that
+# (a stack array and the SLP vectorizer).  Each sum is still b + the taps in the naive order,
+# a multiply and an add per tap, so the result is bit for bit the naive one.
+TILE = 16  # grid positions per tile
+
+
+@njit(cache=True)
+def _taps_8ch_tile(acc, c, j0, b, wt, co, xp, offs):
+    """acc[c + r, j0 + v] = b[co + r] + sum over taps t (in order) of wt[co + r, t] *
+    xp[j0 + v + offs[t]], for the 8 rows r < 8 and TILE positions v < TILE."""
+    # acc: (>= c+8, >= j0+TILE) output grids   b: (C_out,)   wt: (C_out, T)   xp: padded planes, flat
+    # offs: (T,) tap offsets
+    T = offs.shape[0]
+    s = stack_array(128, xp.dtype)  # s: (8*TILE,) the tile's sums, row r at r*TILE (registers)
+    for r in range(8):
+        br = b[co + r]
+        for v in range(TILE):
+            s[r * TILE + v] = br
+    w0, w1, w2, w3 = wt[co], wt[co + 1], wt[co + 2], wt[co + 3]  # w0..w7: (T,) the rows' weights
+    w4, w5, w6, w7 = wt[co + 4], wt[co + 5], wt[co + 6], wt[co + 7]
+    for t in range(T):
+        o = offs[t] + j0
+        a0, a1, a2, a3, a4, a5, a6, a7 = w0[t], w1[t], w2[t], w3[t], w4[t], w5[t], w6[t], w7[t]
+        for v in range(TILE):
+            xv = xp[uidx(o + v)]
+            s[v] += a0 * xv
+            s[TILE + v] += a1 * xv
+            s[2 * TILE + v] += a2 * xv
+            s[3 * TILE + v] += a3 * xv
+            s[4 * TILE + v] += a4 * xv
+            s[5 * TILE + v] += a5 * xv
+            s[6 * TILE + v] += a6 * xv
+            s[7 * TILE + v] += a7 * xv
+    for r in range(8):
+        arow = acc[c + r]  # arow: (grid,)
+        for v in range(TILE):
+            arow[uidx(j0 + v)] = s[r * TILE + v]
+
+
 def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
-    """y = conv2d(x, w) + b on flattened padded (phase) planes (`_forward`), folding
-    `fold_images` images into one task's planes."""
+    """y = conv2d(x, w) + b on flattened padded (phase) planes (`_forward`)."""
     # x: (N, C_in, H, W)   w: (C_out, C_in_g, kH, kW)   b: (C_out,)   y: (N, C_out, H_out, W_out)
-    fold = fold_images(x.shape[0], w.shape, y.shape, stride_h, stride_w, dil_h, dil_w)
-    _forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, fold)
+    co_block = channel_block(x.shape[0], w.shape[0], groups)
+    with slp_vectorize():  # the register tile's compile needs it (registers.py)
+        _forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, co_block)
 
 
-def fold_images(N, w_shape, y_shape, stride_h, stride_w, dil_h, dil_w):
-    """Images per forward task: 1, or for a small (phase) plane whose grid is mostly real
-    outputs (at least 60%), enough images for about FOLD grid positions, at most N.  A
-    task's images lie one after the other within each phase, so a strided conv folds too.
-
-    Measured at batch 64 against one image per task (A/B in one process): 64->64 3x3 on 8x8
-    (64 of 100 grid positions real) 1.18x faster with 10 images, 32->32 on 16x16 1.05x,
-    16->32 3x3 stride 2 1.04x, 1x1 stride 2 0.93-1.0x; LeNet's C3 (100 of 196) was 0.92x
-    folded, so it keeps 1."""
-    kH, kW = w_shape[2], w_shape[3]
-    H_out, W_out = y_shape[2], y_shape[3]
-    Hq = H_out + (kH - 1) * dil_h // stride_h  # a phase plane (the plane itself for stride 1)
-    Wq = W_out + (kW - 1) * dil_w // stride_w
-    if H_out * W_out < 0.6 * Hq * Wq:
-        return 1
-    return max(1, min(N, FOLD // (Hq * Wq)))
+def channel_block(N, C_out, groups):
+    """Output channels per forward task: CO_BLOCK, or fewer (a multiple of 8, for the register
+    tile) where that would leave fewer than MIN_TASKS tasks (a batch of one image).  Every
+    block gives the same bits (each sum is in the naive order): this only sets the speed."""
+    C_out_g = C_out // groups
+    block = min(CO_BLOCK, C_out_g)
+    while block > 8 and N * groups * -(-C_out_g // block) < MIN_TASKS:
+        block -= 8
+    return block
 
 
 @njit(cache=True, parallel=True, fastmath=False)
-def _forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, fold):
+def _forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, co_block):
     """y = conv2d(x, w) + b on flattened padded (phase) planes.
 
-    Against naive.conv2d_forward: a task is (block of `fold` images, group, block of up to
-    CO_BLOCK output channels), whose padded input planes are built once and serve cb channels
-    (for a stride > 1, split into their phases, `planes.split_plane`, so every conv runs as
-    stride 1); the images of a block lie one after the other in each phase of each channel,
-    so one grid loop runs over all of them; no bounds test (taps in the padding read zeros); the
-    innermost loop runs over the contiguous grid positions j into the accumulators acc[c]
-    (SIMD, no sum reordered); channels 4 at a time x taps 4 at a time (`_taps_4ch`), a
-    leftover pair by `_taps_2ch`, a last one by `_taps_1ch`.  Each y element is b + the taps in the naive
-    order (ci_l, kh, kw), so results equal the naive kernel's bit for bit (strided and
-    dilated convs, and any fold, included).
+    Against naive.conv2d_forward: a task is (image, group, block of up to co_block output
+    channels), whose padded input planes are built once and serve its cb channels (for a
+    stride > 1, split into their phases, `planes.split_plane`, so every conv runs as stride 1);
+    no bounds test (taps in the padding read zeros); 8 channels at a time in register tiles of
+    TILE grid positions (`_taps_8ch_tile`), tile by tile along the grid, every 8 channels of
+    the block on one tile before the next (they read the same inputs); the leftover channels
+    (cb % 8) sum in memory along the grid, 4 channels x 4 taps per pass (`_taps_4ch`), a pair by
+    `_taps_2ch`, a last one by `_taps_1ch`.  Each y element is b + the taps in the naive order
+    (ci_l, kh, kw), a multiply and an add each, so results equal the naive kernel's bit for
+    bit (strided and dilated convs included).
     """
     # x: (N, C_in, H, W)   w: (C_out, C_in_g, kH, kW)   b: (C_out,)   y: (N, C_out, H_out, W_out)
     N, C_in, H, W = x.shape
@@ -251,66 +292,50 @@ def _forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, gr
     idx_w, n_w = phase_index(kW, dil_w, stride_w)
     Hq = H_out + (kH - 1) * dil_h // stride_h  # a phase plane: Hq x Wq
     Wq = W_out + (kW - 1) * dil_w // stride_w
-    Pq = Hq * Wq  # one phase plane of one image
-    phase = fold * Pq  # a phase of a task's channel: its images' phase planes, one after the other
-    chan = n_h * n_w * phase  # one input channel of a task: its phases
+    Pq = Hq * Wq  # one phase plane
+    chan = n_h * n_w * Pq  # one input channel: its phases
     offs = phase_tap_offsets(
-        C_in_g, kH, kW, dil_h, dil_w, stride_h, stride_w, idx_h, idx_w, n_w, Wq, chan, phase
+        C_in_g, kH, kW, dil_h, dil_w, stride_h, stride_w, idx_h, idx_w, n_w, Wq, chan, Pq
     )
     wt = w.reshape(C_out, C_in_g * kH * kW)  # wt: (C_out, T) weights in tap order
-    n_blk = (C_out_g + CO_BLOCK - 1) // CO_BLOCK  # channel blocks per group
-    n_img = (N + fold - 1) // fold  # image blocks
+    n_blk = (C_out_g + co_block - 1) // co_block  # channel blocks per group
     tasks_per_img = groups * n_blk
+    seg_len = (H_out - 1) * Wq + W_out  # grid positions, first output to last
     one = min(stride_h, 1)  # 1 (a variable: passing the literal 1 measured 10-30% slower)
-    for t in prange(n_img * tasks_per_img):  # parallel over (images, g, block): owns y[n0:n1, co0:co0+cb]
-        n0 = (t // tasks_per_img) * fold
-        nb = min(fold, N - n0)  # images in this block
-        r = t - (t // tasks_per_img) * tasks_per_img
+    for t in prange(N * tasks_per_img):  # parallel over (n, g, block): owns y[n, co0:co0+cb]
+        n = t // tasks_per_img
+        r = t - n * tasks_per_img
         g = r // n_blk
-        co0 = g * C_out_g + (r - g * n_blk) * CO_BLOCK
-        cb = min(CO_BLOCK, (g + 1) * C_out_g - co0)  # channels in this block
-        xp = np.empty(C_in_g * chan, x.dtype)  # xp: (C_in_g, phases, fold, Hq*Wq) padded planes, flat
+        co0 = g * C_out_g + (r - g * n_blk) * co_block
+        cb = min(co_block, (g + 1) * C_out_g - co0)  # channels in this block
+        # xp: (C_in_g, phases, Hq*Wq) padded planes, flat, and TILE elements a tile's last
+        # positions may read past them (positions past seg_len: never read back)
+        xp = np.empty(C_in_g * chan + TILE, x.dtype)
         for ci_l in range(C_in_g):
-            for i in range(nb):  # image i's phases: at i*Pq in each phase's block
-                at = ci_l * chan + i * Pq
-                split_plane(x[n0 + i, g * C_in_g + ci_l], xp[at : (ci_l + 1) * chan], pad_top, pad_left,
-                            stride_h, stride_w, idx_h, idx_w, Hq, Wq, phase)  # fmt: skip
-        seg_len = (nb - 1) * Pq + (H_out - 1) * Wq + W_out  # grid positions, first output to last
-        acc = np.empty((cb, nb * Pq), y.dtype)  # acc: (cb, nb*Pq) output grids, image after image
-        for c in range(cb):
-            arow = acc[c]  # arow: (nb*Pq,)
+            split_plane(x[n, g * C_in_g + ci_l], xp[ci_l * chan : (ci_l + 1) * chan], pad_top, pad_left,
+                        stride_h, stride_w, idx_h, idx_w, Hq, Wq, Pq)  # fmt: skip
+        acc = np.empty((cb, Pq + TILE), y.dtype)  # acc: (cb, Pq + TILE) output grids
+        c8 = cb - cb % 8  # channels in register tiles
+        for j0 in range(0, seg_len, TILE):
+            for c in range(0, c8, 8):
+                _taps_8ch_tile(acc, c, j0, b, wt, co0 + c, xp, offs)
+        for c in range(c8, cb):  # the leftover channels sum in memory, from the bias
+            arow = acc[c]  # arow: (Pq + TILE,)
             bc = b[co0 + c]
-            for j in range(nb * Pq):
+            for j in range(Pq):
                 arow[uidx(j)] = bc
-        c = 0
+        c = c8
         while c + 4 <= cb:
-            _taps_4ch(
-                acc[c],
-                acc[c + 1],
-                acc[c + 2],
-                acc[c + 3],
-                wt[co0 + c],
-                wt[co0 + c + 1],
-                wt[co0 + c + 2],
-                wt[co0 + c + 3],
-                xp,
-                offs,
-                one,
-                seg_len,
-                Wq,
-                one,
-                one,
-            )
+            _taps_4ch(acc[c], acc[c + 1], acc[c + 2], acc[c + 3], wt[co0 + c], wt[co0 + c + 1],
+                      wt[co0 + c + 2], wt[co0 + c + 3], xp, offs, one, seg_len, Wq, one, one)  # fmt: skip
             c += 4
         if c + 2 <= cb:
             _taps_2ch(acc[c], acc[c + 1], wt[co0 + c], wt[co0 + c + 1], xp, offs, one, seg_len, Wq, one, one)
             c += 2
         if c < cb:
             _taps_1ch(acc[c], wt[co0 + c], xp, offs, one, seg_len, Wq, one, one)
-            c += 1
         for c in range(cb):
-            for i in range(nb):
-                from_grid(acc[c], i * Pq, Wq, y[n0 + i, co0 + c])
+            from_grid(acc[c], 0, Wq, y[n, co0 + c])
 
 
 # --------------------------------------------------------------------------- backward

@@ -58,6 +58,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..workspace import scratch
+from .direct import TILE
 from .planes import inside, uidx
 
 # Every groups-1 weight gradient takes this path while its packed X fits in MAX_PANEL bytes
@@ -374,20 +375,32 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
 # per output are amortised) and the planes are small (the plane kernel's loops are short):
 # `use_gemm_forward`.
 MIN_K_FORWARD = 256  # taps, at least
-MAX_PLANE_FORWARD = 64  # output positions per plane, at most
+MIN_GRID_USE = 0.6  # below this share of real outputs on direct.py's tiled grid, this path
 
 
 def use_gemm_forward(x_shape, w_shape, y_shape, stride_w, dil_h, dil_w, groups):
     """True when the forward of x for w (and the gather input gradient, the same conv on dy)
-    should take this path.  Measured at batch 64, 2 threads, against direct.py (A/B in one
-    process), the output plane decides: 64->64 3x3 on 8x8 (K = 576) 1.79x faster, 32->64 3x3
-    stride 2 to 8x8 (K = 288) 2.44x; but 32->32 on 16x16 (256 positions) 0.81x, 16->32 stride
-    2 to 16x16 0.94x, 64->64 on 32x32 (batch 16) 0.85x, 16->16 5x5 on 10x10 (K = 400) 0.66x,
-    LeNet's C3 (K = 150) 0.41x."""
+    should take this path: long reductions on planes so small that direct.py's register tiles
+    would mostly compute garbage positions (`grid_use` < MIN_GRID_USE).
+
+    Measured at batch 64, 2 threads, against direct.py with its 8 x 16 register tiles: 64->64
+    3x3 on 4x4 (16 real outputs of 32 computed) 1.87 vs 3.38 ms; but on 8x8 (64 of 80) 2.2 vs
+    2.0, 32->64 3x3 stride 2 to 8x8 1.53 vs 1.27, 16->16 5x5 on 10x10 0.45 vs 0.30 (the plane
+    kernel without the tiles had lost to it on all three: 0.56x, 0.41x, 0.66x)."""
     C_in, kH, kW = w_shape[1], w_shape[2], w_shape[3]
     K = C_in * kH * kW
-    small = y_shape[2] * y_shape[3] <= MAX_PLANE_FORWARD
+    small = grid_use(y_shape, kW, stride_w, dil_w) < MIN_GRID_USE
     return groups == 1 and dil_h == 1 and dil_w == 1 and K >= MIN_K_FORWARD and small and x_shape[0] > 0
+
+
+def grid_use(y_shape, kW, stride_w, dil_w):
+    """The share of the positions direct.py's forward computes that are real outputs: its grid
+    runs from the first output to the last over rows of Wq = W_out + (kW-1)*dil_w // stride_w
+    (a phase plane's width), rounded up to whole register tiles of direct.TILE positions."""
+    H_out, W_out = y_shape[2], y_shape[3]
+    Wq = W_out + (kW - 1) * dil_w // stride_w
+    seg_len = (H_out - 1) * Wq + W_out
+    return H_out * W_out / (-(-seg_len // TILE) * TILE)
 
 
 @njit(cache=True, parallel=True)
