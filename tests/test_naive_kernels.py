@@ -186,34 +186,71 @@ def test_gemm_weight_gradient_tiles_and_edges_match_naive(N, C_in, C_out, H, k, 
     naive.conv2d_backward_weight(dy, x, dw0, stride, stride, pad, pad, dil, dil, 1)
     gemm.conv2d_backward_weight(dy, x, dw, stride, stride, pad, pad, dil, dil)
     close(dw, dw0, f"gemm backward_weight {N, C_in, C_out, H, k, stride, pad, dil}")
-    assert gemm.use_gemm(dy.shape, dw.shape, stride, stride, 1, dw.itemsize, dil)
-    assert not gemm.use_gemm(dy.shape, dw.shape, stride, stride, 2, dw.itemsize)  # groups: direct.py
+    geo = (x.shape, stride, stride, pad, pad, dil, dil)
+    assert gemm.use_gemm(dy.shape, dw.shape, *geo, 1, dw.itemsize)
+    assert not gemm.use_gemm(dy.shape, dw.shape, *geo, 2, dw.itemsize)  # groups: direct.py
+
+
+@pytest.mark.parametrize(
+    "H,W,k,pad_top,pad_left,H_out,W_out",
+    [(9, 11, 4, 1, 2, 9, 10), (9, 11, 4, 2, 0, 9, 10), (20, 17, 3, 0, 2, 18, 17), (24, 9, 3, 3, 1, 26, 9)],
+    ids=str,
+)
+def test_gemm_weight_gradient_with_uneven_padding_matches_naive(H, W, k, pad_top, pad_left, H_out, W_out):
+    """Rows (and images) that share their zero padding: the grid is W + the wider padding
+    wide (Hq = H + the wider one, for shifted kernel rows), whichever side is wider, against
+    the naive weight gradient (the panels filled with NaN first: every element read is packed)."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, H, W))
+    dy = rng.standard_normal((2, 4, H_out, W_out))
+    dw, dw0 = np.empty((4, 3, k, k)), np.empty((4, 3, k, k))
+    naive.conv2d_backward_weight(dy, x, dw0, 1, 1, pad_top, pad_left, 1, 1, 1)
+    g = gemm.geometry(dy.shape, dw.shape, x.shape, 1, 1, pad_top, pad_left, 1, 1)
+    pad_right, pad_bottom = W_out + k - 1 - pad_left - W, H_out + k - 1 - pad_top - H
+    assert g.Wq == max(W_out, W + max(pad_left, pad_right))
+    assert g.kH_packed == k or g.Hq == max(H_out, H + max(pad_top, pad_bottom))
+    for name, rows in (("conv_gemm_X", 3 * g.kH_packed), ("conv_gemm_D", 4)):
+        gemm.scratch(name, (rows, g.P_row), np.float64)[...] = np.nan
+    gemm.conv2d_backward_weight(dy, x, dw, 1, 1, pad_top, pad_left, 1, 1)
+    close(dw, dw0, f"uneven padding {H, W, k, pad_top, pad_left}")
 
 
 def test_gemm_shifts_rows_on_planes_of_8_rows_per_extra_row():
     """Stride 1 both ways: one packed row per ci (taps are views shifted along rows and
     columns) when H_out >= 8 * (kH-1) * dil_h; else one per (ci, kh); strided: one per tap."""
-    g = gemm.geometry((64, 16, 32, 32), (16, 16, 3, 3), 1, 1, 1, 1)
-    assert (g.kH_packed, g.kW_packed, g.Hq, g.Wq) == (1, 1, 34, 34) and g.P == 64 * 34 * 34
-    assert g.P_row == g.P + gemm.ROW_PAD + 2 * 34 + 2  # the views' reach past P
-    assert gemm.geometry((64, 32, 16, 16), (32, 32, 3, 3), 1, 1, 1, 1)[:4] == (1, 1, 18, 18)
-    assert gemm.geometry((64, 64, 8, 8), (64, 64, 3, 3), 1, 1, 1, 1)[:4] == (3, 1, 8, 10)
-    assert gemm.geometry((64, 32, 16, 16), (32, 16, 3, 3), 2, 2, 1, 1)[:4] == (3, 3, 16, 16)
-    assert gemm.geometry((64, 32, 16, 16), (32, 16, 3, 3), 2, 1, 1, 1)[:4] == (3, 1, 16, 18)
+    g = gemm.geometry((64, 16, 32, 32), (16, 16, 3, 3), (64, 16, 32, 32), 1, 1, 1, 1, 1, 1)
+    assert (g.kH_packed, g.kW_packed, g.Hq, g.Wq) == (1, 1, 33, 33) and g.P == 64 * 33 * 33  # shared padding
+    assert g.P_row == g.P + gemm.ROW_PAD + 2 * 33 + 2  # the views' reach past P
+    same = (1, 1, 1, 1, 1, 1)  # stride 1, padding 1, dilation 1
+    assert gemm.geometry((64, 32, 16, 16), (32, 32, 3, 3), (64, 32, 16, 16), *same)[:4] == (1, 1, 17, 17)
+    assert gemm.geometry((64, 64, 8, 8), (64, 64, 3, 3), (64, 64, 8, 8), *same)[:4] == (3, 1, 8, 9)
+    assert gemm.geometry((64, 6, 28, 28), (6, 1, 5, 5), (64, 1, 32, 32), 1, 1, 0, 0, 1, 1)[:4] == (
+        5,
+        1,
+        28,
+        32,
+    )  # C1
+    x = (64, 16, 32, 32)
+    assert gemm.geometry((64, 32, 16, 16), (32, 16, 3, 3), x, 2, 2, 1, 1, 1, 1)[:4] == (3, 3, 16, 16)
+    assert gemm.geometry((64, 32, 16, 32), (32, 16, 3, 3), x, 2, 1, 1, 1, 1, 1)[:4] == (3, 1, 16, 33)
 
 
 def test_gemm_dispatch_rule():
     """Every groups-1 weight gradient takes the packed path unless its panel is over 64 MB
     (X's rows: one per (ci, kh) for stride 1, shifted per kw; one per tap otherwise)."""
-    use = gemm.use_gemm
-    assert use((64, 16, 32, 32), (16, 16, 3, 3), 1, 1, 1, 4)  # ResNet-20's 16-channel stage
-    assert use((64, 6, 28, 28), (6, 1, 5, 5), 1, 1, 1, 4)  # LeNet's C1
-    assert use((64, 32, 16, 16), (32, 16, 3, 3), 2, 2, 1, 4)  # strided
-    assert use((64, 64, 8, 8), (64, 64, 3, 3), 1, 1, 1, 4)  # a small plane: 4.4 MB
-    assert not use((64, 64, 8, 8), (64, 64, 3, 3), 1, 1, 2, 4)  # groups: direct.py
-    assert use((1090, 64, 8, 8), (64, 64, 3, 3), 1, 1, 1, 4)  # 63.9 MB of panel
-    assert not use((1100, 64, 8, 8), (64, 64, 3, 3), 1, 1, 1, 4)  # 64.5 MB
-    assert not use((0, 64, 8, 8), (64, 64, 3, 3), 1, 1, 1, 4)  # no images
+
+    def use(dy_shape, w_shape, x_shape, stride, pad, groups=1):
+        return gemm.use_gemm(dy_shape, w_shape, x_shape, stride, stride, pad, pad, 1, 1, groups, 4)
+
+    assert use((64, 16, 32, 32), (16, 16, 3, 3), (64, 16, 32, 32), 1, 1)  # ResNet-20's 16-channel stage
+    assert use((64, 6, 28, 28), (6, 1, 5, 5), (64, 1, 32, 32), 1, 0)  # LeNet's C1
+    assert use((64, 32, 16, 16), (32, 16, 3, 3), (64, 16, 32, 32), 2, 1)  # strided
+    assert use((64, 64, 8, 8), (64, 64, 3, 3), (64, 64, 8, 8), 1, 1)  # a small plane: 4 MB
+    assert not use((64, 64, 8, 8), (64, 64, 3, 3), (64, 64, 8, 8), 1, 1, groups=2)  # groups: direct.py
+    # 64 x 3 rows of N*8*9 + 18: 63.99 MB at N = 1213, 64.04 MB at 1214
+    assert use((1213, 64, 8, 8), (64, 64, 3, 3), (1213, 64, 8, 8), 1, 1)
+    assert not use((1214, 64, 8, 8), (64, 64, 3, 3), (1214, 64, 8, 8), 1, 1)
+    assert not use((0, 64, 8, 8), (64, 64, 3, 3), (0, 64, 8, 8), 1, 1)  # no images
 
 
 def test_gemm_weight_gradient_is_the_same_for_any_thread_count():
@@ -224,7 +261,7 @@ def test_gemm_weight_gradient_is_the_same_for_any_thread_count():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((8, 1, 32, 32)).astype(np.float32)
     dy = rng.standard_normal((8, 6, 28, 28)).astype(np.float32)
-    assert gemm.slices(25, gemm.geometry(dy.shape, (6, 1, 5, 5), 1, 1, 1, 1).P) > 1
+    assert gemm.slices(25, gemm.geometry(dy.shape, (6, 1, 5, 5), x.shape, 1, 1, 0, 0, 1, 1).P) > 1
     results = []
     threads = numba.get_num_threads()
     try:
@@ -371,9 +408,10 @@ def test_weight_gradient_with_a_non_finite_input_matches_naive(N, C_in, C_out, H
     dy = rng.standard_normal((N, C_out, H_out, H_out))
     dw0 = np.empty_like(w)
     naive.conv2d_backward_weight(dy, x, dw0, 1, 1, pad, pad, 1, 1, 1)
-    grid = gemm.geometry(dy.shape, w.shape, 1, 1, 1, 1)
+    grid = gemm.geometry(dy.shape, w.shape, x.shape, 1, 1, pad, pad, 1, 1)
     assert not gemm.exact_for(x, w.shape, grid)
-    assert gemm.exact_for(x, (C_out, C_in, 1, 1), gemm.geometry(dy.shape, (C_out, C_in, 1, 1), 1, 1, 1, 1))
+    one_by_one = gemm.geometry(dy.shape, (C_out, C_in, 1, 1), x.shape, 1, 1, pad, pad, 1, 1)
+    assert gemm.exact_for(x, (C_out, C_in, 1, 1), one_by_one)
     dw = np.empty_like(w)
     conv.conv2d_backward_weight(dy, x, dw, 1, 1, pad, pad, 1, 1, 1)
     np.testing.assert_array_equal(np.isnan(dw), np.isnan(dw0))

@@ -121,8 +121,12 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
         N, C_out, K = dy.shape[0], dy.shape[1], dw[0].size
         _dense.linear_backward_weight(dy.reshape(N, C_out), x.reshape(N, K), dw.reshape(C_out, K))
     elif gemm.use_gemm(
-        dy.shape, dw.shape, stride_h, stride_w, groups, dw.itemsize, dil_w, dil_h
-    ) and gemm.exact_for(x, dw.shape, gemm.geometry(dy.shape, dw.shape, stride_h, stride_w, dil_h, dil_w)):
+        dy.shape, dw.shape, x.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, dw.itemsize
+    ) and gemm.exact_for(
+        x,
+        dw.shape,
+        gemm.geometry(dy.shape, dw.shape, x.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w),
+    ):
         gemm.conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     elif polyphase.use_polyphase(
         x.shape, dw.shape, dy.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w

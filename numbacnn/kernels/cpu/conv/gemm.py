@@ -20,13 +20,15 @@ kept in registers across the reduction: 8 loads feed 16 multiply-adds.
 
 Shifted rows (`geometry`).  For stride_w 1 the taps kw of a kernel row read one input row at
 kw*dil_w further along, so X keeps ONE packed row per (ci, kh), laid on a grid of
-Wq = W_out + (kW-1)*dil_w columns per output row, and tap kw is that row viewed from kw*dil_w
-on; dY is 0 in the Wq - W_out extra columns, which adds (Wq/W_out - 1) of work and cuts the
-pack kW-fold.  For stride 1 both ways on planes of at least 8*(kH-1)*dil_h rows the same holds
-for the rows: X keeps ONE row per ci, the padded input plane on Hq = H_out + (kH-1)*dil_h rows
-of Wq columns, tap (kh, kw) is it viewed from kh*dil_h*Wq + kw*dil_w on, and dY is 0 in the
-extra rows too (16->16 on 32x32: 2.96 -> 2.42 ms, 32->32 on 16x16: 2.54 -> 2.32; on 8x8 the
-25% extra work lost: 2.40 -> 2.64, so those keep a row per (ci, kh)).  Those zeros meet real
+Wq = W + max(pad_left, pad_right) columns per output row (the rows share their zero padding),
+and tap kw is that row viewed from kw*dil_w on; dY is 0 in the Wq - W_out extra columns, which
+adds (Wq/W_out - 1) of work and cuts the pack kW-fold.  For stride 1 both ways on planes of at
+least 8*(kH-1)*dil_h rows the same holds for the rows: X keeps ONE row per ci, the padded
+input plane on Hq = H + max(pad_top, pad_bottom) rows of Wq columns, tap (kh, kw) is it viewed
+from kh*dil_h*Wq + kw*dil_w on, and dY is 0 in the extra rows too (16->16 on 32x32: 2.96 ->
+2.42 ms, 32->32 on 16x16: 2.54 -> 2.32; on 8x8 the extra work lost: 2.40 -> 2.64, so those
+keep a row per (ci, kh); measured with the padding on both sides, Wq = W_out + (kW-1)*dil_w,
+before the rows shared it).  Those zeros meet real
 inputs (0 x inf is NaN), so an x holding a NaN or an inf goes to the plane kernels instead
 (`exact_for`; checking costs ~3% of the gradient).
 
@@ -75,10 +77,13 @@ MIN_SLICE = 2048  # positions per slice of the reduction, at least
 ROW_SHIFT_PLANE = 8  # rows of output plane per (kH-1)*dil_h extra grid row, at least (see geometry)
 
 
-def use_gemm(dy_shape, w_shape, stride_h, stride_w, groups, itemsize, dil_w=1, dil_h=1):
+def use_gemm(
+    dy_shape, w_shape, x_shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, itemsize
+):
     """True when the weight gradient of dy: (N, C_out, H_out, W_out) for w: (C_out, C_in, kH,
-    kW) should take this path: groups 1, at least one image, X's panel within MAX_PANEL."""
-    g = geometry(dy_shape, w_shape, stride_h, stride_w, dil_h, dil_w)
+    kW) and x: (N, C_in, H, W) should take this path: groups 1, at least one image, X's panel
+    within MAX_PANEL."""
+    g = geometry(dy_shape, w_shape, x_shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     panel = w_shape[1] * g.kH_packed * g.kW_packed * g.P_row * itemsize
     return groups == 1 and dy_shape[0] > 0 and panel <= MAX_PANEL
 
@@ -297,30 +302,38 @@ class Grid(NamedTuple):
 
 
 @functools.lru_cache(maxsize=1024)
-def geometry(dy_shape, w_shape, stride_h, stride_w, dil_h, dil_w):
+def geometry(dy_shape, w_shape, x_shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
     """The Grid of the packed panels.
 
     For stride_w 1 the taps kw of one kernel row read the same input row shifted by kw*dil_w,
-    so X packs ONE row per (ci, kh) on a grid of Wq = W_out + (kW-1)*dil_w columns per output
-    row (dY is 0 in the Wq - W_out extra columns) and tap kw is that row read from kw*dil_w on:
-    the pack is kW times smaller for (Wq / W_out - 1) more multiply-adds (C3: 5x smaller, 1.4x
-    the work; a 3x3 conv on 32x32: 3x, 1.06x).  With stride_h 1 too, and a plane of at least
-    ROW_SHIFT_PLANE rows per extra grid row, the kernel rows are shifted views as well: ONE row
-    per ci on Hq = H_out + (kH-1)*dil_h rows (dY 0 in the extra rows), tap (kh, kw) read from
-    kh*dil_h*Wq + kw*dil_w on.  Otherwise one row per tap on the H_out x W_out grid."""
+    so X packs ONE row per (ci, kh) on a grid of Wq columns per output row, column c holding
+    input column c - pad_left (0 in the padding), and tap kw is that row read from kw*dil_w
+    on; dY is 0 in the Wq - W_out extra columns.  The pack is kW times smaller for Wq / W_out
+    times the multiply-adds (C3: 5x smaller, 1.4x the work; a 3x3 conv on 32x32: 3x, 1.03x).
+    Wq = W + the wider of the two paddings: the rows share their zero padding (a tap that
+    reads past a row's right padding lands in the next row's left padding, also zeros), so a
+    3x3 "same" conv on 8x8 has rows of 9, not 8 + 2 + 2 - 2 = 10 (the work 1.25x -> 1.125x).
+    With stride_h 1 too, and a plane of at least ROW_SHIFT_PLANE rows per extra grid row, the
+    kernel rows are shifted views as well: ONE row per ci on Hq = H + the wider of the top and
+    bottom paddings (the images share theirs likewise), tap (kh, kw) read from kh*dil_h*Wq +
+    kw*dil_w on, dY 0 in the extra rows.  Otherwise one row per tap on the H_out x W_out grid."""
     N, _, H_out, W_out = dy_shape
     kH, kW = w_shape[2], w_shape[3]
+    H, W = x_shape[2], x_shape[3]
     shifted = stride_w == 1 and kW > 1
-    kW_packed, Wq = (1, W_out + (kW - 1) * dil_w) if shifted else (kW, W_out)
-    rows = (kH - 1) * dil_h
-    shifted_h = shifted and stride_h == 1 and kH > 1 and H_out >= ROW_SHIFT_PLANE * rows
-    kH_packed, Hq = (1, H_out + rows) if shifted_h else (kH, H_out)
+    reach_w = (kW - 1) * dil_w  # how far a row's last tap reads past its first
+    pad_right = W_out - 1 + reach_w - pad_left - (W - 1)  # the padding the taps read past W
+    kW_packed, Wq = (1, max(W_out, W + max(pad_left, pad_right))) if shifted else (kW, W_out)
+    reach_h = (kH - 1) * dil_h
+    shifted_h = shifted and stride_h == 1 and kH > 1 and H_out >= ROW_SHIFT_PLANE * reach_h
+    pad_bottom = H_out - 1 + reach_h - pad_top - (H - 1)
+    kH_packed, Hq = (1, max(H_out, H + max(pad_top, pad_bottom))) if shifted_h else (kH, H_out)
     P = N * Hq * Wq
-    # Rows P_row = P + tail elements apart: the shifted views read up to (Hq - H_out)*Wq +
-    # (Wq - W_out) past P, and 8 rows a power of two apart (P = 64 x 64 = 4096) would fall
-    # into the same L1 sets and thrash them (2 threads on sibling cores: 2x slower than one);
-    # a cache line more spreads them.
-    P_row = P + ROW_PAD + (Hq - H_out) * Wq + (Wq - W_out)
+    # Rows P_row = P + tail elements apart: the shifted views read up to reach_h*Wq + reach_w
+    # past P, and 8 rows a power of two apart (P = 64 x 64 = 4096) would fall into the same
+    # L1 sets and thrash them (2 threads on sibling cores: 2x slower than one); a cache line
+    # more spreads them.
+    P_row = P + ROW_PAD + reach_h * Wq * shifted_h + reach_w * shifted
     return Grid(kH_packed, kW_packed, Hq, Wq, P, P_row)
 
 
@@ -352,7 +365,7 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
     # dy: (N, C_out, H_out, W_out)   x: (N, C_in, H, W)   dw: (C_out, C_in, kH, kW)
     C_out = dy.shape[1]
     C_in, kH, kW = dw.shape[1:]
-    g = geometry(dy.shape, dw.shape, stride_h, stride_w, dil_h, dil_w)
+    g = geometry(dy.shape, dw.shape, x.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     K = C_in * kH * kW
     krow, kshift = _tap_rows(C_in, kH, kW, g, dil_h, dil_w)
     # the panels are scratch (workspace.py): reused across calls, not fresh pages each time
