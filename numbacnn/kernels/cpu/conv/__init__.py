@@ -9,10 +9,11 @@ Read the strategies in this order:
 
     naive.py      the formulas written out literally, a bounds test per tap (the "before")
     planes.py     the flattened, zero-padded plane layout the fast kernels work on
-    direct.py     the fast kernels on those planes (a strided forward on phase planes)
+    direct.py     the fast kernels on those planes (a strided forward on phase planes; the
+                  forward's register tiles: registers.py)
     polyphase.py  a strided conv's gradients as sums of stride-1 ones, on direct.py's kernels
     gemm.py       the weight gradient (groups 1) as one packed matrix product, and the
-                  forward of small planes with long reductions as dot products
+                  forward of tiny planes with long reductions as dot products
 
 docs/kernels/conv_cpu.md explains the layout, the register blocking and the measurements.
 
@@ -23,7 +24,8 @@ Dispatch (the contract names below; functional.conv2d* call them, validated and 
     gemm       backward_weight, groups 1, its packed panel within 64 MB (and, for shared shifted
                rows, a finite x: gemm.exact_for) -> gemm.py;
                forward (and the gather input gradient), groups 1, no dilation, C_in*kH*kW >= 256
-               on planes of at most 64 positions -> gemm.conv2d_forward
+               on planes so small that direct.py's register tiles would mostly compute garbage
+               positions (gemm.grid_use < 0.6: 4x4) -> gemm.conv2d_forward
     polyphase  backward, stride > 1, dilation 1 (unless the stride is far longer than the input)
                -> polyphase.py (the forward splits its planes into phases itself: direct.py)
     naive      backward_input when w holds a NaN or an inf (exact: the fast forms multiply
