@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from numbacnn import reference as R
 from numbacnn.kernels.cpu import conv
 from numbacnn.kernels.cpu.conv import direct, gemm, naive, polyphase
-from numbacnn.kernels.cpu.registers import slp_vectorize
 
 
 def close(actual, expected, what):
@@ -327,31 +326,38 @@ def test_direct_forward_register_tiles_are_the_naive_sum_bit_for_bit(
     blocks = {direct.channel_block(N, C_out, groups), C_out_g, 8, 9, 16, 64}
     for co_block in sorted(bl for bl in blocks if bl <= max(C_out_g, 8)):
         y = np.full_like(y0, np.nan)
-        with slp_vectorize():
-            direct._forward(x, w, b, y, stride, stride, pad, pad, dil, dil, groups, co_block)
+        direct._forward(x, w, b, y, stride, stride, pad, pad, dil, dil, groups, co_block)
         np.testing.assert_array_equal(y, y0, err_msg=f"co_block {co_block}")
 
 
 def test_channel_block_rule():
-    """CO_BLOCK channels per task, fewer (by 8) only where the batch leaves too few tasks."""
+    """CO_BLOCK channels per task, fewer (multiples of 8) only where the batch leaves too few
+    tasks; at least one."""
     assert direct.channel_block(64, 64, 1) == 64
     assert direct.channel_block(64, 16, 1) == 16
     assert direct.channel_block(1, 64, 1) == 8  # one image: 8 tasks of 8 channels
     assert direct.channel_block(2, 64, 1) == 16  # 2 images x 4 blocks
     assert direct.channel_block(1, 6, 1) == 6  # fewer than 8 channels: one block
     assert direct.channel_block(1, 128, 2) == 16  # 2 groups x 4 blocks of 16
+    assert direct.channel_block(1, 10, 1) == 8  # 10 -> 8 (a tile), not 2
+    assert direct.channel_block(1, 20, 1) == 8
+    assert direct.channel_block(2, 0, 1) == 1  # no channels: still a valid block
 
 
-def test_register_tile_needs_its_compile_flag_only_while_compiling():
-    """slp_vectorize() restores Numba's setting, also when the call raises."""
-    import numba
+def test_a_conv_with_no_channels_gives_empty_or_zero_gradients():
+    """No input channels: y is the bias, dx is empty, dw is empty (the gather input gradient
+    runs a forward with no output channels; a found regression: ZeroDivisionError)."""
+    from numbacnn import functional as F
 
-    before = numba.config.SLP_VECTORIZE
-    with pytest.raises(RuntimeError):
-        with slp_vectorize():
-            assert numba.config.SLP_VECTORIZE == 1
-            raise RuntimeError
-    assert numba.config.SLP_VECTORIZE == before
+    x = np.ones((2, 0, 6, 6), np.float32)
+    w = np.ones((8, 0, 3, 3), np.float32)
+    b = np.arange(8, dtype=np.float32)
+    y = F.conv2d(x, w, b, padding=1)
+    np.testing.assert_array_equal(y, np.broadcast_to(b[None, :, None, None], (2, 8, 6, 6)))
+    dx, dw, db = F.conv2d_backward(
+        np.ones((2, 8, 6, 6), np.float32), x, w, padding=1, output_mask=(True, False, True)
+    )
+    assert dx.shape == (2, 0, 6, 6) and dw is None and db.shape == (8,)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

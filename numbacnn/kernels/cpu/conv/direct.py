@@ -50,7 +50,7 @@ Optimisations (each measured; see the doc):
 import numpy as np
 from numba import njit, prange
 
-from ..registers import slp_vectorize, stack_array
+from ..registers import stack_array
 from .planes import (
     from_grid,
     pad_plane,
@@ -64,7 +64,6 @@ from .planes import (
     uidx,
 )
 
-# Output channels computed together by one forward task (they share its padded input).
 # Output channels computed together by one forward task (they share its padded input, and
 # its register tiles read the same inputs one after the other), fewer where the batch is too
 # small for MIN_TASKS tasks (`channel_block`).
@@ -211,9 +210,10 @@ def _taps_1ch(a0, w0, xp, offs, n_seg, seg_len, Wp, stride_h, stride_w):
 # channels x TILE grid positions in registers across ALL the taps (8 x 16 float32: eight
 # 512-bit registers), and stores each once: per tap, one load of TILE inputs and eight
 # broadcast weights feed 8 x TILE multiply-adds.  registers.py says what LLVM needs for that
-# (a stack array and the SLP vectorizer).  Each sum is still b + the taps in the naive order,
-# a multiply and an add per tap, so the result is bit for bit the naive one.
+# (a stack array).  Each sum is still b + the taps in the naive order, a multiply and an add
+# per tap, so the result is bit for bit the naive one.
 TILE = 16  # grid positions per tile
+TILE_SUMS = 128  # 8 * TILE: the tile's stack array (a literal: registers.stack_array needs one)
 
 
 @njit(cache=True)
@@ -223,7 +223,7 @@ def _taps_8ch_tile(acc, c, j0, b, wt, co, xp, offs):
     # acc: (>= c+8, >= j0+TILE) output grids   b: (C_out,)   wt: (C_out, T)   xp: padded planes, flat
     # offs: (T,) tap offsets
     T = offs.shape[0]
-    s = stack_array(128, xp.dtype)  # s: (8*TILE,) the tile's sums, row r at r*TILE (registers)
+    s = stack_array(TILE_SUMS, acc.dtype)  # s: (8*TILE,) the tile's sums, row r at r*TILE (registers)
     for r in range(8):
         br = b[co + r]
         for v in range(TILE):
@@ -253,18 +253,18 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
     """y = conv2d(x, w) + b on flattened padded (phase) planes (`_forward`)."""
     # x: (N, C_in, H, W)   w: (C_out, C_in_g, kH, kW)   b: (C_out,)   y: (N, C_out, H_out, W_out)
     co_block = channel_block(x.shape[0], w.shape[0], groups)
-    with slp_vectorize():  # the register tile's compile needs it (registers.py)
-        _forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, co_block)
+    _forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, co_block)
 
 
 def channel_block(N, C_out, groups):
-    """Output channels per forward task: CO_BLOCK, or fewer (a multiple of 8, for the register
-    tile) where that would leave fewer than MIN_TASKS tasks (a batch of one image).  Every
+    """Output channels per forward task: all of a group's up to CO_BLOCK, or where that would
+    leave fewer than MIN_TASKS tasks (a batch of one image), the next multiple of 8 below (the
+    register tiles take 8 channels), down to 8.  At least 1 (a group of no channels).  Every
     block gives the same bits (each sum is in the naive order): this only sets the speed."""
     C_out_g = C_out // groups
-    block = min(CO_BLOCK, C_out_g)
+    block = max(1, min(CO_BLOCK, C_out_g))
     while block > 8 and N * groups * -(-C_out_g // block) < MIN_TASKS:
-        block -= 8
+        block = (block - 1) // 8 * 8
     return block
 
 
@@ -309,7 +309,8 @@ def _forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, gr
         co0 = g * C_out_g + (r - g * n_blk) * co_block
         cb = min(co_block, (g + 1) * C_out_g - co0)  # channels in this block
         # xp: (C_in_g, phases, Hq*Wq) padded planes, flat, and TILE elements a tile's last
-        # positions may read past them (positions past seg_len: never read back)
+        # positions may read past them (left uninitialised: they only reach positions past
+        # seg_len, which are never read back)
         xp = np.empty(C_in_g * chan + TILE, x.dtype)
         for ci_l in range(C_in_g):
             split_plane(x[n, g * C_in_g + ci_l], xp[ci_l * chan : (ci_l + 1) * chan], pad_top, pad_left,
