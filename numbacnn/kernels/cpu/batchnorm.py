@@ -39,8 +39,8 @@ Backward (training mode: the batch statistics depend on x), with s = 1/sqrt(sigm
 Loop nest (all three kernels)
 -----------------------------
     for c in prange(C):                     # one channel per iteration  <- parallel axis
-        for n in range(N):                  # pass 1: mean           (pass 2: variance,
-            for l in range(L):              #          pass 3: y or dx)
+        for n in range(N):                  # pass 1: mean and variance (backward: and
+            for l in range(L):              #         the dy sums); pass 2: y or dx
                 ...
 
 Optimisation contract
@@ -49,9 +49,11 @@ Optimisation contract
   dgamma[c], dbeta[c] and its slice y3[:, c, :] / dx3[:, c, :] belong to one thread, so
   nothing is shared and no reduction crosses threads.  The innermost loop runs over the
   contiguous L axis through a 1-D row view x3[n, c] (the form LLVM vectorises best).
-* Statistics and gradient sums are accumulated in float64 whatever the array dtype
-  (two passes: mean, then centred variance, which avoids the cancellation of E[x^2]-E[x]^2);
-  results are cast to the array dtype on store.
+* Statistics and gradient sums are accumulated in float64 whatever the array dtype, in one
+  pass over x: the sums of d = x - K and d^2 with K a value of the channel (its first), so
+  var = E[d^2] - E[d]^2 does not cancel the way E[x^2] - E[x]^2 would far from zero; the
+  backward takes its statistics and its two sums in that same pass (2 passes over x and dy
+  in all, not 4 over x); results are cast to the array dtype on store.
 * The channel sums are compiled with fastmath={'reassoc', 'contract'} so LLVM can split
   them over SIMD lanes; only the (float64) summation order changes, NaN/inf are kept.
 * The per-element work is folded into one multiply-add: y = x*scale + shift with
@@ -68,24 +70,38 @@ from numba import njit, prange
 _FAST = {"reassoc", "contract"}  # lets LLVM vectorise the float64 sums (order changes only)
 
 
+@njit(cache=True)
+def _shift(x3, c):
+    """A value of channel c to centre its sums on (shifted data: var = E[d^2] - E[d]^2 with
+    d = x - K loses no digits to cancellation when K is near the mean, as a sample of the
+    channel is); 0 for an empty batch or a non-finite first value (whose sums are not finite
+    either way, as in the two-pass form: inf stays inf in the mean)."""
+    # x3: (N, C, L)
+    if x3.shape[0] == 0 or x3.shape[2] == 0:
+        return 0.0
+    k = float(x3[0, c, 0])
+    return k if math.isfinite(k) else 0.0
+
+
 @njit(cache=True, fastmath=_FAST)
 def _channel_mean_var(x3, c):
-    """Mean and biased variance of x3[:, c, :] in float64 (two passes)."""
+    """Mean and biased variance of x3[:, c, :] in float64, in ONE pass over the data: the sums
+    of d = x - K and d^2 for K = _shift(x3, c), then mean = K + E[d], var = E[d^2] - E[d]^2
+    (at least 0).  (The two-pass form, mean then centred squares, read x once more: 1.3x the
+    forward's time on ResNet-20's layers.)"""
     # x3: (N, C, L)
     N, _, L = x3.shape
-    s = 0.0
+    k = _shift(x3, c)
+    s1 = 0.0
+    s2 = 0.0
     for n in range(N):
         xr = x3[n, c]  # xr: (L,) contiguous row view
         for l in range(L):
-            s += xr[l]
-    mean = s / (N * L)
-    q = 0.0
-    for n in range(N):
-        xr = x3[n, c]
-        for l in range(L):
-            d = xr[l] - mean
-            q += d * d
-    return mean, q / (N * L)
+            d = xr[l] - k
+            s1 += d
+            s2 += d * d
+    m1 = s1 / (N * L)
+    return k + m1, max(s2 / (N * L) - m1 * m1, 0.0)
 
 
 # ------------------------------------------------------------------------------- forward
@@ -154,13 +170,42 @@ def _backward_train(dy3, y3, x3, gamma, eps, dx3, dgamma, dbeta, relu):
     N, C, L = x3.shape
     cnt = N * L
     for c in prange(C):
-        mean, var = _channel_mean_var(x3, c)
+        mean, var, sum_dy, sum_dy_xc = _channel_stats_dy_sums(dy3, y3, x3, c, relu)
         s = 1.0 / math.sqrt(var + eps)
-        sum_dy, sum_dy_xc = _channel_dy_sums(dy3, y3, x3, c, mean, relu)
         sum_dy_xhat = sum_dy_xc * s
         dbeta[c] = sum_dy
         dgamma[c] = sum_dy_xhat
         _channel_dx(dy3, y3, x3, dx3, c, mean, s, gamma[c], sum_dy / cnt, sum_dy_xhat / cnt, relu)
+
+
+@njit(cache=True, fastmath=_FAST)
+def _channel_stats_dy_sums(dy3, y3, x3, c, relu):
+    """(mean, biased variance, sum dy, sum dy * (x - mean)) of channel c in ONE pass over x and
+    dy (with relu, dy where y3 > 0): the sums of d = x - K, d^2, dy and dy * d for K =
+    _shift(x3, c), then sum dy * (x - mean) = sum dy * d - E[d] * sum dy.  float64."""
+    # dy3, y3, x3: (N, C, L)
+    N, _, L = x3.shape
+    zero = dy3.dtype.type(0)
+    k = _shift(x3, c)
+    s1 = 0.0
+    s2 = 0.0
+    sum_dy = 0.0
+    sum_dy_d = 0.0
+    for n in range(N):
+        gr = dy3[n, c]  # gr, yr, xr: (L,)
+        yr = y3[n, c]
+        xr = x3[n, c]
+        for l in range(L):
+            g = gr[l]
+            if relu and yr[l] <= zero:
+                g = zero
+            d = xr[l] - k
+            s1 += d
+            s2 += d * d
+            sum_dy += g
+            sum_dy_d += g * d
+    m1 = s1 / (N * L)
+    return k + m1, max(s2 / (N * L) - m1 * m1, 0.0), sum_dy, sum_dy_d - m1 * sum_dy
 
 
 @njit(cache=True, fastmath=_FAST)
