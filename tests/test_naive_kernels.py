@@ -330,6 +330,35 @@ def test_direct_forward_register_tiles_are_the_naive_sum_bit_for_bit(
         np.testing.assert_array_equal(y, y0, err_msg=f"co_block {co_block}")
 
 
+def test_polyphase_input_gradient_writes_every_position_of_dx():
+    """The strided input gradient writes each phase straight into dx (no padded copy): over
+    random strides 2-4, kernels 1-5 (shorter than the stride too), paddings and planes, a dx
+    filled with NaN first ends equal to the naive scatter (every position written, by one
+    phase or as a 0 no window reaches)."""
+    rng = np.random.default_rng(1)
+    cases = 0
+    while cases < 60:
+        s_h, s_w = (int(v) for v in rng.integers(2, 5, 2))
+        kH, kW = (int(v) for v in rng.integers(1, 6, 2))
+        pt, pl = int(rng.integers(0, kH // 2 + 2)), int(rng.integers(0, kW // 2 + 2))
+        H, W = (int(v) for v in rng.integers(1, 14, 2))
+        H_out, W_out = (H + 2 * pt - kH) // s_h + 1, (W + 2 * pl - kW) // s_w + 1
+        if H_out < 1 or W_out < 1:
+            continue
+        if not polyphase.use_polyphase(
+            (2, 2, H, W), (3, 2, kH, kW), (2, 3, H_out, W_out), s_h, s_w, pt, pl, 1, 1
+        ):
+            continue
+        w = rng.standard_normal((3, 2, kH, kW))
+        dy = rng.standard_normal((2, 3, H_out, W_out))
+        dx0 = np.empty((2, 2, H, W))
+        naive.conv2d_backward_input(dy, w, dx0, s_h, s_w, pt, pl, 1, 1, 1)
+        dx = np.full_like(dx0, np.nan)
+        polyphase.conv2d_backward_input(dy, w, dx, s_h, s_w, pt, pl, 1)
+        close(dx, dx0, f"polyphase dx {s_h, s_w, kH, kW, pt, pl, H, W}")
+        cases += 1
+
+
 def test_channel_block_rule():
     """CO_BLOCK channels per task, fewer (multiples of 8) only where the batch leaves too few
     tasks; at least one."""

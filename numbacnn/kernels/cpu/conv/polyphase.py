@@ -81,19 +81,26 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, gro
 
 
 def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, groups):
-    """dx of a strided conv: phase (a, b)'s stride-1 input gradient (gather form) fills
-    dxp[:, :, a::s_h, b::s_w]; dx is the interior of dxp."""
+    """dx of a strided conv: phase (a, b)'s stride-1 input gradient (gather form) is the
+    gradient of the padded input's positions (a + s_h*i, b + s_w*j); those inside x are written
+    straight into dx[:, :, a - pad_top + s_h*i, b - pad_left + s_w*j] (rows and columns no
+    window reaches get 0)."""
     # dy: (N, C_out, H_out, W_out)   w: (C_out, C_in_g, kH, kW)   dx: (N, C_in, H, W)
-    phases, Hp, Wp = _phases(dx.shape, w.shape, dy.shape, stride_h, stride_w)
+    phases, _, _ = _phases(dx.shape, w.shape, dy.shape, stride_h, stride_w)
     N, C_in, H, W = dx.shape
     H_out, W_out = dy.shape[2], dy.shape[3]
-    dxp = np.zeros((N, C_in, Hp, Wp), dx.dtype)  # dxp: (N, C_in, Hp, Wp)
+    if len(phases) < stride_h * stride_w:  # a kernel shorter than the stride: some never reached
+        dx[...] = 0
     for a, b, taps_h, taps_w in phases:
         w_ab = np.ascontiguousarray(w[:, :, a::stride_h, b::stride_w])  # (C_out, C_in_g, taps_h, taps_w)
         dx_ab = np.empty((N, C_in, H_out + taps_h - 1, W_out + taps_w - 1), dx.dtype)
         # an unpadded stride-1 phase always has the gather form (padding 0 <= the kernel's reach)
         direct.conv2d_backward_input_gather(dy, w_ab, dx_ab, 0, 0, 1, 1, groups)
-        dxp[:, :, a::stride_h, b::stride_w][:, :, : H_out + taps_h - 1, : W_out + taps_w - 1] = dx_ab
-    dx[...] = 0  # input rows/cols no window reaches get 0
-    h1, w1 = min(H, Hp - pad_top), min(W, Wp - pad_left)
-    dx[:, :, :h1, :w1] = dxp[:, :, pad_top : pad_top + h1, pad_left : pad_left + w1]
+        # phase row i is padded row a + stride_h*i, dx row a + stride_h*i - pad_top: from i0 on
+        i0, j0 = -(-(pad_top - a) // stride_h), -(-(pad_left - b) // stride_w)
+        r0, c0 = a + stride_h * i0 - pad_top, b + stride_w * j0 - pad_left
+        rows = dx[:, :, r0::stride_h, c0::stride_w]  # rows: this phase's positions of dx
+        h1, w1 = min(rows.shape[2], dx_ab.shape[2] - i0), min(rows.shape[3], dx_ab.shape[3] - j0)
+        rows[:, :, :h1, :w1] = dx_ab[:, :, i0 : i0 + h1, j0 : j0 + w1]
+        rows[:, :, h1:, :] = 0  # positions past the last window of this phase
+        rows[:, :, :h1, w1:] = 0
