@@ -311,7 +311,8 @@ def test_direct_forward_register_tiles_are_the_naive_sum_bit_for_bit(
     C_in, C_out, H, W, k, stride, pad, dil, groups, dtype
 ):
     """direct._forward (8-channel register tiles for each 8 channels of a block, the rest in
-    memory; every block size), strided, dilated and grouped, equals the naive kernel exactly:
+    memory; every block size; on phase planes or column copies), strided, dilated and
+    grouped, equals the naive kernel exactly:
     each sum is the bias + the taps in the naive order, a multiply and an add per tap."""
     rng = np.random.default_rng(4)
     N = 3
@@ -325,9 +326,10 @@ def test_direct_forward_register_tiles_are_the_naive_sum_bit_for_bit(
     C_out_g = C_out // groups
     blocks = {direct.channel_block(N, C_out, groups), C_out_g, 8, 9, 16, 64}
     for co_block in sorted(bl for bl in blocks if bl <= max(C_out_g, 8)):
-        y = np.full_like(y0, np.nan)
-        direct._forward(x, w, b, y, stride, stride, pad, pad, dil, dil, groups, co_block)
-        np.testing.assert_array_equal(y, y0, err_msg=f"co_block {co_block}")
+        for columns in (False, True):  # phase planes, or column copies without garbage columns
+            y = np.full_like(y0, np.nan)
+            direct._forward(x, w, b, y, stride, stride, pad, pad, dil, dil, groups, co_block, columns)
+            np.testing.assert_array_equal(y, y0, err_msg=f"co_block {co_block}, columns {columns}")
 
 
 def test_polyphase_input_gradient_writes_every_position_of_dx():
@@ -357,6 +359,19 @@ def test_polyphase_input_gradient_writes_every_position_of_dx():
         polyphase.conv2d_backward_input(dy, w, dx, s_h, s_w, pt, pl, 1)
         close(dx, dx0, f"polyphase dx {s_h, s_w, kH, kW, pt, pl, H, W}")
         cases += 1
+
+
+def test_column_copies_rule():
+    """Column copies where the channels fill register tiles and the phase planes' garbage
+    columns would cost 1.2 times the tiles or more: 8x8 (5 tiles against 4), LeNet's C3 output
+    (9 against 7); not 16x16 (18 against 16), nor 6 channels (no tiles)."""
+    assert direct.use_columns((64, 64, 3, 3), (64, 64, 8, 8), 1, 1, 1)
+    assert direct.use_columns((64, 32, 3, 3), (64, 64, 8, 8), 2, 1, 1)  # strided to 8x8
+    assert direct.use_columns((16, 6, 5, 5), (64, 16, 10, 10), 1, 1, 1)
+    assert not direct.use_columns((32, 32, 3, 3), (64, 32, 16, 16), 1, 1, 1)
+    assert not direct.use_columns((6, 1, 5, 5), (64, 6, 28, 28), 1, 1, 1)
+    assert direct.use_columns((64, 8, 3, 3), (64, 64, 8, 8), 1, 1, 8)  # groups of 8 channels: a tile
+    assert not direct.use_columns((64, 4, 3, 3), (64, 64, 8, 8), 1, 1, 16)  # groups of 4: in memory
 
 
 def test_channel_block_rule():

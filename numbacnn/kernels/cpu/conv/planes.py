@@ -166,3 +166,58 @@ def split_plane(src, dst, pad_top, pad_left, stride_h, stride_w, idx_h, idx_w, H
                     dst[uidx(row + c)] = srow[uidx(c * stride_w + off)]
                 for c in range(c_hi, Wq):
                     dst[uidx(row + c)] = 0.0
+
+
+# ---------------------------------------------------------------- column copies (small planes)
+# A grid row of Wq = W_out + (kW-1)*dil_w // stride_w positions holds Wq - W_out garbage
+# columns; on small planes they are many (8x8: 80 positions computed for 64 outputs, in
+# register tiles of 16).  Copying each (phase) plane once per kernel column kw, shifted by
+# kw, removes them: copy (kw, a)[i, ow] = xpad[a + stride_h*i, stride_w*ow + kw*dil_w], and
+# tap (kh, kw) reads copy (kw, kh*dil_h % stride_h) from row kh*dil_h // stride_h on, so the
+# grid is exactly H_out x W_out (rows of Wq = W_out).  kW times the copying, for fewer tiles.
+
+
+@njit(cache=True)
+def column_tap_offsets(C_in_g, kH, kW, dil_h, stride_h, idx_h, n_h, Wq, chan, plane):
+    """Offset of every tap (ci_l, kh, kw), in that order, into C_in_g channels `chan`
+    elements apart, each holding kW x n_h column copies `plane` elements apart (copy (kw, a)
+    at kw*n_h + idx_h[a]), rows of Wq."""
+    offs = np.empty(C_in_g * kH * kW, np.int64)  # offs: (C_in_g*kH*kW,)
+    t = 0
+    for ci_l in range(C_in_g):
+        for kh in range(kH):
+            rh = kh * dil_h
+            for kw in range(kW):
+                offs[t] = ci_l * chan + (kw * n_h + idx_h[rh % stride_h]) * plane + (rh // stride_h) * Wq
+                t += 1
+    return offs
+
+
+@njit(cache=True)
+def split_columns(src, dst, pad_top, pad_left, stride_h, stride_w, dil_w, kW, idx_h, n_h, Hq, Wq, plane):
+    """dst[copy (kw, a)] (Hq x Wq, flat, at (kw*n_h + idx_h[a])*plane) = the zero-padded src
+    (H, W) at rows a, a + stride_h, ... and columns kw*dil_w, kw*dil_w + stride_w, ...
+    (Wq of them) for every kernel column kw and read row phase a (idx_h[a] >= 0)."""
+    # src: (H, W)   dst: (>= kW*n_h*plane,)
+    H, W = src.shape
+    for kw in range(kW):
+        off = kw * dil_w - pad_left  # iw = c*stride_w + off
+        c_lo, c_hi = inside(off, stride_w, W, Wq)
+        for a in range(stride_h):
+            if idx_h[a] < 0:
+                continue
+            base = (kw * n_h + idx_h[a]) * plane
+            for r in range(Hq):
+                row = base + r * Wq
+                ih = r * stride_h + a - pad_top
+                if ih < 0 or ih >= H:
+                    for c in range(Wq):
+                        dst[uidx(row + c)] = 0.0
+                    continue
+                srow = src[ih]  # srow: (W,)
+                for c in range(c_lo):
+                    dst[uidx(row + c)] = 0.0
+                for c in range(c_lo, c_hi):
+                    dst[uidx(row + c)] = srow[uidx(c * stride_w + off)]
+                for c in range(c_hi, Wq):
+                    dst[uidx(row + c)] = 0.0
