@@ -137,6 +137,27 @@ def test_batch_norm_backward_matches_reference_and_torch(shape, dtype):
         assert_close(g, t.numpy(), dtype=dtype, kind="reduction", what=name + " vs torch")
 
 
+def test_batch_norm_float64_outlier_first_value_keeps_float64_accuracy():
+    """The one-pass sums are centred on K, the mean of the channel's first 64 values: an
+    outlier among them (300 standard deviations) must not cost float64 its digits (a single
+    value as K gave 1e-10 relative errors; found by a cold review)."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((64, 1, 32, 32))
+    x[0, 0, 0, 0] = 300.0
+    g, b = np.ones(1), np.zeros(1)
+    rm, rv = np.zeros(1), np.ones(1)
+    y = F.batch_norm(x, g, b, rm, rv, True)
+    flat = x.ravel()
+    np.testing.assert_allclose(rm, 0.1 * flat.mean(), rtol=0, atol=1e-15)  # (a mean near 0; data of std 1)
+    np.testing.assert_allclose(rv, 0.9 + 0.1 * flat.var() * flat.size / (flat.size - 1), rtol=1e-13)
+    np.testing.assert_allclose(
+        y, R.batch_norm(x, g, b, np.zeros(1), np.ones(1), True), rtol=1e-12, atol=1e-12
+    )
+    dy = rng.standard_normal(x.shape)
+    for got, want in zip(F.batch_norm_backward(dy, x, g), R.batch_norm_backward(dy, x, g), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12)
+
+
 def test_batch_norm_float32_large_mean_has_no_cancellation():
     """float32 input far from zero (mean 1000, std 1): the variance must not be computed as
     E[x^2] - E[x]^2 in float32 (that would lose every digit); compare with the float64 oracle."""

@@ -21,7 +21,8 @@ gradient instead run one segment per output row (`planes.segments`).
 Loop nests (who owns what; every output element has exactly one writer)
 
     conv2d_forward           for (n, group, block of CO_BLOCK channels) in prange:
-                                 xp = padded (phase) planes of x[n, group's channels]
+                                 xp = padded (phase) planes of x[n, group's channels], or on
+                                      small planes their column copies (`use_columns`)
                                  for each tile of TILE grid positions j0, for 8 channels:
                                      s[8, TILE] = b (in registers); for each tap (in order):
                                          s[c, v] += w[c, tap] * xp[j0 + v + o]; acc[c, j0:] = s
@@ -253,7 +254,8 @@ def _taps_8ch_tile(acc, c, j0, b, wt, co, xp, offs):
 
 
 def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
-    """y = conv2d(x, w) + b on flattened padded (phase) planes (`_forward`)."""
+    """y = conv2d(x, w) + b on flattened padded (phase) planes or their column copies
+    (`_forward`, `use_columns`)."""
     # x: (N, C_in, H, W)   w: (C_out, C_in_g, kH, kW)   b: (C_out,)   y: (N, C_out, H_out, W_out)
     co_block = channel_block(x.shape[0], w.shape[0], groups)
     columns = use_columns(w.shape, y.shape, stride_w, dil_w, groups)
@@ -294,7 +296,9 @@ def _forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, gr
 
     Against naive.conv2d_forward: a task is (image, group, block of up to co_block output
     channels), whose padded input planes are built once and serve its cb channels (for a
-    stride > 1, split into their phases, `planes.split_plane`, so every conv runs as stride 1);
+    stride > 1, split into their phases, `planes.split_plane`, so every conv runs as stride 1;
+    with `columns`, copied once per kernel column instead, `planes.split_columns`, so the grid
+    has no garbage columns);
     no bounds test (taps in the padding read zeros); 8 channels at a time in register tiles of
     TILE grid positions (`_taps_8ch_tile`), tile by tile along the grid, every 8 channels of
     the block on one tile before the next (they read the same inputs); the leftover channels
@@ -334,9 +338,9 @@ def _forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, gr
         g = r // n_blk
         co0 = g * C_out_g + (r - g * n_blk) * co_block
         cb = min(co_block, (g + 1) * C_out_g - co0)  # channels in this block
-        # xp: (C_in_g, phases, Hq*Wq) padded planes, flat, and TILE elements a tile's last
-        # positions may read past them (left uninitialised: they only reach positions past
-        # seg_len, which are never read back)
+        # xp: (C_in_g, phases or kW*n_h column copies, Hq*Wq) padded planes, flat, and TILE
+        # elements a tile's last positions may read past them (left uninitialised: they only
+        # reach positions past seg_len, which are never read back)
         xp = np.empty(C_in_g * chan + TILE, x.dtype)
         for ci_l in range(C_in_g):
             x_plane, xp_chan = x[n, g * C_in_g + ci_l], xp[ci_l * chan : (ci_l + 1) * chan]

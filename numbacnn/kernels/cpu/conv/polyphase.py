@@ -16,8 +16,8 @@ taps).  Every multiply-add of the strided conv is in exactly one phase, so the w
 same, but it runs on the stride-1 kernels (the README's table and benchmarks/bench_conv.py
 measure the gain).  The gradients decompose the same way:
 dw[:, :, a::stride_h, b::stride_w] is the stride-1 weight gradient of phase (a, b), and
-dxp[:, :, a::stride_h, b::stride_w] its stride-1 input gradient (the phases own disjoint
-positions of xp, so nothing overlaps).
+its stride-1 input gradient is that of the padded input's positions (a + stride_h*i,
+b + stride_w*j) (the phases own disjoint positions of xp, so nothing overlaps).
 
 Loop nest: for each phase (a, b) in order: one stride-1 kernel call over the whole batch
 (parallel inside).  Only data movement (padding, phase slices) happens here in NumPy; every multiply-add is in
