@@ -228,27 +228,6 @@ def _channel_stats_dy_sums(dy3, y3, x3, c, relu):
 
 
 @njit(cache=True, fastmath=_FAST)
-def _channel_dy_sums(dy3, y3, x3, c, mean, relu):
-    """(sum dy, sum dy * (x - mean)) over channel c, in float64; with relu, dy where y3 > 0."""
-    # dy3, y3, x3: (N, C, L)
-    N, _, L = x3.shape
-    zero = dy3.dtype.type(0)
-    sum_dy = 0.0
-    sum_dy_xc = 0.0
-    for n in range(N):
-        gr = dy3[n, c]  # gr, yr, xr: (L,)
-        yr = y3[n, c]
-        xr = x3[n, c]
-        for l in range(L):
-            g = gr[l]
-            if relu and yr[l] <= zero:
-                g = zero
-            sum_dy += g
-            sum_dy_xc += g * (xr[l] - mean)
-    return sum_dy, sum_dy_xc
-
-
-@njit(cache=True, fastmath=_FAST)
 def _channel_dx(dy3, y3, x3, dx3, c, mean, s, gamma_c, mean_dy, mean_dy_xhat, relu):
     """Channel c of dx = gamma*s*(dy - mean(dy) - xhat*mean(dy*xhat)), xhat = (x - mean)*s
     (with relu, dy where y3 > 0)."""
@@ -320,9 +299,9 @@ def batch_norm_backward_reduce(dy3, x3, mean, var, eps, sum_dy, sum_dy_xhat):
     GIVEN (global) statistics; float64."""
     # dy3, x3: (N, C, L)   mean, var, sum_dy, sum_dy_xhat: (C,) float64
     for c in prange(x3.shape[1]):
-        a, b = _channel_dy_sums(dy3, x3, x3, c, mean[c], False)
+        local_mean, _, a, b = _channel_stats_dy_sums(dy3, x3, x3, c, False)  # b: about the local mean
         sum_dy[c] = a
-        sum_dy_xhat[c] = b * (1.0 / math.sqrt(var[c] + eps))
+        sum_dy_xhat[c] = (b + (local_mean - mean[c]) * a) * (1.0 / math.sqrt(var[c] + eps))
 
 
 @njit(parallel=True, cache=True, fastmath=_FAST)

@@ -135,13 +135,38 @@ def inside(off, stride, n, n_out):
     return lo, hi
 
 
+# Inlined at Numba's IR level into its two callers: called per plane (per column copy: 3 per
+# input channel of a 3x3 conv), a compiled call measured 3-4% of the forward on 8x8 planes.
+@njit(cache=True, inline="always")
+def _strided_plane(src, dst, base, row0, col0, pad_top, pad_left, stride_h, stride_w, Hq, Wq):
+    """dst[base + r*Wq + c] = the zero-padded src (H, W) at padded row row0 + r*stride_h and
+    column col0 + c*stride_w, for r < Hq, c < Wq (0 in the padding)."""
+    # src: (H, W)   dst: (>= base + Hq*Wq,)
+    H, W = src.shape
+    off = col0 - pad_left  # iw = c*stride_w + off
+    c_lo, c_hi = inside(off, stride_w, W, Wq)
+    for r in range(Hq):
+        row = base + r * Wq
+        ih = r * stride_h + row0 - pad_top
+        if ih < 0 or ih >= H:
+            for c in range(Wq):
+                dst[uidx(row + c)] = 0.0
+            continue
+        srow = src[ih]  # srow: (W,)
+        for c in range(c_lo):
+            dst[uidx(row + c)] = 0.0
+        for c in range(c_lo, c_hi):
+            dst[uidx(row + c)] = srow[uidx(c * stride_w + off)]
+        for c in range(c_hi, Wq):
+            dst[uidx(row + c)] = 0.0
+
+
 @njit(cache=True)
 def split_plane(src, dst, pad_top, pad_left, stride_h, stride_w, idx_h, idx_w, Hq, Wq, phase):
     """dst[plane (a, b)] (Hq x Wq, flat, at (idx_h[a]*n_w + idx_w[b])*phase) = the zero-padded
     src (H, W) at rows a, a + stride_h, ... and columns b, b + stride_w, ... for every read
     phase (a, b) (idx_h[a], idx_w[b] >= 0)."""
     # src: (H, W)   dst: (>= (n_planes-1)*phase + Hq*Wq,)
-    H, W = src.shape
     n_w = np.max(idx_w) + 1
     for a in range(stride_h):
         if idx_h[a] < 0:
@@ -150,22 +175,7 @@ def split_plane(src, dst, pad_top, pad_left, stride_h, stride_w, idx_h, idx_w, H
             if idx_w[b] < 0:
                 continue
             base = (idx_h[a] * n_w + idx_w[b]) * phase
-            off = b - pad_left  # iw = c*stride_w + off
-            c_lo, c_hi = inside(off, stride_w, W, Wq)
-            for r in range(Hq):
-                row = base + r * Wq
-                ih = r * stride_h + a - pad_top
-                if ih < 0 or ih >= H:
-                    for c in range(Wq):
-                        dst[uidx(row + c)] = 0.0
-                    continue
-                srow = src[ih]  # srow: (W,)
-                for c in range(c_lo):
-                    dst[uidx(row + c)] = 0.0
-                for c in range(c_lo, c_hi):
-                    dst[uidx(row + c)] = srow[uidx(c * stride_w + off)]
-                for c in range(c_hi, Wq):
-                    dst[uidx(row + c)] = 0.0
+            _strided_plane(src, dst, base, a, b, pad_top, pad_left, stride_h, stride_w, Hq, Wq)
 
 
 # ---------------------------------------------------------------- column copies (small planes)
@@ -199,25 +209,8 @@ def split_columns(src, dst, pad_top, pad_left, stride_h, stride_w, dil_w, kW, id
     (H, W) at rows a, a + stride_h, ... and columns kw*dil_w, kw*dil_w + stride_w, ...
     (Wq of them) for every kernel column kw and read row phase a (idx_h[a] >= 0)."""
     # src: (H, W)   dst: (>= kW*n_h*plane,)
-    H, W = src.shape
     for kw in range(kW):
-        off = kw * dil_w - pad_left  # iw = c*stride_w + off
-        c_lo, c_hi = inside(off, stride_w, W, Wq)
         for a in range(stride_h):
-            if idx_h[a] < 0:
-                continue
-            base = (kw * n_h + idx_h[a]) * plane
-            for r in range(Hq):
-                row = base + r * Wq
-                ih = r * stride_h + a - pad_top
-                if ih < 0 or ih >= H:
-                    for c in range(Wq):
-                        dst[uidx(row + c)] = 0.0
-                    continue
-                srow = src[ih]  # srow: (W,)
-                for c in range(c_lo):
-                    dst[uidx(row + c)] = 0.0
-                for c in range(c_lo, c_hi):
-                    dst[uidx(row + c)] = srow[uidx(c * stride_w + off)]
-                for c in range(c_hi, Wq):
-                    dst[uidx(row + c)] = 0.0
+            if idx_h[a] >= 0:
+                base = (kw * n_h + idx_h[a]) * plane
+                _strided_plane(src, dst, base, a, kw * dil_w, pad_top, pad_left, stride_h, stride_w, Hq, Wq)
