@@ -270,12 +270,18 @@ def use_columns(w_shape, y_shape, stride_w, dil_w, groups):
     against 4) 1.11x faster, 32->64 stride 2 to 8x8 1.14x, LeNet's C3 (9 against 7) 1.08x;
     but 32->32 on 16x16 (18 against 16) 1.01x, 16->16 on 32x32 0.97x, and where the channels
     sum in memory (LeNet's C1, its C3's input gradient with 6 channels) 0.90-0.94x."""
-    C_out_g, kW = w_shape[0] // groups, w_shape[3]
+    C_out_g = w_shape[0] // groups
+    columns = -(-(y_shape[2] * y_shape[3]) // TILE)  # the copies' grid: the outputs only
+    return C_out_g >= 8 and plane_tiles(y_shape, w_shape[3], stride_w, dil_w) >= MIN_TILE_SAVING * columns
+
+
+def plane_tiles(y_shape, kW, stride_w, dil_w):
+    """The register tiles `_forward` runs over one image's phase-plane grid: from the first
+    output to the last over rows of Wq = W_out + (kW-1)*dil_w // stride_w (a phase plane's
+    width, its Wq - W_out garbage columns included), in tiles of TILE positions."""
     H_out, W_out = y_shape[2], y_shape[3]
     Wq = W_out + (kW - 1) * dil_w // stride_w
-    planes = -(-((H_out - 1) * Wq + W_out) // TILE)
-    columns = -(-(H_out * W_out) // TILE)
-    return C_out_g >= 8 and planes >= MIN_TILE_SAVING * columns
+    return -(-((H_out - 1) * Wq + W_out) // TILE)
 
 
 def channel_block(N, C_out, groups):

@@ -60,7 +60,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..workspace import scratch
-from .direct import TILE
+from .direct import TILE, plane_tiles
 from .planes import inside, uidx
 
 # Every groups-1 weight gradient takes this path while its packed X fits in MAX_PANEL bytes
@@ -407,13 +407,9 @@ def use_gemm_forward(x_shape, w_shape, y_shape, stride_w, dil_h, dil_w, groups):
 
 
 def grid_use(y_shape, kW, stride_w, dil_w):
-    """The share of the positions direct.py's forward computes that are real outputs: its grid
-    runs from the first output to the last over rows of Wq = W_out + (kW-1)*dil_w // stride_w
-    (a phase plane's width), rounded up to whole register tiles of direct.TILE positions."""
-    H_out, W_out = y_shape[2], y_shape[3]
-    Wq = W_out + (kW - 1) * dil_w // stride_w
-    seg_len = (H_out - 1) * Wq + W_out
-    return H_out * W_out / (-(-seg_len // TILE) * TILE)
+    """The share of the positions direct.py's forward computes on its phase planes that are
+    real outputs (`direct.plane_tiles` register tiles of direct.TILE positions)."""
+    return y_shape[2] * y_shape[3] / (plane_tiles(y_shape, kW, stride_w, dil_w) * TILE)
 
 
 @njit(cache=True, parallel=True)
