@@ -100,7 +100,8 @@ def _pack_x_row(x, row, ci, kh, kw, Wq, stride_h, stride_w, pad_top, pad_left, d
     Per output row, the columns whose input is inside, [c_lo, c_hi), are one strided copy
     (unsigned indices: vectorised); the columns left and right of them are zeros.
     (planes.split_plane copies its rows the same way; a helper shared by both, called per row,
-    measured the packs 2-3x slower, so each keeps its loops.)"""
+    measured the packs 2-3x slower, and planes._strided_plane inlined per image 1.15-1.35x
+    slower (8x8: 0.26 -> 0.33 ms), so each keeps its loops.)"""
     # x: (N, C_in, H, W)   row: (P_row,) with P_row >= N*Hq*Wq
     N, _, H, W = x.shape
     plane = Hq * Wq
