@@ -58,8 +58,7 @@ def scratch(name, shape, dtype):
     """An uninitialised C-contiguous array of `shape` and `dtype` (the block kept under
     `name` in this thread, grown if it is too small)."""
     dtype = np.dtype(dtype)
-    count = int(np.prod(shape, dtype=np.int64))
-    need = count * dtype.itemsize
+    need = _nbytes((shape, dtype))
     pool = _pool()
     block = pool.get(name)
     if block is None or block.nbytes < need:
