@@ -6,10 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as TF
 from conftest import assert_close, tolerance
+from numba import njit
 
 from numbacnn import functional as F
 from numbacnn import random as nrandom
 from numbacnn import reference as R
+from numbacnn.kernels.cpu.conv.planes import FMA
 
 DTYPES = [np.float32, np.float64]
 
@@ -48,8 +50,9 @@ def test_linear_matches_reference_and_torch(N, IN, OUT, dtype):
 @pytest.mark.parametrize("R_,K,IN", [(4, 4, 1), (8, 7, 300), (6, 9, 513), (5, 120, 400), (3, 2, 5)])
 def test_linear_backward_rows_sum_in_k_order(R_, K, IN, dtype):
     """The backward kernel's 4 x 4 register blocks (4 output rows, 4 terms k per pass) add each
-    element's terms one by one in k order: the same bits as a plain loop over k, remainders
-    (R % 4 rows, K % 4 terms, IN past one 256-wide tile) included."""
+    element's terms one by one in k order: the same bits as a plain loop over k, compiled with
+    the kernels' flags (planes.FMA: one fused multiply-add per term), remainders (R % 4 rows,
+    K % 4 terms, IN past one 256-wide tile) included."""
     from numbacnn.kernels.cpu import dense
 
     rng = np.random.default_rng(R_ * 1000 + K)
@@ -57,10 +60,20 @@ def test_linear_backward_rows_sum_in_k_order(R_, K, IN, dtype):
     rows = rng.standard_normal((K, IN)).astype(dtype)
     out = np.full((R_, IN), np.nan, dtype)
     dense._combine_rows(coef, rows, out)
-    want = np.zeros((R_, IN), dtype)
-    for k in range(K):
-        want = want + coef[:, k : k + 1] * rows[k]  # rounded after each product and each sum
+    want = np.empty((R_, IN), dtype)
+    _rows_in_k_order(coef, rows, want)
     np.testing.assert_array_equal(out, want)
+
+
+@njit(fastmath=FMA)
+def _rows_in_k_order(coef, rows, out):
+    """out[r, i] = sum over k, one term at a time in k order, of coef[r, k] * rows[k, i]."""
+    for r in range(coef.shape[0]):
+        for i in range(rows.shape[1]):
+            s = out.dtype.type(0.0)
+            for k in range(coef.shape[1]):
+                s += coef[r, k] * rows[k, i]
+            out[r, i] = s
 
 
 def test_linear_backward_matches_finite_differences(gradcheck):

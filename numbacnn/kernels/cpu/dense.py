@@ -57,6 +57,7 @@ from numba import njit, prange
 # the backward's: out[r, i] += sum_k coef[r, k] * rows[k, i] is its tap sum with row k at
 # "tap offset" k*IN of the flattened rows.
 from .conv.direct import _taps_4ch
+from .conv.planes import FMA
 
 _BI = 256  # tile width along IN for the backward kernels (4 rows x 1 KiB in L1)
 _FAST = {"reassoc", "contract"}
@@ -125,7 +126,7 @@ def linear_forward(x, w, b, y):
 # of the rows of a matrix,  out[r, :] = sum_k coef[r, k] * rows[k, :]:
 #     dx = dy @ w:    dx[n, :] = sum_o dy[n, o] * w[o, :]      (coef = dy,   rows = w)
 #     dw = dy.T @ x:  dw[o, :] = sum_n dy[n, o] * x[n, :]      (coef = dy.T, rows = x)
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=FMA)  # FMA: one fused multiply-add per term, as _taps_4ch
 def _combine_rows(coef, rows, out):
     """out[r, :] = sum_k coef[r, k] * rows[k, :] (k in order), in tiles of 4 rows r x BI columns."""
     # coef: (R, K)   rows: (K, IN)   out: (R, IN)

@@ -25,6 +25,8 @@ Loop nests: one output element at a time, a bounds test on every tap.
     backward_weight  for co in prange:  for ci_l, kh, kw:  s = 0; for n, oh, ow: s += dy*x
     backward_bias    for co in prange:  s = 0; for n, oh, ow: s += dy
 
+Each `s += w*x` is one fused multiply-add (fastmath {"contract"}, planes.FMA: one rounding,
+the order unchanged), as in the fast kernels, so the fast forward equals this one bit for bit.
 Each thread owns whole output planes (or rows of dw), so there are no races.  These are the
 "before" of `direct.py`; tests/test_naive_kernels.py checks them against numbacnn.reference
 and against the fast kernels.
@@ -32,8 +34,10 @@ and against the fast kernels.
 
 from numba import njit, prange
 
+from .planes import FMA
 
-@njit(cache=True, parallel=True, fastmath=False)
+
+@njit(cache=True, parallel=True, fastmath=FMA)
 def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
     """y = conv2d(x, w) + b, literally: one output element at a time, bounds test per tap."""
     # x: (N, C_in, H, W)   w: (C_out, C_in_g, kH, kW)   b: (C_out,)   y: (N, C_out, H_out, W_out)
@@ -59,7 +63,7 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
                 y[n, co, oh, ow] = s
 
 
-@njit(cache=True, parallel=True, fastmath=False)
+@njit(cache=True, parallel=True, fastmath=FMA)
 def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
     """dx = transposed conv of dy: each dy value scattered back through its window."""
     # dy: (N, C_out, H_out, W_out)   w: (C_out, C_in_g, kH, kW)   dx: (N, C_in, H, W)
@@ -86,7 +90,7 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_
                                 dx[n, ci, ih, iw] += w[co, ci_l, kh, kw] * dy[n, co, oh, ow]
 
 
-@njit(cache=True, parallel=True, fastmath=False)
+@njit(cache=True, parallel=True, fastmath=FMA)
 def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
     """dw[co, ci_l, kh, kw] = sum over n, oh, ow of dy * (the x value that tap saw)."""
     # dy: (N, C_out, H_out, W_out)   x: (N, C_in, H, W)   dw: (C_out, C_in_g, kH, kW)
