@@ -554,6 +554,28 @@ def machine_peak(dtype=np.float32):
     return peak, how
 
 
+def cpu_times():
+    """(steal, total): the machine's CPU time so far in clock ticks, all CPUs, from the first
+    line of /proc/stat (steal: time a hypervisor gave this VM's vCPUs to someone else while
+    they had work); None where /proc/stat cannot be read."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    ticks = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return ticks[7], sum(ticks)
+
+
+def steal_share(before, after):
+    """The share of CPU time stolen between two `cpu_times` readings (0..1), None if unknown."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def _external(impl, quick, dtype):
     """Run one external baseline in a process of its own; {case: seconds} or an error string."""
     cmd = [sys.executable, "-m", "numbacnn.bench", "--worker", impl, "--dtype", np.dtype(dtype).name]
@@ -584,17 +606,23 @@ def run(quick=False, out="bench", dtype=np.float32, say=print, kernels=()):
     peak, how = machine_peak(dtype)
     threads = numba.get_num_threads()
     say(f"machine peak ({np.dtype(dtype).name}): {how}; numbacnn runs {threads} threads")
+    steal, t0 = {}, cpu_times()  # steal: {implementation: its share of CPU time stolen}
     results = {"numbacnn": _time_all("numbacnn", quick, dtype)}
+    t1 = cpu_times()
+    steal["numbacnn"] = steal_share(t0, t1)
     numba.set_num_threads(1)
     try:
         results["numbacnn 1 thread"] = _time_all("numbacnn", quick, dtype)
     finally:
         numba.set_num_threads(threads)
+    steal["numbacnn 1 thread"] = steal_share(t1, cpu_times())
     notes, checks = {}, {}
     for label, fn in kernels:
         results[label], checks[label] = _user_column(fn, quick, dtype)
     for impl in EXTERNAL:
+        t0 = cpu_times()
         got = _external(impl, quick, dtype)
+        steal[impl] = steal_share(t0, cpu_times())
         if isinstance(got, str):
             notes[impl] = got
             results[impl] = {}
@@ -627,9 +655,15 @@ def run(quick=False, out="bench", dtype=np.float32, say=print, kernels=()):
         say(f"{best[1]} reached {best[0]:.0f} GFLOP/s on {best[2]}, above the estimated peak: the cores run "
             "faster than the clock /proc/cpuinfo reports, so 'of peak' is too high")  # fmt: skip
     say("pooling and batch norm count one flop per element; they are bound by memory, not flops")
+    known = {impl: share for impl, share in steal.items() if share is not None}
+    if known:
+        shares = ", ".join(f"{impl} {100 * share:.1f}%" for impl, share in known.items())
+        say(f"CPU time the hypervisor gave to other tenants while each ran (steal, /proc/stat): "
+            f"{shares} (a few % stalls a 2-thread kernel's threads at its barriers: compare rows "
+            "within a run)")  # fmt: skip
     report = {"machine": how, "peak_gflops": peak, "threads": threads, "dtype": np.dtype(dtype).name,
               "quick": quick, "notes": notes, "kernels": labels, "kernel_checks": checks,
-              "rows": rows}  # fmt: skip
+              "steal": steal, "rows": rows}  # fmt: skip
     os.makedirs(out, exist_ok=True)
     text = json.dumps(report, indent=1).encode("utf-8")
     atomic_write(os.path.join(out, "bench.json"), lambda f: f.write(text))

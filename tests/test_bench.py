@@ -9,7 +9,18 @@ import numpy as np
 import pytest
 
 from numbacnn import functional as F
-from numbacnn.bench import _model, _numbacnn, _torch, _torch_model, cases, check_kernel, machine_peak, run
+from numbacnn.bench import (
+    _model,
+    _numbacnn,
+    _torch,
+    _torch_model,
+    cases,
+    check_kernel,
+    cpu_times,
+    machine_peak,
+    run,
+    steal_share,
+)
 from numbacnn.cli import main
 
 USER_KERNELS = """
@@ -56,6 +67,21 @@ def test_bench_quick_writes_the_table_json_and_chart(tmp_path, capsys):
     step = rows["LeNet-5 step b8"]
     assert step["numbacnn"]["ms"] > 0 and step["torch"]["ms"] > 0 and step["scipy"] is None
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the share of CPU time stolen by other tenants while each implementation ran
+    assert set(report["steal"]) == {"numbacnn", "numbacnn 1 thread", "numpy im2col", "scipy", "torch"}
+    for share in report["steal"].values():
+        assert share is None or 0 <= share <= 1
+    if cpu_times() is not None:
+        assert "(steal, /proc/stat): numbacnn " in out
+
+
+def test_steal_share_reads_proc_stat():
+    """The steal column of /proc/stat's cpu line, as a share of all the ticks in between."""
+    assert steal_share((10, 1000), (30, 1400)) == pytest.approx(0.05)
+    assert steal_share(None, (30, 1400)) is None and steal_share((30, 1400), (30, 1400)) is None
+    now = cpu_times()
+    if now is not None:  # Linux: the counters only grow
+        assert 0 <= now[0] <= now[1]
 
 
 @pytest.mark.parametrize("name,channels", [("lenet5", 1), ("resnet_cifar", 3), ("vgg_block", 64)])
