@@ -555,9 +555,10 @@ def machine_peak(dtype=np.float32):
 
 
 def cpu_times():
-    """(steal, total): the machine's CPU time so far in clock ticks, all CPUs, from the first
-    line of /proc/stat (steal: time a hypervisor gave this VM's vCPUs to someone else while
-    they had work); None where /proc/stat cannot be read."""
+    """(steal, wanted): the machine's CPU time so far in clock ticks, all CPUs, from the first
+    line of /proc/stat: steal, the time a hypervisor gave this VM's vCPUs to someone else while
+    they had work, and wanted, the time they had work (all but idle and iowait: a vCPU left
+    idle by a one-thread run does not dilute the share); None where /proc/stat cannot be read."""
     try:
         with open("/proc/stat") as f:
             fields = f.readline().split()
@@ -566,14 +567,15 @@ def cpu_times():
     if not fields or fields[0] != "cpu" or len(fields) < 9:
         return None
     ticks = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
-    return ticks[7], sum(ticks)
+    return ticks[7], sum(ticks) - ticks[3] - ticks[4]
 
 
 def steal_share(before, after):
-    """The share of CPU time stolen between two `cpu_times` readings (0..1), None if unknown."""
+    """The share of the wanted CPU time stolen between two `cpu_times` readings, in [0, 1];
+    None if unknown (no readings, or no time wanted in between)."""
     if before is None or after is None or after[1] <= before[1]:
         return None
-    return (after[0] - before[0]) / (after[1] - before[1])
+    return min(1.0, max(0.0, (after[0] - before[0]) / (after[1] - before[1])))
 
 
 def _external(impl, quick, dtype):
@@ -622,7 +624,7 @@ def run(quick=False, out="bench", dtype=np.float32, say=print, kernels=()):
     for impl in EXTERNAL:
         t0 = cpu_times()
         got = _external(impl, quick, dtype)
-        steal[impl] = steal_share(t0, cpu_times())
+        steal[impl] = None if isinstance(got, str) else steal_share(t0, cpu_times())
         if isinstance(got, str):
             notes[impl] = got
             results[impl] = {}

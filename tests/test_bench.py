@@ -76,9 +76,11 @@ def test_bench_quick_writes_the_table_json_and_chart(tmp_path, capsys):
 
 
 def test_steal_share_reads_proc_stat():
-    """The steal column of /proc/stat's cpu line, as a share of all the ticks in between."""
+    """The steal column of /proc/stat's cpu line, as a share of the busy and stolen ticks in
+    between, clamped to [0, 1] (a counter that goes backwards reads as 0)."""
     assert steal_share((10, 1000), (30, 1400)) == pytest.approx(0.05)
     assert steal_share(None, (30, 1400)) is None and steal_share((30, 1400), (30, 1400)) is None
+    assert steal_share((100, 1000), (90, 1100)) == 0.0
     now = cpu_times()
     if now is not None:  # Linux: the counters only grow
         assert 0 <= now[0] <= now[1]

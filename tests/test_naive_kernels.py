@@ -313,7 +313,7 @@ def test_direct_forward_register_tiles_are_the_naive_sum_bit_for_bit(
     """direct._forward (8-channel register tiles for each 8 channels of a block, the rest in
     memory; every block size; on phase planes or column copies), strided, dilated and
     grouped, equals the naive kernel exactly:
-    each sum is the bias + the taps in the naive order, a multiply and an add per tap."""
+    each sum is the bias + the taps in the naive order, one fused multiply-add per tap."""
     rng = np.random.default_rng(4)
     N = 3
     x = rng.standard_normal((N, C_in, H, W)).astype(dtype)

@@ -36,12 +36,15 @@ Dispatch (the contract names below; functional.conv2d* call them, validated and 
 
 Every kernel fully overwrites its output (np.empty is fine), writes each element from one
 thread (no atomics, no races) and sums in a fixed order, so results do not depend on the
-number of threads.  The forward and the gather input gradient add the taps in the naive
-order (ci_l, kh, kw), one fused multiply-add each (planes.FMA, in the naive kernels too),
-bit for bit, strided and dilated convs included, except on the dense path (the dense
-kernels' tiled sums) and the gemm forward (its dot products' SIMD order); the weight
-gradient sums in its own fixed order.  No BLAS and no np.dot: every multiply-add is in
-these loops.
+number of threads.  The forward adds the taps in the naive order (ci_l, kh, kw), one fused
+multiply-add each (planes.FMA, in the naive kernels too), so it equals naive.conv2d_forward
+bit for bit on finite inputs, strided and dilated convs included, except on the dense path
+(the dense kernels' tiled sums) and the gemm forward (its dot products' SIMD order); with
+padding, the fast forms also multiply the padding's zeros (as PyTorch does), so an inf or NaN
+weight gives NaN there and a sum of -0.0 terms +0.0, where the naive kernel skips those taps.
+The gather input gradient is that forward of dy with flipped weights (not the naive scatter's
+order: they agree to rounding); the weight gradient sums in its own fixed order.  No BLAS
+and no np.dot: every multiply-add is in these loops.
 """
 
 import numpy as np
