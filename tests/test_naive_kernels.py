@@ -363,8 +363,9 @@ def test_polyphase_input_gradient_writes_every_position_of_dx():
 
 def test_column_copies_rule():
     """Column copies where the channels fill register tiles and the phase planes' garbage
-    columns would cost 1.2 times the tiles or more: 8x8 (5 tiles against 4), LeNet's C3 output
-    (9 against 7); not 16x16 (18 against 16), nor 6 channels (no tiles)."""
+    columns would cost 1.2 times the tiles or more: 8x8 (tiles of 32 positions: 3 against 2;
+    of 16: 5 against 4), LeNet's C3 output (5 against 4; 9 against 7); not 16x16 (9 against 8;
+    18 against 16), nor 6 channels (no tiles)."""
     assert direct.use_columns((64, 64, 3, 3), (64, 64, 8, 8), 1, 1, 1)
     assert direct.use_columns((64, 32, 3, 3), (64, 64, 8, 8), 2, 1, 1)  # strided to 8x8
     assert direct.use_columns((16, 6, 5, 5), (64, 16, 10, 10), 1, 1, 1)
@@ -436,8 +437,28 @@ def test_gemm_forward_dispatch_rule():
     assert not use((64, 8, 4, 4), (8, 8, 3, 3), (64, 8, 4, 4), 1, 1, 1, 1)  # K = 72
     assert not use((64, 128, 4, 4), (128, 128, 3, 3), (64, 128, 4, 4), 1, 2, 2, 1)  # dilated
     assert not use((64, 128, 4, 4), (128, 64, 3, 3), (64, 128, 4, 4), 1, 1, 1, 2)  # grouped
-    assert gemm.grid_use((64, 64, 8, 8), 3, 1, 1) == 64 / 80  # rows of 10, 78 positions: 5 tiles
-    assert gemm.grid_use((64, 16, 32, 32), 3, 1, 1) == 1024 / 1088  # 31*34 + 32 = 1086: 68 tiles
+    T = direct.TILE  # 32 positions with AVX-512, 16 with AVX2
+    assert gemm.grid_use((64, 64, 8, 8), 3, 1, 1) == 64 / (-(-78 // T) * T)  # rows of 10, 78 positions
+    assert gemm.grid_use((64, 16, 32, 32), 3, 1, 1) == 1024 / (-(-1086 // T) * T)  # 31*34 + 32 = 1086
+    assert gemm.grid_use((64, 128, 4, 4), 3, 1, 1) < gemm.MIN_GRID_USE  # 3*6 + 4 = 22 positions
+
+
+def test_register_tile_uses_the_widest_vectors():
+    """The tile asks LLVM for the CPU's widest vectors (registers.prefer_vector_width): with
+    AVX-512 its multiply-adds are 512-bit (zmm) FMAs, which LLVM would otherwise not emit on an
+    Intel CPU; a float32 tile of 8 x 32 sums is then 16 zmm registers."""
+    from numba import njit
+
+    from numbacnn.kernels.cpu.conv.planes import FMA
+    from numbacnn.kernels.cpu.registers import VECTOR_BITS
+
+    tile = njit(fastmath=FMA)(direct._taps_8ch_tile.py_func)  # uncached: its assembly can be read
+    acc, xp = np.zeros((8, 2 * direct.TILE), np.float32), np.ones(4 * direct.TILE, np.float32)
+    tile(acc, 0, 0, np.zeros(8, np.float32), np.ones((8, 9), np.float32), 0, xp, np.arange(9))
+    assert (acc[:, : direct.TILE] == 9).all()
+    fmas = [line for line in tile.inspect_asm(tile.signatures[0]).splitlines() if "vfmadd" in line]
+    register = {512: "zmm", 256: "ymm"}[VECTOR_BITS]
+    assert fmas and all(register in line for line in fmas), fmas[:4]
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])

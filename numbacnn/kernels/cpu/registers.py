@@ -29,7 +29,27 @@ from numba.core.errors import RequireLiteralValue
 from numba.extending import intrinsic
 from numba.np.numpy_support import carray
 
-__all__ = ["stack_array"]
+__all__ = ["stack_array", "prefer_vector_width", "VECTOR_BITS"]
+
+
+# The widest SIMD registers of this CPU: 512 bits with AVX-512 (32 registers), else 256
+# (AVX2: 16).  LLVM vectorises with 256 bits on Intel CPUs even where 512 are there, unless a
+# kernel asks for more (`prefer_vector_width`).  Numba's on-disk cache keys its entries on the
+# CPU, so a cache never carries one CPU's choice to another.
+def _vector_bits():
+    """512 where the CPU Numba compiles for (NUMBA_CPU_FEATURES, else the host) has AVX-512F."""
+    features = numba.core.config.CPU_FEATURES
+    if features is None:
+        from llvmlite import binding
+
+        try:
+            features = binding.get_host_cpu_features().flatten()
+        except RuntimeError:  # LLVM cannot tell on this platform
+            features = ""
+    return 512 if "+avx512f" in features.split(",") else 256
+
+
+VECTOR_BITS = _vector_bits()
 
 
 @intrinsic
@@ -52,3 +72,20 @@ def stack_array(n, dtype):
     """An uninitialised 1-D array of n (a literal integer) elements of dtype (e.g. x.dtype) on
     the stack of the calling kernel: valid until that kernel returns, never returned itself."""
     return carray(_stack_pointer(n, dtype), (n,))
+
+
+@intrinsic
+def prefer_vector_width(typingctx, bits):
+    """Ask LLVM to vectorise the calling kernel with `bits`-wide vectors (a literal integer):
+    sets the LLVM function attribute "prefer-vector-width" on the function being compiled
+    (on Intel CPUs with AVX-512, LLVM otherwise prefers 256-bit vectors).  No code at run time."""
+    if not isinstance(bits, types.IntegerLiteral):
+        raise RequireLiteralValue(bits)
+    width = bits.literal_value
+
+    def codegen(context, builder, signature, args):
+        # a key="value" attribute: llvmlite's FunctionAttributes.add knows only the bare ones
+        set.add(builder.function.attributes, f'"prefer-vector-width"="{width}"')
+        return context.get_dummy_value()
+
+    return types.none(bits), codegen

@@ -39,8 +39,9 @@ Loop nests (who owns what; every output element has exactly one writer)
 Optimisations (each measured; see the doc):
     [x] innermost loop elementwise over contiguous j (SIMD without fastmath reordering a sum)
     [x] fused multiply-adds (fastmath {"contract"} only, planes.FMA): 1.75-1.9x on an Intel core
-    [x] forward: 8 channels x 16 positions of sums held in registers across all the taps
-        (`_taps_8ch_tile`; registers.py): one input load and 8 broadcasts per 128 multiply-adds
+    [x] forward: 8 channels x TILE positions of sums held in registers across all the taps
+        (`_taps_8ch_tile`; registers.py): one vector load and 8 broadcasts per 8 vector FMAs,
+        in 512-bit vectors where the CPU has them (registers.prefer_vector_width)
     [x] 4 x 4 register blocks (channels x taps, or taps x samples): fewer loads per multiply-add
     [x] padding materialised once per task: no bounds test in any loop
     [x] unsigned indices (`uidx`) in the inner loops: no negative-index wrap-around test
@@ -52,7 +53,7 @@ Optimisations (each measured; see the doc):
 import numpy as np
 from numba import njit, prange
 
-from ..registers import stack_array
+from ..registers import VECTOR_BITS, prefer_vector_width, stack_array
 from .planes import (
     FMA,
     column_tap_offsets,
@@ -212,13 +213,17 @@ def _taps_1ch(a0, w0, xp, offs, n_seg, seg_len, Wp, stride_h, stride_w):
 
 # The register tile.  _taps_4ch keeps its sums in memory: every pass over the grid loads and
 # stores acc for 4 taps' worth of multiply-adds.  This tile instead holds the sums of 8 output
-# channels x TILE grid positions in registers across ALL the taps (8 x 16 float32: eight
-# 512-bit registers), and stores each once: per tap, one load of TILE inputs and eight
-# broadcast weights feed 8 x TILE multiply-adds.  registers.py says what LLVM needs for that
-# (a stack array).  Each sum is still b + the taps in the naive order, one fused multiply-add
+# channels x TILE grid positions in registers across ALL the taps, and stores each once: per
+# tap, one load of TILE inputs and eight broadcast weights feed 8 x TILE multiply-adds.
+# registers.py says what LLVM needs for that (a stack array, and 512-bit vectors where the
+# CPU has them).  With AVX-512, 8 x 32 float32 sums fill 16 of its 32 registers: one thread,
+# against 8 x 16 in 256-bit registers, VGG 64->64 3x3 on 32x32 went 22.4-22.6 -> 16.0-17.7 ms,
+# 16->16 on 32x32 3.0 -> 2.6-2.8, 64->64 on 8x8 3.2-3.4 -> 2.7-2.9 (Xeon, Emerald Rapids; 8 x
+# 48 timed alike, 8 x 16 in 512-bit registers no better than in 256).  With AVX2's 16
+# registers, 8 x 16.  Each sum is still b + the taps in the naive order, one fused multiply-add
 # per tap (planes.FMA, as the naive kernel), so the result is bit for bit the naive one.
-TILE = 16  # grid positions per tile
-TILE_SUMS = 128  # 8 * TILE: the tile's stack array (a literal: registers.stack_array needs one)
+TILE = VECTOR_BITS // 16  # grid positions per tile: 32 with AVX-512, 16 with AVX2
+TILE_SUMS = 8 * TILE  # the tile's stack array (a compile-time constant: stack_array needs one)
 MIN_TILE_SAVING = 1.2  # column copies where the phase planes need this many times the tiles
 
 
@@ -229,6 +234,7 @@ def _taps_8ch_tile(acc, c, j0, b, wt, co, xp, offs):
     # acc: (>= c+8, >= j0+TILE) output grids   b: (C_out,)   wt: (C_out, T)   xp: padded planes, flat
     # offs: (T,) tap offsets
     T = offs.shape[0]
+    prefer_vector_width(VECTOR_BITS)
     s = stack_array(TILE_SUMS, acc.dtype)  # s: (8*TILE,) the tile's sums, row r at r*TILE (registers)
     for r in range(8):
         br = b[co + r]
@@ -268,8 +274,8 @@ def use_columns(w_shape, y_shape, stride_w, dil_w, groups):
     """True when the forward should lay its input as column copies (planes.split_columns: no
     garbage columns, kW times the copying): when the output's channels fill register tiles and
     the phase planes' grid would take at least MIN_TILE_SAVING times the tiles.  Measured at
-    batch 64 against the phase planes (same process): 64->64 3x3 on 8x8 (5 tiles a plane
-    against 4) 1.11x faster, 32->64 stride 2 to 8x8 1.14x, LeNet's C3 (9 against 7) 1.08x;
+    batch 64 against the phase planes (same process, 16-position tiles): 64->64 3x3 on 8x8 (5
+    tiles a plane against 4) 1.11x faster, 32->64 stride 2 to 8x8 1.14x, LeNet's C3 (9 against 7) 1.08x;
     but 32->32 on 16x16 (18 against 16) 1.01x, 16->16 on 32x32 0.97x, and where the channels
     sum in memory (LeNet's C1, its C3's input gradient with 6 channels) 0.90-0.94x."""
     C_out_g = w_shape[0] // groups
