@@ -15,10 +15,11 @@ memory LLVM may promote to registers: a fixed-size array on the stack.  Numba ha
 arrays on the CPU (np.empty is a heap allocation LLVM cannot see through), so
 `stack_array(n, dtype)` below allocates one (an `alloca` of n elements in the kernel's entry
 block, wrapped by `numba.carray`).  Measured on an AMD Zen 4 core (float32, the 8 x 16
-tile of conv/direct.py over 288 taps, data in L1): 94 GFLOP/s with `stack_array`, 37 with
-`np.empty` (the sums loaded and stored every tap).  The sums are added in the reduction's
-order, one fused multiply-add per term (fastmath {"contract"}, conv/planes.py's FMA, as in the
-naive loop), so a tile gives the naive loop's result bit for bit.
+tile that conv/direct.py had before its 512-bit 8 x 32 one, over 288 taps, data in L1): 94
+GFLOP/s with `stack_array`, 37 with `np.empty` (the sums loaded and stored every tap).  The
+sums are added in the reduction's order, one fused multiply-add per term (fastmath
+{"contract"}, conv/planes.py's FMA, as in the naive loop), so a tile gives the naive loop's
+result bit for bit.
 """
 
 import numba
@@ -32,20 +33,19 @@ from numba.np.numpy_support import carray
 __all__ = ["stack_array", "prefer_vector_width", "VECTOR_BITS"]
 
 
-# The widest SIMD registers of this CPU: 512 bits with AVX-512 (32 registers), else 256
-# (AVX2: 16).  LLVM vectorises with 256 bits on Intel CPUs even where 512 are there, unless a
+# The widest SIMD registers of this CPU: 512 bits with AVX-512 (32 registers), else at most
+# 256 (AVX2: 16).  LLVM vectorises with 256 bits on Intel CPUs even where 512 are there, unless a
 # kernel asks for more (`prefer_vector_width`).  Numba's on-disk cache keys its entries on the
 # CPU, so a cache never carries one CPU's choice to another.
 def _vector_bits():
-    """512 where the CPU Numba compiles for (NUMBA_CPU_FEATURES, else the host) has AVX-512F."""
+    """512 where the CPU Numba compiles for has AVX-512F, else 256 (or less: AVX2, AVX or a
+    generic CPU).  Numba's own feature list: NUMBA_CPU_FEATURES, else the host's less what
+    NUMBA_ENABLE_AVX=0 turns off."""
     features = numba.core.config.CPU_FEATURES
     if features is None:
-        from llvmlite import binding
+        from numba.core.codegen import get_host_cpu_features
 
-        try:
-            features = binding.get_host_cpu_features().flatten()
-        except RuntimeError:  # LLVM cannot tell on this platform
-            features = ""
+        features = get_host_cpu_features()
     return 512 if "+avx512f" in features.split(",") else 256
 
 

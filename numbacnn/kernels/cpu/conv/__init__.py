@@ -25,7 +25,7 @@ Dispatch (the contract names below; functional.conv2d* call them, validated and 
                rows, a finite x: gemm.exact_for) -> gemm.py;
                forward (and the gather input gradient), groups 1, no dilation, C_in*kH*kW >= 256
                on planes so small that direct.py's register tiles would mostly compute garbage
-               positions (gemm.grid_use < 0.6: 4x4) -> gemm.conv2d_forward
+               positions (gemm.grid_use < 0.55: 4x4) -> gemm.conv2d_forward
     polyphase  backward, stride > 1, dilation 1 (unless the stride is far longer than the input)
                -> polyphase.py (the forward splits its planes into phases itself: direct.py)
     naive      backward_input when w holds a NaN or an inf (exact: the fast forms multiply

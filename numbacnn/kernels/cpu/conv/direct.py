@@ -220,8 +220,10 @@ def _taps_1ch(a0, w0, xp, offs, n_seg, seg_len, Wp, stride_h, stride_w):
 # against 8 x 16 in 256-bit registers, VGG 64->64 3x3 on 32x32 went 22.4-22.6 -> 16.0-17.7 ms,
 # 16->16 on 32x32 3.0 -> 2.6-2.8, 64->64 on 8x8 3.2-3.4 -> 2.7-2.9 (Xeon, Emerald Rapids; 8 x
 # 48 timed alike, 8 x 16 in 512-bit registers no better than in 256).  With AVX2's 16
-# registers, 8 x 16.  Each sum is still b + the taps in the naive order, one fused multiply-add
-# per tap (planes.FMA, as the naive kernel), so the result is bit for bit the naive one.
+# registers, 8 x 16.  (Those counts are float32's: float64 sums take twice the registers and
+# some spill, yet the 8 x 32 float64 tile timed 1.0-2.5x faster than the 8 x 16 one.)  Each
+# sum is still b + the taps in the naive order, one fused multiply-add per tap (planes.FMA,
+# as the naive kernel), so the result is bit for bit the naive one.
 TILE = VECTOR_BITS // 16  # grid positions per tile: 32 with AVX-512, 16 with AVX2
 TILE_SUMS = 8 * TILE  # the tile's stack array (a compile-time constant: stack_array needs one)
 MIN_TILE_SAVING = 1.2  # column copies where the phase planes need this many times the tiles

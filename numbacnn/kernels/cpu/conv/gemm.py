@@ -389,7 +389,7 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
 # per output are amortised) and the planes are small (the plane kernel's loops are short):
 # `use_gemm_forward`.
 MIN_K_FORWARD = 256  # taps, at least
-MIN_GRID_USE = 0.6  # below this share of real outputs on direct.py's tiled grid, this path
+MIN_GRID_USE = 0.55  # below this share of real outputs on direct.py's tiled grid, this path
 
 
 def use_gemm_forward(x_shape, w_shape, y_shape, stride_w, dil_h, dil_w, groups):
@@ -400,7 +400,10 @@ def use_gemm_forward(x_shape, w_shape, y_shape, stride_w, dil_h, dil_w, groups):
     Measured at batch 64, 2 threads, against direct.py with its 8 x 16 register tiles: 64->64
     3x3 on 4x4 (16 real outputs of 32 computed) 1.87 vs 3.38 ms; but on 8x8 (64 of 80) 2.2 vs
     2.0, 32->64 3x3 stride 2 to 8x8 1.53 vs 1.27, 16->16 5x5 on 10x10 0.45 vs 0.30 (the plane
-    kernel without the tiles had lost to it on all three: 0.56x, 0.41x, 0.66x)."""
+    kernel without the tiles had lost to it on all three: 0.56x, 0.41x, 0.66x).  With 8 x 32
+    tiles (AVX-512; Xeon, one thread / two): 4x4 (16 of 32) 1.62 / 1.17 vs 2.94 / 1.36 ms, but
+    6x6 (36 of 64) 4.29 / 3.09 vs 2.69 / 2.21 and 8x8 (64 of 96) 6.77 / 4.06 vs 3.63 / 2.84:
+    hence 0.55, between 4x4's 0.5 and 6x6's 0.56 (with 16-position tiles 6x6 uses 0.75)."""
     C_in, kH, kW = w_shape[1], w_shape[2], w_shape[3]
     K = C_in * kH * kW
     small = grid_use(y_shape, kW, stride_w, dil_w) < MIN_GRID_USE
