@@ -22,12 +22,13 @@ uidx = np.uint64
 # forward's tiles and memory sums, its scatter input gradient and plane weight gradient, the
 # dense backward) compile their terms s += w * x with fastmath {"contract"}: LLVM may fuse the
 # multiply and the add into one FMA instruction (one rounding instead of two), and nothing
-# else (no reassociation: every sum keeps its order; gemm.py's reductions have fastmath=True).  On an
-# Intel core the FP units are FMA units, so a separate multiply and add take two of them: the
-# direct forward's register tiles ran 1.75-1.9x faster with FMA (Xeon, Emerald Rapids; on AMD
-# Zen 4, with separate add pipes, the two forms measured alike).  The naive kernels are
-# compiled the same way, so the fast forward still equals the naive sum bit for bit.  Numba's
-# cache keys a kernel on its own file only: after changing FMA, delete the __pycache__ folders.
+# else (no reassociation: every sum keeps its order; gemm.py's reductions have fastmath=True).
+# On an Intel core the FP units are FMA units, so a separate multiply and add take two of
+# them: the direct forward's register tiles ran 1.75-1.9x faster with FMA (Xeon, Emerald
+# Rapids; on AMD Zen 4, with separate add pipes, the two forms measured alike).  The naive
+# kernels are compiled the same way, so the fast forward still equals the naive sum bit for
+# bit.  Numba's cache keys a kernel on its own file only: after changing FMA, delete the
+# __pycache__ folders.
 FMA = {"contract"}
 
 
@@ -192,8 +193,8 @@ def split_plane(src, dst, pad_top, pad_left, stride_h, stride_w, idx_h, idx_w, H
 
 # ---------------------------------------------------------------- column copies (small planes)
 # A grid row of Wq = W_out + (kW-1)*dil_w // stride_w positions holds Wq - W_out garbage
-# columns; on small planes they are many (8x8: 80 positions computed for 64 outputs, in
-# register tiles of 16).  Copying each (phase) plane once per kernel column kw, shifted by
+# columns; on small planes they are many (8x8: 78 grid positions for 64 outputs, 80 or 96 in
+# whole register tiles of 16 or 32).  Copying each (phase) plane once per kernel column kw, shifted by
 # kw, removes them: copy (kw, a)[i, ow] = xpad[a + stride_h*i, stride_w*ow + kw*dil_w], and
 # tap (kh, kw) reads copy (kw, kh*dil_h % stride_h) from row kh*dil_h // stride_h on, so the
 # grid is exactly H_out x W_out (rows of Wq = W_out).  kW times the copying, for fewer tiles.
