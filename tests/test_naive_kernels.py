@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from numbacnn import reference as R
 from numbacnn.kernels.cpu import conv
-from numbacnn.kernels.cpu.conv import direct, gemm, naive, polyphase
+from numbacnn.kernels.cpu.conv import direct, gemm, naive, outer, polyphase
 
 
 def close(actual, expected, what):
@@ -275,6 +275,100 @@ def test_gemm_weight_gradient_is_the_same_for_any_thread_count():
     dw0 = np.empty_like(results[0])
     naive.conv2d_backward_weight(dy, x, dw0, 1, 1, 0, 0, 1, 1, 1)
     close(results[0], dw0, "gemm backward_weight with slices")
+
+
+OUTER_CASES = [  # N, C_in, C_out, H, W, k, stride, pad, dil
+    (3, 3, 16, 16, 16, 3, 1, 1, 1),  # one vector of channels; 16x16: 4 images a block (3 here)
+    (5, 4, 17, 18, 18, 3, 1, 1, 1),  # a channel past a vector; K = 36: taps of zeros to 48
+    (2, 2, 40, 40, 52, 3, 1, 1, 1),  # 3 vectors (channel groups); 42 x 54 grid: bands of rows
+    (2, 3, 16, 50, 47, 5, 1, 2, 2),  # dilation 2, bands: their taps read 8 rows past a band
+    (3, 5, 16, 34, 33, 3, 2, 1, 1),  # stride 2: a row per tap
+    (4, 6, 32, 32, 32, 1, 2, 0, 1),  # 1x1 stride 2
+    (2, 2, 16, 17, 19, 3, 1, 3, 1),  # padding wider than the kernel's reach
+    (1, 3, 16, 20, 20, 4, 1, 1, 1),  # an even kernel: uneven padding on the grid
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,C_in,C_out,H,W,k,stride,pad,dil", OUTER_CASES, ids=str)
+def test_outer_weight_gradient_matches_naive(N, C_in, C_out, H, W, k, stride, pad, dil, dtype):
+    """outer.py's outer-product tiles, blocks (whole images, several per block; bands of rows
+    with the rows their shifted taps read below), channel and tap edges, strides, dilation and
+    padding, against the naive weight gradient; the tasks' buffers are filled with NaN first,
+    so every element the tiles read was packed."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((N, C_in, H, W)).astype(dtype)
+    H_out = (H + 2 * pad - dil * (k - 1) - 1) // stride + 1
+    W_out = (W + 2 * pad - dil * (k - 1) - 1) // stride + 1
+    dy = rng.standard_normal((N, C_out, H_out, W_out)).astype(dtype)
+    dw, dw0 = np.empty((C_out, C_in, k, k), dtype), np.empty((C_out, C_in, k, k), dtype)
+    naive.conv2d_backward_weight(dy, x, dw0, stride, stride, pad, pad, dil, dil, 1)
+    g = gemm.geometry(dy.shape, dw.shape, x.shape, stride, stride, pad, pad, dil, dil)
+    b = outer.blocking(g, N, C_out, C_in * k * k, k, k, dil, dil, dw.itemsize)
+    for name in ("conv_outer_X", "conv_outer_Dt", "conv_outer_part"):
+        outer.scratch(name, (1 << 22,), dtype)[...] = np.nan
+    outer.conv2d_backward_weight(dy, x, dw, stride, stride, pad, pad, dil, dil)
+    close(dw, dw0, f"outer backward_weight {N, C_in, C_out, H, W, k, stride, pad, dil} {b}")
+
+
+def test_outer_blocking():
+    """Blocks of about BLOCK positions: several small images, one image, or a band of rows
+    (with the rows its shifted taps read below it); S slices, never more than the blocks;
+    channel groups where the slices are few; S bounded by the partial sums' size."""
+    same = (1, 1, 1, 1, 1, 1)  # stride 1, padding 1, dilation 1
+
+    def block(N, C_in, C_out, H, k=3, geo=same):
+        g = gemm.geometry((N, C_out, H, H), (C_out, C_in, k, k), (N, C_in, H, H), *geo)
+        return g, outer.blocking(g, N, C_out, C_in * k * k, k, k, geo[4], geo[5], 4)
+
+    g, b = block(64, 16, 16, 32)  # ResNet-20's first stage: a 33 x 33 grid, an image a block
+    assert (b.m, b.nq, b.bands, b.reach_rows, b.S, b.G) == (1, 33, 1, 3, 8, 1)
+    assert b.LB == (33 + 3) * 33 + gemm.ROW_PAD  # 2 rows and 2 columns of reach: 3 more rows
+    g, b = block(64, 32, 32, 16)  # 17 x 17 = 289 positions: 4 images a block, 16 blocks
+    assert (b.m, b.bands, b.S, b.G) == (4, 1, 8, 1)  # 8 slices, enough tasks: one channel group
+    g, b = block(2, 16, 16, 64)  # 65 x 65 = 4225 positions: 5 bands of 13 rows a plane
+    assert (b.m, b.nq, b.bands, b.S, b.G) == (1, 13, 5, 8, 1)
+    g, b = block(1, 16, 64, 32)  # one image: one block, one slice, 4 channel groups
+    assert (b.S, b.G) == (1, 4)
+    g, b = block(64, 512, 512, 32)  # dw is 4608 x 512: 9.4 MB a slice, so one slice fits 16 MB
+    assert b.S == 1 and b.G == 8
+
+
+def test_outer_dispatch_rule():
+    """ResNet- and VGG-sized weight gradients take outer.py; fewer than a vector of output
+    channels (LeNet's C1) or small output planes (8x8, LeNet's C3 10x10) stay on gemm.py."""
+    assert outer.use_outer((64, 16, 32, 32), (16, 16, 3, 3), 1)
+    assert outer.use_outer((16, 64, 32, 32), (64, 64, 3, 3), 1)
+    assert outer.use_outer((64, 32, 16, 16), (32, 16, 3, 3), 1)  # 16x16, stride 2 included
+    assert not outer.use_outer((64, 64, 8, 8), (64, 64, 3, 3), 1)
+    assert not outer.use_outer((64, 16, 10, 10), (16, 6, 5, 5), 1)  # C3
+    assert not outer.use_outer((64, 6, 28, 28), (6, 1, 5, 5), 1) or outer.LANES <= 6  # C1
+    assert not outer.use_outer((64, 64, 32, 32), (64, 32, 3, 3), 2)  # groups: direct.py
+    assert not outer.use_outer((0, 64, 32, 32), (64, 64, 3, 3), 1)  # no images
+
+
+def test_outer_weight_gradient_is_the_same_for_any_thread_count():
+    """8 slices x 2 channel groups of tasks, set by the shape: 1 and 2 threads give the same
+    bits."""
+    import numba
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((16, 8, 16, 16)).astype(np.float32)
+    dy = rng.standard_normal((16, 32, 16, 16)).astype(np.float32)
+    g = gemm.geometry(dy.shape, (32, 8, 3, 3), x.shape, 1, 1, 1, 1, 1, 1)
+    b = outer.blocking(g, 16, 32, 72, 3, 3, 1, 1, 4)
+    assert b.S > 1 and (b.G > 1 or outer.LANES < 16)
+    results = []
+    threads = numba.get_num_threads()
+    try:
+        for n in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(n)
+            dw = np.empty((32, 8, 3, 3), np.float32)
+            outer.conv2d_backward_weight(dy, x, dw, 1, 1, 1, 1, 1, 1)
+            results.append(dw)
+    finally:
+        numba.set_num_threads(threads)
+    assert all(np.array_equal(results[0], r) for r in results)
 
 
 def test_scratch_blocks_are_reused_grown_and_released():

@@ -14,6 +14,8 @@ Read the strategies in this order:
     polyphase.py  a strided conv's gradients as sums of stride-1 ones, on direct.py's kernels
     gemm.py       the weight gradient (groups 1) as one packed matrix product, and the
                   forward of tiny planes with long reductions as dot products
+    outer.py      the weight gradient of ResNet- and VGG-sized layers as outer products,
+                  vectorised over output channels, packed block by block into cache
 
 docs/kernels/conv_cpu.md explains the layout, the register blocking and the measurements.
 
@@ -21,8 +23,11 @@ Dispatch (the contract names below; functional.conv2d* call them, validated and 
 
     dense      the single output of each plane sees the whole unpadded input (LeNet's C5):
                a fully connected layer on the flattened input -> kernels/cpu/dense.py
-    gemm       backward_weight, groups 1, its packed panel within 64 MB (and, for shared shifted
-               rows, a finite x: gemm.exact_for) -> gemm.py;
+    outer      backward_weight, groups 1, at least one vector of output channels (16 with
+               AVX-512) and 16x16 output positions (and, for shared shifted rows, a finite x:
+               gemm.exact_for) -> outer.py
+    gemm       backward_weight, groups 1, its packed panel within 64 MB (and a finite x, as
+               for outer) -> gemm.py;
                forward (and the gather input gradient), groups 1, no dilation, C_in*kH*kW >= 256
                on planes so small that direct.py's register tiles would mostly compute garbage
                positions (gemm.grid_use < 0.55: 4x4) -> gemm.conv2d_forward
@@ -50,7 +55,7 @@ and no np.dot: every multiply-add is in these loops.
 import numpy as np
 
 from .. import dense as _dense
-from . import direct, gemm, naive, polyphase
+from . import direct, gemm, naive, outer, polyphase
 
 __all__ = [
     "conv2d_forward",
@@ -127,6 +132,12 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
     if _is_dense(x.shape, dw.shape, dy.shape, pad_top, pad_left, dil_h, dil_w, groups):
         N, C_out, K = dy.shape[0], dy.shape[1], dw[0].size
         _dense.linear_backward_weight(dy.reshape(N, C_out), x.reshape(N, K), dw.reshape(C_out, K))
+    elif outer.use_outer(dy.shape, dw.shape, groups) and gemm.exact_for(
+        x,
+        dw.shape,
+        gemm.geometry(dy.shape, dw.shape, x.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w),
+    ):
+        outer.conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     elif gemm.use_gemm(
         dy.shape, dw.shape, x.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, dw.itemsize
     ) and gemm.exact_for(

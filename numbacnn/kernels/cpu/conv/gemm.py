@@ -88,42 +88,43 @@ def use_gemm(
     return groups == 1 and dy_shape[0] > 0 and panel <= MAX_PANEL
 
 
-# The two row packers are inlined into _pack at Numba's IR level (inline="always"): a parallel
-# kernel's helpers are otherwise compiled on their own and then optimised and compiled again
-# inside each layer Numba builds around a prange body.  Measured from an empty cache: _pack
-# 4.2 -> 2.5 s alone, the README's first batch 20.6-20.9 -> 19.4 s; the packs time the same.
+# The row packers are inlined into their parallel kernels at Numba's IR level
+# (inline="always"): a parallel kernel's helpers are otherwise compiled on their own and then
+# optimised and compiled again inside each layer Numba builds around a prange body.  Measured
+# from an empty cache: _pack 4.2 -> 2.5 s alone, the README's first batch 20.6-20.9 -> 19.4 s;
+# the packs time the same.
 @njit(cache=True, inline="always")
-def _pack_x_row(x, row, ci, kh, kw, Wq, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, Hq):
-    """row[(n, oh, c)] = x[n, ci, oh*stride_h - pad_top + kh*dil_h, c*stride_w - pad_left + kw*dil_w]
-    for oh < Hq, c < Wq, 0 in the padding; then zeros to the row's end.
+def _pack_x_rows(x, row, at, n, q0, q1, ci, kh, kw, Wq, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
+    """row[at + (q - q0)*Wq + c] = x[n, ci, q*stride_h - pad_top + kh*dil_h, c*stride_w -
+    pad_left + kw*dil_w] for the grid rows q0 <= q < q1 of image n and c < Wq, 0 in the padding.
 
-    Per output row, the columns whose input is inside, [c_lo, c_hi), are one strided copy
-    (unsigned indices: vectorised); the columns left and right of them are zeros.
-    (planes.split_plane copies its rows the same way; a helper shared by both, called per row,
-    measured the packs 2-3x slower, and planes._strided_plane inlined per image 1.15-1.35x
-    slower (8x8: 0.26 -> 0.33 ms), so each keeps its loops.)"""
-    # x: (N, C_in, H, W)   row: (P_row,) with P_row >= N*Hq*Wq
-    N, _, H, W = x.shape
-    plane = Hq * Wq
+    Per grid row, the columns whose input is inside, [c_lo, c_hi), are one copy (contiguous
+    for stride_w 1, else strided; unsigned indices: vectorised); the columns left and right of
+    them are zeros.  (planes.split_plane copies its rows the same way; a helper shared by
+    both, called per row, measured the packs 2-3x slower, and planes._strided_plane inlined
+    per image 1.15-1.35x slower (8x8: 0.26 -> 0.33 ms), so each keeps its loops.)"""
+    # x: (N, C_in, H, W)   row: (>= at + (q1 - q0)*Wq,)
+    H, W = x.shape[2], x.shape[3]
     off = kw * dil_w - pad_left  # iw = c*stride_w + off
     c_lo, c_hi = inside(off, stride_w, W, Wq)
-    for n in range(N):
-        for oh in range(Hq):
-            ih = oh * stride_h - pad_top + kh * dil_h
-            base = n * plane + oh * Wq
-            if ih < 0 or ih >= H:
-                for c in range(Wq):
-                    row[uidx(base + c)] = 0.0
-                continue
-            x_row = x[n, ci, ih]  # x_row: (W,)
-            for c in range(c_lo):
+    for q in range(q0, q1):
+        ih = q * stride_h - pad_top + kh * dil_h
+        base = at + (q - q0) * Wq
+        if ih < 0 or ih >= H:
+            for c in range(Wq):
                 row[uidx(base + c)] = 0.0
+            continue
+        x_row = x[n, ci, ih]  # x_row: (W,)
+        for c in range(c_lo):
+            row[uidx(base + c)] = 0.0
+        if stride_w == 1:
+            for c in range(c_lo, c_hi):
+                row[uidx(base + c)] = x_row[uidx(c + off)]
+        else:
             for c in range(c_lo, c_hi):
                 row[uidx(base + c)] = x_row[uidx(c * stride_w + off)]
-            for c in range(c_hi, Wq):
-                row[uidx(base + c)] = 0.0
-    for i in range(N * plane, row.shape[0]):  # the tail: shifted views read into it
-        row[i] = 0.0
+        for c in range(c_hi, Wq):
+            row[uidx(base + c)] = 0.0
 
 
 @njit(cache=True, inline="always")
@@ -159,7 +160,12 @@ def _pack(x, dy, X, D, kH_packed, kW_packed, Hq, Wq, stride_h, stride_w, pad_top
             ci = r // (kH_packed * kW_packed)
             kh = (r // kW_packed) % kH_packed
             kw = r % kW_packed
-            _pack_x_row(x, X[r], ci, kh, kw, Wq, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, Hq)
+            row = X[r]  # row: (P_row,) all the images' grids, then zeros (shifted views read them)
+            for n in range(x.shape[0]):
+                _pack_x_rows(x, row, n * Hq * Wq, n, 0, Hq, ci, kh, kw, Wq,
+                             stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)  # fmt: skip
+            for i in range(x.shape[0] * Hq * Wq, row.shape[0]):
+                row[i] = 0.0
         else:
             _pack_dy_row(dy, D[r - R], r - R, Wq, Hq)
 

@@ -1,0 +1,279 @@
+"""The weight gradient of a convolution (groups 1) as outer products, vectorised over output
+channels: the fast path for ResNet- and VGG-sized layers.
+
+Formula (as gemm.py's).  With positions p = (n, oh, ow) and taps k = (ci, kh, kw),
+
+    dw[co, k] = sum_p dY[co, p] * X[k, p],   dY[co, p] = dy[n, co, oh, ow],
+                                              X[k, p] = x[n, ci, oh*stride_h - pad_top + kh*dil_h,
+                                                                 ow*stride_w - pad_left + kw*dil_w]
+
+Why another form.  gemm.py computes each dw element as a dot product of two rows of length
+P, 16 of them at a time, SIMD along p: every task streams all of dY's rows past its four X
+rows, from L2 or L3 (44-61 GFLOP/s on one Xeon core, bound by those streams, not by its
+FMAs).  Here the sum over p is a sequence of OUTER products: at each position, the column
+dY^T[p, c0:c0+LANES] (one vector: dY transposed so that the output channels are contiguous)
+times TAPS inputs X[k0:k0+TAPS, p] (broadcast scalars) adds into TAPS x LANES sums held in
+registers.  Each SIMD lane is one dw element, summed over p in order: no horizontal sums, no
+reordering (FMA contraction only, planes.FMA), so the result does not depend on the threads.
+
+Blocks.  The reduction is cut into blocks of about BLOCK positions (m whole images on planes
+of up to 2*BLOCK grid positions, else a band of grid rows of one image).  A task owns a slice
+of the blocks (and one group of output channels where there are few slices); per block it
+packs X's rows (gemm.py's grid: one row per (ci[, kh][, kw]), taps of a kernel row are views
+of one row shifted along it) and dY^T into its own buffers, which stay in L2, and passes every
+(TAPS taps, LANES channels) tile over them, the block's LANES columns of dY^T in L1.  The
+slices' partial sums are added in slice order.
+
+Loop nest:
+    for (slice, channel group) in prange:            part[slice]: (Kp, Cp) partial sums
+        for block in slice:                          L <= ~BLOCK positions
+            pack X rows (rows + 1, LB), dY^T (L, Cp)  (the last X row: zeros, for Kp - K taps)
+            for LANES channels c0 of the group:
+                for TAPS taps k0:  s[TAPS, LANES] (registers) over p < L
+    dw[co, k] = sum over slices of part[slice, k, co]
+
+Optimizations:
+    * TAPS x LANES = 16 x 16 float32 sums in 16 zmm registers (AVX-512; 16 x 8 in ymm with
+      AVX2), each FMA takes its broadcast input straight from memory;
+    * the packed block stays in cache: x and dy are read once, nothing is written back;
+    * dY^T is packed a grid row at a time, so its rows stay in L1 while the channels scatter;
+    * stride_w 1 rows are contiguous copies (vectorised);
+    * slices and channel groups come from the shape alone (results independent of threads).
+
+Measured against gemm.py at batch 64, float32, Xeon (Emerald Rapids) VM, 2 threads / 1
+thread, same process, interleaved (ms): 3->16 3x3 on 32x32 1.05 / 2.01 -> 0.72 / 1.40;
+16->16 on 32x32 3.34 / 6.98 -> 1.97 / 4.00 (PyTorch 2.19 on 2 threads); 32->32 on 16x16
+2.50 / 5.36 -> 1.70 / 3.98; 16->32 3x3 stride 2 2.44 / 4.89 -> 1.62 / 3.28; 16->32 1x1
+stride 2 0.49 / 0.72 -> 0.34 / 0.69; VGG 64->64 on 32x32 (batch 16) 10.40 / 25.29 -> 7.18 /
+14.18 (PyTorch 9.0).  Small output planes lose (the pack's short rows): 64->64 on 8x8 2.69 ->
+2.86, 32->64 stride 2 to 8x8 1.79 -> 2.14, LeNet's C3 (10x10) 0.39 -> 0.52; so does LeNet's
+C1 (6 channels in a 16-lane vector) 0.33 -> 0.44.  Those stay on gemm.py (`use_outer`).
+"""
+
+import functools
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit, prange
+
+from ..registers import VECTOR_BITS, prefer_vector_width, stack_array
+from ..workspace import scratch
+from .gemm import ROW_PAD, _pack_x_rows, geometry
+from .planes import FMA, uidx
+
+LANES = VECTOR_BITS // 32  # output channels per tile: one vector of float32 (16 with AVX-512)
+TAPS = 16  # taps per tile (the 16 x_t in _outer_tile)
+DW_SUMS = TAPS * LANES  # the tile's stack array (a compile-time constant)
+BLOCK = 1024  # positions per block, about
+SLICES = 8  # slices of the blocks (a fixed number: results must not depend on the threads)
+MIN_TASKS = 8  # tasks (slices x channel groups) wanted at least
+PART_BYTES = 1 << 24  # the slices' partial sums of dw (S copies of it), at most (16 MB)
+MIN_PLANE = 256  # output positions per image, at least (16x16: measured faster; 10x10 slower)
+
+
+def use_outer(dy_shape, w_shape, groups):
+    """True when the weight gradient of dy: (N, C_out, H_out, W_out) for w: (C_out, C_in, kH,
+    kW) should take this path: groups 1, at least one image, at least LANES output channels
+    and MIN_PLANE output positions per image (see the module docstring for the figures)."""
+    N, C_out, H_out, W_out = dy_shape
+    return groups == 1 and N > 0 and C_out >= LANES and H_out * W_out >= MIN_PLANE
+
+
+@njit(cache=True, inline="always")
+def _pack_dy_rows(dy, Dt, at, n, q0, q1, Wq):
+    """Dt[at + (q - q0)*Wq + c, co] = dy[n, co, q, c] for the grid rows q0 <= q < q1 of image n
+    and c < Wq: 0 in the Wq - W_out extra columns, in the extra rows q >= H_out and in the
+    channels co >= C_out that round Dt's rows up to whole vectors."""
+    # dy: (N, C_out, H_out, W_out)   Dt: (>= at + (q1 - q0)*Wq, Cp), a row per grid position
+    C_out, H_out, W_out = dy.shape[1], dy.shape[2], dy.shape[3]
+    Cp = Dt.shape[1]
+    dst = Dt.reshape(Dt.shape[0] * Cp)  # dst: (rows*Cp,) Dt flat
+    for i in range(at * Cp, (at + (q1 - q0) * Wq) * Cp):
+        dst[uidx(i)] = 0.0
+    for q in range(q0, min(q1, H_out)):  # a grid row at a time: its Wq rows of Dt stay in L1
+        for co in range(C_out):
+            dy_row = dy[n, co, q]  # dy_row: (W_out,)
+            d = (at + (q - q0) * Wq) * Cp + co  # Dt[position (q, 0), co]
+            for c in range(W_out):
+                dst[uidx(d + c * Cp)] = dy_row[uidx(c)]
+
+
+@njit(cache=True, fastmath=FMA)
+def _outer_tile(part, k0, c0, Dt, Xf, base, p0, p1, first):
+    """part[k0 + t, c0 + v] (+)= sum over p0 <= p < p1 (in order) of Xf[base[k0 + t] + p] *
+    Dt[p, c0 + v], for the TAPS taps t and LANES channels v; `first`: = rather than +=."""
+    # part: (Kp, Cp)   Dt: (P, Cp)   Xf: (rows*P_row,) X flat   base: (Kp,) tap t's start in Xf
+    prefer_vector_width(VECTOR_BITS)
+    s = stack_array(DW_SUMS, part.dtype)  # s: (TAPS*LANES,) tap t's sums at t*LANES (registers)
+    for t in range(TAPS):
+        for v in range(LANES):
+            s[t * LANES + v] = 0.0 if first else part[k0 + t, c0 + v]
+    b0, b1, b2, b3 = base[k0], base[k0 + 1], base[k0 + 2], base[k0 + 3]
+    b4, b5, b6, b7 = base[k0 + 4], base[k0 + 5], base[k0 + 6], base[k0 + 7]
+    b8, b9, b10, b11 = base[k0 + 8], base[k0 + 9], base[k0 + 10], base[k0 + 11]
+    b12, b13, b14, b15 = base[k0 + 12], base[k0 + 13], base[k0 + 14], base[k0 + 15]
+    for p in range(p0, p1):
+        d = Dt[p]  # d: (Cp,) dY^T at position p
+        x0, x1, x2, x3 = Xf[uidx(b0 + p)], Xf[uidx(b1 + p)], Xf[uidx(b2 + p)], Xf[uidx(b3 + p)]
+        x4, x5, x6, x7 = Xf[uidx(b4 + p)], Xf[uidx(b5 + p)], Xf[uidx(b6 + p)], Xf[uidx(b7 + p)]
+        x8, x9, x10, x11 = Xf[uidx(b8 + p)], Xf[uidx(b9 + p)], Xf[uidx(b10 + p)], Xf[uidx(b11 + p)]
+        x12, x13, x14, x15 = Xf[uidx(b12 + p)], Xf[uidx(b13 + p)], Xf[uidx(b14 + p)], Xf[uidx(b15 + p)]
+        for v in range(LANES):
+            dv = d[uidx(c0 + v)]
+            s[v] += x0 * dv
+            s[LANES + v] += x1 * dv
+            s[2 * LANES + v] += x2 * dv
+            s[3 * LANES + v] += x3 * dv
+            s[4 * LANES + v] += x4 * dv
+            s[5 * LANES + v] += x5 * dv
+            s[6 * LANES + v] += x6 * dv
+            s[7 * LANES + v] += x7 * dv
+            s[8 * LANES + v] += x8 * dv
+            s[9 * LANES + v] += x9 * dv
+            s[10 * LANES + v] += x10 * dv
+            s[11 * LANES + v] += x11 * dv
+            s[12 * LANES + v] += x12 * dv
+            s[13 * LANES + v] += x13 * dv
+            s[14 * LANES + v] += x14 * dv
+            s[15 * LANES + v] += x15 * dv
+    for t in range(TAPS):
+        for v in range(LANES):
+            part[k0 + t, c0 + v] = s[t * LANES + v]
+
+
+@njit(cache=True, parallel=True)
+def _tiles(x, dy, out, base, Xb, Dtb, part, m, nq, bands, reach_rows, kH_packed, kW_packed, Hq, Wq,
+           stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):  # fmt: skip
+    """out[co, k] = sum_p dY[co, p] * X[k, p], blocked (`blocking`): a block is m whole images
+    or a band of nq grid rows of one image (bands per image); a task is (one of S slices of
+    the blocks, as even as can be, one of G groups of LANES-channel columns).  Per block it
+    packs X's rows for the block (and reach_rows grid rows below a band, which its shifted
+    taps read) and dY^T into its own buffers, which stay in cache, and passes every (TAPS
+    taps, LANES channels) tile of its group over them; the S partial sums of each element are
+    then added in slice order (S and G are set by the shape alone, so results do not depend
+    on the thread count)."""
+    # x: (N, C_in, H, W)   dy: (N, C_out, H_out, W_out)   out: (C_out, K)   base: (Kp,) (_tap_starts)
+    # Xb: (S*G, rows + 1, LB)   Dtb: (S*G, m*nq*Wq, Cp)   part: (S, Kp, Cp)
+    N = x.shape[0]
+    C_out, K = out.shape
+    S, Kp, Cp = part.shape
+    T, R1, LB = Xb.shape
+    G = T // S
+    per_group = (Cp // LANES + G - 1) // G  # channel tiles per group
+    n_blocks = (N + m - 1) // m * bands
+    for t in prange(T):  # parallel over (slice, channel group): owns part[sl, :, its columns]
+        sl = t // G
+        c_lo = (t - sl * G) * per_group * LANES
+        c_hi = min(Cp, c_lo + per_group * LANES)
+        X, Dt = Xb[t], Dtb[t]  # X: (rows + 1, LB)   Dt: (m*nq*Wq, Cp) this task's buffers
+        Xf = X.reshape(R1 * LB)
+        for i in range(LB):
+            X[R1 - 1, i] = 0.0  # the zero row: the taps that round K up to whole tiles read it
+        first = True
+        for blk in range(sl * n_blocks // S, (sl + 1) * n_blocks // S):  # S <= n_blocks: never empty
+            n0 = blk // bands * m
+            n1 = min(N, n0 + m)
+            q0 = (blk - blk // bands * bands) * nq
+            q1 = min(Hq, q0 + nq)
+            qx = min(Hq, q1 + reach_rows)  # X's rows: the band and the rows its taps read below
+            L = (n1 - n0) * (q1 - q0) * Wq  # positions in this block
+            for r in range(R1 - 1):
+                ci = r // (kH_packed * kW_packed)
+                kh = (r // kW_packed) % kH_packed
+                kw = r % kW_packed
+                row = X[r]  # row: (LB,)
+                for j in range(n1 - n0):
+                    _pack_x_rows(x, row, j * (q1 - q0) * Wq, n0 + j, q0, qx, ci, kh, kw, Wq,
+                                 stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)  # fmt: skip
+                for i in range((n1 - n0 - 1) * (q1 - q0) * Wq + (qx - q0) * Wq, LB):
+                    row[i] = 0.0  # past the block: its shifted taps read into it
+            for j in range(n1 - n0):
+                _pack_dy_rows(dy, Dt, j * (q1 - q0) * Wq, n0 + j, q0, q1, Wq)
+            for c0 in range(c_lo, c_hi, LANES):  # the block's LANES columns of Dt stay in L1
+                for k0 in range(0, Kp, TAPS):
+                    _outer_tile(part[sl], k0, c0, Dt, Xf, base, 0, L, first)
+            first = False
+    total = part[0].reshape(Kp * Cp)  # total: (Kp*Cp,) the slices' sums, added in slice order
+    for sl in range(1, S):
+        add = part[sl].reshape(Kp * Cp)  # add: (Kp*Cp,)
+        for i in range(Kp * Cp):
+            total[uidx(i)] += add[uidx(i)]
+    for co in range(C_out):
+        for k in range(K):
+            out[co, k] = part[0, k, co]
+
+
+class Blocking(NamedTuple):
+    """How _tiles cuts the reduction: blocks of m images (nq = Hq grid rows each) or of one
+    image's band of nq grid rows (bands per image), reach_rows more grid rows of X packed
+    below a band, rows LB elements apart in X's buffer; S slices of the blocks x G channel
+    groups of tasks."""
+
+    m: int
+    nq: int
+    bands: int
+    reach_rows: int
+    LB: int
+    S: int
+    G: int
+
+
+@functools.lru_cache(maxsize=1024)
+def blocking(grid, N, C_out, K, kH, kW, dil_h, dil_w, itemsize):
+    """The Blocking of a weight gradient on `grid` (geometry's) with N images, C_out output
+    channels, K = C_in*kH*kW taps and itemsize-byte numbers: blocks of about BLOCK positions
+    (whole images on planes of up to 2*BLOCK positions, else bands of rows); S = SLICES slices
+    of them, fewer where there are fewer blocks or the partial sums would pass PART_BYTES;
+    channel groups where that leaves fewer than MIN_TASKS tasks."""
+    plane = grid.Hq * grid.Wq
+    reach_h = (kH - 1) * dil_h * (grid.kH_packed < kH)  # how far the shifted taps read below a
+    reach_w = (kW - 1) * dil_w * (grid.kW_packed < kW)  # position, and to its right
+    reach_rows = reach_h + (reach_w > 0)
+    if plane <= 2 * BLOCK:
+        m, nq, bands = max(1, (BLOCK + plane // 2) // plane), grid.Hq, 1
+    else:
+        bands = -(-plane // BLOCK)
+        m, nq = 1, -(-grid.Hq // bands)
+        bands = -(-grid.Hq // nq)
+    LB = (m * nq + reach_rows) * grid.Wq + ROW_PAD
+    n_blocks = -(-N // m) * bands
+    Kp, Cp = -(-K // TAPS) * TAPS, -(-C_out // LANES) * LANES
+    S = max(1, min(SLICES, n_blocks, PART_BYTES // (Kp * Cp * itemsize)))
+    G = min(Cp // LANES, -(-MIN_TASKS // S))
+    return Blocking(m, nq, bands, reach_rows, LB, S, G)
+
+
+@functools.lru_cache(maxsize=256)
+def _tap_starts(C_in, kH, kW, grid, dil_h, dil_w, LB):
+    """base: tap k = (ci, kh, kw)'s start in a task's X buffer flattened, rows LB apart (its
+    packed row, plus its shift along that row: packed rows are shared by the taps of a kernel
+    row), for Kp = K rounded up to whole tap tiles; the Kp - K extra taps read the last row,
+    zeros.  Remembered per geometry (building it cost more than a small layer's pack)."""
+    K = C_in * kH * kW
+    k = np.arange(K)
+    ci, kh, kw = k // (kH * kW), (k // kW) % kH, k % kW
+    h_rows, w_rows = grid.kH_packed > 1, grid.kW_packed > 1  # a packed row per kh, per kw
+    krow = (ci * grid.kH_packed + kh * h_rows) * grid.kW_packed + kw * w_rows  # krow: (K,)
+    kshift = kh * dil_h * grid.Wq * (not h_rows) + kw * dil_w * (not w_rows)  # kshift: (K,)
+    base = np.full(-(-K // TAPS) * TAPS, C_in * grid.kH_packed * grid.kW_packed * LB, np.int64)
+    base[:K] = krow * LB + kshift
+    return base
+
+
+def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
+    """dw = dL/dw for groups 1 (fully overwrites dw), through the blocked panels above."""
+    # dy: (N, C_out, H_out, W_out)   x: (N, C_in, H, W)   dw: (C_out, C_in, kH, kW)
+    N, C_out = dy.shape[:2]
+    C_in, kH, kW = dw.shape[1:]
+    g = geometry(dy.shape, dw.shape, x.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
+    K = C_in * kH * kW
+    b = blocking(g, N, C_out, K, kH, kW, dil_h, dil_w, dw.itemsize)
+    base = _tap_starts(C_in, kH, kW, g, dil_h, dil_w, b.LB)  # base: (Kp,)
+    rows = C_in * g.kH_packed * g.kW_packed
+    Cp = -(-C_out // LANES) * LANES  # dY^T's rows: C_out rounded up to whole vectors
+    # the tasks' buffers are scratch (workspace.py): reused across calls, not fresh pages
+    Xb = scratch("conv_outer_X", (b.S * b.G, rows + 1, b.LB), x.dtype)  # Xb: (tasks, rows + 1, LB)
+    Dtb = scratch("conv_outer_Dt", (b.S * b.G, b.m * b.nq * g.Wq, Cp), dy.dtype)  # Dtb: (tasks, L, Cp)
+    part = scratch("conv_outer_part", (b.S, base.shape[0], Cp), dw.dtype)  # part: (S, Kp, Cp)
+    _tiles(x, dy, dw.reshape(C_out, K), base, Xb, Dtb, part, b.m, b.nq, b.bands, b.reach_rows, g.kH_packed,
+           g.kW_packed, g.Hq, g.Wq, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)  # fmt: skip
