@@ -280,12 +280,12 @@ def test_gemm_weight_gradient_is_the_same_for_any_thread_count():
 OUTER_CASES = [  # N, C_in, C_out, H, W, k, stride, pad, dil
     (3, 3, 16, 16, 16, 3, 1, 1, 1),  # one vector of channels; 16x16: 4 images a block (3 here)
     (5, 4, 17, 18, 18, 3, 1, 1, 1),  # a channel past a vector; K = 36: taps of zeros to 48
-    (2, 2, 40, 40, 52, 3, 1, 1, 1),  # 3 vectors (channel groups); 42 x 54 grid: bands of rows
-    (2, 3, 16, 50, 47, 5, 1, 2, 2),  # dilation 2, bands: their taps read 8 rows past a band
+    (2, 2, 40, 40, 52, 3, 1, 1, 1),  # 3 vectors (channel groups); 41 x 53 grid: bands of rows
+    (2, 3, 16, 50, 47, 5, 1, 2, 2),  # dilation 2, bands; a row per (ci, kh): one row of reach
     (3, 5, 16, 34, 33, 3, 2, 1, 1),  # stride 2: a row per tap
     (4, 6, 32, 32, 32, 1, 2, 0, 1),  # 1x1 stride 2
     (2, 2, 16, 17, 19, 3, 1, 3, 1),  # padding wider than the kernel's reach
-    (1, 3, 16, 20, 20, 4, 1, 1, 1),  # an even kernel: uneven padding on the grid
+    (1, 3, 16, 20, 20, 4, 1, 1, 1),  # an even kernel (17 x 17 outputs)
 ]
 
 
@@ -309,6 +309,26 @@ def test_outer_weight_gradient_matches_naive(N, C_in, C_out, H, W, k, stride, pa
         outer.scratch(name, (1 << 22,), dtype)[...] = np.nan
     outer.conv2d_backward_weight(dy, x, dw, stride, stride, pad, pad, dil, dil)
     close(dw, dw0, f"outer backward_weight {N, C_in, C_out, H, W, k, stride, pad, dil} {b}")
+
+
+@pytest.mark.parametrize(
+    "sh,sw,pt,pl,dh,dw_,kH,kW",
+    [(1, 1, 2, 1, 1, 1, 5, 3), (1, 2, 1, 0, 1, 1, 3, 3), (2, 1, 0, 2, 1, 2, 3, 5), (1, 1, 1, 3, 2, 1, 3, 4)],
+    ids=str,
+)
+def test_outer_weight_gradient_with_different_axes_matches_naive(sh, sw, pt, pl, dh, dw_, kH, kW):
+    """Stride, padding, dilation and kernel size different along the two axes (a swap of h and
+    w anywhere would show), on a plane with shifted rows and on bands, against naive."""
+    rng = np.random.default_rng(6)
+    for N, H, W in ((3, 20, 27), (1, 60, 50)):
+        x = rng.standard_normal((N, 3, H, W))
+        H_out = (H + 2 * pt - dh * (kH - 1) - 1) // sh + 1
+        W_out = (W + 2 * pl - dw_ * (kW - 1) - 1) // sw + 1
+        dy = rng.standard_normal((N, 16, H_out, W_out))
+        dw, dw0 = np.empty((16, 3, kH, kW)), np.empty((16, 3, kH, kW))
+        naive.conv2d_backward_weight(dy, x, dw0, sh, sw, pt, pl, dh, dw_, 1)
+        outer.conv2d_backward_weight(dy, x, dw, sh, sw, pt, pl, dh, dw_)
+        close(dw, dw0, f"outer, axes differ {N, H, W, sh, sw, pt, pl, dh, dw_, kH, kW}")
 
 
 def test_outer_blocking():
@@ -348,7 +368,7 @@ def test_outer_dispatch_rule():
 
 
 def test_outer_weight_gradient_is_the_same_for_any_thread_count():
-    """8 slices x 2 channel groups of tasks, set by the shape: 1 and 2 threads give the same
+    """4 slices x 2 channel groups of tasks, set by the shape: 1 and 2 threads give the same
     bits."""
     import numba
 

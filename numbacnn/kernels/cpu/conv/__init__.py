@@ -24,8 +24,8 @@ Dispatch (the contract names below; functional.conv2d* call them, validated and 
     dense      the single output of each plane sees the whole unpadded input (LeNet's C5):
                a fully connected layer on the flattened input -> kernels/cpu/dense.py
     outer      backward_weight, groups 1, at least one vector of output channels (16 with
-               AVX-512) and 16x16 output positions (and, for shared shifted rows, a finite x:
-               gemm.exact_for) -> outer.py
+               AVX-512) and 256 output positions per image (16x16), gemm's 64 MB panel bound
+               (and, for shared shifted rows, a finite x: gemm.exact_for) -> outer.py
     gemm       backward_weight, groups 1, its packed panel within 64 MB (and a finite x, as
                for outer) -> gemm.py;
                forward (and the gather input gradient), groups 1, no dilation, C_in*kH*kW >= 256
@@ -132,10 +132,26 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
     if _is_dense(x.shape, dw.shape, dy.shape, pad_top, pad_left, dil_h, dil_w, groups):
         N, C_out, K = dy.shape[0], dy.shape[1], dw[0].size
         _dense.linear_backward_weight(dy.reshape(N, C_out), x.reshape(N, K), dw.reshape(C_out, K))
-    elif outer.use_outer(dy.shape, dw.shape, groups) and gemm.exact_for(
-        x,
-        dw.shape,
-        gemm.geometry(dy.shape, dw.shape, x.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w),
+    elif (
+        outer.use_outer(dy.shape, dw.shape, groups)
+        and gemm.use_gemm(  # gemm's 64 MB bound too
+            dy.shape,
+            dw.shape,
+            x.shape,
+            stride_h,
+            stride_w,
+            pad_top,
+            pad_left,
+            dil_h,
+            dil_w,
+            groups,
+            dw.itemsize,
+        )
+        and gemm.exact_for(
+            x,
+            dw.shape,
+            gemm.geometry(dy.shape, dw.shape, x.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w),
+        )
     ):
         outer.conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     elif gemm.use_gemm(

@@ -35,7 +35,8 @@ Loop nest:
 Optimizations:
     * TAPS x LANES = 16 x 16 float32 sums in 16 zmm registers (AVX-512; 16 x 8 in ymm with
       AVX2), each FMA takes its broadcast input straight from memory;
-    * the packed block stays in cache: x and dy are read once, nothing is written back;
+    * the packed block stays in cache (for moderate C_in): x and dy are read once per channel
+      group, the packed panels never go to memory;
     * dY^T is packed a grid row at a time, so its rows stay in L1 while the channels scatter;
     * stride_w 1 rows are contiguous copies (vectorised);
     * slices and channel groups come from the shape alone (results independent of threads).
@@ -102,7 +103,7 @@ def _pack_dy_rows(dy, Dt, at, n, q0, q1, Wq):
 def _outer_tile(part, k0, c0, Dt, Xf, base, p0, p1, first):
     """part[k0 + t, c0 + v] (+)= sum over p0 <= p < p1 (in order) of Xf[base[k0 + t] + p] *
     Dt[p, c0 + v], for the TAPS taps t and LANES channels v; `first`: = rather than +=."""
-    # part: (Kp, Cp)   Dt: (P, Cp)   Xf: (rows*P_row,) X flat   base: (Kp,) tap t's start in Xf
+    # part: (Kp, Cp)   Dt: (m*nq*Wq, Cp)   Xf: ((rows+1)*LB,) X flat   base: (Kp,) tap t's start in Xf
     prefer_vector_width(VECTOR_BITS)
     s = stack_array(DW_SUMS, part.dtype)  # s: (TAPS*LANES,) tap t's sums at t*LANES (registers)
     for t in range(TAPS):
@@ -265,6 +266,9 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
     # dy: (N, C_out, H_out, W_out)   x: (N, C_in, H, W)   dw: (C_out, C_in, kH, kW)
     N, C_out = dy.shape[:2]
     C_in, kH, kW = dw.shape[1:]
+    if N == 0:  # no positions: no blocks to sum
+        dw[...] = 0.0
+        return
     g = geometry(dy.shape, dw.shape, x.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     K = C_in * kH * kW
     b = blocking(g, N, C_out, K, kH, kW, dil_h, dil_w, dw.itemsize)
