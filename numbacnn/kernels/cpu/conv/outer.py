@@ -59,7 +59,7 @@ from numba import njit, prange
 
 from ..registers import VECTOR_BITS, prefer_vector_width, stack_array
 from ..workspace import scratch
-from .gemm import ROW_PAD, _pack_x_rows, geometry
+from .gemm import ROW_PAD, _pack_x_rows, _tap_rows, geometry
 from .planes import FMA, uidx
 
 LANES = VECTOR_BITS // 32  # output channels per tile: one vector of float32 (16 with AVX-512)
@@ -251,11 +251,7 @@ def _tap_starts(C_in, kH, kW, grid, dil_h, dil_w, LB):
     row), for Kp = K rounded up to whole tap tiles; the Kp - K extra taps read the last row,
     zeros.  Remembered per geometry (building it cost more than a small layer's pack)."""
     K = C_in * kH * kW
-    k = np.arange(K)
-    ci, kh, kw = k // (kH * kW), (k // kW) % kH, k % kW
-    h_rows, w_rows = grid.kH_packed > 1, grid.kW_packed > 1  # a packed row per kh, per kw
-    krow = (ci * grid.kH_packed + kh * h_rows) * grid.kW_packed + kw * w_rows  # krow: (K,)
-    kshift = kh * dil_h * grid.Wq * (not h_rows) + kw * dil_w * (not w_rows)  # kshift: (K,)
+    krow, kshift = _tap_rows(C_in, kH, kW, grid, dil_h, dil_w)  # krow, kshift: (K,)
     base = np.full(-(-K // TAPS) * TAPS, C_in * grid.kH_packed * grid.kW_packed * LB, np.int64)
     base[:K] = krow * LB + kshift
     return base
