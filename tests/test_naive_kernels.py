@@ -252,25 +252,34 @@ def test_gemm_dispatch_rule():
     assert not use((0, 64, 8, 8), (64, 64, 3, 3), (0, 64, 8, 8), 1, 1)  # no images
 
 
-def test_gemm_weight_gradient_is_the_same_for_any_thread_count():
-    """LeNet C1's shape at batch 8 splits the reduction into slices (few tap tiles); the
-    slices and their order come from the shape, so 1 and 2 threads give the same bits."""
+def _on_1_and_2_threads(kernel, dw_shape):
+    """kernel(dw) run with 1 and (where Numba has 2) 2 threads, each into a fresh float32 dw of
+    dw_shape: the dw's, in that order; the thread count restored after."""
     import numba
 
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((8, 1, 32, 32)).astype(np.float32)
-    dy = rng.standard_normal((8, 6, 28, 28)).astype(np.float32)
-    assert gemm.slices(25, gemm.geometry(dy.shape, (6, 1, 5, 5), x.shape, 1, 1, 0, 0, 1, 1).P) > 1
     results = []
     threads = numba.get_num_threads()
     try:
         for n in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
             numba.set_num_threads(n)
-            dw = np.empty((6, 1, 5, 5), np.float32)
-            gemm.conv2d_backward_weight(dy, x, dw, 1, 1, 0, 0, 1, 1)
+            dw = np.empty(dw_shape, np.float32)
+            kernel(dw)
             results.append(dw)
     finally:
         numba.set_num_threads(threads)
+    return results
+
+
+def test_gemm_weight_gradient_is_the_same_for_any_thread_count():
+    """LeNet C1's shape at batch 8 splits the reduction into slices (few tap tiles); the
+    slices and their order come from the shape, so 1 and 2 threads give the same bits."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((8, 1, 32, 32)).astype(np.float32)
+    dy = rng.standard_normal((8, 6, 28, 28)).astype(np.float32)
+    assert gemm.slices(25, gemm.geometry(dy.shape, (6, 1, 5, 5), x.shape, 1, 1, 0, 0, 1, 1).P) > 1
+    results = _on_1_and_2_threads(
+        lambda dw: gemm.conv2d_backward_weight(dy, x, dw, 1, 1, 0, 0, 1, 1), (6, 1, 5, 5)
+    )
     assert all(np.array_equal(results[0], r) for r in results)
     dw0 = np.empty_like(results[0])
     naive.conv2d_backward_weight(dy, x, dw0, 1, 1, 0, 0, 1, 1, 1)
@@ -370,24 +379,15 @@ def test_outer_dispatch_rule():
 def test_outer_weight_gradient_is_the_same_for_any_thread_count():
     """4 slices x 2 channel groups of tasks, set by the shape: 1 and 2 threads give the same
     bits."""
-    import numba
-
     rng = np.random.default_rng(5)
     x = rng.standard_normal((16, 8, 16, 16)).astype(np.float32)
     dy = rng.standard_normal((16, 32, 16, 16)).astype(np.float32)
     g = gemm.geometry(dy.shape, (32, 8, 3, 3), x.shape, 1, 1, 1, 1, 1, 1)
     b = outer.blocking(g, 16, 32, 72, 3, 3, 1, 1, 4)
     assert b.S > 1 and (b.G > 1 or outer.LANES < 16)
-    results = []
-    threads = numba.get_num_threads()
-    try:
-        for n in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
-            numba.set_num_threads(n)
-            dw = np.empty((32, 8, 3, 3), np.float32)
-            outer.conv2d_backward_weight(dy, x, dw, 1, 1, 1, 1, 1, 1)
-            results.append(dw)
-    finally:
-        numba.set_num_threads(threads)
+    results = _on_1_and_2_threads(
+        lambda dw: outer.conv2d_backward_weight(dy, x, dw, 1, 1, 1, 1, 1, 1), (32, 8, 3, 3)
+    )
     assert all(np.array_equal(results[0], r) for r in results)
 
 
