@@ -252,9 +252,9 @@ def test_gemm_dispatch_rule():
     assert not use((0, 64, 8, 8), (64, 64, 3, 3), (0, 64, 8, 8), 1, 1)  # no images
 
 
-def _on_1_and_2_threads(kernel, dw_shape):
-    """kernel(dw) run with 1 and (where Numba has 2) 2 threads, each into a fresh float32 dw of
-    dw_shape: the dw's, in that order; the thread count restored after."""
+def _on_1_and_2_threads(kernel, shape):
+    """kernel(out) run with 1 and (where Numba has 2) 2 threads, each into a fresh float32 out
+    of `shape`: the outs, in that order; the thread count restored after."""
     import numba
 
     results = []
@@ -262,9 +262,9 @@ def _on_1_and_2_threads(kernel, dw_shape):
     try:
         for n in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
             numba.set_num_threads(n)
-            dw = np.empty(dw_shape, np.float32)
-            kernel(dw)
-            results.append(dw)
+            out = np.empty(shape, np.float32)
+            kernel(out)
+            results.append(out)
     finally:
         numba.set_num_threads(threads)
     return results
@@ -389,6 +389,97 @@ def test_outer_weight_gradient_is_the_same_for_any_thread_count():
         lambda dw: outer.conv2d_backward_weight(dy, x, dw, 1, 1, 1, 1, 1, 1), (32, 8, 3, 3)
     )
     assert all(np.array_equal(results[0], r) for r in results)
+
+
+OUTER_FORWARD_CASES = [  # N, C_in, C_out, H, W, kH, kW, stride, pad_top, pad_left, pad_bottom, pad_right, dil
+    (3, 3, 6, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1),  # one tile of channels; 9 x 9 grid: 3 images a block
+    (5, 4, 7, 10, 12, 3, 3, 1, 1, 1, 1, 1, 1),  # a channel past a tile
+    (2, 2, 40, 40, 52, 3, 3, 1, 1, 1, 1, 1, 1),  # 7 channel tiles; 41 x 53 grid: bands of rows
+    (4, 6, 16, 14, 14, 5, 5, 1, 0, 0, 0, 0, 1),  # LeNet's C3: a valid conv, a row per (ci, kh)
+    (3, 16, 6, 10, 10, 5, 5, 1, 4, 4, 4, 4, 1),  # its input gradient's gather: rows shared
+    (2, 3, 16, 50, 47, 5, 5, 1, 4, 4, 4, 4, 2),  # dilation 2, bands
+    (4, 6, 32, 32, 32, 1, 1, 2, 0, 0, 0, 0, 1),  # 1x1 stride 2: strided rows
+    (2, 2, 12, 17, 19, 3, 3, 1, 3, 3, 3, 3, 1),  # padding wider than the kernel's reach
+    (1, 3, 8, 20, 20, 4, 4, 1, 1, 1, 2, 2, 1),  # an even kernel, more padding bottom/right
+    (2, 3, 9, 13, 21, 5, 3, 1, 2, 0, 1, 2, 1),  # kernel, padding different along the two axes
+    (1, 1, 6, 70, 3, 1, 3, 1, 0, 1, 0, 1, 1),  # a 1 x 3 kernel on a tall thin plane
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,C_in,C_out,H,W,kH,kW,stride,pt,pl,pb,pr,dil", OUTER_FORWARD_CASES, ids=str)
+def test_outer_forward_equals_naive(N, C_in, C_out, H, W, kH, kW, stride, pt, pl, pb, pr, dil, dtype):
+    """outer.py's forward (channel tiles x position vectors on the blocks' grid, the real
+    outputs copied out) equals the naive forward bit for bit: the same taps in the same order,
+    one fused multiply-add each.  Blocks of whole images and bands, shared and per-(ci, kh)
+    rows, channel edges, strides, dilation, asymmetric padding; the tasks' buffers are filled
+    with NaN first, so every element the tiles read was packed."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((N, C_in, H, W)).astype(dtype)
+    w = rng.standard_normal((C_out, C_in, kH, kW)).astype(dtype)
+    b = rng.standard_normal(C_out).astype(dtype)
+    H_out = (H + pt + pb - dil * (kH - 1) - 1) // stride + 1
+    W_out = (W + pl + pr - dil * (kW - 1) - 1) // stride + 1
+    y, y0 = np.full((N, C_out, H_out, W_out), np.nan, dtype), np.empty((N, C_out, H_out, W_out), dtype)
+    naive.conv2d_forward(x, w, b, y0, stride, stride, pt, pl, dil, dil, 1)
+    for name in ("conv_outer_X", "conv_outer_Y"):
+        outer.scratch(name, (1 << 22,), dtype)[...] = np.nan
+    outer.conv2d_forward(x, w, b, y, stride, stride, pt, pl, dil, dil)
+    plan = outer.forward_plan(x.shape, w.shape, y.shape, stride, stride, pt, pl, dil, dil)
+    assert np.array_equal(y, y0), f"outer forward {N, C_in, C_out, H, W, kH, kW, stride, pt, pl, dil} {plan}"
+
+
+def test_outer_forward_plan():
+    """Rows shared between kernel rows unless that adds more than an eighth to the output
+    rows; blocks of whole images or bands; tiles whole; tasks at most TASKS_FORWARD."""
+    p = outer.forward_plan((64, 64, 8, 8), (64, 64, 3, 3), (64, 64, 8, 8), 1, 1, 1, 1, 1, 1)
+    assert (p.grid.kH_packed, p.grid.Hq, p.grid.Wq) == (1, 9, 9)  # ResNet 8x8: one row per ci
+    assert p.LY % outer.POSITIONS == 0 and p.LY >= p.blocks.m * p.blocks.nq * 9 and p.Cp == 66
+    assert p.T == min(outer.TASKS_FORWARD, -(-64 // p.blocks.m))  # a task per block, at most 16
+    p = outer.forward_plan((64, 6, 14, 14), (16, 6, 5, 5), (64, 16, 10, 10), 1, 1, 0, 0, 1, 1)
+    assert (p.grid.kH_packed, p.grid.Hq, p.grid.Wq) == (5, 10, 14)  # C3: 14 rows for 10 would waste
+    p = outer.forward_plan((64, 16, 10, 10), (6, 16, 5, 5), (64, 6, 14, 14), 1, 1, 4, 4, 1, 1)
+    assert (p.grid.kH_packed, p.grid.Hq, p.grid.Wq) == (1, 14, 14)  # C3's gather: no extra rows
+    p = outer.forward_plan((1, 3, 200, 200), (16, 3, 3, 3), (1, 16, 200, 200), 1, 1, 1, 1, 1, 1)
+    assert p.blocks.bands > 1 and p.T == min(outer.TASKS_FORWARD, p.blocks.bands)
+
+
+def test_outer_forward_dispatch_rule():
+    """The forward (and the gather input gradient) of groups-1 convs with at least CH output
+    channels, stride 1 or a 1x1 kernel, take outer.py; the rest stay on direct.py."""
+    same = (1, 1, 1, 1, 1, 1)
+
+    def use(x_shape, w_shape, y_shape, geo=same, groups=1):
+        return outer.use_outer_forward(x_shape, w_shape, y_shape, *geo, groups, 4)
+
+    assert use((64, 16, 8, 8), (64, 16, 3, 3), (64, 64, 8, 8))
+    assert use((64, 16, 10, 10), (6, 16, 5, 5), (64, 6, 14, 14), (1, 1, 4, 4, 1, 1))  # C3's dx
+    assert use((64, 16, 32, 32), (32, 16, 1, 1), (64, 32, 16, 16), (2, 2, 0, 0, 1, 1))  # 1x1 s2
+    assert not use((64, 16, 32, 32), (32, 16, 3, 3), (64, 32, 16, 16), (2, 2, 1, 1, 1, 1))  # 3x3 s2
+    assert not use((64, 6, 28, 28), (5, 6, 3, 3), (64, 5, 28, 28))  # fewer than CH channels
+    assert not use((64, 16, 8, 8), (64, 8, 3, 3), (64, 64, 8, 8), groups=2)
+    assert not use((0, 16, 8, 8), (64, 16, 3, 3), (0, 64, 8, 8))  # no images
+    assert not use((64, 0, 8, 8), (64, 0, 3, 3), (64, 64, 8, 8))  # no input channels
+    assert not use((256, 512, 7, 7), (512, 512, 3, 3), (256, 512, 7, 7))  # buffers past MAX_PANEL
+
+
+def test_outer_forward_and_gather_through_the_dispatch():
+    """conv2d_forward and conv2d_backward_input (its gather: the forward of dy with the flipped
+    weights) reach outer.py for LeNet's C3 and agree with the naive kernels; 1 and 2 threads
+    give the same bits."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((8, 6, 14, 14)).astype(np.float32)
+    w = rng.standard_normal((16, 6, 5, 5)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    dy = rng.standard_normal((8, 16, 10, 10)).astype(np.float32)
+    y0, dx0 = np.empty_like(dy), np.empty_like(x)
+    naive.conv2d_forward(x, w, b, y0, 1, 1, 0, 0, 1, 1, 1)
+    naive.conv2d_backward_input(dy, w, dx0, 1, 1, 0, 0, 1, 1, 1)
+    ys = _on_1_and_2_threads(lambda y: conv.conv2d_forward(x, w, b, y, 1, 1, 0, 0, 1, 1, 1), y0.shape)
+    dxs = _on_1_and_2_threads(lambda dx: conv.conv2d_backward_input(dy, w, dx, 1, 1, 0, 0, 1, 1, 1), x.shape)
+    assert all(np.array_equal(y0, y) for y in ys)
+    assert all(np.array_equal(dxs[0], dx) for dx in dxs)
+    close(dxs[0], dx0, "gather input gradient through outer.py")
 
 
 def test_scratch_blocks_are_reused_grown_and_released():

@@ -99,6 +99,10 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
         _dense.linear_forward(x.reshape(N, K), w.reshape(C_out, K), b, y.reshape(N, C_out))
     elif gemm.use_gemm_forward(x.shape, w.shape, y.shape, stride_w, dil_h, dil_w, groups):
         gemm.conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left)
+    elif outer.use_outer_forward(
+        x.shape, w.shape, y.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, y.itemsize
+    ):
+        outer.conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     else:  # any stride and dilation: phase planes (planes.split_plane) or column copies
         direct.conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups)
 

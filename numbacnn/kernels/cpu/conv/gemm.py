@@ -309,7 +309,18 @@ class Grid(NamedTuple):
 
 
 @functools.lru_cache(maxsize=1024)
-def geometry(dy_shape, w_shape, x_shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
+def geometry(
+    dy_shape,
+    w_shape,
+    x_shape,
+    stride_h,
+    stride_w,
+    pad_top,
+    pad_left,
+    dil_h,
+    dil_w,
+    row_shift_plane=ROW_SHIFT_PLANE,
+):
     """The Grid of the packed panels.
 
     For stride_w 1 the taps kw of one kernel row read the same input row shifted by kw*dil_w,
@@ -332,7 +343,7 @@ def geometry(dy_shape, w_shape, x_shape, stride_h, stride_w, pad_top, pad_left, 
     pad_right = W_out - 1 + reach_w - pad_left - (W - 1)  # the padding the taps read past W
     kW_packed, Wq = (1, max(W_out, W + max(pad_left, pad_right))) if shifted else (kW, W_out)
     reach_h = (kH - 1) * dil_h
-    shifted_h = shifted and stride_h == 1 and kH > 1 and H_out >= ROW_SHIFT_PLANE * reach_h
+    shifted_h = shifted and stride_h == 1 and kH > 1 and H_out >= row_shift_plane * reach_h
     pad_bottom = H_out - 1 + reach_h - pad_top - (H - 1)
     kH_packed, Hq = (1, max(H_out, H + max(pad_top, pad_bottom))) if shifted_h else (kH, H_out)
     P = N * Hq * Wq

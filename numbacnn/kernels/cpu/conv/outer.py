@@ -59,7 +59,7 @@ from numba import njit, prange
 
 from ..registers import VECTOR_BITS, prefer_vector_width, stack_array
 from ..workspace import scratch
-from .gemm import ROW_PAD, _pack_x_rows, _tap_rows, geometry
+from .gemm import MAX_PANEL, ROW_PAD, Grid, _pack_x_rows, _tap_rows, geometry
 from .planes import FMA, uidx
 
 LANES = VECTOR_BITS // 32  # output channels per tile: one vector of float32 (16 with AVX-512)
@@ -97,6 +97,26 @@ def _pack_dy_rows(dy, Dt, at, n, q0, q1, Wq):
             d = (at + (q - q0) * Wq) * Cp + co  # Dt[position (q, 0), co]
             for c in range(W_out):
                 dst[uidx(d + c * Cp)] = dy_row[uidx(c)]
+
+
+@njit(cache=True, inline="always")
+def _pack_block(x, X, rows, n0, n1, q0, q1, qx, kH_packed, kW_packed, Wq, stride_h, stride_w, pad_top,
+                pad_left, dil_h, dil_w):  # fmt: skip
+    """X[r] = packed row r = (ci[, kh][, kw]) of X for the block (r < rows): the grid rows q0 <=
+    q < q1 of images n0 <= n < n1, one image's rows after the other's, and the qx - q1 grid
+    rows below the last image's band (its shifted taps read them); zeros to the row's end."""
+    # x: (N, C_in, H, W)   X: (>= rows, LB) a task's buffer
+    LB = X.shape[1]
+    for r in range(rows):
+        ci = r // (kH_packed * kW_packed)
+        kh = (r // kW_packed) % kH_packed
+        kw = r % kW_packed
+        row = X[r]  # row: (LB,)
+        for j in range(n1 - n0):  # image j's rows below its band are image j + 1's first rows
+            _pack_x_rows(x, row, j * (q1 - q0) * Wq, n0 + j, q0, qx, ci, kh, kw, Wq,
+                         stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)  # fmt: skip
+        for i in range((n1 - n0 - 1) * (q1 - q0) * Wq + (qx - q0) * Wq, LB):
+            row[i] = 0.0  # past the block: its shifted taps read into it
 
 
 @njit(cache=True, fastmath=FMA)
@@ -178,16 +198,8 @@ def _tiles(x, dy, out, base, Xb, Dtb, part, m, nq, bands, reach_rows, kH_packed,
             q1 = min(Hq, q0 + nq)
             qx = min(Hq, q1 + reach_rows)  # X's rows: the band and the rows its taps read below
             L = (n1 - n0) * (q1 - q0) * Wq  # positions in this block
-            for r in range(R1 - 1):
-                ci = r // (kH_packed * kW_packed)
-                kh = (r // kW_packed) % kH_packed
-                kw = r % kW_packed
-                row = X[r]  # row: (LB,)
-                for j in range(n1 - n0):
-                    _pack_x_rows(x, row, j * (q1 - q0) * Wq, n0 + j, q0, qx, ci, kh, kw, Wq,
-                                 stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)  # fmt: skip
-                for i in range((n1 - n0 - 1) * (q1 - q0) * Wq + (qx - q0) * Wq, LB):
-                    row[i] = 0.0  # past the block: its shifted taps read into it
+            _pack_block(x, X, R1 - 1, n0, n1, q0, q1, qx, kH_packed, kW_packed, Wq,
+                        stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)  # fmt: skip
             for j in range(n1 - n0):
                 _pack_dy_rows(dy, Dt, j * (q1 - q0) * Wq, n0 + j, q0, q1, Wq)
             for c0 in range(c_lo, c_hi, LANES):  # the block's LANES columns of Dt stay in L1
@@ -220,7 +232,7 @@ class Blocking(NamedTuple):
 
 
 @functools.lru_cache(maxsize=1024)
-def blocking(grid, N, C_out, K, kH, kW, dil_h, dil_w, itemsize):
+def blocking(grid, N, C_out, K, kH, kW, dil_h, dil_w, itemsize, block=BLOCK):
     """The Blocking of a weight gradient on `grid` (geometry's) with N images, C_out output
     channels, K = C_in*kH*kW taps and itemsize-byte numbers: blocks of about BLOCK positions
     (whole images on planes of up to 2*BLOCK positions, else bands of rows); S = SLICES slices
@@ -230,10 +242,10 @@ def blocking(grid, N, C_out, K, kH, kW, dil_h, dil_w, itemsize):
     reach_h = (kH - 1) * dil_h * (grid.kH_packed < kH)  # how far the shifted taps read below a
     reach_w = (kW - 1) * dil_w * (grid.kW_packed < kW)  # position, and to its right
     reach_rows = reach_h + (reach_w > 0)
-    if plane <= 2 * BLOCK:
-        m, nq, bands = max(1, (BLOCK + plane // 2) // plane), grid.Hq, 1
+    if plane <= 2 * block:
+        m, nq, bands = max(1, (block + plane // 2) // plane), grid.Hq, 1
     else:
-        bands = -(-plane // BLOCK)
+        bands = -(-plane // block)
         m, nq = 1, -(-grid.Hq // bands)
         bands = -(-grid.Hq // nq)
     LB = (m * nq + reach_rows) * grid.Wq + ROW_PAD
@@ -277,3 +289,164 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
     part = scratch("conv_outer_part", (b.S, base.shape[0], Cp), dw.dtype)  # part: (S, Kp, Cp)
     _tiles(x, dy, dw.reshape(C_out, K), base, Xb, Dtb, part, b.m, b.nq, b.bands, b.reach_rows, g.kH_packed,
            g.kW_packed, g.Hq, g.Wq, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- forward
+# The forward is the same product the other way round, an outer product per tap:
+#
+#     y[co, p] = b[co] + sum_k W^T[k, co] * X[k, p]
+#
+# A tile holds LANES output channels x POSITIONS positions of sums in registers; at each tap
+# k (in the naive order ci, kh, kw) the POSITIONS inputs X[k, p0:p0+POSITIONS] (one vector,
+# consecutive in X's packed row) times the LANES weights W^T[k, c0:c0+LANES] (broadcast
+# scalars, consecutive: the weights transposed) add into them, one fused multiply-add per
+# term from b[co] on: the naive loop's order, so the result equals naive.conv2d_forward bit
+# for bit (with the padding's zeros multiplied in, as direct.py's).  Unlike direct.py's tiles,
+# which run along one image's padded plane, a tile runs along the block's grid, images one
+# after another, so small planes waste no more than their Wq - W_out extra columns.  The tiles
+# write the block's outputs on its grid (Yb, a task's buffer, rows of a channel); the real
+# outputs are then copied to y a row at a time.
+CH = 6  # output channels per forward tile (rows of the tile)
+VECS = 4  # vectors of positions per forward tile: CH x VECS = 24 of the 32 zmm registers
+POSITIONS = VECS * LANES  # positions per forward tile
+BLOCK_FORWARD = 512  # positions per block of the forward, about (blocks are its tasks' work)
+TASKS_FORWARD = 16  # tasks of the forward at most (each packs its blocks into its own buffer)
+MIN_C_FORWARD = 6  # output channels, at least
+FORWARD_SUMS = CH * POSITIONS  # the tile's stack array (a compile-time constant)
+
+
+def use_outer_forward(x_shape, w_shape, y_shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups,
+                      itemsize):  # fmt: skip
+    """True when the forward of x: (N, C_in, H, W) for w: (C_out, C_in, kH, kW) into y: (N,
+    C_out, H_out, W_out) (and the gather input gradient, the same conv on dy) should take this
+    path: groups 1, at least one image, at least MIN_C_FORWARD output channels, stride 1 (or a
+    1x1 kernel: its rows are strided copies, no larger than y), and the tasks' buffers within
+    gemm's MAX_PANEL.  (Measured: see the module docstring.)"""
+    if groups != 1 or x_shape[0] == 0 or w_shape[0] < MIN_C_FORWARD or 0 in w_shape[1:]:
+        return False
+    if not (stride_h == stride_w == 1 or w_shape[2] == w_shape[3] == 1):
+        return False
+    plan = forward_plan(x_shape, w_shape, y_shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
+    rows = w_shape[1] * plan.grid.kH_packed * plan.grid.kW_packed
+    return plan.T * ((rows + 1) * plan.LB + plan.Cp * plan.LY) * itemsize <= MAX_PANEL
+
+
+class ForwardPlan(NamedTuple):
+    """How the forward cuts its work: the grid (geometry's), its Blocking, a block's outputs
+    on LY grid positions (whole tiles), X's rows LB elements apart, T tasks, C_out rounded up
+    to Cp (whole tiles of CH channels)."""
+
+    grid: Grid
+    blocks: Blocking
+    LY: int
+    LB: int
+    T: int
+    Cp: int
+
+
+@functools.lru_cache(maxsize=1024)
+def forward_plan(x_shape, w_shape, y_shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
+    """The ForwardPlan of a forward.  The grid shares rows between the kernel rows too (one
+    packed row per input channel) unless that adds more than an eighth to the output rows (a
+    valid conv's grid keeps the input's H rows: LeNet's C3 would compute 14 rows for 10)."""
+    N, C_in = x_shape[:2]
+    C_out, _, kH, kW = w_shape
+    geo = (y_shape, w_shape, x_shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
+    g = geometry(*geo, 0)
+    if (g.Hq - y_shape[2]) * 8 > y_shape[2]:
+        g = geometry(*geo, 1 << 30)  # a packed row per (ci, kh)
+    blk = blocking(g, N, C_out, C_in * kH * kW, kH, kW, dil_h, dil_w, 4, BLOCK_FORWARD)
+    LY = -(-blk.m * blk.nq * g.Wq // POSITIONS) * POSITIONS  # a block's grid, whole tiles
+    LY += POSITIONS * (LY % 1024 == 0)  # rows 4 KB apart (float32) would share L1 sets
+    LB = LY + blk.reach_rows * g.Wq + ROW_PAD  # X's rows: whole tiles and the taps' reach
+    T = min(TASKS_FORWARD, -(-N // blk.m) * blk.bands)
+    return ForwardPlan(g, blk, LY, LB, T, -(-C_out // CH) * CH)
+
+
+@njit(cache=True, fastmath=FMA)
+def _forward_tile(Y, Wt, bias, Xf, base, c0, p0):
+    """Y[c0 + i, p0 + j] = bias[c0 + i] + sum over the taps k, in order, of Wt[k, c0 + i] *
+    Xf[base[k] + p0 + j], for the CH channels i and the POSITIONS positions j."""
+    # Y: (Cp, LY) the block's outputs on its grid   Wt: (K, Cp)   bias: (Cp,)
+    # Xf: ((rows+1)*LB,) X flat   base: (>= K,) tap k's start in Xf
+    prefer_vector_width(VECTOR_BITS)
+    s = stack_array(FORWARD_SUMS, Y.dtype)  # s: (CH*POSITIONS,) channel i's sums at i*POSITIONS
+    for i in range(CH):
+        for j in range(POSITIONS):
+            s[i * POSITIONS + j] = bias[c0 + i]
+    for k in range(Wt.shape[0]):
+        wk = Wt[k]  # wk: (Cp,) W^T at tap k
+        a = base[k] + p0
+        w0, w1, w2 = wk[uidx(c0)], wk[uidx(c0 + 1)], wk[uidx(c0 + 2)]
+        w3, w4, w5 = wk[uidx(c0 + 3)], wk[uidx(c0 + 4)], wk[uidx(c0 + 5)]
+        for j in range(POSITIONS):
+            xj = Xf[uidx(a + j)]
+            s[j] += xj * w0
+            s[POSITIONS + j] += xj * w1
+            s[2 * POSITIONS + j] += xj * w2
+            s[3 * POSITIONS + j] += xj * w3
+            s[4 * POSITIONS + j] += xj * w4
+            s[5 * POSITIONS + j] += xj * w5
+    for i in range(CH):
+        row = Y[c0 + i]  # row: (LY,)
+        for j in range(POSITIONS):
+            row[uidx(p0 + j)] = s[i * POSITIONS + j]
+
+
+@njit(cache=True, parallel=True)
+def _forward_blocks(x, Wt, bias, y, base, Xb, Yb, m, nq, bands, reach_rows, kH_packed, kW_packed, Hq, Wq,
+                    stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):  # fmt: skip
+    """y = conv2d(x, w) + b, blocked as the weight gradient (`blocking`: m whole images or a
+    band of nq grid rows per block); a task owns a run of the blocks (and so their outputs):
+    per block it packs X's rows into its own buffer, which stays in cache, passes every (16
+    channels, POSITIONS positions) tile over it (a group's 16 columns of W^T in L1 while the
+    positions pass), and copies the real outputs from the block's grid to y."""
+    # x: (N, C_in, H, W)   Wt: (K, Cp)   bias: (Cp,)   y: (N, C_out, H_out, W_out)   base: (>= K,)
+    # Xb: (T, rows + 1, LB)   Yb: (T, Cp, LY) the tasks' buffers
+    N, C_out, H_out, W_out = y.shape
+    Cp = Wt.shape[1]
+    T, R1, LB = Xb.shape
+    n_blocks = (N + m - 1) // m * bands
+    for t in prange(T):  # parallel over runs of blocks: owns their outputs
+        X, Y = Xb[t], Yb[t]  # X: (rows + 1, LB)   Y: (Cp, LY)
+        Xf = X.reshape(R1 * LB)
+        for blk in range(t * n_blocks // T, (t + 1) * n_blocks // T):
+            n0 = blk // bands * m
+            n1 = min(N, n0 + m)
+            q0 = (blk - blk // bands * bands) * nq
+            q1 = min(Hq, q0 + nq)
+            qx = min(Hq, q1 + reach_rows)
+            L = (n1 - n0) * (q1 - q0) * Wq  # positions in this block
+            _pack_block(x, X, R1 - 1, n0, n1, q0, q1, qx, kH_packed, kW_packed, Wq,
+                        stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)  # fmt: skip
+            for p0 in range(0, L, POSITIONS):  # X's columns for the tile stay in L1 across the groups
+                for c0 in range(0, Cp, CH):
+                    _forward_tile(Y, Wt, bias, Xf, base, c0, p0)
+            for co in range(C_out):  # the real outputs, a grid row at a time
+                src = Y[co]  # src: (LY,)
+                for j in range(n1 - n0):
+                    dst = y[n0 + j, co].reshape(H_out * W_out)  # dst: (H_out*W_out,)
+                    for q in range(q0, min(q1, H_out)):
+                        at, to = (j * (q1 - q0) + q - q0) * Wq, q * W_out
+                        for c in range(W_out):
+                            dst[uidx(to + c)] = src[uidx(at + c)]
+
+
+def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
+    """y = conv2d(x, w) + b for groups 1 (fully overwrites y), through the blocked panels
+    above; equal to naive.conv2d_forward bit for bit on finite inputs."""
+    # x: (N, C_in, H, W)   w: (C_out, C_in, kH, kW)   b: (C_out,)   y: (N, C_out, H_out, W_out)
+    C_out, C_in, kH, kW = w.shape
+    K = C_in * kH * kW
+    plan = forward_plan(x.shape, w.shape, y.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
+    g, blk = plan.grid, plan.blocks
+    base = _tap_starts(C_in, kH, kW, g, dil_h, dil_w, plan.LB)  # base: (Kp,), the first K used
+    Wt = np.zeros((K, plan.Cp), y.dtype)  # Wt: (K, Cp) W^T, 0 in the channels past C_out
+    Wt[:, :C_out] = w.reshape(C_out, K).T
+    bias = np.zeros(plan.Cp, y.dtype)  # bias: (Cp,)
+    bias[:C_out] = b
+    rows = C_in * g.kH_packed * g.kW_packed
+    Xb = scratch("conv_outer_X", (plan.T, rows + 1, plan.LB), x.dtype)  # Xb: (T, rows + 1, LB)
+    Yb = scratch("conv_outer_Y", (plan.T, plan.Cp, plan.LY), y.dtype)  # Yb: (T, Cp, LY)
+    _forward_blocks(x, Wt, bias, y, base, Xb, Yb, blk.m, blk.nq, blk.bands, blk.reach_rows, g.kH_packed,
+                    g.kW_packed, g.Hq, g.Wq, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)  # fmt: skip
