@@ -14,8 +14,9 @@ Read the strategies in this order:
     polyphase.py  a strided conv's gradients as sums of stride-1 ones, on direct.py's kernels
     gemm.py       the weight gradient (groups 1) as one packed matrix product, and the
                   forward of tiny planes with long reductions as dot products
-    outer.py      the weight gradient of ResNet- and VGG-sized layers as outer products,
-                  vectorised over output channels, packed block by block into cache
+    outer.py      outer products on blocks packed into cache: the weight gradient of ResNet-
+                  and VGG-sized layers (vectorised over output channels) and the forward of
+                  stride-1 convs with 6 or more output channels (vectorised over positions)
 
 docs/kernels/conv_cpu.md explains the layout, the register blocking and the measurements.
 
@@ -23,7 +24,10 @@ Dispatch (the contract names below; functional.conv2d* call them, validated and 
 
     dense      the single output of each plane sees the whole unpadded input (LeNet's C5):
                a fully connected layer on the flattened input -> kernels/cpu/dense.py
-    outer      backward_weight, groups 1, at least one vector of output channels (16 with
+    outer      forward (and the gather input gradient), groups 1, at least 6 output channels,
+               stride 1 or a 1x1 kernel, the tasks' buffers within 64 MB (after gemm's tiny
+               planes below) -> outer.conv2d_forward;
+               backward_weight, groups 1, at least one vector of output channels (16 with
                AVX-512) and 256 output positions per image (16x16), gemm's 64 MB panel bound
                (and, for shared shifted rows, a finite x: gemm.exact_for) -> outer.py
     gemm       backward_weight, groups 1, its packed panel within 64 MB (and a finite x, as

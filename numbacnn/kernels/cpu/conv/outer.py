@@ -1,5 +1,7 @@
-"""The weight gradient of a convolution (groups 1) as outer products, vectorised over output
-channels: the fast path for ResNet- and VGG-sized layers.
+"""Convolutions (groups 1) as outer products on blocks packed into cache: the weight gradient
+of ResNet- and VGG-sized layers, vectorised over output channels, and the forward (with it
+the gather input gradient) of stride-1 convs with at least 6 output channels, vectorised over
+positions (the forward's section below).
 
 Formula (as gemm.py's).  With positions p = (n, oh, ow) and taps k = (ci, kh, kw),
 
@@ -296,18 +298,37 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
 #
 #     y[co, p] = b[co] + sum_k W^T[k, co] * X[k, p]
 #
-# A tile holds LANES output channels x POSITIONS positions of sums in registers; at each tap
-# k (in the naive order ci, kh, kw) the POSITIONS inputs X[k, p0:p0+POSITIONS] (one vector,
-# consecutive in X's packed row) times the LANES weights W^T[k, c0:c0+LANES] (broadcast
-# scalars, consecutive: the weights transposed) add into them, one fused multiply-add per
-# term from b[co] on: the naive loop's order, so the result equals naive.conv2d_forward bit
-# for bit (with the padding's zeros multiplied in, as direct.py's).  Unlike direct.py's tiles,
-# which run along one image's padded plane, a tile runs along the block's grid, images one
-# after another, so small planes waste no more than their Wq - W_out extra columns.  The tiles
-# write the block's outputs on its grid (Yb, a task's buffer, rows of a channel); the real
-# outputs are then copied to y a row at a time.
+# A tile holds CH output channels x POSITIONS positions of sums in registers; at each tap k
+# (in the naive order ci, kh, kw) the POSITIONS inputs X[k, p0:p0+POSITIONS] (VECS vectors,
+# consecutive in X's packed row) times the CH weights W^T[k, c0:c0+CH] (broadcast scalars,
+# consecutive: the weights transposed) add into them, one fused multiply-add per term from
+# b[co] on: the naive loop's order, so the result equals naive.conv2d_forward bit for bit
+# (with the padding's zeros multiplied in, as direct.py's).  Unlike direct.py's tiles, which
+# run along one image's padded plane in rows of 8 channels, a tile runs along the block's
+# grid, images one after another in whole tiles (a "same" 3x3 conv on 8x8: 81 grid positions
+# per image, where direct.py's 32-position tiles along each 10-wide plane compute 96), and 6
+# channels fill its rows (LeNet's C3 input gradient has 6: direct.py sums those in memory).
+# The tiles write a block's outputs on its grid (Yb, a task's buffer, a row per channel);
+# the real outputs are then copied to y a row at a time.  The grid shares the kernel rows
+# (one packed row per input channel) unless that adds more than an eighth to the rows.
+#
+# Measured against direct.py at batch 64, float32, Xeon (Emerald Rapids) VM, same process,
+# interleaved, min / median of 21 (ms), 2 threads; 1 thread where it differs:
+#   LeNet C3's input gradient (the gather: 16 -> 6 channels, 5x5 on 14x14)  0.63 / 0.74 ->
+#       0.30 / 0.37 (1 thread 1.40 -> 0.65): 6 channels in registers, not in memory
+#   LeNet C3 forward (6 -> 16, 5x5 valid on 14x14)      0.40 / 0.50 -> 0.29 / 0.44
+#   LeNet C1 forward (1 -> 6, 5x5 valid on 32x32)       0.17 / 0.19 -> 0.14 / 0.18
+#   16->32 1x1 stride 2 on 32x32                        0.42 / 0.58 -> 0.31 / 0.44
+#   3x3 "same" convs tie: 16->16 on 32x32 1.71 / 2.06 -> 1.75 / 1.98, 64->64 on 8x8 1.59 /
+#       1.79 -> 1.72 / 1.83, VGG 64->64 on 32x32 (batch 16) 5.12 / 6.26 -> 5.10 / 5.49, and
+#       their gather input gradients alike; 32->32 on 16x16 loses 5-10% (1.57 / 1.86 -> 1.66 /
+#       1.98; 6-channel rows leave 4 of 36 idle, the 17 x 17 grid 13% extra positions).
+# LeNet-5's training step no longer compiles direct.py's forward (its largest kernel): the
+# README command's first batch 35.8-38.7 s -> 24.3 s of JIT.  Strided 3x3 convs stay on
+# direct.py's phase planes (a packed row per tap, 9x the pack: 16->32 stride 2 on 32x32, 2
+# threads, 1.98-2.22 -> 2.52-3.17 ms).
 CH = 6  # output channels per forward tile (rows of the tile)
-VECS = 4  # vectors of positions per forward tile: CH x VECS = 24 of the 32 zmm registers
+VECS = 4 if VECTOR_BITS >= 512 else 2  # vectors of positions per tile: 24 of 32 zmm (12 of 16 ymm)
 POSITIONS = VECS * LANES  # positions per forward tile
 BLOCK_FORWARD = 512  # positions per block of the forward, about (blocks are its tasks' work)
 TASKS_FORWARD = 16  # tasks of the forward at most (each packs its blocks into its own buffer)
