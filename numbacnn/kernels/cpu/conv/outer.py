@@ -324,7 +324,7 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
 #       their gather input gradients alike; 32->32 on 16x16 loses 5-10% (1.57 / 1.86 -> 1.66 /
 #       1.98; 6-channel rows leave 4 of 36 idle, the 17 x 17 grid 13% extra positions).
 # LeNet-5's training step no longer compiles direct.py's forward (its largest kernel): the
-# README command's first batch 35.8-38.7 s -> 24.3 s of JIT.  Strided 3x3 convs stay on
+# README command's first batch 35.8-38.7 s -> 24.3-26.9 s of JIT.  Strided 3x3 convs stay on
 # direct.py's phase planes (a packed row per tap, 9x the pack: 16->32 stride 2 on 32x32, 2
 # threads, 1.98-2.22 -> 2.52-3.17 ms).
 CH = 6  # output channels per forward tile (rows of the tile)
