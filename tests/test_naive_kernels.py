@@ -461,6 +461,8 @@ def test_outer_forward_dispatch_rule():
     assert not use((0, 16, 8, 8), (64, 16, 3, 3), (0, 64, 8, 8))  # no images
     assert not use((64, 0, 8, 8), (64, 0, 3, 3), (64, 64, 8, 8))  # no input channels
     assert not use((256, 512, 7, 7), (512, 512, 3, 3), (256, 512, 7, 7))  # buffers past MAX_PANEL
+    # float64: the tile's POSITIONS are float32 lanes (6 x 64 doubles would spill)
+    assert not outer.use_outer_forward((64, 16, 8, 8), (64, 16, 3, 3), (64, 64, 8, 8), *same, 1, 8)
 
 
 def test_outer_forward_and_gather_through_the_dispatch():
@@ -608,6 +610,28 @@ def test_a_conv_with_no_channels_gives_empty_or_zero_gradients():
         np.ones((2, 8, 6, 6), np.float32), x, w, padding=1, output_mask=(True, False, True)
     )
     assert dx.shape == (2, 0, 6, 6) and dw is None and db.shape == (8,)
+    dx, dw, db = F.conv2d_backward(np.ones((2, 8, 6, 6), np.float32), x, w, padding=1)
+    assert dx.shape == (2, 0, 6, 6) and dw.shape == (8, 0, 3, 3)  # found: ZeroDivisionError
+    np.testing.assert_array_equal(db, np.full(8, 72, np.float32))
+
+
+def test_a_conv_on_an_empty_plane_gives_empty_dx_and_zero_dw():
+    """An input with no rows, padded: every tap reads padding, so y = b, dx is empty and dw is
+    0 (found by a review: ZeroDivisionError in the fast forms' plans, through the gather's
+    forward into the empty dx and the weight gradient's slices)."""
+    from numbacnn import functional as F
+
+    x = np.ones((2, 8, 0, 5), np.float32)
+    w = np.ones((8, 8, 3, 3), np.float32)
+    y = F.conv2d(x, w, padding=2)
+    assert y.shape == (2, 8, 2, 7) and not y.any()
+    dx, dw, db = F.conv2d_backward(np.ones(y.shape, np.float32), x, w, padding=2)
+    assert dx.shape == x.shape and dw.shape == w.shape and not dw.any()
+    np.testing.assert_array_equal(db, np.full(8, 28, np.float32))
+    for dtype in (np.float32, np.float64):  # the dispatch itself, on an empty output plane
+        y = np.empty((2, 8, 0, 4), dtype)
+        conv.conv2d_forward(np.ones((2, 3, 0, 4), dtype), np.ones((8, 3, 1, 1), dtype), np.zeros(8, dtype), y,
+                            1, 1, 0, 0, 1, 1, 1)  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

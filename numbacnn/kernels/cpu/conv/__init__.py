@@ -25,7 +25,7 @@ Dispatch (the contract names below; functional.conv2d* call them, validated and 
     dense      the single output of each plane sees the whole unpadded input (LeNet's C5):
                a fully connected layer on the flattened input -> kernels/cpu/dense.py
     outer      forward (and the gather input gradient), groups 1, at least 6 output channels,
-               stride 1 or a 1x1 kernel, the tasks' buffers within 64 MB (after gemm's tiny
+               float32, stride 1 or a 1x1 kernel, the tasks' buffers within 64 MB (after gemm's tiny
                planes below) -> outer.conv2d_forward;
                backward_weight, groups 1, at least one vector of output channels (16 with
                AVX-512) and 256 output positions per image (16x16), gemm's 64 MB panel bound
@@ -98,6 +98,8 @@ def _is_dense(x_shape, w_shape, y_shape, pad_top, pad_left, dil_h, dil_w, groups
 def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
     """y = conv2d(x, w) + b (fully overwrites y)."""
     # x: (N, C_in, H, W)   w: (C_out, C_in_g, kH, kW)   b: (C_out,)   y: (N, C_out, H_out, W_out)
+    if y.size == 0:  # nothing to write (the fast forms' plans divide by the plane's size)
+        return
     if _is_dense(x.shape, w.shape, y.shape, pad_top, pad_left, dil_h, dil_w, groups):
         N, C_out, K = y.shape[0], y.shape[1], w[0].size  # K = C_in*kH*kW (explicit: N may be 0)
         _dense.linear_forward(x.reshape(N, K), w.reshape(C_out, K), b, y.reshape(N, C_out))
@@ -114,6 +116,8 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
 def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
     """dx = dL/dx (fully overwrites dx)."""
     # dy: (N, C_out, H_out, W_out)   w: (C_out, C_in_g, kH, kW)   dx: (N, C_in, H, W)
+    if dx.size == 0:  # nothing to write (an empty input plane: every tap read padding)
+        return
     if _is_dense(dx.shape, w.shape, dy.shape, pad_top, pad_left, dil_h, dil_w, groups):
         N, C_out, K = dy.shape[0], dy.shape[1], w[0].size
         _dense.linear_backward_input(dy.reshape(N, C_out), w.reshape(C_out, K), dx.reshape(N, K))
@@ -137,6 +141,11 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_
 def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
     """dw = dL/dw (fully overwrites dw)."""
     # dy: (N, C_out, H_out, W_out)   x: (N, C_in, H, W)   dw: (C_out, C_in_g, kH, kW)
+    if dw.size == 0:  # C_in = 0: nothing to write
+        return
+    if x.size == 0 or dy.size == 0:  # no terms (no images, or every tap read padding): dw = 0
+        dw[...] = 0
+        return
     if _is_dense(x.shape, dw.shape, dy.shape, pad_top, pad_left, dil_h, dil_w, groups):
         N, C_out, K = dy.shape[0], dy.shape[1], dw[0].size
         _dense.linear_backward_weight(dy.reshape(N, C_out), x.reshape(N, K), dw.reshape(C_out, K))
