@@ -64,7 +64,7 @@ from ..workspace import scratch
 from .gemm import MAX_PANEL, ROW_PAD, Grid, _pack_x_rows, _tap_rows, geometry
 from .planes import FMA, uidx
 
-LANES = VECTOR_BITS // 32  # output channels per tile: one vector of float32 (16 with AVX-512)
+LANES = VECTOR_BITS // 32  # float32 lanes per vector (16 with AVX-512): dw's channels per tile
 TAPS = 16  # taps per tile (the 16 x_t in _outer_tile)
 DW_SUMS = TAPS * LANES  # the tile's stack array (a compile-time constant)
 BLOCK = 1024  # positions per block, about
@@ -316,7 +316,8 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
 # interleaved, min / median of 21 (ms), 2 threads; 1 thread where it differs:
 #   LeNet C3's input gradient (the gather: 16 -> 6 channels, 5x5 on 14x14)  0.63 / 0.74 ->
 #       0.30 / 0.37 (1 thread 1.40 -> 0.65): 6 channels in registers, not in memory
-#   LeNet C3 forward (6 -> 16, 5x5 valid on 14x14)      0.40 / 0.50 -> 0.29 / 0.44
+#   LeNet C3 forward (6 -> 16, 5x5 valid on 14x14)      0.40 / 0.50 -> 0.29 / 0.44 (in a quieter
+#       run a tie: 0.19-0.30 ms both; its gather input gradient 0.46 / 0.50 -> 0.24 / 0.26)
 #   LeNet C1 forward (1 -> 6, 5x5 valid on 32x32)       0.17 / 0.19 -> 0.14 / 0.18
 #   16->32 1x1 stride 2 on 32x32                        0.42 / 0.58 -> 0.31 / 0.44
 #   3x3 "same" convs tie: 16->16 on 32x32 1.71 / 2.06 -> 1.75 / 1.98, 64->64 on 8x8 1.59 /
@@ -328,8 +329,8 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
 # direct.py's phase planes (a packed row per tap, 9x the pack: 16->32 stride 2 on 32x32, 2
 # threads, 1.98-2.22 -> 2.52-3.17 ms).
 CH = 6  # output channels per forward tile (rows of the tile)
-VECS = 4 if VECTOR_BITS >= 512 else 2  # vectors of positions per tile: 24 of 32 zmm (12 of 16 ymm)
-POSITIONS = VECS * LANES  # positions per forward tile
+VECS = 4 if VECTOR_BITS >= 512 else 2  # vectors of positions per tile: float32 sums in 24 of 32 zmm
+POSITIONS = VECS * LANES  # positions per forward tile                 (12 of 16 ymm with AVX2)
 BLOCK_FORWARD = 512  # positions per block of the forward, about (blocks are its tasks' work)
 TASKS_FORWARD = 16  # tasks of the forward at most (each packs its blocks into its own buffer)
 MIN_C_FORWARD = 6  # output channels, at least
@@ -341,9 +342,14 @@ def use_outer_forward(x_shape, w_shape, y_shape, stride_h, stride_w, pad_top, pa
     """True when the forward of x: (N, C_in, H, W) for w: (C_out, C_in, kH, kW) into y: (N,
     C_out, H_out, W_out) (and the gather input gradient, the same conv on dy) should take this
     path: groups 1, at least one image, at least MIN_C_FORWARD output channels, stride 1 (or a
-    1x1 kernel: its rows are strided copies, no larger than y), and the tasks' buffers within
-    gemm's MAX_PANEL.  (Measured: see the module docstring.)"""
-    if groups != 1 or x_shape[0] == 0 or w_shape[0] < MIN_C_FORWARD or 0 in w_shape[1:]:
+    1x1 kernel: its rows are strided copies, no larger than y), float32 (itemsize 4), and the
+    tasks' buffers within gemm's MAX_PANEL.  float64 stays on direct.py: the tile's POSITIONS
+    are float32 lanes, and 6 x 64 doubles would need 48 zmm (the float64 tile spills: LeNet
+    C3's forward 0.42 -> 0.70 ms, its gather 0.54 -> 0.92, 16->16 on 32x32 3.27 -> 5.46).
+    (Measured: see the comment that opens the forward's section.)"""
+    if groups != 1 or itemsize != 4 or x_shape[0] == 0 or w_shape[0] < MIN_C_FORWARD or 0 in w_shape[1:]:
+        return False
+    if 0 in y_shape[2:]:  # no output positions (the dispatch returns before)
         return False
     if not (stride_h == stride_w == 1 or w_shape[2] == w_shape[3] == 1):
         return False
@@ -353,9 +359,10 @@ def use_outer_forward(x_shape, w_shape, y_shape, stride_h, stride_w, pad_top, pa
 
 
 class ForwardPlan(NamedTuple):
-    """How the forward cuts its work: the grid (geometry's), its Blocking, a block's outputs
-    on LY grid positions (whole tiles), X's rows LB elements apart, T tasks, C_out rounded up
-    to Cp (whole tiles of CH channels)."""
+    """How the forward cuts its work: the grid (geometry's), its blocks (the weight gradient's
+    Blocking, for float32; the forward uses its m, nq, bands and reach_rows, not its LB, S or
+    G), a block's outputs on LY grid positions (whole tiles), X's rows LB elements apart (LB
+    here: the forward's), T tasks, C_out rounded up to Cp (whole tiles of CH channels)."""
 
     grid: Grid
     blocks: Blocking
@@ -419,9 +426,12 @@ def _forward_blocks(x, Wt, bias, y, base, Xb, Yb, m, nq, bands, reach_rows, kH_p
                     stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):  # fmt: skip
     """y = conv2d(x, w) + b, blocked as the weight gradient (`blocking`: m whole images or a
     band of nq grid rows per block); a task owns a run of the blocks (and so their outputs):
-    per block it packs X's rows into its own buffer, which stays in cache, passes every (16
-    channels, POSITIONS positions) tile over it (a group's 16 columns of W^T in L1 while the
-    positions pass), and copies the real outputs from the block's grid to y."""
+    per block it packs X's rows into its own buffer, which stays in cache, passes the (CH
+    channels, POSITIONS positions) tiles over it, positions outside and channels inside (the
+    tile's X columns stay in L1 while W^T's columns pass), and copies the real outputs from
+    the block's grid to y.  X's last row (rows + 1) is never written: the grid's unused
+    positions past a block's real ones may read into it (a row's taps can reach past Wq +
+    ROW_PAD, e.g. W = 1 with a 1x7 kernel of dilation 8); their sums are never copied."""
     # x: (N, C_in, H, W)   Wt: (K, Cp)   bias: (Cp,)   y: (N, C_out, H_out, W_out)   base: (>= K,)
     # Xb: (T, rows + 1, LB)   Yb: (T, Cp, LY) the tasks' buffers
     N, C_out, H_out, W_out = y.shape
@@ -455,7 +465,10 @@ def _forward_blocks(x, Wt, bias, y, base, Xb, Yb, m, nq, bands, reach_rows, kH_p
 
 def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
     """y = conv2d(x, w) + b for groups 1 (fully overwrites y), through the blocked panels
-    above; equal to naive.conv2d_forward bit for bit on finite inputs."""
+    above.  Equal to naive.conv2d_forward bit for bit when w and b are finite (NaN or inf in
+    x too), but for the sign of a zero: the padding's zeros are multiplied in, so a border
+    sum of -0.0 terms comes out +0.0; and with an inf or NaN weight the padding's 0 * inf
+    gives NaN where naive skips the tap (both as direct.py's)."""
     # x: (N, C_in, H, W)   w: (C_out, C_in, kH, kW)   b: (C_out,)   y: (N, C_out, H_out, W_out)
     C_out, C_in, kH, kW = w.shape
     K = C_in * kH * kW
