@@ -50,6 +50,7 @@ from .data.loader import DeviceLoader
 from .distributed import GradientExchange, World
 from .graph import takes_input_grad
 from .kernels import jit_counts
+from .kernels.cpu.precompile import compile_ahead
 
 __all__ = [
     "fit",
@@ -276,9 +277,24 @@ def fit(
                     dict(config or {}), progress, on_batch, log, on_resume, world)  # fmt: skip
 
 
-def _first_batch_note(before, seconds, device="cpu"):
+def _one_step(model, optimizer, xb, yb):
+    """The kernels' view of a training batch in one process (_train_epoch's loop body without
+    its reads and checks): what compile_ahead traces."""
+    logits = model(xb)
+    F.loss_and_hits(logits, yb, np.zeros(2))
+    model.zero_grad()
+    dlogits = F.cross_entropy_backward(logits, yb)
+    if takes_input_grad(model):
+        model.backward(dlogits, input_grad=False)
+    else:
+        model.backward(dlogits)
+    optimizer.step()
+
+
+def _first_batch_note(before, seconds, device="cpu", ahead=None):
     """What the first batch spent on Numba's JIT, in one line (None when it compiled or loaded
-    nothing): `before` is kernels.jit_counts() from before it. On "cuda" the kernels are
+    nothing): `before` is kernels.jit_counts() from before it, `ahead` what compile_ahead
+    returned (kernels compiled here and by the other processes). On "cuda" the kernels are
     compiled at their first launch in every run (numba.cuda keeps no disk cache here)."""
     if device == "cuda":
         from numba import config
@@ -290,6 +306,11 @@ def _first_batch_note(before, seconds, device="cpu"):
             )
         return f"the first batch compiled its CUDA kernels in {seconds:.1f} s (Numba's JIT, once per run)"
     compiled, loaded = (after - b for after, b in zip(jit_counts(), before, strict=True))
+    if ahead is not None and ahead.children:
+        return (
+            f"the first batch compiled its {ahead.here + ahead.children} kernels in {seconds:.1f} s (Numba's "
+            f"JIT, in {ahead.processes} processes at once; once: they are cached on disk, and later runs load them)"
+        )
     if compiled:
         return (
             f"the first batch compiled its kernels in {seconds:.1f} s (Numba's JIT, once: they are "
@@ -322,6 +343,7 @@ def _train_epoch(model, optimizer, loader, epoch, epochs, progress, on_batch, wo
                    dynamic_ncols=True, file=sys.stderr)  # fmt: skip
         batches = bar
     t0 = time.perf_counter()
+    ahead = None
     if log is not None:
         jit_before = jit_counts()
         if bar is not None:
@@ -333,6 +355,9 @@ def _train_epoch(model, optimizer, loader, epoch, epochs, progress, on_batch, wo
             lo, hi = world.shard(b)  # this rank's images of the global batch (one rank: all)
             if (lo, hi) != (0, b):
                 xb, yb = xb[lo:hi], yb[lo:hi]
+            if i == 0 and log is not None and device == "cpu" and world.size == 1:
+                # Numba compiles what this batch calls on every core at once (a fork traces it)
+                ahead = compile_ahead(lambda: _one_step(model, optimizer, xb, yb))  # noqa: B023
             with nrandom.rows_from(lo):  # dropout: the global rows' masks
                 logits = model(xb)
             if world.size == 1:
@@ -363,7 +388,7 @@ def _train_epoch(model, optimizer, loader, epoch, epochs, progress, on_batch, wo
             exchange.finish()  # the gradients summed over the ranks
             optimizer.step()
             if i == 0 and log is not None:
-                note = _first_batch_note(jit_before, time.perf_counter() - t0, device)
+                note = _first_batch_note(jit_before, time.perf_counter() - t0, device, ahead)
                 if note:
                     if bar is not None:
                         tqdm.write(note, file=sys.stderr)  # above the bar, which stays whole

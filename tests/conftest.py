@@ -43,6 +43,11 @@ from numbacnn.testing.tolerances import ATOL_SCALED, TOLERANCES, assert_close, t
 __all__ = ["TOLERANCES", "ATOL_SCALED", "tolerance", "assert_close", "check_op_vs_torch", "needs_mnist"]
 sys.modules["_numbacnn_tests_conftest"] = sys.modules[__name__]
 
+# A run's cold first batch forks processes to compile its kernels (kernels/cpu/precompile.py)
+# unless Numba's threads already run: in pytest's own process that would depend on which
+# test came first, so it is off here; tests/test_precompile.py runs it in fresh processes.
+os.environ.setdefault("NUMBACNN_JIT_WORKERS", "1")
+
 for _name, _derandomize in (("ci", False), ("dev", True)):
     settings.register_profile(
         _name,

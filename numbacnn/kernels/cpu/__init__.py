@@ -11,6 +11,7 @@ numbacnn.kernels.cuda, mirrors names and helpers).
 import numpy as np
 
 from . import activation, batchnorm, conv, dense, loss, optim, pool, workspace  # noqa: F401
+from .precompile import compile_ahead  # noqa: F401  (numbacnn.train: a cold first batch on every core)
 
 # Outputs come from a pool that hands an array out again once nothing refers to it
 # (workspace.empty): a training step after the first asks the operating system for nothing.

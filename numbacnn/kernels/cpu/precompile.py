@@ -1,0 +1,311 @@
+"""Compile the kernels a step will need on every core at once, before the step runs.
+
+Numba compiles a kernel the first time it is called with new argument types, in the calling
+process, one kernel after another, and its compiler holds one global lock, so threads
+cannot share the work: a cold LeNet-5 training step compiles 14 kernels in about 25 s on one
+core while the other core idles. ``compile_ahead(step)`` spreads that work over processes:
+
+1. trace: a forked child runs ``step`` with every call of a numbacnn CPU kernel replaced by
+   a note of the kernel and its argument types (``kernel_calls``: nothing is computed; the
+   arrays a kernel would write are zeroed, finite as real data is, so that the conv's
+   dispatch takes the path real data takes), and sends the parent the kernels whose
+   signatures are not compiled yet;
+2. compile: that child, the parent and up to ``workers - 2`` more forked children take
+   kernels from the list, one at a time (a counter in shared memory), and compile each
+   taken kernel's signatures; with ``cache=True`` each lands in Numba's on-disk cache;
+3. the parent waits for the children, then runs the real step: it already holds the
+   kernels it compiled and loads the others from the cache (a few ms each).
+
+A kernel is compiled by exactly one process, and only that process writes its cache files:
+Numba's cache index is not safe against two processes adding different signatures of one
+function at once (both pick the same free data file), so while the workers run, every other
+numbacnn dispatcher in each of them (the njit helpers their kernels call, which are compiled
+into each kernel that calls them and need no cache file of their own) has its cache off.
+
+It changes nothing that is computed: a kernel the workers did not get to (a child that
+failed, a value-dependent dispatch that the zeros steered elsewhere) is compiled at its
+first call, as without this. It runs only where a fork is safe: with fork (Linux, macOS),
+before this process has started Numba's worker threads (a fork copies only the calling
+thread). ``numbacnn.train`` calls it for a run's first batch on the CPU with one process
+(not under MPI). ``NUMBACNN_JIT_WORKERS=1`` turns it off.
+"""
+
+import mmap
+import os
+import pickle
+import struct
+import sys
+from typing import NamedTuple
+
+__all__ = ["compile_ahead", "kernel_calls", "default_workers", "Ahead"]
+
+MAX_WORKERS = 8  # each compiling process holds about 200 MB of LLVM state
+WAIT_SECONDS = 600  # a child still compiling after this is stopped (its kernels compile later)
+
+
+class Ahead(NamedTuple):
+    """What compile_ahead did: kernels compiled in this process, kernels compiled by the
+    children (now in the cache), and how many processes compiled."""
+
+    here: int
+    children: int
+    processes: int
+
+
+def default_workers():
+    """How many processes compile at once: NUMBACNN_JIT_WORKERS if set, else the cores this
+    process may run on (at most NUMBA_NUM_THREADS and MAX_WORKERS)."""
+    from numba import config
+
+    env = os.environ.get("NUMBACNN_JIT_WORKERS", "").strip()
+    if env:
+        if not env.isdigit():
+            raise ValueError(f"NUMBACNN_JIT_WORKERS must be a whole number of processes, got {env!r}")
+        return int(env)
+    return max(1, min(len(os.sched_getaffinity(0)), config.NUMBA_NUM_THREADS, MAX_WORKERS))
+
+
+def _dispatchers():
+    """Every CPU dispatcher in numbacnn's imported modules (the kernels and their helpers)."""
+    from numba.core.registry import CPUDispatcher
+
+    found = {}
+    for name, module in list(sys.modules.items()):
+        if name.startswith("numbacnn") and module is not None:
+            for value in list(vars(module).values()):
+                if isinstance(value, CPUDispatcher):
+                    found[id(value)] = value
+    return list(found.values())
+
+
+def _resolve(module, qualname):
+    """The dispatcher named (module, qualname) in this process, or None."""
+    from numba.core.registry import CPUDispatcher
+
+    obj = sys.modules.get(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return obj if isinstance(obj, CPUDispatcher) else None
+
+
+def _private(a):
+    """True when writing `a` cannot reach a file: no memory map under it."""
+    while a is not None:
+        if isinstance(a, mmap.mmap) or type(a).__name__ == "memmap":
+            return False
+        a = getattr(a, "base", None)
+    return True
+
+
+def kernel_calls(step):
+    """Run ``step()`` with every call of a Numba CPU dispatcher replaced by a record of it:
+    the (dispatcher, argument types) pairs it calls, in call order, for the signatures this
+    process has not compiled. Nothing is computed: every writeable array argument is zeroed
+    instead (memory maps excepted), and a kernel returns None. An exception from ``step``
+    (a check tripped by the made-up values) ends the trace with what it found. Call it only
+    in a process whose state does not matter (a forked child): it rebinds
+    ``CPUDispatcher.__call__`` for good."""
+    import warnings
+
+    import numpy as np
+    from numba.core.registry import CPUDispatcher
+
+    calls, seen = [], set()
+
+    def record(self, *args, **kws):
+        sig = tuple(self.typeof_pyval(a) for a in args)
+        if sig not in self.overloads and (id(self), sig) not in seen:
+            seen.add((id(self), sig))
+            calls.append((self, sig))
+        for a in args:  # what the kernel would have written
+            if isinstance(a, np.ndarray) and a.flags.writeable and _private(a):
+                a[...] = 0
+
+    CPUDispatcher.__call__ = record
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            step()
+    except Exception:  # noqa: BLE001 - keep what was found
+        pass
+    return calls
+
+
+def _can_fork():
+    from numba import config
+    from numba.np.ufunc import parallel
+
+    if not hasattr(os, "fork") or config.DISABLE_JIT:
+        return False
+    return not parallel._is_initialized  # Numba's threads started: a fork would copy one
+
+
+def compile_ahead(step, workers=None):
+    """Compile the numbacnn CPU kernels that ``step()`` (a zero-argument callable: one
+    training step) will call, over ``workers`` processes at once (default:
+    ``default_workers()``), before it runs; ``step`` itself is not run here.
+
+    Returns an ``Ahead`` (kernels this process compiled, kernels the children compiled, the
+    number of processes), or None when it did nothing: fewer than 2 workers, no fork, Numba's threads already started here, or
+    nothing left to compile. See the module's docstring for how, and for what is safe."""
+    import multiprocessing
+
+    workers = default_workers() if workers is None else int(workers)
+    if workers < 2 or not _can_fork():
+        return None
+    sys.stdout.flush()  # a child must not print what the parent buffered
+    sys.stderr.flush()
+    read_fd, write_fd = os.pipe()
+    claimed = multiprocessing.RawValue("q", 0)  # the index of the next kernel to take
+    lock = multiprocessing.Lock()
+    pid = os.fork()
+    if pid == 0:  # the tracer, then a worker
+        code = 1
+        try:
+            os.close(read_fd)
+            named = []
+            for d, sigs in _group(kernel_calls(step)):
+                missing = [sig for sig in sigs if _ours(d) and not _on_disk(d, sig)]
+                if missing:
+                    named.append((_name(d), missing))
+            _send(write_fd, named)
+            os.close(write_fd)
+            _work(_resolved(named), claimed, lock)
+            code = 0
+        finally:
+            os._exit(code)
+    children = [pid]
+    os.close(write_fd)
+    try:
+        named = _receive(read_fd)
+    finally:
+        os.close(read_fd)
+    try:
+        if not named:
+            return None
+        kernels = _resolved(named)
+        for _ in range(workers - 2):
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    _work(kernels, claimed, lock)
+                    code = 0
+                finally:
+                    os._exit(code)
+            children.append(pid)
+        caches = [(d, d._cache) for d in _dispatchers()]
+        try:
+            mine = _work(kernels, claimed, lock)
+        finally:
+            for d, cache in caches:
+                d._cache = cache
+        return Ahead(mine, len(kernels) - mine, len(children) + 1)
+    finally:
+        _reap(children)
+
+
+def _name(d):
+    return d.py_func.__module__, d.py_func.__qualname__
+
+
+def _ours(d):
+    """A numbacnn kernel with its on-disk cache on (only those are compiled ahead: the cache
+    is how the parent gets them, and the helpers' caches are switched off only in numbacnn)."""
+    from numba.core.caching import NullCache
+
+    return d.py_func.__module__.startswith("numbacnn") and not isinstance(d._cache, NullCache)
+
+
+def _on_disk(d, sig):
+    """True when Numba's on-disk cache already holds d's `sig` (the parent loads it at the
+    first call, in a few ms: nothing to compile). Reads the cache's index as Numba's own
+    Cache.load_overload does, through its private names; on any surprise, False."""
+    try:
+        cache = d._cache
+        key = cache._index_key(sig, d.targetctx.codegen())
+        return key in cache._cache_file._load_index()
+    except Exception:  # noqa: BLE001 - another Numba: compile it (a cache hit then, if there)
+        return False
+
+
+def _group(calls):
+    """[(dispatcher, [sig, ...])], in first-call order."""
+    groups = {}
+    for d, sig in calls:
+        groups.setdefault(id(d), (d, []))[1].append(sig)
+    return list(groups.values())
+
+
+def _resolved(named):
+    kernels = [(_resolve(module, qualname), sigs) for (module, qualname), sigs in named]
+    return [(d, sigs) for d, sigs in kernels if d is not None]
+
+
+def _work(kernels, claimed, lock):
+    """Take kernels off the shared list until it is empty and compile each one taken; only a
+    kernel taken here keeps its on-disk cache on. Returns how many this process compiled."""
+    from numba.core.caching import NullCache
+
+    caches = {id(d): d._cache for d in _dispatchers()}
+    for d in _dispatchers():
+        d._cache = NullCache()
+    done = 0
+    while True:
+        with lock:
+            i = claimed.value
+            claimed.value = i + 1
+        if i >= len(kernels):
+            return done
+        d, sigs = kernels[i]
+        d._cache = caches.get(id(d), d._cache)
+        try:
+            for sig in sigs:
+                d.compile(sig)
+        finally:
+            d._cache = NullCache()
+        done += 1
+
+
+def _send(fd, obj):
+    data = pickle.dumps(obj)
+    view = memoryview(struct.pack("<Q", len(data)) + data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _receive(fd):
+    """What _send wrote, or None if the writer ended first."""
+    data = bytearray()
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            break
+        data += chunk
+    if len(data) < 8:
+        return None
+    (size,) = struct.unpack("<Q", data[:8])
+    if len(data) - 8 != size:
+        return None
+    return pickle.loads(bytes(data[8:]))
+
+
+def _reap(pids):
+    """Wait for the children (at most WAIT_SECONDS in all); stop any still running then."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + WAIT_SECONDS
+    for pid in pids:
+        while True:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                break
+            time.sleep(0.01)

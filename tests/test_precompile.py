@@ -1,0 +1,102 @@
+"""compile_ahead (numbacnn/kernels/cpu/precompile.py): a cold first batch's kernels compiled
+by several processes at once, each kernel by one, then loaded from Numba's cache; nothing
+computed changes. Each case runs in a fresh process with its own empty NUMBA_CACHE_DIR."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from numbacnn.kernels.cpu import precompile
+
+STEP = r"""
+import json, sys
+import numpy as np
+import numbacnn.functional as F
+from numbacnn.kernels import jit_counts
+from numbacnn.kernels.cpu.precompile import compile_ahead
+
+x = np.linspace(-3, 3, 4 * 4 * 16 * 16, dtype=np.float32).reshape(4, 4, 16, 16)
+
+def step():  # four kernels: tanh and relu, forward and backward
+    y = F.tanh(x)
+    r = F.relu(y)
+    return F.tanh_backward(F.relu_backward(np.ones_like(r), y), y)
+
+if sys.argv[2] == "warm-threads":
+    F.relu(x)  # Numba's threads start: a fork now would copy only this one
+ahead = compile_ahead(step, workers=int(sys.argv[1]))
+before = jit_counts()
+out = step()
+after = jit_counts()
+print(json.dumps({"ahead": ahead, "compiled": after[0] - before[0], "loaded": after[1] - before[1],
+                  "out": out.tobytes().hex()}))
+"""
+
+
+def _run(code, cache, *args, workers_env=None):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
+    env.pop("NUMBACNN_JIT_WORKERS", None)
+    if workers_env is not None:
+        env["NUMBACNN_JIT_WORKERS"] = workers_env
+    res = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_a_cold_step_is_compiled_by_two_processes_and_then_only_loaded(tmp_path):
+    cold = _run(STEP, tmp_path / "cache", "2", "-")
+    here, children, processes = cold["ahead"]
+    assert processes == 2 and children >= 1 and here + children == 4  # every kernel, each once
+    assert cold["compiled"] == 0 and cold["loaded"] == children  # the step: the children's from disk
+    again = _run(STEP, tmp_path / "cache", "2", "-")  # all on disk: nothing to fork for
+    assert again["ahead"] is None and again["compiled"] == 0 and again["loaded"] == 4
+    plain = _run(STEP, tmp_path / "plain", "1", "-")  # one worker: Numba's own JIT, as before
+    assert plain["ahead"] is None and plain["compiled"] == 4
+    assert cold["out"] == again["out"] == plain["out"]  # bit for bit
+
+
+def test_no_fork_once_numbas_threads_run(tmp_path):
+    res = _run(STEP, tmp_path / "cache", "2", "warm-threads")
+    assert res["ahead"] is None and res["compiled"] == 3  # relu was compiled before
+
+
+TRACE = r"""
+import json, sys
+import numpy as np
+import numbacnn.functional as F
+from numbacnn.kernels.cpu.precompile import kernel_calls
+
+mm = np.memmap(sys.argv[1], dtype=np.float32, mode="r+", shape=(2, 3, 4, 4))
+calls = kernel_calls(lambda: F.relu(mm, inplace=True))  # in place: relu writes the memmap
+calls += kernel_calls(lambda: 1 / 0)  # a failing step ends its trace, not the caller
+mm.flush()
+print(json.dumps([d.py_func.__qualname__ for d, _ in calls]))
+"""
+
+
+def test_the_trace_records_kernels_and_never_writes_a_memory_mapped_file(tmp_path):
+    """The trace zeroes what a kernel would write, except memory behind a file."""
+    path = tmp_path / "data.f32"
+    np.full((2, 3, 4, 4), -1.5, np.float32).tofile(path)
+    names = _run(TRACE, tmp_path / "cache", str(path))
+    assert len(names) == 1 and "relu" in names[0]
+    assert (np.fromfile(path, np.float32) == -1.5).all()  # relu would have written zeros
+
+
+def test_workers_setting(monkeypatch):
+    monkeypatch.setenv("NUMBACNN_JIT_WORKERS", "1")
+    assert precompile.default_workers() == 1
+    assert precompile.compile_ahead(lambda: pytest.fail("the step must not run")) is None
+    monkeypatch.setenv("NUMBACNN_JIT_WORKERS", "two")
+    with pytest.raises(
+        ValueError, match="NUMBACNN_JIT_WORKERS must be a whole number of processes, got 'two'"
+    ):
+        precompile.default_workers()
+    monkeypatch.delenv("NUMBACNN_JIT_WORKERS")
+    assert 1 <= precompile.default_workers() <= min(len(os.sched_getaffinity(0)), precompile.MAX_WORKERS)
