@@ -309,7 +309,8 @@ def _first_batch_note(before, seconds, device="cpu", ahead=None):
     if ahead is not None and ahead.children:
         return (
             f"the first batch compiled its {ahead.here + ahead.children} kernels in {seconds:.1f} s (Numba's "
-            f"JIT, in {ahead.processes} processes at once; once: they are cached on disk, and later runs load them)"
+            f"JIT, in {ahead.processes} processes at once; once: they are cached on disk, and later runs "
+            "load them)"
         )
     if compiled:
         return (

@@ -805,7 +805,8 @@ def test_a_cold_first_batch_compiles_on_two_processes_and_trains_the_same(tmp_pa
     def train(out, workers):
         env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), NUMBACNN_JIT_WORKERS=workers)
         cmd = [sys.executable, "-m", "numbacnn.cli", "train", "--model", "lenet5", "--epochs", "1",
-               "--limit-train", "256", "--limit-test", "64", "--no-progress", "--out", str(tmp_path / out)]  # fmt: skip
+               "--limit-train", "256", "--limit-test", "64", "--no-progress",
+               "--out", str(tmp_path / out)]  # fmt: skip
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
         assert res.returncode == 0, res.stderr
         return res.stderr, ckpt.load(str(tmp_path / out / "checkpoint.npz"))[0]

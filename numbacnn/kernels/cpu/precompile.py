@@ -146,8 +146,9 @@ def compile_ahead(step, workers=None):
     ``default_workers()``), before it runs; ``step`` itself is not run here.
 
     Returns an ``Ahead`` (kernels this process compiled, kernels the children compiled, the
-    number of processes), or None when it did nothing: fewer than 2 workers, no fork, Numba's threads already started here, or
-    nothing left to compile. See the module's docstring for how, and for what is safe."""
+    number of processes), or None when it did nothing: fewer than 2 workers, no fork, Numba's
+    threads already started here, or nothing left to compile. See the module's docstring for
+    how, and for what is safe."""
     import multiprocessing
 
     workers = default_workers() if workers is None else int(workers)
