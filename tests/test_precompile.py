@@ -100,3 +100,37 @@ def test_workers_setting(monkeypatch):
         precompile.default_workers()
     monkeypatch.delenv("NUMBACNN_JIT_WORKERS")
     assert 1 <= precompile.default_workers() <= min(len(os.sched_getaffinity(0)), precompile.MAX_WORKERS)
+
+
+INTERRUPT = r"""
+import json, os, signal, threading, time
+import numpy as np
+import numbacnn.functional as F
+from numbacnn.kernels.cpu.precompile import compile_ahead
+
+x = np.ones((2, 3, 8, 8), np.float32)
+nothing = compile_ahead(lambda: 1 / 0, workers=2)  # a step that fails at once: nothing to do
+timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+timer.start()
+t = time.perf_counter()
+try:  # the conv's forward alone compiles in about 5 s
+    compile_ahead(lambda: F.max_pool2d(F.conv2d(x, np.ones((8, 3, 3, 3), np.float32)), 2), workers=3)
+    interrupted = False
+    timer.cancel()
+except KeyboardInterrupt:
+    interrupted = True
+seconds = time.perf_counter() - t
+try:
+    os.waitpid(-1, os.WNOHANG)
+    children_left = True
+except ChildProcessError:
+    children_left = False
+print(json.dumps({"nothing": nothing, "interrupted": interrupted, "seconds": seconds, "children_left": children_left}))
+"""
+
+
+def test_ctrl_c_while_compiling_stops_every_process_at_once(tmp_path):
+    res = _run(INTERRUPT, tmp_path / "cache")
+    assert res["nothing"] is None
+    assert res["interrupted"] and res["seconds"] < 3, res  # not the 5 s the conv takes to compile
+    assert not res["children_left"]

@@ -62,7 +62,8 @@ def default_workers():
         if not env.isdigit():
             raise ValueError(f"NUMBACNN_JIT_WORKERS must be a whole number of processes, got {env!r}")
         return int(env)
-    return max(1, min(len(os.sched_getaffinity(0)), config.NUMBA_NUM_THREADS, MAX_WORKERS))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, config.NUMBA_NUM_THREADS, MAX_WORKERS))
 
 
 def _dispatchers():
@@ -135,8 +136,8 @@ def _can_fork():
     from numba import config
     from numba.np.ufunc import parallel
 
-    if not hasattr(os, "fork") or config.DISABLE_JIT:
-        return False
+    if not hasattr(os, "fork") or config.DISABLE_JIT or "mpi4py.MPI" in sys.modules:
+        return False  # no fork, or nothing to compile, or MPI (a child of a rank must not run)
     return not parallel._is_initialized  # Numba's threads started: a fork would copy one
 
 
@@ -159,7 +160,7 @@ def compile_ahead(step, workers=None):
     read_fd, write_fd = os.pipe()
     claimed = multiprocessing.RawValue("q", 0)  # the index of the next kernel to take
     lock = multiprocessing.Lock()
-    pid = os.fork()
+    pid = _fork()
     if pid == 0:  # the tracer, then a worker
         code = 1
         try:
@@ -178,15 +179,15 @@ def compile_ahead(step, workers=None):
     children = [pid]
     os.close(write_fd)
     try:
-        named = _receive(read_fd)
-    finally:
-        os.close(read_fd)
-    try:
+        try:
+            named = _receive(read_fd)
+        finally:
+            os.close(read_fd)
         if not named:
             return None
         kernels = _resolved(named)
         for _ in range(workers - 2):
-            pid = os.fork()
+            pid = _fork()
             if pid == 0:
                 code = 1
                 try:
@@ -202,8 +203,21 @@ def compile_ahead(step, workers=None):
             for d, cache in caches:
                 d._cache = cache
         return Ahead(mine, len(kernels) - mine, len(children) + 1)
+    except BaseException:  # Ctrl-C, or a failure here: the children stop too, at once
+        _reap(children, wait=0)
+        raise
     finally:
         _reap(children)
+
+
+def _fork():
+    """os.fork(), without Python 3.12's warning for a process with threads (tqdm's monitor):
+    the children only compile, trace and exit (os._exit), and take no lock those threads use."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
 
 
 def _name(d):
@@ -263,9 +277,11 @@ def _work(kernels, claimed, lock):
         try:
             for sig in sigs:
                 d.compile(sig)
+            done += 1
+        except Exception:  # noqa: BLE001 - the real call compiles it again and raises there
+            pass
         finally:
             d._cache = NullCache()
-        done += 1
 
 
 def _send(fd, obj):
@@ -291,22 +307,27 @@ def _receive(fd):
     return pickle.loads(bytes(data[8:]))
 
 
-def _reap(pids):
-    """Wait for the children (at most WAIT_SECONDS in all); stop any still running then."""
+def _reap(pids, wait=WAIT_SECONDS):
+    """Wait for the children to end, at most `wait` seconds in all; stop any still running
+    then, or at once if this wait is interrupted (Ctrl-C)."""
     import signal
     import time
 
-    deadline = time.monotonic() + WAIT_SECONDS
-    for pid in pids:
-        while True:
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if done:
-                break
-            if time.monotonic() > deadline:
+    deadline = time.monotonic() + wait
+    try:
+        for pid in pids:
+            while _running(pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        for pid in pids:
+            if _running(pid):
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
-                break
-            time.sleep(0.01)
+
+
+def _running(pid):
+    """False once the child has ended (and been reaped, here or before)."""
+    try:
+        return not os.waitpid(pid, os.WNOHANG)[0]
+    except ChildProcessError:
+        return False
