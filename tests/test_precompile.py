@@ -125,7 +125,8 @@ try:
     children_left = True
 except ChildProcessError:
     children_left = False
-print(json.dumps({"nothing": nothing, "interrupted": interrupted, "seconds": seconds, "children_left": children_left}))
+print(json.dumps({"nothing": nothing, "interrupted": interrupted, "seconds": seconds,
+                  "children_left": children_left}))
 """
 
 
