@@ -5,7 +5,9 @@ They are called only by numbacnn.functional, which validates arguments and alloc
 with the helpers below (empty, the output pool of workspace.py, with trim; full, ascontiguous,
 is_contiguous, to_host, as_int64, and the
 in-place fill_, add_ and copy_ of the parameter plumbing; the CUDA package,
-numbacnn.kernels.cuda, mirrors names and helpers).
+numbacnn.kernels.cuda, mirrors names and helpers). numbacnn.train also calls compile_ahead
+(precompile.py) before a run's first batch: the kernels it will call, compiled on every core
+at once (numba.cuda has no disk cache to share, so the CUDA package has no twin of it).
 """
 
 import numpy as np
