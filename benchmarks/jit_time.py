@@ -5,6 +5,10 @@ subprocess, twice: first with an empty NUMBA_CACHE_DIR (cold: every kernel is co
 LLVM), then again with the cache that the first run wrote (warm start: kernels are loaded
 from disk). Prints the seconds for each, per dtype.
 
+Then the README's training command (LeNet-5 on MNIST, 640 images of one epoch): its first
+batch's note, from an empty cache with Numba's JIT in one process (NUMBACNN_JIT_WORKERS=1),
+from an empty cache compiled on every core at once (kernels/cpu/precompile.py), and warm.
+
     python benchmarks/jit_time.py
 """
 
@@ -60,11 +64,31 @@ def run(cache_dir):
     return time.perf_counter() - t, res.stdout.strip()
 
 
+def first_batch(cache, workers, out):
+    """(seconds of the whole command, its first batch's note) for the README's command."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+    env.pop("NUMBACNN_JIT_WORKERS", None)
+    if workers is not None:
+        env["NUMBACNN_JIT_WORKERS"] = str(workers)
+    cmd = [sys.executable, "-m", "numbacnn.cli", "train", "--model", "lenet5", "--dataset", "mnist",
+           "--epochs", "1", "--batch-size", "64", "--lr", "0.05", "--momentum", "0.9",
+           "--limit-train", "640", "--limit-test", "64", "--no-progress", "--out", out]  # fmt: skip
+    t = time.perf_counter()
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    note = next((line for line in res.stderr.splitlines() if "the first batch" in line), "(no note)")
+    return time.perf_counter() - t, note
+
+
 def main():
     with tempfile.TemporaryDirectory() as cache:
         for label in ("cold (empty cache)", "warm (cached)"):
             total, detail = run(cache)
             print(f"{label:20s} total {total:6.1f}s   {detail}")
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = (("cold, one process", "one", 1), ("cold, every core", "all", None), ("warm", "all", None))
+        for i, (label, cache, workers) in enumerate(runs):
+            total, note = first_batch(os.path.join(tmp, cache), workers, os.path.join(tmp, f"run{i}"))
+            print(f"README command, {label:18s} total {total:5.1f}s   {note}")
 
 
 if __name__ == "__main__":
