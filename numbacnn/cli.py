@@ -219,6 +219,12 @@ def cmd_train(args):
     TrainConfig's defaults, or with --resume over the config stored in the checkpoint."""
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues the run in --out and --overwrite starts it over: choose one")
+    from .kernels.cpu.precompile import default_workers
+
+    try:
+        default_workers()  # NUMBACNN_JIT_WORKERS, read at the first batch: checked before anything
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     typed = {name: getattr(args, name) for name in _DEFAULTS if hasattr(args, name)}
     if args.resume:  # the typed options go over the stored ones: checked together there
         typed.setdefault("device", "cpu")  # where a run trains is this machine's, not the checkpoint's

@@ -50,7 +50,6 @@ from .data.loader import DeviceLoader
 from .distributed import GradientExchange, World
 from .graph import takes_input_grad
 from .kernels import jit_counts
-from .kernels.cpu.precompile import compile_ahead
 
 __all__ = [
     "fit",
@@ -308,9 +307,8 @@ def _first_batch_note(before, seconds, device="cpu", ahead=None):
     compiled, loaded = (after - b for after, b in zip(jit_counts(), before, strict=True))
     if ahead is not None and ahead.children:
         return (
-            f"the first batch compiled its {ahead.here + ahead.children} kernels in {seconds:.1f} s (Numba's "
-            f"JIT, in {ahead.processes} processes at once; once: they are cached on disk, and later runs "
-            "load them)"
+            f"the first batch compiled its kernels in {seconds:.1f} s (Numba's JIT, in {ahead.processes} "
+            "processes at once; once: they are cached on disk, and later runs load them)"
         )
     if compiled:
         return (
@@ -358,6 +356,8 @@ def _train_epoch(model, optimizer, loader, epoch, epochs, progress, on_batch, wo
                 xb, yb = xb[lo:hi], yb[lo:hi]
             if i == 0 and log is not None and device == "cpu" and world.size == 1:
                 # Numba compiles what this batch calls on every core at once (a fork traces it)
+                from .kernels.cpu.precompile import compile_ahead
+
                 ahead = compile_ahead(lambda: _one_step(model, optimizer, xb, yb))  # noqa: B023
             with nrandom.rows_from(lo):  # dropout: the global rows' masks
                 logits = model(xb)

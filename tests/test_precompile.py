@@ -59,6 +59,8 @@ def test_a_cold_step_is_compiled_by_two_processes_and_then_only_loaded(tmp_path)
     plain = _run(STEP, tmp_path / "plain", "1", "-")  # one worker: Numba's own JIT, as before
     assert plain["ahead"] is None and plain["compiled"] == 4
     assert cold["out"] == again["out"] == plain["out"]  # bit for bit
+    many = _run(STEP, tmp_path / "many", "8", "-")  # no more processes than kernels
+    assert many["ahead"][2] == 4 and sum(many["ahead"][:2]) == 4 and many["compiled"] == 0
 
 
 def test_no_fork_once_numbas_threads_run(tmp_path):
@@ -72,21 +74,28 @@ import numpy as np
 import numbacnn.functional as F
 from numbacnn.kernels.cpu.precompile import kernel_calls
 
+import multiprocessing
 mm = np.memmap(sys.argv[1], dtype=np.float32, mode="r+", shape=(2, 3, 4, 4))
-calls = kernel_calls(lambda: F.relu(mm, inplace=True))  # in place: relu writes the memmap
+shared = np.frombuffer(multiprocessing.RawArray("f", 96), np.float32).reshape(2, 3, 4, 4)
+shared[...] = -2.5  # shared with every fork: writing it in a child would change it here
+own = np.full((2, 3, 4, 4), -3.5, np.float32)
+calls = kernel_calls(lambda: [F.relu(a, inplace=True) for a in (mm, shared, own)])  # in place: relu writes a
 calls += kernel_calls(lambda: 1 / 0)  # a failing step ends its trace, not the caller
 mm.flush()
-print(json.dumps([d.py_func.__qualname__ for d, _ in calls]))
+print(json.dumps({"names": [d.py_func.__qualname__ for d, _ in calls],
+                  "shared": float(shared.min()), "own": float(own.max())}))
 """
 
 
-def test_the_trace_records_kernels_and_never_writes_a_memory_mapped_file(tmp_path):
-    """The trace zeroes what a kernel would write, except memory behind a file."""
+def test_the_trace_records_kernels_and_writes_only_memory_numpy_allocated(tmp_path):
+    """The trace zeroes what a kernel would write (a forked child's copy), but never memory
+    behind a file or shared between processes: the parent would see it written."""
     path = tmp_path / "data.f32"
     np.full((2, 3, 4, 4), -1.5, np.float32).tofile(path)
-    names = _run(TRACE, tmp_path / "cache", str(path))
-    assert len(names) == 1 and "relu" in names[0]
+    res = _run(TRACE, tmp_path / "cache", str(path))
+    assert len(res["names"]) == 1 and "relu" in res["names"][0]  # one kernel, one signature
     assert (np.fromfile(path, np.float32) == -1.5).all()  # relu would have written zeros
+    assert res["shared"] == -2.5 and res["own"] == 0.0
 
 
 def test_workers_setting(monkeypatch):
@@ -95,7 +104,7 @@ def test_workers_setting(monkeypatch):
     assert precompile.compile_ahead(lambda: pytest.fail("the step must not run")) is None
     monkeypatch.setenv("NUMBACNN_JIT_WORKERS", "two")
     with pytest.raises(
-        ValueError, match="NUMBACNN_JIT_WORKERS must be a whole number of processes, got 'two'"
+        ValueError, match=r"NUMBACNN_JIT_WORKERS must be a whole number of processes \(1: off\), got 'two'"
     ):
         precompile.default_workers()
     monkeypatch.delenv("NUMBACNN_JIT_WORKERS")
@@ -135,3 +144,71 @@ def test_ctrl_c_while_compiling_stops_every_process_at_once(tmp_path):
     assert res["nothing"] is None
     assert res["interrupted"] and res["seconds"] < 3, res  # not the 5 s the conv takes to compile
     assert not res["children_left"]
+
+
+HANG = r"""
+import json, os, threading, time
+import numbacnn.kernels.cpu.precompile as precompile
+
+precompile.TRACE_SECONDS = 1
+t = time.perf_counter()
+ahead = precompile.compile_ahead(lambda: threading.Event().wait(), workers=2)  # waits forever in the fork
+seconds = time.perf_counter() - t
+try:
+    os.waitpid(-1, os.WNOHANG)
+    children_left = True
+except ChildProcessError:
+    children_left = False
+print(json.dumps({"ahead": ahead, "seconds": seconds, "children_left": children_left}))
+"""
+
+
+def test_a_step_that_never_returns_in_the_fork_is_given_up(tmp_path):
+    """A fork copies one thread: a step waiting on another (a loader's) never returns there."""
+    res = _run(HANG, tmp_path / "cache")
+    assert res["ahead"] is None and res["seconds"] < 5 and not res["children_left"]
+
+
+ORPHAN = r"""
+import os, sys
+import numpy as np
+import numbacnn.functional as F
+from numbacnn.kernels.cpu.precompile import compile_ahead
+
+x = np.ones((2, 3, 8, 8), np.float32)
+print(os.getpid(), flush=True)
+compile_ahead(lambda: F.max_pool2d(F.conv2d(x, np.ones((8, 3, 3, 3), np.float32)), 2), workers=2)
+"""
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads /proc (Linux)")
+def test_killing_the_training_process_ends_its_compiling_children(tmp_path):
+    """kill -9 of the parent: its children end too (Linux's parent-death signal), not go on
+    compiling for a run that is gone."""
+    import signal
+    import time
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("NUMBACNN_JIT_WORKERS", None)
+    proc = subprocess.Popen([sys.executable, "-c", ORPHAN], env=env, stdout=subprocess.PIPE, text=True)
+    parent = int(proc.stdout.readline())
+    children, deadline = [], time.monotonic() + 60
+    while not children and time.monotonic() < deadline:
+        with open(f"/proc/{parent}/task/{parent}/children") as f:
+            children = [int(p) for p in f.read().split()]
+        time.sleep(0.05)
+    assert children, "no child was forked"
+    os.kill(parent, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while any(_alive(p) for p in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in children)

@@ -8,11 +8,13 @@ core while the other core idles. ``compile_ahead(step)`` spreads that work over 
 1. trace: a forked child runs ``step`` with every call of a numbacnn CPU kernel replaced by
    a note of the kernel and its argument types (``kernel_calls``: nothing is computed; the
    arrays a kernel would write are zeroed, finite as real data is, so that the conv's
-   dispatch takes the path real data takes), and sends the parent the kernels whose
-   signatures are not compiled yet;
-2. compile: that child, the parent and up to ``workers - 2`` more forked children take
-   kernels from the list, one at a time (a counter in shared memory), and compile each
-   taken kernel's signatures; with ``cache=True`` each lands in Numba's on-disk cache;
+   dispatch takes the path real data takes; only memory NumPy allocated, which the fork
+   copies, never a memory map or shared memory), and sends the parent the kernels whose
+   signatures are neither compiled nor in Numba's on-disk cache yet;
+2. compile: that child, the parent and up to ``workers - 2`` more forked children (no more
+   processes than kernels) take kernels from the list, one at a time (a counter in shared
+   memory), and compile each taken kernel's signatures; with ``cache=True`` each lands in
+   Numba's on-disk cache;
 3. the parent waits for the children, then runs the real step: it already holds the
    kernels it compiled and loads the others from the cache (a few ms each).
 
@@ -26,21 +28,27 @@ It changes nothing that is computed: a kernel the workers did not get to (a chil
 failed, a value-dependent dispatch that the zeros steered elsewhere) is compiled at its
 first call, as without this. It runs only where a fork is safe: with fork (Linux, macOS),
 before this process has started Numba's worker threads (a fork copies only the calling
-thread). ``numbacnn.train`` calls it for a run's first batch on the CPU with one process
-(not under MPI). ``NUMBACNN_JIT_WORKERS=1`` turns it off.
+thread; a step that waits on another thread of this process gets no answer in the child,
+and after TRACE_SECONDS this gives up). Ctrl-C stops every child at once; on Linux a child
+also ends when this process is killed (kill -9). ``numbacnn.train`` calls it for a run's
+first batch on the CPU with one process (not under MPI). ``NUMBACNN_JIT_WORKERS=1`` turns
+it off.
 """
 
-import mmap
 import os
 import pickle
+import select
 import struct
 import sys
 from typing import NamedTuple
+
+import numpy as np
 
 __all__ = ["compile_ahead", "kernel_calls", "default_workers", "Ahead"]
 
 MAX_WORKERS = 8  # each compiling process holds about 200 MB of LLVM state
 WAIT_SECONDS = 600  # a child still compiling after this is stopped (its kernels compile later)
+TRACE_SECONDS = 60  # a trace not back by then (a step waiting on a thread a fork does not copy)
 
 
 class Ahead(NamedTuple):
@@ -53,14 +61,18 @@ class Ahead(NamedTuple):
 
 
 def default_workers():
-    """How many processes compile at once: NUMBACNN_JIT_WORKERS if set, else the cores this
-    process may run on (at most NUMBA_NUM_THREADS and MAX_WORKERS)."""
+    """How many processes compile at once: NUMBACNN_JIT_WORKERS if set (0 or 1: off), else
+    the cores this process may run on, at most NUMBA_NUM_THREADS (so NUMBA_NUM_THREADS=1
+    turns it off too) and MAX_WORKERS. ValueError for a NUMBACNN_JIT_WORKERS that is not a
+    whole number."""
     from numba import config
 
     env = os.environ.get("NUMBACNN_JIT_WORKERS", "").strip()
     if env:
-        if not env.isdigit():
-            raise ValueError(f"NUMBACNN_JIT_WORKERS must be a whole number of processes, got {env!r}")
+        if not (env.isascii() and env.isdigit()):
+            raise ValueError(
+                f"NUMBACNN_JIT_WORKERS must be a whole number of processes (1: off), got {env!r}"
+            )
         return int(env)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(cores, config.NUMBA_NUM_THREADS, MAX_WORKERS))
@@ -90,25 +102,25 @@ def _resolve(module, qualname):
 
 
 def _private(a):
-    """True when writing `a` cannot reach a file: no memory map under it."""
-    while a is not None:
-        if isinstance(a, mmap.mmap) or type(a).__name__ == "memmap":
-            return False
-        a = getattr(a, "base", None)
-    return True
+    """True when `a`'s memory is NumPy's own allocation (copied on write by a fork, so the
+    child may write it): not a memory map, shared memory (multiprocessing's RawArray,
+    SharedMemory) or any other buffer that the parent could see written."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a.base is None and a.flags.owndata
 
 
 def kernel_calls(step):
     """Run ``step()`` with every call of a Numba CPU dispatcher replaced by a record of it:
     the (dispatcher, argument types) pairs it calls, in call order, for the signatures this
-    process has not compiled. Nothing is computed: every writeable array argument is zeroed
-    instead (memory maps excepted), and a kernel returns None. An exception from ``step``
+    process has not compiled. Nothing is computed: every writeable array argument in memory
+    NumPy allocated is zeroed instead (never a memory map or shared memory), and a kernel
+    returns None. An exception from ``step``
     (a check tripped by the made-up values) ends the trace with what it found. Call it only
     in a process whose state does not matter (a forked child): it rebinds
     ``CPUDispatcher.__call__`` for good."""
     import warnings
 
-    import numpy as np
     from numba.core.registry import CPUDispatcher
 
     calls, seen = [], set()
@@ -144,7 +156,9 @@ def _can_fork():
 def compile_ahead(step, workers=None):
     """Compile the numbacnn CPU kernels that ``step()`` (a zero-argument callable: one
     training step) will call, over ``workers`` processes at once (default:
-    ``default_workers()``), before it runs; ``step`` itself is not run here.
+    ``default_workers()``), before it runs. ``step`` runs only in a forked child, as
+    ``kernel_calls`` runs it: its kernels are not computed, and its other effects (prints,
+    files it writes) happen in that child; nothing in this process changes.
 
     Returns an ``Ahead`` (kernels this process compiled, kernels the children compiled, the
     number of processes), or None when it did nothing: fewer than 2 workers, no fork, Numba's
@@ -158,12 +172,14 @@ def compile_ahead(step, workers=None):
     sys.stdout.flush()  # a child must not print what the parent buffered
     sys.stderr.flush()
     read_fd, write_fd = os.pipe()
-    claimed = multiprocessing.RawValue("q", 0)  # the index of the next kernel to take
+    counts = multiprocessing.RawArray("q", 2)  # the next kernel to take; kernels compiled
     lock = multiprocessing.Lock()
+    parent = os.getpid()
     pid = _fork()
     if pid == 0:  # the tracer, then a worker
         code = 1
         try:
+            _die_with(parent)
             os.close(read_fd)
             named = []
             for d, sigs in _group(kernel_calls(step)):
@@ -172,7 +188,7 @@ def compile_ahead(step, workers=None):
                     named.append((_name(d), missing))
             _send(write_fd, named)
             os.close(write_fd)
-            _work(_resolved(named), claimed, lock)
+            _work(_resolved(named), counts, lock)
             code = 0
         finally:
             os._exit(code)
@@ -180,29 +196,32 @@ def compile_ahead(step, workers=None):
     os.close(write_fd)
     try:
         try:
-            named = _receive(read_fd)
+            named = _receive(read_fd, TRACE_SECONDS)
         finally:
             os.close(read_fd)
-        if not named:
+        if not named:  # nothing to compile, or no answer (the tracer failed or hangs): stop it
+            _reap(children, wait=0)
             return None
         kernels = _resolved(named)
-        for _ in range(workers - 2):
+        for _ in range(min(workers, len(kernels)) - 2):  # no process without a kernel to take
             pid = _fork()
             if pid == 0:
                 code = 1
                 try:
-                    _work(kernels, claimed, lock)
+                    _die_with(parent)
+                    _work(kernels, counts, lock)
                     code = 0
                 finally:
                     os._exit(code)
             children.append(pid)
         caches = [(d, d._cache) for d in _dispatchers()]
         try:
-            mine = _work(kernels, claimed, lock)
+            mine = _work(kernels, counts, lock)
         finally:
             for d, cache in caches:
                 d._cache = cache
-        return Ahead(mine, len(kernels) - mine, len(children) + 1)
+        _reap(children)
+        return Ahead(mine, counts[1] - mine, len(children) + 1)
     except BaseException:  # Ctrl-C, or a failure here: the children stop too, at once
         _reap(children, wait=0)
         raise
@@ -218,6 +237,21 @@ def _fork():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return os.fork()
+
+
+def _die_with(parent):
+    """In a child: end when the parent ends, even by kill -9 (Linux's parent-death signal;
+    elsewhere a child finishes its list first)."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent ended before the signal was set
+        os._exit(1)
 
 
 def _name(d):
@@ -257,9 +291,10 @@ def _resolved(named):
     return [(d, sigs) for d, sigs in kernels if d is not None]
 
 
-def _work(kernels, claimed, lock):
-    """Take kernels off the shared list until it is empty and compile each one taken; only a
-    kernel taken here keeps its on-disk cache on. Returns how many this process compiled."""
+def _work(kernels, counts, lock):
+    """Take kernels off the shared list (counts[0]: the next to take) until it is empty and
+    compile each one taken (counts[1]: kernels compiled, by all); only a kernel taken here
+    keeps its on-disk cache on. Returns how many this process compiled."""
     from numba.core.caching import NullCache
 
     caches = {id(d): d._cache for d in _dispatchers()}
@@ -267,9 +302,11 @@ def _work(kernels, claimed, lock):
         d._cache = NullCache()
     done = 0
     while True:
-        with lock:
-            i = claimed.value
-            claimed.value = i + 1
+        if not lock.acquire(timeout=WAIT_SECONDS):  # its holder was killed (kill -9) in the act
+            return done
+        i = counts[0]
+        counts[0] = i + 1
+        lock.release()
         if i >= len(kernels):
             return done
         d, sigs = kernels[i]
@@ -277,11 +314,13 @@ def _work(kernels, claimed, lock):
         try:
             for sig in sigs:
                 d.compile(sig)
-            done += 1
         except Exception:  # noqa: BLE001 - the real call compiles it again and raises there
-            pass
+            continue
         finally:
             d._cache = NullCache()
+        done += 1
+        with lock:
+            counts[1] += 1
 
 
 def _send(fd, obj):
@@ -291,10 +330,15 @@ def _send(fd, obj):
         view = view[os.write(fd, view) :]
 
 
-def _receive(fd):
-    """What _send wrote, or None if the writer ended first."""
+def _receive(fd, seconds):
+    """What _send wrote, or None if the writer ended first or took more than `seconds`."""
+    import time
+
     data = bytearray()
+    deadline = time.monotonic() + seconds
     while True:
+        if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            return None
         chunk = os.read(fd, 1 << 20)
         if not chunk:
             break
