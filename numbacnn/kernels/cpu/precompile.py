@@ -314,13 +314,25 @@ def _work(kernels, counts, lock):
         try:
             for sig in sigs:
                 d.compile(sig)
-        except Exception:  # noqa: BLE001 - the real call compiles it again and raises there
+        except Exception as e:  # noqa: BLE001 - the real call compiles it again and raises there
+            if _caused_by_ctrl_c(e):  # Numba re-raised Ctrl-C as its own error
+                raise KeyboardInterrupt from e
             continue
         finally:
             d._cache = NullCache()
         done += 1
         with lock:
             counts[1] += 1
+
+
+def _caused_by_ctrl_c(e):
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _send(fd, obj):
