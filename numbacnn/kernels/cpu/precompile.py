@@ -12,9 +12,9 @@ core while the other core idles. ``compile_ahead(step)`` spreads that work over 
    copies, never a memory map or shared memory), and sends the parent the kernels whose
    signatures are neither compiled nor in Numba's on-disk cache yet;
 2. compile: that child, the parent and up to ``workers - 2`` more forked children (no more
-   processes than kernels) take kernels from the list, one at a time (a counter in shared
-   memory), and compile each taken kernel's signatures; with ``cache=True`` each lands in
-   Numba's on-disk cache;
+   processes than kernels) take kernels from the list, largest first, one at a time (a
+   counter in shared memory), and compile each taken kernel's signatures; with
+   ``cache=True`` each lands in Numba's on-disk cache;
 3. the parent waits for the children, then runs the real step: it already holds the
    kernels it compiled and loads the others from the cache (a few ms each).
 
@@ -287,8 +287,33 @@ def _group(calls):
 
 
 def _resolved(named):
+    """The (dispatcher, signatures) to compile, largest first (the longest processing time
+    first: no process is left with a large kernel when the others are done)."""
     kernels = [(_resolve(module, qualname), sigs) for (module, qualname), sigs in named]
-    return [(d, sigs) for d, sigs in kernels if d is not None]
+    kernels = [(d, sigs) for d, sigs in kernels if d is not None]
+    return sorted(kernels, key=lambda k: -_cost(k[0]) * len(k[1]))
+
+
+def _cost(d, seen=None):
+    """A kernel's compile time, roughly, in seconds: 4 ms per bytecode instruction of it and
+    of the njit helpers it calls, and 0.8 s more for a parallel one (Numba's parfor lowering;
+    measured on LeNet-5's kernels: 0.1 s for the dense bias gradient to 5.3 s for
+    outer._forward_blocks). Only the order matters."""
+    import dis
+
+    from numba.core.registry import CPUDispatcher
+
+    seen = set() if seen is None else seen
+    if id(d) in seen:
+        return 0.0
+    seen.add(id(d))
+    f = d.py_func
+    cost = 0.004 * sum(1 for _ in dis.get_instructions(f)) + 0.8 * bool(d.targetoptions.get("parallel"))
+    for name in f.__code__.co_names:
+        g = f.__globals__.get(name)
+        if isinstance(g, CPUDispatcher):
+            cost += _cost(g, seen) - 0.8 * bool(g.targetoptions.get("parallel"))
+    return cost
 
 
 def _work(kernels, counts, lock):
