@@ -7,7 +7,6 @@ import io
 import json
 import os
 import pickle
-import re
 import shutil
 import subprocess
 import sys
@@ -793,33 +792,6 @@ def test_the_first_batch_says_what_the_jit_took(tmp_path, monkeypatch, capsys):
     assert "Numba's JIT, once: they are cached on disk" in err
     assert main([*argv[:4], "3", *argv[5:], "--resume"]) == 0  # a new run: its own first batch
     assert "the first batch loaded its compiled kernels from Numba's cache in " in capsys.readouterr().err
-
-
-@needs_mnist
-def test_a_cold_first_batch_compiles_on_two_processes_and_trains_the_same(tmp_path):
-    """Issue 9's cold start: the README's command from an empty Numba cache compiles the
-    first batch's kernels in two processes at once (kernels/cpu/precompile.py) and says so;
-    the weights it trains are bit for bit those of Numba's one-process JIT (here from the
-    warm cache), and a warm start forks nothing."""
-
-    def train(out, workers):
-        env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), NUMBACNN_JIT_WORKERS=workers)
-        cmd = [sys.executable, "-m", "numbacnn.cli", "train", "--model", "lenet5", "--epochs", "1",
-               "--limit-train", "256", "--limit-test", "64", "--no-progress",
-               "--out", str(tmp_path / out)]  # fmt: skip
-        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-        assert res.returncode == 0, res.stderr
-        return res.stderr, ckpt.load(str(tmp_path / out / "checkpoint.npz"))[0]
-
-    err, cold = train("cold", "2")
-    assert re.search(
-        r"the first batch compiled its kernels in [\d.]+ s \(Numba's JIT, in 2 processes at once", err
-    )
-    err, warm = train("warm", "2")
-    assert "the first batch loaded its compiled kernels from Numba's cache in " in err
-    err, plain = train("plain", "1")
-    assert cold.keys() == plain.keys() and all(np.array_equal(cold[k], plain[k]) for k in cold)
-    assert all(np.array_equal(cold[k], warm[k]) for k in cold)
 
 
 @pytest.mark.parametrize("value", ["junk", "-1", "²"])
