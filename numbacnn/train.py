@@ -260,6 +260,9 @@ def fit(
     ValueError on every rank naming what differs); rank 0 alone logs, evaluates and writes
     OUT; every rank returns rank 0's metrics, once rank 0 has written them. Default: this
     process's ``numbacnn.distributed.world()`` (one rank unless launched by mpiexec).
+    On the CPU with one rank, a cold first batch compiles its kernels on every core at once
+    (numbacnn.kernels.cpu.precompile): ValueError at once for a NUMBACNN_JIT_WORKERS that
+    is not a whole number.
     """
     world = distributed.world() if world is None else world
     if not isinstance(world, World):
@@ -268,6 +271,10 @@ def fit(
         raise ValueError(
             f"fit: a model on {model.device!r} trains on one process only so far ({world.size} ranks)"
         )
+    if model.device == "cpu" and world.size == 1:
+        from .kernels.cpu.precompile import default_workers
+
+        default_workers()  # a bad NUMBACNN_JIT_WORKERS: ValueError now, not at the first batch
     log = (log or (lambda *a: print(*a, file=sys.stderr, flush=True))) if world.is_root else (lambda *a: None)
     out_dir = os.fspath(out_dir)
     world.on_root(lambda: os.makedirs(out_dir, exist_ok=True))

@@ -227,3 +227,54 @@ def test_killing_the_training_process_ends_its_compiling_children(tmp_path):
     while any(_alive(p) for p in children) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(p) for p in children)
+
+
+def test_a_bad_workers_setting_stops_fit_before_it_makes_anything(tmp_path, monkeypatch):
+    from numbacnn.data import DataLoader
+    from numbacnn.models import build_model
+    from numbacnn.optim import SGD
+    from numbacnn.train import fit
+
+    model = build_model("lenet5")
+    x, y = np.zeros((8, 1, 32, 32), np.float32), np.zeros(8, np.int64)
+    monkeypatch.setenv("NUMBACNN_JIT_WORKERS", "two")
+    with pytest.raises(ValueError, match="NUMBACNN_JIT_WORKERS must be a whole number"):
+        fit(
+            model,
+            SGD(model.parameters(), lr=0.1),
+            DataLoader(x, y, 4),
+            DataLoader(x, y, 4),
+            1,
+            tmp_path / "out",
+        )
+    assert not (tmp_path / "out").exists()
+
+
+HELD = r"""
+import json, multiprocessing, os, time
+import numpy as np
+import numbacnn.functional as F
+import numbacnn.kernels.cpu.precompile as precompile
+
+precompile.TRACE_SECONDS = 20
+x = np.ones((2, 3, 8, 8), np.float32)
+
+def outlive():  # holds every fd it inherited but this test's output, for 8 s
+    os.close(1)
+    os.close(2)
+    time.sleep(8)
+
+def step():  # starts a process that outlives the step (a loader's worker, say)
+    multiprocessing.get_context("fork").Process(target=outlive, daemon=False).start()
+    F.tanh(x)
+
+t = time.perf_counter()
+ahead = precompile.compile_ahead(step, workers=2)
+print(json.dumps({"ahead": ahead, "seconds": time.perf_counter() - t}))
+os._exit(0)  # not waiting for the child's child
+"""
+
+
+def test_the_trace_answer_is_read_even_if_the_step_left_a_process_holding_the_pipe(tmp_path):
+    res = _run(HELD, tmp_path / "cache")
+    assert res["ahead"] is not None and res["seconds"] < 6  # not the 8 s of the process or TRACE_SECONDS

@@ -11,8 +11,8 @@ core while the other core idles. ``compile_ahead(step)`` spreads that work over 
    dispatch takes the path real data takes; only memory NumPy allocated, which the fork
    copies, never a memory map or shared memory), and sends the parent the kernels whose
    signatures are neither compiled nor in Numba's on-disk cache yet;
-2. compile: that child, the parent and up to ``workers - 2`` more forked children (no more
-   processes than kernels) take kernels from the list, largest first, one at a time (a
+2. compile: that child, the parent and up to ``workers - 2`` more forked children (none
+   beyond one per kernel) take kernels from the list, largest first, one at a time (a
    counter in shared memory), and compile each taken kernel's signatures; with
    ``cache=True`` each lands in Numba's on-disk cache;
 3. the parent waits for the children, then runs the real step: it already holds the
@@ -29,7 +29,9 @@ failed, a value-dependent dispatch that the zeros steered elsewhere) is compiled
 first call, as without this. It runs only where a fork is safe: with fork (Linux, macOS),
 before this process has started Numba's worker threads (a fork copies only the calling
 thread; a step that waits on another thread of this process gets no answer in the child,
-and after TRACE_SECONDS this gives up). Ctrl-C stops every child at once; on Linux a child
+and after TRACE_SECONDS this gives up). A Ctrl-C while this process waits (for the trace
+or for its children) stops every child at once; one that lands while this process compiles
+is Numba's own case, as without this (inside an LLVM callback it is lost). On Linux a child
 also ends when this process is killed (kill -9). ``numbacnn.train`` calls it for a run's
 first batch on the CPU with one process (not under MPI). ``NUMBACNN_JIT_WORKERS=1`` turns
 it off.
@@ -61,9 +63,9 @@ class Ahead(NamedTuple):
 
 
 def default_workers():
-    """How many processes compile at once: NUMBACNN_JIT_WORKERS if set (0 or 1: off), else
-    the cores this process may run on, at most NUMBA_NUM_THREADS (so NUMBA_NUM_THREADS=1
-    turns it off too) and MAX_WORKERS. ValueError for a NUMBACNN_JIT_WORKERS that is not a
+    """How many processes compile at once: NUMBACNN_JIT_WORKERS if set (0 or 1: off; taken
+    as it is, at about 200 MB a process), else the cores this process may run on, at most
+    NUMBA_NUM_THREADS (so NUMBA_NUM_THREADS=1 turns it off too) and MAX_WORKERS. ValueError for a NUMBACNN_JIT_WORKERS that is not a
     whole number."""
     from numba import config
 
@@ -368,24 +370,23 @@ def _send(fd, obj):
 
 
 def _receive(fd, seconds):
-    """What _send wrote, or None if the writer ended first or took more than `seconds`."""
+    """What _send wrote, or None if the writer ended first or took more than `seconds`. It
+    stops at the message's end, not at the pipe's: a process the step started may hold the
+    pipe open after the tracer is done."""
     import time
 
-    data = bytearray()
     deadline = time.monotonic() + seconds
-    while True:
+    data, size = bytearray(), None
+    while size is None or len(data) < 8 + size:
         if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
             return None
         chunk = os.read(fd, 1 << 20)
         if not chunk:
-            break
+            return None
         data += chunk
-    if len(data) < 8:
-        return None
-    (size,) = struct.unpack("<Q", data[:8])
-    if len(data) - 8 != size:
-        return None
-    return pickle.loads(bytes(data[8:]))
+        if size is None and len(data) >= 8:
+            (size,) = struct.unpack("<Q", data[:8])
+    return pickle.loads(bytes(data[8 : 8 + size]))
 
 
 def _reap(pids, wait=WAIT_SECONDS):
