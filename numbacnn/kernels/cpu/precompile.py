@@ -65,8 +65,8 @@ class Ahead(NamedTuple):
 def default_workers():
     """How many processes compile at once: NUMBACNN_JIT_WORKERS if set (0 or 1: off; taken
     as it is, at about 200 MB a process), else the cores this process may run on, at most
-    NUMBA_NUM_THREADS (so NUMBA_NUM_THREADS=1 turns it off too) and MAX_WORKERS. ValueError for a NUMBACNN_JIT_WORKERS that is not a
-    whole number."""
+    NUMBA_NUM_THREADS (so NUMBA_NUM_THREADS=1 turns it off too) and MAX_WORKERS. ValueError
+    for a NUMBACNN_JIT_WORKERS that is not a whole number."""
     from numba import config
 
     env = os.environ.get("NUMBACNN_JIT_WORKERS", "").strip()
