@@ -33,19 +33,27 @@ def jit_counts():
     compiled so far, and how many it loaded from Numba's on-disk cache instead (cache=True),
     from the dispatchers' statistics (numba's ``Dispatcher.stats``). Only the kernel modules
     already imported are counted; nothing is imported or compiled here."""
+    dispatchers = cpu_dispatchers()
+    compiled = sum(sum(d.stats.cache_misses.values()) for d in dispatchers)
+    loaded = sum(sum(d.stats.cache_hits.values()) for d in dispatchers)
+    return compiled, loaded
+
+
+def cpu_dispatchers(prefix="numbacnn.kernels.cpu"):
+    """The Numba CPU dispatchers (kernels and their njit helpers) of the imported modules
+    whose names start with `prefix`, each once (a kernel imported into several modules is
+    one). Nothing is imported or compiled here."""
     import sys
 
     from numba.core.registry import CPUDispatcher
 
-    dispatchers = {}
+    found = {}
     for name, module in list(sys.modules.items()):
-        if name.startswith("numbacnn.kernels.cpu") and module is not None:
-            for value in vars(module).values():
+        if name.startswith(prefix) and module is not None:
+            for value in list(vars(module).values()):
                 if isinstance(value, CPUDispatcher):
-                    dispatchers[id(value)] = value  # one kernel imported into several modules
-    compiled = sum(sum(d.stats.cache_misses.values()) for d in dispatchers.values())
-    loaded = sum(sum(d.stats.cache_hits.values()) for d in dispatchers.values())
-    return compiled, loaded
+                    found[id(value)] = value
+    return list(found.values())
 
 
 _packages = {}  # "cpu" / "cuda" -> the package, once imported (an import statement per op

@@ -13,7 +13,6 @@ at once (numba.cuda has no disk cache to share, so the CUDA package has no twin 
 import numpy as np
 
 from . import activation, batchnorm, conv, dense, loss, optim, pool, workspace  # noqa: F401
-from .precompile import compile_ahead  # noqa: F401  (numbacnn.train: a cold first batch on every core)
 
 # Outputs come from a pool that hands an array out again once nothing refers to it
 # (workspace.empty): a training step after the first asks the operating system for nothing.

@@ -82,15 +82,9 @@ def default_workers():
 
 def _dispatchers():
     """Every CPU dispatcher in numbacnn's imported modules (the kernels and their helpers)."""
-    from numba.core.registry import CPUDispatcher
+    from .. import cpu_dispatchers
 
-    found = {}
-    for name, module in list(sys.modules.items()):
-        if name.startswith("numbacnn") and module is not None:
-            for value in list(vars(module).values()):
-                if isinstance(value, CPUDispatcher):
-                    found[id(value)] = value
-    return list(found.values())
+    return cpu_dispatchers("numbacnn")
 
 
 def _resolve(module, qualname):
@@ -216,19 +210,12 @@ def compile_ahead(step, workers=None):
                 finally:
                     os._exit(code)
             children.append(pid)
-        caches = [(d, d._cache) for d in _dispatchers()]
-        try:
-            mine = _work(kernels, counts, lock)
-        finally:
-            for d, cache in caches:
-                d._cache = cache
-        _reap(children)
+        mine = _work(kernels, counts, lock)
+        _reap(children)  # before counts[1] is read: the children's last kernels are in it
         return Ahead(mine, counts[1] - mine, len(children) + 1)
     except BaseException:  # Ctrl-C, or a failure here: the children stop too, at once
         _reap(children, wait=0)
         raise
-    finally:
-        _reap(children)
 
 
 def _fork():
@@ -321,35 +308,41 @@ def _cost(d, seen=None):
 def _work(kernels, counts, lock):
     """Take kernels off the shared list (counts[0]: the next to take) until it is empty and
     compile each one taken (counts[1]: kernels compiled, by all); only a kernel taken here
-    keeps its on-disk cache on. Returns how many this process compiled."""
+    keeps its on-disk cache on meanwhile (every cache is back on at the end). Returns how
+    many this process compiled."""
     from numba.core.caching import NullCache
 
-    caches = {id(d): d._cache for d in _dispatchers()}
-    for d in _dispatchers():
-        d._cache = NullCache()
+    caches = {id(d): (d, d._cache) for d in _dispatchers()}
+    off = NullCache()
+    for d, _ in caches.values():
+        d._cache = off
     done = 0
-    while True:
-        if not lock.acquire(timeout=WAIT_SECONDS):  # its holder was killed (kill -9) in the act
-            return done
-        i = counts[0]
-        counts[0] = i + 1
-        lock.release()
-        if i >= len(kernels):
-            return done
-        d, sigs = kernels[i]
-        d._cache = caches.get(id(d), d._cache)
-        try:
-            for sig in sigs:
-                d.compile(sig)
-        except Exception as e:  # noqa: BLE001 - the real call compiles it again and raises there
-            if _caused_by_ctrl_c(e):  # Numba re-raised Ctrl-C as its own error
-                raise KeyboardInterrupt from e
-            continue
-        finally:
-            d._cache = NullCache()
-        done += 1
-        with lock:
-            counts[1] += 1
+    try:
+        while True:
+            if not lock.acquire(timeout=WAIT_SECONDS):  # its holder was killed (kill -9) in the act
+                return done
+            i = counts[0]
+            counts[0] = i + 1
+            lock.release()
+            if i >= len(kernels):
+                return done
+            d, sigs = kernels[i]
+            d._cache = caches.setdefault(id(d), (d, d._cache))[1]  # restored at the end either way
+            try:
+                for sig in sigs:
+                    d.compile(sig)
+            except Exception as e:  # noqa: BLE001 - the real call compiles it again and raises there
+                if _caused_by_ctrl_c(e):  # Numba re-raised Ctrl-C as its own error
+                    raise KeyboardInterrupt from e
+                continue
+            finally:
+                d._cache = off
+            done += 1
+            with lock:
+                counts[1] += 1
+    finally:
+        for d, cache in caches.values():
+            d._cache = cache
 
 
 def _caused_by_ctrl_c(e):
