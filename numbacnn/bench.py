@@ -1,7 +1,7 @@
 """``numbacnn bench``: numbacnn's kernels and training steps side by side with other
 implementations, in one table, a JSON file and a PNG chart.
 
-    numbacnn bench                 # the full run (about 80 s on 2 cores, warm JIT cache)
+    numbacnn bench                 # the full run (about 3 minutes on 2 cores, warm JIT cache)
     numbacnn bench --quick         # a smoke run: about 6 s warm, 35 s from a cold JIT cache
     numbacnn bench --kernel my_conv.py:conv2d   # YOUR conv2d in the same table, checked first
 
@@ -16,9 +16,14 @@ Columns, each the MEDIAN of repeated warm calls (after a warm-up call that compi
 numbacnn with all threads and with one; NumPy im2col (the textbook conv as one matrix
 product: BLAS does the multiply-adds), SciPy (scipy.signal.correlate, conv forward only) and
 PyTorch CPU, each external baseline in a process of its own (importing PyTorch beside Numba
-slows Numba here). GFLOP/s = 2 x multiply-adds / time; "vs torch" = torch's time / ours; "of
-peak" = the share of this machine's peak (cores x FMA units x SIMD lanes x 2 x clock,
-derived and printed at the top, as the lecture's "0.15 TF CPU" slide does).
+slows Numba here).  numbacnn and PyTorch are timed IN TURN, case by case, for `rounds`
+rounds (3 in a full run; `--rounds`): on a shared VM the same case can run 2x slower for a
+minute, so two figures taken a minute apart compare the machine's moods, not the code.  Each
+of the two figures is then the median over the rounds (an epoch: the fastest), and "range"
+gives the rounds' lowest and highest "vs torch".  GFLOP/s = 2 x multiply-adds / time; "vs
+torch" = torch's time / ours; "of peak" = the share of this machine's peak (cores x FMA
+units x SIMD lanes x 2 x clock, derived and printed at the top, as the lecture's "0.15 TF
+CPU" slide does).
 
 Your own kernels (``run(kernels=...)``, ``--kernel FILE.py:FUNCTION`` or ``MODULE:FUNCTION``,
 repeatable): a function with the signature of ``numbacnn.functional.conv2d`` gets a column
@@ -46,9 +51,10 @@ __all__ = ["cases", "machine_peak", "run", "check_kernel"]
 IMPLS = ("numbacnn", "numbacnn 1 thread", "numpy im2col", "scipy", "torch")
 HEADERS = {"numbacnn": "numbacnn", "numbacnn 1 thread": "1 thread", "numpy im2col": "im2col",
            "scipy": "scipy", "torch": "torch"}  # fmt: skip
-ROW_KEYS = ("case", "kind", "macs", "vs_torch", "of_peak")  # a JSON row's other keys
+ROW_KEYS = ("case", "kind", "macs", "vs_torch", "vs_torch_range", "of_peak")  # a JSON row's other keys
 RESERVED = frozenset(IMPLS) | frozenset(HEADERS.values()) | frozenset(ROW_KEYS)  # not a kernel's label
 EXTERNAL = ("numpy im2col", "scipy", "torch")  # each in its own process
+ROUNDS = 3  # a full run's rounds of numbacnn and torch timed in turn (run, _interleave)
 
 
 # ----------------------------------------------------------------------------------------
@@ -469,6 +475,14 @@ def _torch(kind, p, dtype):
 # timing and the machine
 
 
+def _time_case(fn, kind, quick, tries=2):
+    """Seconds of one case: an epoch's fastest of `tries` whole runs (warmed by the step
+    rows), any other case's `median_time`."""
+    if kind == "epoch":
+        return min(_seconds(fn) for _ in range(tries))
+    return median_time(fn, quick)
+
+
 def median_time(fn, quick):
     """Median seconds of one call of fn() over >= 3 (quick) or >= 5 calls filling 0.2 s,
     after one untimed call (the JIT compiles or loads its kernels there)."""
@@ -502,12 +516,7 @@ def _time_all(impl, quick, dtype):
             result[name] = None  # scipy's per-(image, channel) correlations: minutes at VGG's widths
             continue
         fn = make(kind, params, dtype)
-        if fn is None:
-            result[name] = None
-        elif kind == "epoch":  # a whole epoch: warmed by the step rows, best of 2
-            result[name] = min(_seconds(fn) for _ in range(2))
-        else:
-            result[name] = median_time(fn, quick)
+        result[name] = None if fn is None else _time_case(fn, kind, quick)
     return result
 
 
@@ -587,9 +596,90 @@ def _external(impl, quick, dtype):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run(quick=False, out="bench", dtype=np.float32, say=print, kernels=()):
+class _Server:
+    """An external baseline (PyTorch) in a process of its own that times one case per request,
+    so that its rows can be measured in turn with numbacnn's (`_interleave`): ``time(name)`` is
+    the case's seconds (None where it does not apply). If the process fails (PyTorch missing,
+    a crash), ``error`` says why in one line and every later request is None."""
+
+    def __init__(self, impl, quick, dtype, rounds):
+        import tempfile
+
+        self.error = None
+        self._log = tempfile.TemporaryFile()  # its stderr (a pipe nobody reads could fill up)
+        cmd = [sys.executable, "-m", "numbacnn.bench", "--worker", impl, "--dtype", np.dtype(dtype).name,
+               "--serve", "--rounds", str(rounds)] + (["--quick"] if quick else [])  # fmt: skip
+        self._proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True
+        )
+        self._answer()  # it is ready (PyTorch imported): nothing else runs while a case is timed
+
+    def _answer(self):
+        line = self._proc.stdout.readline()
+        if not line:  # it has exited
+            self.close()
+            self._log.seek(0)
+            lines = self._log.read().decode("utf-8", "replace").strip().splitlines()
+            self.error = lines[-1] if lines else f"exit {self._proc.returncode}"
+            return None
+        return json.loads(line)
+
+    def time(self, name):
+        if self.error is not None:
+            return None
+        try:
+            self._proc.stdin.write(name + "\n")
+            self._proc.stdin.flush()
+        except OSError:  # it has exited: the pipe is closed
+            pass
+        got = self._answer()
+        return None if got is None else got["seconds"]
+
+    def close(self):
+        """End the process (it ends when its input closes; killed if it does not in 30 s)."""
+        try:
+            self._proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self._proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+
+def _interleave(names, ours, theirs, rounds, best=()):
+    """Time each case with two implementations in turn, `rounds` times, case by case (ours,
+    theirs; in the next round theirs first), so that both see the machine as it was within
+    seconds of each other. ours(name) and theirs(name) return seconds or None.
+
+    Returns ({name: ours}, {name: theirs}, {name: (lowest, highest) per-round ratio theirs /
+    ours}): the median over the rounds, or the fastest for the names in `best` (whole epochs);
+    None where either gave None."""
+    mine, other, spread = {}, {}, {}
+    for name in names:
+        a, b = [], []
+        for r in range(rounds):
+            if r % 2 == 0:
+                a.append(ours(name))
+                b.append(theirs(name))
+            else:
+                b.append(theirs(name))
+                a.append(ours(name))
+        pick = min if name in best else np.median
+        mine[name] = None if None in a else float(pick(a))
+        other[name] = None if None in b else float(pick(b))
+        ratios = [t / o for o, t in zip(a, b, strict=True) if o and t]
+        spread[name] = (min(ratios), max(ratios)) if len(ratios) == rounds else None
+    return mine, other, spread
+
+
+def run(quick=False, out="bench", dtype=np.float32, say=print, kernels=(), rounds=None):
     """Time every case with every implementation, print the table, write OUT/bench.json and
     OUT/bench.png; return the JSON-ready dict.
+
+    rounds: how many times numbacnn and PyTorch time each case in turn (`_interleave`; default
+    3, or 1 with `quick`); a whole number >= 1 (ValueError).
 
     kernels: [(label, function)], your conv2d kernels (the signature of functional.conv2d),
     each a column on the conv2d forward rows, timed only where `check_kernel` finds its
@@ -598,6 +688,9 @@ def run(quick=False, out="bench", dtype=np.float32, say=print, kernels=()):
     (ValueError)."""
     import numba
 
+    rounds = (1 if quick else ROUNDS) if rounds is None else rounds
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"bench: rounds must be a whole number >= 1, got {rounds!r}")
     labels = [label for label, _ in kernels]
     clash = [label for label in labels if label in RESERVED or labels.count(label) > 1]
     if clash:
@@ -608,28 +701,64 @@ def run(quick=False, out="bench", dtype=np.float32, say=print, kernels=()):
     peak, how = machine_peak(dtype)
     threads = numba.get_num_threads()
     say(f"machine peak ({np.dtype(dtype).name}): {how}; numbacnn runs {threads} threads")
-    steal, t0 = {}, cpu_times()  # steal: {implementation: its share of CPU time stolen}
-    results = {"numbacnn": _time_all("numbacnn", quick, dtype)}
-    t1 = cpu_times()
-    steal["numbacnn"] = steal_share(t0, t1)
+    table = {name: (kind, params) for name, kind, params, _ in cases(quick)}
+    ticks = {}  # {implementation: [stolen, wanted]}: /proc/stat's ticks while it ran
+
+    def metered(impl, fn):
+        def timed(*args):
+            before = cpu_times()
+            try:
+                return fn(*args)
+            finally:
+                after = cpu_times()
+                if before is not None and after is not None:
+                    got = ticks.setdefault(impl, [0, 0])
+                    got[0] += after[0] - before[0]
+                    got[1] += after[1] - before[1]
+
+        return timed
+
+    made = {}  # {case: numbacnn's function}, made once for all the rounds
+
+    def ours(name):
+        kind, params = table[name]
+        if name not in made:
+            made[name] = _numbacnn(kind, params, dtype)
+        return None if made[name] is None else _time_case(made[name], kind, quick, 2 if rounds == 1 else 1)
+
+    notes, checks, results = {}, {}, {}
+    server = _Server("torch", quick, dtype, rounds)
+    try:
+        epochs = {name for name, (kind, _) in table.items() if kind == "epoch"}
+        results["numbacnn"], results["torch"], spread = _interleave(
+            list(table), metered("numbacnn", ours), metered("torch", server.time), rounds, epochs
+        )
+    finally:
+        server.close()
+    if server.error is not None:
+        notes["torch"] = server.error
+        results["torch"] = {}
     numba.set_num_threads(1)
     try:
-        results["numbacnn 1 thread"] = _time_all("numbacnn", quick, dtype)
+        results["numbacnn 1 thread"] = metered("numbacnn 1 thread", _time_all)("numbacnn", quick, dtype)
     finally:
         numba.set_num_threads(threads)
-    steal["numbacnn 1 thread"] = steal_share(t1, cpu_times())
-    notes, checks = {}, {}
     for label, fn in kernels:
         results[label], checks[label] = _user_column(fn, quick, dtype)
     for impl in EXTERNAL:
-        t0 = cpu_times()
-        got = _external(impl, quick, dtype)
-        steal[impl] = None if isinstance(got, str) else steal_share(t0, cpu_times())
+        if impl == "torch":
+            continue  # timed above, in turn with numbacnn
+        got = metered(impl, _external)(impl, quick, dtype)
         if isinstance(got, str):
             notes[impl] = got
             results[impl] = {}
+            ticks.pop(impl, None)
         else:
             results[impl] = got
+    steal = {impl: None for impl in IMPLS}  # {implementation: its share of CPU time stolen}
+    if "torch" in notes:
+        ticks.pop("torch", None)
+    steal.update({impl: steal_share((0, 0), tuple(t)) for impl, t in ticks.items()})
     impls = IMPLS[:2] + tuple(labels) + IMPLS[2:]
     rows = []
     for name, kind, _, macs in cases(quick):
@@ -640,7 +769,13 @@ def run(quick=False, out="bench", dtype=np.float32, say=print, kernels=()):
         ours, torch_t = results["numbacnn"].get(name), results["torch"].get(name)
         row["vs_torch"] = None if not (ours and torch_t) else torch_t / ours
         row["of_peak"] = 2 * macs / ours / 1e9 / peak if ours else None
+        got = spread.get(name) if rounds > 1 and "torch" not in notes else None
+        row["vs_torch_range"] = list(got) if got else None
         rows.append(row)
+    if rounds > 1:
+        say(f"numbacnn and torch timed in turn, case by case, {rounds} rounds: each time the median "
+            "over the rounds (an epoch: the fastest); 'range' = the rounds' lowest and highest "
+            "vs torch")  # fmt: skip
     _print_table(rows, say, labels, checks)
     for impl, why in notes.items():
         say(f"{impl}: not run ({why})")
@@ -664,7 +799,7 @@ def run(quick=False, out="bench", dtype=np.float32, say=print, kernels=()):
             f"{shares} (a few % stalls a 2-thread kernel's threads at its barriers: compare rows "
             "within a run)")  # fmt: skip
     report = {"machine": how, "peak_gflops": peak, "threads": threads, "dtype": np.dtype(dtype).name,
-              "quick": quick, "notes": notes, "kernels": labels, "kernel_checks": checks,
+              "quick": quick, "rounds": rounds, "notes": notes, "kernels": labels, "kernel_checks": checks,
               "steal": steal, "rows": rows}  # fmt: skip
     os.makedirs(out, exist_ok=True)
     text = json.dumps(report, indent=1).encode("utf-8")
@@ -687,6 +822,7 @@ def _headers(labels):
 
 
 def _print_table(rows, say, labels=(), checks=None):
+    ranges = any(r.get("vs_torch_range") for r in rows)
     headers = _headers(labels)
     cols = [(impl, HEADERS[impl]) for impl in IMPLS[:2]]
     cols += [(label, headers[label]) for label in labels]
@@ -697,7 +833,9 @@ def _print_table(rows, say, labels=(), checks=None):
     head = (
         f"{'case':34s}"
         + "".join(f"{label:>10s}" for _, label in cols)
-        + f"{'GFLOP/s':>9s}{'vs torch':>9s}{'of peak':>8s}"
+        + f"{'GFLOP/s':>9s}{'vs torch':>9s}"
+        + (f"{'range':>11s}" if ranges else "")
+        + f"{'of peak':>8s}"
     )
     say(
         "median ms per call; GFLOP/s and 'of peak' are numbacnn's (all threads); "
@@ -717,7 +855,9 @@ def _print_table(rows, say, labels=(), checks=None):
         g = f"{r['numbacnn']['gflops']:9.1f}" if r["numbacnn"] else f"{'-':>9s}"
         vs = f"{r['vs_torch']:9.2f}" if r["vs_torch"] else f"{'-':>9s}"
         pk = f"{100 * r['of_peak']:7.1f}%" if r["of_peak"] else f"{'-':>8s}"
-        say(f"{r['case'][:34]:34s}{cells}{g}{vs}{pk}")
+        got = r.get("vs_torch_range")
+        rg = (f"{f'{got[0]:.2f}-{got[1]:.2f}':>11s}" if got else f"{'-':>11s}") if ranges else ""
+        say(f"{r['case'][:34]:34s}{cells}{g}{vs}{rg}{pk}")
 
 
 def _chart(rows, path, how, impls=IMPLS, checks=None):
@@ -747,6 +887,26 @@ def _chart(rows, path, how, impls=IMPLS, checks=None):
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
+def _serve(impl, quick, dtype, rounds):
+    """`_Server`'s other end: read case names, one per line, and answer each with a JSON line
+    {"seconds": s or null}; end when the input ends."""
+    import torch
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    make = {"torch": _torch}[impl]  # the one baseline timed in turn with numbacnn
+    table = {name: (kind, params) for name, kind, params, _ in cases(quick)}
+    made = {}
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        name = line.rstrip("\n")
+        kind, params = table[name]
+        if name not in made:
+            made[name] = make(kind, params, dtype)
+        fn = made[name]
+        seconds = None if fn is None else _time_case(fn, kind, quick, 2 if rounds == 1 else 1)
+        print(json.dumps({"seconds": seconds}), flush=True)
+
+
 def _worker(argv):
     import argparse
 
@@ -754,13 +914,18 @@ def _worker(argv):
     ap.add_argument("--worker", choices=EXTERNAL, required=True)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--serve", action="store_true", help="time the cases named on stdin (torch only)")
+    ap.add_argument("--rounds", type=int, default=1)
     args = ap.parse_args(argv)
     if args.worker == "torch":
         try:
             import torch  # noqa: F401
         except ImportError:
             sys.exit("PyTorch is not installed (pip install torch==2.13.0, the CPU build)")
-    print(json.dumps(_time_all(args.worker, args.quick, np.dtype(args.dtype))))
+    if args.serve:
+        _serve(args.worker, args.quick, np.dtype(args.dtype), args.rounds)
+    else:
+        print(json.dumps(_time_all(args.worker, args.quick, np.dtype(args.dtype))))
 
 
 if __name__ == "__main__":

@@ -677,7 +677,9 @@ def cmd_bench(args):
     except OSError as e:
         raise ConfigError(f"--out {args.out!r} cannot be created: {e.strerror}") from None
     try:
-        bench_run(quick=args.quick, out=args.out, dtype=np.dtype(args.dtype), kernels=kernels)
+        bench_run(
+            quick=args.quick, out=args.out, dtype=np.dtype(args.dtype), kernels=kernels, rounds=args.rounds
+        )
     except BaseException:
         for folder in made:  # a run that wrote nothing leaves none of the folders it made
             if os.path.isdir(folder) and not os.listdir(folder):
@@ -1046,6 +1048,13 @@ def build_parser():
         "--out", type=_dir, default="bench", help="folder for bench.json and bench.png (default: bench)"
     )
     bn.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="(default: float32)")
+    bn.add_argument(
+        "--rounds",
+        type=_int_between(1, 100),
+        default=None,
+        help="rounds of numbacnn and PyTorch timed in turn, case by case; each figure is the median over "
+        "the rounds and 'range' their lowest and highest ratio (default: 3, with --quick 1)",
+    )
     bn.add_argument(
         "--kernel",
         action="append",

@@ -10,8 +10,10 @@ import pytest
 
 from numbacnn import functional as F
 from numbacnn.bench import (
+    _interleave,
     _model,
     _numbacnn,
+    _Server,
     _torch,
     _torch_model,
     cases,
@@ -48,6 +50,7 @@ def test_bench_quick_writes_the_table_json_and_chart(tmp_path, capsys):
     assert "machine peak (float32): " in out and " x 2 flops x " in out and "vs torch" in out
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["notes"] == {} and report["peak_gflops"] == pytest.approx(machine_peak()[0])
+    assert report["rounds"] == 1 and " range " not in out  # --quick: one round, no spread to show
     rows = {r["case"]: r for r in report["rows"]}
     assert list(rows) == [name for name, *_ in cases(quick=True)]
     conv = rows["LeNet C3 6->16 5x5 14x14 conv2d"]
@@ -73,6 +76,53 @@ def test_bench_quick_writes_the_table_json_and_chart(tmp_path, capsys):
         assert share is None or 0 <= share <= 1
     if cpu_times() is not None:
         assert "(steal, /proc/stat): numbacnn " in out
+
+
+def test_interleave_times_each_case_in_turn_and_takes_the_median():
+    """Case by case, round by round, the two implementations alternate who goes first; each
+    figure is the median over the rounds (the fastest for whole epochs), with the rounds'
+    lowest and highest ratio; a case either cannot run is None."""
+    calls = []
+    ours_t = {"a": [1.0, 2.0, 9.0], "e": [5.0, 4.0, 6.0], "n": [1.0, 1.0, 1.0]}
+    theirs_t = {"a": [2.0, 2.0, 2.0], "e": [8.0, 8.0, 9.0], "n": [None, None, None]}
+
+    def ours(name):
+        calls.append(("ours", name))
+        return ours_t[name][sum(1 for who, n in calls if who == "ours" and n == name) - 1]
+
+    def theirs(name):
+        calls.append(("theirs", name))
+        return theirs_t[name][sum(1 for who, n in calls if who == "theirs" and n == name) - 1]
+
+    mine, other, spread = _interleave(["a", "e", "n"], ours, theirs, 3, best={"e"})
+    assert calls[:6] == [("ours", "a"), ("theirs", "a"), ("theirs", "a"), ("ours", "a"), ("ours", "a"),
+                         ("theirs", "a")]  # fmt: skip
+    assert [n for _, n in calls] == ["a"] * 6 + ["e"] * 6 + ["n"] * 6  # one case at a time
+    assert mine == {"a": 2.0, "e": 4.0, "n": 1.0} and other == {"a": 2.0, "e": 8.0, "n": None}
+    assert spread["a"] == (pytest.approx(2 / 9), 2.0) and spread["e"] == (1.5, 2.0) and spread["n"] is None
+    for bad in (0, -1, True, 2.0):
+        with pytest.raises(ValueError, match=f"bench: rounds must be a whole number >= 1, got {bad!r}"):
+            run(quick=True, rounds=bad)
+
+
+def test_the_torch_server_times_cases_by_name_and_reports_why_it_stopped(tmp_path, monkeypatch):
+    """The PyTorch process that `run` times in turn with numbacnn: a case's seconds by name; a
+    process that cannot start (here PyTorch hidden) or dies is one line in `error`, and every
+    later request None."""
+    server = _Server("torch", True, np.float32, 1)
+    try:
+        assert server.error is None and server.time("avg pool 2x2 6x28x28") > 0
+        assert server.time("no such case") is None and "KeyError: 'no such case'" in server.error
+        assert server.time("avg pool 2x2 6x28x28") is None
+    finally:
+        server.close()
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('hidden for this test')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    hidden = _Server("torch", True, np.float32, 1)
+    assert hidden.error == "PyTorch is not installed (pip install torch==2.13.0, the CPU build)"
+    assert hidden.time("avg pool 2x2 6x28x28") is None
+    hidden.close()
 
 
 def test_steal_share_reads_proc_stat():
@@ -149,6 +199,11 @@ def test_bench_kernel_mistakes_are_one_line(tmp_path, capsys):
     ]:
         assert main(["bench", "--quick", "--out", str(tmp_path / "b"), "--kernel", spec]) == 2
         err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("numbacnn: error: ") and says in err[0], err
+    for rounds in ("0", "two", "101"):
+        assert main(["bench", "--quick", "--out", str(tmp_path / "b"), "--rounds", rounds]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        says = f"argument --rounds: expected an integer between 1 and 100, got '{rounds}'"
         assert len(err) == 1 and err[0].startswith("numbacnn: error: ") and says in err[0], err
     assert not (tmp_path / "b" / "bench.json").exists()
 
