@@ -403,17 +403,25 @@ OUTER_FORWARD_CASES = [  # N, C_in, C_out, H, W, kH, kW, stride, pad_top, pad_le
     (1, 3, 8, 20, 20, 4, 4, 1, 1, 1, 2, 2, 1),  # an even kernel, more padding bottom/right
     (2, 3, 9, 13, 21, 5, 3, 1, 2, 0, 1, 2, 1),  # kernel, padding different along the two axes
     (1, 1, 6, 70, 3, 1, 3, 1, 0, 1, 0, 1, 1),  # a 1 x 3 kernel on a tall thin plane
+    (3, 32, 17, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1),  # channel tiles by the rule: a channel past a vector
+    (5, 32, 40, 7, 13, 3, 3, 1, 1, 1, 1, 1, 1),  # runs of 8 and 5 along a row, an odd run per block
 ]
 
 
+@pytest.mark.parametrize("tiles", ["by the rule", "grid", "channels"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("N,C_in,C_out,H,W,kH,kW,stride,pt,pl,pb,pr,dil", OUTER_FORWARD_CASES, ids=str)
-def test_outer_forward_equals_naive(N, C_in, C_out, H, W, kH, kW, stride, pt, pl, pb, pr, dil, dtype):
-    """outer.py's forward (channel tiles x position vectors on the blocks' grid, the real
-    outputs copied out) equals the naive forward bit for bit: the same taps in the same order,
-    one fused multiply-add each.  Blocks of whole images and bands, shared and per-(ci, kh)
-    rows, channel edges, strides, dilation, asymmetric padding; the tasks' buffers are filled
-    with NaN first, so every element the tiles read was packed."""
+def test_outer_forward_equals_naive(N, C_in, C_out, H, W, kH, kW, stride, pt, pl, pb, pr, dil, dtype, tiles,
+                                    monkeypatch):  # fmt: skip
+    """outer.py's forward equals the naive forward bit for bit: the same taps in the same
+    order, one fused multiply-add each, with either tile (channels x position vectors on the
+    blocks' grid, the real outputs copied out; or runs of real positions x channel vectors,
+    written straight to y), as the rule picks or forced.  Blocks of whole images and bands,
+    shared and per-(ci, kh) rows, channel edges, runs cut by a row's end, strides, dilation,
+    asymmetric padding; the tasks' buffers are filled with NaN first, so every element the
+    tiles read was packed."""
+    if tiles != "by the rule":
+        monkeypatch.setattr(outer, "use_channel_tiles", lambda *args: tiles == "channels")
     rng = np.random.default_rng(7)
     x = rng.standard_normal((N, C_in, H, W)).astype(dtype)
     w = rng.standard_normal((C_out, C_in, kH, kW)).astype(dtype)
@@ -463,6 +471,25 @@ def test_outer_forward_dispatch_rule():
     assert not use((256, 512, 7, 7), (512, 512, 3, 3), (256, 512, 7, 7))  # buffers past MAX_PANEL
     # float64: the tile's POSITIONS are float32 lanes (6 x 64 doubles would spill)
     assert not outer.use_outer_forward((64, 16, 8, 8), (64, 16, 3, 3), (64, 64, 8, 8), *same, 1, 8)
+
+
+def test_channel_tiles_rule():
+    """The forward's channel tiles (runs of real outputs x channel vectors) where the grid's
+    tiles would do 1.25x their multiply-adds or more, with long reductions and a vector of
+    channels: ResNet's 8x8 and 16x16 layers; the 32x32 ones, LeNet and narrow layers keep the
+    grid."""
+
+    def use(N, C_in, C_out, H, k, pad):
+        H_out = H + 2 * pad - k + 1
+        y = (N, C_out, H_out, H_out)
+        plan = outer.forward_plan((N, C_in, H, H), (C_out, C_in, k, k), y, 1, 1, pad, pad, 1, 1)
+        return outer.use_channel_tiles(y, C_in * k * k, plan)
+
+    assert use(64, 64, 64, 8, 3, 1) and use(64, 32, 32, 16, 3, 1) and use(64, 32, 64, 8, 3, 1)
+    assert not use(64, 16, 16, 32, 3, 1)  # 144 taps: the tile's stores are not amortised
+    assert not use(32, 64, 64, 32, 3, 1)  # the grid wastes 10%
+    assert not use(64, 6, 16, 14, 5, 0) and not use(64, 1, 6, 32, 5, 0)  # LeNet's C3 and C1
+    assert not use(64, 64, 8, 8, 3, 1)  # fewer channels than a vector
 
 
 def test_outer_forward_and_gather_through_the_dispatch():

@@ -16,7 +16,8 @@ Read the strategies in this order:
                   forward of tiny planes with long reductions as dot products
     outer.py      outer products on blocks packed into cache: the weight gradient of ResNet-
                   and VGG-sized layers (vectorised over output channels) and the forward of
-                  stride-1 convs with 6 or more output channels (vectorised over positions)
+                  stride-1 convs with 6 or more output channels (vectorised over positions;
+                  over channels on small planes with many channels: use_channel_tiles)
 
 docs/kernels/conv_cpu.md explains the layout, the register blocking and the measurements.
 

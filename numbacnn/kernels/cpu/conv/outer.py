@@ -474,13 +474,143 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
     K = C_in * kH * kW
     plan = forward_plan(x.shape, w.shape, y.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     g, blk = plan.grid, plan.blocks
+    channel_tiles = use_channel_tiles(y.shape, K, plan)
+    Cp = -(-C_out // LANES) * LANES if channel_tiles else plan.Cp  # whole tiles of channels
     base = _tap_starts(C_in, kH, kW, g, dil_h, dil_w, plan.LB)  # base: (Kp,), the first K used
-    Wt = np.zeros((K, plan.Cp), y.dtype)  # Wt: (K, Cp) W^T, 0 in the channels past C_out
+    Wt = np.zeros((K, Cp), y.dtype)  # Wt: (K, Cp) W^T, 0 in the channels past C_out
     Wt[:, :C_out] = w.reshape(C_out, K).T
-    bias = np.zeros(plan.Cp, y.dtype)  # bias: (Cp,)
+    bias = np.zeros(Cp, y.dtype)  # bias: (Cp,)
     bias[:C_out] = b
     rows = C_in * g.kH_packed * g.kW_packed
     Xb = scratch("conv_outer_X", (plan.T, rows + 1, plan.LB), x.dtype)  # Xb: (T, rows + 1, LB)
+    if channel_tiles:
+        LQ = blk.m * blk.nq * -(-y.shape[3] // RUN) + 1  # runs per block, at most, and a spare
+        Qb = scratch("conv_outer_Q", (plan.T, 3, LQ), np.int64)  # Qb: (T, 3, LQ)
+        _forward_cv_blocks(x, Wt, bias, y, base, Xb, Qb, blk.m, blk.nq, blk.bands, blk.reach_rows,
+                           g.kH_packed, g.kW_packed, g.Hq, g.Wq, stride_h, stride_w, pad_top, pad_left,
+                           dil_h, dil_w)  # fmt: skip
+        return
     Yb = scratch("conv_outer_Y", (plan.T, plan.Cp, plan.LY), y.dtype)  # Yb: (T, Cp, LY)
     _forward_blocks(x, Wt, bias, y, base, Xb, Yb, blk.m, blk.nq, blk.bands, blk.reach_rows, g.kH_packed,
                     g.kW_packed, g.Hq, g.Wq, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)  # fmt: skip
+
+
+# ----------------------------------------------------------- forward, channels vectorised
+# The forward's tiles above run along the block's grid: on small planes much of it is not an
+# output (a "same" 3x3 conv on 8x8 computes 81 grid positions per image, and whole tiles of
+# 64 of them: 4 x 81 = 324 -> 384 per 4 images, 1.5x the 256 outputs).  Here the product is
+# turned round, as the weight gradient's tile is: a tile holds QPOS positions x LANES output
+# channels of sums, vectorised over the channels, and at each tap k it loads W^T[k, c0:c0+LANES]
+# (one vector) and the QPOS inputs X[k, q_j] (broadcast scalars, at any grid positions q_j):
+# only real outputs are computed.  The sums run over the taps in the naive order from b[co],
+# one fused multiply-add each, as `_forward_tile`'s: the same bits.
+RUN = 8  # positions per run along a grid row; a tile is two runs (2*RUN x LANES sums: 16 zmm)
+CV_SUMS = 2 * RUN * LANES  # the tile's stack array (a compile-time constant)
+MIN_K_CHANNEL_TILES = 288  # taps, at least: each tile's 16 x LANES scattered stores amortised
+MIN_CHANNEL_TILE_SAVING = 1.25  # the grid tiles' multiply-adds over these tiles', at least
+
+
+def use_channel_tiles(y_shape, K, plan):
+    """True when the forward into y: (N, C_out, H_out, W_out) with K = C_in*kH*kW taps, cut
+    by `plan` (forward_plan's), should take `_forward_cv_blocks`: at least LANES output
+    channels and MIN_K_CHANNEL_TILES taps, and the grid tiles would do at least
+    MIN_CHANNEL_TILE_SAVING times the multiply-adds (their positions past the outputs and
+    channels past C_out; these tiles' runs of RUN and channels past C_out counted too)."""
+    N, C_out, H_out, W_out = y_shape
+    if C_out < LANES or K < MIN_K_CHANNEL_TILES:
+        return False
+    blk = plan.blocks
+    grid = -(-N // blk.m) * blk.bands * plan.LY * plan.Cp
+    runs = N * H_out * -(-W_out // RUN) * RUN * -(-C_out // LANES) * LANES
+    return grid >= MIN_CHANNEL_TILE_SAVING * runs
+
+
+@njit(cache=True, fastmath=FMA)
+def _forward_cv_tile(y, Wt, bias, Xf, base, r0, r1, d0, d1, n0, n1, c0, C_out, plane):
+    """Two runs of RUN positions along grid rows, from grid positions r0 and r1 (outputs at
+    flat places d0 and d1 of y's channel 0; n0 and n1 <= RUN of each are real): y[d + i +
+    co*plane] = bias[co] + sum over the taps k, in order, of Wt[k, co] * Xf[base[k] + r + i],
+    for the LANES channels co from c0 (those below C_out are written)."""
+    # y: (N*C_out*plane,) y flat, plane = H_out*W_out   Wt: (K, Cp)   bias: (Cp,)
+    # Xf: ((rows+1)*LB,) X flat   base: (>= K,) tap k's start in Xf
+    prefer_vector_width(VECTOR_BITS)
+    s = stack_array(CV_SUMS, Wt.dtype)  # s: (2*RUN*LANES,) position j's sums at j*LANES
+    for j in range(2 * RUN):
+        for v in range(LANES):
+            s[j * LANES + v] = bias[c0 + v]
+    for k in range(Wt.shape[0]):
+        wk = Wt[k]  # wk: (Cp,) W^T at tap k
+        a, b = base[k] + r0, base[k] + r1
+        x0, x1, x2, x3 = Xf[uidx(a)], Xf[uidx(a + 1)], Xf[uidx(a + 2)], Xf[uidx(a + 3)]
+        x4, x5, x6, x7 = Xf[uidx(a + 4)], Xf[uidx(a + 5)], Xf[uidx(a + 6)], Xf[uidx(a + 7)]
+        x8, x9, x10, x11 = Xf[uidx(b)], Xf[uidx(b + 1)], Xf[uidx(b + 2)], Xf[uidx(b + 3)]
+        x12, x13, x14, x15 = Xf[uidx(b + 4)], Xf[uidx(b + 5)], Xf[uidx(b + 6)], Xf[uidx(b + 7)]
+        for v in range(LANES):
+            w = wk[uidx(c0 + v)]
+            s[v] += x0 * w
+            s[LANES + v] += x1 * w
+            s[2 * LANES + v] += x2 * w
+            s[3 * LANES + v] += x3 * w
+            s[4 * LANES + v] += x4 * w
+            s[5 * LANES + v] += x5 * w
+            s[6 * LANES + v] += x6 * w
+            s[7 * LANES + v] += x7 * w
+            s[8 * LANES + v] += x8 * w
+            s[9 * LANES + v] += x9 * w
+            s[10 * LANES + v] += x10 * w
+            s[11 * LANES + v] += x11 * w
+            s[12 * LANES + v] += x12 * w
+            s[13 * LANES + v] += x13 * w
+            s[14 * LANES + v] += x14 * w
+            s[15 * LANES + v] += x15 * w
+    nv = min(LANES, C_out - c0)
+    for i in range(n0):
+        for v in range(nv):
+            y[uidx(d0 + i + (c0 + v) * plane)] = s[i * LANES + v]
+    for i in range(n1):
+        for v in range(nv):
+            y[uidx(d1 + i + (c0 + v) * plane)] = s[(RUN + i) * LANES + v]
+
+
+@njit(cache=True, parallel=True)
+def _forward_cv_blocks(x, Wt, bias, y, base, Xb, Qb, m, nq, bands, reach_rows, kH_packed, kW_packed, Hq, Wq,
+                       stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):  # fmt: skip
+    """y = conv2d(x, w) + b as `_forward_blocks` cuts it (blocks of m images or bands of nq
+    grid rows, a run of blocks per task, X packed per block into the task's buffer), with the
+    (QPOS positions, LANES channels) tiles of `_forward_cv_tile` over the block's real outputs
+    only, written straight to y."""
+    # x: (N, C_in, H, W)   Wt: (K, Cp)   bias: (Cp,)   y: (N, C_out, H_out, W_out)   base: (>= K,)
+    # Xb: (T, rows + 1, LB)   Qb: (T, 3, LQ) the tasks' runs of outputs
+    N, C_out, H_out, W_out = y.shape
+    Cp = Wt.shape[1]
+    T, R1, LB = Xb.shape
+    plane = H_out * W_out
+    yf = y.reshape(N * C_out * plane)  # yf: (N*C_out*H_out*W_out,)
+    n_blocks = (N + m - 1) // m * bands
+    for t in prange(T):  # parallel over runs of blocks: owns their outputs
+        X = Xb[t]  # X: (rows + 1, LB)
+        Xf = X.reshape(R1 * LB)
+        runs = Qb[t]  # runs: (3, LQ) a run's grid position, place in y, real positions
+        for blk in range(t * n_blocks // T, (t + 1) * n_blocks // T):
+            n0 = blk // bands * m
+            n1 = min(N, n0 + m)
+            q0 = (blk - blk // bands * bands) * nq
+            q1 = min(Hq, q0 + nq)
+            qx = min(Hq, q1 + reach_rows)
+            _pack_block(x, X, R1 - 1, n0, n1, q0, q1, qx, kH_packed, kW_packed, Wq,
+                        stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)  # fmt: skip
+            L = 0  # the block's runs of real outputs: their grid positions, places in y, lengths
+            for j in range(n1 - n0):
+                for q in range(q0, min(q1, H_out)):
+                    for c in range(0, W_out, RUN):
+                        runs[0, L] = (j * (q1 - q0) + q - q0) * Wq + c
+                        runs[1, L] = (n0 + j) * C_out * plane + q * W_out + c
+                        runs[2, L] = min(RUN, W_out - c)
+                        L += 1
+            if L % 2 == 1:  # an odd run out: its pair computes it again and writes nothing
+                runs[0, L], runs[1, L], runs[2, L] = runs[0, L - 1], runs[1, L - 1], 0
+            for i in range(0, L, 2):  # the tile's X columns stay in L1 across the channel tiles
+                for c0 in range(0, Cp, LANES):
+                    _forward_cv_tile(yf, Wt, bias, Xf, base, runs[0, i], runs[0, i + 1], runs[1, i],
+                                     runs[1, i + 1], runs[2, i], runs[2, i + 1], c0, C_out,
+                                     plane)  # fmt: skip
