@@ -102,6 +102,17 @@ def _pack_dy_rows(dy, Dt, at, n, q0, q1, Wq):
 
 
 @njit(cache=True, inline="always")
+def _block(blk, N, m, nq, bands, Hq, reach_rows):
+    """Block blk's images n0 <= n < n1 and grid rows q0 <= q < q1 (m whole images, or band
+    blk % bands of nq rows of one image), and qx: X's rows end there (the block's rows and the
+    reach_rows below them that its shifted taps read)."""
+    n0 = blk // bands * m
+    q0 = (blk - blk // bands * bands) * nq
+    q1 = min(Hq, q0 + nq)
+    return n0, min(N, n0 + m), q0, q1, min(Hq, q1 + reach_rows)
+
+
+@njit(cache=True, inline="always")
 def _pack_block(x, X, rows, n0, n1, q0, q1, qx, kH_packed, kW_packed, Wq, stride_h, stride_w, pad_top,
                 pad_left, dil_h, dil_w):  # fmt: skip
     """X[r] = packed row r = (ci[, kh][, kw]) of X for the block (r < rows): the grid rows q0 <=
@@ -119,6 +130,32 @@ def _pack_block(x, X, rows, n0, n1, q0, q1, qx, kH_packed, kW_packed, Wq, stride
                          stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)  # fmt: skip
         for i in range((n1 - n0 - 1) * (q1 - q0) * Wq + (qx - q0) * Wq, LB):
             row[i] = 0.0  # past the block: its shifted taps read into it
+
+
+@njit(cache=True, inline="always")
+def _outer_16(s, row, c0, x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15):
+    """s[i*LANES + v] += x_i * row[c0 + v] for the 16 scalars x_i and the LANES elements v of
+    row from c0: one step of a 16 x LANES outer-product tile (both tiles below, inlined: their
+    fastmath=FMA fuses each multiply-add)."""
+    # s: (16*LANES,) the tile's sums   row: (>= c0 + LANES,)
+    for v in range(LANES):
+        r = row[uidx(c0 + v)]
+        s[v] += x0 * r
+        s[LANES + v] += x1 * r
+        s[2 * LANES + v] += x2 * r
+        s[3 * LANES + v] += x3 * r
+        s[4 * LANES + v] += x4 * r
+        s[5 * LANES + v] += x5 * r
+        s[6 * LANES + v] += x6 * r
+        s[7 * LANES + v] += x7 * r
+        s[8 * LANES + v] += x8 * r
+        s[9 * LANES + v] += x9 * r
+        s[10 * LANES + v] += x10 * r
+        s[11 * LANES + v] += x11 * r
+        s[12 * LANES + v] += x12 * r
+        s[13 * LANES + v] += x13 * r
+        s[14 * LANES + v] += x14 * r
+        s[15 * LANES + v] += x15 * r
 
 
 @njit(cache=True, fastmath=FMA)
@@ -141,24 +178,7 @@ def _outer_tile(part, k0, c0, Dt, Xf, base, p0, p1, first):
         x4, x5, x6, x7 = Xf[uidx(b4 + p)], Xf[uidx(b5 + p)], Xf[uidx(b6 + p)], Xf[uidx(b7 + p)]
         x8, x9, x10, x11 = Xf[uidx(b8 + p)], Xf[uidx(b9 + p)], Xf[uidx(b10 + p)], Xf[uidx(b11 + p)]
         x12, x13, x14, x15 = Xf[uidx(b12 + p)], Xf[uidx(b13 + p)], Xf[uidx(b14 + p)], Xf[uidx(b15 + p)]
-        for v in range(LANES):
-            dv = d[uidx(c0 + v)]
-            s[v] += x0 * dv
-            s[LANES + v] += x1 * dv
-            s[2 * LANES + v] += x2 * dv
-            s[3 * LANES + v] += x3 * dv
-            s[4 * LANES + v] += x4 * dv
-            s[5 * LANES + v] += x5 * dv
-            s[6 * LANES + v] += x6 * dv
-            s[7 * LANES + v] += x7 * dv
-            s[8 * LANES + v] += x8 * dv
-            s[9 * LANES + v] += x9 * dv
-            s[10 * LANES + v] += x10 * dv
-            s[11 * LANES + v] += x11 * dv
-            s[12 * LANES + v] += x12 * dv
-            s[13 * LANES + v] += x13 * dv
-            s[14 * LANES + v] += x14 * dv
-            s[15 * LANES + v] += x15 * dv
+        _outer_16(s, d, c0, x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15)
     for t in range(TAPS):
         for v in range(LANES):
             part[k0 + t, c0 + v] = s[t * LANES + v]
@@ -194,11 +214,7 @@ def _tiles(x, dy, out, base, Xb, Dtb, part, m, nq, bands, reach_rows, kH_packed,
             X[R1 - 1, i] = 0.0  # the zero row: the taps that round K up to whole tiles read it
         first = True
         for blk in range(sl * n_blocks // S, (sl + 1) * n_blocks // S):  # S <= n_blocks: never empty
-            n0 = blk // bands * m
-            n1 = min(N, n0 + m)
-            q0 = (blk - blk // bands * bands) * nq
-            q1 = min(Hq, q0 + nq)
-            qx = min(Hq, q1 + reach_rows)  # X's rows: the band and the rows its taps read below
+            n0, n1, q0, q1, qx = _block(blk, N, m, nq, bands, Hq, reach_rows)
             L = (n1 - n0) * (q1 - q0) * Wq  # positions in this block
             _pack_block(x, X, R1 - 1, n0, n1, q0, q1, qx, kH_packed, kW_packed, Wq,
                         stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)  # fmt: skip
@@ -442,11 +458,7 @@ def _forward_blocks(x, Wt, bias, y, base, Xb, Yb, m, nq, bands, reach_rows, kH_p
         X, Y = Xb[t], Yb[t]  # X: (rows + 1, LB)   Y: (Cp, LY)
         Xf = X.reshape(R1 * LB)
         for blk in range(t * n_blocks // T, (t + 1) * n_blocks // T):
-            n0 = blk // bands * m
-            n1 = min(N, n0 + m)
-            q0 = (blk - blk // bands * bands) * nq
-            q1 = min(Hq, q0 + nq)
-            qx = min(Hq, q1 + reach_rows)
+            n0, n1, q0, q1, qx = _block(blk, N, m, nq, bands, Hq, reach_rows)
             L = (n1 - n0) * (q1 - q0) * Wq  # positions in this block
             _pack_block(x, X, R1 - 1, n0, n1, q0, q1, qx, kH_packed, kW_packed, Wq,
                         stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)  # fmt: skip
@@ -545,24 +557,7 @@ def _forward_cv_tile(y, Wt, bias, Xf, base, r0, r1, d0, d1, n0, n1, c0, C_out, p
         x4, x5, x6, x7 = Xf[uidx(a + 4)], Xf[uidx(a + 5)], Xf[uidx(a + 6)], Xf[uidx(a + 7)]
         x8, x9, x10, x11 = Xf[uidx(b)], Xf[uidx(b + 1)], Xf[uidx(b + 2)], Xf[uidx(b + 3)]
         x12, x13, x14, x15 = Xf[uidx(b + 4)], Xf[uidx(b + 5)], Xf[uidx(b + 6)], Xf[uidx(b + 7)]
-        for v in range(LANES):
-            w = wk[uidx(c0 + v)]
-            s[v] += x0 * w
-            s[LANES + v] += x1 * w
-            s[2 * LANES + v] += x2 * w
-            s[3 * LANES + v] += x3 * w
-            s[4 * LANES + v] += x4 * w
-            s[5 * LANES + v] += x5 * w
-            s[6 * LANES + v] += x6 * w
-            s[7 * LANES + v] += x7 * w
-            s[8 * LANES + v] += x8 * w
-            s[9 * LANES + v] += x9 * w
-            s[10 * LANES + v] += x10 * w
-            s[11 * LANES + v] += x11 * w
-            s[12 * LANES + v] += x12 * w
-            s[13 * LANES + v] += x13 * w
-            s[14 * LANES + v] += x14 * w
-            s[15 * LANES + v] += x15 * w
+        _outer_16(s, wk, c0, x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15)
     nv = min(LANES, C_out - c0)
     for i in range(n0):
         for v in range(nv):
@@ -592,11 +587,7 @@ def _forward_cv_blocks(x, Wt, bias, y, base, Xb, Qb, m, nq, bands, reach_rows, k
         Xf = X.reshape(R1 * LB)
         runs = Qb[t]  # runs: (3, LQ) a run's grid position, place in y, real positions
         for blk in range(t * n_blocks // T, (t + 1) * n_blocks // T):
-            n0 = blk // bands * m
-            n1 = min(N, n0 + m)
-            q0 = (blk - blk // bands * bands) * nq
-            q1 = min(Hq, q0 + nq)
-            qx = min(Hq, q1 + reach_rows)
+            n0, n1, q0, q1, qx = _block(blk, N, m, nq, bands, Hq, reach_rows)
             _pack_block(x, X, R1 - 1, n0, n1, q0, q1, qx, kH_packed, kW_packed, Wq,
                         stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)  # fmt: skip
             L = 0  # the block's runs of real outputs: their grid positions, places in y, lengths
