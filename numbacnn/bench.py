@@ -36,6 +36,7 @@ with the reason, such as the first wrong element, below the table.
 """
 
 import json
+import numbers
 import os
 import subprocess
 import sys
@@ -612,7 +613,11 @@ class _Server:
         self._proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True
         )
-        self._answer()  # it is ready (PyTorch imported): nothing else runs while a case is timed
+        try:
+            self._answer()  # it is ready (PyTorch imported): nothing else runs while a case is timed
+        except BaseException:  # interrupted while it starts: it must not go on alone
+            self.close(kill=True)
+            raise
 
     def _answer(self):
         line = self._proc.stdout.readline()
@@ -635,8 +640,11 @@ class _Server:
         got = self._answer()
         return None if got is None else got["seconds"]
 
-    def close(self):
-        """End the process (it ends when its input closes; killed if it does not in 30 s)."""
+    def close(self, kill=False):
+        """End the process: it ends when its input closes (killed if it has not in 30 s), or at
+        once with `kill` (an interrupted run: not after the case it is timing)."""
+        if kill:
+            self._proc.kill()
         try:
             self._proc.stdin.close()
         except OSError:
@@ -689,8 +697,9 @@ def run(quick=False, out="bench", dtype=np.float32, say=print, kernels=(), round
     import numba
 
     rounds = (1 if quick else ROUNDS) if rounds is None else rounds
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+    if isinstance(rounds, bool) or not isinstance(rounds, numbers.Integral) or rounds < 1:
         raise ValueError(f"bench: rounds must be a whole number >= 1, got {rounds!r}")
+    rounds = int(rounds)  # a NumPy integer too (the JSON report takes Python's)
     labels = [label for label, _ in kernels]
     clash = [label for label in labels if label in RESERVED or labels.count(label) > 1]
     if clash:
@@ -733,8 +742,10 @@ def run(quick=False, out="bench", dtype=np.float32, say=print, kernels=(), round
         results["numbacnn"], results["torch"], spread = _interleave(
             list(table), metered("numbacnn", ours), metered("torch", server.time), rounds, epochs
         )
-    finally:
-        server.close()
+    except BaseException:  # an interrupt: the case PyTorch is timing is not waited for
+        server.close(kill=True)
+        raise
+    server.close()
     if server.error is not None:
         notes["torch"] = server.error
         results["torch"] = {}

@@ -100,7 +100,7 @@ def test_interleave_times_each_case_in_turn_and_takes_the_median():
     assert [n for _, n in calls] == ["a"] * 6 + ["e"] * 6 + ["n"] * 6  # one case at a time
     assert mine == {"a": 2.0, "e": 4.0, "n": 1.0} and other == {"a": 2.0, "e": 8.0, "n": None}
     assert spread["a"] == (pytest.approx(2 / 9), 2.0) and spread["e"] == (1.5, 2.0) and spread["n"] is None
-    for bad in (0, -1, True, 2.0):
+    for bad in (0, -1, True, 2.0, np.int64(0)):
         with pytest.raises(ValueError, match=f"bench: rounds must be a whole number >= 1, got {bad!r}"):
             run(quick=True, rounds=bad)
 
@@ -123,6 +123,29 @@ def test_the_torch_server_times_cases_by_name_and_reports_why_it_stopped(tmp_pat
     assert hidden.error == "PyTorch is not installed (pip install torch==2.13.0, the CPU build)"
     assert hidden.time("avg pool 2x2 6x28x28") is None
     hidden.close()
+
+
+def test_an_interrupted_start_ends_the_torch_process(monkeypatch):
+    """An interrupt while the PyTorch process starts (before it says it is ready) kills it:
+    it must not go on importing PyTorch on its own after the run has ended."""
+    import subprocess
+
+    import numbacnn.bench as bench
+
+    started, popen = [], subprocess.Popen
+
+    def spy(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench.subprocess, "Popen", spy)
+    monkeypatch.setattr(_Server, "_answer", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _Server("torch", True, np.float32, 1)
+    assert len(started) == 1 and started[0].poll() is not None  # ended, and waited for
 
 
 def test_steal_share_reads_proc_stat():

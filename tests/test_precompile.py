@@ -116,6 +116,7 @@ import numpy as np
 import numbacnn.functional as F
 from numbacnn.kernels.cpu import precompile
 
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a shell's `cmd &` ignores it)
 x = np.ones((2, 3, 8, 8), np.float32)
 nothing = precompile.compile_ahead(lambda: 1 / 0, workers=2)  # a step that fails at once: nothing to do
 

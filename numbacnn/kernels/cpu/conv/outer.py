@@ -1,7 +1,8 @@
 """Convolutions (groups 1) as outer products on blocks packed into cache: the weight gradient
 of ResNet- and VGG-sized layers, vectorised over output channels, and the forward (with it
 the gather input gradient) of stride-1 convs with at least 6 output channels, vectorised over
-positions (the forward's section below).
+positions (the forward's section below), or over output channels on small planes with many
+channels (its last section).
 
 Formula (as gemm.py's).  With positions p = (n, oh, ow) and taps k = (ci, kh, kw),
 
@@ -509,12 +510,15 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
 
 # ----------------------------------------------------------- forward, channels vectorised
 # The forward's tiles above run along the block's grid: on small planes much of it is not an
-# output (a "same" 3x3 conv on 8x8 computes 81 grid positions per image, and whole tiles of
-# 64 of them: 4 x 81 = 324 -> 384 per 4 images, 1.5x the 256 outputs).  Here the product is
-# turned round, as the weight gradient's tile is: a tile holds QPOS positions x LANES output
-# channels of sums, vectorised over the channels, and at each tap k it loads W^T[k, c0:c0+LANES]
-# (one vector) and the QPOS inputs X[k, q_j] (broadcast scalars, at any grid positions q_j):
-# only real outputs are computed.  The sums run over the taps in the naive order from b[co],
+# output (a "same" 3x3 conv on 8x8 at batch 64: blocks of 6 images, 6 x 81 = 486 grid
+# positions in whole tiles of 64 = 512 for 384 outputs, and 66 channels for 64: 1.375x the
+# multiply-adds).  Here the product is turned round, as the weight gradient's tile is: a tile
+# holds two runs of RUN real outputs along grid rows x LANES output channels of sums,
+# vectorised over the channels; at each tap k it loads W^T[k, c0:c0+LANES] (one vector) and
+# the 2*RUN inputs X[k, r + i] (broadcast scalars from two base addresses: 16 separate ones
+# would not stay in the 16 general registers, 1.4x slower per multiply-add).  A run ends at
+# its row's end, so only real outputs are computed (a run of fewer than RUN computes spare
+# positions it does not write).  The sums run over the taps in the naive order from b[co],
 # one fused multiply-add each, as `_forward_tile`'s: the same bits.
 RUN = 8  # positions per run along a grid row; a tile is two runs (2*RUN x LANES sums: 16 zmm)
 CV_SUMS = 2 * RUN * LANES  # the tile's stack array (a compile-time constant)
@@ -572,7 +576,7 @@ def _forward_cv_blocks(x, Wt, bias, y, base, Xb, Qb, m, nq, bands, reach_rows, k
                        stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):  # fmt: skip
     """y = conv2d(x, w) + b as `_forward_blocks` cuts it (blocks of m images or bands of nq
     grid rows, a run of blocks per task, X packed per block into the task's buffer), with the
-    (QPOS positions, LANES channels) tiles of `_forward_cv_tile` over the block's real outputs
+    (2 runs of RUN positions, LANES channels) tiles of `_forward_cv_tile` over the block's real outputs
     only, written straight to y."""
     # x: (N, C_in, H, W)   Wt: (K, Cp)   bias: (Cp,)   y: (N, C_out, H_out, W_out)   base: (>= K,)
     # Xb: (T, rows + 1, LB)   Qb: (T, 3, LQ) the tasks' runs of outputs
