@@ -418,8 +418,8 @@ def test_outer_forward_equals_naive(N, C_in, C_out, H, W, kH, kW, stride, pt, pl
     on the blocks' grid, the real outputs copied out; or runs of real positions x channel
     vectors, written straight to y; test_channel_tiles_rule checks which one the rule picks).
     Blocks of whole images and bands, shared and per-(ci, kh) rows, channel edges, runs cut by
-    a row's end, strides, dilation, asymmetric padding; the tasks' buffers are filled with NaN first, so every element the
-    tiles read was packed."""
+    a row's end, strides, dilation, asymmetric padding; the tasks' buffers are filled with NaN
+    first, so every element the tiles read was packed."""
     monkeypatch.setattr(outer, "use_channel_tiles", lambda *args: tiles == "channels")
     rng = np.random.default_rng(7)
     x = rng.standard_normal((N, C_in, H, W)).astype(dtype)
