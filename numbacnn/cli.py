@@ -40,6 +40,7 @@ import numpy as np
 
 from . import device, distributed
 from . import random as nrandom
+from ._interrupt import caused_by_ctrl_c
 from ._io import DirectoryInUse
 from .checkpoint import CheckpointError, load
 from .config import (
@@ -1148,7 +1149,9 @@ def _main(argv=None, who="", say=None, state=None, world=None):
     except OSError as e:  # the machine's, not the user's: a full disk, a lost mount (files stay whole)
         where = f": {e.filename}" if e.filename else ""
         return error(f"{e.strerror or e}{where}", 1)
-    except KeyboardInterrupt:
+    except BaseException as e:
+        if not caused_by_ctrl_c(e):  # a Ctrl-C (or SIGTERM) may come wrapped by the code it hit
+            raise
         # fit() already said where the last complete checkpoint is
         say("numbacnn: interrupted")
         return 130

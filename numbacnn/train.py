@@ -45,6 +45,7 @@ from . import distributed, kernels
 from . import functional as F
 from . import random as nrandom
 from ._checks import is_int
+from ._interrupt import caused_by_ctrl_c
 from ._io import atomic_write
 from .data.loader import DeviceLoader
 from .distributed import GradientExchange, World
@@ -512,7 +513,9 @@ def _fit(model, optimizer, train_loader, test_loader, epochs, out_dir, schedule,
     except TrainingDiverged as e:
         e.checkpoint = last_complete if last_complete and os.path.exists(last_complete) else None
         raise
-    except KeyboardInterrupt:
+    except BaseException as e:
+        if not caused_by_ctrl_c(e):  # a Ctrl-C (or SIGTERM) may come wrapped: see caused_by_ctrl_c
+            raise
         completed = saved_epoch
         if completed == epoch and last_complete is not None:  # between its checkpoint and its log line
             log(f"\ninterrupted after epoch {epoch} was saved to {last_complete} — continue with --resume")

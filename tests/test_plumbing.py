@@ -235,6 +235,28 @@ def test_two_real_runs_on_one_directory(tmp_path, capsys):
 
 
 @needs_mnist
+def test_a_ctrl_c_that_a_library_re_raised_still_stops_the_run_cleanly(tmp_path, capsys, monkeypatch):
+    """A Ctrl-C (or SIGTERM) that lands inside code which wraps it (Python 3.11 turns one
+    during a class's creation, as in matplotlib's first import while the first epoch's curves
+    are drawn, into RuntimeError "Error calling __set_name__") stops the run as Ctrl-C does:
+    exit 130, the checkpoint just saved named for --resume, no traceback."""
+    import numbacnn.train
+
+    def hit(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise RuntimeError("Error calling __set_name__ on '_deprecated_property' instance") from e
+
+    monkeypatch.setattr(numbacnn.train, "plot_curves", hit)
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--epochs", "2", *QUICK]) == 130
+    err = capsys.readouterr().err
+    assert err.endswith(f"{out / 'checkpoint.npz'} — continue with --resume\nnumbacnn: interrupted\n"), err
+    assert "Traceback" not in err and not (out / LOCK_NAME).exists()
+
+
+@needs_mnist
 def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
     """SIGTERM (kill, a batch system's time limit) mid-run: exit 130, the last complete
     checkpoint kept, loadable and named with the advice to --resume, the lock gone."""

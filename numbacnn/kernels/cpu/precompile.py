@@ -46,6 +46,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..._interrupt import caused_by_ctrl_c
+
 __all__ = ["compile_ahead", "kernel_calls", "default_workers", "Ahead"]
 
 MAX_WORKERS = 8  # each compiling process holds about 200 MB of LLVM state
@@ -332,7 +334,7 @@ def _work(kernels, counts, lock):
                 for sig in sigs:
                     d.compile(sig)
             except Exception as e:  # noqa: BLE001 - the real call compiles it again and raises there
-                if _caused_by_ctrl_c(e):  # Numba re-raised Ctrl-C as its own error
+                if caused_by_ctrl_c(e):  # Numba re-raised Ctrl-C as its own error
                     raise KeyboardInterrupt from e
                 continue
             finally:
@@ -343,16 +345,6 @@ def _work(kernels, counts, lock):
     finally:
         for d, cache in caches.values():
             d._cache = cache
-
-
-def _caused_by_ctrl_c(e):
-    seen = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, KeyboardInterrupt):
-            return True
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return False
 
 
 def _send(fd, obj):
