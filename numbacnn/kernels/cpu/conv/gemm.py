@@ -33,29 +33,20 @@ inputs (0 x inf is NaN), so an x holding a NaN or an inf goes to the plane kerne
 (`exact_for`; checking costs ~3% of the gradient).
 
 Loop nest:
-    for group in prange(G):          G = the threads (at most the tap tiles): a run of tap tiles
-        pack its X rows              X[(ci[, kh][, kw]), :] its taps view: (R, P_row), copies in
-                                     strided runs, zeros outside
-        pack its own copy of dY      dY[co, :]: (C_out, P_row)
-        for its 4-tap tiles, for each of S slices of P:
-            every 4 x 4 tile of (co, tap) over the slice (_tile_4x4, SIMD over p; edges by
-            _tile_1x4 and _dot)
-    the S partial sums of each dw element added in slice order
+    pack     parallel over the rows of both panels (copies in strided runs, zeros outside):
+               X[(ci[, kh][, kw]), :]                                      X: (rows, P_row)
+               dY[co, :]                                                   dY: (C_out, P_row)
+    tiles    parallel over (4 taps, one of S slices of P): every 4 x 4 tile of (co, tap) over
+             the slice (_tile_4x4, SIMD over p; edges by _tile_1x4 and _dot); then the S partial
+             sums of each dw element added in slice order
 
 Optimizations:
     * the batch is part of the reduction (long rows even for 8 x 8 planes);
     * 16 independent running sums per tile (register blocking; no partial sums in memory);
     * the panels are scratch (workspace.py), reused across calls: a fresh 38 MB np.empty
       page-faulted 3 ms a call at ResNet-20's first stage, as much as the packing;
-    * each thread reads only what it packed: a thread reading panels the other thread had just
-      written ran 2-3x slower on this VM for minutes at a time (LeNet's C3 0.88-1.10 ms against
-      0.44 on its own), so each group packs its taps' X rows and its own copy of dY (one more
-      dY per thread: in a quiet minute 6-17% slower than one shared pack on 2 threads, C1 0.31
-      -> 0.43 ms, C3 0.44 -> 0.47, 64->64 on 8x8 2.99 -> 3.18; in a slow one C3 0.88 -> 0.48,
-      8x8 4.65 -> 3.94; interleaved in one process);
-    * S slices of the reduction when there are few tap tiles (LeNet's C1: 7); S comes from the
-      shape (TASKS, MIN_SLICE), never from the thread count, and the groups split the work,
-      not the sums, so any number of threads gives the same bits;
+    * S slices of the reduction when there are few tap tiles (LeNet's C1: 7), so both threads
+      have work; S comes from the shape (TASKS, MIN_SLICE), never from the thread count;
     * fastmath=True on the reductions only, so LLVM may reassociate each running sum into
       SIMD lanes; the order is fixed by the compiled code and the shape, and every dw element
       is summed by one task per slice, so results are the same for any number of threads
@@ -65,7 +56,6 @@ Optimizations:
 import functools
 from typing import NamedTuple
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -156,6 +146,28 @@ def _pack_dy_row(dy, row, co, Wq, Hq):
             row[uidx(i)] = 0.0
     for i in range(N * plane, row.shape[0]):
         row[i] = 0.0
+
+
+@njit(cache=True, parallel=True)
+def _pack(x, dy, X, D, kH_packed, kW_packed, Hq, Wq, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
+    """Both panels in one parallel loop (one parallel kernel: less JIT), a row per task: X's
+    row r = (ci, kh, kw) of the kH_packed x kW_packed packed taps per input channel (kH x kW,
+    fewer where taps are shifted views of one row: see geometry), then D's rows."""
+    # x: (N, C_in, H, W)   dy: (N, C_out, H_out, W_out)   X: (rows, P_row)   D: (C_out, P_row)
+    R, C_out = X.shape[0], D.shape[0]
+    for r in prange(R + C_out):
+        if r < R:
+            ci = r // (kH_packed * kW_packed)
+            kh = (r // kW_packed) % kH_packed
+            kw = r % kW_packed
+            row = X[r]  # row: (P_row,) all the images' grids, then zeros (shifted views read them)
+            for n in range(x.shape[0]):
+                _pack_x_rows(x, row, n * Hq * Wq, n, 0, Hq, ci, kh, kw, Wq,
+                             stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)  # fmt: skip
+            for i in range(x.shape[0] * Hq * Wq, row.shape[0]):
+                row[i] = 0.0
+        else:
+            _pack_dy_row(dy, D[r - R], r - R, Wq, Hq)
 
 
 @njit(cache=True, fastmath=True)
@@ -254,75 +266,27 @@ def _tile_task(D, X, part, krow, kshift, k0, p0, p1):
 
 
 @njit(cache=True, parallel=True)
-def _groups(x, dy, out, krow, kshift, Xg, Dg, kl, P, S, kH_packed, kW_packed, Hq, Wq, stride_h, stride_w,
-            pad_top, pad_left, dil_h, dil_w):  # fmt: skip
-    """out[co, k] = D[co, :P] . X[k, :P], a task per group of G: group g takes a run of tap
-    tiles (4 taps each), packs the X rows those taps view and its own copy of D into its own
-    buffers, and computes every 4 x 4 tile of its taps against D's rows over each of the S
-    slices of P (its X rows stay in cache while D's pass); the S partial sums of each element
-    are then added in slice order.  Each element is summed by one task per slice, in an order
-    set by the shape alone (S), so the groups (and threads) do not change a bit."""
-    # x: (N, C_in, H, W)   dy: (N, C_out, H_out, W_out)   out: (C_out, K)   krow, kshift: (K,)
-    # Xg: (G, R, P_row) a group's X rows, from its first   Dg: (G, C_out, P_row)   kl: (G, K)
+def _tiles(D, X, out, krow, kshift, P, S):
+    """out[co, k] = D[co, :P] . X[k, :P]: a task per (4 rows of X, one of S slices of P) computes
+    the 4 x 4 tiles of its slice against every tile of D's rows (its X rows stay in cache while
+    they pass, so X is read from memory once); the S partial sums of each element are then added
+    in slice order (S is set by the shape alone, so results do not depend on the thread count)."""
+    # D: (C_out, P_row)   X: (rows, P_row)   out: (C_out, K)   krow, kshift: (K,) (see _tile_task)
     C_out, K = out.shape
-    G = Xg.shape[0]
-    N = x.shape[0]
     part = np.empty((S, C_out, K), out.dtype)  # part: (S, C_out, K) partial sums per slice
     chunk = (P + S - 1) // S
     n_kt = (K + 3) // 4
-    for g in prange(G):  # parallel over groups of tap tiles: each reads only what it packed
-        kt0, kt1 = g * n_kt // G, (g + 1) * n_kt // G
-        k0, k1 = kt0 * 4, min(K, kt1 * 4)
-        if k0 < k1:
-            X, D, kr = Xg[g], Dg[g], kl[g]  # X: (R, P_row)   D: (C_out, P_row)   kr: (K,)
-            r0, r1 = krow[k0], krow[k0]
-            for k in range(k0, k1):  # the X rows this group's taps view
-                r0, r1 = min(r0, krow[k]), max(r1, krow[k])
-            for k in range(k0, k1):
-                kr[k] = krow[k] - r0  # tap k's row in this group's buffer
-            for r in range(r0, r1 + 1):
-                ci = r // (kH_packed * kW_packed)
-                kh = (r // kW_packed) % kH_packed
-                kw = r % kW_packed
-                row = X[r - r0]  # row: (P_row,) all the images' grids, then zeros (shifted views read them)
-                for n in range(N):
-                    _pack_x_rows(x, row, n * Hq * Wq, n, 0, Hq, ci, kh, kw, Wq,
-                                 stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)  # fmt: skip
-                for i in range(N * Hq * Wq, row.shape[0]):
-                    row[i] = 0.0
-            for co in range(C_out):
-                _pack_dy_row(dy, D[co], co, Wq, Hq)
-            for kt in range(kt0, kt1):
-                for sl in range(S):
-                    p0 = min(P, sl * chunk)
-                    _tile_task(D, X, part[sl], kr, kshift, kt * 4, p0, min(P, p0 + chunk))
+    for t in prange(n_kt * S):
+        kt = t // S
+        sl = t - kt * S
+        p0 = min(P, sl * chunk)
+        _tile_task(D, X, part[sl], krow, kshift, kt * 4, p0, min(P, p0 + chunk))
     for co in range(C_out):
         for k in range(K):
             acc = part[0, co, k]
             for sl in range(1, S):
                 acc += part[sl, co, k]
             out[co, k] = acc
-
-
-def groups(K, krow, threads):
-    """(G, R): the groups of tap tiles `_groups` runs, one per thread (at most one per tile),
-    and the most X rows a group's taps view (its buffer's rows).  The groups split the work,
-    not the sums: any G gives the same bits."""
-    n_kt = (K + 3) // 4
-    G = max(1, min(threads, n_kt))
-    R = 1
-    for g in range(G):
-        k0, k1 = g * n_kt // G * 4, min(K, (g + 1) * n_kt // G * 4)
-        if k0 < k1:
-            R = max(R, int(krow[k0:k1].max() - krow[k0:k1].min()) + 1)
-    return G, R
-
-
-@functools.lru_cache(maxsize=256)
-def _groups_of(C_in, kH, kW, grid, dil_h, dil_w, threads):
-    """`groups` of a geometry, remembered (a small layer's whole gradient takes ~20 us)."""
-    krow, _ = _tap_rows(C_in, kH, kW, grid, dil_h, dil_w)
-    return groups(C_in * kH * kW, krow, threads)
 
 
 def slices(K, P):
@@ -422,13 +386,13 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
     g = geometry(dy.shape, dw.shape, x.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     K = C_in * kH * kW
     krow, kshift = _tap_rows(C_in, kH, kW, g, dil_h, dil_w)
-    G, R = _groups_of(C_in, kH, kW, g, dil_h, dil_w, numba.get_num_threads())
     # the panels are scratch (workspace.py): reused across calls, not fresh pages each time
-    Xg = scratch("conv_gemm_X", (G, R, g.P_row), x.dtype)  # Xg: (G, R, P_row) a group's X rows
-    Dg = scratch("conv_gemm_D", (G, C_out, g.P_row), dy.dtype)  # Dg: (G, C_out, P_row) a copy each
-    kl = scratch("conv_gemm_krow", (G, K), np.int64)  # kl: (G, K) tap k's row in its group's Xg
-    _groups(x, dy, dw.reshape(C_out, K), krow, kshift, Xg, Dg, kl, g.P, slices(K, g.P), g.kH_packed,
-            g.kW_packed, g.Hq, g.Wq, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)  # fmt: skip
+    X = scratch("conv_gemm_X", (C_in * g.kH_packed * g.kW_packed, g.P_row), x.dtype)  # X: (rows, P_row)
+    D = scratch("conv_gemm_D", (C_out, g.P_row), dy.dtype)  # D: (C_out, P_row)
+    _pack(
+        x, dy, X, D, g.kH_packed, g.kW_packed, g.Hq, g.Wq, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w
+    )
+    _tiles(D, X, dw.reshape(C_out, K), krow, kshift, g.P, slices(K, g.P))
 
 
 # --------------------------------------------------------------------------- forward
