@@ -504,13 +504,25 @@ def _seconds(fn):
     return time.perf_counter() - t0
 
 
-def _time_all(impl, quick, dtype):
-    """{case name: median seconds} for one implementation (None where it does not apply)."""
-    make = {"numbacnn": _numbacnn, "numpy im2col": _numpy, "scipy": _scipy, "torch": _torch}[impl]
+def _maker(impl):
+    """The function that makes one implementation's case (`_numbacnn`, `_numpy`, `_scipy`,
+    `_torch`); for PyTorch, its threads set to this process's cores first."""
     if impl == "torch":
         import torch
 
         torch.set_num_threads(len(os.sched_getaffinity(0)))
+    return {"numbacnn": _numbacnn, "numpy im2col": _numpy, "scipy": _scipy, "torch": _torch}[impl]
+
+
+def _epoch_tries(rounds):
+    """Whole epochs timed per round: the fastest of 2 in a single round, else 1 per round (the
+    fastest over the rounds is taken)."""
+    return 2 if rounds == 1 else 1
+
+
+def _time_all(impl, quick, dtype):
+    """{case name: median seconds} for one implementation (None where it does not apply)."""
+    make = _maker(impl)
     result = {}
     for name, kind, params, _ in cases(quick):
         if impl == "scipy" and kind == "conv2d" and not quick and params["C_in"] * params["C_out"] > 256:
@@ -733,7 +745,7 @@ def run(quick=False, out="bench", dtype=np.float32, say=print, kernels=(), round
         kind, params = table[name]
         if name not in made:
             made[name] = _numbacnn(kind, params, dtype)
-        return None if made[name] is None else _time_case(made[name], kind, quick, 2 if rounds == 1 else 1)
+        return None if made[name] is None else _time_case(made[name], kind, quick, _epoch_tries(rounds))
 
     notes, checks, results = {}, {}, {}
     server = _Server("torch", quick, dtype, rounds)
@@ -901,10 +913,7 @@ def _chart(rows, path, how, impls=IMPLS, checks=None):
 def _serve(impl, quick, dtype, rounds):
     """`_Server`'s other end: read case names, one per line, and answer each with a JSON line
     {"seconds": s or null}; end when the input ends."""
-    import torch
-
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
-    make = {"torch": _torch}[impl]  # the one baseline timed in turn with numbacnn
+    make = _maker(impl)
     table = {name: (kind, params) for name, kind, params, _ in cases(quick)}
     made = {}
     print(json.dumps({"ready": True}), flush=True)
@@ -914,7 +923,7 @@ def _serve(impl, quick, dtype, rounds):
         if name not in made:
             made[name] = make(kind, params, dtype)
         fn = made[name]
-        seconds = None if fn is None else _time_case(fn, kind, quick, 2 if rounds == 1 else 1)
+        seconds = None if fn is None else _time_case(fn, kind, quick, _epoch_tries(rounds))
         print(json.dumps({"seconds": seconds}), flush=True)
 
 
@@ -925,7 +934,7 @@ def _worker(argv):
     ap.add_argument("--worker", choices=EXTERNAL, required=True)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--serve", action="store_true", help="time the cases named on stdin (torch only)")
+    ap.add_argument("--serve", action="store_true", help="time the cases named on stdin, one per line")
     ap.add_argument("--rounds", type=int, default=1)
     args = ap.parse_args(argv)
     if args.worker == "torch":

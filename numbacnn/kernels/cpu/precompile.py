@@ -82,13 +82,6 @@ def default_workers():
     return max(1, min(cores, config.NUMBA_NUM_THREADS, MAX_WORKERS))
 
 
-def _dispatchers():
-    """Every CPU dispatcher in numbacnn's imported modules (the kernels and their helpers)."""
-    from .. import cpu_dispatchers
-
-    return cpu_dispatchers("numbacnn")
-
-
 def _resolve(module, qualname):
     """The dispatcher named (module, qualname) in this process, or None."""
     from numba.core.registry import CPUDispatcher
@@ -314,7 +307,9 @@ def _work(kernels, counts, lock):
     many this process compiled."""
     from numba.core.caching import NullCache
 
-    caches = {id(d): (d, d._cache) for d in _dispatchers()}
+    from .. import cpu_dispatchers
+
+    caches = {id(d): (d, d._cache) for d in cpu_dispatchers("numbacnn")}  # kernels and helpers
     off = NullCache()
     for d, _ in caches.values():
         d._cache = off
