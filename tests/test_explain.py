@@ -9,6 +9,7 @@ import io
 import os
 import re
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -57,6 +58,17 @@ def _softmax(z):
     return z / z.sum(axis=1, keepdims=True)
 
 
+def _wait_until(page, expression, timeout):
+    """Poll a JavaScript expression (or arrow function) from here until it is true, within
+    timeout ms. (Playwright's wait_for_function polls inside the page with `new Function`,
+    which the page's Content-Security-Policy forbids: a page that is not ready at the first
+    check then fails with an EvalError; page.evaluate is not bound by the page's policy.)"""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"not true within {timeout} ms: {expression}"
+        time.sleep(0.05)
+
+
 def _open(browser, path):
     """The page at file://path, fully drawn; with the console errors, page errors, failed
     requests and every request URL it made."""
@@ -67,7 +79,7 @@ def _open(browser, path):
     page.on("requestfailed", lambda r: seen["failed"].append(r.url))
     page.on("request", lambda r: seen["requests"].append(r.url))
     page.goto(path.as_uri())
-    page.wait_for_function("document.body.dataset.shown === '0'", timeout=30_000)
+    _wait_until(page, "document.body.dataset.shown === '0'", 30_000)
     return page, seen
 
 
@@ -105,7 +117,7 @@ def _check_page(page, seen, path, probabilities, labels, classes, nodes, screens
     for i in range(len(labels)):
         if i:
             thumbs.nth(i).click()
-            page.wait_for_function(f"document.body.dataset.shown === '{i}'", timeout=30_000)
+            _wait_until(page, f"document.body.dataset.shown === '{i}'", 30_000)
         shown = _shown(page)
         assert abs(sum(shown["probs"]) - 1) < 1e-6
         np.testing.assert_allclose(shown["probs"], probabilities[i], atol=1e-6)
@@ -115,7 +127,7 @@ def _check_page(page, seen, path, probabilities, labels, classes, nodes, screens
             after = _pixels(page, first_map)
             assert after.shape == before.shape and (after != before).any(), "the maps did not change"
     page.keyboard.press("ArrowLeft")  # the arrow keys step through the images too
-    page.wait_for_function(f"document.body.dataset.shown === '{len(labels) - 2}'", timeout=30_000)
+    _wait_until(page, f"document.body.dataset.shown === '{len(labels) - 2}'", 30_000)
     assert page.locator(f'.thumb[data-image="{len(labels) - 2}"]').get_attribute("aria-pressed") == "true"
     page.screenshot(path=str(screenshot))
     print(f"screenshot: {screenshot}")
@@ -147,7 +159,8 @@ def test_lenet5_page_in_chromium(mnist_run, browser, tmp_path, capsys):
     assert page.locator("canvas[data-filters]").count() == 2  # conv1 and conv2
     assert "conv3 (120×1×1)" in page.locator("#maps-note").text_content()
     page.locator('#graph [data-graph-node="pool2"]').click()  # a node's box links to its maps
-    page.wait_for_function(
+    _wait_until(
+        page,
         "() => { const box = document.querySelector('[data-node-card=\"pool2\"]').getBoundingClientRect();"
         " return box.top > 90 && box.bottom <= innerHeight; }",  # in view, below the sticky thumbnails
         timeout=10_000,
