@@ -404,7 +404,7 @@ OUTER_FORWARD_CASES = [  # N, C_in, C_out, H, W, kH, kW, stride, pad_top, pad_le
     (2, 3, 9, 13, 21, 5, 3, 1, 2, 0, 1, 2, 1),  # kernel, padding different along the two axes
     (1, 1, 6, 70, 3, 1, 3, 1, 0, 1, 0, 1, 1),  # a 1 x 3 kernel on a tall thin plane
     (3, 32, 17, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1),  # channel tiles by the rule: a channel past a vector
-    (5, 32, 40, 7, 13, 3, 3, 1, 1, 1, 1, 1, 1),  # runs of 8 and 5 along a row, an odd run per block
+    (5, 32, 40, 7, 13, 3, 3, 1, 1, 1, 1, 1, 1),  # runs of 8 and 5 along a row, a channel tile and 8
 ]
 
 

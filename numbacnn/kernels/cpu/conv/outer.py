@@ -544,7 +544,7 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
     plan = forward_plan(x.shape, w.shape, y.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     g, blk = plan.grid, plan.blocks
     channel_tiles = use_channel_tiles(y.shape, K, plan)
-    Cp = -(-C_out // LANES) * LANES if channel_tiles else plan.Cp  # whole tiles of channels
+    Cp = -(-C_out // CV_CHANNELS) * CV_CHANNELS if channel_tiles else plan.Cp  # whole tiles of channels
     base = _tap_starts(C_in, kH, kW, g, dil_h, dil_w, plan.LB)  # base: (Kp,), the first K used
     Wt = np.zeros((K, Cp), y.dtype)  # Wt: (K, Cp) W^T, 0 in the channels past C_out
     Wt[:, :C_out] = w.reshape(C_out, K).T
@@ -553,9 +553,10 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
     rows = C_in * g.kH_packed * g.kW_packed
     Xb = scratch("conv_outer_X", (plan.T, rows + 1, plan.LB), x.dtype)  # Xb: (T, rows + 1, LB)
     if channel_tiles:
-        LQ = blk.m * blk.nq * -(-y.shape[3] // RUN) + 1  # runs per block, at most, and a spare
+        LQ = blk.m * blk.nq * -(-y.shape[3] // RUN) + 1  # runs per block, at most (and a spare)
         Qb = scratch("conv_outer_Q", (plan.T, 3, LQ), np.int64)  # Qb: (T, 3, LQ)
-        _forward_cv_blocks(x, Wt, bias, y, base, Xb, Qb, blk.m, blk.nq, blk.bands, blk.reach_rows,
+        Wc = np.ascontiguousarray(Wt.reshape(K, Cp // CV_CHANNELS, CV_CHANNELS).transpose(1, 0, 2))
+        _forward_cv_blocks(x, Wc, bias, y, base, Xb, Qb, blk.m, blk.nq, blk.bands, blk.reach_rows,
                            g.kH_packed, g.kW_packed, g.Hq, g.Wq, stride_h, stride_w, pad_top, pad_left,
                            dil_h, dil_w)  # fmt: skip
         return
@@ -572,16 +573,21 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
 # output (a "same" 3x3 conv on 8x8 at batch 64: blocks of 6 images, 6 x 81 = 486 grid
 # positions in whole tiles of 64 = 512 for 384 outputs, and 66 channels for 64: 1.375x the
 # multiply-adds).  Here the product is turned round, as the weight gradient's tile is: a tile
-# holds two runs of RUN real outputs along grid rows x LANES output channels of sums,
-# vectorised over the channels; at each tap k it loads W^T[k, c0:c0+LANES] (one vector) and
-# the 2*RUN inputs X[k, r + i] (broadcast scalars from two base addresses: 16 separate ones
-# would not stay in the 16 general registers, 1.4x slower per multiply-add).  A run ends at
-# its row's end, so only real outputs are computed (a run of fewer than RUN computes spare
+# holds a run of RUN real outputs along a grid row x CV_CHANNELS (two vectors of) output
+# channels of sums, vectorised over the channels; at each tap k it loads W^T[k, c0:c0+32]
+# (two vectors, from Wc: a tile's weights adjacent) and the RUN inputs X[k, r + i] (broadcast
+# scalars from one base address), 16 fused multiply-adds for 11 loads.  A run ends at its
+# row's end, so only real outputs are computed (a run of fewer than RUN computes spare
 # positions it does not write).  The sums run over the taps in the naive order from b[co],
-# one fused multiply-add each, as `_forward_tile`'s: the same bits.
-RUN = 8  # positions per run along a grid row; a tile is two runs (2*RUN x LANES sums: 16 zmm)
-CV_SUMS = 2 * RUN * LANES  # the tile's stack array (a compile-time constant)
-MIN_K_CHANNEL_TILES = 288  # taps, at least: each tile's 16 x LANES scattered stores amortised
+# one fused multiply-add each, as `_forward_tile`'s: the same bits.  The tile had been two
+# runs x one vector of channels (18 loads for its 16 multiply-adds, each input broadcast
+# from memory for one use); interleaved in one process, 2 threads, Xeon VM (ms): 32->32 on
+# 16x16 1.61 -> 1.39, 64->64 on 8x8 1.48 -> 1.41 (the grid tiles: 1.52 and 1.70).  (16
+# separate input addresses would not stay in the 16 general registers: 1.4x slower.)
+RUN = 8  # positions per run along a grid row, a tile's (RUN x 2 vectors of sums: 16 zmm)
+CV_CHANNELS = 2 * LANES  # output channels per tile (two vectors)
+CV_SUMS = RUN * CV_CHANNELS  # the tile's stack array (a compile-time constant)
+MIN_K_CHANNEL_TILES = 288  # taps, at least: each tile's RUN x 32 scattered stores amortised
 MIN_CHANNEL_TILE_SAVING = 1.25  # the grid tiles' multiply-adds over these tiles', at least
 
 
@@ -596,51 +602,65 @@ def use_channel_tiles(y_shape, K, plan):
         return False
     blk = plan.blocks
     grid = -(-N // blk.m) * blk.bands * plan.LY * plan.Cp
-    runs = N * H_out * -(-W_out // RUN) * RUN * -(-C_out // LANES) * LANES
+    runs = N * H_out * -(-W_out // RUN) * RUN * -(-C_out // CV_CHANNELS) * CV_CHANNELS
     return grid >= MIN_CHANNEL_TILE_SAVING * runs
 
 
 @njit(cache=True, fastmath=FMA)
-def _forward_cv_tile(y, Wt, bias, Xf, base, r0, r1, d0, d1, n0, n1, c0, C_out, plane):
-    """Two runs of RUN positions along grid rows, from grid positions r0 and r1 (outputs at
-    flat places d0 and d1 of y's channel 0; n0 and n1 <= RUN of each are real): y[d + i +
-    co*plane] = bias[co] + sum over the taps k, in order, of Wt[k, co] * Xf[base[k] + r + i],
-    for the LANES channels co from c0 (those below C_out are written)."""
-    # y: (N*C_out*plane,) y flat, plane = H_out*W_out   Wt: (K, Cp)   bias: (Cp,)
-    # Xf: ((rows+1)*LB,) X flat   base: (>= K,) tap k's start in Xf
+def _forward_cv_tile(y, Wc, bias, Xf, base, r0, d0, n0, c0, C_out, plane):
+    """One run of RUN positions along a grid row from grid position r0 (outputs at flat place
+    d0 of y's channel 0; n0 <= RUN of them real) x CV_CHANNELS channels from c0: y[d0 + i +
+    co*plane] = bias[co] + sum over the taps k, in order, of W^T[k, co] * Xf[base[k] + r0 + i]
+    (those co below C_out are written)."""
+    # y: (N*C_out*plane,) y flat, plane = H_out*W_out   Wc: (Cp // CV_CHANNELS, K, CV_CHANNELS)
+    # bias: (Cp,)   Xf: ((rows+1)*LB,) X flat   base: (>= K,) tap k's start in Xf
     prefer_vector_width(VECTOR_BITS)
-    s = stack_array(CV_SUMS, Wt.dtype)  # s: (2*RUN*LANES,) position j's sums at j*LANES
-    for j in range(2 * RUN):
-        for v in range(LANES):
-            s[j * LANES + v] = bias[c0 + v]
-    for k in range(Wt.shape[0]):
-        wk = Wt[k]  # wk: (Cp,) W^T at tap k
-        a, b = base[k] + r0, base[k] + r1
+    s = stack_array(CV_SUMS, Wc.dtype)  # s: (RUN*CV_CHANNELS,) position i's sums at i*CV_CHANNELS
+    C2 = CV_CHANNELS
+    for v in range(C2):
+        bv = bias[c0 + v]
+        s[v] = bv
+        s[C2 + v] = bv
+        s[2 * C2 + v] = bv
+        s[3 * C2 + v] = bv
+        s[4 * C2 + v] = bv
+        s[5 * C2 + v] = bv
+        s[6 * C2 + v] = bv
+        s[7 * C2 + v] = bv
+    W = Wc[c0 // C2]  # W: (K, CV_CHANNELS) this tile's weights, a tap's channels in a row
+    for k in range(W.shape[0]):
+        wk = W[k]  # wk: (CV_CHANNELS,) W^T at tap k, this tile's channels
+        a = base[k] + r0
         x0, x1, x2, x3 = Xf[uidx(a)], Xf[uidx(a + 1)], Xf[uidx(a + 2)], Xf[uidx(a + 3)]
         x4, x5, x6, x7 = Xf[uidx(a + 4)], Xf[uidx(a + 5)], Xf[uidx(a + 6)], Xf[uidx(a + 7)]
-        x8, x9, x10, x11 = Xf[uidx(b)], Xf[uidx(b + 1)], Xf[uidx(b + 2)], Xf[uidx(b + 3)]
-        x12, x13, x14, x15 = Xf[uidx(b + 4)], Xf[uidx(b + 5)], Xf[uidx(b + 6)], Xf[uidx(b + 7)]
-        _outer_16(s, wk, c0, x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15)
-    nv = min(LANES, C_out - c0)
+        for v in range(C2):
+            w = wk[uidx(v)]
+            s[v] += x0 * w
+            s[C2 + v] += x1 * w
+            s[2 * C2 + v] += x2 * w
+            s[3 * C2 + v] += x3 * w
+            s[4 * C2 + v] += x4 * w
+            s[5 * C2 + v] += x5 * w
+            s[6 * C2 + v] += x6 * w
+            s[7 * C2 + v] += x7 * w
+    nv = min(C2, C_out - c0)
     for i in range(n0):
         for v in range(nv):
-            y[uidx(d0 + i + (c0 + v) * plane)] = s[i * LANES + v]
-    for i in range(n1):
-        for v in range(nv):
-            y[uidx(d1 + i + (c0 + v) * plane)] = s[(RUN + i) * LANES + v]
+            y[uidx(d0 + i + (c0 + v) * plane)] = s[i * C2 + v]
 
 
 @njit(cache=True, parallel=True)
-def _forward_cv_blocks(x, Wt, bias, y, base, Xb, Qb, m, nq, bands, reach_rows, kH_packed, kW_packed, Hq, Wq,
+def _forward_cv_blocks(x, Wc, bias, y, base, Xb, Qb, m, nq, bands, reach_rows, kH_packed, kW_packed, Hq, Wq,
                        stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):  # fmt: skip
     """y = conv2d(x, w) + b as `_forward_blocks` cuts it (blocks of m images or bands of nq
     grid rows, a run of blocks per task, X packed per block into the task's buffer), with the
-    (2 runs of RUN positions, LANES channels) tiles of `_forward_cv_tile` over the block's real outputs
-    only, written straight to y."""
-    # x: (N, C_in, H, W)   Wt: (K, Cp)   bias: (Cp,)   y: (N, C_out, H_out, W_out)   base: (>= K,)
+    (a run of RUN positions, CV_CHANNELS channels) tiles of `_forward_cv_tile` over the block's
+    real outputs only, written straight to y."""
+    # x: (N, C_in, H, W)   Wc: (Cp // CV_CHANNELS, K, CV_CHANNELS) W^T per channel tile   bias: (Cp,)
+    # y: (N, C_out, H_out, W_out)   base: (>= K,)
     # Xb: (T, rows + 1, LB)   Qb: (T, 3, LQ) the tasks' runs of outputs
     N, C_out, H_out, W_out = y.shape
-    Cp = Wt.shape[1]
+    Cp = Wc.shape[0] * CV_CHANNELS
     T, R1, LB = Xb.shape
     plane = H_out * W_out
     yf = y.reshape(N * C_out * plane)  # yf: (N*C_out*H_out*W_out,)
@@ -661,10 +681,8 @@ def _forward_cv_blocks(x, Wt, bias, y, base, Xb, Qb, m, nq, bands, reach_rows, k
                         runs[1, L] = (n0 + j) * C_out * plane + q * W_out + c
                         runs[2, L] = min(RUN, W_out - c)
                         L += 1
-            if L % 2 == 1:  # an odd run out: its pair computes it again and writes nothing
-                runs[0, L], runs[1, L], runs[2, L] = runs[0, L - 1], runs[1, L - 1], 0
-            for i in range(0, L, 2):  # the tile's X columns stay in L1 across the channel tiles
-                for c0 in range(0, Cp, LANES):
-                    _forward_cv_tile(yf, Wt, bias, Xf, base, runs[0, i], runs[0, i + 1], runs[1, i],
-                                     runs[1, i + 1], runs[2, i], runs[2, i + 1], c0, C_out,
-                                     plane)  # fmt: skip
+            for i in range(L):  # the run's X columns stay in L1 across the channel tiles
+                for c0 in range(0, Cp, CV_CHANNELS):
+                    _forward_cv_tile(
+                        yf, Wc, bias, Xf, base, runs[0, i], runs[1, i], runs[2, i], c0, C_out, plane
+                    )
