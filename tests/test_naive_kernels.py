@@ -289,7 +289,7 @@ def test_gemm_weight_gradient_is_the_same_for_any_thread_count():
 OUTER_CASES = [  # N, C_in, C_out, H, W, k, stride, pad, dil
     (3, 3, 16, 16, 16, 3, 1, 1, 1),  # one vector of channels; 16x16: 4 images a block (3 here)
     (5, 4, 17, 18, 18, 3, 1, 1, 1),  # a channel past a vector; K = 36: taps of zeros to 48
-    (2, 2, 40, 40, 52, 3, 1, 1, 1),  # 3 vectors (channel groups); 41 x 53 grid: bands of rows
+    (2, 2, 40, 40, 52, 3, 1, 1, 1),  # 3 vectors: a 2-vector tile and a 1-vector one; 41 x 53 grid: bands
     (2, 3, 16, 50, 47, 5, 1, 2, 2),  # dilation 2, bands; a row per (ci, kh): one row of reach
     (3, 5, 16, 34, 33, 3, 2, 1, 1),  # stride 2: a row per tap
     (4, 6, 32, 32, 32, 1, 2, 0, 1),  # 1x1 stride 2
