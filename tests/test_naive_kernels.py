@@ -519,7 +519,8 @@ def test_scratch_blocks_are_reused_grown_and_released():
     b = workspace.scratch("t", (2, 3), np.float64)  # smaller: the same memory again
     assert b.shape == (2, 3) and b.dtype == np.float64 and np.shares_memory(a, b)
     c = workspace.scratch("t", (100,), np.float32)  # larger: a new block
-    assert not np.shares_memory(a, c) and workspace.held_bytes() == 400
+    assert not np.shares_memory(a, c) and workspace.held_bytes() == 400 + workspace.ALIGN
+    assert all(v.ctypes.data % workspace.ALIGN == 0 for v in (a, b, c))  # on a cache line
     assert workspace.scratch("t", (0, 5), np.float32).shape == (0, 5)
     workspace.release()
     assert workspace.held_bytes() == 0

@@ -54,17 +54,25 @@ def _pool():
     return pool
 
 
+ALIGN = 64  # bytes: a scratch array starts on a cache line (NumPy's own blocks: 16 bytes)
+
+
 def scratch(name, shape, dtype):
     """An uninitialised C-contiguous array of `shape` and `dtype` (the block kept under
-    `name` in this thread, grown if it is too small)."""
+    `name` in this thread, grown if it is too small), starting on an ALIGN-byte boundary: a
+    kernel's vector loads along a row of whole vectors then never straddle two cache lines
+    (the weight gradients' dY^T rows: 32->32 on 16x16 1.37 -> 1.27 ms, 16->16 on 32x32 1.66
+    -> 1.59, interleaved in one process)."""
     dtype = np.dtype(dtype)
     need = _nbytes((shape, dtype))
     pool = _pool()
-    block = pool.get(name)
-    if block is None or block.nbytes < need:
+    held = pool.get(name)
+    if held is None or held[0].nbytes - ALIGN < need:
         pool.pop(name, None)  # free the old block before the larger one is allocated
-        block = pool[name] = np.empty(max(need, 1), np.uint8)
-    return block[:need].view(dtype).reshape(shape)
+        block = np.empty(max(need, 1) + ALIGN, np.uint8)
+        held = pool[name] = (block, -block.ctypes.data % ALIGN)
+    block, start = held
+    return block[start : start + need].view(dtype).reshape(shape)
 
 
 def release():
@@ -73,8 +81,8 @@ def release():
 
 
 def held_bytes():
-    """Bytes of scratch this thread keeps."""
-    return sum(block.nbytes for block in _pool().values())
+    """Bytes of scratch this thread keeps (each block ALIGN bytes more than it can hand out)."""
+    return sum(block.nbytes for block, _ in _pool().values())
 
 
 # ------------------------------------------------------------------------------ outputs

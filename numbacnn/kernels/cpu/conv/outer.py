@@ -617,7 +617,8 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
     if channel_tiles:
         LQ = blk.m * blk.nq * -(-y.shape[3] // RUN) + 1  # runs per block, at most (and a spare)
         Qb = scratch("conv_outer_Q", (plan.T, 3, LQ), np.int64)  # Qb: (T, 3, LQ)
-        Wc = np.ascontiguousarray(Wt.reshape(K, Cp // CV_CHANNELS, CV_CHANNELS).transpose(1, 0, 2))
+        Wc = scratch("conv_outer_W", (Cp // CV_CHANNELS, K, CV_CHANNELS), y.dtype)  # on a cache line
+        Wc[...] = Wt.reshape(K, Cp // CV_CHANNELS, CV_CHANNELS).transpose(1, 0, 2)
         _forward_cv_blocks(x, Wc, bias, y, base, Xb, Qb, blk.m, blk.nq, blk.bands, blk.reach_rows,
                            g.kH_packed, g.kW_packed, g.Hq, g.Wq, stride_h, stride_w, pad_top, pad_left,
                            dil_h, dil_w)  # fmt: skip
@@ -625,7 +626,8 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
     Yb = scratch(
         "conv_outer_Y", (plan.T, plan.LY // POSITIONS, plan.Cp, POSITIONS), y.dtype
     )  # (T, LY // P, Cp, P)
-    Wp = np.ascontiguousarray(Wt.reshape(K, Cp // CH, CH).transpose(1, 0, 2))  # Wp: (Cp // CH, K, CH)
+    Wp = scratch("conv_outer_W", (Cp // CH, K, CH), y.dtype)  # Wp: (Cp // CH, K, CH)
+    Wp[...] = Wt.reshape(K, Cp // CH, CH).transpose(1, 0, 2)
     _forward_blocks(x, Wp, bias, y, base, Xb, Yb, blk.m, blk.nq, blk.bands, blk.reach_rows, g.kH_packed,
                     g.kW_packed, g.Hq, g.Wq, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)  # fmt: skip
 
