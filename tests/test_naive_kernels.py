@@ -438,11 +438,13 @@ def test_outer_forward_equals_naive(N, C_in, C_out, H, W, kH, kW, stride, pt, pl
 
 def test_outer_forward_plan():
     """Rows shared between kernel rows unless that adds more than an eighth to the output
-    rows; blocks of whole images or bands; tiles whole; tasks at most TASKS_FORWARD."""
+    rows; blocks of whole images or bands, at least TASKS_FORWARD of them where the images
+    allow; tiles whole; tasks at most TASKS_FORWARD."""
     p = outer.forward_plan((64, 64, 8, 8), (64, 64, 3, 3), (64, 64, 8, 8), 1, 1, 1, 1, 1, 1)
     assert (p.grid.kH_packed, p.grid.Hq, p.grid.Wq) == (1, 9, 9)  # ResNet 8x8: one row per ci
     assert p.LY % outer.POSITIONS == 0 and p.LY >= p.blocks.m * p.blocks.nq * 9 and p.Cp == 66
     assert p.T == min(outer.TASKS_FORWARD, -(-64 // p.blocks.m))  # a task per block, at most 16
+    assert p.blocks.m == 4 and p.T == outer.TASKS_FORWARD  # 16 blocks of 4 images: 11 of 6 shared badly
     p = outer.forward_plan((64, 6, 14, 14), (16, 6, 5, 5), (64, 16, 10, 10), 1, 1, 0, 0, 1, 1)
     assert (p.grid.kH_packed, p.grid.Hq, p.grid.Wq) == (5, 10, 14)  # C3: 14 rows for 10 would waste
     p = outer.forward_plan((64, 16, 10, 10), (6, 16, 5, 5), (64, 6, 14, 14), 1, 1, 4, 4, 1, 1)
