@@ -731,8 +731,9 @@ def test_register_tile_uses_the_widest_vectors():
 )
 def test_weight_gradient_with_a_non_finite_input_matches_naive(N, C_in, C_out, H, k, pad, value):
     """A NaN or inf in x reaches only the weights whose sums read it, as in the naive kernel
-    and PyTorch: the shifted-row GEMM (whose extra columns multiply real inputs by 0) is not
-    used for such an x (found by a cold review: a NaN at the right edge made dw[..., 0] NaN)."""
+    and PyTorch: the shifted-row GEMM's extra columns multiply real inputs by 0, so a dw it
+    leaves with a NaN or an inf is computed again by the plane kernels (found by a cold
+    review: a NaN at the right edge made dw[..., 0] NaN)."""
     rng = np.random.default_rng(6)
     x = rng.standard_normal((N, C_in, H, H))
     x[0, 0, H // 2, H - 1] = value  # the right edge: tap kw = 0 of an unpadded conv never reads it
@@ -742,9 +743,13 @@ def test_weight_gradient_with_a_non_finite_input_matches_naive(N, C_in, C_out, H
     dw0 = np.empty_like(w)
     naive.conv2d_backward_weight(dy, x, dw0, 1, 1, pad, pad, 1, 1, 1)
     grid = gemm.geometry(dy.shape, w.shape, x.shape, 1, 1, pad, pad, 1, 1)
-    assert not gemm.exact_for(x, w.shape, grid)
+    shared = np.empty_like(w)
+    gemm.conv2d_backward_weight(dy, x, shared, 1, 1, pad, pad, 1, 1)
+    assert np.isnan(shared).sum() > np.isnan(dw0).sum()  # the shared rows' 0 x inf: NaN beyond the truth
+    assert not gemm.exact(shared, grid)
     one_by_one = gemm.geometry(dy.shape, (C_out, C_in, 1, 1), x.shape, 1, 1, pad, pad, 1, 1)
-    assert gemm.exact_for(x, (C_out, C_in, 1, 1), one_by_one)
+    assert gemm.exact(np.full((C_out, C_in, 1, 1), value), one_by_one)  # no shared rows: always
+    assert gemm.exact(np.zeros_like(w), grid)
     dw = np.empty_like(w)
     conv.conv2d_backward_weight(dy, x, dw, 1, 1, pad, pad, 1, 1, 1)
     np.testing.assert_array_equal(np.isnan(dw), np.isnan(dw0))

@@ -30,9 +30,10 @@ Dispatch (the contract names below; functional.conv2d* call them, validated and 
                planes below) -> outer.conv2d_forward;
                backward_weight, groups 1, at least one vector of output channels (16 with
                AVX-512) and 256 output positions per image (16x16), gemm's 64 MB panel bound
-               (and, for shared shifted rows, a finite x: gemm.exact_for) -> outer.py
-    gemm       backward_weight, groups 1, its packed panel within 64 MB (and a finite x, as
-               for outer) -> gemm.py;
+               -> outer.py (for shared shifted rows, a dw holding a NaN or an inf is computed
+               again below: gemm.exact)
+    gemm       backward_weight, groups 1, its packed panel within 64 MB (and finite, as for
+               outer) -> gemm.py;
                forward (and the gather input gradient), groups 1, no dilation, C_in*kH*kW >= 256
                on planes so small that direct.py's register tiles would mostly compute garbage
                positions (gemm.grid_use < 0.55: 4x4) -> gemm.conv2d_forward
@@ -150,37 +151,17 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
     if _is_dense(x.shape, dw.shape, dy.shape, pad_top, pad_left, dil_h, dil_w, groups):
         N, C_out, K = dy.shape[0], dy.shape[1], dw[0].size
         _dense.linear_backward_weight(dy.reshape(N, C_out), x.reshape(N, K), dw.reshape(C_out, K))
-    elif (
-        outer.use_outer(dy.shape, dw.shape, groups)
-        and gemm.use_gemm(  # gemm's 64 MB bound too
-            dy.shape,
-            dw.shape,
-            x.shape,
-            stride_h,
-            stride_w,
-            pad_top,
-            pad_left,
-            dil_h,
-            dil_w,
-            groups,
-            dw.itemsize,
-        )
-        and gemm.exact_for(
-            x,
-            dw.shape,
-            gemm.geometry(dy.shape, dw.shape, x.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w),
-        )
-    ):
-        outer.conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
-    elif gemm.use_gemm(
-        dy.shape, dw.shape, x.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, dw.itemsize
-    ) and gemm.exact_for(
-        x,
-        dw.shape,
-        gemm.geometry(dy.shape, dw.shape, x.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w),
-    ):
-        gemm.conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
-    elif polyphase.use_polyphase(
+        return
+    geo = (stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
+    if gemm.use_gemm(dy.shape, dw.shape, x.shape, *geo, groups, dw.itemsize):  # gemm's 64 MB bound
+        if outer.use_outer(dy.shape, dw.shape, groups):
+            outer.conv2d_backward_weight(dy, x, dw, *geo)
+        else:
+            gemm.conv2d_backward_weight(dy, x, dw, *geo)
+        if gemm.exact(dw, gemm.geometry(dy.shape, dw.shape, x.shape, *geo)):
+            return
+        # else a NaN or inf in dw, which the shared rows' zeros may have put there: again below
+    if polyphase.use_polyphase(
         x.shape, dw.shape, dy.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w
     ):
         polyphase.conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, groups)

@@ -29,8 +29,9 @@ from kh*dil_h*Wq + kw*dil_w on, and dY is 0 in the extra rows too (16->16 on 32x
 2.42 ms, 32->32 on 16x16: 2.54 -> 2.32; on 8x8 the extra work lost: 2.40 -> 2.64, so those
 keep a row per (ci, kh); measured with the padding on both sides, Wq = W_out + (kW-1)*dil_w,
 before the rows shared it).  Those zeros meet real
-inputs (0 x inf is NaN), so an x holding a NaN or an inf goes to the plane kernels instead
-(`exact_for`; checking costs ~3% of the gradient).
+inputs (0 x inf is NaN), so a dw holding a NaN or an inf is computed again by the plane
+kernels (`exact`: with a finite x those products are zeros, and a NaN or inf in x that a true
+sum reads puts one in dw too).
 
 Loop nest:
     pack     parallel over the rows of both panels (copies in strided runs, zeros outside):
@@ -355,14 +356,17 @@ def geometry(
     return Grid(kH_packed, kW_packed, Hq, Wq, P, P_row)
 
 
-def exact_for(x, w_shape, grid):
-    """False when the shifted rows would give a wrong answer: x holds a NaN or an inf and the
-    taps share packed rows (grid: geometry's).  A shared row is multiplied by dY's zeros in
-    the grid's extra columns and rows, and 0 * inf is NaN, which would reach taps whose true
-    sum never reads that input (the plane kernels, which discard their extra columns, take
-    those calls)."""
-    shared = grid.kW_packed < w_shape[3] or grid.kH_packed < w_shape[2]
-    return not shared or bool(np.isfinite(x).all())
+def exact(dw, grid):
+    """False when the dw just computed on `grid` (geometry's) may not be the true one: the
+    taps share packed rows and dw holds a NaN or an inf.  A shared row is multiplied by dY's
+    zeros in the grid's extra columns and rows, and 0 * inf is NaN, which would reach taps
+    whose true sum never reads that input; with a finite x those products are zeros, which
+    change no sum, so a dw without NaN or inf is the true one (the plane kernels, which
+    discard their extra columns, compute the others again).  Checking dw after the product
+    rather than x before it: 4.2 -> 0.2 ms of a ResNet-20 training step (dw is small)."""
+    # dw: (C_out, C_in, kH, kW)
+    shared = grid.kW_packed < dw.shape[3] or grid.kH_packed < dw.shape[2]
+    return not shared or bool(np.isfinite(dw).all())
 
 
 @functools.lru_cache(maxsize=256)
