@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from numbacnn import reference as R
 from numbacnn.kernels.cpu import conv
-from numbacnn.kernels.cpu.conv import direct, gemm, naive, outer, polyphase
+from numbacnn.kernels.cpu.conv import direct, gemm, lastc, naive, outer, polyphase
 
 
 def close(actual, expected, what):
@@ -318,6 +318,64 @@ def test_outer_weight_gradient_matches_naive(N, C_in, C_out, H, W, k, stride, pa
         outer.scratch(name, (1 << 22,), dtype)[...] = np.nan
     outer.conv2d_backward_weight(dy, x, dw, stride, stride, pad, pad, dil, dil)
     close(dw, dw0, f"outer backward_weight {N, C_in, C_out, H, W, k, stride, pad, dil} {b}")
+
+
+LASTC_CASES = [  # N, C_in, C_out, H, W, kH, kW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w
+    (16, 64, 64, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1),  # ResNet's 8x8 layers: 8 slices of 2 images
+    (9, 40, 13, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1),  # channels past a tile (13 of 16, 40 of 64); 9 images
+    (8, 32, 64, 16, 16, 3, 3, 2, 2, 1, 1, 1, 1),  # stride 2 to 8x8 (ResNet's downsampling conv)
+    (10, 33, 9, 6, 5, 5, 3, 1, 2, 2, 0, 1, 1),  # axes differ: kernel, stride, padding
+    (8, 32, 8, 9, 9, 3, 3, 1, 1, 2, 2, 2, 2),  # dilation 2, padding wider than the kernel's reach
+    (3, 32, 8, 5, 5, 3, 3, 1, 1, 1, 1, 1, 1),  # fewer images than slices: empty slices add 0
+    (40, 32, 8, 12, 12, 1, 1, 1, 1, 0, 0, 1, 1),  # 1x1; several blocks a slice
+]
+
+
+@pytest.mark.parametrize("case", LASTC_CASES, ids=str)
+def test_lastc_weight_gradient_matches_naive(case):
+    """lastc.py's channels-last tiles against the naive weight gradient: channel edges, images
+    not a multiple of the slices (and fewer), strides, dilation and padding that differ along
+    the axes; the buffers are filled with NaN first, so every element read was packed; the
+    same bits on 1 and 2 threads."""
+    N, C_in, C_out, H, W, kH, kW, sh, sw, pt, pl, dh, dw_ = case
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((N, C_in, H, W)).astype(np.float32)
+    H_out = (H + 2 * pt - dh * (kH - 1) - 1) // sh + 1
+    W_out = (W + 2 * pl - dw_ * (kW - 1) - 1) // sw + 1
+    dy = rng.standard_normal((N, C_out, H_out, W_out)).astype(np.float32)
+    dw0 = np.empty((C_out, C_in, kH, kW), np.float32)
+    naive.conv2d_backward_weight(dy, x, dw0, sh, sw, pt, pl, dh, dw_, 1)
+    for name in ("conv_lastc_X", "conv_lastc_D", "conv_lastc_part"):
+        lastc.scratch(name, (1 << 22,), np.float32)[...] = np.nan
+    results = _on_1_and_2_threads(
+        lambda dw: lastc.conv2d_backward_weight(dy, x, dw, sh, sw, pt, pl, dh, dw_), dw0.shape
+    )
+    assert all(np.array_equal(results[0], r) for r in results)
+    close(results[0], dw0, f"lastc backward_weight {case}")
+    x[0, 0, H // 2, W - 1] = np.inf  # reaches only the taps whose sums read it, as naive's
+    naive.conv2d_backward_weight(dy, x, dw0, sh, sw, pt, pl, dh, dw_, 1)
+    lastc.conv2d_backward_weight(dy, x, results[0], sh, sw, pt, pl, dh, dw_)
+    np.testing.assert_array_equal(np.isfinite(results[0]), np.isfinite(dw0))
+
+
+def test_lastc_dispatch_rule():
+    """ResNet's small planes with many channels take lastc.py (with AVX-512); 16x16 and more,
+    few channels (LeNet's C1, C3), groups, float64 and too few images do not."""
+    if lastc.VECTOR_BITS < 512:
+        assert not lastc.use_lastc((64, 64, 8, 8), (64, 64, 3, 3), 1, 4)
+        return
+    assert lastc.use_lastc((64, 64, 8, 8), (64, 64, 3, 3), 1, 4)
+    assert lastc.use_lastc((64, 64, 8, 8), (64, 32, 3, 3), 1, 4)  # 32->64 stride 2 to 8x8
+    assert not lastc.use_lastc((64, 32, 16, 16), (32, 32, 3, 3), 1, 4)  # 16x16: outer.py
+    assert not lastc.use_lastc((64, 16, 10, 10), (16, 6, 5, 5), 1, 4)  # LeNet's C3: 6 inputs
+    assert not lastc.use_lastc((64, 64, 8, 8), (64, 32, 3, 3), 2, 4)  # groups
+    assert not lastc.use_lastc((64, 64, 8, 8), (64, 64, 3, 3), 1, 8)  # float64
+    assert not lastc.use_lastc((4, 64, 8, 8), (64, 64, 3, 3), 1, 4)  # fewer images than slices
+    assert not lastc.use_lastc((64, 512, 7, 7), (512, 512, 3, 3), 1, 4)  # partial sums past 16 MB
+    dy, x = np.ones((64, 64, 8, 8), np.float32), np.ones((64, 64, 8, 8), np.float32)
+    dw = np.empty((64, 64, 3, 3), np.float32)
+    conv.conv2d_backward_weight(dy, x, dw, 1, 1, 1, 1, 1, 1, 1)  # through the dispatch
+    assert dw[0, 0, 1, 1] == 64 * 64 and dw[0, 0, 0, 0] == 64 * 49  # ones: the positions read
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,9 @@ Read the strategies in this order:
                   and VGG-sized layers (vectorised over output channels) and the forward of
                   stride-1 convs with 6 or more output channels (vectorised over positions;
                   over channels on small planes with many channels: use_channel_tiles)
+    lastc.py      the weight gradient of small planes with many channels on channels-last
+                  copies of x and dy: per tap a product over the positions, both operands
+                  contiguous along channels
 
 docs/kernels/conv_cpu.md explains the layout, the register blocking and the measurements.
 
@@ -25,6 +28,9 @@ Dispatch (the contract names below; functional.conv2d* call them, validated and 
 
     dense      the single output of each plane sees the whole unpadded input (LeNet's C5):
                a fully connected layer on the flattened input -> kernels/cpu/dense.py
+    lastc      backward_weight, groups 1, float32, AVX-512, at least 8 images, 8 output and 32
+               input channels, at most 255 output positions per image (below outer's 16x16),
+               its partial sums within 16 MB -> lastc.py
     outer      forward (and the gather input gradient), groups 1, at least 6 output channels,
                float32, stride 1 or a 1x1 kernel, the tasks' buffers within 64 MB (after gemm's tiny
                planes below) -> outer.conv2d_forward;
@@ -61,7 +67,7 @@ and no np.dot: every multiply-add is in these loops.
 import numpy as np
 
 from .. import dense as _dense
-from . import direct, gemm, naive, outer, polyphase
+from . import direct, gemm, lastc, naive, outer, polyphase
 
 __all__ = [
     "conv2d_forward",
@@ -153,6 +159,9 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
         _dense.linear_backward_weight(dy.reshape(N, C_out), x.reshape(N, K), dw.reshape(C_out, K))
         return
     geo = (stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
+    if lastc.use_lastc(dy.shape, dw.shape, groups, dw.itemsize):
+        lastc.conv2d_backward_weight(dy, x, dw, *geo)
+        return
     if gemm.use_gemm(dy.shape, dw.shape, x.shape, *geo, groups, dw.itemsize):  # gemm's 64 MB bound
         if outer.use_outer(dy.shape, dw.shape, groups):
             outer.conv2d_backward_weight(dy, x, dw, *geo)
