@@ -20,13 +20,17 @@ its stride-1 input gradient is that of the padded input's positions (a + stride_
 b + stride_w*j) (the phases own disjoint positions of xp, so nothing overlaps).
 
 Loop nest: for each phase (a, b) in order: one stride-1 kernel call over the whole batch
-(parallel inside).  Only data movement (padding, phase slices) happens here in NumPy; every multiply-add is in
-the kernels.  Dilation 1 only (`use_polyphase`).
+(parallel inside); the input gradient puts each phase's positions into dx with `_put_phase`
+(a parallel copy).  Only data movement (padding, phase slices) happens here in NumPy; every
+multiply-add is in the kernels.  Dilation 1 only (`use_polyphase`).
 """
 
 import numpy as np
+from numba import njit, prange
 
+from ..workspace import scratch
 from . import direct
+from .planes import uidx
 
 
 def use_polyphase(x_shape, w_shape, y_shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
@@ -80,27 +84,54 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, gro
         dw[:, :, a::stride_h, b::stride_w] = dw_ab
 
 
+@njit(cache=True, parallel=True)
+def _put_phase(dx_ab, dx, i0, j0, r0, c0, stride_h, stride_w):
+    """dx[n, c, r0 + stride_h*i, c0 + stride_w*j] = dx_ab[n, c, i0 + i, j0 + j] where that is
+    inside dx_ab, else 0: one phase's positions of dx, every one written (dx_ab may have no
+    rows: a phase no tap reaches is all zeros).  Parallel over (image, channel)."""
+    # dx_ab: (N, C, rows, cols) the phase's stride-1 input gradient   dx: (N, C, H, W)
+    N, C, H, W = dx.shape
+    rows, cols = dx_ab.shape[2], dx_ab.shape[3]
+    n_i = (H - r0 + stride_h - 1) // stride_h  # this phase's rows and columns of dx
+    n_j = (W - c0 + stride_w - 1) // stride_w
+    for t in prange(N * C):
+        n, c = t // C, t % C
+        for i in range(n_i):
+            row = dx[n, c, r0 + stride_h * i]  # row: (W,)
+            if i0 + i < rows:
+                src = dx_ab[n, c, i0 + i]  # src: (cols,)
+                for j in range(n_j):
+                    row[uidx(c0 + stride_w * j)] = src[uidx(j0 + j)] if j0 + j < cols else 0.0
+            else:
+                for j in range(n_j):
+                    row[uidx(c0 + stride_w * j)] = 0.0
+
+
 def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, groups):
     """dx of a strided conv: phase (a, b)'s stride-1 input gradient (gather form) is the
     gradient of the padded input's positions (a + s_h*i, b + s_w*j); those inside x are written
-    straight into dx[:, :, a - pad_top + s_h*i, b - pad_left + s_w*j] (rows and columns no
-    window reaches get 0)."""
+    into dx[:, :, a - pad_top + s_h*i, b - pad_left + s_w*j] by `_put_phase` (rows and columns
+    no window reaches get 0; a phase no tap reaches, all 0).  The phases' gradients are scratch
+    arrays (no page faults), and `_put_phase` replaced NumPy's strided copies and zero fills:
+    16->32 3x3 stride 2 on 32x32 at batch 64, 0.8 ms of copies of its 2.5 ms."""
     # dy: (N, C_out, H_out, W_out)   w: (C_out, C_in_g, kH, kW)   dx: (N, C_in, H, W)
     phases, _, _ = _phases(dx.shape, w.shape, dy.shape, stride_h, stride_w)
     N, C_in, H, W = dx.shape
     H_out, W_out = dy.shape[2], dy.shape[3]
-    if len(phases) < stride_h * stride_w:  # a kernel shorter than the stride: some never reached
-        dx[...] = 0
-    for a, b, taps_h, taps_w in phases:
-        w_ab = np.ascontiguousarray(w[:, :, a::stride_h, b::stride_w])  # (C_out, C_in_g, taps_h, taps_w)
-        dx_ab = np.empty((N, C_in, H_out + taps_h - 1, W_out + taps_w - 1), dx.dtype)
-        # an unpadded stride-1 phase always has the gather form (padding 0 <= the kernel's reach)
-        direct.conv2d_backward_input_gather(dy, w_ab, dx_ab, 0, 0, 1, 1, groups)
-        # phase row i is padded row a + stride_h*i, dx row a + stride_h*i - pad_top: from i0 on
-        i0, j0 = -(-(pad_top - a) // stride_h), -(-(pad_left - b) // stride_w)
-        r0, c0 = a + stride_h * i0 - pad_top, b + stride_w * j0 - pad_left
-        rows = dx[:, :, r0::stride_h, c0::stride_w]  # rows: this phase's positions of dx
-        h1, w1 = min(rows.shape[2], dx_ab.shape[2] - i0), min(rows.shape[3], dx_ab.shape[3] - j0)
-        rows[:, :, :h1, :w1] = dx_ab[:, :, i0 : i0 + h1, j0 : j0 + w1]
-        rows[:, :, h1:, :] = 0  # positions past the last window of this phase
-        rows[:, :, :h1, w1:] = 0
+    reached = {(a, b) for a, b, _, _ in phases}
+    for a in range(stride_h):
+        for b in range(stride_w):
+            # phase row i is padded row a + stride_h*i, dx row a + stride_h*i - pad_top: from i0 on
+            i0, j0 = -(-(pad_top - a) // stride_h), -(-(pad_left - b) // stride_w)
+            r0, c0 = a + stride_h * i0 - pad_top, b + stride_w * j0 - pad_left
+            if r0 >= H or c0 >= W:  # no position of dx in this phase
+                continue
+            if (a, b) not in reached:  # a kernel shorter than the stride: never reached
+                _put_phase(np.empty((N, C_in, 0, 0), dx.dtype), dx, i0, j0, r0, c0, stride_h, stride_w)
+                continue
+            taps_h, taps_w = -(-(w.shape[2] - a) // stride_h), -(-(w.shape[3] - b) // stride_w)
+            w_ab = np.ascontiguousarray(w[:, :, a::stride_h, b::stride_w])  # (C_out, C_in_g, taps_h, taps_w)
+            dx_ab = scratch("conv_polyphase_dx", (N, C_in, H_out + taps_h - 1, W_out + taps_w - 1), dx.dtype)
+            # an unpadded stride-1 phase always has the gather form (padding 0 <= the kernel's reach)
+            direct.conv2d_backward_input_gather(dy, w_ab, dx_ab, 0, 0, 1, 1, groups)
+            _put_phase(dx_ab, dx, i0, j0, r0, c0, stride_h, stride_w)
