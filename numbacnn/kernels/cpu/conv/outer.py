@@ -496,11 +496,11 @@ def _forward_tile(Yf, at, Wp, bias, Xf, base, c0, p0):
     """Yf[at + i*POSITIONS + j] = bias[c0 + i] + sum over the taps k, in order, of Wp[c0 // CH, k,
     i] * Xf[base[k] + p0 + j], for the CH channels i and the POSITIONS positions j.
 
-    Written as VECS groups of LANES positions (x0..x3: one vector each) times CH broadcast
-    weights, the CH x VECS sums named one by one: LLVM then keeps the 24 sums in registers
-    and loads each weight once per tap (a loop over the POSITIONS positions, the same sums,
-    compiled with 72 register moves and spills in its loop, 139 -> 180 GFLOP/s on one Xeon
-    core with the block in L1)."""
+    Written as VECS groups of LANES positions (x0..x2: one vector each) times CH broadcast
+    weights, the CH x VECS sums named one by one: LLVM then keeps the 18 sums in registers
+    and loads each weight once per tap (see the section's comment: a loop over the
+    POSITIONS positions, with 4 vectors, compiled with 45-72 register moves and a spill in
+    its loop)."""
     # Yf: (LY*Cp,) the block's outputs on its grid, tile-major (Y: (LY // P, Cp, P)), this tile's from at
     # Wp: (Cp // CH, K, CH) W^T per channel tile
     # bias: (Cp,)   Xf: ((rows+1)*LB,) X flat   base: (>= K,) tap k's start in Xf
