@@ -118,6 +118,23 @@ def _pack(x, dy, Xc, Dc, n0, n1, pad_top, pad_left):
                 Df[uidx(at + q * Cop)] = src[uidx(q)]
 
 
+@njit(cache=True, inline="always")
+def _copy_rows(dst, src):
+    """dst[i*CI + v] = src[i*CI + v] for the CO rows i of a tile: a loop over the CI lanes with
+    a statement per row (whole vectors at constant offsets; a loop over all SUMS elements, or
+    a row at a time, LLVM unrolls into scalar copies)."""
+    # dst, src: (SUMS,)
+    for v in range(CI):
+        dst[v] = src[v]
+        dst[CI + v] = src[CI + v]
+        dst[2 * CI + v] = src[2 * CI + v]
+        dst[3 * CI + v] = src[3 * CI + v]
+        dst[4 * CI + v] = src[4 * CI + v]
+        dst[5 * CI + v] = src[5 * CI + v]
+        dst[6 * CI + v] = src[6 * CI + v]
+        dst[7 * CI + v] = src[7 * CI + v]
+
+
 @njit(cache=True, fastmath=FMA)
 def _tile(run, Xf, Df, first, n_img, H_out, W_out, Hp, Wp, Cip, Cop, x_at, d_at, step_h, step_w):
     """run[i*CI + v] (+)= sum over the block's positions (image, row, column, in order) of
@@ -131,15 +148,7 @@ def _tile(run, Xf, Df, first, n_img, H_out, W_out, Hp, Wp, Cip, Cop, x_at, d_at,
         for i in range(SUMS):
             s[i] = 0.0
     else:
-        for v in range(CI):
-            s[v] = run[v]
-            s[CI + v] = run[CI + v]
-            s[2 * CI + v] = run[2 * CI + v]
-            s[3 * CI + v] = run[3 * CI + v]
-            s[4 * CI + v] = run[4 * CI + v]
-            s[5 * CI + v] = run[5 * CI + v]
-            s[6 * CI + v] = run[6 * CI + v]
-            s[7 * CI + v] = run[7 * CI + v]
+        _copy_rows(s, run)
     d = d_at  # Df's place of the position's CO output channels
     for n in range(n_img):
         for oh in range(H_out):
@@ -159,15 +168,7 @@ def _tile(run, Xf, Df, first, n_img, H_out, W_out, Hp, Wp, Cip, Cop, x_at, d_at,
                     s[6 * CI + v] += d6 * xv
                     s[7 * CI + v] += d7 * xv
                 d += Cop
-    for v in range(CI):
-        run[v] = s[v]
-        run[CI + v] = s[CI + v]
-        run[2 * CI + v] = s[2 * CI + v]
-        run[3 * CI + v] = s[3 * CI + v]
-        run[4 * CI + v] = s[4 * CI + v]
-        run[5 * CI + v] = s[5 * CI + v]
-        run[6 * CI + v] = s[6 * CI + v]
-        run[7 * CI + v] = s[7 * CI + v]
+    _copy_rows(run, s)
 
 
 @njit(cache=True, parallel=True)

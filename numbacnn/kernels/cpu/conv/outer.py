@@ -516,7 +516,7 @@ def _forward_tile(Yf, at, Wp, bias, Xf, base, c0, p0):
         s[4 * P + j] = b4
         s[5 * P + j] = b5
     W = Wp[c0 // CH]  # W: (K, CH) this tile's weights, a tap's CH in a row
-    L2, L3 = 2 * LANES, 3 * LANES
+    L2 = 2 * LANES
     for k in range(W.shape[0]):
         a = base[k] + p0
         w0, w1, w2, w3, w4, w5 = W[k, 0], W[k, 1], W[k, 2], W[k, 3], W[k, 4], W[k, 5]
@@ -534,7 +534,7 @@ def _forward_tile(Yf, at, Wp, bias, Xf, base, c0, p0):
             s[4 * P + LANES + v] += x1 * w4
             s[5 * P + v] += x0 * w5
             s[5 * P + LANES + v] += x1 * w5
-            if VECS >= 3:  # a compile-time constant: AVX2's tile has 2 vectors (12 of 16 ymm)
+            if VECS == 3:  # a compile-time constant: AVX2's tile has 2 vectors (12 of 16 ymm)
                 x2 = Xf[uidx(a + L2 + v)]
                 s[L2 + v] += x2 * w0
                 s[P + L2 + v] += x2 * w1
@@ -542,14 +542,6 @@ def _forward_tile(Yf, at, Wp, bias, Xf, base, c0, p0):
                 s[3 * P + L2 + v] += x2 * w3
                 s[4 * P + L2 + v] += x2 * w4
                 s[5 * P + L2 + v] += x2 * w5
-            if VECS >= 4:
-                x3 = Xf[uidx(a + L3 + v)]
-                s[L3 + v] += x3 * w0
-                s[P + L3 + v] += x3 * w1
-                s[2 * P + L3 + v] += x3 * w2
-                s[3 * P + L3 + v] += x3 * w3
-                s[4 * P + L3 + v] += x3 * w4
-                s[5 * P + L3 + v] += x3 * w5
     for j in range(CH * P):  # one contiguous run: vector stores (into rows LY apart, a scalar
         Yf[uidx(at + j)] = s[j]  # store each, 288 a tile: LLVM fully unrolled the rows' loops)
 
