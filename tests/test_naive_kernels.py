@@ -352,6 +352,9 @@ def test_lastc_weight_gradient_matches_naive(case):
     )
     assert all(np.array_equal(results[0], r) for r in results)
     close(results[0], dw0, f"lastc backward_weight {case}")
+    dw = np.empty_like(dw0)  # any layout of x and dy at kernel level (a cold review's Fortran-ordered dy)
+    lastc.conv2d_backward_weight(np.asfortranarray(dy), np.asfortranarray(x), dw, sh, sw, pt, pl, dh, dw_)
+    assert np.array_equal(dw, results[0])
     x[0, 0, H // 2, W - 1] = np.inf  # reaches only the taps whose sums read it, as naive's
     naive.conv2d_backward_weight(dy, x, dw0, sh, sw, pt, pl, dh, dw_, 1)
     lastc.conv2d_backward_weight(dy, x, results[0], sh, sw, pt, pl, dh, dw_)
@@ -360,18 +363,29 @@ def test_lastc_weight_gradient_matches_naive(case):
 
 def test_lastc_dispatch_rule():
     """ResNet's small planes with many channels take lastc.py (with AVX-512); 16x16 and more,
-    few channels (LeNet's C1, C3), groups, float64 and too few images do not."""
+    few channels (LeNet's C1, C3), groups, float64, too few images do not, nor (found by a
+    cold review) 1x1 and 2x2 kernels, strides past 2 and paddings far wider than the input,
+    whose copies the taps do not amortise (1.6-20x slower) or which would copy gigabytes."""
+
+    def use(dy_shape, w_shape, x_shape, geo=(1, 1, 1, 1, 1, 1), groups=1, itemsize=4):
+        return lastc.use_lastc(dy_shape, w_shape, x_shape, *geo, groups, itemsize)
+
+    resnet = ((64, 64, 8, 8), (64, 64, 3, 3), (64, 64, 8, 8))
     if lastc.VECTOR_BITS < 512:
-        assert not lastc.use_lastc((64, 64, 8, 8), (64, 64, 3, 3), 1, 4)
+        assert not use(*resnet)
         return
-    assert lastc.use_lastc((64, 64, 8, 8), (64, 64, 3, 3), 1, 4)
-    assert lastc.use_lastc((64, 64, 8, 8), (64, 32, 3, 3), 1, 4)  # 32->64 stride 2 to 8x8
-    assert not lastc.use_lastc((64, 32, 16, 16), (32, 32, 3, 3), 1, 4)  # 16x16: outer.py
-    assert not lastc.use_lastc((64, 16, 10, 10), (16, 6, 5, 5), 1, 4)  # LeNet's C3: 6 inputs
-    assert not lastc.use_lastc((64, 64, 8, 8), (64, 32, 3, 3), 2, 4)  # groups
-    assert not lastc.use_lastc((64, 64, 8, 8), (64, 64, 3, 3), 1, 8)  # float64
-    assert not lastc.use_lastc((4, 64, 8, 8), (64, 64, 3, 3), 1, 4)  # fewer images than slices
-    assert not lastc.use_lastc((64, 512, 7, 7), (512, 512, 3, 3), 1, 4)  # partial sums past 16 MB
+    assert use(*resnet)
+    assert use((64, 64, 8, 8), (64, 32, 3, 3), (64, 32, 16, 16), (2, 2, 1, 1, 1, 1))  # 32->64 stride 2
+    assert not use((64, 32, 16, 16), (32, 32, 3, 3), (64, 32, 16, 16))  # 16x16: outer.py
+    assert not use((64, 16, 10, 10), (16, 6, 5, 5), (64, 6, 14, 14), (1, 1, 0, 0, 1, 1))  # C3: 6 inputs
+    assert not use(*resnet, groups=2)
+    assert not use(*resnet, itemsize=8)  # float64
+    assert not use((4, 64, 8, 8), (64, 64, 3, 3), (4, 64, 8, 8))  # fewer images than slices
+    assert not use((64, 512, 7, 7), (512, 512, 3, 3), (64, 512, 7, 7))  # partial sums past 16 MB
+    assert not use((8, 512, 7, 7), (512, 256, 1, 1), (8, 256, 14, 14), (2, 2, 0, 0, 1, 1))  # 1x1 s2
+    assert not use((16, 64, 14, 14), (64, 32, 2, 2), (16, 32, 28, 28), (2, 2, 0, 0, 1, 1))  # 2x2 s2
+    assert not use((64, 64, 8, 8), (64, 64, 3, 3), (64, 64, 32, 32), (4, 4, 1, 1, 1, 1))  # stride 4
+    assert not use((8, 8, 9, 9), (8, 32, 3, 3), (8, 32, 1, 1), (150, 150, 600, 600, 1, 1))  # padding 600
     dy, x = np.ones((64, 64, 8, 8), np.float32), np.ones((64, 64, 8, 8), np.float32)
     dw = np.empty((64, 64, 3, 3), np.float32)
     conv.conv2d_backward_weight(dy, x, dw, 1, 1, 1, 1, 1, 1, 1)  # through the dispatch

@@ -30,7 +30,8 @@ Dispatch (the contract names below; functional.conv2d* call them, validated and 
                a fully connected layer on the flattened input -> kernels/cpu/dense.py
     lastc      backward_weight, groups 1, float32, AVX-512, at least 8 images, 8 output and 32
                input channels, at most 255 output positions per image (below outer's 16x16),
-               its partial sums within 16 MB -> lastc.py
+               9 taps or more at strides of at most 2, its copies and partial sums bounded
+               -> lastc.py
     outer      forward (and the gather input gradient), groups 1, at least 6 output channels,
                float32, stride 1 or a 1x1 kernel, the tasks' buffers within 64 MB (after gemm's tiny
                planes below) -> outer.conv2d_forward;
@@ -159,7 +160,7 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
         _dense.linear_backward_weight(dy.reshape(N, C_out), x.reshape(N, K), dw.reshape(C_out, K))
         return
     geo = (stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
-    if lastc.use_lastc(dy.shape, dw.shape, groups, dw.itemsize):
+    if lastc.use_lastc(dy.shape, dw.shape, x.shape, *geo, groups, dw.itemsize):
         lastc.conv2d_backward_weight(dy, x, dw, *geo)
         return
     if gemm.use_gemm(dy.shape, dw.shape, x.shape, *geo, groups, dw.itemsize):  # gemm's 64 MB bound

@@ -13,7 +13,7 @@ product of two rows of length P: every task streams all of dY's rows past its fo
 (from L2: 64->64 3x3 on 8x8 at batch 64, 2.1 ms where PyTorch takes 1.0).  outer.py's tile
 broadcasts 16 taps of X from 16 addresses (more than the general registers hold) and packs
 rows of a grid that is 27% padding on 8x8.  Channels last, a tile holds 8 output channels x
-2 vectors of input channels (16 x 32 sums in 16 zmm registers); at each position it
+2 vectors of input channels (8 x 32 sums in 16 zmm registers); at each position it
 broadcasts 8 consecutive values of Dc (one address) and loads 2 vectors of Xc (one address):
 10 loads for 16 fused multiply-adds, and the positions are real outputs only.
 
@@ -35,16 +35,17 @@ Loop nest:
     dw[co, ci, kh, kw] = sum over slices of part[slice, tap, co // 8, ci // 32, ...]
 
 Optimizations:
-    * 16 x 32 float32 sums in 16 zmm registers; the 8 broadcasts each feed 2 FMAs;
+    * 8 x 32 float32 sums in 16 zmm registers; the 8 broadcasts each feed 2 FMAs;
     * both operands contiguous along channels, one address each: no general-register spills;
     * only real positions (no grid columns past W_out);
-    * a block's Xc and Dc stay in L2 (M images of a few tens of KB each).
+    * a block's Xc and Dc stay in L2 (M images, about BLOCK_BYTES; the rule bounds the copies).
 """
 
 from numba import njit, prange
 
 from ..registers import VECTOR_BITS, prefer_vector_width, stack_array
 from ..workspace import scratch
+from .gemm import MAX_PANEL
 from .planes import FMA, uidx
 
 LANES = VECTOR_BITS // 32  # float32 lanes per vector
@@ -55,35 +56,60 @@ SLICES = 8  # tasks (a fixed number: results must not depend on the threads)
 BLOCK_BYTES = 512 * 1024  # a block's Xc and Dc together, about (they stay in L2)
 MAX_PLANE = 255  # output positions per image, at most (16x16 and more: outer.py)
 MIN_C_IN = CI  # input channels, at least (fewer leave most of a tile's vectors empty)
-
-
+MIN_TAPS = 9  # taps per kernel, at least (a 1x1 or 2x2 kernel does not amortise the copies)
 PART_BYTES = 1 << 24  # the slices' partial sums (SLICES copies of dw, rounded), at most (16 MB)
 
 
-def use_lastc(dy_shape, w_shape, groups, itemsize):
+def padded_plane(x_shape, w_shape, dy_shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
+    """(Hp, Wp): the padded input plane the taps read, every tap of every output position
+    inside it (PyTorch's padding on the right and bottom may be less than pad_top/pad_left:
+    the rest is never read)."""
+    H, W = x_shape[2], x_shape[3]
+    kH, kW = w_shape[2], w_shape[3]
+    H_out, W_out = dy_shape[2], dy_shape[3]
+    Hp = max(pad_top + H, (H_out - 1) * stride_h + (kH - 1) * dil_h + 1)
+    Wp = max(pad_left + W, (W_out - 1) * stride_w + (kW - 1) * dil_w + 1)
+    return Hp, Wp
+
+
+def use_lastc(
+    dy_shape, w_shape, x_shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, itemsize
+):
     """True when the weight gradient of dy: (N, C_out, H_out, W_out) for w: (C_out, C_in, kH,
-    kW) should take this path: groups 1, float32, AVX-512, at least SLICES images, at least
-    CO output and MIN_C_IN input channels, at most MAX_PLANE output positions per image (the
-    larger planes are outer.py's), the slices' partial sums within PART_BYTES.
+    kW) and x: (N, C_in, H, W) should take this path: groups 1, float32, AVX-512, at least
+    SLICES images, at least CO output and MIN_C_IN input channels, at most MAX_PLANE output
+    positions per image (the larger planes are outer.py's), kernels of MIN_TAPS taps or more
+    at strides of at most 2, a padded plane at most 4x the input's, the partial sums within
+    PART_BYTES and the copies within gemm's MAX_PANEL.
 
     Measured against gemm.py (which took these), batch 64, 2 threads, interleaved in one
     process, Xeon (Sapphire Rapids class) VM (ms): 64->64 3x3 on 8x8 2.09 -> 1.27 (PyTorch
     1.04), 32->64 3x3 stride 2 to 8x8 1.27 -> 0.76, 64->64 on 4x4 0.70 -> 0.43.  32->32 on
     16x16 ties with outer.py (1.28 / 1.32: the same sums in the same order, bit for bit), and
-    VGG's 64->64 on 32x32 loses (8.6 -> 11.8)."""
+    VGG's 64->64 on 32x32 loses (8.6 -> 11.8).  Found by a cold review: the copies cost what
+    the taps do not amortise, so 1x1 kernels, 2x2 at stride 2 and long strides lost 1.6-20x
+    (256->512 1x1 stride 2 on 14x14 at batch 8 0.89 -> 2.19, a 2x2 stride 2 0.32 -> 0.52), and
+    a padding far wider than the input made copies of gigabytes."""
     N, C_out, H_out, W_out = dy_shape
     C_in, kH, kW = w_shape[1:]
-    part = SLICES * kH * kW * -(-C_out // CO) * CO * -(-C_in // CI) * CI * itemsize
-    return (
-        VECTOR_BITS >= 512
-        and groups == 1
-        and itemsize == 4
-        and N >= SLICES
-        and C_out >= CO
-        and C_in >= MIN_C_IN
-        and 0 < H_out * W_out <= MAX_PLANE
-        and part <= PART_BYTES
+    if not (VECTOR_BITS >= 512 and groups == 1 and itemsize == 4 and N >= SLICES):
+        return False
+    if not (C_out >= CO and C_in >= MIN_C_IN and 0 < H_out * W_out <= MAX_PLANE):
+        return False
+    if kH * kW < MIN_TAPS or max(stride_h, stride_w) > 2:
+        return False
+    Hp, Wp = padded_plane(x_shape, w_shape, dy_shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
+    Cip, Cop = -(-C_in // CI) * CI, -(-C_out // CO) * CO
+    part = SLICES * kH * kW * Cop * Cip * itemsize
+    copies = (
+        SLICES * _block_images(N, Hp, Wp, Cip, H_out * W_out * Cop) * (Hp * Wp * Cip + H_out * W_out * Cop)
     )
+    return Hp * Wp <= 4 * x_shape[2] * x_shape[3] and part <= PART_BYTES and copies * itemsize <= MAX_PANEL
+
+
+def _block_images(N, Hp, Wp, Cip, d_per_image):
+    """M: images per block, their copies about BLOCK_BYTES (at least one image)."""
+    return max(1, min(-(-N // SLICES), BLOCK_BYTES // ((Hp * Wp * Cip + d_per_image) * 4)))
 
 
 @njit(cache=True, inline="always")
@@ -112,10 +138,11 @@ def _pack(x, dy, Xc, Dc, n0, n1, pad_top, pad_left):
         Df[uidx(i)] = 0.0
     for j in range(n1 - n0):
         for co in range(C_out):
-            src = dy[n0 + j, co].reshape(plane)  # src: (H_out*W_out,)
-            at = j * plane * Cop + co
-            for q in range(plane):
-                Df[uidx(at + q * Cop)] = src[uidx(q)]
+            for oh in range(H_out):
+                src = dy[n0 + j, co, oh]  # src: (W_out,) (dy may be any layout)
+                at = (j * plane + oh * W_out) * Cop + co
+                for ow in range(W_out):
+                    Df[uidx(at + ow * Cop)] = src[ow]
 
 
 @njit(cache=True, inline="always")
@@ -222,13 +249,10 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
     N, C_out, H_out, W_out = dy.shape
     C_in, H, W = x.shape[1:]
     kH, kW = dw.shape[2:]
-    # the padded input: every tap of every output position inside it (PyTorch's padding on
-    # the right and bottom may be less than pad_top/pad_left: the rest are never read)
-    Hp = max(pad_top + H, (H_out - 1) * stride_h + (kH - 1) * dil_h + 1)
-    Wp = max(pad_left + W, (W_out - 1) * stride_w + (kW - 1) * dil_w + 1)
+    geo = (stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
+    Hp, Wp = padded_plane(x.shape, dw.shape, dy.shape, *geo)  # the padded input the taps read
     Cip, Cop = -(-C_in // CI) * CI, -(-C_out // CO) * CO
-    per_image = (Hp * Wp * Cip + H_out * W_out * Cop) * 4
-    M = max(1, min(-(-N // SLICES), BLOCK_BYTES // per_image))
+    M = _block_images(N, Hp, Wp, Cip, H_out * W_out * Cop)
     Xb = scratch("conv_lastc_X", (SLICES, M, Hp, Wp, Cip), x.dtype)  # Xb: (S, M, Hp, Wp, Cip)
     Db = scratch("conv_lastc_D", (SLICES, M * H_out * W_out, Cop), dy.dtype)  # Db: (S, M*H_out*W_out, Cop)
     part = scratch("conv_lastc_part", (SLICES, kH * kW, Cop // CO, Cip // CI, SUMS), dw.dtype)
