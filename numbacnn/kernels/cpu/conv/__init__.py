@@ -37,17 +37,17 @@ Dispatch (the contract names below; functional.conv2d* call them, validated and 
                planes below) -> outer.conv2d_forward;
                backward_weight, groups 1, at least one vector of output channels (16 with
                AVX-512) and 256 output positions per image (16x16), gemm's 64 MB panel bound
-               -> outer.py (for shared shifted rows, a dw holding a NaN or an inf is computed
-               again below: gemm.exact)
-    gemm       backward_weight, groups 1, its packed panel within 64 MB (and finite, as for
-               outer) -> gemm.py;
+               -> outer.py
+    gemm       backward_weight, groups 1, its packed panel within 64 MB -> gemm.py;
                forward (and the gather input gradient), groups 1, no dilation, C_in*kH*kW >= 256
                on planes so small that direct.py's register tiles would mostly compute garbage
                positions (gemm.grid_use < 0.55: 4x4) -> gemm.conv2d_forward
     polyphase  backward, stride > 1, dilation 1 (unless the stride is far longer than the input)
                -> polyphase.py (the forward splits its planes into phases itself: direct.py)
     naive      backward_input when w holds a NaN or an inf (exact: the fast forms multiply
-               every weight by zeros of dy's padding or grid) -> naive.py
+               every weight by zeros of dy's padding or grid) -> naive.py; backward_weight
+               again when the fast forms' dw holds a NaN or an inf (their padding and grid
+               zeros times an inf are NaN)
     gather     backward_input with stride 1 and padding no wider than the kernel's reach:
                a forward conv of dy with the flipped weights -> direct.conv2d_backward_input_gather
     direct     everything else -> direct.py
@@ -162,21 +162,22 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
     geo = (stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     if lastc.use_lastc(dy.shape, dw.shape, x.shape, *geo, groups, dw.itemsize):
         lastc.conv2d_backward_weight(dy, x, dw, *geo)
-        return
-    if gemm.use_gemm(dy.shape, dw.shape, x.shape, *geo, groups, dw.itemsize):  # gemm's 64 MB bound
+    elif gemm.use_gemm(dy.shape, dw.shape, x.shape, *geo, groups, dw.itemsize):  # gemm's 64 MB bound
         if outer.use_outer(dy.shape, dw.shape, groups):
             outer.conv2d_backward_weight(dy, x, dw, *geo)
         else:
             gemm.conv2d_backward_weight(dy, x, dw, *geo)
-        if gemm.exact(dw, gemm.geometry(dy.shape, dw.shape, x.shape, *geo)):
-            return
-        # else a NaN or inf in dw, which the shared rows' zeros may have put there: again below
-    if polyphase.use_polyphase(
-        x.shape, dw.shape, dy.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w
-    ):
+    elif polyphase.use_polyphase(x.shape, dw.shape, dy.shape, *geo):
         polyphase.conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, groups)
     else:
-        direct.conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups)
+        direct.conv2d_backward_weight(dy, x, dw, *geo, groups)
+    if not np.isfinite(dw).all():
+        # the fast forms multiply the padding's zeros by dy, and gemm's and outer's shared rows
+        # multiply their grid's zeros by x: 0 x inf is NaN, where the true sums (PyTorch's)
+        # hold +-inf or a finite value; a dw holding a NaN or an inf is computed again by the
+        # naive kernel, which adds real terms only (dw is small: the check costs ~0.2 ms a
+        # ResNet-20 step; checking x before, 4.2 ms)
+        naive.conv2d_backward_weight(dy, x, dw, *geo, groups)
 
 
 def conv2d_backward_bias(dy, db):

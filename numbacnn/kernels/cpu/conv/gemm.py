@@ -29,9 +29,9 @@ from kh*dil_h*Wq + kw*dil_w on, and dY is 0 in the extra rows too (16->16 on 32x
 2.42 ms, 32->32 on 16x16: 2.54 -> 2.32; on 8x8 the extra work lost: 2.40 -> 2.64, so those
 keep a row per (ci, kh); measured with the padding on both sides, Wq = W_out + (kW-1)*dil_w,
 before the rows shared it).  Those zeros meet real
-inputs (0 x inf is NaN), so a dw holding a NaN or an inf is computed again by the plane
-kernels (`exact`: with a finite x those products are zeros, and a NaN or inf in x that a true
-sum reads puts one in dw too).
+inputs (0 x inf is NaN), so a dw holding a NaN or an inf is computed again by the naive kernel
+(conv/__init__.py's dispatch: with a finite x those products are zeros, and a NaN or inf in x
+that a true sum reads puts one in dw too).
 
 Loop nest:
     pack     parallel over the rows of both panels (copies in strided runs, zeros outside):
@@ -354,19 +354,6 @@ def geometry(
     # more spreads them.
     P_row = P + ROW_PAD + reach_h * Wq * shifted_h + reach_w * shifted
     return Grid(kH_packed, kW_packed, Hq, Wq, P, P_row)
-
-
-def exact(dw, grid):
-    """False when the dw just computed on `grid` (geometry's) may not be the true one: the
-    taps share packed rows and dw holds a NaN or an inf.  A shared row is multiplied by dY's
-    zeros in the grid's extra columns and rows, and 0 * inf is NaN, which would reach taps
-    whose true sum never reads that input; with a finite x those products are zeros, which
-    change no sum, so a dw without NaN or inf is the true one (the plane kernels, which
-    discard their extra columns, compute the others again).  Checking dw after the product
-    rather than x before it: 4.2 -> 0.2 ms of a ResNet-20 training step (dw is small)."""
-    # dw: (C_out, C_in, kH, kW)
-    shared = grid.kW_packed < dw.shape[3] or grid.kH_packed < dw.shape[2]
-    return not shared or bool(np.isfinite(dw).all())
 
 
 @functools.lru_cache(maxsize=256)
