@@ -88,23 +88,28 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, gro
 def _put_phase(dx_ab, dx, i0, j0, r0, c0, stride_h, stride_w):
     """dx[n, c, r0 + stride_h*i, c0 + stride_w*j] = dx_ab[n, c, i0 + i, j0 + j] where that is
     inside dx_ab, else 0: one phase's positions of dx, every one written (dx_ab may have no
-    rows: a phase no tap reaches is all zeros).  Parallel over (image, channel)."""
+    rows: a phase no tap reaches is all zeros).  Parallel over (image, channel), flat indices
+    (a view per row cost more than its 16 copies)."""
     # dx_ab: (N, C, rows, cols) the phase's stride-1 input gradient   dx: (N, C, H, W)
     N, C, H, W = dx.shape
     rows, cols = dx_ab.shape[2], dx_ab.shape[3]
     n_i = (H - r0 + stride_h - 1) // stride_h  # this phase's rows and columns of dx
     n_j = (W - c0 + stride_w - 1) // stride_w
+    h1, w1 = max(0, min(n_i, rows - i0)), max(0, min(n_j, cols - j0))  # those inside dx_ab
+    dst = dx.reshape(N * C * H * W)  # dst: (N*C*H*W,)
+    src = dx_ab.reshape(N * C * rows * cols)  # src: (N*C*rows*cols,)
     for t in prange(N * C):
-        n, c = t // C, t % C
         for i in range(n_i):
-            row = dx[n, c, r0 + stride_h * i]  # row: (W,)
-            if i0 + i < rows:
-                src = dx_ab[n, c, i0 + i]  # src: (cols,)
-                for j in range(n_j):
-                    row[uidx(c0 + stride_w * j)] = src[uidx(j0 + j)] if j0 + j < cols else 0.0
+            d = (t * H + r0 + stride_h * i) * W + c0  # dx's place of (t, row, c0)
+            if i < h1:
+                a = (t * rows + i0 + i) * cols + j0
+                for j in range(w1):
+                    dst[uidx(d + stride_w * j)] = src[uidx(a + j)]
+                for j in range(w1, n_j):
+                    dst[uidx(d + stride_w * j)] = 0.0
             else:
                 for j in range(n_j):
-                    row[uidx(c0 + stride_w * j)] = 0.0
+                    dst[uidx(d + stride_w * j)] = 0.0
 
 
 def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, groups):
