@@ -814,7 +814,8 @@ def test_weight_gradient_with_a_non_finite_input_matches_naive(
     N, C_in, C_out, H, k, pad, stride, dtype, value, where
 ):
     """A NaN or inf in x or dy reaches only the weights whose sums read it, with the naive
-    kernel's (and PyTorch's) NaN and +-inf: the fast forms multiply their grid's zeros by x
+    kernel's NaN and +-inf (the true sums; PyTorch's float32 kernels mostly agree, its float64
+    path multiplies the padding too and gives NaN there): the fast forms multiply their grid's zeros by x
     (gemm's shifted rows: found by a cold review, a NaN at the right edge made dw[..., 0] NaN)
     and the padding's zeros by dy (0 x inf is NaN where the truth is +-inf: found by another),
     so a dw they leave with a NaN or an inf is computed again by the naive kernel."""
