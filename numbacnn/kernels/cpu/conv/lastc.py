@@ -46,6 +46,7 @@ from numba import njit, prange
 from ..registers import VECTOR_BITS, prefer_vector_width, stack_array
 from ..workspace import scratch
 from .gemm import MAX_PANEL
+from .outer import _add_slices
 from .planes import FMA, uidx
 
 LANES = VECTOR_BITS // 32  # float32 lanes per vector
@@ -99,12 +100,17 @@ def use_lastc(
     if kH * kW < MIN_TAPS or max(stride_h, stride_w) > 2:
         return False
     Hp, Wp = padded_plane(x_shape, w_shape, dy_shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
-    Cip, Cop = -(-C_in // CI) * CI, -(-C_out // CO) * CO
+    Cip, Cop = _padded_channels(C_in, C_out)
     part = SLICES * kH * kW * Cop * Cip * itemsize
     copies = (
         SLICES * _block_images(N, Hp, Wp, Cip, H_out * W_out * Cop) * (Hp * Wp * Cip + H_out * W_out * Cop)
     )
     return Hp * Wp <= 4 * x_shape[2] * x_shape[3] and part <= PART_BYTES and copies * itemsize <= MAX_PANEL
+
+
+def _padded_channels(C_in, C_out):
+    """(Cip, Cop): the copies' channels, whole tiles of CI input and CO output channels."""
+    return -(-C_in // CI) * CI, -(-C_out // CO) * CO
 
 
 def _block_images(N, Hp, Wp, Cip, d_per_image):
@@ -230,12 +236,7 @@ def _slices(x, dy, dw, Xb, Db, part, M, stride_h, stride_w, pad_top, pad_left, d
             first = False
         if first:  # a slice without images (fewer images than slices): no terms
             part[t] = 0.0
-    n = part[0].size
-    total = part[0].reshape(n)  # total: (n,) the slices' sums, added in slice order
-    for sl in range(1, S):
-        add = part[sl].reshape(n)  # add: (n,)
-        for i in range(n):
-            total[uidx(i)] += add[uidx(i)]
+    _add_slices(part)
     for co in range(C_out):
         for ci in range(C_in):
             for kh in range(kH):
@@ -247,11 +248,11 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
     """dw = dL/dw for groups 1 (fully overwrites dw), on channels-last blocks (above)."""
     # dy: (N, C_out, H_out, W_out)   x: (N, C_in, H, W)   dw: (C_out, C_in, kH, kW)
     N, C_out, H_out, W_out = dy.shape
-    C_in, H, W = x.shape[1:]
+    C_in = x.shape[1]
     kH, kW = dw.shape[2:]
     geo = (stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     Hp, Wp = padded_plane(x.shape, dw.shape, dy.shape, *geo)  # the padded input the taps read
-    Cip, Cop = -(-C_in // CI) * CI, -(-C_out // CO) * CO
+    Cip, Cop = _padded_channels(C_in, C_out)
     M = _block_images(N, Hp, Wp, Cip, H_out * W_out * Cop)
     Xb = scratch("conv_lastc_X", (SLICES, M, Hp, Wp, Cip), x.dtype)  # Xb: (S, M, Hp, Wp, Cip)
     Db = scratch("conv_lastc_D", (SLICES, M * H_out * W_out, Cop), dy.dtype)  # Db: (S, M*H_out*W_out, Cop)

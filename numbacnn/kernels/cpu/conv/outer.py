@@ -145,7 +145,7 @@ def _pack_block(x, X, rows, n0, n1, q0, q1, qx, kH_packed, kW_packed, Wq, stride
 @njit(cache=True, inline="always")
 def _outer_16(s, row, c0, x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15):
     """s[i*LANES + v] += x_i * row[c0 + v] for the 16 scalars x_i and the LANES elements v of
-    row from c0: one step of a 16 x LANES outer-product tile (both tiles below, inlined: their
+    row from c0: one step of `_outer_tile`'s 16 x LANES outer-product tile (inlined: its
     fastmath=FMA fuses each multiply-add)."""
     # s: (16*LANES,) the tile's sums   row: (>= c0 + LANES,)
     for v in range(LANES):
@@ -240,6 +240,19 @@ def _outer_tile_2(part, k0, c0, Dt, Xf, base, p0, p1, first):
             part[k0 + t, c0 + v] = s[t * C2 + v]
 
 
+@njit(cache=True, inline="always")
+def _add_slices(part):
+    """part[0] += part[1] + ... + part[S - 1], added in slice order (a fixed order: the sums do
+    not depend on the threads): the slices' partial sums of a weight gradient (lastc.py's too)."""
+    # part: (S, ...) C-contiguous
+    n = part[0].size
+    total = part[0].reshape(n)  # total: (n,)
+    for sl in range(1, part.shape[0]):
+        add = part[sl].reshape(n)  # add: (n,)
+        for i in range(n):
+            total[uidx(i)] += add[uidx(i)]
+
+
 @njit(cache=True, parallel=True)
 def _tiles(x, dy, out, base, Xb, Dtb, part, m, nq, bands, reach_rows, kH_packed, kW_packed, Hq, Wq,
            stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):  # fmt: skip
@@ -287,11 +300,7 @@ def _tiles(x, dy, out, base, Xb, Dtb, part, m, nq, bands, reach_rows, kH_packed,
                         _outer_tile(part[sl], k0, c0, Dt, Xf, base, 0, L, first)
                     c0 += LANES
             first = False
-    total = part[0].reshape(Kp * Cp)  # total: (Kp*Cp,) the slices' sums, added in slice order
-    for sl in range(1, S):
-        add = part[sl].reshape(Kp * Cp)  # add: (Kp*Cp,)
-        for i in range(Kp * Cp):
-            total[uidx(i)] += add[uidx(i)]
+    _add_slices(part)
     for co in range(C_out):
         for k in range(K):
             out[co, k] = part[0, k, co]

@@ -123,7 +123,7 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, grou
     phases, _, _ = _phases(dx.shape, w.shape, dy.shape, stride_h, stride_w)
     N, C_in, H, W = dx.shape
     H_out, W_out = dy.shape[2], dy.shape[3]
-    reached = {(a, b) for a, b, _, _ in phases}
+    taps = {(a, b): (taps_h, taps_w) for a, b, taps_h, taps_w in phases}  # the phases taps reach
     for a in range(stride_h):
         for b in range(stride_w):
             # phase row i is padded row a + stride_h*i, dx row a + stride_h*i - pad_top: from i0 on
@@ -131,10 +131,10 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, grou
             r0, c0 = a + stride_h * i0 - pad_top, b + stride_w * j0 - pad_left
             if r0 >= H or c0 >= W:  # no position of dx in this phase
                 continue
-            if (a, b) not in reached:  # a kernel shorter than the stride: never reached
+            if (a, b) not in taps:  # a kernel shorter than the stride: never reached
                 _put_phase(np.empty((N, C_in, 0, 0), dx.dtype), dx, i0, j0, r0, c0, stride_h, stride_w)
                 continue
-            taps_h, taps_w = -(-(w.shape[2] - a) // stride_h), -(-(w.shape[3] - b) // stride_w)
+            taps_h, taps_w = taps[a, b]
             w_ab = np.ascontiguousarray(w[:, :, a::stride_h, b::stride_w])  # (C_out, C_in_g, taps_h, taps_w)
             dx_ab = scratch("conv_polyphase_dx", (N, C_in, H_out + taps_h - 1, W_out + taps_w - 1), dx.dtype)
             # an unpadded stride-1 phase always has the gather form (padding 0 <= the kernel's reach)
