@@ -477,22 +477,25 @@ OUTER_FORWARD_CASES = [  # N, C_in, C_out, H, W, kH, kW, stride, pad_top, pad_le
     (1, 1, 6, 70, 3, 1, 3, 1, 0, 1, 0, 1, 1),  # a 1 x 3 kernel on a tall thin plane
     (3, 32, 17, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1),  # channel tiles by the rule: a channel past a vector
     (5, 32, 40, 7, 13, 3, 3, 1, 1, 1, 1, 1, 1),  # runs of 8 and 5 along a row, a channel tile and 8
+    (1, 5, 19, 15, 16, 3, 3, 1, 1, 1, 1, 1, 1),  # row tiles by the rule: 15 rows of a vector, 19 channels
+    (2, 3, 16, 70, 64, 3, 3, 1, 1, 1, 1, 1, 1),  # row tiles by the rule, bands of rows
 ]
 
 
-@pytest.mark.parametrize("tiles", ["grid", "channels"])
+@pytest.mark.parametrize("tiles", ["grid", "channels", "rows"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("N,C_in,C_out,H,W,kH,kW,stride,pt,pl,pb,pr,dil", OUTER_FORWARD_CASES, ids=str)
 def test_outer_forward_equals_naive(N, C_in, C_out, H, W, kH, kW, stride, pt, pl, pb, pr, dil, dtype, tiles,
                                     monkeypatch):  # fmt: skip
     """outer.py's forward equals the naive forward bit for bit: the same taps in the same
-    order, one fused multiply-add each, with either tile forced (channels x position vectors
-    on the blocks' grid, the real outputs copied out; or runs of real positions x channel
-    vectors, written straight to y; test_channel_tiles_rule checks which one the rule picks).
+    order, one fused multiply-add each, with each tile forced (channels x position vectors
+    on the blocks' grid, the real outputs copied out; runs of real positions x channel
+    vectors, written straight to y; or channels x pieces of output rows, written straight to
+    y; test_channel_tiles_rule and test_row_tiles_rule check which one the rule picks).
     Blocks of whole images and bands, shared and per-(ci, kh) rows, channel edges, runs cut by
     a row's end, strides, dilation, asymmetric padding; the tasks' buffers are filled with NaN
     first, so every element the tiles read was packed."""
-    monkeypatch.setattr(outer, "use_channel_tiles", lambda *args: tiles == "channels")
+    monkeypatch.setattr(outer, "forward_tiles", lambda *args: tiles)
     rng = np.random.default_rng(7)
     x = rng.standard_normal((N, C_in, H, W)).astype(dtype)
     w = rng.standard_normal((C_out, C_in, kH, kW)).astype(dtype)
@@ -563,6 +566,27 @@ def test_channel_tiles_rule():
     assert not use(32, 64, 64, 32, 3, 1)  # the grid wastes 10%
     assert not use(64, 6, 16, 14, 5, 0) and not use(64, 1, 6, 32, 5, 0)  # LeNet's C3 and C1
     assert not use(64, 64, 8, 8, 3, 1)  # fewer channels than a vector
+
+
+def test_row_tiles_rule():
+    """The forward's row tiles (channels x pieces of output rows) where the rows are whole
+    vectors and the tiles do no more multiply-adds than the grid's (AVX-512 only): ResNet's
+    32x32 and 16x16 layers and VGG's, before the channel tiles; 8x8 planes, LeNet's C1 and C3
+    and 12-channel layers (16 channels of row tiles, 12 of grid tiles) do not take them."""
+
+    def tiles(N, C_in, C_out, H, k, pad):
+        H_out = H + 2 * pad - k + 1
+        y = (N, C_out, H_out, H_out)
+        plan = outer.forward_plan((N, C_in, H, H), (C_out, C_in, k, k), y, 1, 1, pad, pad, 1, 1)
+        return outer.forward_tiles(y, C_in * k * k, plan)
+
+    rows = "rows" if outer.ROW_TILES else "grid"  # AVX2's 16 registers cannot hold the tile
+    assert tiles(64, 16, 16, 32, 3, 1) == rows and tiles(64, 3, 16, 32, 3, 1) == rows
+    assert tiles(32, 64, 64, 32, 3, 1) == rows
+    assert tiles(64, 32, 32, 16, 3, 1) == (rows if outer.ROW_TILES else "channels")
+    assert tiles(64, 64, 64, 8, 3, 1) == "channels"  # rows of 8: half a vector
+    assert tiles(64, 6, 16, 14, 5, 0) == "grid" and tiles(64, 1, 6, 32, 5, 0) == "grid"  # LeNet
+    assert tiles(64, 16, 12, 32, 3, 1) == "grid"  # 16 channels of row tiles for 12
 
 
 def test_outer_forward_and_gather_through_the_dispatch():

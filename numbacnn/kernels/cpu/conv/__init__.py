@@ -17,7 +17,8 @@ Read the strategies in this order:
     outer.py      outer products on blocks packed into cache: the weight gradient of ResNet-
                   and VGG-sized layers (vectorised over output channels) and the forward of
                   stride-1 convs with 6 or more output channels (vectorised over positions;
-                  over channels on small planes with many channels: use_channel_tiles)
+                  over channels on small planes with many channels: use_channel_tiles;
+                  along output rows of whole vectors: use_row_tiles)
     lastc.py      the weight gradient of small planes with many channels on channels-last
                   copies of x and dy: per tap a product over the positions, both operands
                   contiguous along channels

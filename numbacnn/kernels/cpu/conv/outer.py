@@ -1,8 +1,9 @@
 """Convolutions (groups 1) as outer products on blocks packed into cache: the weight gradient
 of ResNet- and VGG-sized layers, vectorised over output channels, and the forward (with it
 the gather input gradient) of stride-1 convs with at least 6 output channels, vectorised over
-positions (the forward's section below), or over output channels on small planes with many
-channels (its last section).
+positions (the forward's section below), over output channels on small planes with many
+channels (the next section), or over pieces of output rows where the rows are whole vectors
+(the last section).
 
 Formula (as gemm.py's).  With positions p = (n, oh, ow) and taps k = (ci, kh, kw),
 
@@ -482,14 +483,18 @@ def forward_plan(x_shape, w_shape, y_shape, stride_h, stride_w, pad_top, pad_lef
     valid conv's grid keeps the input's H rows: LeNet's C3 would compute 14 rows for 10).
     Blocks of about BLOCK_FORWARD positions, but at least TASKS_FORWARD of them where there
     are images enough: 64 images on 8x8 made 11 blocks of 6, 6 on one thread and 5 on the
-    other (64->64 3x3 forward 1.26 -> 1.16 ms in 16 blocks of 4, interleaved)."""
+    other (64->64 3x3 forward 1.26 -> 1.16 ms in 16 blocks of 4, interleaved).  A plane of up
+    to 4 x BLOCK_FORWARD grid positions is one block, not bands (each band packs the taps'
+    reach rows again: 16->16 on 32x32, 33 x 33 grid, 1.48 -> 1.34 ms in whole images)."""
     N, C_in = x_shape[:2]
     C_out, _, kH, kW = w_shape
     geo = (y_shape, w_shape, x_shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     g = geometry(*geo, 0)
     if (g.Hq - y_shape[2]) * 8 > y_shape[2]:
         g = geometry(*geo, 1 << 30)  # a packed row per (ci, kh)
-    blk = blocking(g, N, C_out, C_in * kH * kW, kH, kW, dil_h, dil_w, 4, BLOCK_FORWARD)
+    block = min(max(BLOCK_FORWARD, -(-g.Hq * g.Wq // 2)), 2 * BLOCK_FORWARD)  # blocking: whole
+    # images on planes of up to 2 x block positions
+    blk = blocking(g, N, C_out, C_in * kH * kW, kH, kW, dil_h, dil_w, 4, block)
     if blk.bands == 1 and blk.m > 1 and -(-N // blk.m) < TASKS_FORWARD:  # too few blocks to share
         m = max(1, N // TASKS_FORWARD)  # out evenly: fewer images a block (the bits do not change)
         blk = blocking(g, N, C_out, C_in * kH * kW, kH, kW, dil_h, dil_w, 4, m * g.Hq * g.Wq)
@@ -612,8 +617,9 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
     K = C_in * kH * kW
     plan = forward_plan(x.shape, w.shape, y.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     g, blk = plan.grid, plan.blocks
-    channel_tiles = use_channel_tiles(y.shape, K, plan)
-    Cp = -(-C_out // CV_CHANNELS) * CV_CHANNELS if channel_tiles else plan.Cp  # whole tiles of channels
+    tiles = forward_tiles(y.shape, K, plan)
+    width = {"rows": ROW_CH, "channels": CV_CHANNELS, "grid": CH}[tiles]  # a tile's channels
+    Cp = -(-C_out // width) * width  # whole tiles of channels
     base = _tap_starts(C_in, kH, kW, g, dil_h, dil_w, plan.LB)  # base: (Kp,), the first K used
     Wt = np.zeros((K, Cp), y.dtype)  # Wt: (K, Cp) W^T, 0 in the channels past C_out
     Wt[:, :C_out] = w.reshape(C_out, K).T
@@ -621,7 +627,16 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
     bias[:C_out] = b
     rows = C_in * g.kH_packed * g.kW_packed
     Xb = scratch("conv_outer_X", (plan.T, rows + 1, plan.LB), x.dtype)  # Xb: (T, rows + 1, LB)
-    if channel_tiles:
+    if tiles == "rows":
+        LQ = blk.m * blk.nq * -(-y.shape[3] // LANES) + 1  # pieces per block, at most (and a partner)
+        Qb = scratch("conv_outer_Q", (plan.T, 3, LQ), np.int64)  # Qb: (T, 3, LQ)
+        Wr = scratch("conv_outer_W", (Cp // ROW_CH, K, ROW_CH), y.dtype)  # Wr: (Cp // ROW_CH, K, ROW_CH)
+        Wr[...] = Wt.reshape(K, Cp // ROW_CH, ROW_CH).transpose(1, 0, 2)
+        _forward_row_blocks(x, Wr, bias, y, base, Xb, Qb, blk.m, blk.nq, blk.bands, blk.reach_rows,
+                            g.kH_packed, g.kW_packed, g.Hq, g.Wq, stride_h, stride_w, pad_top, pad_left,
+                            dil_h, dil_w)  # fmt: skip
+        return
+    if tiles == "channels":
         LQ = blk.m * blk.nq * -(-y.shape[3] // RUN) + 1  # runs per block, at most (and a spare)
         Qb = scratch("conv_outer_Q", (plan.T, 3, LQ), np.int64)  # Qb: (T, 3, LQ)
         Wc = scratch("conv_outer_W", (Cp // CV_CHANNELS, K, CV_CHANNELS), y.dtype)  # on a cache line
@@ -757,3 +772,152 @@ def _forward_cv_blocks(x, Wc, bias, y, base, Xb, Qb, m, nq, bands, reach_rows, k
                     _forward_cv_tile(
                         yf, Wc, bias, Xf, base, runs[0, i], runs[1, i], runs[2, i], c0, C_out, plane
                     )
+
+
+# ----------------------------------------------------------- forward, along output rows
+# On planes whose output rows are whole vectors (W_out a multiple of LANES: ResNet's 32x32
+# and 16x16, VGG's), a third tile: ROW_CH output channels (broadcast weights, as the grid
+# tile's CH) x two pieces of LANES positions of the output rows (a row's next piece, or the
+# next row's first; pieces[:, i] holds a piece's grid position, its place in y and its real
+# positions), on the grid tiles' packed X.  The pieces are real outputs only (the grid tiles
+# also compute the grid's padding columns and rows: 33 x 33 for 32 x 32) and 16 channels fill
+# two tiles exactly (three grid tiles hold 18), and each piece is stored straight to y, a
+# vector per channel (no tile-major buffer, no copy pass).  At each tap: 8 broadcasts, 2
+# vector loads, 16 fused multiply-adds (the grid tile: 6, 3 and 18); the sums run over the
+# taps in the naive order from b[co], as `_forward_tile`'s: the same bits.  Interleaved in
+# one process, batch 64, 2 threads, Xeon VM (ms, grid or channel tiles -> row tiles): 16->16
+# on 32x32 1.67 -> 1.37, 3->16 on 32x32 0.48 -> 0.40, 32->32 on 16x16 1.27 -> 1.18 (channel
+# tiles), VGG 64->64 on 32x32 (batch 32) 10.1 -> 9.0, 16->32 1x1 0.76 -> 0.72.  Rows that are
+# not whole vectors lose (64->64 on 8x8, a flat piece across rows: 1.16 -> 1.43; LeNet's C1,
+# 28 columns and 6 channels: 0.14 -> 0.15); so does AVX2, whose 16 ymm cannot hold the 16
+# sums, 8 weights and 2 inputs.
+ROW_CH = 8  # output channels per row tile (broadcast weights)
+ROW_SUMS = ROW_CH * 2 * LANES  # the tile's stack array (a compile-time constant)
+ROW_TILES = VECTOR_BITS >= 512  # 16 sums + 8 weights + 2 inputs: 26 of 32 zmm (AVX2 would spill)
+
+
+def use_row_tiles(y_shape, plan):
+    """True when the forward into y: (N, C_out, H_out, W_out), cut by `plan` (forward_plan's),
+    should take `_forward_row_blocks`: AVX-512, at least ROW_CH output channels, output rows
+    of whole vectors (W_out a multiple of LANES), and no more multiply-adds than the grid's
+    tiles would do (channels rounded up to ROW_CH; LeNet-sized 6 or 12 channels keep the
+    grid's 6).  Channel tiles never do fewer on such rows (they round channels up to 32)."""
+    N, C_out, H_out, W_out = y_shape
+    if not ROW_TILES or C_out < ROW_CH or W_out % LANES:
+        return False
+    blk = plan.blocks
+    grid = -(-N // blk.m) * blk.bands * plan.LY * plan.Cp
+    return N * H_out * W_out * -(-C_out // ROW_CH) * ROW_CH <= grid
+
+
+def forward_tiles(y_shape, K, plan):
+    """The forward's tiles for y: (N, C_out, H_out, W_out) with K = C_in*kH*kW taps, cut by
+    `plan`: "rows" (use_row_tiles), "channels" (use_channel_tiles) or "grid"."""
+    if use_row_tiles(y_shape, plan):
+        return "rows"
+    return "channels" if use_channel_tiles(y_shape, K, plan) else "grid"
+
+
+@njit(cache=True, fastmath=FMA)
+def _forward_row_tile(yf, Wr, bias, Xf, base, pieces, i, c0, C_out, plane):
+    """Pieces i and i + 1 (pieces[:, i]: grid position r, place d in y's channel 0, real
+    positions n) x ROW_CH channels from c0: y[d + (c0 + o)*plane + v] = bias[c0 + o] + sum over
+    the taps k, in order, of Wr[c0 // ROW_CH, k, o] * Xf[base[k] + r + v], for v < n and the
+    channels c0 + o below C_out."""
+    # yf: (N*C_out*plane,) y flat   Wr: (Cp // ROW_CH, K, ROW_CH) W^T per channel tile
+    # bias: (Cp,)   Xf: ((rows+1)*LB,) X flat   base: (>= K,) tap k's start in Xf   pieces: (3, LQ)
+    prefer_vector_width(VECTOR_BITS)
+    s = stack_array(ROW_SUMS, Wr.dtype)  # s: (ROW_CH*2*LANES,) channel o's sums at o*2*LANES
+    R = 2 * LANES
+    L = LANES
+    b0, b1, b2, b3 = bias[c0], bias[c0 + 1], bias[c0 + 2], bias[c0 + 3]
+    b4, b5, b6, b7 = bias[c0 + 4], bias[c0 + 5], bias[c0 + 6], bias[c0 + 7]
+    for j in range(R):
+        s[j] = b0
+        s[R + j] = b1
+        s[2 * R + j] = b2
+        s[3 * R + j] = b3
+        s[4 * R + j] = b4
+        s[5 * R + j] = b5
+        s[6 * R + j] = b6
+        s[7 * R + j] = b7
+    r0 = pieces[0, i]
+    gap = pieces[0, i + 1] - r0
+    W = Wr[c0 // ROW_CH]  # W: (K, ROW_CH) this tile's weights, a tap's channels in a row
+    for k in range(W.shape[0]):
+        a = base[k] + r0
+        w0, w1, w2, w3 = W[k, 0], W[k, 1], W[k, 2], W[k, 3]
+        w4, w5, w6, w7 = W[k, 4], W[k, 5], W[k, 6], W[k, 7]
+        for v in range(L):
+            x0, x1 = Xf[uidx(a + v)], Xf[uidx(a + gap + v)]
+            s[v] += x0 * w0
+            s[L + v] += x1 * w0
+            s[R + v] += x0 * w1
+            s[R + L + v] += x1 * w1
+            s[2 * R + v] += x0 * w2
+            s[2 * R + L + v] += x1 * w2
+            s[3 * R + v] += x0 * w3
+            s[3 * R + L + v] += x1 * w3
+            s[4 * R + v] += x0 * w4
+            s[4 * R + L + v] += x1 * w4
+            s[5 * R + v] += x0 * w5
+            s[5 * R + L + v] += x1 * w5
+            s[6 * R + v] += x0 * w6
+            s[6 * R + L + v] += x1 * w6
+            s[7 * R + v] += x0 * w7
+            s[7 * R + L + v] += x1 * w7
+    nc = min(ROW_CH, C_out - c0)
+    for h in range(2):
+        d0, n = pieces[1, i + h], pieces[2, i + h]
+        if n == L:
+            for o in range(nc):
+                d = d0 + (c0 + o) * plane
+                for v in range(L):
+                    yf[uidx(d + v)] = s[o * R + h * L + v]
+        else:
+            for o in range(nc):
+                d = d0 + (c0 + o) * plane
+                for v in range(n):
+                    yf[uidx(d + v)] = s[o * R + h * L + v]
+
+
+@njit(cache=True, parallel=True)
+def _forward_row_blocks(x, Wr, bias, y, base, Xb, Qb, m, nq, bands, reach_rows, kH_packed, kW_packed, Hq, Wq,
+                        stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):  # fmt: skip
+    """y = conv2d(x, w) + b as `_forward_blocks` cuts it (a run of blocks per task, X packed
+    per block into the task's buffer), with `_forward_row_tile`'s tiles over the block's output
+    rows in pieces of LANES (rows as long as the grid's, Wq == W_out, in one flat run per
+    image), written straight to y."""
+    # x: (N, C_in, H, W)   Wr: (Cp // ROW_CH, K, ROW_CH)   bias: (Cp,)
+    # y: (N, C_out, H_out, W_out)   base: (>= K,)   Xb: (T, rows + 1, LB)   Qb: (T, 3, LQ)
+    N, C_out, H_out, W_out = y.shape
+    Cp = Wr.shape[0] * ROW_CH
+    T, R1, LB = Xb.shape
+    plane = H_out * W_out
+    yf = y.reshape(N * C_out * plane)  # yf: (N*C_out*H_out*W_out,)
+    n_blocks = (N + m - 1) // m * bands
+    for t in prange(T):  # parallel over runs of blocks: owns their outputs
+        X = Xb[t]  # X: (rows + 1, LB)
+        Xf = X.reshape(R1 * LB)
+        pieces = Qb[t]  # pieces: (3, LQ) a piece's grid position, place in y, real positions
+        for blk in range(t * n_blocks // T, (t + 1) * n_blocks // T):
+            n0, n1, q0, q1, qx = _block(blk, N, m, nq, bands, Hq, reach_rows)
+            _pack_block(x, X, R1 - 1, n0, n1, q0, q1, qx, kH_packed, kW_packed, Wq,
+                        stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)  # fmt: skip
+            L = 0
+            qe = min(q1, H_out)
+            run_rows = qe - q0 if Wq == W_out else 1  # rows as long as y's: one flat run
+            for j in range(n1 - n0):
+                for q in range(q0, qe, run_rows):
+                    length = min(run_rows, qe - q) * W_out
+                    for c in range(0, length, LANES):
+                        pieces[0, L] = (j * (q1 - q0) + q - q0) * Wq + c
+                        pieces[1, L] = (n0 + j) * C_out * plane + q * W_out + c
+                        pieces[2, L] = min(LANES, length - c)
+                        L += 1
+            pieces[0, L] = pieces[0, L - 1]  # an odd last piece's partner: computed, never written
+            pieces[1, L] = 0
+            pieces[2, L] = 0
+            for c0 in range(0, Cp, ROW_CH):  # the tile's weights stay in L1 across the rows
+                for i in range(0, L, 2):
+                    _forward_row_tile(yf, Wr, bias, Xf, base, pieces, i, c0, C_out, plane)
