@@ -216,7 +216,8 @@ def test_gemm_weight_gradient_with_uneven_padding_matches_naive(H, W, k, pad_top
 
 def test_gemm_shifts_rows_on_planes_of_8_rows_per_extra_row():
     """Stride 1 both ways: one packed row per ci (taps are views shifted along rows and
-    columns) when H_out >= 8 * (kH-1) * dil_h; else one per (ci, kh); strided: one per tap."""
+    columns) when H_out >= 8 * (kH-1) * dil_h; else one per (ci, kh); strided: one per phase
+    of the stride (kernels longer than the stride, no dilation), else one per tap."""
     g = gemm.geometry((64, 16, 32, 32), (16, 16, 3, 3), (64, 16, 32, 32), 1, 1, 1, 1, 1, 1)
     assert (g.kH_packed, g.kW_packed, g.Hq, g.Wq) == (1, 1, 33, 33) and g.P == 64 * 33 * 33  # shared padding
     assert g.P_row == g.P + gemm.ROW_PAD + 2 * 33 + 2  # the views' reach past P
@@ -230,8 +231,25 @@ def test_gemm_shifts_rows_on_planes_of_8_rows_per_extra_row():
         32,
     )  # C1
     x = (64, 16, 32, 32)
-    assert gemm.geometry((64, 32, 16, 16), (32, 16, 3, 3), x, 2, 2, 1, 1, 1, 1)[:4] == (3, 3, 16, 16)
-    assert gemm.geometry((64, 32, 16, 32), (32, 16, 3, 3), x, 2, 1, 1, 1, 1, 1)[:4] == (3, 1, 16, 33)
+    assert gemm.geometry((64, 32, 16, 16), (32, 16, 3, 3), x, 2, 2, 1, 1, 1, 1)[:4] == (2, 2, 17, 17)
+    assert gemm.geometry((64, 32, 16, 32), (32, 16, 3, 3), x, 2, 1, 1, 1, 1, 1)[:4] == (2, 1, 17, 33)
+    assert gemm.geometry((64, 32, 4, 4), (32, 16, 3, 3), x, 2, 2, 1, 1, 1, 1)[:4] == (
+        3,
+        2,
+        4,
+        5,
+    )  # 4 rows < 8
+    assert gemm.geometry((64, 32, 16, 16), (32, 16, 3, 3), x, 2, 2, 1, 1, 2, 2)[:4] == (
+        3,
+        3,
+        16,
+        16,
+    )  # dilated
+    assert gemm.geometry((64, 32, 16, 16), (32, 16, 2, 2), x, 2, 2, 0, 0, 1, 1)[:4] == (2, 2, 16, 16)  # k = s
+    g = gemm.geometry((2, 8, 32, 32), (8, 3, 7, 7), (2, 3, 64, 64), 2, 2, 3, 3, 1, 1)  # a 7x7 stem
+    assert g[:4] == (2, 2, 35, 35) and g.P_row == g.P + gemm.ROW_PAD + 3 * 35 + 3
+    g = gemm.geometry((2, 8, 16, 16), (8, 3, 7, 7), (2, 3, 32, 32), 2, 2, 3, 3, 1, 1)  # 16 rows < 8 x 3
+    assert g[:4] == (7, 2, 16, 19) and g.P_row == g.P + gemm.ROW_PAD + 3
 
 
 def test_gemm_dispatch_rule():
@@ -291,7 +309,9 @@ OUTER_CASES = [  # N, C_in, C_out, H, W, k, stride, pad, dil
     (5, 4, 17, 18, 18, 3, 1, 1, 1),  # a channel past a vector; K = 36: taps of zeros to 48
     (2, 2, 40, 40, 52, 3, 1, 1, 1),  # 3 vectors: a 2-vector tile and a 1-vector one; 41 x 53 grid: bands
     (2, 3, 16, 50, 47, 5, 1, 2, 2),  # dilation 2, bands; a row per (ci, kh): one row of reach
-    (3, 5, 16, 34, 33, 3, 2, 1, 1),  # stride 2: a row per tap
+    (3, 5, 16, 34, 33, 3, 2, 1, 1),  # stride 2: a row per phase
+    (2, 3, 16, 37, 40, 5, 3, 2, 1),  # stride 3: 3 phases, 5 taps
+    (3, 4, 16, 14, 14, 3, 2, 1, 1),  # stride 2 to 7 x 7: a row per tap along h (7 < 8 rows a shift)
     (4, 6, 32, 32, 32, 1, 2, 0, 1),  # 1x1 stride 2
     (2, 2, 16, 17, 19, 3, 1, 3, 1),  # padding wider than the kernel's reach
     (1, 3, 16, 20, 20, 4, 1, 1, 1),  # an even kernel (17 x 17 outputs)
@@ -479,6 +499,11 @@ OUTER_FORWARD_CASES = [  # N, C_in, C_out, H, W, kH, kW, stride, pad_top, pad_le
     (5, 32, 40, 7, 13, 3, 3, 1, 1, 1, 1, 1, 1),  # runs of 8 and 5 along a row, a channel tile and 8
     (1, 5, 19, 15, 16, 3, 3, 1, 1, 1, 1, 1, 1),  # row tiles by the rule: 15 rows of a vector, 19 channels
     (2, 3, 16, 70, 64, 3, 3, 1, 1, 1, 1, 1, 1),  # row tiles by the rule, bands of rows
+    (3, 5, 16, 33, 32, 3, 3, 2, 1, 1, 1, 1, 1),  # stride 2: a row per phase (17 x 16 outputs)
+    (2, 4, 9, 31, 29, 5, 5, 2, 2, 1, 2, 1, 1),  # stride 2, 5x5, uneven padding
+    (2, 3, 12, 40, 37, 7, 7, 3, 3, 3, 3, 3, 1),  # stride 3, 7x7: 3 phases of 3, 3, 1 taps
+    (4, 6, 8, 14, 14, 3, 3, 2, 1, 1, 1, 1, 1),  # stride 2 to 7 x 7: a row per (ci, kh), phases along w
+    (2, 4, 8, 16, 16, 2, 2, 2, 0, 0, 0, 0, 1),  # 2x2 stride 2: a row per tap
 ]
 
 
@@ -539,7 +564,8 @@ def test_outer_forward_dispatch_rule():
     assert use((64, 16, 8, 8), (64, 16, 3, 3), (64, 64, 8, 8))
     assert use((64, 16, 10, 10), (6, 16, 5, 5), (64, 6, 14, 14), (1, 1, 4, 4, 1, 1))  # C3's dx
     assert use((64, 16, 32, 32), (32, 16, 1, 1), (64, 32, 16, 16), (2, 2, 0, 0, 1, 1))  # 1x1 s2
-    assert not use((64, 16, 32, 32), (32, 16, 3, 3), (64, 32, 16, 16), (2, 2, 1, 1, 1, 1))  # 3x3 s2
+    assert use((64, 16, 32, 32), (32, 16, 3, 3), (64, 32, 16, 16), (2, 2, 1, 1, 1, 1))  # 3x3 s2: phases
+    assert not use((64, 16, 32, 32), (32, 16, 3, 3), (64, 32, 15, 15), (2, 2, 1, 1, 2, 2))  # and dilated
     assert not use((64, 6, 28, 28), (5, 6, 3, 3), (64, 5, 28, 28))  # fewer than CH channels
     assert not use((64, 16, 8, 8), (64, 8, 3, 3), (64, 64, 8, 8), groups=2)
     assert not use((0, 16, 8, 8), (64, 16, 3, 3), (0, 64, 8, 8))  # no images

@@ -34,8 +34,8 @@ Dispatch (the contract names below; functional.conv2d* call them, validated and 
                9 taps or more at strides of at most 2, its copies and partial sums bounded
                -> lastc.py
     outer      forward (and the gather input gradient), groups 1, at least 6 output channels,
-               float32, stride 1 or a 1x1 kernel, the tasks' buffers within 64 MB (after gemm's tiny
-               planes below) -> outer.conv2d_forward;
+               float32, stride 1, a 1x1 kernel or no dilation (strided: a packed row per phase), the
+               tasks' buffers within 64 MB (after gemm's tiny planes below) -> outer.conv2d_forward;
                backward_weight, groups 1, at least one vector of output channels (16 with
                AVX-512) and 256 output positions per image (16x16), gemm's 64 MB panel bound
                -> outer.py
@@ -119,7 +119,7 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
         x.shape, w.shape, y.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups, y.itemsize
     ):
         outer.conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
-    else:  # any stride and dilation: phase planes (planes.split_plane) or column copies
+    else:  # float64, groups, strided and dilated: phase planes (planes.split_plane) or column copies
         direct.conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups)
 
 

@@ -299,7 +299,10 @@ def slices(K, P):
 
 class Grid(NamedTuple):
     """The packed panels' layout: kH_packed x kW_packed rows of X per input channel, each on a
-    grid of Hq x Wq positions per image, P = N*Hq*Wq of them, rows P_row apart."""
+    grid of Hq x Wq positions per image, P = N*Hq*Wq of them, rows P_row apart.  Along each
+    axis, tap kh reads packed row kh % kH_packed from (kh // kH_packed)*dil_h grid rows on
+    (`_tap_rows`): one shifted row (kH_packed 1), a row per tap (kH_packed kH) or, for a
+    stride s, a row per phase (kH_packed s)."""
 
     kH_packed: int
     kW_packed: int
@@ -335,24 +338,38 @@ def geometry(
     With stride_h 1 too, and a plane of at least ROW_SHIFT_PLANE rows per extra grid row, the
     kernel rows are shifted views as well: ONE row per ci on Hq = H + the wider of the top and
     bottom paddings (the images share theirs likewise), tap (kh, kw) read from kh*dil_h*Wq +
-    kw*dil_w on, dY 0 in the extra rows.  Otherwise one row per tap on the H_out x W_out grid."""
+    kw*dil_w on, dY 0 in the extra rows.  Otherwise one row per tap on the H_out x W_out grid,
+    except for a stride s shorter than an undilated kernel: then one row per phase (column c
+    of phase b holds input column c*s - pad_left + b), on W_out + (kW - 1) // s columns (and
+    so for the rows, with the stride-1 rule's plane bound), tap kw read from phase kw % s,
+    kw // s along it (3x3 stride 2: 4 rows per ci, not 9)."""
     N, _, H_out, W_out = dy_shape
     kH, kW = w_shape[2], w_shape[3]
     H, W = x_shape[2], x_shape[3]
     shifted = stride_w == 1 and kW > 1
     reach_w = (kW - 1) * dil_w  # how far a row's last tap reads past its first
     pad_right = W_out - 1 + reach_w - pad_left - (W - 1)  # the padding the taps read past W
-    kW_packed, Wq = (1, max(W_out, W + max(pad_left, pad_right))) if shifted else (kW, W_out)
+    if shifted:
+        kW_packed, Wq = 1, max(W_out, W + max(pad_left, pad_right))
+    elif dil_w == 1 and 1 < stride_w < kW:  # a row per phase
+        kW_packed, Wq = stride_w, W_out + (kW - 1) // stride_w
+    else:
+        kW_packed, Wq = kW, W_out
     reach_h = (kH - 1) * dil_h
     shifted_h = shifted and stride_h == 1 and kH > 1 and H_out >= row_shift_plane * reach_h
     pad_bottom = H_out - 1 + reach_h - pad_top - (H - 1)
-    kH_packed, Hq = (1, max(H_out, H + max(pad_top, pad_bottom))) if shifted_h else (kH, H_out)
+    if shifted_h:
+        kH_packed, Hq = 1, max(H_out, H + max(pad_top, pad_bottom))
+    elif dil_h == 1 and 1 < stride_h < kH and H_out >= row_shift_plane * ((kH - 1) // stride_h):
+        kH_packed, Hq = stride_h, H_out + (kH - 1) // stride_h
+    else:
+        kH_packed, Hq = kH, H_out
     P = N * Hq * Wq
-    # Rows P_row = P + tail elements apart: the shifted views read up to reach_h*Wq + reach_w
-    # past P, and 8 rows a power of two apart (P = 64 x 64 = 4096) would fall into the same
-    # L1 sets and thrash them (2 threads on sibling cores: 2x slower than one); a cache line
-    # more spreads them.
-    P_row = P + ROW_PAD + reach_h * Wq * shifted_h + reach_w * shifted
+    # Rows P_row = P + tail elements apart: the shifted views read up to (their last tap's
+    # shift) past P, and 8 rows a power of two apart (P = 64 x 64 = 4096) would fall into the
+    # same L1 sets and thrash them (2 threads on sibling cores: 2x slower than one); a cache
+    # line more spreads them.
+    P_row = P + ROW_PAD + (kH - 1) // kH_packed * dil_h * Wq + (kW - 1) // kW_packed * dil_w
     return Grid(kH_packed, kW_packed, Hq, Wq, P, P_row)
 
 
@@ -363,9 +380,9 @@ def _tap_rows(C_in, kH, kW, grid, dil_h, dil_w):
     only read them)."""
     k = np.arange(C_in * kH * kW)
     ci, kh, kw = k // (kH * kW), (k // kW) % kH, k % kW
-    h_rows, w_rows = grid.kH_packed > 1, grid.kW_packed > 1  # a packed row per kh, per kw
-    krow = (ci * grid.kH_packed + kh * h_rows) * grid.kW_packed + kw * w_rows  # krow: (K,)
-    kshift = kh * dil_h * grid.Wq * (not h_rows) + kw * dil_w * (not w_rows)  # kshift: (K,)
+    kHp, kWp = grid.kH_packed, grid.kW_packed  # 1: shifted rows, kH: a row per tap, s: phases
+    krow = (ci * kHp + kh % kHp) * kWp + kw % kWp  # krow: (K,)
+    kshift = kh // kHp * dil_h * grid.Wq + kw // kWp * dil_w  # kshift: (K,)
     return krow, kshift
 
 

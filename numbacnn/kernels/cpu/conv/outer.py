@@ -330,8 +330,8 @@ def blocking(grid, N, C_out, K, kH, kW, dil_h, dil_w, itemsize, block=BLOCK):
     of them, fewer where there are fewer blocks or the partial sums would pass PART_BYTES;
     channel groups where that leaves fewer than MIN_TASKS tasks."""
     plane = grid.Hq * grid.Wq
-    reach_h = (kH - 1) * dil_h * (grid.kH_packed < kH)  # how far the shifted taps read below a
-    reach_w = (kW - 1) * dil_w * (grid.kW_packed < kW)  # position, and to its right
+    reach_h = (kH - 1) // grid.kH_packed * dil_h  # how far the shifted taps read below a
+    reach_w = (kW - 1) // grid.kW_packed * dil_w  # position (grid rows), and to its right
     reach_rows = reach_h + (reach_w > 0)
     if plane <= 2 * block:
         m, nq, bands = max(1, (block + plane // 2) // plane), grid.Hq, 1
@@ -429,9 +429,15 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
 #       their gather input gradients alike; 32->32 on 16x16 loses 5-10% (1.57 / 1.86 -> 1.66 /
 #       1.98; 6-channel rows leave 4 of 36 idle, the 17 x 17 grid 13% extra positions).
 # LeNet-5's training step no longer compiles direct.py's forward (its largest kernel): the
-# README command's first batch 35.8-38.7 s -> 24.3-26.9 s of JIT.  Strided 3x3 convs stay on
-# direct.py's phase planes (a packed row per tap, 9x the pack: 16->32 stride 2 on 32x32, 2
-# threads, 1.98-2.22 -> 2.52-3.17 ms).
+# README command's first batch 35.8-38.7 s -> 24.3-26.9 s of JIT.  Strided convs had stayed on
+# direct.py's phase planes (with a packed row per tap, 9x the pack, 16->32 3x3 stride 2 on
+# 32x32 went 1.98-2.22 -> 2.52-3.17 ms); with a packed row per phase of the stride (gemm's
+# `geometry`: 4 rows per ci for 3x3 stride 2, taps shifted along them), undilated strided
+# convs take these tiles too.  Against direct.py, each in its own process, alternating, batch
+# 64 (ms): 16->32 3x3 stride 2 on 32x32 1.22-1.28 -> 1.09-1.14 (its weight gradient, outer.py
+# too, 1.32-1.44 -> 1.09-1.13), 32->64 stride 2 to 8x8 1.06-1.11 -> 0.93-0.98, a 3->64 7x7
+# stride 2 stem on 224x224 (batch 8) 10.2 -> 8.4 (dw 12.4-12.7 -> 9.9-10.1).  A third of the
+# 16->32 forward is the pack (0.39 ms: the phases' strided copies, rows of 17).
 CH = 6  # output channels per forward tile (rows of the tile)
 VECS = 3 if VECTOR_BITS >= 512 else 2  # vectors of positions per tile: float32 sums in 24 of 32 zmm
 POSITIONS = VECS * LANES  # positions per forward tile                 (12 of 16 ymm with AVX2)
@@ -445,8 +451,9 @@ def use_outer_forward(x_shape, w_shape, y_shape, stride_h, stride_w, pad_top, pa
                       itemsize):  # fmt: skip
     """True when the forward of x: (N, C_in, H, W) for w: (C_out, C_in, kH, kW) into y: (N,
     C_out, H_out, W_out) (and the gather input gradient, the same conv on dy) should take this
-    path: groups 1, at least one image, at least MIN_C_FORWARD output channels, stride 1 (or a
-    1x1 kernel: its rows are strided copies, no larger than y), float32 (itemsize 4), and the
+    path: groups 1, at least one image, at least MIN_C_FORWARD output channels, stride 1, or a
+    1x1 kernel (its rows are strided copies, no larger than y), or no dilation (a packed row
+    per phase of the stride, gemm's `geometry`), float32 (itemsize 4), and the
     tasks' buffers within gemm's MAX_PANEL.  float64 stays on direct.py: the tile's POSITIONS
     are float32 lanes, and 6 x 64 doubles would need 48 zmm (the float64 tile spills: LeNet
     C3's forward 0.42 -> 0.70 ms, its gather 0.54 -> 0.92, 16->16 on 32x32 3.27 -> 5.46).
@@ -455,8 +462,8 @@ def use_outer_forward(x_shape, w_shape, y_shape, stride_h, stride_w, pad_top, pa
         return False
     if 0 in y_shape[2:]:  # no output positions (the dispatch returns before)
         return False
-    if not (stride_h == stride_w == 1 or w_shape[2] == w_shape[3] == 1):
-        return False
+    if not (stride_h == stride_w == 1 or w_shape[2] == w_shape[3] == 1 or dil_h == dil_w == 1):
+        return False  # a strided, dilated conv: direct.py
     plan = forward_plan(x_shape, w_shape, y_shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     rows = w_shape[1] * plan.grid.kH_packed * plan.grid.kW_packed
     return plan.T * ((rows + 1) * plan.LB + plan.Cp * plan.LY) * itemsize <= MAX_PANEL
