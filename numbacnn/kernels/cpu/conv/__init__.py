@@ -138,7 +138,9 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_
     elif polyphase.use_polyphase(
         dx.shape, w.shape, dy.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w
     ):
-        polyphase.conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, groups)
+        polyphase.conv2d_backward_input(
+            dy, w, dx, stride_h, stride_w, pad_top, pad_left, groups, conv2d_forward
+        )
     elif direct.can_gather(w.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
         # a forward conv of dy: whichever forward kernel that conv takes
         direct.conv2d_backward_input_gather(

@@ -1,7 +1,8 @@
 """The gradients of a 2-D convolution with stride > 1 as sums of stride-1 ones (its
-polyphase decomposition), run on the fast stride-1 kernels of direct.py.  (The forward,
-direct.conv2d_forward, splits its padded planes into the same phases itself: one kernel call
-instead of one per phase, 1.7-2.4x faster than this decomposition's sum.)
+polyphase decomposition), run on the fast stride-1 kernels (direct.py's, or those the dispatch
+passes).  (The forward does not need it: outer.py packs a row per phase and direct.py splits
+its padded planes into the same phases, one kernel call instead of one per phase, 1.7-2.4x
+faster than this decomposition's sum.)
 
 Formula.  Write each tap as kh = a + stride_h*i (a = kh mod stride_h, the phase) and likewise
 kw = b + stride_w*j.  With xp the zero-padded input,
@@ -14,7 +15,8 @@ with the phase input  x_ab = xp[:, :, a::stride_h, b::stride_w]  and the phase k
 w_ab = w[:, :, a::stride_h, b::stride_w]  (ceil((kH - a)/stride_h) x ceil((kW - b)/stride_w)
 taps).  Every multiply-add of the strided conv is in exactly one phase, so the work is the
 same, but it runs on the stride-1 kernels (the README's table and benchmarks/bench_conv.py
-measure the gain).  The gradients decompose the same way:
+measure the gain).  The gradients decompose the same way (their phases' stride-1 convs run on
+whichever kernel the dispatch's forward picks for them, outer.py's tiles included):
 dw[:, :, a::stride_h, b::stride_w] is the stride-1 weight gradient of phase (a, b), and
 its stride-1 input gradient is that of the padded input's positions (a + stride_h*i,
 b + stride_w*j) (the phases own disjoint positions of xp, so nothing overlaps).
@@ -112,13 +114,17 @@ def _put_phase(dx_ab, dx, i0, j0, r0, c0, stride_h, stride_w):
                     dst[uidx(d + stride_w * j)] = 0.0
 
 
-def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, groups):
+def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, groups, forward=None):
     """dx of a strided conv: phase (a, b)'s stride-1 input gradient (gather form) is the
     gradient of the padded input's positions (a + s_h*i, b + s_w*j); those inside x are written
     into dx[:, :, a - pad_top + s_h*i, b - pad_left + s_w*j] by `_put_phase` (rows and columns
     no window reaches get 0; a phase no tap reaches, all 0).  The phases' gradients are scratch
     arrays (no page faults), and `_put_phase` replaced NumPy's strided copies and zero fills:
-    16->32 3x3 stride 2 on 32x32 at batch 64, 0.8 ms of copies of its 2.5 ms."""
+    16->32 3x3 stride 2 on 32x32 at batch 64, 0.8 ms of copies of its 2.5 ms.  forward: the
+    forward kernel the phases' gathers run (conv2d_forward's arguments; default direct.py's):
+    the dispatch passes its own, so they take outer.py's tiles (alternating processes, batch
+    64, ms: 32->64 3x3 stride 2 to 8x8 2.52-2.55 -> 2.06-2.13, 16->32 1x1 stride 2 0.59-0.63 ->
+    0.50-0.53)."""
     # dy: (N, C_out, H_out, W_out)   w: (C_out, C_in_g, kH, kW)   dx: (N, C_in, H, W)
     phases, _, _ = _phases(dx.shape, w.shape, dy.shape, stride_h, stride_w)
     N, C_in, H, W = dx.shape
@@ -138,5 +144,5 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, grou
             w_ab = np.ascontiguousarray(w[:, :, a::stride_h, b::stride_w])  # (C_out, C_in_g, taps_h, taps_w)
             dx_ab = scratch("conv_polyphase_dx", (N, C_in, H_out + taps_h - 1, W_out + taps_w - 1), dx.dtype)
             # an unpadded stride-1 phase always has the gather form (padding 0 <= the kernel's reach)
-            direct.conv2d_backward_input_gather(dy, w_ab, dx_ab, 0, 0, 1, 1, groups)
+            direct.conv2d_backward_input_gather(dy, w_ab, dx_ab, 0, 0, 1, 1, groups, forward)
             _put_phase(dx_ab, dx, i0, j0, r0, c0, stride_h, stride_w)
