@@ -22,8 +22,8 @@ its stride-1 input gradient is that of the padded input's positions (a + stride_
 b + stride_w*j) (the phases own disjoint positions of xp, so nothing overlaps).
 
 Loop nest: for each phase (a, b) in order: one stride-1 kernel call over the whole batch
-(parallel inside); the input gradient puts each phase's positions into dx with `_put_phase`
-(a parallel copy).  Only data movement (padding, phase slices) happens here in NumPy; every
+(parallel inside); the input gradient then puts every phase's positions into dx with
+`_put_phases` (one parallel copy).  Only data movement (padding, phase slices) happens here in NumPy; every
 multiply-add is in the kernels.  Dilation 1 only (`use_polyphase`).
 """
 
@@ -87,40 +87,46 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, gro
 
 
 @njit(cache=True, parallel=True)
-def _put_phase(dx_ab, dx, i0, j0, r0, c0, stride_h, stride_w):
-    """dx[n, c, r0 + stride_h*i, c0 + stride_w*j] = dx_ab[n, c, i0 + i, j0 + j] where that is
-    inside dx_ab, else 0: one phase's positions of dx, every one written (dx_ab may have no
-    rows: a phase no tap reaches is all zeros).  Parallel over (image, channel), flat indices
-    (a view per row cost more than its 16 copies)."""
-    # dx_ab: (N, C, rows, cols) the phase's stride-1 input gradient   dx: (N, C, H, W)
+def _put_phases(buf, phases, dx, stride_h, stride_w):
+    """Every phase's positions of dx from its stride-1 input gradient: for each row p of
+    phases = (start in buf, rows, cols, i0, j0, r0, c0), dx[n, c, r0 + stride_h*i, c0 + stride_w*j]
+    = G_p[n, c, i0 + i, j0 + j] where that is inside G_p, else 0, G_p: (N, C, rows, cols) the
+    phase's gradient at buf[start:] (no rows: a phase no tap reaches is all zeros; phases with
+    no position in dx are not listed).  Parallel over (image, channel): each thread puts all
+    the phases of its planes while a plane stays in cache (one phase a call wrote across all
+    of dx each time: 4 passes for stride 2); flat indices (a view per row cost more than its 16
+    copies)."""
+    # buf: (>= the phases' sizes,)   phases: (P, 7)   dx: (N, C, H, W)
     N, C, H, W = dx.shape
-    rows, cols = dx_ab.shape[2], dx_ab.shape[3]
-    n_i = (H - r0 + stride_h - 1) // stride_h  # this phase's rows and columns of dx
-    n_j = (W - c0 + stride_w - 1) // stride_w
-    h1, w1 = max(0, min(n_i, rows - i0)), max(0, min(n_j, cols - j0))  # those inside dx_ab
     dst = dx.reshape(N * C * H * W)  # dst: (N*C*H*W,)
-    src = dx_ab.reshape(N * C * rows * cols)  # src: (N*C*rows*cols,)
     for t in prange(N * C):
-        for i in range(n_i):
-            d = (t * H + r0 + stride_h * i) * W + c0  # dx's place of (t, row, c0)
-            if i < h1:
-                a = (t * rows + i0 + i) * cols + j0
-                for j in range(w1):
-                    dst[uidx(d + stride_w * j)] = src[uidx(a + j)]
-                for j in range(w1, n_j):
-                    dst[uidx(d + stride_w * j)] = 0.0
-            else:
-                for j in range(n_j):
-                    dst[uidx(d + stride_w * j)] = 0.0
+        for p in range(phases.shape[0]):
+            start, rows, cols, i0, j0, r0, c0 = phases[p]
+            n_i = (H - r0 + stride_h - 1) // stride_h  # this phase's rows and columns of dx
+            n_j = (W - c0 + stride_w - 1) // stride_w
+            h1, w1 = max(0, min(n_i, rows - i0)), max(0, min(n_j, cols - j0))  # those inside G_p
+            for i in range(n_i):
+                d = (t * H + r0 + stride_h * i) * W + c0  # dx's place of (t, row, c0)
+                if i < h1:
+                    a = start + (t * rows + i0 + i) * cols + j0
+                    for j in range(w1):
+                        dst[uidx(d + stride_w * j)] = buf[uidx(a + j)]
+                    for j in range(w1, n_j):
+                        dst[uidx(d + stride_w * j)] = 0.0
+                else:
+                    for j in range(n_j):
+                        dst[uidx(d + stride_w * j)] = 0.0
 
 
 def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, groups, forward=None):
     """dx of a strided conv: phase (a, b)'s stride-1 input gradient (gather form) is the
     gradient of the padded input's positions (a + s_h*i, b + s_w*j); those inside x are written
-    into dx[:, :, a - pad_top + s_h*i, b - pad_left + s_w*j] by `_put_phase` (rows and columns
-    no window reaches get 0; a phase no tap reaches, all 0).  The phases' gradients are scratch
-    arrays (no page faults), and `_put_phase` replaced NumPy's strided copies and zero fills:
-    16->32 3x3 stride 2 on 32x32 at batch 64, 0.8 ms of copies of its 2.5 ms.  forward: the
+    into dx[:, :, a - pad_top + s_h*i, b - pad_left + s_w*j] by `_put_phases` (rows and columns
+    no window reaches get 0; a phase no tap reaches, all 0).  The phases' gradients are one
+    scratch buffer (no page faults), put into dx in one pass: a kernel per phase had replaced
+    NumPy's strided copies and zero fills (16->32 3x3 stride 2 on 32x32 at batch 64, 0.8 ms of
+    copies of its 2.5 ms); one pass for all the phases, alternating processes, batch 64 (ms):
+    16->32 1x1 stride 2 0.51-0.52 -> 0.47-0.49, 3x3 2.07-2.11 -> 2.00-2.08.  forward: the
     forward kernel the phases' gathers run (conv2d_forward's arguments; default direct.py's):
     the dispatch passes its own, so they take outer.py's tiles (alternating processes, batch
     64, ms: 32->64 3x3 stride 2 to 8x8 2.52-2.55 -> 2.06-2.13, 16->32 1x1 stride 2 0.59-0.63 ->
@@ -130,6 +136,8 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, grou
     N, C_in, H, W = dx.shape
     H_out, W_out = dy.shape[2], dy.shape[3]
     taps = {(a, b): (taps_h, taps_w) for a, b, taps_h, taps_w in phases}  # the phases taps reach
+    put = []  # per phase with positions in dx: (start in buf, rows, cols, i0, j0, r0, c0)
+    size = 0
     for a in range(stride_h):
         for b in range(stride_w):
             # phase row i is padded row a + stride_h*i, dx row a + stride_h*i - pad_top: from i0 on
@@ -137,12 +145,16 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, grou
             r0, c0 = a + stride_h * i0 - pad_top, b + stride_w * j0 - pad_left
             if r0 >= H or c0 >= W:  # no position of dx in this phase
                 continue
-            if (a, b) not in taps:  # a kernel shorter than the stride: never reached
-                _put_phase(np.empty((N, C_in, 0, 0), dx.dtype), dx, i0, j0, r0, c0, stride_h, stride_w)
-                continue
-            taps_h, taps_w = taps[a, b]
+            rows, cols = 0, 0  # a kernel shorter than the stride: never reached, all zeros
+            if (a, b) in taps:
+                rows, cols = H_out + taps[a, b][0] - 1, W_out + taps[a, b][1] - 1
+            put.append((size, rows, cols, i0, j0, r0, c0, a, b))
+            size += N * C_in * rows * cols
+    buf = scratch("conv_polyphase_dx", (size,), dx.dtype)  # buf: the phases' gradients, one after another
+    for start, rows, cols, _, _, _, _, a, b in put:
+        if rows:
             w_ab = np.ascontiguousarray(w[:, :, a::stride_h, b::stride_w])  # (C_out, C_in_g, taps_h, taps_w)
-            dx_ab = scratch("conv_polyphase_dx", (N, C_in, H_out + taps_h - 1, W_out + taps_w - 1), dx.dtype)
+            dx_ab = buf[start : start + N * C_in * rows * cols].reshape(N, C_in, rows, cols)
             # an unpadded stride-1 phase always has the gather form (padding 0 <= the kernel's reach)
             direct.conv2d_backward_input_gather(dy, w_ab, dx_ab, 0, 0, 1, 1, groups, forward)
-            _put_phase(dx_ab, dx, i0, j0, r0, c0, stride_h, stride_w)
+    _put_phases(buf, np.array([q[:7] for q in put], np.int64).reshape(-1, 7), dx, stride_h, stride_w)
