@@ -577,9 +577,9 @@ def test_outer_forward_dispatch_rule():
 
 def test_channel_tiles_rule():
     """The forward's channel tiles (runs of real outputs x channel vectors) where the grid's
-    tiles would do 1.25x their multiply-adds or more, with long reductions and a vector of
-    channels: ResNet's 8x8 and 16x16 layers; the 32x32 ones, LeNet and narrow layers keep the
-    grid."""
+    tiles would do 1.25x their multiply-adds or more, with reductions of 64 taps or more and
+    a vector of channels: ResNet's 8x8 and 16x16 layers; the 32x32 ones, LeNet and narrow
+    layers keep the grid."""
 
     def use(N, C_in, C_out, H, k, pad):
         H_out = H + 2 * pad - k + 1
@@ -588,7 +588,8 @@ def test_channel_tiles_rule():
         return outer.use_channel_tiles(y, C_in * k * k, plan)
 
     assert use(64, 64, 64, 8, 3, 1) and use(64, 32, 32, 16, 3, 1) and use(64, 32, 64, 8, 3, 1)
-    assert not use(64, 16, 16, 32, 3, 1)  # 144 taps: the tile's stores are not amortised
+    assert not use(64, 16, 16, 32, 3, 1)  # 16 channels: half the tile's 32 idle
+    assert use(64, 16, 32, 8, 3, 1) and not use(64, 3, 32, 8, 3, 1)  # 144 taps; 27 too few for the stores
     assert not use(32, 64, 64, 32, 3, 1)  # the grid wastes 10%
     assert not use(64, 6, 16, 14, 5, 0) and not use(64, 1, 6, 32, 5, 0)  # LeNet's C3 and C1
     assert not use(64, 64, 8, 8, 3, 1)  # fewer channels than a vector

@@ -126,7 +126,12 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, grou
     scratch buffer (no page faults), put into dx in one pass: a kernel per phase had replaced
     NumPy's strided copies and zero fills (16->32 3x3 stride 2 on 32x32 at batch 64, 0.8 ms of
     copies of its 2.5 ms); one pass for all the phases, alternating processes, batch 64 (ms):
-    16->32 1x1 stride 2 0.51-0.52 -> 0.47-0.49, 3x3 2.07-2.11 -> 2.00-2.08.  forward: the
+    16->32 1x1 stride 2 0.51-0.52 -> 0.47-0.49, 3x3 2.07-2.11 -> 2.00-2.08.  Where the padding
+    allows (i0 below the phase's taps), a phase's gather computes dx's positions only, as the
+    input gradient of a stride-1 conv padded by (i0, j0): no row or column it would drop (16->32
+    3x3 stride 2 on 32x32: 16 x 16 phases, not 17 x 17, on outer.py's row tiles: 2.13-2.22 ->
+    1.81-1.85 ms, alternating processes); the others compute the whole stride-1 gradient and
+    put it from (i0, j0) on.  forward: the
     forward kernel the phases' gathers run (conv2d_forward's arguments; default direct.py's):
     the dispatch passes its own, so they take outer.py's tiles (alternating processes, batch
     64, ms: 32->64 3x3 stride 2 to 8x8 2.52-2.55 -> 2.06-2.13, 16->32 1x1 stride 2 0.59-0.63 ->
@@ -136,7 +141,7 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, grou
     N, C_in, H, W = dx.shape
     H_out, W_out = dy.shape[2], dy.shape[3]
     taps = {(a, b): (taps_h, taps_w) for a, b, taps_h, taps_w in phases}  # the phases taps reach
-    put = []  # per phase with positions in dx: (start in buf, rows, cols, i0, j0, r0, c0)
+    put = []  # per phase with positions in dx: (start in buf, rows, cols, i0, j0, r0, c0, a, b, crop)
     size = 0
     for a in range(stride_h):
         for b in range(stride_w):
@@ -145,16 +150,25 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, grou
             r0, c0 = a + stride_h * i0 - pad_top, b + stride_w * j0 - pad_left
             if r0 >= H or c0 >= W:  # no position of dx in this phase
                 continue
-            rows, cols = 0, 0  # a kernel shorter than the stride: never reached, all zeros
+            rows, cols, crop = 0, 0, False  # a kernel shorter than the stride: never reached, all zeros
             if (a, b) in taps:
-                rows, cols = H_out + taps[a, b][0] - 1, W_out + taps[a, b][1] - 1
-            put.append((size, rows, cols, i0, j0, r0, c0, a, b))
+                taps_h, taps_w = taps[a, b]
+                crop = i0 < taps_h and j0 < taps_w  # the gather computes dx's positions only
+                if crop:  # its rows i0 <= i < i0 + n_i: dx's rows of this phase, no others
+                    rows, cols = -(-(H - r0) // stride_h), -(-(W - c0) // stride_w)
+                    i0, j0 = 0, 0
+                else:  # the whole stride-1 input gradient, dx's positions from (i0, j0) on
+                    rows, cols = H_out + taps_h - 1, W_out + taps_w - 1
+            put.append((size, rows, cols, i0, j0, r0, c0, a, b, crop))
             size += N * C_in * rows * cols
     buf = scratch("conv_polyphase_dx", (size,), dx.dtype)  # buf: the phases' gradients, one after another
-    for start, rows, cols, _, _, _, _, a, b in put:
+    for start, rows, cols, _, _, r0, c0, a, b, crop in put:
         if rows:
             w_ab = np.ascontiguousarray(w[:, :, a::stride_h, b::stride_w])  # (C_out, C_in_g, taps_h, taps_w)
             dx_ab = buf[start : start + N * C_in * rows * cols].reshape(N, C_in, rows, cols)
-            # an unpadded stride-1 phase always has the gather form (padding 0 <= the kernel's reach)
-            direct.conv2d_backward_input_gather(dy, w_ab, dx_ab, 0, 0, 1, 1, groups, forward)
+            # the gather of a stride-1 conv with padding (i0, j0): output row i of that conv's
+            # input gradient is row i0 + i of the whole one (which is unpadded: padding 0)
+            i0 = -(-(pad_top - a) // stride_h) if crop else 0
+            j0 = -(-(pad_left - b) // stride_w) if crop else 0
+            direct.conv2d_backward_input_gather(dy, w_ab, dx_ab, i0, j0, 1, 1, groups, forward)
     _put_phases(buf, np.array([q[:7] for q in put], np.int64).reshape(-1, 7), dx, stride_h, stride_w)
