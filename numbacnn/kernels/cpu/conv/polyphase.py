@@ -141,7 +141,8 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, grou
     N, C_in, H, W = dx.shape
     H_out, W_out = dy.shape[2], dy.shape[3]
     taps = {(a, b): (taps_h, taps_w) for a, b, taps_h, taps_w in phases}  # the phases taps reach
-    put = []  # per phase with positions in dx: (start in buf, rows, cols, i0, j0, r0, c0, a, b, crop)
+    put = []  # per phase with positions in dx: (start in buf, rows, cols, i0, j0, r0, c0) to put it,
+    gather = []  # and (a, b, the gather's padding) to compute it
     size = 0
     for a in range(stride_h):
         for b in range(stride_w):
@@ -150,25 +151,23 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, grou
             r0, c0 = a + stride_h * i0 - pad_top, b + stride_w * j0 - pad_left
             if r0 >= H or c0 >= W:  # no position of dx in this phase
                 continue
-            rows, cols, crop = 0, 0, False  # a kernel shorter than the stride: never reached, all zeros
+            rows, cols = 0, 0  # a kernel shorter than the stride: never reached, all zeros
             if (a, b) in taps:
                 taps_h, taps_w = taps[a, b]
-                crop = i0 < taps_h and j0 < taps_w  # the gather computes dx's positions only
-                if crop:  # its rows i0 <= i < i0 + n_i: dx's rows of this phase, no others
+                if i0 < taps_h and j0 < taps_w:  # dx's positions only: the input gradient of
+                    # the phase's stride-1 conv padded by (i0, j0), row i of which is row i0 + i of
+                    # the unpadded one
                     rows, cols = -(-(H - r0) // stride_h), -(-(W - c0) // stride_w)
+                    gather.append((size, rows, cols, a, b, i0, j0))
                     i0, j0 = 0, 0
-                else:  # the whole stride-1 input gradient, dx's positions from (i0, j0) on
+                else:  # the whole (unpadded) stride-1 input gradient, put from (i0, j0) on
                     rows, cols = H_out + taps_h - 1, W_out + taps_w - 1
-            put.append((size, rows, cols, i0, j0, r0, c0, a, b, crop))
+                    gather.append((size, rows, cols, a, b, 0, 0))
+            put.append((size, rows, cols, i0, j0, r0, c0))
             size += N * C_in * rows * cols
     buf = scratch("conv_polyphase_dx", (size,), dx.dtype)  # buf: the phases' gradients, one after another
-    for start, rows, cols, _, _, r0, c0, a, b, crop in put:
-        if rows:
-            w_ab = np.ascontiguousarray(w[:, :, a::stride_h, b::stride_w])  # (C_out, C_in_g, taps_h, taps_w)
-            dx_ab = buf[start : start + N * C_in * rows * cols].reshape(N, C_in, rows, cols)
-            # the gather of a stride-1 conv with padding (i0, j0): output row i of that conv's
-            # input gradient is row i0 + i of the whole one (which is unpadded: padding 0)
-            i0 = -(-(pad_top - a) // stride_h) if crop else 0
-            j0 = -(-(pad_left - b) // stride_w) if crop else 0
-            direct.conv2d_backward_input_gather(dy, w_ab, dx_ab, i0, j0, 1, 1, groups, forward)
-    _put_phases(buf, np.array([q[:7] for q in put], np.int64).reshape(-1, 7), dx, stride_h, stride_w)
+    for start, rows, cols, a, b, pad_i, pad_j in gather:
+        w_ab = np.ascontiguousarray(w[:, :, a::stride_h, b::stride_w])  # (C_out, C_in_g, taps_h, taps_w)
+        dx_ab = buf[start : start + N * C_in * rows * cols].reshape(N, C_in, rows, cols)
+        direct.conv2d_backward_input_gather(dy, w_ab, dx_ab, pad_i, pad_j, 1, 1, groups, forward)
+    _put_phases(buf, np.array(put, np.int64).reshape(-1, 7), dx, stride_h, stride_w)
