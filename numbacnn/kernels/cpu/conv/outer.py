@@ -628,8 +628,15 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
     width = {"rows": ROW_CH, "channels": CV_CHANNELS, "grid": CH}[tiles]  # a tile's channels
     Cp = -(-C_out // width) * width  # whole tiles of channels
     base = _tap_starts(C_in, kH, kW, g, dil_h, dil_w, plan.LB)  # base: (Kp,), the first K used
-    Wt = np.zeros((K, Cp), y.dtype)  # Wt: (K, Cp) W^T, 0 in the channels past C_out
-    Wt[:, :C_out] = w.reshape(C_out, K).T
+    # W^T per tile of `width` channels, 0 in the channels past C_out, in one strided copy
+    # (a zeroed W^T, then copied per tile: 64->64 3x3, 42 -> 11 us of each call's Python)
+    wf = w.reshape(C_out, K)  # wf: (C_out, K)
+    full = C_out // width  # tiles of real channels only
+    Wk = scratch("conv_outer_W", (Cp // width, K, width), y.dtype)  # Wk: (Cp // width, K, width)
+    Wk[:full] = wf[: full * width].reshape(full, width, K).transpose(0, 2, 1)
+    if full < Cp // width:
+        Wk[full] = 0.0
+        Wk[full, :, : C_out - full * width] = wf[full * width :].T
     bias = np.zeros(Cp, y.dtype)  # bias: (Cp,)
     bias[:C_out] = b
     rows = C_in * g.kH_packed * g.kW_packed
@@ -637,27 +644,21 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
     if tiles == "rows":
         LQ = blk.m * blk.nq * -(-y.shape[3] // LANES) + 1  # pieces per block, at most (and a partner)
         Qb = scratch("conv_outer_Q", (plan.T, 3, LQ), np.int64)  # Qb: (T, 3, LQ)
-        Wr = scratch("conv_outer_W", (Cp // ROW_CH, K, ROW_CH), y.dtype)  # Wr: (Cp // ROW_CH, K, ROW_CH)
-        Wr[...] = Wt.reshape(K, Cp // ROW_CH, ROW_CH).transpose(1, 0, 2)
-        _forward_row_blocks(x, Wr, bias, y, base, Xb, Qb, blk.m, blk.nq, blk.bands, blk.reach_rows,
+        _forward_row_blocks(x, Wk, bias, y, base, Xb, Qb, blk.m, blk.nq, blk.bands, blk.reach_rows,
                             g.kH_packed, g.kW_packed, g.Hq, g.Wq, stride_h, stride_w, pad_top, pad_left,
                             dil_h, dil_w)  # fmt: skip
         return
     if tiles == "channels":
         LQ = blk.m * blk.nq * -(-y.shape[3] // RUN) + 1  # runs per block, at most (and a spare)
         Qb = scratch("conv_outer_Q", (plan.T, 3, LQ), np.int64)  # Qb: (T, 3, LQ)
-        Wc = scratch("conv_outer_W", (Cp // CV_CHANNELS, K, CV_CHANNELS), y.dtype)  # on a cache line
-        Wc[...] = Wt.reshape(K, Cp // CV_CHANNELS, CV_CHANNELS).transpose(1, 0, 2)
-        _forward_cv_blocks(x, Wc, bias, y, base, Xb, Qb, blk.m, blk.nq, blk.bands, blk.reach_rows,
+        _forward_cv_blocks(x, Wk, bias, y, base, Xb, Qb, blk.m, blk.nq, blk.bands, blk.reach_rows,
                            g.kH_packed, g.kW_packed, g.Hq, g.Wq, stride_h, stride_w, pad_top, pad_left,
                            dil_h, dil_w)  # fmt: skip
         return
     Yb = scratch(
         "conv_outer_Y", (plan.T, plan.LY // POSITIONS, plan.Cp, POSITIONS), y.dtype
     )  # (T, LY // P, Cp, P)
-    Wp = scratch("conv_outer_W", (Cp // CH, K, CH), y.dtype)  # Wp: (Cp // CH, K, CH)
-    Wp[...] = Wt.reshape(K, Cp // CH, CH).transpose(1, 0, 2)
-    _forward_blocks(x, Wp, bias, y, base, Xb, Yb, blk.m, blk.nq, blk.bands, blk.reach_rows, g.kH_packed,
+    _forward_blocks(x, Wk, bias, y, base, Xb, Yb, blk.m, blk.nq, blk.bands, blk.reach_rows, g.kH_packed,
                     g.kW_packed, g.Hq, g.Wq, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)  # fmt: skip
 
 
