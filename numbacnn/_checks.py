@@ -125,9 +125,11 @@ def same_dtype(op, **arrays):
         raise TypeError(f"{op}: arguments must all be on one device, got {desc}")
 
 
-def same_shape(op, name, a, shape, why=""):
-    """ValueError unless a.shape == shape; `why` explains where `shape` comes from."""
+def same_shape(op, name, a, shape, why="", **fields):
+    """ValueError unless a.shape == shape; `why` explains where `shape` comes from (formatted
+    with `fields` only for the error: a passing check, made every call, formats nothing)."""
     if tuple(a.shape) != tuple(shape):
+        why = why.format(**fields) if fields else why
         raise ValueError(f"{op}: {name} must have shape {tuple(shape)}{why}, got {name}.shape={a.shape}")
 
 
@@ -139,7 +141,7 @@ def inplace_vector(op, name, a, C, x):
         raise TypeError(
             f"{op}: {name} must be a 1-D numpy array of dtype {x.dtype} (x.shape={x.shape}), got {got}"
         )
-    same_shape(op, name, a, (C,), f" (one per channel of x.shape={x.shape})")
+    same_shape(op, name, a, (C,), " (one per channel of x.shape={x})", x=x.shape)
     same_dtype(op, x=x, **{name: a})
     if not backend(a).is_contiguous(a):
         raise ValueError(f"{op}: {name} is updated in place and must be a contiguous, writeable array")

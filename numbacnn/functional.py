@@ -16,6 +16,8 @@ dtype on the same device. Each one
 The readable oracle for every function is ``numbacnn.reference`` (same names, plain loops).
 """
 
+import math
+
 import numpy as np
 
 from . import random as _random
@@ -95,7 +97,7 @@ def _bias_or_zeros(op, bias, x, weight):
     channel (weight.shape[0])."""
     if bias is None:
         return _full(x, (weight.shape[0],), 0.0)
-    _same_shape(op, "bias", bias, (weight.shape[0],), f" (weight.shape={weight.shape})")
+    _same_shape(op, "bias", bias, (weight.shape[0],), " (weight.shape={w})", w=weight.shape)
     return bias
 
 
@@ -143,7 +145,9 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, ou
         "dy",
         dy,
         (x.shape[0], weight.shape[0], geo.H_out, geo.W_out),
-        f" (the conv2d output for x.shape={x.shape}, weight.shape={weight.shape})",
+        " (the conv2d output for x.shape={x}, weight.shape={w})",
+        x=x.shape,
+        w=weight.shape,
     )
     conv = _backend(x).conv
     dx = dweight = dbias = None
@@ -169,7 +173,7 @@ def _pool_backward_args(op, dy, x, kernel_size, stride, padding):
     _same_dtype(op, dy=dy, x=x)
     geo = pool2d_geometry(op, x.shape, kernel_size, stride, padding)
     _same_shape(
-        op, "dy", dy, x.shape[:2] + (geo.H_out, geo.W_out), f" (the pooling output for x.shape={x.shape})"
+        op, "dy", dy, x.shape[:2] + (geo.H_out, geo.W_out), " (the pooling output for x.shape={x})", x=x.shape
     )
     return dy, x, geo
 
@@ -222,7 +226,7 @@ def _bn_view(op, x):
     """x: (N, C, H, W) or (N, C) -> (x, x3) with x3: (N, C, L) a view, L = H*W or 1."""
     x = _float_array(op, "x", x, (2, 4))
     N, C = x.shape[:2]
-    return x, x.reshape(N, C, int(np.prod(x.shape[2:], dtype=np.int64)))
+    return x, x.reshape(N, C, math.prod(x.shape[2:]))  # (np.prod: 8 us a call)
 
 
 def _bn_dy(op, dy, x):
@@ -237,7 +241,7 @@ def _bn_param(op, name, a, C, x, fill):
     if a is None:
         return _full(x, (C,), fill)
     a = _float_array(op, name, a, (1,))
-    _same_shape(op, name, a, (C,), f" (one per channel of x.shape={x.shape})")
+    _same_shape(op, name, a, (C,), " (one per channel of x.shape={x})", x=x.shape)
     return a
 
 
@@ -562,7 +566,13 @@ def linear_backward(dy, x, weight):
             f"(x.shape={x.shape}, weight.shape={weight.shape})"
         )
     _same_shape(
-        op, "dy", dy, (x.shape[0], weight.shape[0]), f" (x.shape={x.shape}, weight.shape={weight.shape})"
+        op,
+        "dy",
+        dy,
+        (x.shape[0], weight.shape[0]),
+        " (x.shape={x}, weight.shape={w})",
+        x=x.shape,
+        w=weight.shape,
     )
     k = _backend(x).dense
     dx = _empty(x)

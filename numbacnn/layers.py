@@ -436,7 +436,7 @@ class Flatten(Module):
     def forward(self, x):
         self.output_shape(x.shape)  # at least 2-D, as torch (start_dim=1 must exist)
         self._shape = x.shape
-        return x.reshape(x.shape[0], int(np.prod(x.shape[1:], dtype=np.int64)))  # N = 0 too
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # N = 0 too (np.prod: 8 us a call)
 
     def backward(self, dy):
         return dy.reshape(self._shape)
