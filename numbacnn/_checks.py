@@ -116,6 +116,15 @@ def float_array(op, name, a, ndims):
 
 def same_dtype(op, **arrays):
     """All given (non-None) arrays share one dtype (TypeError) and one device (TypeError)."""
+    dtype = None
+    for v in arrays.values():  # the common case, NumPy arrays of one dtype, in a loop (5 -> 1 us)
+        if v is None:
+            continue
+        if type(v) is not np.ndarray or (dtype is not None and v.dtype != dtype):
+            break  # the full check below says what is wrong, or that nothing is
+        dtype = v.dtype
+    else:
+        return
     items = [(k, v) for k, v in arrays.items() if v is not None]
     if len({v.dtype for _, v in items}) > 1:
         desc = ", ".join(f"{k}: {v.dtype} {v.shape}" for k, v in items)
