@@ -432,6 +432,25 @@ def test_outer_weight_gradient_with_different_axes_matches_naive(sh, sw, pt, pl,
         close(dw, dw0, f"outer, axes differ {N, H, W, sh, sw, pt, pl, dh, dw_, kH, kW}")
 
 
+def test_outer_3x3_tile_gives_the_16_tap_tiles_bits(monkeypatch):
+    """outer.py's 18-tap tile for 3x3 kernels on shifted rows (two input channels' taps from
+    two addresses) sums each dw element over the same positions in the same order as the
+    16-tap tile: the same bits, with an odd input channel count (the last tile's second
+    channel is the zero row) and a vector and a half of output channels."""
+    rng = np.random.default_rng(9)
+    for N, C_in, C_out, H in ((3, 5, 16, 20), (2, 4, 24, 18), (1, 3, 16, 70)):
+        x = rng.standard_normal((N, C_in, H, H)).astype(np.float32)
+        dy = rng.standard_normal((N, C_out, H, H)).astype(np.float32)
+        g = gemm.geometry(dy.shape, (C_out, C_in, 3, 3), x.shape, 1, 1, 1, 1, 1, 1)
+        assert outer.use_3x3_tile(3, 3, 1, 1, g) and not outer.use_3x3_tile(3, 3, 2, 2, g)
+        dw, dw16 = np.empty((C_out, C_in, 3, 3), np.float32), np.empty((C_out, C_in, 3, 3), np.float32)
+        outer.conv2d_backward_weight(dy, x, dw, 1, 1, 1, 1, 1, 1)
+        with monkeypatch.context() as m:
+            m.setattr(outer, "use_3x3_tile", lambda *args: False)
+            outer.conv2d_backward_weight(dy, x, dw16, 1, 1, 1, 1, 1, 1)
+        assert np.array_equal(dw, dw16), (N, C_in, C_out, H)
+
+
 def test_outer_blocking():
     """Blocks of about BLOCK positions: several small images, one image, or a band of rows
     (with the rows its shifted taps read below it); S slices, never more than the blocks;
