@@ -83,7 +83,7 @@ TWO_VECTOR_TILES = VECTOR_BITS >= 512  # 16 sums + 2 + 1 vectors: 32 zmm (AVX2's
 DW_SUMS = TAPS * LANES  # the tile's stack array (a compile-time constant)
 TAPS_3X3 = 18  # taps per 3x3 tile (_outer_tile_3x3: two input channels' 9)
 SUMS_3X3 = TAPS_3X3 * LANES
-TAP_ROUND = 144  # the taps are rounded up to whole tiles of 16 and of 18 (the zero row's)
+TAPS_ANY = 144  # taps in whole tiles of 16, of 8 and of 18 (a 3x3 kernel's: `use_3x3_tile`)
 BLOCK = 1024  # positions per block, about
 SLICES = 8  # slices of the blocks (a fixed number: results must not depend on the threads)
 MIN_TASKS = 8  # tasks (slices x channel groups) wanted at least
@@ -349,7 +349,7 @@ def _tiles(x, dy, out, base, Xb, Dtb, part, m, nq, bands, reach_rows, kH_packed,
             c0 = c_lo
             while c0 < c_hi:  # the block's columns of Dt for the tiles stay in L1
                 if TWO_VECTOR_TILES and c0 + 2 * LANES <= c_hi:  # two vectors of channels where two
-                    for k0 in range(0, Kp, TAPS_2):
+                    for k0 in range(0, K, TAPS_2):  # (Kp, a multiple of 8, holds the last tile)
                         _outer_tile_2(part[sl], k0, c0, Dt, Xf, base, 0, L, first)
                     c0 += 2 * LANES
                 elif k3x3:  # a 3x3 kernel on shifted rows: two channels' taps from two addresses
@@ -357,7 +357,7 @@ def _tiles(x, dy, out, base, Xb, Dtb, part, m, nq, bands, reach_rows, kH_packed,
                         _outer_tile_3x3(part[sl], k0, c0, Dt, Xf, base, Wq, 0, L, first)
                     c0 += LANES
                 else:
-                    for k0 in range(0, Kp, TAPS):
+                    for k0 in range(0, K, TAPS):
                         _outer_tile(part[sl], k0, c0, Dt, Xf, base, 0, L, first)
                     c0 += LANES
             first = False
@@ -408,14 +408,14 @@ def blocking(grid, N, C_out, K, kH, kW, dil_h, dil_w, itemsize, block=BLOCK):
 
 
 @functools.lru_cache(maxsize=256)
-def _tap_starts(C_in, kH, kW, grid, dil_h, dil_w, LB):
+def _tap_starts(C_in, kH, kW, grid, dil_h, dil_w, LB, per_tile=TAPS):
     """base: tap k = (ci, kh, kw)'s start in a task's X buffer flattened, rows LB apart (its
     packed row, plus its shift along that row: packed rows are shared by the taps of a kernel
     row), for Kp = K rounded up to whole tap tiles; the Kp - K extra taps read the last row,
     zeros.  Remembered per geometry (building it cost more than a small layer's pack)."""
     K = C_in * kH * kW
     krow, kshift = _tap_rows(C_in, kH, kW, grid, dil_h, dil_w)  # krow, kshift: (K,)
-    base = np.full(-(-K // TAP_ROUND) * TAP_ROUND, C_in * grid.kH_packed * grid.kW_packed * LB, np.int64)
+    base = np.full(-(-K // per_tile) * per_tile, C_in * grid.kH_packed * grid.kW_packed * LB, np.int64)
     base[:K] = krow * LB + kshift
     return base
 
@@ -439,14 +439,14 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
     g = geometry(dy.shape, dw.shape, x.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     K = C_in * kH * kW
     b = blocking(g, N, C_out, K, kH, kW, dil_h, dil_w, dw.itemsize)
-    base = _tap_starts(C_in, kH, kW, g, dil_h, dil_w, b.LB)  # base: (Kp,)
+    k3x3 = use_3x3_tile(kH, kW, dil_h, dil_w, g)
+    base = _tap_starts(C_in, kH, kW, g, dil_h, dil_w, b.LB, TAPS_ANY if k3x3 else TAPS)  # base: (Kp,)
     rows = C_in * g.kH_packed * g.kW_packed
     Cp = -(-C_out // LANES) * LANES  # dY^T's rows: C_out rounded up to whole vectors
     # the tasks' buffers are scratch (workspace.py): reused across calls, not fresh pages
     Xb = scratch("conv_outer_X", (b.S * b.G, rows + 1, b.LB), x.dtype)  # Xb: (tasks, rows + 1, LB)
     Dtb = scratch("conv_outer_Dt", (b.S * b.G, b.m * b.nq * g.Wq, Cp), dy.dtype)  # Dtb: (tasks, L, Cp)
     part = scratch("conv_outer_part", (b.S, base.shape[0], Cp), dw.dtype)  # part: (S, Kp, Cp)
-    k3x3 = use_3x3_tile(kH, kW, dil_h, dil_w, g)
     _tiles(x, dy, dw.reshape(C_out, K), base, Xb, Dtb, part, b.m, b.nq, b.bands, b.reach_rows, g.kH_packed,
            g.kW_packed, g.Hq, g.Wq, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, k3x3)  # fmt: skip
 
