@@ -117,7 +117,7 @@ def float_array(op, name, a, ndims):
 def same_dtype(op, **arrays):
     """All given (non-None) arrays share one dtype (TypeError) and one device (TypeError)."""
     dtype = None
-    for v in arrays.values():  # the common case, NumPy arrays of one dtype, in a loop (5 -> 1 us)
+    for v in arrays.values():  # the common case, NumPy arrays of one dtype, in a loop (5 -> 0.4 us)
         if v is None:
             continue
         if type(v) is not np.ndarray or (dtype is not None and v.dtype != dtype):

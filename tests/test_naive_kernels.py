@@ -523,6 +523,7 @@ OUTER_FORWARD_CASES = [  # N, C_in, C_out, H, W, kH, kW, stride, pad_top, pad_le
     (2, 3, 12, 40, 37, 7, 7, 3, 3, 3, 3, 3, 1),  # stride 3, 7x7: 3 phases of 3, 3, 1 taps
     (4, 6, 8, 14, 14, 3, 3, 2, 1, 1, 1, 1, 1),  # stride 2 to 7 x 7: a row per (ci, kh), phases along w
     (2, 4, 8, 16, 16, 2, 2, 2, 0, 0, 0, 0, 1),  # 2x2 stride 2: a row per tap
+    (2, 16, 16, 24, 158, 5, 3, 1, 2, 2, 2, 2, 1),  # bands, the last one all below the outputs
 ]
 
 

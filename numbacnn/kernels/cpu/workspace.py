@@ -55,6 +55,7 @@ def _pool():
 
 
 ALIGN = 64  # bytes: a scratch array starts on a cache line (NumPy's own blocks: 16 bytes)
+MAX_VIEWS = 256  # scratch views remembered per thread, at most
 
 
 def scratch(name, shape, dtype):
@@ -68,8 +69,10 @@ def scratch(name, shape, dtype):
     views = _views()
     key = (name, shape, dtype)
     try:
-        return views[key]
-    except (KeyError, TypeError):  # not yet, or a shape given as a list
+        view, itemtype = views[key]
+        if view.shape == shape and view.dtype == itemtype:  # (unless its user reshaped it in place)
+            return view
+    except (KeyError, TypeError):  # not yet, or an unhashable shape or dtype (a list)
         pass
     itemtype = np.dtype(dtype)
     need = _nbytes((shape, itemtype))
@@ -83,8 +86,12 @@ def scratch(name, shape, dtype):
         held = pool[name] = (block, -block.ctypes.data % ALIGN)
     block, start = held
     view = block[start : start + need].view(itemtype).reshape(shape)
-    if type(shape) is tuple:
-        views[key] = view
+    if len(views) >= MAX_VIEWS:  # shapes that change from call to call: forget them all
+        views.clear()
+    try:
+        views[key] = (view, itemtype)
+    except TypeError:  # an unhashable shape or dtype: not remembered
+        pass
     return view
 
 

@@ -11,14 +11,16 @@ Read the strategies in this order:
     planes.py     the flattened, zero-padded plane layout the fast kernels work on
     direct.py     the fast kernels on those planes (a strided forward on phase planes; the
                   forward's register tiles: registers.py)
-    polyphase.py  a strided conv's gradients as sums of stride-1 ones, on direct.py's kernels
+    polyphase.py  a strided conv's gradients as sums of stride-1 ones (the input gradient's
+                  phases on the dispatch's forward; the weight gradient's on direct.py's)
     gemm.py       the weight gradient (groups 1) as one packed matrix product, and the
                   forward of tiny planes with long reductions as dot products
     outer.py      outer products on blocks packed into cache: the weight gradient of ResNet-
                   and VGG-sized layers (vectorised over output channels) and the forward of
-                  stride-1 convs with 6 or more output channels (vectorised over positions;
-                  over channels on small planes with many channels: use_channel_tiles;
-                  along output rows of whole vectors: use_row_tiles)
+                  convs with 6 or more output channels, stride 1 or undilated (a packed
+                  row per phase of the stride), vectorised over positions (over channels
+                  on small planes with many channels: use_channel_tiles; along output
+                  rows of whole vectors: use_row_tiles)
     lastc.py      the weight gradient of small planes with many channels on channels-last
                   copies of x and dy: per tap a product over the positions, both operands
                   contiguous along channels
@@ -44,7 +46,8 @@ Dispatch (the contract names below; functional.conv2d* call them, validated and 
                on planes so small that direct.py's register tiles would mostly compute garbage
                positions (gemm.grid_use < 0.55: 4x4) -> gemm.conv2d_forward
     polyphase  backward, stride > 1, dilation 1 (unless the stride is far longer than the input)
-               -> polyphase.py (the forward splits its planes into phases itself: direct.py)
+               -> polyphase.py (the forward needs no split: outer.py packs a row per phase,
+               direct.py splits its planes into phases itself)
     naive      backward_input when w holds a NaN or an inf (exact: the fast forms multiply
                every weight by zeros of dy's padding or grid) -> naive.py; backward_weight
                again when the fast forms' dw holds a NaN or an inf (their padding and grid

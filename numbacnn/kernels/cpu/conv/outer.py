@@ -1,6 +1,7 @@
 """Convolutions (groups 1) as outer products on blocks packed into cache: the weight gradient
 of ResNet- and VGG-sized layers, vectorised over output channels, and the forward (with it
-the gather input gradient) of stride-1 convs with at least 6 output channels, vectorised over
+the gather input gradient) of convs with at least 6 output channels, stride 1 or undilated
+(strided: a packed row per phase of the stride, gemm.geometry), vectorised over
 positions (the forward's section below), over output channels on small planes with many
 channels (the next section), or over pieces of output rows where the rows are whole vectors
 (the last section).
@@ -411,8 +412,9 @@ def blocking(grid, N, C_out, K, kH, kW, dil_h, dil_w, itemsize, block=BLOCK):
 def _tap_starts(C_in, kH, kW, grid, dil_h, dil_w, LB, per_tile=TAPS):
     """base: tap k = (ci, kh, kw)'s start in a task's X buffer flattened, rows LB apart (its
     packed row, plus its shift along that row: packed rows are shared by the taps of a kernel
-    row), for Kp = K rounded up to whole tap tiles; the Kp - K extra taps read the last row,
-    zeros.  Remembered per geometry (building it cost more than a small layer's pack)."""
+    row), for Kp = K rounded up to a multiple of per_tile (whole tap tiles: TAPS, or TAPS_ANY
+    where the 3x3 tile runs too); the Kp - K extra taps read the last row, zeros.  Remembered
+    per geometry (building it cost more than a small layer's pack)."""
     K = C_in * kH * kW
     krow, kshift = _tap_rows(C_in, kH, kW, grid, dil_h, dil_w)  # krow, kshift: (K,)
     base = np.full(-(-K // per_tile) * per_tile, C_in * grid.kH_packed * grid.kW_packed * LB, np.int64)
@@ -965,8 +967,9 @@ def _forward_row_blocks(x, Wr, bias, y, base, Xb, Qb, m, nq, bands, reach_rows, 
                         stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):  # fmt: skip
     """y = conv2d(x, w) + b as `_forward_blocks` cuts it (a run of blocks per task, X packed
     per block into the task's buffer), with `_forward_row_tile`'s tiles over the block's output
-    rows in pieces of LANES (rows as long as the grid's, Wq == W_out, in one flat run per
-    image), written straight to y."""
+    rows in pieces of LANES (rows as long as the grid's, Wq == W_out, in one flat run per image
+    of the block: its whole plane, or its band's rows; a band of the grid's rows below the
+    outputs is skipped), written straight to y."""
     # x: (N, C_in, H, W)   Wr: (Cp // ROW_CH, K, ROW_CH)   bias: (Cp,)
     # y: (N, C_out, H_out, W_out)   base: (>= K,)   Xb: (T, rows + 1, LB)   Qb: (T, 3, LQ)
     N, C_out, H_out, W_out = y.shape
@@ -981,11 +984,13 @@ def _forward_row_blocks(x, Wr, bias, y, base, Xb, Qb, m, nq, bands, reach_rows, 
         pieces = Qb[t]  # pieces: (3, LQ) a piece's grid position, place in y, real positions
         for blk in range(t * n_blocks // T, (t + 1) * n_blocks // T):
             n0, n1, q0, q1, qx = _block(blk, N, m, nq, bands, Hq, reach_rows)
+            qe = min(q1, H_out)
+            if qe <= q0:  # a band of the grid's rows below the outputs: nothing to write
+                continue
             _pack_block(x, X, R1 - 1, n0, n1, q0, q1, qx, kH_packed, kW_packed, Wq,
                         stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)  # fmt: skip
-            L = 0
-            qe = min(q1, H_out)
-            run_rows = qe - q0 if Wq == W_out else 1  # rows as long as y's: one flat run
+            L = 0  # the block's pieces of LANES positions
+            run_rows = qe - q0 if Wq == W_out else 1  # rows as long as y's: one flat run a block
             for j in range(n1 - n0):
                 for q in range(q0, qe, run_rows):
                     length = min(run_rows, qe - q) * W_out
