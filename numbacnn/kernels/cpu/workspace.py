@@ -44,14 +44,16 @@ __all__ = [
     "MAX_PER_SHAPE",
 ]
 
-_local = threading.local()
+
+class _Scratch(threading.local):
+    """This thread's scratch: its blocks and the views of them handed out."""
+
+    def __init__(self):
+        self.pool = {}  # name -> (block, start of its aligned part)
+        self.views = {}  # (name, shape, dtype) -> (view, its dtype)
 
 
-def _pool():
-    pool = getattr(_local, "pool", None)
-    if pool is None:
-        pool = _local.pool = {}
-    return pool
+_local = _Scratch()
 
 
 ALIGN = 64  # bytes: a scratch array starts on a cache line (NumPy's own blocks: 16 bytes)
@@ -66,7 +68,7 @@ def scratch(name, shape, dtype):
     -> 1.59, interleaved in one process).  The view of a (name, shape, dtype) asked for
     before is handed out again while its block stands (a call of scratch took 5 us, and a
     ResNet-20 step makes about 100)."""
-    views = _views()
+    views = _local.views
     key = (name, shape, dtype)
     try:
         view, itemtype = views[key]
@@ -76,7 +78,7 @@ def scratch(name, shape, dtype):
         pass
     itemtype = np.dtype(dtype)
     need = _nbytes((shape, itemtype))
-    pool = _pool()
+    pool = _local.pool
     held = pool.get(name)
     if held is None or held[0].nbytes - ALIGN < need:
         pool.pop(name, None)  # free the old block before the larger one is allocated
@@ -95,22 +97,15 @@ def scratch(name, shape, dtype):
     return view
 
 
-def _views():
-    views = getattr(_local, "views", None)
-    if views is None:
-        views = _local.views = {}
-    return views
-
-
 def release():
     """Free every scratch block of this thread (the next call allocates again)."""
-    _views().clear()
-    _pool().clear()
+    _local.views.clear()
+    _local.pool.clear()
 
 
 def held_bytes():
     """Bytes of scratch this thread keeps (each block ALIGN bytes more than it can hand out)."""
-    return sum(block.nbytes for block, _ in _pool().values())
+    return sum(block.nbytes for block, _ in _local.pool.values())
 
 
 # ------------------------------------------------------------------------------ outputs
