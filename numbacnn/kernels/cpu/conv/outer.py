@@ -326,7 +326,7 @@ def _tiles(x, dy, out, base, Xb, Dtb, part, m, nq, bands, reach_rows, kH_packed,
     # Xb: (S*G, rows + 1, LB)   Dtb: (S*G, m*nq*Wq, Cp)   part: (S, Kp, Cp)
     N = x.shape[0]
     C_out, K = out.shape
-    S, Kp, Cp = part.shape
+    S, _, Cp = part.shape
     T, R1, LB = Xb.shape
     G = T // S
     per_group = (Cp // LANES + G - 1) // G  # channel tiles per group
@@ -350,7 +350,7 @@ def _tiles(x, dy, out, base, Xb, Dtb, part, m, nq, bands, reach_rows, kH_packed,
             c0 = c_lo
             while c0 < c_hi:  # the block's columns of Dt for the tiles stay in L1
                 if TWO_VECTOR_TILES and c0 + 2 * LANES <= c_hi:  # two vectors of channels where two
-                    for k0 in range(0, K, TAPS_2):  # (Kp, a multiple of 8, holds the last tile)
+                    for k0 in range(0, K, TAPS_2):  # (part's Kp rows, a multiple of 8, hold the last tile)
                         _outer_tile_2(part[sl], k0, c0, Dt, Xf, base, 0, L, first)
                     c0 += 2 * LANES
                 elif k3x3:  # a 3x3 kernel on shifted rows: two channels' taps from two addresses
@@ -950,16 +950,10 @@ def _forward_row_tile(yf, Wr, bias, Xf, base, pieces, i, c0, C_out, plane):
     nc = min(ROW_CH, C_out - c0)
     for h in range(2):
         d0, n = pieces[1, i + h], pieces[2, i + h]
-        if n == L:
-            for o in range(nc):
-                d = d0 + (c0 + o) * plane
-                for v in range(L):
-                    yf[uidx(d + v)] = s[o * R + h * L + v]
-        else:
-            for o in range(nc):
-                d = d0 + (c0 + o) * plane
-                for v in range(n):
-                    yf[uidx(d + v)] = s[o * R + h * L + v]
+        for o in range(nc):
+            d = d0 + (c0 + o) * plane
+            for v in range(n):
+                yf[uidx(d + v)] = s[o * R + h * L + v]
 
 
 @njit(cache=True, parallel=True)
