@@ -122,20 +122,22 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, grou
     """dx of a strided conv: phase (a, b)'s stride-1 input gradient (gather form) is the
     gradient of the padded input's positions (a + s_h*i, b + s_w*j); those inside x are written
     into dx[:, :, a - pad_top + s_h*i, b - pad_left + s_w*j] by `_put_phases` (rows and columns
-    no window reaches get 0; a phase no tap reaches, all 0).  The phases' gradients are one
-    scratch buffer (no page faults), put into dx in one pass: a kernel per phase had replaced
-    NumPy's strided copies and zero fills (16->32 3x3 stride 2 on 32x32 at batch 64, 0.8 ms of
-    copies of its 2.5 ms); one pass for all the phases, alternating processes, batch 64 (ms):
-    16->32 1x1 stride 2 0.51-0.52 -> 0.47-0.49, 3x3 2.07-2.11 -> 2.00-2.08.  Where the padding
-    allows (i0 below the phase's taps), a phase's gather computes dx's positions only, as the
-    input gradient of a stride-1 conv padded by (i0, j0): no row or column it would drop (16->32
-    3x3 stride 2 on 32x32: 16 x 16 phases, not 17 x 17, on outer.py's row tiles: 2.13-2.22 ->
-    1.81-1.85 ms, alternating processes); the others compute the whole stride-1 gradient and
-    put it from (i0, j0) on.  forward: the
-    forward kernel the phases' gathers run (conv2d_forward's arguments; default direct.py's):
-    the dispatch passes its own, so they take outer.py's tiles (alternating processes, batch
-    64, ms: 32->64 3x3 stride 2 to 8x8 2.52-2.55 -> 2.06-2.13, 16->32 1x1 stride 2 0.59-0.63 ->
-    0.50-0.53)."""
+    no window reaches get 0; a phase no tap reaches, all 0).  forward: the forward kernel the
+    phases' gathers run (conv2d_forward's arguments; default direct.py's).
+
+    Where the padding allows (i0 below the phase's taps), a phase's gather computes dx's
+    positions only, as the input gradient of a stride-1 conv padded by (i0, j0), and computes
+    no row or column it would drop; the others compute the whole stride-1 gradient, put from
+    (i0, j0) on.  The phases' gradients are one scratch buffer (no page faults), put into dx by
+    one parallel pass.  Alternating processes, batch 64 (ms):
+    - a kernel per phase instead of NumPy's strided copies and zero fills: 16->32 3x3 stride 2
+      on 32x32, 0.8 ms of copies of its 2.5;
+    - one pass for all the phases: 16->32 1x1 stride 2 0.51-0.52 -> 0.47-0.49, 3x3 2.07-2.11
+      -> 2.00-2.08;
+    - the dispatch's forward (outer.py's tiles): 32->64 3x3 stride 2 to 8x8 2.52-2.55 ->
+      2.06-2.13, 16->32 1x1 stride 2 0.59-0.63 -> 0.50-0.53;
+    - dx's positions only (16->32 3x3 stride 2 on 32x32: 16 x 16 phases on the row tiles, not
+      17 x 17): 2.13-2.22 -> 1.81-1.85."""
     # dy: (N, C_out, H_out, W_out)   w: (C_out, C_in_g, kH, kW)   dx: (N, C_in, H, W)
     phases, _, _ = _phases(dx.shape, w.shape, dy.shape, stride_h, stride_w)
     N, C_in, H, W = dx.shape
