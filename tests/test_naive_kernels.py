@@ -566,7 +566,12 @@ def test_outer_forward_plan():
     assert p.T == min(outer.TASKS_FORWARD, -(-64 // p.blocks.m))  # a task per block, at most 16
     assert p.blocks.m == 4 and p.T == outer.TASKS_FORWARD  # 16 blocks of 4 images: 11 of 6 shared badly
     p = outer.forward_plan((64, 6, 14, 14), (16, 6, 5, 5), (64, 16, 10, 10), 1, 1, 0, 0, 1, 1)
-    assert (p.grid.kH_packed, p.grid.Hq, p.grid.Wq) == (5, 10, 14)  # C3: 14 rows for 10 would waste
+    if outer.ROW_TILES:  # C3: a row per tap column (5 per ci, 14 rows of 10), the rows shared
+        assert (p.grid.kH_packed, p.grid.kW_packed, p.grid.Hq, p.grid.Wq) == (1, 5, 14, 10)
+    else:  # 14 shared rows for 10 would waste: a row per (ci, kh) of 14 columns
+        assert (p.grid.kH_packed, p.grid.kW_packed, p.grid.Hq, p.grid.Wq) == (5, 1, 10, 14)
+    p = outer.forward_plan((64, 16, 28, 28), (16, 16, 5, 5), (64, 16, 28, 28), 1, 1, 2, 2, 1, 1)
+    assert (p.grid.kH_packed, p.grid.kW_packed, p.grid.Wq) == (1, 1, 30)  # tap columns would pack 5x
     p = outer.forward_plan((64, 16, 10, 10), (6, 16, 5, 5), (64, 6, 14, 14), 1, 1, 4, 4, 1, 1)
     assert (p.grid.kH_packed, p.grid.Hq, p.grid.Wq) == (1, 14, 14)  # C3's gather: no extra rows
     p = outer.forward_plan((1, 3, 200, 200), (16, 3, 3, 3), (1, 16, 200, 200), 1, 1, 1, 1, 1, 1)
@@ -617,9 +622,10 @@ def test_channel_tiles_rule():
 
 def test_row_tiles_rule():
     """The forward's row tiles (channels x pieces of output rows) where the rows are whole
-    vectors and the tiles do no more multiply-adds than the grid's (AVX-512 only): ResNet's
-    32x32 and 16x16 layers and VGG's, before the channel tiles; 8x8 planes, LeNet's C1 and C3
-    and 12-channel layers (16 channels of row tiles, 12 of grid tiles) do not take them."""
+    vectors or the grid is as wide as them, and the tiles do no more multiply-adds than the
+    grid's (AVX-512 only): ResNet's 32x32 and 16x16 layers and VGG's, before the channel
+    tiles; LeNet's C1, C3 and C3's gather, and 1x1 convs to 8x8, on pieces across the rows;
+    not 8x8 planes with 3x3 kernels (the channel tiles); 6 and 12 channels in tiles of 6."""
 
     def tiles(N, C_in, C_out, H, k, pad):
         H_out = H + 2 * pad - k + 1
@@ -632,8 +638,11 @@ def test_row_tiles_rule():
     assert tiles(32, 64, 64, 32, 3, 1) == rows
     assert tiles(64, 32, 32, 16, 3, 1) == (rows if outer.ROW_TILES else "channels")
     assert tiles(64, 64, 64, 8, 3, 1) == "channels"  # rows of 8: half a vector
-    assert tiles(64, 6, 16, 14, 5, 0) == "grid" and tiles(64, 1, 6, 32, 5, 0) == "grid"  # LeNet
-    assert tiles(64, 16, 12, 32, 3, 1) == "grid"  # 16 channels of row tiles for 12
+    assert tiles(64, 6, 16, 14, 5, 0) == rows and tiles(64, 1, 6, 32, 5, 0) == rows  # LeNet's C3, C1
+    assert tiles(64, 16, 6, 10, 5, 4) == rows  # C3's gather: padding 4, rows of 14 shared
+    assert tiles(64, 32, 64, 8, 1, 0) == rows  # 1x1: rows of 8 are the grid's
+    assert tiles(64, 16, 12, 32, 3, 1) == rows  # 12 channels: two tiles of 6
+    assert [outer.row_width(c) for c in (6, 7, 8, 12, 16, 18, 20, 64)] == [6, 8, 8, 6, 8, 6, 8, 8]
 
 
 def test_outer_forward_and_gather_through_the_dispatch():

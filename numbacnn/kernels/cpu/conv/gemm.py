@@ -324,6 +324,7 @@ def geometry(
     dil_h,
     dil_w,
     row_shift_plane=ROW_SHIFT_PLANE,
+    tap_columns=False,
 ):
     """The Grid of the packed panels.
 
@@ -342,21 +343,24 @@ def geometry(
     except for a stride s shorter than an undilated kernel: then one row per phase (column c
     of phase b holds input column c*s - pad_left + b), on W_out + (kW - 1) // s columns (and
     so for the rows, with the stride-1 rule's plane bound), tap kw read from phase kw % s,
-    kw // s along it (3x3 stride 2: 4 rows per ci, not 9)."""
+    kw // s along it (3x3 stride 2: 4 rows per ci, not 9).  tap_columns (the forward's row
+    tiles, outer.forward_plan): for stride_w 1 a row per tap column kw instead, on Wq = W_out
+    columns (column c of row kw holds input column c - pad_left + kw*dil_w), the rows shared
+    as for shifted rows: a grid as wide as the output rows."""
     N, _, H_out, W_out = dy_shape
     kH, kW = w_shape[2], w_shape[3]
     H, W = x_shape[2], x_shape[3]
     shifted = stride_w == 1 and kW > 1
     reach_w = (kW - 1) * dil_w  # how far a row's last tap reads past its first
     pad_right = W_out - 1 + reach_w - pad_left - (W - 1)  # the padding the taps read past W
-    if shifted:
+    if shifted and not tap_columns:
         kW_packed, Wq = 1, max(W_out, W + max(pad_left, pad_right))
     elif dil_w == 1 and 1 < stride_w < kW:  # a row per phase
         kW_packed, Wq = stride_w, W_out + (kW - 1) // stride_w
     else:
         kW_packed, Wq = kW, W_out
     reach_h = (kH - 1) * dil_h
-    shifted_h = shifted and stride_h == 1 and kH > 1 and H_out >= row_shift_plane * reach_h
+    shifted_h = (shifted or tap_columns) and stride_h == 1 and kH > 1 and H_out >= row_shift_plane * reach_h
     pad_bottom = H_out - 1 + reach_h - pad_top - (H - 1)
     if shifted_h:
         kH_packed, Hq = 1, max(H_out, H + max(pad_top, pad_bottom))

@@ -4,7 +4,7 @@ the gather input gradient) of convs with at least 6 output channels, stride 1 or
 (strided: a packed row per phase of the stride, gemm.geometry), vectorised over
 positions (the forward's section below), over output channels on small planes with many
 channels (the next section), or over pieces of output rows where the rows are whole vectors
-(the last section).
+or the grid is as wide as them (the last section).
 
 Formula (as gemm.py's).  With positions p = (n, oh, ow) and taps k = (ci, kh, kw),
 
@@ -563,13 +563,35 @@ def forward_plan(x_shape, w_shape, y_shape, stride_h, stride_w, pad_top, pad_lef
     are images enough: 64 images on 8x8 made 11 blocks of 6, 6 on one thread and 5 on the
     other (64->64 3x3 forward 1.26 -> 1.16 ms in 16 blocks of 4, interleaved).  A plane of up
     to 4 x BLOCK_FORWARD grid positions is one block, not bands (each band packs the taps'
-    reach rows again: 16->16 on 32x32, 33 x 33 grid, 1.48 -> 1.34 ms in whole images)."""
+    reach rows again: 16->16 on 32x32, 33 x 33 grid, 1.48 -> 1.34 ms in whole images).  With
+    AVX-512, a stride-1 conv whose output rows are not whole vectors and narrower than the
+    grid's takes a packed row per tap column instead (`geometry`'s tap_columns: Wq = W_out),
+    where that packs no more and the row tiles on it do fewer multiply-adds than the tiles the
+    grid would take (see the row tiles' section: LeNet's C3 and C1)."""
     N, C_in = x_shape[:2]
     C_out, _, kH, kW = w_shape
     geo = (y_shape, w_shape, x_shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     g = geometry(*geo, 0)
     if (g.Hq - y_shape[2]) * 8 > y_shape[2]:
         g = geometry(*geo, 1 << 30)  # a packed row per (ci, kh)
+    plan = _plan_on(g, N, C_in, C_out, kH, kW, dil_h, dil_w)
+    if ROW_TILES and stride_w == 1 and kW > 1 and y_shape[3] % LANES and g.Wq != y_shape[3]:
+        # a packed row per tap column (Wq = W_out): the row tiles' pieces run over whole planes
+        cg = geometry(*geo, 0, True)
+        cols = _plan_on(cg, N, C_in, C_out, kH, kW, dil_h, dil_w)
+        K = C_in * kH * kW
+        no_bigger = cg.kW_packed * cg.kH_packed * cg.Hq * cg.Wq <= g.kW_packed * g.kH_packed * g.Hq * g.Wq
+        if (
+            no_bigger
+            and use_row_tiles(y_shape, cols)
+            and _row_macs(y_shape, cols) < _tile_macs(y_shape, K, plan)
+        ):
+            return cols
+    return plan
+
+
+def _plan_on(g, N, C_in, C_out, kH, kW, dil_h, dil_w):
+    """forward_plan's blocks, buffers and tasks on the grid g."""
     block = min(max(BLOCK_FORWARD, -(-g.Hq * g.Wq // 2)), 2 * BLOCK_FORWARD)  # blocking: whole
     # images on planes of up to 2 x block positions
     blk = blocking(g, N, C_out, C_in * kH * kW, kH, kW, dil_h, dil_w, 4, block)
@@ -696,7 +718,7 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
     plan = forward_plan(x.shape, w.shape, y.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
     g, blk = plan.grid, plan.blocks
     tiles = forward_tiles(y.shape, K, plan)
-    width = {"rows": ROW_CH, "channels": CV_CHANNELS, "grid": CH}[tiles]  # a tile's channels
+    width = {"rows": row_width(C_out), "channels": CV_CHANNELS, "grid": CH}[tiles]  # a tile's channels
     Cp = -(-C_out // width) * width  # whole tiles of channels
     base = _tap_starts(C_in, kH, kW, g, dil_h, dil_w, plan.LB)  # base: (Kp,), the first K used
     # W^T per tile of `width` channels, 0 in the channels past C_out, in one strided copy
@@ -713,7 +735,7 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
     rows = C_in * g.kH_packed * g.kW_packed
     Xb = scratch("conv_outer_X", (plan.T, rows + 1, plan.LB), x.dtype)  # Xb: (T, rows + 1, LB)
     if tiles == "rows":
-        LQ = blk.m * blk.nq * -(-y.shape[3] // LANES) + 1  # pieces per block, at most (and a partner)
+        LQ = blk.m * blk.nq * -(-y.shape[3] // LANES) + 2  # pieces per block, at most (and partners)
         Qb = scratch("conv_outer_Q", (plan.T, 3, LQ), np.int64)  # Qb: (T, 3, LQ)
         _forward_row_blocks(x, Wk, bias, y, base, Xb, Qb, blk.m, blk.nq, blk.bands, blk.reach_rows,
                             g.kH_packed, g.kW_packed, g.Hq, g.Wq, stride_h, stride_w, pad_top, pad_left,
@@ -767,10 +789,24 @@ def use_channel_tiles(y_shape, K, plan):
     N, C_out, H_out, W_out = y_shape
     if C_out < LANES or K < MIN_K_CHANNEL_TILES:
         return False
+    return _grid_macs(y_shape, plan) >= MIN_CHANNEL_TILE_SAVING * _run_macs(y_shape)
+
+
+def _grid_macs(y_shape, plan):
+    """The grid tiles' multiply-adds per tap: every block's LY grid positions x Cp channels."""
     blk = plan.blocks
-    grid = -(-N // blk.m) * blk.bands * plan.LY * plan.Cp
-    runs = N * H_out * -(-W_out // RUN) * RUN * -(-C_out // CV_CHANNELS) * CV_CHANNELS
-    return grid >= MIN_CHANNEL_TILE_SAVING * runs
+    return -(-y_shape[0] // blk.m) * blk.bands * plan.LY * plan.Cp
+
+
+def _run_macs(y_shape):
+    """The channel tiles' multiply-adds per tap: runs of RUN x channels in vectors of CV_CHANNELS."""
+    N, C_out, H_out, W_out = y_shape
+    return N * H_out * -(-W_out // RUN) * RUN * -(-C_out // CV_CHANNELS) * CV_CHANNELS
+
+
+def _tile_macs(y_shape, K, plan):
+    """The multiply-adds per tap of the grid or channel tiles, whichever `plan` would take."""
+    return _run_macs(y_shape) if use_channel_tiles(y_shape, K, plan) else _grid_macs(y_shape, plan)
 
 
 @njit(cache=True, fastmath=FMA)
@@ -868,35 +904,85 @@ def _forward_cv_blocks(x, Wc, bias, y, base, Xb, Qb, m, nq, bands, reach_rows, k
 # taps in the naive order from b[co], as `_forward_tile`'s: the same bits.  Interleaved in
 # one process, batch 64, 2 threads, Xeon VM (ms, grid or channel tiles -> row tiles): 16->16
 # on 32x32 1.67 -> 1.37, 3->16 on 32x32 0.48 -> 0.40, 32->32 on 16x16 1.27 -> 1.18 (channel
-# tiles), VGG 64->64 on 32x32 (batch 32) 10.1 -> 9.0, 16->32 1x1 0.76 -> 0.72.  Rows that are
-# not whole vectors lose (64->64 on 8x8, a flat piece across rows: 1.16 -> 1.43; LeNet's C1,
-# 28 columns and 6 channels: 0.14 -> 0.15); so does AVX2, whose 16 ymm cannot hold the 16
-# sums, 8 weights and 2 inputs.
-ROW_CH = 8  # output channels per row tile (broadcast weights)
+# tiles), VGG 64->64 on 32x32 (batch 32) 10.1 -> 9.0, 16->32 1x1 0.76 -> 0.72.  AVX2 keeps
+# the grid tiles: its 16 ymm cannot hold the 16 sums, 8 weights and 2 inputs.
+#
+# Rows that are not whole vectors.  Where the grid is as wide as y's rows (Wq = W_out) the
+# pieces run across the rows, over a whole plane (or band) at a time, and only its last
+# piece has spare positions.  That holds for a 1x1 kernel (ResNet's 32->64 stride-2
+# downsample to 8x8: 0.27 -> 0.14 ms on the row tiles) and for a padding as wide as the
+# kernel's reach (LeNet C3's gather input gradient, 14 x 14); and forward_plan makes it hold
+# for a valid conv on a small plane (LeNet's C3 and C1) by packing a row per tap column, kW
+# rows per (ci[, kh]) of W_out columns (`geometry`'s tap_columns, the rows still shared:
+# for C3 6 x 5 rows of 14 x 10, as large as the 6 x 5 rows of 10 x 14 that the grid tiles
+# took) where the grid's rows would be wider.  6 or 12 channels take a second tile, 6
+# channels x three pieces (`_forward_row_tile_3`: 6 broadcasts, 3 loads, 18 multiply-adds a
+# tap, as the grid tile), which leaves none of them idle.  In alternating processes, batch
+# 64 (ms, grid tiles -> row tiles): C3 forward 0.29-0.30 -> 0.19-0.21, C3's gather 0.29 ->
+# 0.23-0.25 (6 channels), C1 0.145 -> 0.123-0.13 (6 channels), and LeNet-5 no longer
+# compiles the grid tiles' kernel.  Ties on 32x32 (6 channels a tile): 16->12 1.12 vs 1.11,
+# 16->6 0.646 vs 0.64, 3->6 0.18 vs 0.19.  Not taken: 64->64 on 8x8 (rows of 8: the channel
+# tiles do as few multiply-adds; on tap columns 1.15-1.20 -> 1.30-1.38), and tap columns where
+# the grid's shared rows would pack less (3x or 5x the pack: 16->16 5x5 on 28x28 2.85-2.93 ->
+# 3.2-3.4, AlexNet's 64->192 5x5 on 27x27 at batch 32 54 -> 59).
+ROW_CH = 8  # output channels per row tile (broadcast weights), pieces in pairs
 ROW_SUMS = ROW_CH * 2 * LANES  # the tile's stack array (a compile-time constant)
+ROW_CH_3 = 6  # output channels per row tile of three pieces (`_forward_row_tile_3`)
+ROW_SUMS_3 = ROW_CH_3 * 3 * LANES
 ROW_TILES = VECTOR_BITS >= 512  # 16 sums + 8 weights + 2 inputs: 26 of 32 zmm (AVX2 would spill)
+
+
+def row_width(C_out):
+    """The row tiles' channels for C_out output channels: ROW_CH (8, pieces in pairs) or
+    ROW_CH_3 (6, pieces in threes) where that leaves fewer channels idle (6 or 12 channels:
+    none; 16: 8 for 8's none)."""
+    return ROW_CH_3 if -(-C_out // ROW_CH_3) * ROW_CH_3 < -(-C_out // ROW_CH) * ROW_CH else ROW_CH
+
+
+def _row_macs(y_shape, plan):
+    """The row tiles' multiply-adds per tap: each block's pieces of LANES positions (a row's
+    or, on a grid as wide as y's rows, a whole plane's or band's run of them), in whole
+    groups of 2 or 3, x channels in tiles of row_width."""
+    N, C_out, H_out, W_out = y_shape
+    blk, g = plan.blocks, plan.grid
+    width = row_width(C_out)
+    group = 2 if width == ROW_CH else 3
+
+    def pieces(rows):  # one image's pieces over `rows` output rows
+        return -(-rows * W_out // LANES) if g.Wq == W_out else rows * -(-W_out // LANES)
+
+    if blk.bands == 1:
+        full, last = divmod(N, blk.m)
+        per_image = pieces(H_out)
+        groups = full * -(-blk.m * per_image // group) + (-(-last * per_image // group) if last else 0)
+    else:
+        bands = [min(H_out, (b + 1) * blk.nq) - b * blk.nq for b in range(blk.bands)]
+        groups = N * sum(-(-pieces(r) // group) for r in bands if r > 0)
+    return groups * group * LANES * -(-C_out // width) * width
 
 
 def use_row_tiles(y_shape, plan):
     """True when the forward into y: (N, C_out, H_out, W_out), cut by `plan` (forward_plan's),
-    should take `_forward_row_blocks`: AVX-512, at least ROW_CH output channels, output rows
-    of whole vectors (W_out a multiple of LANES), and no more multiply-adds than the grid's
-    tiles would do (channels rounded up to ROW_CH; LeNet-sized 6 or 12 channels keep the
-    grid's 6).  Channel tiles never do fewer on such rows (they round channels up to 32)."""
+    may take `_forward_row_blocks`: AVX-512, at least MIN_C_FORWARD output channels, output
+    rows of whole vectors (W_out a multiple of LANES) or a grid as wide as them (Wq = W_out:
+    pieces run across the rows), and no more multiply-adds than the grid's tiles would do
+    (channels rounded up to row_width's, pieces to whole groups)."""
     N, C_out, H_out, W_out = y_shape
-    if not ROW_TILES or C_out < ROW_CH or W_out % LANES:
+    if not ROW_TILES or C_out < MIN_C_FORWARD or (W_out % LANES and plan.grid.Wq != W_out):
         return False
-    blk = plan.blocks
-    grid = -(-N // blk.m) * blk.bands * plan.LY * plan.Cp
-    return N * H_out * W_out * -(-C_out // ROW_CH) * ROW_CH <= grid
+    return _row_macs(y_shape, plan) <= _grid_macs(y_shape, plan)
 
 
 def forward_tiles(y_shape, K, plan):
     """The forward's tiles for y: (N, C_out, H_out, W_out) with K = C_in*kH*kW taps, cut by
-    `plan`: "rows" (use_row_tiles), "channels" (use_channel_tiles) or "grid"."""
-    if use_row_tiles(y_shape, plan):
+    `plan`: "rows" (use_row_tiles; on rows that are not whole vectors only where the channel
+    tiles would not be taken), "channels" (use_channel_tiles) or "grid"."""
+    rows = use_row_tiles(y_shape, plan)
+    if rows and y_shape[3] % LANES == 0:
         return "rows"
-    return "channels" if use_channel_tiles(y_shape, K, plan) else "grid"
+    if use_channel_tiles(y_shape, K, plan):
+        return "channels"
+    return "rows" if rows else "grid"
 
 
 @njit(cache=True, fastmath=FMA)
@@ -956,18 +1042,79 @@ def _forward_row_tile(yf, Wr, bias, Xf, base, pieces, i, c0, C_out, plane):
                 yf[uidx(d + v)] = s[o * R + h * L + v]
 
 
+@njit(cache=True, fastmath=FMA)
+def _forward_row_tile_3(yf, Wr, bias, Xf, base, pieces, i, c0, C_out, plane):
+    """As `_forward_row_tile` for pieces i, i + 1 and i + 2 x ROW_CH_3 channels from c0 (6
+    broadcasts, 3 loads, 18 fused multiply-adds a tap: the grid tile's, 18 sums in registers),
+    for layers of 6 or 12 channels, which the 8-channel tile would leave a quarter idle."""
+    # yf: (N*C_out*plane,) y flat   Wr: (Cp // ROW_CH_3, K, ROW_CH_3) W^T per channel tile
+    # bias: (Cp,)   Xf: ((rows+1)*LB,) X flat   base: (>= K,) tap k's start in Xf   pieces: (3, LQ)
+    prefer_vector_width(VECTOR_BITS)
+    s = stack_array(ROW_SUMS_3, Wr.dtype)  # s: (ROW_CH_3*3*LANES,) channel o's sums at o*3*LANES
+    R = 3 * LANES
+    L = LANES
+    L2 = 2 * LANES
+    b0, b1, b2 = bias[c0], bias[c0 + 1], bias[c0 + 2]
+    b3, b4, b5 = bias[c0 + 3], bias[c0 + 4], bias[c0 + 5]
+    for j in range(R):
+        s[j] = b0
+        s[R + j] = b1
+        s[2 * R + j] = b2
+        s[3 * R + j] = b3
+        s[4 * R + j] = b4
+        s[5 * R + j] = b5
+    r0 = pieces[0, i]
+    gap1 = pieces[0, i + 1] - r0
+    gap2 = pieces[0, i + 2] - r0
+    W = Wr[c0 // ROW_CH_3]  # W: (K, ROW_CH_3) this tile's weights, a tap's channels in a row
+    for k in range(W.shape[0]):
+        a = base[k] + r0
+        w0, w1, w2 = W[k, 0], W[k, 1], W[k, 2]
+        w3, w4, w5 = W[k, 3], W[k, 4], W[k, 5]
+        for v in range(L):
+            x0, x1, x2 = Xf[uidx(a + v)], Xf[uidx(a + gap1 + v)], Xf[uidx(a + gap2 + v)]
+            s[v] += x0 * w0
+            s[L + v] += x1 * w0
+            s[L2 + v] += x2 * w0
+            s[R + v] += x0 * w1
+            s[R + L + v] += x1 * w1
+            s[R + L2 + v] += x2 * w1
+            s[2 * R + v] += x0 * w2
+            s[2 * R + L + v] += x1 * w2
+            s[2 * R + L2 + v] += x2 * w2
+            s[3 * R + v] += x0 * w3
+            s[3 * R + L + v] += x1 * w3
+            s[3 * R + L2 + v] += x2 * w3
+            s[4 * R + v] += x0 * w4
+            s[4 * R + L + v] += x1 * w4
+            s[4 * R + L2 + v] += x2 * w4
+            s[5 * R + v] += x0 * w5
+            s[5 * R + L + v] += x1 * w5
+            s[5 * R + L2 + v] += x2 * w5
+    nc = min(ROW_CH_3, C_out - c0)
+    for h in range(3):
+        d0, n = pieces[1, i + h], pieces[2, i + h]
+        for o in range(nc):
+            d = d0 + (c0 + o) * plane
+            for v in range(n):
+                yf[uidx(d + v)] = s[o * R + h * L + v]
+
+
 @njit(cache=True, parallel=True)
 def _forward_row_blocks(x, Wr, bias, y, base, Xb, Qb, m, nq, bands, reach_rows, kH_packed, kW_packed, Hq, Wq,
                         stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):  # fmt: skip
     """y = conv2d(x, w) + b as `_forward_blocks` cuts it (a run of blocks per task, X packed
-    per block into the task's buffer), with `_forward_row_tile`'s tiles over the block's output
-    rows in pieces of LANES (rows as long as the grid's, Wq == W_out, in one flat run per image
-    of the block: its whole plane, or its band's rows; a band of the grid's rows below the
-    outputs is skipped), written straight to y."""
-    # x: (N, C_in, H, W)   Wr: (Cp // ROW_CH, K, ROW_CH)   bias: (Cp,)
+    per block into the task's buffer), with `_forward_row_tile`'s tiles (8 channels, pieces in
+    pairs) or `_forward_row_tile_3`'s (6, in threes; Wr's last axis says which) over the
+    block's output rows in pieces of LANES (rows as long as the grid's, Wq == W_out, in one
+    flat run per image of the block: its whole plane, or its band's rows; a band of the
+    grid's rows below the outputs is skipped), written straight to y."""
+    # x: (N, C_in, H, W)   Wr: (Cp // width, K, width), width ROW_CH or ROW_CH_3   bias: (Cp,)
     # y: (N, C_out, H_out, W_out)   base: (>= K,)   Xb: (T, rows + 1, LB)   Qb: (T, 3, LQ)
     N, C_out, H_out, W_out = y.shape
-    Cp = Wr.shape[0] * ROW_CH
+    width = Wr.shape[2]  # ROW_CH (pieces in pairs) or ROW_CH_3 (in threes)
+    group = 2 if width == ROW_CH else 3
+    Cp = Wr.shape[0] * width
     T, R1, LB = Xb.shape
     plane = H_out * W_out
     yf = y.reshape(N * C_out * plane)  # yf: (N*C_out*H_out*W_out,)
@@ -993,9 +1140,13 @@ def _forward_row_blocks(x, Wr, bias, y, base, Xb, Qb, m, nq, bands, reach_rows, 
                         pieces[1, L] = (n0 + j) * C_out * plane + q * W_out + c
                         pieces[2, L] = min(LANES, length - c)
                         L += 1
-            pieces[0, L] = pieces[0, L - 1]  # an odd last piece's partner: computed, never written
-            pieces[1, L] = 0
-            pieces[2, L] = 0
-            for c0 in range(0, Cp, ROW_CH):  # the tile's weights stay in L1 across the rows
-                for i in range(0, L, 2):
-                    _forward_row_tile(yf, Wr, bias, Xf, base, pieces, i, c0, C_out, plane)
+            for e in range(L, L + group - 1):  # the last group's missing pieces: computed, never written
+                pieces[0, e] = pieces[0, L - 1]
+                pieces[1, e] = 0
+                pieces[2, e] = 0
+            for c0 in range(0, Cp, width):  # the tile's weights stay in L1 across the rows
+                for i in range(0, L, group):
+                    if group == 2:
+                        _forward_row_tile(yf, Wr, bias, Xf, base, pieces, i, c0, C_out, plane)
+                    else:
+                        _forward_row_tile_3(yf, Wr, bias, Xf, base, pieces, i, c0, C_out, plane)
