@@ -1145,8 +1145,9 @@ def _forward_row_blocks(x, Wr, bias, y, base, Xb, Qb, m, nq, bands, reach_rows, 
                 pieces[1, e] = 0
                 pieces[2, e] = 0
             for c0 in range(0, Cp, width):  # the tile's weights stay in L1 across the rows
-                for i in range(0, L, group):
-                    if group == 2:
+                if group == 2:
+                    for i in range(0, L, 2):
                         _forward_row_tile(yf, Wr, bias, Xf, base, pieces, i, c0, C_out, plane)
-                    else:
+                else:
+                    for i in range(0, L, 3):
                         _forward_row_tile_3(yf, Wr, bias, Xf, base, pieces, i, c0, C_out, plane)
