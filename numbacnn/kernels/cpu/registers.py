@@ -27,10 +27,10 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.core.errors import RequireLiteralValue
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 from numba.np.numpy_support import carray
 
-__all__ = ["stack_array", "prefer_vector_width", "VECTOR_BITS"]
+__all__ = ["stack_array", "prefer_vector_width", "copy_run", "RUN", "VECTOR_BITS"]
 
 
 # The widest SIMD registers of this CPU: 512 bits with AVX-512 (32 registers), else at most
@@ -89,3 +89,79 @@ def prefer_vector_width(typingctx, bits):
         return context.get_dummy_value()
 
     return types.none(bits), codegen
+
+
+RUN = 16  # elements per `copy_run`: a float32 zmm register (two ymm; float64: two zmm)
+
+
+def copy_run(dst, dst_at, src, src_at, n):
+    """dst[dst_at + i] = src[src_at + i] for i < n, where 0 <= n <= RUN, dst and src 1-D
+    arrays of one dtype.  In a kernel, for contiguous float32 or float64 arrays, one masked
+    vector load and one masked store (LLVM's llvm.masked.load / llvm.masked.store; AVX-512
+    masks them in the instructions, AVX2 with vmaskmov): the lanes past n are neither read
+    nor written, so a run may end at an array's last element; other arrays, a loop.  No
+    bounds check (the caller's indices are in range, as with planes.uidx).  Why: a loop
+    copying a short row (the packs' rows of 10 or 14) is all scalar, as LLVM's vectorised
+    loop starts at 32 elements (8 lanes x 4 interleaved)."""
+    dst[dst_at : dst_at + n] = src[src_at : src_at + n]
+
+
+@overload(copy_run, inline="always")
+def _copy_run(dst, dst_at, src, src_at, n):
+    masked = (
+        isinstance(dst, types.Array)
+        and isinstance(src, types.Array)
+        and dst.ndim == src.ndim == 1
+        and dst.layout == src.layout == "C"
+        and dst.dtype == src.dtype
+        and dst.dtype in (types.float32, types.float64)
+    )
+    if masked:
+        return lambda dst, dst_at, src, src_at, n: _masked_copy(dst, dst_at, src, src_at, n)
+
+    def loop(dst, dst_at, src, src_at, n):
+        for i in range(n):
+            dst[dst_at + i] = src[src_at + i]
+
+    return loop
+
+
+@intrinsic
+def _masked_copy(typingctx, dst, dst_at, src, src_at, n):
+    """copy_run on contiguous 1-D float arrays: a masked load and store of RUN lanes."""
+
+    def codegen(context, builder, signature, args):
+        dst_v, d_at, src_v, s_at, count = args
+        at_types = signature.args[1], signature.args[3], signature.args[4]
+        d_at, s_at, count = (
+            context.cast(builder, v, t, types.int64)
+            for v, t in zip((d_at, s_at, count), at_types, strict=True)
+        )
+        elem = context.get_value_type(signature.args[0].dtype)
+        vec, i64 = ir.VectorType(elem, RUN), ir.IntType(64)
+        mask_ty = ir.VectorType(ir.IntType(1), RUN)
+        dst_p = builder.gep(
+            cgutils.create_struct_proxy(signature.args[0])(context, builder, value=dst_v).data, [d_at]
+        )
+        src_p = builder.gep(
+            cgutils.create_struct_proxy(signature.args[2])(context, builder, value=src_v).data, [s_at]
+        )
+        lanes = ir.Constant(ir.VectorType(i64, RUN), [ir.Constant(i64, i) for i in range(RUN)])
+        splat = builder.insert_element(
+            ir.Constant(ir.VectorType(i64, RUN), ir.Undefined), count, ir.Constant(ir.IntType(32), 0)
+        )
+        splat = builder.shuffle_vector(
+            splat, splat, ir.Constant(ir.VectorType(ir.IntType(32), RUN), [0] * RUN)
+        )
+        mask = builder.icmp_unsigned("<", lanes, splat)  # lane i < count
+        suffix = f"v{RUN}f{'32' if signature.args[0].dtype == types.float32 else '64'}.p0"
+        align = ir.Constant(ir.IntType(32), signature.args[0].dtype.bitwidth // 8)
+        load_ty = ir.FunctionType(vec, [src_p.type, ir.IntType(32), mask_ty, vec])
+        store_ty = ir.FunctionType(ir.VoidType(), [vec, dst_p.type, ir.IntType(32), mask_ty])
+        load = cgutils.get_or_insert_function(builder.module, load_ty, f"llvm.masked.load.{suffix}")
+        store = cgutils.get_or_insert_function(builder.module, store_ty, f"llvm.masked.store.{suffix}")
+        v = builder.call(load, [src_p, align, mask, ir.Constant(vec, ir.Undefined)])
+        builder.call(store, [v, dst_p, align, mask])
+        return context.get_dummy_value()
+
+    return types.none(dst, dst_at, src, src_at, n), codegen

@@ -60,6 +60,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
+from ..registers import RUN, copy_run
 from ..workspace import scratch
 from .direct import TILE, plane_tiles
 from .planes import inside, uidx
@@ -121,8 +122,8 @@ def _pack_x_rows(x, row, at, n, q0, q1, ci, kh, kw, Wq, stride_h, stride_w, pad_
         x_row = x[n, ci, ih]  # x_row: (W,)
         base = at + (q - q0) * Wq
         if stride_w == 1:
-            for c in range(c_lo, c_hi):
-                row[uidx(base + c)] = x_row[uidx(c + off)]
+            for c in range(c_lo, c_hi, RUN):  # masked vector copies: rows of 10 are not scalar
+                copy_run(row, base + c, x_row, c + off, min(RUN, c_hi - c))
         else:
             for c in range(c_lo, c_hi):
                 row[uidx(base + c)] = x_row[uidx(c * stride_w + off)]
@@ -139,8 +140,8 @@ def _pack_dy_row(dy, row, co, Wq, Hq):
         for oh in range(H_out):
             dy_row = dy[n, co, oh]  # dy_row: (W_out,)
             base = n * plane + oh * Wq
-            for c in range(W_out):
-                row[uidx(base + c)] = dy_row[uidx(c)]
+            for c in range(0, W_out, RUN):  # masked vector copies (rows of 10 are not scalar)
+                copy_run(row, base + c, dy_row, c, min(RUN, W_out - c))
             for c in range(W_out, Wq):
                 row[uidx(base + c)] = 0.0
         for i in range(n * plane + H_out * Wq, (n + 1) * plane):
