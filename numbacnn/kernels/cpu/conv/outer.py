@@ -985,6 +985,21 @@ def forward_tiles(y_shape, K, plan):
     return "rows" if rows else "grid"
 
 
+@njit(cache=True, inline="always")
+def _store_pieces(yf, s, pieces, i, group, c0, nc, plane):
+    """A row tile's sums to y: piece i + h's n real positions of channel c0 + o, for the group
+    pieces h and the nc channels o below C_out (channel o's sums at o*group*LANES, piece h's
+    from h*LANES on)."""
+    # yf: (N*C_out*plane,) y flat   s: (channels*group*LANES,) the tile's sums   pieces: (3, LQ)
+    R = group * LANES
+    for h in range(group):
+        d0, n = pieces[1, i + h], pieces[2, i + h]
+        for o in range(nc):
+            d = d0 + (c0 + o) * plane
+            for v in range(n):
+                yf[uidx(d + v)] = s[o * R + h * LANES + v]
+
+
 @njit(cache=True, fastmath=FMA)
 def _forward_row_tile(yf, Wr, bias, Xf, base, pieces, i, c0, C_out, plane):
     """Pieces i and i + 1 (pieces[:, i]: grid position r, place d in y's channel 0, real
@@ -1033,13 +1048,7 @@ def _forward_row_tile(yf, Wr, bias, Xf, base, pieces, i, c0, C_out, plane):
             s[6 * R + L + v] += x1 * w6
             s[7 * R + v] += x0 * w7
             s[7 * R + L + v] += x1 * w7
-    nc = min(ROW_CH, C_out - c0)
-    for h in range(2):
-        d0, n = pieces[1, i + h], pieces[2, i + h]
-        for o in range(nc):
-            d = d0 + (c0 + o) * plane
-            for v in range(n):
-                yf[uidx(d + v)] = s[o * R + h * L + v]
+    _store_pieces(yf, s, pieces, i, 2, c0, min(ROW_CH, C_out - c0), plane)
 
 
 @njit(cache=True, fastmath=FMA)
@@ -1091,13 +1100,7 @@ def _forward_row_tile_3(yf, Wr, bias, Xf, base, pieces, i, c0, C_out, plane):
             s[5 * R + v] += x0 * w5
             s[5 * R + L + v] += x1 * w5
             s[5 * R + L2 + v] += x2 * w5
-    nc = min(ROW_CH_3, C_out - c0)
-    for h in range(3):
-        d0, n = pieces[1, i + h], pieces[2, i + h]
-        for o in range(nc):
-            d = d0 + (c0 + o) * plane
-            for v in range(n):
-                yf[uidx(d + v)] = s[o * R + h * L + v]
+    _store_pieces(yf, s, pieces, i, 3, c0, min(ROW_CH_3, C_out - c0), plane)
 
 
 @njit(cache=True, parallel=True)
