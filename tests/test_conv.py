@@ -355,3 +355,26 @@ def test_strided_same_padding_matches_reference():
         strict=True,
     ):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_conv2d_backward_with_a_padding_far_wider_than_the_input():
+    """Padding 10**5 and stride 10**6 on an 8x8 input (one output per image): the fast backward
+    kernels would lay out a 2e5 x 2e5 padded plane (160 GB; it had ended in a MemoryError
+    inside Numba, raised as SystemError); the dispatch gives such convs to the naive kernels,
+    which add the few real terms.  Checked against torch; a padding of 40 with stride 7 keeps
+    the fast kernels."""
+    from numbacnn.kernels.cpu import conv
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 8, 8))
+    w = rng.standard_normal((4, 3, 3, 3))
+    for stride, padding, naive_path in ((10**6, 10**5, True), (7, 40, False)):
+        y = F.conv2d(x, w, stride=stride, padding=padding)
+        args = (x.shape, y.shape, w.shape, stride, stride, padding, padding, 1, 1)
+        assert conv._padding_dominates(*args) == naive_path
+        dy = rng.standard_normal(y.shape)
+        dx, dw, _ = F.conv2d_backward(dy, x, w, stride=stride, padding=padding)
+        xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+        TF.conv2d(xt, wt, stride=stride, padding=padding).backward(torch.tensor(dy))
+        assert_close(dx, xt.grad.numpy(), dtype=np.float64, kind="conv", what=f"dx, stride {stride}")
+        assert_close(dw, wt.grad.numpy(), dtype=np.float64, kind="conv", what=f"dw, stride {stride}")

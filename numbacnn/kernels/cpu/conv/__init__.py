@@ -51,7 +51,9 @@ Dispatch (the contract names below; functional.conv2d* call them, validated and 
     naive      backward_input when w holds a NaN or an inf (exact: the fast forms multiply
                every weight by zeros of dy's padding or grid) -> naive.py; backward_weight
                again when the fast forms' dw holds a NaN or an inf (their padding and grid
-               zeros times an inf are NaN)
+               zeros times an inf are NaN); backward_input and backward_weight when the
+               padded plane would dwarf the input and output planes (`_padding_dominates`:
+               padding 10**5 and stride 10**6 on 8x8, a 160 GB plane for one output)
     gather     backward_input with stride 1 and padding no wider than the kernel's reach:
                a forward conv of dy with the flipped weights -> direct.conv2d_backward_input_gather
     direct     everything else -> direct.py
@@ -108,6 +110,25 @@ def _is_dense(x_shape, w_shape, y_shape, pad_top, pad_left, dil_h, dil_w, groups
     )
 
 
+MAX_PADDED_SHARE = 64  # the fast backward kernels' padded plane, at most this times the planes
+MAX_PADDED_PLANE = 1 << 24  # ...where it is larger than this many elements (64 MB of float32)
+
+
+def _padding_dominates(in_shape, out_shape, w_shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
+    """True when the zero-padded plane the fast backward kernels lay out (`planes.padded_extent`)
+    would be over MAX_PADDED_PLANE elements and MAX_PADDED_SHARE times both the input's and the
+    output's planes: a padding far wider than the input with a stride to match (padding 10**5
+    and stride 10**6 on an 8x8 input: a 2e5 x 2e5 plane, 160 GB, for one output).  The naive
+    kernels then add the few real terms without one (found by a cold review: the scatter's
+    plane had ended in a MemoryError inside Numba, raised as SystemError)."""
+    H, W = in_shape[2], in_shape[3]
+    H_out, W_out = out_shape[2], out_shape[3]
+    Hp = max(H + pad_top, (H_out - 1) * stride_h + (w_shape[2] - 1) * dil_h + 1)  # padded_extent's, in
+    Wp = max(W + pad_left, (W_out - 1) * stride_w + (w_shape[3] - 1) * dil_w + 1)  # Python (no JIT)
+    plane = Hp * Wp
+    return plane > MAX_PADDED_PLANE and plane > MAX_PADDED_SHARE * max(H * W, H_out * W_out)
+
+
 def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
     """y = conv2d(x, w) + b (fully overwrites y)."""
     # x: (N, C_in, H, W)   w: (C_out, C_in_g, kH, kW)   b: (C_out,)   y: (N, C_out, H_out, W_out)
@@ -134,9 +155,12 @@ def conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_
     if _is_dense(dx.shape, w.shape, dy.shape, pad_top, pad_left, dil_h, dil_w, groups):
         N, C_out, K = dy.shape[0], dy.shape[1], w[0].size
         _dense.linear_backward_input(dy.reshape(N, C_out), w.reshape(C_out, K), dx.reshape(N, K))
-    elif not np.isfinite(w).all():
+    elif not np.isfinite(w).all() or _padding_dominates(
+        dx.shape, dy.shape, w.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w
+    ):
         # the fast forms multiply every weight with dy's padding or grid zeros (0 * inf = NaN
-        # where the true sum never uses that weight); the naive scatter adds real terms only
+        # where the true sum never uses that weight); the naive scatter adds real terms only,
+        # with no padded plane
         naive.conv2d_backward_input(dy, w, dx, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups)
     elif polyphase.use_polyphase(
         dx.shape, w.shape, dy.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w
@@ -166,6 +190,9 @@ def conv2d_backward_weight(dy, x, dw, stride_h, stride_w, pad_top, pad_left, dil
         _dense.linear_backward_weight(dy.reshape(N, C_out), x.reshape(N, K), dw.reshape(C_out, K))
         return
     geo = (stride_h, stride_w, pad_top, pad_left, dil_h, dil_w)
+    if _padding_dominates(x.shape, dy.shape, dw.shape, *geo):  # the few real terms, no padded plane
+        naive.conv2d_backward_weight(dy, x, dw, *geo, groups)
+        return
     if lastc.use_lastc(dy.shape, dw.shape, x.shape, *geo, groups, dw.itemsize):
         lastc.conv2d_backward_weight(dy, x, dw, *geo)
     elif gemm.use_gemm(dy.shape, dw.shape, x.shape, *geo, groups, dw.itemsize):  # gemm's 64 MB bound
