@@ -137,7 +137,7 @@ def _combine_rows(coef, rows, out):
     flat = rows.reshape(-1)  # flat: (K*IN,) rows[k, i] at k*IN + i
     offs = np.empty(K, np.int64)  # offs: (K,) where row k starts: the conv's "tap offsets"
     for k in range(K):  # loops, not array expressions: each of those is one more parallel
-        offs[k] = k * IN  # loop to compile (measured: this kernel's JIT 2.0-2.3 -> 1.4 s)
+        offs[k] = k * IN  # loop to compile (measured: this kernel's JIT 2.0-2.4 -> 1.4-1.9 s)
     one = min(IN, 1)  # 1 (a variable, as direct._forward passes it to _taps_4ch)
     for t in prange(n_rb * n_ib):  # parallel over tiles: owns out[r0:r1, i0:i1]
         rb = t // n_ib

@@ -101,14 +101,15 @@ def _pack_x_rows(x, row, at, n, q0, q1, ci, kh, kw, Wq, stride_h, stride_w, pad_
     pad_left + kw*dil_w] for the grid rows q0 <= q < q1 of image n and c < Wq, 0 in the padding.
 
     The rows' span is zeroed in one fill, then per grid row inside the input the columns whose
-    input is inside, [c_lo, c_hi), are one copy (contiguous for stride_w 1, else strided;
-    unsigned indices: vectorised).  The fill had been four loops per row (a row outside, the
-    columns left and right of the copy): the same speed (16->16 3x3 forward 1.21-1.35 vs
-    1.23-1.26 ms, 16->32 stride 2 0.98-1.05 vs 0.98, in alternating processes), less code to
-    compile in every kernel that inlines this (outer._forward_blocks 2.61 -> 2.48 s,
-    gemm._pack 1.85 -> 1.70 s).  (planes.split_plane copies its rows the same way; a helper shared by
-    both, called per row, measured the packs 2-3x slower, and planes._strided_plane inlined
-    per image 1.15-1.35x slower (8x8: 0.26 -> 0.33 ms), so each keeps its loops.)"""
+    input is inside, [c_lo, c_hi), are copied (stride_w 1: masked vector copies of up to 16,
+    `registers.copy_run`; else a strided loop, unsigned indices: vectorised).  The fill had
+    been four loops per row (a row outside, the columns left and right of the copy): the same
+    speed (16->16 3x3 forward 1.21-1.35 vs 1.23-1.26 ms, 16->32 stride 2 0.98-1.05 vs 0.98, in
+    alternating processes), less code to compile in every kernel that inlines this
+    (outer._forward_blocks 2.61 -> 2.48 s, gemm._pack 1.85 -> 1.70 s).  (planes.split_plane
+    copies its rows the same way; a helper shared by both, called per row, measured the packs
+    2-3x slower, and planes._strided_plane inlined per image 1.15-1.35x slower (8x8: 0.26 ->
+    0.33 ms), so each keeps its loops.)"""
     # x: (N, C_in, H, W)   row: (>= at + (q1 - q0)*Wq,)
     H, W = x.shape[2], x.shape[3]
     off = kw * dil_w - pad_left  # iw = c*stride_w + off
