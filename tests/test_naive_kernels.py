@@ -940,3 +940,34 @@ def test_input_gradient_with_a_non_finite_weight_matches_naive(stride, pad, k):
     conv.conv2d_backward_input(dy, w, dx, sh, sw, pad, pad, 1, 1, 1)
     assert np.isfinite(dx0).any()
     np.testing.assert_array_equal(dx, dx0)
+
+
+def test_copy_run_copies_exactly_n_elements():
+    """registers.copy_run (a masked vector load and store of up to RUN elements in a kernel)
+    writes dst[at:at + n] and nothing else, for n = 0..RUN, runs that end at the arrays' last
+    element, float32 and float64, contiguous rows and strided ones (a loop), and from Python."""
+    from numba import njit
+
+    from numbacnn.kernels.cpu.registers import RUN, copy_run
+
+    @njit
+    def copy_rows(dst, src, dst_at, src_at, n):
+        for r in range(src.shape[0]):
+            copy_run(dst[r], dst_at, src[r], src_at, n)
+
+    for dtype in (np.float32, np.float64):
+        src = np.arange(3 * 40, dtype=dtype).reshape(3, 40) + 1
+        for rows in (
+            np.ascontiguousarray(src[:, 20:]),
+            src[:, ::2],
+        ):  # C rows of 20 (masked); strided (a loop)
+            for n in range(RUN + 1):
+                for dst_at, src_at in ((0, 0), (20 - n, 20 - n), (3, 20 - n)):
+                    dst = np.zeros((3, 20), dtype)
+                    copy_rows(dst, rows, dst_at, src_at, n)
+                    want = np.zeros((3, 20), dtype)
+                    want[:, dst_at : dst_at + n] = rows[:, src_at : src_at + n]
+                    assert np.array_equal(dst, want), (dtype, rows.flags.c_contiguous, n, dst_at, src_at)
+    dst = np.zeros(5)
+    copy_run(dst, 1, np.arange(5.0), 2, 3)
+    assert dst.tolist() == [0.0, 2.0, 3.0, 4.0, 0.0]

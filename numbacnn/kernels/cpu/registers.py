@@ -20,6 +20,10 @@ GFLOP/s with `stack_array`, 37 with `np.empty` (the sums loaded and stored every
 sums are added in the reduction's order, one fused multiply-add per term (fastmath
 {"contract"}, conv/planes.py's FMA, as in the naive loop), so a tile gives the naive loop's
 result bit for bit.
+
+Also here, as the same kind of help for LLVM: `copy_run`, a short row copied with one masked
+vector load and store (the packs' rows of 10 or 14 floats, which LLVM's copy loop leaves
+scalar).
 """
 
 import numba
