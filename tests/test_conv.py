@@ -357,24 +357,42 @@ def test_strided_same_padding_matches_reference():
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
 
 
-def test_conv2d_backward_with_a_padding_far_wider_than_the_input():
-    """Padding 10**5 and stride 10**6 on an 8x8 input (one output per image): the fast backward
-    kernels would lay out a 2e5 x 2e5 padded plane (160 GB; it had ended in a MemoryError
-    inside Numba, raised as SystemError); the dispatch gives such convs to the naive kernels,
-    which add the few real terms.  Checked against torch; a padding of 40 with stride 7 keeps
+@pytest.mark.parametrize(
+    "x_shape,w_shape,stride,padding,dilation,naive_path",
+    [
+        ((2, 3, 8, 8), (4, 3, 3, 3), 10**6, 10**5, 1, True),  # a 2e5 x 2e5 plane (160 GB) for one output
+        ((4, 64, 8, 8), (64, 64, 3, 3), 4000, 2040, 1, True),  # 16M-element planes, 256 of them: 100 s
+        ((16, 64, 8, 8), (64, 64, 3, 3), 1, 1000, 1000, True),  # planes of 2008 x 2008: 16 GB
+        ((1, 32, 8, 8), (1, 32, 3, 3), 10**6, 10**5, 1, True),  # the gemm forward's copy: 1.2 TB
+        ((1, 1, 8, 8), (1, 1, 3, 3), 2**31 - 1, 0, 1, True),  # phase tables of 2**31 entries
+        ((2, 3, 8, 8), (4, 3, 3, 3), 7, 40, 1, False),  # the fast kernels
+    ],
+)
+def test_conv2d_with_a_padding_or_stride_far_wider_than_the_input(
+    x_shape, w_shape, stride, padding, dilation, naive_path
+):
+    """Paddings and strides far wider than the input (one output per image): the fast kernels'
+    padded planes (and a stride's phase tables) would take GBs to TBs, or 100 s of zeroing
+    (they had ended in MemoryErrors, some raised as SystemError from inside Numba); the
+    dispatch gives such convs to the naive kernels, which add the few real terms.  Forward
+    and both gradients in float32 against torch in float64; stride 7 with padding 40 keeps
     the fast kernels."""
     from numbacnn.kernels.cpu import conv
 
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((2, 3, 8, 8))
-    w = rng.standard_normal((4, 3, 3, 3))
-    for stride, padding, naive_path in ((10**6, 10**5, True), (7, 40, False)):
-        y = F.conv2d(x, w, stride=stride, padding=padding)
-        args = (x.shape, y.shape, w.shape, stride, stride, padding, padding, 1, 1)
-        assert conv._padding_dominates(*args) == naive_path
-        dy = rng.standard_normal(y.shape)
-        dx, dw, _ = F.conv2d_backward(dy, x, w, stride=stride, padding=padding)
-        xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
-        TF.conv2d(xt, wt, stride=stride, padding=padding).backward(torch.tensor(dy))
-        assert_close(dx, xt.grad.numpy(), dtype=np.float64, kind="conv", what=f"dx, stride {stride}")
-        assert_close(dw, wt.grad.numpy(), dtype=np.float64, kind="conv", what=f"dw, stride {stride}")
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    geo = dict(stride=stride, padding=padding, dilation=dilation)
+    y = F.conv2d(x, w, **geo)
+    args = (x.shape, y.shape, w.shape, stride, stride, padding, padding, dilation, dilation)
+    assert conv._padding_dominates(*args) == naive_path
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dw, _ = F.conv2d_backward(dy, x, w, **geo)
+    # the oracle in float64 (torch's float32 conv takes minutes on the first case)
+    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    wt = torch.tensor(w.astype(np.float64), requires_grad=True)
+    yt = TF.conv2d(xt, wt, **geo)
+    yt.backward(torch.tensor(dy.astype(np.float64)))
+    assert_close(y, yt.detach().numpy(), dtype=np.float32, kind="conv", what="y")
+    assert_close(dx, xt.grad.numpy(), dtype=np.float32, kind="conv", what="dx")
+    assert_close(dw, wt.grad.numpy(), dtype=np.float32, kind="conv", what="dw")

@@ -103,10 +103,11 @@ def copy_run(dst, dst_at, src, src_at, n):
     arrays of one dtype.  In a kernel, for contiguous float32 or float64 arrays, one masked
     vector load and one masked store (LLVM's llvm.masked.load / llvm.masked.store; AVX-512
     masks them in the instructions, AVX2 with vmaskmov): the lanes past n are neither read
-    nor written, so a run may end at an array's last element; other arrays, a loop.  No
-    bounds check (the caller's indices are in range, as with planes.uidx).  Why: a loop
-    copying a short row (the packs' rows of 10 or 14) is all scalar, as LLVM's vectorised
-    loop starts at 32 elements (8 lanes x 4 interleaved)."""
+    nor written, so a run may end at an array's last element (there a larger n copies RUN
+    and n <= 0 nothing); other arrays, a loop.  No bounds check (the caller's indices are in
+    range, as with planes.uidx).  Why: a loop copying a short row (the packs' rows of 10 or
+    14) is all scalar, as LLVM's vectorised loop starts at 32 elements (8 lanes x 4
+    interleaved)."""
     dst[dst_at : dst_at + n] = src[src_at : src_at + n]
 
 
@@ -157,7 +158,7 @@ def _masked_copy(typingctx, dst, dst_at, src, src_at, n):
         splat = builder.shuffle_vector(
             splat, splat, ir.Constant(ir.VectorType(ir.IntType(32), RUN), [0] * RUN)
         )
-        mask = builder.icmp_unsigned("<", lanes, splat)  # lane i < count
+        mask = builder.icmp_signed("<", lanes, splat)  # lane i < count (none for count <= 0)
         suffix = f"v{RUN}f{'32' if signature.args[0].dtype == types.float32 else '64'}.p0"
         align = ir.Constant(ir.IntType(32), signature.args[0].dtype.bitwidth // 8)
         load_ty = ir.FunctionType(vec, [src_p.type, ir.IntType(32), mask_ty, vec])

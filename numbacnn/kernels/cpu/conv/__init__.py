@@ -51,9 +51,9 @@ Dispatch (the contract names below; functional.conv2d* call them, validated and 
     naive      backward_input when w holds a NaN or an inf (exact: the fast forms multiply
                every weight by zeros of dy's padding or grid) -> naive.py; backward_weight
                again when the fast forms' dw holds a NaN or an inf (their padding and grid
-               zeros times an inf are NaN); backward_input and backward_weight when the
-               padded plane would dwarf the input and output planes (`_padding_dominates`:
-               padding 10**5 and stride 10**6 on 8x8, a 160 GB plane for one output)
+               zeros times an inf are NaN); all three when the fast kernels' padded planes
+               would dwarf the arrays (`_padding_dominates`: padding 10**5 and stride 10**6
+               on 8x8, a 160 GB plane for one output)
     gather     backward_input with stride 1 and padding no wider than the kernel's reach:
                a forward conv of dy with the flipped weights -> direct.conv2d_backward_input_gather
     direct     everything else -> direct.py
@@ -70,6 +70,8 @@ The gather input gradient is that forward of dy with flipped weights (not the na
 order: they agree to rounding); the weight gradient sums in its own fixed order.  No BLAS
 and no np.dot: every multiply-add is in these loops.
 """
+
+import math
 
 import numpy as np
 
@@ -110,23 +112,29 @@ def _is_dense(x_shape, w_shape, y_shape, pad_top, pad_left, dil_h, dil_w, groups
     )
 
 
-MAX_PADDED_SHARE = 64  # the fast backward kernels' padded plane, at most this times the planes
-MAX_PADDED_PLANE = 1 << 24  # ...where it is larger than this many elements (64 MB of float32)
+MAX_SCRATCH_SHARE = 64  # the fast kernels' padded planes, at most this times the arrays
+MAX_SCRATCH = 1 << 24  # ...where they pass this many elements (64 MB of float32)
+QUICK_NO = 64  # paddings, strides and kernel reaches up to this never pass (checked first)
 
 
 def _padding_dominates(in_shape, out_shape, w_shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
-    """True when the zero-padded plane the fast backward kernels lay out (`planes.padded_extent`)
-    would be over MAX_PADDED_PLANE elements and MAX_PADDED_SHARE times both the input's and the
-    output's planes: a padding far wider than the input with a stride to match (padding 10**5
-    and stride 10**6 on an 8x8 input: a 2e5 x 2e5 plane, 160 GB, for one output).  The naive
-    kernels then add the few real terms without one (found by a cold review: the scatter's
-    plane had ended in a MemoryError inside Numba, raised as SystemError)."""
-    H, W = in_shape[2], in_shape[3]
+    """True when the zero-padded planes the fast kernels lay out (`planes.padded_extent`, one
+    per (image, input channel)), with a stride's phase tables, would pass MAX_SCRATCH elements
+    and MAX_SCRATCH_SHARE times the input, output and weights together: a padding far wider
+    than the input with a stride to match (padding 10**5 and stride 10**6 on an 8x8 input: a
+    2e5 x 2e5 plane, 160 GB, for one output; padding 1000 with dilation 1000 on 8x8: 16 GB of
+    planes at batch 16), or a stride far longer than the input (2**31 - 1: 16 GB of phase
+    tables).  The naive kernels then add the few real terms with no plane (found by cold
+    reviews: MemoryErrors, some raised as SystemError from inside Numba, or 100 s of zeroing)."""
+    if max(pad_top, pad_left, stride_h, stride_w, dil_h * w_shape[2], dil_w * w_shape[3]) <= QUICK_NO:
+        return False  # every conv of ordinary geometry (a check of a few hundred ns a call)
+    N, C_in, H, W = in_shape
     H_out, W_out = out_shape[2], out_shape[3]
     Hp = max(H + pad_top, (H_out - 1) * stride_h + (w_shape[2] - 1) * dil_h + 1)  # padded_extent's, in
     Wp = max(W + pad_left, (W_out - 1) * stride_w + (w_shape[3] - 1) * dil_w + 1)  # Python (no JIT)
-    plane = Hp * Wp
-    return plane > MAX_PADDED_PLANE and plane > MAX_PADDED_SHARE * max(H * W, H_out * W_out)
+    scratch = max(N * C_in, 1) * Hp * Wp + stride_h + stride_w
+    arrays = math.prod(in_shape) + math.prod(out_shape) + math.prod(w_shape)
+    return scratch > MAX_SCRATCH and scratch > MAX_SCRATCH_SHARE * arrays
 
 
 def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
@@ -137,6 +145,8 @@ def conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil
     if _is_dense(x.shape, w.shape, y.shape, pad_top, pad_left, dil_h, dil_w, groups):
         N, C_out, K = y.shape[0], y.shape[1], w[0].size  # K = C_in*kH*kW (explicit: N may be 0)
         _dense.linear_forward(x.reshape(N, K), w.reshape(C_out, K), b, y.reshape(N, C_out))
+    elif _padding_dominates(x.shape, y.shape, w.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
+        naive.conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups)
     elif gemm.use_gemm_forward(x.shape, w.shape, y.shape, stride_w, dil_h, dil_w, groups):
         gemm.conv2d_forward(x, w, b, y, stride_h, stride_w, pad_top, pad_left)
     elif outer.use_outer_forward(

@@ -34,7 +34,7 @@ Loop nests (who owns what; every output element has exactly one writer)
     conv2d_backward_weight   for (co, ci_l) in prange:  buf[kH*kW, chunk] = 0
                                  for chunk of rows, 4 samples n, 4 taps t: for j: buf[t, j] += dy*xp
                                  dw[co, ci_l, t] = sum over buf[t]'s real positions
-    conv2d_backward_bias     for co in prange:  db[co] = sum of dy[:, co]
+    conv2d_backward_bias     for co:  db[co] = sum of dy[:, co] (serial: a plane buffer halved onto itself)
 
 Optimisations (each measured; see the doc):
     [x] innermost loop elementwise over contiguous j (SIMD without fastmath reordering a sum)

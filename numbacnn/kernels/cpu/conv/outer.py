@@ -583,7 +583,7 @@ def forward_plan(x_shape, w_shape, y_shape, stride_h, stride_w, pad_top, pad_lef
         no_bigger = cg.kW_packed * cg.kH_packed * cg.Hq * cg.Wq <= g.kW_packed * g.kH_packed * g.Hq * g.Wq
         if (
             no_bigger
-            and use_row_tiles(y_shape, cols)
+            and forward_tiles(y_shape, K, cols) == "rows"  # (not the channel tiles, on a larger pack)
             and _row_macs(y_shape, cols) < _tile_macs(y_shape, K, plan)
         ):
             return cols
@@ -915,16 +915,17 @@ def _forward_cv_blocks(x, Wc, bias, y, base, Xb, Qb, m, nq, bands, reach_rows, k
 # for a valid conv on a small plane (LeNet's C3 and C1) by packing a row per tap column, kW
 # rows per (ci[, kh]) of W_out columns (`geometry`'s tap_columns, the rows still shared:
 # for C3 6 x 5 rows of 14 x 10, as large as the 6 x 5 rows of 10 x 14 that the grid tiles
-# took) where the grid's rows would be wider.  6 or 12 channels take a second tile, 6
-# channels x three pieces (`_forward_row_tile_3`: 6 broadcasts, 3 loads, 18 multiply-adds a
-# tap, as the grid tile), which leaves none of them idle.  In alternating processes, batch
-# 64 (ms, grid tiles -> row tiles): C3 forward 0.29-0.30 -> 0.19-0.21, C3's gather 0.29 ->
-# 0.23-0.25 (6 channels), C1 0.145 -> 0.123-0.13 (6 channels), and LeNet-5 no longer
-# compiles the grid tiles' kernel.  Ties on 32x32 (6 channels a tile): 16->12 1.12 vs 1.11,
-# 16->6 0.646 vs 0.64, 3->6 0.18 vs 0.19.  Not taken: 64->64 on 8x8 (rows of 8: the channel
-# tiles do as few multiply-adds; on tap columns 1.15-1.20 -> 1.30-1.38), and tap columns where
-# the grid's shared rows would pack less (3x or 5x the pack: 16->16 5x5 on 28x28 2.85-2.93 ->
-# 3.2-3.4, AlexNet's 64->192 5x5 on 27x27 at batch 32 54 -> 59).
+# took) where the grid's rows would be wider.  6 or 12 channels (and others `row_width`
+# names, where it leaves fewer idle) take a second tile, 6 channels x three pieces
+# (`_forward_row_tile_3`: 6 broadcasts, 3 loads, 18 multiply-adds a tap, as the grid
+# tile).  In alternating processes, batch 64 (ms, grid tiles -> row tiles): C3 forward
+# 0.29-0.30 -> 0.19-0.21, C3's gather 0.29 -> 0.23-0.25 (6 channels), C1 0.145 -> 0.123-0.13
+# (6 channels), and LeNet-5 no longer compiles the grid tiles' kernel.  Ties on 32x32 (6
+# channels a tile): 16->12 1.12 vs 1.11, 16->6 0.646 vs 0.64, 3->6 0.18 vs 0.19.  Not taken:
+# 64->64 on 8x8 (rows of 8: the channel tiles do as few multiply-adds; on tap columns
+# 1.15-1.20 -> 1.30-1.38), and tap columns where the grid's shared rows would pack less (3x
+# or 5x the pack: 16->16 5x5 on 28x28 2.85-2.93 -> 3.2-3.4, AlexNet's 64->192 5x5 on 27x27
+# at batch 32 54 -> 59).
 ROW_CH = 8  # output channels per row tile (broadcast weights), pieces in pairs
 ROW_SUMS = ROW_CH * 2 * LANES  # the tile's stack array (a compile-time constant)
 ROW_CH_3 = 6  # output channels per row tile of three pieces (`_forward_row_tile_3`)
@@ -934,8 +935,8 @@ ROW_TILES = VECTOR_BITS >= 512  # 16 sums + 8 weights + 2 inputs: 26 of 32 zmm (
 
 def row_width(C_out):
     """The row tiles' channels for C_out output channels: ROW_CH (8, pieces in pairs) or
-    ROW_CH_3 (6, pieces in threes) where that leaves fewer channels idle (6 or 12 channels:
-    none; 16: 8 for 8's none)."""
+    ROW_CH_3 (6, pieces in threes) where that leaves fewer channels idle (6, 12 or 18: none,
+    and 9-11, 17, 25-30, 33-35, 41-42; 16, 24 or 32: the 8-channel tile's none)."""
     return ROW_CH_3 if -(-C_out // ROW_CH_3) * ROW_CH_3 < -(-C_out // ROW_CH) * ROW_CH else ROW_CH
 
 
