@@ -77,6 +77,7 @@ import numpy as np
 
 from .. import dense as _dense
 from . import direct, gemm, lastc, naive, outer, polyphase
+from .planes import padded_extent
 
 __all__ = [
     "conv2d_forward",
@@ -130,8 +131,9 @@ def _padding_dominates(in_shape, out_shape, w_shape, stride_h, stride_w, pad_top
         return False  # every conv of ordinary geometry (a check of a few hundred ns a call)
     N, C_in, H, W = in_shape
     H_out, W_out = out_shape[2], out_shape[3]
-    Hp = max(H + pad_top, (H_out - 1) * stride_h + (w_shape[2] - 1) * dil_h + 1)  # padded_extent's, in
-    Wp = max(W + pad_left, (W_out - 1) * stride_w + (w_shape[3] - 1) * dil_w + 1)  # Python (no JIT)
+    Hp, Wp = padded_extent.py_func(  # its Python function: the same formula, nothing to compile
+        H, W, H_out, W_out, w_shape[2], w_shape[3], stride_h, stride_w, pad_top, pad_left, dil_h, dil_w
+    )
     scratch = max(N * C_in, 1) * Hp * Wp + stride_h + stride_w
     arrays = math.prod(in_shape) + math.prod(out_shape) + math.prod(w_shape)
     return scratch > MAX_SCRATCH and scratch > MAX_SCRATCH_SHARE * arrays
