@@ -7,6 +7,8 @@ padding only), so each one is tested on every configuration it accepts, not only
 ones the dispatch happens to send it.
 """
 
+import platform
+
 import numpy as np
 import pytest
 from conftest import assert_close
@@ -1000,3 +1002,55 @@ def test_copy_run_copies_exactly_n_elements():
     dst = np.zeros(5)
     copy_run(dst, 1, np.arange(5.0), 2, 3)
     assert dst.tolist() == [0.0, 2.0, 3.0, 4.0, 0.0]
+
+
+def test_prefetch_is_a_hint_that_changes_no_result():
+    """registers.prefetch(arr, i) compiles to a software prefetch (x86: prefetcht1) for a
+    contiguous 1-D array, to nothing for other arrays, and does nothing from Python; indices
+    past the array's end are not errors (a hint touches no memory)."""
+    from numba import njit
+
+    from numbacnn.kernels.cpu.registers import prefetch
+
+    @njit
+    def total(a, ahead):
+        s = 0.0
+        for i in range(a.size):
+            prefetch(a, i + ahead)
+            s += a[i]
+        return s
+
+    a = np.arange(1000, dtype=np.float32)
+    assert total(a, 64) == total(a, 10**6) == a.sum()
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert "prefetcht1" in total.inspect_asm(total.signatures[0])
+    assert total(np.arange(12.0).reshape(3, 4)[:, 1], 8) == 1 + 5 + 9  # a strided view: no prefetch
+    assert prefetch(a, 3) is None
+
+
+@pytest.mark.parametrize("op", ["forward", "backward_weight"])
+def test_outer_prefetch_of_the_next_block_gives_the_same_bits(op, monkeypatch):
+    """outer.py's kernels prefetch the next block's images while a block's tiles run where the
+    arrays they stream pass PREFETCH_MIN_BYTES (outer.flat): with the bound at 0 (every block
+    prefetched) the results are the bits without it; a non-contiguous array is never flattened."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((5, 8, 16, 16)).astype(np.float32)
+    w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    dy = rng.standard_normal((5, 16, 16, 16)).astype(np.float32)
+    assert outer.flat(x, dy).size == 0  # 2 x 40 KB: below the bound
+    assert outer.flat(x[:, :, ::2], dy).size == 0
+
+    def run():
+        if op == "forward":
+            out = np.empty((5, 16, 16, 16), np.float32)
+            outer.conv2d_forward(x, w, b, out, 1, 1, 1, 1, 1, 1)
+        else:
+            out = np.empty((16, 8, 3, 3), np.float32)
+            outer.conv2d_backward_weight(dy, x, out, 1, 1, 1, 1, 1, 1)
+        return out
+
+    plain = run()
+    monkeypatch.setattr(outer, "PREFETCH_MIN_BYTES", 0)
+    assert outer.flat(x, dy).size == x.size and outer.flat(x[:, :, ::2], dy).size == 0
+    np.testing.assert_array_equal(run(), plain)

@@ -170,3 +170,35 @@ def _masked_copy(typingctx, dst, dst_at, src, src_at, n):
         return context.get_dummy_value()
 
     return types.none(dst, dst_at, src, src_at, n), codegen
+
+
+def prefetch(arr, i):
+    """Ask the CPU to bring the cache line of arr[i] (a 1-D contiguous array) into L2 ahead of
+    its use: a software prefetch (LLVM's llvm.prefetch, read, locality 2: x86 prefetcht1).
+    A hint, no result: an address past the array is not an error (the line is not touched).
+    Outside a kernel it does nothing."""
+
+
+@overload(prefetch, inline="always")
+def _prefetch_overload(arr, i):
+    if isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C":
+        return lambda arr, i: _prefetch(arr, i)
+    return lambda arr, i: None
+
+
+@intrinsic
+def _prefetch(typingctx, arr, i):
+    """prefetch on a contiguous 1-D array: llvm.prefetch of &arr[i] (read, locality 2, data)."""
+
+    def codegen(context, builder, signature, args):
+        arr_v, at = args
+        at = context.cast(builder, at, signature.args[1], types.int64)
+        data = cgutils.create_struct_proxy(signature.args[0])(context, builder, value=arr_v).data
+        p = builder.gep(data, [at])
+        i32 = ir.IntType(32)
+        fn_ty = ir.FunctionType(ir.VoidType(), [p.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fn_ty, "llvm.prefetch.p0")
+        builder.call(fn, [p, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(arr, i), codegen
