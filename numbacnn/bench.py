@@ -35,6 +35,7 @@ with the reason, such as the first wrong element, below the table.
 ``numbacnn verify FILE.py:FUNCTION --op conv2d`` property-tests it further.
 """
 
+import functools
 import json
 import numbers
 import os
@@ -534,11 +535,21 @@ def _time_all(impl, quick, dtype):
 
 
 def machine_peak(dtype=np.float32):
-    """(GFLOP/s, how it was derived): cores x FMA units x SIMD lanes of `dtype` x 2 x clock,
-    from the CPU flags, vendor and clock in /proc/cpuinfo. 2 FMA units per core are assumed;
-    AMD's family 25 (Zen 3, Zen 4) runs AVX-512 on 256-bit halves, so its lanes are counted at
-    256 bits. Under a hypervisor the reported clock can be below the one the cores run at:
-    ``run`` says so when a measurement beats the estimate."""
+    """(GFLOP/s, how it was derived): cores x the FMA throughput one core sustains, measured
+    (kernels/cpu/peak.py: a register-only loop of independent fused multiply-adds, ~0.1 s,
+    once per process), shown as the lecture's formula, cores x FMA units x SIMD lanes of
+    `dtype` x 2 x clock, with the clock it implies.  The lanes and the vendor come from the
+    CPU flags in /proc/cpuinfo; 2 FMA units per core are assumed; AMD's family 25 (Zen 3, Zen
+    4) runs AVX-512 on 256-bit halves, so its lanes are counted at 256 bits.  /proc/cpuinfo's
+    clock, and the peak it would give, are printed beside it: under a hypervisor it can be far
+    below the one the cores run at (an AMD EPYC VM: 2.60 GHz reported, 3.1-3.8 measured, the
+    turbo moving with the host's load; ``run`` says so when a kernel beats the peak)."""
+    return _machine_peak(np.dtype(dtype).name)
+
+
+@functools.cache
+def _machine_peak(dtype):
+    """machine_peak for the dtype's name (one measurement per dtype and process)."""
     cores = len(os.sched_getaffinity(0))
     flags, mhz, model, vendor, family = "", None, "unknown CPU", "", None
     try:
@@ -569,10 +580,16 @@ def machine_peak(dtype=np.float32):
         bits, isa = 256, "AVX-512 on 256-bit units (AMD family 25)"
     lanes = bits // (8 * np.dtype(dtype).itemsize)
     ghz = (mhz or 2000.0) / 1000.0
-    peak = cores * 2 * lanes * 2 * ghz
+    from .kernels.cpu.peak import fma_gflops  # (Numba: imported when a bench runs, not with the CLI)
+
+    per_core = fma_gflops(dtype)
+    peak = cores * per_core
+    ran = per_core / (2 * lanes * 2)  # the clock the measured loop implies, in GHz
     name = np.dtype(dtype).name
-    how = (f"{cores} cores x 2 FMA units x {lanes} {name} lanes ({isa}) x 2 flops x {ghz:.2f} GHz "
-           f"= {peak:.0f} GFLOP/s ({model}; the clock as /proc/cpuinfo reports it)")  # fmt: skip
+    how = (f"{cores} cores x {per_core:.0f} GFLOP/s measured on one core (a loop of independent FMAs on "
+           f"registers) = {cores} cores x 2 FMA units x {lanes} {name} lanes ({isa}) x 2 flops x {ran:.2f} "
+           f"GHz = {peak:.0f} GFLOP/s ({model}; /proc/cpuinfo reports {ghz:.2f} GHz, which would give "
+           f"{cores * 2 * lanes * 2 * ghz:.0f})")  # fmt: skip
     return peak, how
 
 
@@ -812,8 +829,8 @@ def run(quick=False, out="bench", dtype=np.float32, say=print, kernels=(), round
         if r[i] and r["kind"] in ("conv2d", "dx", "dw")
     )
     if best[0] > peak:
-        say(f"{best[1]} reached {best[0]:.0f} GFLOP/s on {best[2]}, above the estimated peak: the cores run "
-            "faster than the clock /proc/cpuinfo reports, so 'of peak' is too high")  # fmt: skip
+        say(f"{best[1]} reached {best[0]:.0f} GFLOP/s on {best[2]}, above the peak measured at the start: "
+            "the cores' clock moved during the run (turbo, hypervisor): 'of peak' is too high")  # fmt: skip
     say("pooling and batch norm count one flop per element; they are bound by memory, not flops")
     known = {impl: share for impl, share in steal.items() if share is not None}
     if known:

@@ -4,6 +4,7 @@ numbacnn model's parameters; a user's conv2d (--kernel) is checked against the o
 it is timed, and a wrong one is shown, not timed."""
 
 import json
+import os
 import re
 
 import numpy as np
@@ -318,3 +319,28 @@ def test_an_interrupted_bench_leaves_no_empty_folder(tmp_path):
     out = tmp_path / "new" / "bench"
     assert main(["bench", "--quick", "--out", str(out), "--kernel", f"{tmp_path / 'stop.py'}:conv2d"]) == 130
     assert not (tmp_path / "new").exists()  # nor the folder made above it
+
+
+def test_machine_peak_is_measured_and_shown_as_the_lectures_formula():
+    """The peak is cores x one core's measured FMA throughput (kernels/cpu/peak.py), once per
+    dtype and process; float64 is half of float32's; the text gives the formula with the
+    clock that measurement implies, and /proc/cpuinfo's beside it.  The implied clock of a
+    real core lies between 0.5 and 6 GHz (a core with one FMA unit reads as half its clock)."""
+    from numbacnn.kernels.cpu.peak import CHAINS, LANES, _fma_chains
+
+    peak32, how32 = machine_peak(np.float32)
+    assert machine_peak(np.dtype("float32")) == (peak32, how32)  # measured once
+    peak64, how64 = machine_peak(np.float64)
+    cores = len(os.sched_getaffinity(0))
+    ghz = float(re.search(r"x 2 flops x ([0-9.]+) GHz", how32).group(1))
+    assert 0.5 < ghz < 6 and f"{cores} cores x " in how32 and "measured on one core" in how32
+    assert peak32 == pytest.approx(
+        cores * float(re.search(r"x (\d+) GFLOP/s measured", how32).group(1)), rel=0.01
+    )
+    assert peak64 == pytest.approx(peak32 / 2, rel=0.5)  # separately measured: the clock moves
+    s = np.full(CHAINS * LANES, 2.0, np.float32)
+    _fma_chains(s, 3, np.float32(0.5), np.float32(1.0))  # 2 -> 2 (a fixed point): 3 steps
+    assert (s == 2).all()
+    s[:] = 0
+    _fma_chains(s, 2, np.float32(3.0), np.float32(1.0))  # 0 -> 1 -> 4
+    assert (s == 4).all()
