@@ -326,6 +326,20 @@ def _next_images(flat, blk, N, m, bands, plane):
 
 
 @njit(cache=True, inline="always")
+def _prefetch_run(flat, at, last, lines):
+    """Prefetch `lines` 64-byte lines of flat from element `at` on, into L2 (none past element
+    `last`: that line again, a hint that costs nothing, where a branch in the loop would have
+    LLVM copy the tile loop around it: +1-2 s of compile); returns where the next run
+    starts.  Called before each tile with the next block's images, so their loads overlap
+    the multiply-adds instead of stalling that block's pack."""
+    step = 64 // flat.itemsize  # elements per line
+    for _ in range(lines):
+        prefetch(flat, min(at, last))
+        at += step
+    return at
+
+
+@njit(cache=True, inline="always")
 def _prefetch_share(a, a_lo, a_hi, b, b_lo, b_hi, j, shares):
     """Share j of `shares` of the cache lines of a[a_lo:a_hi] then b[b_lo:b_hi] (1-D arrays),
     prefetched into L2: the next block's inputs, while this block's tiles run (each share a
@@ -470,7 +484,7 @@ def _tap_starts(C_in, kH, kW, grid, dil_h, dil_w, LB, per_tile=TAPS):
     return base
 
 
-# The next block's inputs are prefetched while a block's tiles run (`_prefetch_share`) where
+# The next block's inputs are prefetched while a block's tiles run (`_prefetch_run`) where
 # the arrays a kernel streams (x and dy, or x and y) pass PREFETCH_MIN_BYTES together: below
 # that they stay in the 32 MB L3 between calls and the prefetches only crowd L2.  Interleaved
 # in one process, 2 threads, AMD EPYC (Zen 5) VM, ratios of the medians over 16-24 rounds:
@@ -478,6 +492,8 @@ def _tap_starts(C_in, kH, kW, grid, dil_h, dil_w, LB, per_tile=TAPS):
 # 8 MB) 0.85-0.98, but 16->32 stride 2 (6 MB) 1.03-1.04 and 32->32 on 16x16 (4 MB) 0.98-1.01;
 # forward VGG 0.97, 16->16 0.88.
 PREFETCH_MIN_BYTES = 8 << 20
+PREFETCH_LINES = 16  # lines a forward row tile prefetches (a constant: unrolled; VGG's 256 tiles
+# of an image: the next image's 256 KB)
 
 
 def flat(a, *streamed):
@@ -1217,17 +1233,13 @@ def _forward_row_blocks(x, xf, Wr, bias, y, base, Xb, Qb, m, nq, bands, reach_ro
                 pieces[0, e] = pieces[0, L - 1]
                 pieces[1, e] = 0
                 pieces[2, e] = 0
-            x_lo, x_hi = _next_images(xf, blk, N, m, bands, x[0].size)
-            shares = Cp // width * ((L + group - 1) // group)  # tile calls: each prefetches a share
-            share = 0
+            x_at, x_end = _next_images(xf, blk, N, m, bands, x[0].size)
+            x_last = max(x_at, x_end - 16)  # its last line's first element (16 float32s a line)
             for c0 in range(0, Cp, width):  # the tile's weights stay in L1 across the rows
                 if group == 2:
                     for i in range(0, L, 2):
-                        _prefetch_share(xf, x_lo, x_hi, xf, 0, 0, share, shares)
-                        share += 1
+                        x_at = _prefetch_run(xf, x_at, x_last, PREFETCH_LINES)
                         _forward_row_tile(yf, Wr, bias, Xf, base, pieces, i, c0, C_out, plane)
-                else:
+                else:  # (not prefetched: each copy costs compile time; these serve layers of <= 42 channels)
                     for i in range(0, L, 3):
-                        _prefetch_share(xf, x_lo, x_hi, xf, 0, 0, share, shares)
-                        share += 1
                         _forward_row_tile_3(yf, Wr, bias, Xf, base, pieces, i, c0, C_out, plane)
