@@ -24,6 +24,16 @@ function at once (both pick the same free data file), so while the workers run, 
 numbacnn dispatcher in each of them (the njit helpers their kernels call, which are compiled
 into each kernel that calls them and need no cache file of their own) has its cache off.
 
+The kernels compiled here are optimised at LLVM's level 2 (AHEAD_OPT), not Numba's default 3,
+unless NUMBA_OPT is set: level 3's extra passes (non-trivial loop unswitching first: it copies
+a loop around each branch in it) cost LeNet-5's 14 kernels 21 s of one core's compile against
+16.8 s, for no speed that `numbacnn bench` shows on any row (a full run with NUMBA_OPT=2 on the
+AMD EPYC Zen 5 VM: VGG 64->64 1.04x PyTorch, the ResNet-20 step 1.17x, the LeNet-5 epoch 0.54x
+its time); the README command's first batch 10.9-12.4 -> 8.3-10.0 s there (level 1: 8.4-10.4).
+A kernel compiled later, on demand, gets Numba's level. LLVM's levels keep each kernel's
+floating-point flags: the weights of a 1,280-image LeNet-5 epoch came out the same bits as
+with one process at level 3.
+
 It changes nothing that is computed: a kernel the workers did not get to (a child that
 failed, a value-dependent dispatch that the zeros steered elsewhere) is compiled at its
 first call, as without this. It runs only where a fork is safe: with fork (Linux, macOS),
@@ -52,6 +62,7 @@ __all__ = ["compile_ahead", "kernel_calls", "default_workers", "Ahead"]
 
 MAX_WORKERS = 8  # each compiling process holds about 200 MB of LLVM state
 WAIT_SECONDS = 600  # a child still compiling after this is stopped (its kernels compile later)
+AHEAD_OPT = 2  # LLVM's optimisation level for the kernels compiled ahead (Numba's default: 3)
 TRACE_SECONDS = 60  # a trace not back by then (a step waiting on a thread a fork does not copy)
 
 
@@ -305,6 +316,7 @@ def _work(kernels, counts, lock):
     compile each one taken (counts[1]: kernels compiled, by all); only a kernel taken here
     keeps its on-disk cache on meanwhile (every cache is back on at the end). Returns how
     many this process compiled."""
+    from numba.core import config
     from numba.core.caching import NullCache
 
     from .. import cpu_dispatchers
@@ -313,6 +325,9 @@ def _work(kernels, counts, lock):
     off = NullCache()
     for d, _ in caches.values():
         d._cache = off
+    opt = config.OPT
+    if "NUMBA_OPT" not in os.environ:  # (a level the user set is kept)
+        config.OPT = type(opt)(AHEAD_OPT)
     done = 0
     try:
         while True:
@@ -338,6 +353,7 @@ def _work(kernels, counts, lock):
             with lock:
                 counts[1] += 1
     finally:
+        config.OPT = opt
         for d, cache in caches.values():
             d._cache = cache
 
