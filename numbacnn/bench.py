@@ -21,9 +21,10 @@ rounds (3 in a full run; `--rounds`): on a shared VM the same case can run 2x sl
 minute, so two figures taken a minute apart compare the machine's moods, not the code.  Each
 of the two figures is then the median over the rounds (an epoch: the fastest), and "range"
 gives the rounds' lowest and highest "vs torch".  GFLOP/s = 2 x multiply-adds / time; "vs
-torch" = torch's time / ours; "of peak" = the share of this machine's peak (cores x FMA
-units x SIMD lanes x 2 x clock, derived and printed at the top, as the lecture's "0.15 TF
-CPU" slide does).
+torch" = torch's time / ours; "of peak" = the share of this machine's peak: cores x one
+core's measured FMA throughput (`machine_peak`), printed at the top as the lecture's "0.15 TF
+CPU" slide derives it, cores x FMA units x SIMD lanes x 2 x clock, with the clock that
+measurement implies.
 
 Your own kernels (``run(kernels=...)``, ``--kernel FILE.py:FUNCTION`` or ``MODULE:FUNCTION``,
 repeatable): a function with the signature of ``numbacnn.functional.conv2d`` gets a column

@@ -334,9 +334,8 @@ def test_machine_peak_is_measured_and_shown_as_the_lectures_formula():
     cores = len(os.sched_getaffinity(0))
     ghz = float(re.search(r"x 2 flops x ([0-9.]+) GHz", how32).group(1))
     assert 0.5 < ghz < 6 and f"{cores} cores x " in how32 and "measured on one core" in how32
-    assert peak32 == pytest.approx(
-        cores * float(re.search(r"x (\d+) GFLOP/s measured", how32).group(1)), rel=0.01
-    )
+    per_core = float(re.search(r"x (\d+) GFLOP/s measured", how32).group(1))  # printed rounded
+    assert peak32 == pytest.approx(cores * per_core, abs=cores * 0.5)
     assert peak64 == pytest.approx(peak32 / 2, rel=0.5)  # separately measured: the clock moves
     s = np.full(CHAINS * LANES, 2.0, np.float32)
     _fma_chains(s, 3, np.float32(0.5), np.float32(1.0))  # 2 -> 2 (a fixed point): 3 steps

@@ -1027,6 +1027,17 @@ def test_prefetch_is_a_hint_that_changes_no_result():
     assert total(np.arange(12.0).reshape(3, 4)[:, 1], 8) == 1 + 5 + 9  # a strided view: no prefetch
     assert prefetch(a, 3) is None
 
+    @njit
+    def mixed(a, b, c):  # one declaration of the intrinsic serves every dtype in a function
+        prefetch(a, 1)
+        prefetch(b, 1)
+        prefetch(c, 1)
+        return a[0] + b[0] + c[0]
+
+    assert mixed(np.ones(4, np.float32), np.ones(4), np.ones(4, np.int8)) == 3
+    with pytest.raises(Exception, match="prefetch"):  # an index that is not an integer: a TypingError
+        njit(lambda a: prefetch(a, 2.5))(a)
+
 
 @pytest.mark.parametrize("op", ["forward", "backward_weight"])
 def test_outer_prefetch_of_the_next_block_gives_the_same_bits(op, monkeypatch):
@@ -1040,6 +1051,9 @@ def test_outer_prefetch_of_the_next_block_gives_the_same_bits(op, monkeypatch):
     dy = rng.standard_normal((5, 16, 16, 16)).astype(np.float32)
     assert outer.flat(x, dy).size == 0  # 2 x 40 KB: below the bound
     assert outer.flat(x[:, :, ::2], dy).size == 0
+    ro = x.copy()
+    ro.flags.writeable = False  # below or above the bound, one Numba type: one specialisation
+    assert not outer.flat(ro).flags.writeable and not outer.flat(ro[:, :, ::2]).flags.writeable
 
     def run():
         if op == "forward":
@@ -1053,4 +1067,5 @@ def test_outer_prefetch_of_the_next_block_gives_the_same_bits(op, monkeypatch):
     plain = run()
     monkeypatch.setattr(outer, "PREFETCH_MIN_BYTES", 0)
     assert outer.flat(x, dy).size == x.size and outer.flat(x[:, :, ::2], dy).size == 0
+    assert not outer.flat(ro).flags.writeable and outer.flat(ro).size == ro.size
     np.testing.assert_array_equal(run(), plain)

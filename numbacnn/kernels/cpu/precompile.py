@@ -25,14 +25,16 @@ numbacnn dispatcher in each of them (the njit helpers their kernels call, which 
 into each kernel that calls them and need no cache file of their own) has its cache off.
 
 The kernels compiled here are optimised at LLVM's level 2 (AHEAD_OPT), not Numba's default 3,
-unless NUMBA_OPT is set: level 3's extra passes (non-trivial loop unswitching first: it copies
-a loop around each branch in it) cost LeNet-5's 14 kernels 21 s of one core's compile against
+unless NUMBA_OPT is set: level 3's extra passes (among them non-trivial loop unswitching, which
+copies a loop around a branch in it) cost LeNet-5's 14 kernels 21 s of one core's compile against
 16.8 s, for no speed that `numbacnn bench` shows on any row (a full run with NUMBA_OPT=2 on the
 AMD EPYC Zen 5 VM: VGG 64->64 1.04x PyTorch, the ResNet-20 step 1.17x, the LeNet-5 epoch 0.54x
 its time); the README command's first batch 10.9-12.4 -> 8.3-10.0 s there (level 1: 8.4-10.4).
-A kernel compiled later, on demand, gets Numba's level. LLVM's levels keep each kernel's
-floating-point flags: the weights of a 1,280-image LeNet-5 epoch came out the same bits as
-with one process at level 3.
+A kernel compiled later, on demand, gets Numba's level; the kernels compiled here go to
+Numba's on-disk cache, whose key does not hold the level, so later processes load them as
+compiled here whatever their NUMBA_OPT (remove the cache, NUMBA_CACHE_DIR, to compile
+again). LLVM's levels keep each kernel's floating-point flags: the weights of a 1,280-image
+LeNet-5 epoch came out the same bits as with one process at level 3.
 
 It changes nothing that is computed: a kernel the workers did not get to (a child that
 failed, a value-dependent dispatch that the zeros steered elsewhere) is compiled at its
@@ -325,7 +327,8 @@ def _work(kernels, counts, lock):
     off = NullCache()
     for d, _ in caches.values():
         d._cache = off
-    opt = config.OPT
+    config.reload_config()  # Numba reloads its config when the environment changed: do it now,
+    opt = config.OPT  # so that no compile below resets the level set here
     if "NUMBA_OPT" not in os.environ:  # (a level the user set is kept)
         config.OPT = type(opt)(AHEAD_OPT)
     done = 0

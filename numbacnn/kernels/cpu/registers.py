@@ -23,7 +23,8 @@ result bit for bit.
 
 Also here, as the same kind of help for LLVM: `copy_run`, a short row copied with one masked
 vector load and store (the packs' rows of 10 or 14 floats, which LLVM's copy loop leaves
-scalar).
+scalar), and `prefetch`, a software prefetch (the next block's inputs, brought into L2 while
+a block's tiles run: conv/outer.py).
 """
 
 import numba
@@ -34,7 +35,7 @@ from numba.core.errors import RequireLiteralValue
 from numba.extending import intrinsic, overload
 from numba.np.numpy_support import carray
 
-__all__ = ["stack_array", "prefer_vector_width", "copy_run", "RUN", "VECTOR_BITS"]
+__all__ = ["stack_array", "prefer_vector_width", "copy_run", "prefetch", "RUN", "VECTOR_BITS"]
 
 
 # The widest SIMD registers of this CPU: 512 bits with AVX-512 (32 registers), else at most
@@ -181,6 +182,8 @@ def prefetch(arr, i):
 
 @overload(prefetch, inline="always")
 def _prefetch_overload(arr, i):
+    if not isinstance(i, types.Integer):
+        return None  # no implementation: a TypingError names prefetch and the index's type
     if isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C":
         return lambda arr, i: _prefetch(arr, i)
     return lambda arr, i: None
@@ -188,15 +191,16 @@ def _prefetch_overload(arr, i):
 
 @intrinsic
 def _prefetch(typingctx, arr, i):
-    """prefetch on a contiguous 1-D array: llvm.prefetch of &arr[i] (read, locality 2, data)."""
+    """prefetch on a contiguous 1-D array: llvm.prefetch of &arr[i] (read, locality 2, data),
+    the address as i8* (one declaration of the intrinsic serves every dtype in a module)."""
 
     def codegen(context, builder, signature, args):
         arr_v, at = args
-        at = context.cast(builder, at, signature.args[1], types.int64)
+        at = context.cast(builder, at, signature.args[1], types.intp)
         data = cgutils.create_struct_proxy(signature.args[0])(context, builder, value=arr_v).data
-        p = builder.gep(data, [at])
+        p = builder.bitcast(builder.gep(data, [at]), cgutils.voidptr_t)
         i32 = ir.IntType(32)
-        fn_ty = ir.FunctionType(ir.VoidType(), [p.type, i32, i32, i32])
+        fn_ty = ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t, i32, i32, i32])
         fn = cgutils.get_or_insert_function(builder.module, fn_ty, "llvm.prefetch.p0")
         builder.call(fn, [p, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
         return context.get_dummy_value()

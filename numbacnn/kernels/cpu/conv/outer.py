@@ -499,10 +499,14 @@ PREFETCH_LINES = 16  # lines a forward row tile prefetches (a constant: unrolled
 def flat(a, *streamed):
     """a's elements as a 1-D view for the kernels' prefetches where a is C-contiguous and a and
     the other `streamed` arrays pass PREFETCH_MIN_BYTES together, else an empty array (then
-    nothing is prefetched)."""
-    if a.flags.c_contiguous and a.nbytes + sum(b.nbytes for b in streamed) >= PREFETCH_MIN_BYTES:
-        return a.reshape(-1)
-    return np.empty(0, a.dtype)
+    nothing is prefetched) of the same Numba type (a view of a, or as writeable as a): a
+    batch crossing the bound compiles no second specialisation of the kernel."""
+    if a.flags.c_contiguous:
+        view = a.reshape(-1)
+        return view if a.nbytes + sum(b.nbytes for b in streamed) >= PREFETCH_MIN_BYTES else view[:0]
+    empty = np.empty(0, a.dtype)
+    empty.flags.writeable = a.flags.writeable
+    return empty
 
 
 def use_3x3_tile(kH, kW, dil_h, dil_w, grid):
@@ -1234,7 +1238,7 @@ def _forward_row_blocks(x, xf, Wr, bias, y, base, Xb, Qb, m, nq, bands, reach_ro
                 pieces[1, e] = 0
                 pieces[2, e] = 0
             x_at, x_end = _next_images(xf, blk, N, m, bands, x[0].size)
-            x_last = max(x_at, x_end - 16)  # its last line's first element (16 float32s a line)
+            x_last = max(x_at, x_end - 64 // xf.itemsize)  # its last 64-byte line's first element
             for c0 in range(0, Cp, width):  # the tile's weights stay in L1 across the rows
                 if group == 2:
                     for i in range(0, L, 2):
