@@ -26,10 +26,10 @@ into each kernel that calls them and need no cache file of their own) has its ca
 
 The kernels compiled here are optimised at LLVM's level 2 (AHEAD_OPT), not Numba's default 3,
 unless NUMBA_OPT is set: level 3's extra passes (among them non-trivial loop unswitching, which
-copies a loop around a branch in it) cost LeNet-5's 14 kernels 21 s of one core's compile against
-16.8 s, for no speed that `numbacnn bench` shows on any row (a full run with NUMBA_OPT=2 on the
-AMD EPYC Zen 5 VM: VGG 64->64 1.04x PyTorch, the ResNet-20 step 1.17x, the LeNet-5 epoch 0.54x
-its time); the README command's first batch 10.9-12.4 -> 7.9-10.0 s there (level 1: 8.4-10.4).
+copies a loop around a branch in it) cost LeNet-5's 14 kernels 21 s of one core's compile
+against 16.8 s, and no row of a full `numbacnn bench` run at level 2 was slower (on the AMD
+EPYC Zen 5 VM: VGG 64->64 1.04x PyTorch, the ResNet-20 step 1.17x, the LeNet-5 epoch 0.54x its
+time); the README command's first batch 10.9-12.4 -> 7.9-10.0 s there (level 1: 8.4-10.4).
 A kernel compiled later, on demand, gets Numba's level; the kernels compiled here go to
 Numba's on-disk cache, whose key does not hold the level, so later processes load them as
 compiled here whatever their NUMBA_OPT (remove the cache, NUMBA_CACHE_DIR, to compile

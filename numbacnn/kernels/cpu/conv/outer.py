@@ -490,7 +490,7 @@ def _tap_starts(C_in, kH, kW, grid, dil_h, dil_w, LB, per_tile=TAPS):
 # in one process, 2 threads, AMD EPYC (Zen 5) VM, ratios of the medians over 16-24 rounds:
 # weight gradient VGG 64->64 on 32x32 (batch 32, 16 MB) 0.91-0.94, 16->16 on 32x32 (batch 64,
 # 8 MB) 0.85-0.98, but 16->32 stride 2 (6 MB) 1.03-1.04 and 32->32 on 16x16 (4 MB) 0.98-1.01;
-# forward VGG 0.97, 16->16 0.88.
+# forward VGG 0.93-0.99, 16->16 0.87-0.88.
 PREFETCH_MIN_BYTES = 8 << 20
 PREFETCH_LINES = 16  # lines a forward row tile prefetches (a constant: unrolled; VGG's 256 tiles
 # of an image: the next image's 256 KB)
