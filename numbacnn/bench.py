@@ -543,7 +543,7 @@ def machine_peak(dtype=np.float32):
     CPU flags in /proc/cpuinfo; 2 FMA units per core are assumed; AMD's family 25 (Zen 3, Zen
     4) runs AVX-512 on 256-bit halves, so its lanes are counted at 256 bits.  /proc/cpuinfo's
     clock, and the peak it would give, are printed beside it: under a hypervisor it can be far
-    below the one the cores run at (an AMD EPYC VM: 2.60 GHz reported, 3.1-3.8 measured, the
+    below the one the cores run at (an AMD EPYC VM: 2.60 GHz reported, 3.1-4.0 measured, the
     turbo moving with the host's load; ``run`` says so when a kernel beats the peak)."""
     return _machine_peak(np.dtype(dtype).name)
 
