@@ -384,14 +384,12 @@ def _tiles(x, dy, xf, dyf, out, base, Xb, Dtb, part, m, nq, bands, reach_rows, k
         Xf = X.reshape(R1 * LB)
         for i in range(LB):
             X[R1 - 1, i] = 0.0  # the zero row: the taps that round K up to whole tiles read it
-        shares = 0  # tile calls per block: each prefetches a share of the next block's x and dy
-        c0 = c_lo
-        while c0 < c_hi:  # (the loop below, counted)
-            if TWO_VECTOR_TILES and c0 + 2 * LANES <= c_hi:
-                shares, c0 = shares + (K + TAPS_2 - 1) // TAPS_2, c0 + 2 * LANES
-            else:
-                per = TAPS_3X3 if k3x3 else TAPS
-                shares, c0 = shares + (K + per - 1) // per, c0 + LANES
+        # tile calls per block (the loop below: two-vector tiles while two vectors are left,
+        # then one-vector ones); each prefetches a share of the next block's x and dy
+        twos = (c_hi - c_lo) // (2 * LANES) if TWO_VECTOR_TILES else 0
+        ones = (c_hi - c_lo) // LANES - 2 * twos
+        per = TAPS_3X3 if k3x3 else TAPS
+        shares = twos * ((K + TAPS_2 - 1) // TAPS_2) + ones * ((K + per - 1) // per)
         first = True
         for blk in range(sl * n_blocks // S, (sl + 1) * n_blocks // S):  # S <= n_blocks: never empty
             n0, n1, q0, q1, qx = _block(blk, N, m, nq, bands, Hq, reach_rows)
