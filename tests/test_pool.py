@@ -215,6 +215,32 @@ def test_avg_pool2d_row_kernels_match_the_naive_ones(case):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("k", [(1, 1), (2, 2), (3, 2), (1, 4), (4, 3)])
+def test_avg_pool2d_tile_forward_is_the_row_kernel_bit_for_bit(k, dtype):
+    """The forward of windows that tile the input (`_avg_pool2d_forward_tiles`, what
+    avg_pool2d_forward takes for them) adds the same taps in the same order as the row kernel:
+    its bits, signed zeros, NaN and inf included, on planes whose last rows and columns lie
+    past every window."""
+    from numbacnn.kernels.cpu import pool as P
+
+    kH, kW = k
+    rng = np.random.default_rng(kH * 10 + kW)
+    x = rng.standard_normal((3, 2, 9, 11)).astype(dtype)
+    x.flat[::7] = -0.0
+    x.flat[5::13] = np.nan
+    x.flat[3::17] = np.inf
+    args = (kH, kW, kH, kW, 0, 0)
+    assert P.tiles_plane(*args)
+    y_tiles, y_rows, y = (np.full((3, 2, 9 // kH, 11 // kW), v, dtype) for v in (3, 4, 5))
+    P._avg_pool2d_forward_tiles(x, y_tiles, kH, kW)
+    P._avg_pool2d_forward_rows(x, y_rows, *args)
+    P.avg_pool2d_forward(x, y, *args)
+    np.testing.assert_array_equal(y_tiles, y_rows)
+    np.testing.assert_array_equal(y, y_rows)
+    assert np.array_equal(np.signbit(y_tiles), np.signbit(y_rows))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [(1, 1), (2, 2), (3, 2), (1, 4), (4, 3)])
 def test_avg_pool2d_tile_backward_is_the_row_kernel_bit_for_bit(k, dtype):
     """The backward of windows that tile the input (stride = kernel, no padding: LeNet's 2x2)
     writes each share once (`_avg_pool2d_backward_tiles`): the row kernel's bits, signed zeros,

@@ -34,8 +34,9 @@ Loop nests
                 for kh in window rows clipped to [0, H):
                     for kw in window cols clipped to [0, W):
                         ...
-    average (a row at a time, see "average pooling" below; the backward of windows that tile
-    the input, stride = kernel and no padding, one share per element: `_avg_pool2d_backward_tiles`):
+    average (a row at a time, see "average pooling" below; windows that tile the input,
+    stride = kernel and no padding, take `_avg_pool2d_forward_tiles` (no clipping) and
+    `_avg_pool2d_backward_tiles` (one share per element)):
     for p in prange(N*C):
         for oh in range(H_out):
             for kh in window rows clipped to [0, H):
@@ -171,7 +172,11 @@ def avg_pool2d_backward(dy, dx, kH, kW, stride_h, stride_w, pad_top, pad_left):
 # (batch 64, 2 threads) 137 -> 86 us on 6x28x28 and 78 -> 37 us on 16x10x10 alone, 0.21 ->
 # 0.13-0.15 s per epoch.  The same one-pass form of the forward (one sum per output) timed
 # faster alone (193 -> 142 us) but slower inside an epoch (0.19-0.20 -> 0.21-0.24 s per
-# epoch; why was not found), so the forward keeps its row passes.
+# epoch; why was not found), so the forward keeps its row passes; for tiling windows it has
+# its own kernel of them (`_avg_pool2d_forward_tiles`, the same bits) without the clipped
+# border code, which a cold start compiles in 0.8-1.0 s instead of 1.3-1.9 (LeNet-5's first
+# batch), and which runs in 0.66-0.68x the row kernel's time (LeNet-5's pools at batch 64, 2
+# threads, interleaved: 177 -> 121 us on 6x28x28, 111 -> 74 on 16x10x10).
 @njit(parallel=True, cache=True)
 def _avg_pool2d_backward_tiles(dy, dx, kH, kW):
     """dx[oh*kH + kh, ow*kW + kw] = 0 + dy[oh, ow] / (kH*kW); 0 in the rows and columns past
@@ -200,8 +205,43 @@ def _avg_pool2d_backward_tiles(dy, dx, kH, kW):
                 dx_row[iw] = zero
 
 
-@njit(parallel=True, cache=True)
 def avg_pool2d_forward(x, y, kH, kW, stride_h, stride_w, pad_top, pad_left):
+    """y = sum over each (kH, kW) window of x / (kH*kW); padding counts as 0 (fully overwrites
+    y); windows that tile the input take `_avg_pool2d_forward_tiles`."""
+    # x: (N, C, H, W)   y: (N, C, H_out, W_out)
+    if tiles_plane(kH, kW, stride_h, stride_w, pad_top, pad_left):
+        _avg_pool2d_forward_tiles(x, y, kH, kW)
+    else:
+        _avg_pool2d_forward_rows(x, y, kH, kW, stride_h, stride_w, pad_top, pad_left)
+
+
+@njit(parallel=True, cache=True)
+def _avg_pool2d_forward_tiles(x, y, kH, kW):
+    """`_avg_pool2d_forward_rows` where the windows tile the input: the same row passes and
+    the same sums, added in the same order (the same bits), without the clipped border
+    columns' code."""
+    # x: (N, C, H, W), H >= H_out*kH, W >= W_out*kW   y: (N, C, H_out, W_out)
+    N, C = x.shape[0], x.shape[1]
+    H_out, W_out = y.shape[2], y.shape[3]
+    inv = x.dtype.type(1.0 / (kH * kW))
+    for p in prange(N * C):  # one (n, c) plane per iteration: owns y[n, c]
+        n = p // C
+        c = p - n * C
+        for oh in range(H_out):
+            y_row = y[n, c, oh]  # y_row: (W_out,) the sums, then the averages
+            for ow in range(W_out):
+                y_row[uidx(ow)] = 0.0
+            for kh in range(kH):
+                x_row = x[n, c, oh * kH + kh]  # x_row: (W,) one input row of the windows
+                for kw in range(kW):
+                    for ow in range(W_out):
+                        y_row[uidx(ow)] += x_row[uidx(ow * kW + kw)]
+            for ow in range(W_out):
+                y_row[uidx(ow)] *= inv
+
+
+@njit(parallel=True, cache=True)
+def _avg_pool2d_forward_rows(x, y, kH, kW, stride_h, stride_w, pad_top, pad_left):
     """y = sum over each (kH, kW) window of x / (kH*kW); padding counts as 0."""
     # x: (N, C, H, W)   y: (N, C, H_out, W_out)
     N, C, H, W = x.shape
