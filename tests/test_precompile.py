@@ -317,8 +317,9 @@ def test_kernels_compiled_ahead_are_optimised_at_ahead_opt(user_level, monkeypat
 
 def test_compiling_ahead_collects_garbage_less_often_and_restores_the_collector(monkeypatch):
     """While _work compiles, Python's young collections run every GC_THRESHOLD allocations, not
-    every 700 (Numba's compiler makes and drops many objects: LeNet-5's kernels 12% less time);
-    the thresholds are put back afterwards, also when a kernel fails to compile."""
+    every 700 (Numba's compiler makes and drops many objects: LeNet-5's kernels 12% less time),
+    and the objects from before are frozen; the thresholds are put back and the objects
+    unfrozen afterwards, also when a kernel fails to compile."""
     import gc
     import multiprocessing
 
@@ -329,16 +330,17 @@ def test_compiling_ahead_collects_garbage_less_often_and_restores_the_collector(
     builder = codegen.CPUCodegen._pass_builder
 
     def spy(self, **kwargs):
-        seen.append(gc.get_threshold()[0])
+        seen.append((gc.get_threshold()[0], gc.get_freeze_count() > 0))
         return builder(self, **kwargs)
 
     monkeypatch.setattr(codegen.CPUCodegen, "_pass_builder", spy)
     before = gc.get_threshold()
+    assert gc.get_freeze_count() == 0
     good = njit(lambda a: a * 2.0)
     bad = njit(lambda a: a.no_such_attribute)
     counts, lock = multiprocessing.RawArray("q", 2), multiprocessing.Lock()
     kernels = [(bad, [(types.float64,)]), (good, [(types.float64,)])]
     assert precompile._work(kernels, counts, lock) == 1
-    assert seen and set(seen) == {precompile.GC_THRESHOLD}
-    assert gc.get_threshold() == before
+    assert seen and set(seen) == {(precompile.GC_THRESHOLD, True)}
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
     assert good(2.0) == 4.0
