@@ -6,10 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as TF
 from conftest import assert_close, tolerance
+from numba import njit
 
 from numbacnn import functional as F
 from numbacnn import random as nrandom
 from numbacnn import reference as R
+from numbacnn.kernels.cpu.conv.planes import FMA
 
 DTYPES = [np.float32, np.float64]
 
@@ -45,12 +47,48 @@ def test_linear_matches_reference_and_torch(N, IN, OUT, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("N,OUT,IN", [(64, 120, 400), (64, 84, 120), (64, 10, 84), (3, 5, 513), (1, 1, 1)])
-def test_linear_backward_is_the_forward_kernel_on_transposes(N, OUT, IN, dtype):
-    """dx = dy @ w and dw = dy.T @ x are the forward's product (with a zero bias) on contiguous
-    copies of the transposes, bit for bit; LeNet-5's dense shapes and ragged ones, from
-    non-contiguous inputs (a transposed dy, a column slice of x) too."""
+@pytest.mark.parametrize("R_,K,IN", [(4, 4, 1), (8, 7, 300), (6, 9, 513), (5, 120, 400), (3, 2, 5)])
+def test_linear_backward_rows_sum_in_k_order(R_, K, IN, dtype):
+    """The backward kernel's 4 x 4 register blocks (4 output rows, 4 terms k per pass) add each
+    element's terms one by one in k order: the same bits as a plain loop over k, compiled with
+    the kernels' flags (planes.FMA: one fused multiply-add per term), remainders (R % 4 rows,
+    K % 4 terms, IN past one 256-wide tile) included."""
     from numbacnn.kernels.cpu import dense
+
+    rng = np.random.default_rng(R_ * 1000 + K)
+    coef = rng.standard_normal((R_, K)).astype(dtype)
+    rows = rng.standard_normal((K, IN)).astype(dtype)
+    out = np.full((R_, IN), np.nan, dtype)
+    dense._combine_rows(coef, rows, out)
+    want = np.empty((R_, IN), dtype)
+    _rows_in_k_order(coef, rows, want)
+    np.testing.assert_array_equal(out, want)
+
+
+@njit(fastmath=FMA)
+def _rows_in_k_order(coef, rows, out):
+    """out[r, i] = sum over k, one term at a time in k order, of coef[r, k] * rows[k, i]."""
+    for r in range(coef.shape[0]):
+        for i in range(rows.shape[1]):
+            s = out.dtype.type(0.0)
+            for k in range(coef.shape[1]):
+                s += coef[r, k] * rows[k, i]
+            out[r, i] = s
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,OUT,IN", [(64, 120, 400), (64, 84, 120), (64, 10, 84), (3, 5, 513), (1, 1, 1)])
+@pytest.mark.parametrize("small", [True, False], ids=["small", "large"])
+def test_linear_backward_takes_the_forward_kernel_for_small_layers(N, OUT, IN, dtype, small, monkeypatch):
+    """Where the weights take at most SMALL_LAYER_BYTES (LeNet-5's dense layers), dx = dy @ w
+    and dw = dy.T @ x are the forward's product (with a zero bias) on contiguous copies of the
+    transposes, bit for bit; above it, `_combine_rows`' sums in k order (each path forced here
+    by the bound). LeNet-5's dense shapes and ragged ones, from non-contiguous inputs (a transposed
+    dy, a column slice of x) too."""
+    from numbacnn.kernels.cpu import dense
+
+    assert 120 * 400 * 4 <= dense.SMALL_LAYER_BYTES  # LeNet-5's largest, float32: C5's w
+    monkeypatch.setattr(dense, "SMALL_LAYER_BYTES", 1 << 62 if small else 0)
 
     rng = np.random.default_rng(N * 1000 + IN)
     x = rng.standard_normal((N, 2 * IN)).astype(dtype)[:, ::2]  # x: (N, IN), strided
@@ -62,9 +100,13 @@ def test_linear_backward_is_the_forward_kernel_on_transposes(N, OUT, IN, dtype):
     dense.linear_backward_weight(dy, x, dw)
     want_dx = np.empty((N, IN), dtype)
     want_dw = np.empty((OUT, IN), dtype)
-    zeros = np.zeros(IN, dtype)
-    dense.linear_forward(np.ascontiguousarray(dy), np.ascontiguousarray(w.T), zeros, want_dx)
-    dense.linear_forward(np.ascontiguousarray(dy.T), np.ascontiguousarray(x.T), zeros, want_dw)
+    if small:
+        zeros = np.zeros(IN, dtype)
+        dense.linear_forward(np.ascontiguousarray(dy), np.ascontiguousarray(w.T), zeros, want_dx)
+        dense.linear_forward(np.ascontiguousarray(dy.T), np.ascontiguousarray(x.T), zeros, want_dw)
+    else:
+        _rows_in_k_order(np.ascontiguousarray(dy), w, want_dx)
+        _rows_in_k_order(np.ascontiguousarray(dy.T), np.ascontiguousarray(x), want_dw)
     np.testing.assert_array_equal(dx, want_dx)
     np.testing.assert_array_equal(dw, want_dw)
     d64 = dy.astype(np.float64)

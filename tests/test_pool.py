@@ -229,7 +229,7 @@ def test_avg_pool2d_tile_forward_is_the_row_kernel_bit_for_bit(k, dtype):
     x.flat[5::13] = np.nan
     x.flat[3::17] = np.inf
     args = (kH, kW, kH, kW, 0, 0)
-    assert P.tiles_plane(*args)
+    assert P.tiles_plane(x.shape, (9 // kH, 11 // kW), *args)
     y_tiles, y_rows, y = (np.full((3, 2, 9 // kH, 11 // kW), v, dtype) for v in (3, 4, 5))
     P._avg_pool2d_forward_tiles(x, y_tiles, kH, kW)
     P._avg_pool2d_forward_rows(x, y_rows, *args)
@@ -255,7 +255,7 @@ def test_avg_pool2d_tile_backward_is_the_row_kernel_bit_for_bit(k, dtype):
     x.flat[3::17] = np.inf
     H_out, W_out = 9 // kH, 11 // kW
     args = (kH, kW, kH, kW, 0, 0)
-    assert P.tiles_plane(*args)
+    assert P.tiles_plane(x.shape, (H_out, W_out), *args)
     dy = rng.standard_normal((3, 2, H_out, W_out)).astype(dtype)
     dy.flat[::5] = -0.0
     dy.flat[2::9] = np.nan
@@ -264,3 +264,24 @@ def test_avg_pool2d_tile_backward_is_the_row_kernel_bit_for_bit(k, dtype):
     P._avg_pool2d_backward_rows(dy, dx_rows, *args)
     np.testing.assert_array_equal(dx_tiles, dx_rows)
     assert np.array_equal(np.signbit(dx_tiles), np.signbit(dx_rows))
+
+
+def test_avg_pool2d_windows_past_the_input_take_the_clipping_kernels():
+    """An output array larger than the output size rule gives (its windows pass the input's
+    edge; the kernels take the output's size from its array) goes to the row kernels, which
+    clip each window, never to the tile kernels (which would read and write past the
+    plane)."""
+    from numbacnn.kernels.cpu import pool as P
+
+    x = np.arange(25, dtype=np.float32).reshape(1, 1, 5, 5)
+    args = (2, 2, 2, 2, 0, 0)
+    assert not P.tiles_plane(x.shape, (3, 3), *args) and P.tiles_plane(x.shape, (2, 2), *args)
+    y, want = np.full((1, 1, 3, 3), np.nan, np.float32), np.full((1, 1, 3, 3), 7.0, np.float32)
+    P.avg_pool2d_forward(x, y, *args)
+    P._avg_pool2d_forward_rows(x, want, *args)
+    np.testing.assert_array_equal(y, want)
+    dx, want_dx = np.full_like(x, np.nan), np.full_like(x, 7.0)
+    dy = np.ones((1, 1, 3, 3), np.float32)
+    P.avg_pool2d_backward(dy, dx, *args)
+    P._avg_pool2d_backward_rows(dy, want_dx, *args)
+    np.testing.assert_array_equal(dx, want_dx)

@@ -315,7 +315,8 @@ def test_kernels_compiled_ahead_are_optimised_at_ahead_opt(user_level, monkeypat
     assert kernel(1.0) == 2.0
 
 
-def test_compiling_ahead_collects_garbage_less_often_and_restores_the_collector(monkeypatch):
+@pytest.mark.parametrize("user", ["default", "off", "frozen"])
+def test_compiling_ahead_collects_garbage_less_often_and_restores_the_collector(user, monkeypatch):
     """While _work compiles, Python's young collections run every GC_THRESHOLD allocations, not
     every 700 (Numba's compiler makes and drops many objects: LeNet-5's kernels 12% less time),
     and the objects from before are frozen; the thresholds are put back and the objects
@@ -334,13 +335,29 @@ def test_compiling_ahead_collects_garbage_less_often_and_restores_the_collector(
         return builder(self, **kwargs)
 
     monkeypatch.setattr(codegen.CPUCodegen, "_pass_builder", spy)
-    before = gc.get_threshold()
+    saved = gc.get_threshold()
     assert gc.get_freeze_count() == 0
+    if user == "off":  # a user's threshold 0 (automatic collection off) is kept
+        gc.set_threshold(0, *saved[1:])
+    elif user == "frozen":  # objects a user froze stay frozen, and nothing more is frozen
+        gc.freeze()
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
     good = njit(lambda a: a * 2.0)
     bad = njit(lambda a: a.no_such_attribute)
     counts, lock = multiprocessing.RawArray("q", 2), multiprocessing.Lock()
     kernels = [(bad, [(types.float64,)]), (good, [(types.float64,)])]
-    assert precompile._work(kernels, counts, lock) == 1
-    assert seen and set(seen) == {(precompile.GC_THRESHOLD, True)}
-    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+    try:
+        assert precompile._work(kernels, counts, lock) == 1
+        during = {
+            "default": (precompile.GC_THRESHOLD, True),
+            "off": (0, True),
+            "frozen": (precompile.GC_THRESHOLD, True),
+        }[user]
+        assert seen and set(seen) == {during}
+        assert gc.get_threshold() == before
+        after = gc.get_freeze_count()  # (a frozen object that is freed leaves the count)
+        assert after <= frozen and (after > 0) == (frozen > 0)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*saved)
     assert good(2.0) == 4.0

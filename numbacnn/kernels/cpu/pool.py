@@ -146,21 +146,33 @@ def max_pool2d_backward(dy, x, dx, kH, kW, stride_h, stride_w, pad_top, pad_left
 # output still adds its taps in the order (kh, kw), so the forward equals the naive kernel
 # bit for bit; the backward adds overlapping windows' shares to a dx element in another
 # order (the same sum up to rounding), and exactly when windows do not overlap.
-# avg pool 2x2 on 64x6x28x28 float32, 2 threads: forward 121 us (naive 285), backward 121 us
+# avg pool 2x2 on 64x6x28x28 float32, 2 threads (an earlier VM): forward 121 us (naive 285), backward 121 us
 # (naive 366); 3x3 on 16x64x32x32: 341 / 340 us (naive 549 / 682).
 
 
-def tiles_plane(kH, kW, stride_h, stride_w, pad_top, pad_left):
-    """True when the windows tile the input: stride = kernel, no padding (LeNet's 2x2, stride
-    2), so every input position is in at most one window and no window is clipped."""
-    return stride_h == kH and stride_w == kW and pad_top == 0 and pad_left == 0
+def tiles_plane(in_shape, out_shape, kH, kW, stride_h, stride_w, pad_top, pad_left):
+    """True when the windows of an output plane of out_shape's (..., H_out, W_out) tile the
+    input plane of in_shape's (..., H, W): stride = kernel, no padding (LeNet's 2x2, stride 2)
+    and every window inside (H_out*kH <= H, W_out*kW <= W, as the output size rule gives; the
+    kernels take the output's size from its array, and a larger one has clipped windows), so
+    every input position is in at most one window and no window is clipped."""
+    H, W = in_shape[-2:]
+    H_out, W_out = out_shape[-2:]
+    return (
+        stride_h == kH
+        and stride_w == kW
+        and pad_top == 0
+        and pad_left == 0
+        and H_out * kH <= H
+        and W_out * kW <= W
+    )
 
 
 def avg_pool2d_backward(dy, dx, kH, kW, stride_h, stride_w, pad_top, pad_left):
     """dx[every in-range position of a window] += dy[window] / (kH*kW) (fully overwrites dx);
     windows that tile the input take `_avg_pool2d_backward_tiles`."""
     # dy: (N, C, H_out, W_out)   dx: (N, C, H, W)
-    if tiles_plane(kH, kW, stride_h, stride_w, pad_top, pad_left):
+    if tiles_plane(dx.shape, dy.shape, kH, kW, stride_h, stride_w, pad_top, pad_left):
         _avg_pool2d_backward_tiles(dy, dx, kH, kW)
     else:
         _avg_pool2d_backward_rows(dy, dx, kH, kW, stride_h, stride_w, pad_top, pad_left)
@@ -176,7 +188,7 @@ def avg_pool2d_backward(dy, dx, kH, kW, stride_h, stride_w, pad_top, pad_left):
 # its own kernel of them (`_avg_pool2d_forward_tiles`, the same bits) without the clipped
 # border code, which a cold start compiles in 0.8-1.0 s instead of 1.3-1.9 (LeNet-5's first
 # batch), and which runs in 0.66-0.68x the row kernel's time (LeNet-5's pools at batch 64, 2
-# threads, interleaved: 177 -> 121 us on 6x28x28, 111 -> 74 on 16x10x10).
+# threads, interleaved, AMD EPYC Zen 5 VM: 177 -> 121 us on 6x28x28, 111 -> 74 on 16x10x10).
 @njit(parallel=True, cache=True)
 def _avg_pool2d_backward_tiles(dy, dx, kH, kW):
     """dx[oh*kH + kh, ow*kW + kw] = 0 + dy[oh, ow] / (kH*kW); 0 in the rows and columns past
@@ -209,7 +221,7 @@ def avg_pool2d_forward(x, y, kH, kW, stride_h, stride_w, pad_top, pad_left):
     """y = sum over each (kH, kW) window of x / (kH*kW); padding counts as 0 (fully overwrites
     y); windows that tile the input take `_avg_pool2d_forward_tiles`."""
     # x: (N, C, H, W)   y: (N, C, H_out, W_out)
-    if tiles_plane(kH, kW, stride_h, stride_w, pad_top, pad_left):
+    if tiles_plane(x.shape, y.shape, kH, kW, stride_h, stride_w, pad_top, pad_left):
         _avg_pool2d_forward_tiles(x, y, kH, kW)
     else:
         _avg_pool2d_forward_rows(x, y, kH, kW, stride_h, stride_w, pad_top, pad_left)

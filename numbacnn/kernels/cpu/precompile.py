@@ -37,14 +37,15 @@ again). LLVM's levels keep each kernel's floating-point flags: the weights of a 
 LeNet-5 epoch came out the same bits as with one process at level 3.
 
 While they compile, Python's collector runs its young collections every GC_THRESHOLD
-allocations instead of every 700, and the objects from before are frozen (gc.freeze: no
-collection walks them, and in a forked child none writes to the parent's pages, which the
-fork would then copy); both are undone after. Numba's compiler makes and drops many objects
-(its IR is copied pass after pass), and each collection walks them. LeNet-5's 13 kernels in
-one process, alternating runs (s of one core): 12.2-13.8 by default, 11.2-11.7 at 50,000, for
-25 MB more at the peak (10,000: 11.3-12.0; gc.freeze() alone: 11.8-12.4; the collector off:
-11.5-12.1, and 100 MB more). The README command's first batch, 8 interleaved cold runs each:
-freezing as well took it from 6.2-8.5 s to 5.9-7.2 s.
+allocations instead of every 700 (a higher threshold, or 0, the user set is kept), and the
+objects from before are frozen (gc.freeze: no collection walks them, and in a forked child
+none writes to the parent's pages, which the fork would then copy), unless some were frozen
+already; both are undone after (an object another thread froze meanwhile is unfrozen too).
+Numba's compiler makes and drops many objects (its IR is copied pass after pass), and each
+collection walks them. LeNet-5's 13 kernels in one process, alternating runs (s of one core):
+12.2-13.8 by default, 11.2-11.7 at 50,000, for 25 MB more at the peak (10,000: 11.3-12.0;
+gc.freeze() alone: 11.8-12.4; the collector off: 11.5-12.1, and 100 MB more). The README
+command's first batch, 8 interleaved cold runs each: freezing as well took it from 6.2-8.5 s to 5.9-7.2 s.
 
 It changes nothing that is computed: a kernel the workers did not get to (a child that
 failed, a value-dependent dispatch that the zeros steered elsewhere) is compiled at its
@@ -344,7 +345,8 @@ def _work(kernels, counts, lock):
     if "NUMBA_OPT" not in os.environ:  # (a level the user set is kept)
         config.OPT = type(opt)(AHEAD_OPT)
     thresholds = gc.get_threshold()
-    gc.set_threshold(GC_THRESHOLD, *thresholds[1:])
+    if 0 < thresholds[0] < GC_THRESHOLD:  # (a collector the user slowed or set off stays so)
+        gc.set_threshold(GC_THRESHOLD, *thresholds[1:])
     freeze = gc.get_freeze_count() == 0  # (objects someone else froze stay frozen)
     if freeze:
         gc.freeze()

@@ -20,9 +20,10 @@ uidx = np.uint64
 
 # Fused multiply-adds.  The conv kernels whose sums keep an order (naive.py, the direct
 # forward's tiles and memory sums, its scatter input gradient and plane weight gradient, the
-# dense backward) compile their terms s += w * x with fastmath {"contract"}: LLVM may fuse the
-# multiply and the add into one FMA instruction (one rounding instead of two), and nothing
-# else (no reassociation: every sum keeps its order; gemm.py's reductions have fastmath=True).
+# dense backward of layers above dense.SMALL_LAYER_BYTES) compile their terms s += w * x
+# with fastmath {"contract"}: LLVM may fuse the multiply and the add into one FMA instruction
+# (one rounding instead of two), and nothing else (no reassociation: every sum keeps its
+# order; gemm.py's reductions have fastmath=True).
 # On an Intel core the FP units are FMA units, so a separate multiply and add take two of
 # them: the direct forward's register tiles ran 1.75-1.9x faster with FMA (Xeon, Emerald
 # Rapids; on AMD Zen 4, with separate add pipes, the two forms measured alike).  The naive
