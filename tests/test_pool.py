@@ -213,13 +213,10 @@ def test_avg_pool2d_row_kernels_match_the_naive_ones(case):
         assert_close(dx, dx_naive, dtype=x.dtype, kind="short_sum")
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("k", [(1, 1), (2, 2), (3, 2), (1, 4), (4, 3)])
-def test_avg_pool2d_tile_forward_is_the_row_kernel_bit_for_bit(k, dtype):
-    """The forward of windows that tile the input (`_avg_pool2d_forward_tiles`, what
-    avg_pool2d_forward takes for them) adds the same taps in the same order as the row kernel:
-    its bits, signed zeros, NaN and inf included, on planes whose last rows and columns lie
-    past every window."""
+def _tiling_case(k, dtype):
+    """The tile kernels' tests' input: x (3, 2, 9, 11) with signed zeros, NaN and inf, windows
+    k = (kH, kW) that tile it (stride = kernel, no padding), its last rows and columns past
+    every window; returns rng, x, the kernels' geometry arguments and (H_out, W_out)."""
     from numbacnn.kernels.cpu import pool as P
 
     kH, kW = k
@@ -229,9 +226,23 @@ def test_avg_pool2d_tile_forward_is_the_row_kernel_bit_for_bit(k, dtype):
     x.flat[5::13] = np.nan
     x.flat[3::17] = np.inf
     args = (kH, kW, kH, kW, 0, 0)
-    assert P.tiles_plane(x.shape, (9 // kH, 11 // kW), *args)
-    y_tiles, y_rows, y = (np.full((3, 2, 9 // kH, 11 // kW), v, dtype) for v in (3, 4, 5))
-    P._avg_pool2d_forward_tiles(x, y_tiles, kH, kW)
+    out = (9 // kH, 11 // kW)
+    assert P.tiles_plane(x.shape, out, *args)
+    return rng, x, args, out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [(1, 1), (2, 2), (3, 2), (1, 4), (4, 3)])
+def test_avg_pool2d_tile_forward_is_the_row_kernel_bit_for_bit(k, dtype):
+    """The forward of windows that tile the input (`_avg_pool2d_forward_tiles`, what
+    avg_pool2d_forward takes for them) adds the same taps in the same order as the row kernel:
+    its bits, signed zeros, NaN and inf included, on planes whose last rows and columns lie
+    past every window."""
+    from numbacnn.kernels.cpu import pool as P
+
+    _, x, args, (H_out, W_out) = _tiling_case(k, dtype)
+    y_tiles, y_rows, y = (np.full((3, 2, H_out, W_out), v, dtype) for v in (3, 4, 5))
+    P._avg_pool2d_forward_tiles(x, y_tiles, *k)
     P._avg_pool2d_forward_rows(x, y_rows, *args)
     P.avg_pool2d_forward(x, y, *args)
     np.testing.assert_array_equal(y_tiles, y_rows)
@@ -247,20 +258,12 @@ def test_avg_pool2d_tile_backward_is_the_row_kernel_bit_for_bit(k, dtype):
     NaN and inf included, on planes whose last rows and columns lie past every window."""
     from numbacnn.kernels.cpu import pool as P
 
-    kH, kW = k
-    rng = np.random.default_rng(kH * 10 + kW)
-    x = rng.standard_normal((3, 2, 9, 11)).astype(dtype)
-    x.flat[::7] = -0.0
-    x.flat[5::13] = np.nan
-    x.flat[3::17] = np.inf
-    H_out, W_out = 9 // kH, 11 // kW
-    args = (kH, kW, kH, kW, 0, 0)
-    assert P.tiles_plane(x.shape, (H_out, W_out), *args)
+    rng, x, args, (H_out, W_out) = _tiling_case(k, dtype)
     dy = rng.standard_normal((3, 2, H_out, W_out)).astype(dtype)
     dy.flat[::5] = -0.0
     dy.flat[2::9] = np.nan
     dx_tiles, dx_rows = np.full_like(x, 3), np.full_like(x, 4)  # both overwrite dx
-    P._avg_pool2d_backward_tiles(dy, dx_tiles, kH, kW)
+    P._avg_pool2d_backward_tiles(dy, dx_tiles, *k)
     P._avg_pool2d_backward_rows(dy, dx_rows, *args)
     np.testing.assert_array_equal(dx_tiles, dx_rows)
     assert np.array_equal(np.signbit(dx_tiles), np.signbit(dx_rows))

@@ -184,14 +184,21 @@ def _combine_rows(coef, rows, out):
                     out_r[i] += c * row[i]
 
 
+def _times_transpose(a, b, out):
+    """out = a @ b.T (fully overwrites out) through the forward's kernel with no bias, on
+    contiguous copies of a and b where they are not contiguous already."""
+    # a: (R, K)   b: (C, K)   out: (R, C)
+    zero = np.zeros(b.shape[0], out.dtype)  # zero: (C,) no bias
+    linear_forward(np.ascontiguousarray(a), np.ascontiguousarray(b), zero, out)
+
+
 def linear_backward_input(dy, w, dx):
     """dx = dy @ w (fully overwrites dx): dx[n, i] = sum_o dy[n, o] * w[o, i]; the forward's
     dot products over a copy of w.T where w takes at most SMALL_LAYER_BYTES, else the rows of
     w scaled by dy[n, o] and summed over o (`_combine_rows`)."""
     # dy: (N, OUT)   w: (OUT, IN)   dx: (N, IN)
     if w.nbytes <= SMALL_LAYER_BYTES:
-        zero = np.zeros(w.shape[1], dx.dtype)  # zero: (IN,) no bias
-        linear_forward(np.ascontiguousarray(dy), np.ascontiguousarray(w.T), zero, dx)
+        _times_transpose(dy, w.T, dx)
     else:
         _combine_rows(np.ascontiguousarray(dy), np.ascontiguousarray(w), dx)
 
@@ -203,8 +210,7 @@ def linear_backward_weight(dy, x, dw):
     # dy: (N, OUT)   x: (N, IN)   dw: (OUT, IN)
     dyt = np.ascontiguousarray(dy.T)  # dyt: (OUT, N), a small copy
     if dw.nbytes <= SMALL_LAYER_BYTES:
-        zero = np.zeros(x.shape[1], dw.dtype)  # zero: (IN,) no bias
-        linear_forward(dyt, np.ascontiguousarray(x.T), zero, dw)
+        _times_transpose(dyt, x.T, dw)
     else:
         _combine_rows(dyt, np.ascontiguousarray(x), dw)
 
